@@ -1,0 +1,114 @@
+"""The one small interface every backbone adapter implements.
+
+An adapter turns raw inputs (text, PIL images, image+text pairs) into the backbone's input, appends the
+meta tokens after the content, runs the backbone and returns the last-layer states at the meta positions.
+Attention rules (checked by the tests): content never attends to meta tokens, and meta token i attends to
+all content plus meta tokens 0..i, so the first r outputs do not depend on how many meta tokens ran.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+from torch import nn
+
+Content = Any  # str | PIL.Image.Image | tuple[PIL.Image.Image, str] | dict(image=..., text=...)
+
+
+@dataclass
+class Parsed:
+    """One input item, normalised: an optional image and an optional text."""
+
+    image: Image.Image | None = None
+    text: str | None = None
+
+
+def parse_items(items: list[Content], what: str = "input") -> list[Parsed]:
+    """Validate and normalise a batch; raises ValueError naming the bad item."""
+    if isinstance(items, (str, Image.Image, tuple, dict)):
+        raise ValueError(f"{what} must be a list of items, got a single {type(items).__name__}; wrap it in [ ]")
+    items = list(items)
+    if not items:
+        raise ValueError(f"empty {what} batch: pass at least one text or image")
+    out = []
+    for i, item in enumerate(items):
+        image, text = None, None
+        if isinstance(item, str):
+            text = item
+        elif isinstance(item, Image.Image):
+            image = item
+        elif isinstance(item, dict):
+            image, text = item.get("image"), item.get("text")
+        elif isinstance(item, tuple) and len(item) == 2:
+            a, b = item
+            image, text = (a, b) if isinstance(a, Image.Image) else (b, a)
+        else:
+            raise ValueError(
+                f"{what} item {i} has unsupported type {type(item).__name__}: "
+                "allowed are str, PIL.Image.Image, (image, text) or {'image': ..., 'text': ...}"
+            )
+        if image is not None and not isinstance(image, Image.Image):
+            raise ValueError(f"{what} item {i}: image must be a PIL.Image.Image, got {type(image).__name__}")
+        if text is not None and not isinstance(text, str):
+            raise ValueError(f"{what} item {i}: text must be a str, got {type(text).__name__}")
+        if text is not None and not text.strip():
+            text = None
+        if image is None and text is None:
+            raise ValueError(f"{what} item {i} is empty: give a non-empty text or an image")
+        out.append(Parsed(image=image, text=text))
+    return out
+
+
+@dataclass
+class BackboneOutput:
+    meta: torch.Tensor  # [B, R, H] last-layer states at the meta positions
+    attention: torch.Tensor | None = None  # [B, R, L] last-layer attention of each meta token over content
+    tokens: list[list[str]] | None = None  # the content tokens each row of `attention` refers to
+    extras: list[dict] = field(default_factory=list)  # per item: front-end details (e.g. visual tokens)
+
+
+class Backbone(nn.Module):
+    """Adapter base class. Subclasses set `family`, `hidden_size` and `default_lora_targets`."""
+
+    family: ClassVar[str] = ""
+    default_lora_targets: ClassVar[str | list[str]] = []
+    hidden_size: int
+    # Room for embeddings of the meta tokens: adapters that cap the content length leave this many positions.
+    max_meta_tokens: int = 64
+
+    def prepare(self, items: list[Parsed], num_meta: int) -> dict:
+        """CPU-side preprocessing (tokenise, image processing) of one batch."""
+        raise NotImplementedError
+
+    def forward(self, batch: dict, meta: torch.Tensor, output_attention: bool = False) -> BackboneOutput:
+        """Run the backbone with `meta` ([R, H] embeddings) appended after each item's content."""
+        raise NotImplementedError
+
+    def meta_init(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Initial meta-token embeddings [num, H]: small noise around a typical input embedding."""
+        emb = self.input_embeddings().weight.detach().float()
+        center = emb.mean(0)
+        scale = emb.std().item()
+        noise = torch.randn(num, emb.shape[1], generator=generator) * scale
+        return center + noise
+
+    def input_embeddings(self) -> nn.Embedding:
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Boolean [B, Lq, Lk] -> additive float mask [B, 1, Lq, Lk] (0 where allowed)."""
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[:, None]

