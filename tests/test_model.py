@@ -1,0 +1,150 @@
+"""MetaEmbed core: prefix consistency, encoding, checkpoints, bad input."""
+
+import json
+
+import pytest
+import torch
+
+from model import MetaEmbed, MetaEmbedConfig
+from model.config import CONFIG_NAME
+
+TEXTS = ["a dog running on the beach", "red sports car", "how to configure apt sources on Debian"]
+
+
+def test_config_json_round_trip(tmp_path):
+    cfg = MetaEmbedConfig(num_query_tokens=8, num_candidate_tokens=32, groups=[(1, 1), (8, 32)], embed_dim=None)
+    cfg.save(tmp_path)
+    back = MetaEmbedConfig.load(tmp_path)
+    assert back == cfg
+    assert back.groups == [(1, 1), (8, 32)]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"groups": [(17, 64)]}, "out of range"),
+        ({"num_query_tokens": 0}, "positive integer"),
+        ({"group_weights": [1.0]}, "group_weights"),
+        ({"format_version": 99}, "format_version"),
+        ({"temperature": 0}, "temperature"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MetaEmbedConfig(**kwargs)
+
+
+def test_encode_shapes_and_norms(text_model):
+    q = text_model.encode_queries(TEXTS)
+    c = text_model.encode_candidates(TEXTS)
+    assert q.shape == (3, 16, 128) and c.shape == (3, 64, 128)
+    assert q.dtype == torch.float32 and q.device.type == "cpu"
+    torch.testing.assert_close(c.norm(dim=-1), torch.ones(3, 64), atol=1e-5, rtol=0)
+    # Different texts give different embeddings (the model is not collapsed to a constant).
+    assert (c[0] - c[1]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("side, r", [("query", 4), ("candidate", 8), ("candidate", 1)])
+def test_prefix_consistency(text_model, side, r):
+    """The first r vectors do not depend on how many meta tokens ran (the Matryoshka premise)."""
+    full, _ = text_model.embed(text_model.prepare(TEXTS, side), side)
+    part, _ = text_model.embed(text_model.prepare(TEXTS, side, r), side, num_tokens=r)
+    torch.testing.assert_close(part, full[:, :r], atol=1e-5, rtol=1e-4)
+
+
+def test_padding_invariance(text_model):
+    """An item's vectors do not depend on the other (longer or shorter) items in its batch."""
+    together = text_model.encode_candidates(TEXTS)
+    alone = torch.cat([text_model.encode_candidates([t]) for t in TEXTS])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)
+
+
+def test_content_tokens_ignore_meta_tokens(text_model):
+    """Content states are the backbone's own: meta tokens never leak into them."""
+    batch = text_model.prepare(TEXTS[:1], "candidate")
+    emb = text_model.backbone.model
+    with torch.no_grad():
+        plain = emb(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        out = text_model.backbone(batch, text_model.candidate_meta.detach(), output_attention=True)
+    # The last layer's meta attention is a distribution over the content tokens.
+    assert out.attention.shape == (1, 64, plain.shape[1])
+    assert torch.all(out.attention.sum(-1) <= 1.0 + 1e-4)
+    assert out.tokens[0][0] == "[CLS]"
+
+
+@pytest.mark.parametrize(
+    "items, message",
+    [([], "empty"), ([""], "empty"), (["ok", "   "], "item 1 is empty"), ([42], "unsupported type"),
+     ("just a string", "list of items")],
+)
+def test_bad_inputs_raise_clear_errors(text_model, items, message):
+    with pytest.raises(ValueError, match=message):
+        text_model.encode_queries(items)
+
+
+def test_images_need_a_visual_front_end(text_model):
+    from PIL import Image
+
+    with pytest.raises(ValueError, match="cannot read images"):
+        text_model.encode_candidates([Image.new("RGB", (8, 8))])
+
+
+def _perturb_lora(model, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+
+
+def test_save_load_round_trip(tmp_path):
+    model = MetaEmbed.from_config(MetaEmbedConfig(name="roundtrip"), device="cpu")
+    _perturb_lora(model)  # untrained LoRA is a no-op; make it matter so the test can fail
+    before = model.encode_candidates(TEXTS)
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / CONFIG_NAME).read_text())["name"] == "roundtrip"
+    for merge in (False, True):
+        loaded = MetaEmbed.from_pretrained(tmp_path, device="cpu", merge_lora=merge)
+        torch.testing.assert_close(loaded.encode_candidates(TEXTS), before, atol=1e-4, rtol=1e-4)
+    # Only what training produced is stored, not the 22M backbone weights.
+    assert (tmp_path / "metaembed.safetensors").stat().st_size < 10 * 2**20
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        MetaEmbed.from_pretrained(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="metaembed_config.json"):
+        MetaEmbed.from_pretrained(tmp_path / "empty")
+    with pytest.raises(ValueError, match="Hugging Face Hub"):
+        MetaEmbed.from_pretrained("nobody-here/no-such-metaembed")
+
+
+def test_unknown_format_version(tmp_path, text_model):
+    text_model.save_pretrained(tmp_path)
+    data = json.loads((tmp_path / CONFIG_NAME).read_text())
+    data["format_version"] = 7
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="format_version"):
+        MetaEmbed.from_pretrained(tmp_path)
+
+
+def test_checkpoint_for_another_backbone(tmp_path, text_model):
+    """A checkpoint trained on MiniLM, pointed at a different (tiny, local) BERT: a clear shape error."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tiny = tmp_path / "tiny-bert"
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)).save_pretrained(tiny)
+    AutoTokenizer.from_pretrained(text_model.backbone.tokenizer.name_or_path).save_pretrained(tiny)
+    ckpt = tmp_path / "ckpt"
+    text_model.save_pretrained(ckpt)
+    data = json.loads((ckpt / CONFIG_NAME).read_text())
+    data["backbone_id"] = str(tiny)
+    (ckpt / CONFIG_NAME).write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="another backbone"):
+        MetaEmbed.from_pretrained(ckpt)
+
+
+def test_unknown_backbone_family():
+    with pytest.raises(ValueError, match="unknown backbone family"):
+        MetaEmbed.from_config(MetaEmbedConfig(backbone="gpt-17"))

@@ -1,0 +1,137 @@
+"""MMR loss and the training loop, end to end on CPU."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import MetaEmbed, MetaEmbedConfig
+from model.losses import maxsim_dense, mmr_loss
+from model.train import load_rows, main
+
+GROUPS = [(1, 1), (2, 4), (4, 8), (8, 16), (16, 64)]
+
+
+def _unit(*shape, seed=0):
+    return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def test_maxsim_dense_matches_loops():
+    q, c = _unit(2, 3, 8, seed=1), _unit(4, 5, 8, seed=2)
+    expected = torch.tensor([[sum(max(float(q[b, i] @ c[n, j]) for j in range(5)) for i in range(3))
+                              for n in range(4)] for b in range(2)])
+    torch.testing.assert_close(maxsim_dense(q, c), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_mmr_loss_is_sum_of_group_infonce():
+    q, pos, neg = _unit(4, 16, 8, seed=3), _unit(4, 64, 8, seed=4), _unit(4, 64, 8, seed=5)
+    total, parts = mmr_loss(q, pos, neg, groups=GROUPS, temperature=0.03)
+    cands = torch.cat([pos, neg])
+    manual = 0.0
+    for r_q, r_c in GROUPS:
+        logits = maxsim_dense(q[:, :r_q], cands[:, :r_c]) / 0.03
+        manual += sum(-torch.log_softmax(logits[b], 0)[b] for b in range(4))/4
+        assert parts[(r_q, r_c)] == pytest.approx(float(F.cross_entropy(logits, torch.arange(4))), rel=1e-5)
+    assert float(total) == pytest.approx(float(manual), rel=1e-5)
+    # Weights scale each group's term.
+    weighted, _ = mmr_loss(q, pos, neg, groups=GROUPS, weights=[0, 0, 0, 0, 2.0])
+    assert float(weighted) == pytest.approx(2 * parts[(16, 64)], rel=1e-5)
+
+
+def test_mmr_loss_decreases_on_toy_task():
+    """Free query/candidate vectors trained with the MMR loss learn to pair up."""
+    torch.manual_seed(0)
+    q = torch.nn.Parameter(torch.randn(8, 16, 32))
+    c = torch.nn.Parameter(torch.randn(8, 64, 32))
+    opt = torch.optim.Adam([q, c], lr=0.05)
+    losses = []
+    for _ in range(30):
+        loss, _ = mmr_loss(F.normalize(q, dim=-1), F.normalize(c, dim=-1), groups=GROUPS)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.2 * losses[0]
+
+
+def test_mmr_loss_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="exceeds"):
+        mmr_loss(_unit(2, 4, 8), _unit(2, 8, 8), groups=[(8, 8)])
+    with pytest.raises(ValueError, match="same B"):
+        mmr_loss(_unit(2, 4, 8), _unit(3, 8, 8), groups=[(1, 1)])
+
+
+def _toy_rows():
+    return [
+        {"query": "a dog", "positive": "golden retriever, dog, animal. colours: yellow",
+         "negative": "tabby cat, feline, animal. colours: gray"},
+        {"query": "red car", "positive": "sports car, car, vehicle. colours: red",
+         "negative": "pickup truck, vehicle. colours: blue"},
+        {"query": "beach", "positive": "seashore, coast, sand. colours: blue, yellow",
+         "negative": "alp, mountain, snow. colours: white"},
+        {"query": "cat", "positive": "tabby cat, feline, animal", "negative": "golden retriever, dog, animal"},
+    ]
+
+
+def test_training_lowers_the_loss_on_its_batch(tmp_path):
+    from model.train import TrainArgs, _step_loss, train
+
+    rows = _toy_rows()
+    cfg = MetaEmbedConfig(lora_r=4, num_query_tokens=4, num_candidate_tokens=8,
+                          groups=[(1, 1), (2, 4), (4, 8)], embed_dim=32)
+    model = MetaEmbed.from_config(cfg, device="cpu", seed=1)
+    with torch.no_grad():
+        model.eval()
+        before, _ = _step_loss(model, rows, cfg)
+    train(model, rows, TrainArgs(out=str(tmp_path), steps=12, batch_size=4, lr=3e-3, warmup=1, progress=False))
+    with torch.no_grad():
+        after, _ = _step_loss(model, rows, cfg)
+    assert float(after) < 0.7 * float(before)
+
+
+def test_train_cli_rejects_too_few_meta_tokens(tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in _toy_rows()))
+    # The default groups go up to (16, 64): 2 and 4 meta tokens cannot train them.
+    with pytest.raises(ValueError, match="out of range"):
+        main(["--data", str(data), "--out", str(tmp_path / "run"), "--num-query-tokens", "2",
+              "--num-candidate-tokens", "4", "--steps", "1", "--no-progress"])
+
+
+def test_train_cli_end_to_end(tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in _toy_rows()))
+    out = tmp_path / "run"
+    args = ["--data", str(data), "--out", str(out), "--batch-size", "2", "--lora-r", "4", "--embed-dim", "16",
+            "--no-progress", "--save-every", "2", "--seed", "3", "--device", "cpu"]
+    main(args + ["--steps", "2"])
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 2
+    main(args + ["--steps", "4", "--resume"])
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log][-1] == 4 and log[-1]["step"] > 2
+    model = MetaEmbed.from_pretrained(out, device="cpu")
+    assert model.encode_queries(["a dog"]).shape == (1, 16, 16)
+
+
+def test_load_rows_reports_the_bad_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"query": "a", "positive": "b"}\n{"query": "only"}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:2"):
+        load_rows(path)
+    path.write_text('{"query": "a", "positive": "b"}\nnot json\n')
+    with pytest.raises(ValueError, match="bad.jsonl:2: not valid JSON"):
+        load_rows(path)
+
+
+def test_load_rows_resolves_image_paths(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "cat.png")
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"query": "cat", "positive": "cat.png",
+                                "negative": {"image": "cat.png", "text": "a caption"}}) + "\n")
+    row = load_rows(path)[0]
+    assert row["positive"] == {"image": str(tmp_path / "cat.png"), "text": None}
+    assert row["negative"]["text"] == "a caption"
