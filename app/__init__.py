@@ -1,0 +1,1 @@
+"""MetaEmbed Studio product: ingest -> index -> search -> ui."""
