@@ -21,11 +21,13 @@ def mmr_loss(
     groups: Sequence[tuple[int, int]] = ((1, 1), (2, 4), (4, 8), (8, 16), (16, 64)),
     weights: Sequence[float] | None = None,
     temperature: float = 0.03,
+    ignore: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[tuple[int, int], float]]:
     """Sum over groups of weight * InfoNCE(MaxSim(q[:, :r_q], cands[:, :r_c]) / temperature).
 
     Candidates are the batch's positives (in-batch negatives for every other query) plus, when given,
-    one hard negative per query. Returns the total loss and each group's loss value.
+    one hard negative per query. `ignore` ([B, N] bool) drops candidates from a query's softmax: other rows'
+    candidates known to be relevant to it too (false negatives). Returns the total loss and each group's value.
     """
     if q.ndim != 3 or pos.ndim != 3 or q.shape[0] != pos.shape[0]:
         raise ValueError(f"expected q [B, Rq, D] and pos [B, Rc, D] with the same B, got {tuple(q.shape)} "
@@ -36,14 +38,20 @@ def mmr_loss(
     if len(weights) != len(groups):
         raise ValueError(f"{len(weights)} weights for {len(groups)} groups")
     cands = pos if neg is None else torch.cat([pos, neg], dim=0)
+    if ignore is not None:
+        if ignore.shape != (q.shape[0], cands.shape[0]):
+            raise ValueError(f"ignore mask {tuple(ignore.shape)} must be [B, N] = {(q.shape[0], cands.shape[0])}")
+        ignore = ignore.to(q.device) & ~torch.eye(q.shape[0], cands.shape[0], dtype=torch.bool, device=q.device)
     target = torch.arange(q.shape[0], device=q.device)
     total = q.new_zeros(())
     parts = {}
     for (r_q, r_c), w in zip(groups, weights):
         if r_q > q.shape[1] or r_c > cands.shape[1]:
             raise ValueError(f"group ({r_q}, {r_c}) exceeds the vectors given ({q.shape[1]}, {cands.shape[1]})")
-        scores = maxsim_dense(q[:, :r_q].float(), cands[:, :r_c].float())
-        loss = F.cross_entropy(scores / temperature, target)
+        logits = maxsim_dense(q[:, :r_q].float(), cands[:, :r_c].float()) / temperature
+        if ignore is not None:
+            logits = logits.masked_fill(ignore, float("-inf"))
+        loss = F.cross_entropy(logits, target)
         parts[(r_q, r_c)] = loss.item()
         total = total + w * loss
     return total, parts

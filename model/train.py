@@ -3,7 +3,9 @@
     python -m model.train --data pairs.jsonl --out runs/my-model [--backbone minilm] [--lora-r 32]
 
 Each JSONL row is {"query": X, "positive": X, "negative": X (optional)} where X is a text, an image path
-(relative to the JSONL file or absolute), or {"image": path, "text": str}. What is trained: the meta tokens,
+(relative to the JSONL file or absolute), or {"image": path, "text": str}. Optional "query_tags",
+"positive_tags", "negative_tags" (lists of strings) mark in-batch candidates that are relevant to another
+row's query (a shared tag), so the loss does not treat them as negatives. What is trained: the meta tokens,
 the projection and LoRA adapters on the backbone; the backbone's own weights stay frozen.
 """
 
@@ -39,7 +41,7 @@ class TrainArgs:
     batch_size: int = 32
     grad_accum: int = 1
     lr: float = 2e-4
-    meta_lr: float | None = None
+    new_lr: float | None = None  # learning rate of what starts from scratch: meta tokens and projection
     warmup: float = 0.05
     weight_decay: float = 0.0
     seed: int = 0
@@ -48,6 +50,7 @@ class TrainArgs:
     bf16: bool | None = None  # None: on when running on a GPU
     resume: bool = False
     progress: bool = True
+    max_minutes: float | None = None  # stop (and save) early when training runs out of wall-clock time
 
 
 def load_rows(path: str | os.PathLike) -> list[dict]:
@@ -66,8 +69,10 @@ def load_rows(path: str | os.PathLike) -> list[dict]:
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
             if not isinstance(row, dict) or "query" not in row or "positive" not in row:
                 raise ValueError(f"{path}:{lineno}: each row needs 'query' and 'positive' (and may have 'negative')")
-            rows.append({k: _side(row[k], path.parent, f"{path}:{lineno} {k}") for k in ("query", "positive", "negative")
-                         if row.get(k) is not None})
+            parsed = {k: _side(row[k], path.parent, f"{path}:{lineno} {k}") for k in ("query", "positive", "negative")
+                      if row.get(k) is not None}
+            parsed.update({k: list(row[k]) for k in ("query_tags", "positive_tags", "negative_tags") if row.get(k)})
+            rows.append(parsed)
     if not rows:
         raise ValueError(f"training data {path} has no rows")
     return rows
@@ -111,9 +116,9 @@ def train(model: MetaEmbed, rows: list[dict], args: TrainArgs) -> MetaEmbed:
     cfg = model.config
 
     params = model.trainable_parameters()
-    meta_params = [model.query_meta, model.candidate_meta]
-    other = [p for p in params if all(p is not m for m in meta_params)]
-    groups = [{"params": other, "lr": args.lr}, {"params": meta_params, "lr": args.meta_lr or args.lr}]
+    fresh = [model.query_meta, model.candidate_meta] + (list(model.proj.parameters()) if model.proj else [])
+    other = [p for p in params if all(p is not m for m in fresh)]
+    groups = [{"params": other, "lr": args.lr}, {"params": fresh, "lr": args.new_lr or args.lr}]
     opt = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
 
     per_step = args.batch_size * args.grad_accum
@@ -164,8 +169,12 @@ def train(model: MetaEmbed, rows: list[dict], args: TrainArgs) -> MetaEmbed:
                       "lr": opt.param_groups[0]["lr"], "elapsed_s": round(time.time() - t0, 1)}
             log.write(json.dumps(record) + "\n")
             log.flush()
-        if (step + 1) % args.save_every == 0 or step + 1 == steps:
+        out_of_time = args.max_minutes is not None and time.time() - t0 > 60 * args.max_minutes
+        if (step + 1) % args.save_every == 0 or step + 1 == steps or out_of_time:
             _save(model, opt, step + 1, order_rng, out)
+        if out_of_time:
+            print(f"stopping at step {step + 1}/{steps}: the {args.max_minutes} minute budget is spent")
+            break
     bar.close()
     log.close()
     model.eval()
@@ -180,7 +189,19 @@ def _step_loss(model: MetaEmbed, batch_rows: list[dict], cfg: MetaEmbedConfig):
     # Positives and hard negatives share one forward pass (same meta tokens, one padded batch).
     c, _ = model.embed(model.prepare(cands + negs, "candidate"), "candidate")
     pos, neg = c[: len(cands)], (c[len(cands):] if negs else None)
-    return mmr_loss(q, pos, neg, groups=cfg.groups, weights=cfg.weights, temperature=cfg.temperature)
+    return mmr_loss(q, pos, neg, groups=cfg.groups, weights=cfg.weights, temperature=cfg.temperature,
+                    ignore=false_negatives(batch_rows, with_negatives=bool(negs)))
+
+
+def false_negatives(rows: list[dict], with_negatives: bool) -> torch.Tensor | None:
+    """[B, N] mask of other rows' candidates that share a tag with a query (optional `query_tags`,
+    `positive_tags`, `negative_tags` row fields): relevant to it, so they must not count as its negatives."""
+    if not any(r.get("query_tags") for r in rows):
+        return None
+    cand_tags = [set(r.get("positive_tags", ())) for r in rows]
+    if with_negatives:
+        cand_tags += [set(r.get("negative_tags", ())) for r in rows if "negative" in r]
+    return torch.tensor([[bool(set(r.get("query_tags", ())) & t) for t in cand_tags] for r in rows])
 
 
 def _save(model: MetaEmbed, opt, step: int, order_rng: random.Random, out: Path) -> None:
@@ -232,7 +253,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--meta-lr", type=float, default=None, help="learning rate of the meta tokens (default --lr)")
+    p.add_argument("--new-lr", type=float, default=None,
+                   help="learning rate of the meta tokens and projection, which start from scratch (default --lr)")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop early (and save) after this long")
     p.add_argument("--warmup", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=200)
@@ -249,9 +272,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = load_rows(opts.data)
     model = build_model(opts)
     args = TrainArgs(out=opts.out, steps=opts.steps, epochs=opts.epochs, batch_size=opts.batch_size,
-                     grad_accum=opts.grad_accum, lr=opts.lr, meta_lr=opts.meta_lr, warmup=opts.warmup,
+                     grad_accum=opts.grad_accum, lr=opts.lr, new_lr=opts.new_lr, warmup=opts.warmup,
                      seed=opts.seed, save_every=opts.save_every, bf16=opts.bf16, resume=opts.resume,
-                     progress=not opts.no_progress)
+                     progress=not opts.no_progress, max_minutes=opts.max_minutes)
     train(model, rows, args)
     print(f"saved MetaEmbed checkpoint to {opts.out}")
 

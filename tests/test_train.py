@@ -135,3 +135,28 @@ def test_load_rows_resolves_image_paths(tmp_path):
     row = load_rows(path)[0]
     assert row["positive"] == {"image": str(tmp_path / "cat.png"), "text": None}
     assert row["negative"]["text"] == "a caption"
+
+
+def test_ignored_false_negatives_leave_the_softmax():
+    q, pos = _unit(3, 2, 8, seed=6), _unit(3, 4, 8, seed=7)
+    ignore = torch.tensor([[False, True, False], [False, False, False], [False, False, False]])
+    _, parts = mmr_loss(q, pos, groups=[(2, 4)], ignore=ignore)
+    logits = maxsim_dense(q, pos) / 0.03
+    row0 = -torch.log_softmax(logits[0, [0, 2]], 0)[0]
+    rest = [-torch.log_softmax(logits[b], 0)[b] for b in (1, 2)]
+    assert parts[(2, 4)] == pytest.approx(float((row0 + sum(rest)) / 3), rel=1e-5)
+    # A query's own positive is never ignored, even if the mask says so.
+    _, same = mmr_loss(q, pos, groups=[(2, 4)], ignore=torch.eye(3, dtype=torch.bool))
+    _, plain = mmr_loss(q, pos, groups=[(2, 4)])
+    assert same == plain
+
+
+def test_false_negative_mask_from_tags():
+    from model.train import false_negatives
+
+    rows = [{"query": "dog", "positive": "a", "negative": "b", "query_tags": ["dog"], "positive_tags": ["dog"]},
+            {"query": "cat", "positive": "c", "negative": "d", "query_tags": ["cat"], "positive_tags": ["dog", "cat"],
+             "negative_tags": ["dog"]}]
+    mask = false_negatives(rows, with_negatives=True)
+    assert mask.tolist() == [[True, True, False, True], [False, True, False, False]]
+    assert false_negatives([{"query": "x", "positive": "y"}], with_negatives=False) is None
