@@ -1,0 +1,119 @@
+"""First stage for large indexes: a faiss IVF over each item's first vector (its (1,1) embedding).
+
+Exact MaxSim over a million items at (16, 64) reads 16 GiB; instead the first query vector is matched
+against every item's first vector with an inverted file (inner product, 8-bit scalar quantised: a
+quarter of the float32 memory and disk), and only the best `depth` items are re-scored exactly.
+The IVF's ids are item rowids, which never change (compaction moves vectors, not rowids), so the
+structure stays valid across segment rewrites; removed items are filtered out by the caller.
+
+The choices below (nlist ~ sqrt(n), nprobe 32, SQ8) were measured in bench/search.py; see
+docs/benchmarks.md ("Index and search").
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+FILE_PATTERN = re.compile(r"^first_stage\.(\d+)\.faiss$")
+NPROBE = 32
+MIN_NLIST, MAX_NLIST = 16, 4096
+TRAIN_PER_LIST = 40  # faiss's k-means wants >= 39 points per centroid
+# Rebuild (re-train) when the collection has grown this many times past the size it was trained at.
+REBUILD_GROWTH = 4.0
+
+
+class FirstStage:
+    """IVF-SQ8 inner-product index over first vectors, keyed by item rowid."""
+
+    def __init__(self, index: faiss.Index, covered: int, trained_on: int):
+        self.index = index
+        self.covered = covered  # every rowid <= covered is in the IVF (if it was live when added)
+        self.trained_on = trained_on
+        self.unsaved = 0  # rows added since the last save
+
+    @property
+    def size(self) -> int:
+        return int(self.index.ntotal)
+
+    @classmethod
+    def build(cls, first_vectors: np.ndarray, rowids: np.ndarray, seed: int = 0) -> FirstStage:
+        """Train and fill an IVF on float32 unit vectors [n, D] with their rowids."""
+        n, dim = first_vectors.shape
+        nlist = int(min(MAX_NLIST, max(MIN_NLIST, round(math.sqrt(n)))))
+        nlist = min(nlist, max(1, n // TRAIN_PER_LIST))
+        quantizer = faiss.IndexFlatIP(dim)
+        ivf = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit,
+                                            faiss.METRIC_INNER_PRODUCT)
+        ivf.cp.seed = seed
+        rng = np.random.default_rng(seed)
+        sample = first_vectors
+        if n > TRAIN_PER_LIST * nlist * 2:
+            sample = first_vectors[np.sort(rng.choice(n, TRAIN_PER_LIST * nlist * 2, replace=False))]
+        ivf.train(np.ascontiguousarray(sample, dtype=np.float32))
+        ivf.add_with_ids(np.ascontiguousarray(first_vectors, dtype=np.float32), rowids.astype(np.int64))
+        ivf.nprobe = min(NPROBE, nlist)
+        stage = cls(ivf, int(rowids.max()) if len(rowids) else 0, n)
+        stage.unsaved = n
+        return stage
+
+    def add(self, first_vectors: np.ndarray, rowids: np.ndarray) -> None:
+        if len(rowids):
+            self.index.add_with_ids(np.ascontiguousarray(first_vectors, dtype=np.float32), rowids.astype(np.int64))
+            self.covered = max(self.covered, int(rowids.max()))
+            self.unsaved += len(rowids)
+
+    def stale(self, live: int) -> bool:
+        """True when the IVF should be rebuilt: grown far past its training size or mostly dead rows."""
+        return live > REBUILD_GROWTH * self.trained_on or self.size > 2 * max(live, 1)
+
+    def search(self, query_first: np.ndarray, depth: int) -> np.ndarray:
+        """Rowids of the `depth` items whose first vector best matches the query's first vector."""
+        q = np.ascontiguousarray(query_first.reshape(1, -1), dtype=np.float32)
+        _scores, ids = self.index.search(q, depth)
+        ids = ids[0]
+        return ids[ids >= 0]
+
+    # ---- persistence --------------------------------------------------------------------------------
+    def save(self, directory: Path) -> Path:
+        """Write atomically as first_stage.<covered>.faiss and delete older copies."""
+        path = directory / f"first_stage.{self.covered}.faiss"
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            faiss.write_index(self.index, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        for other in directory.glob("first_stage.*.faiss"):
+            if other != path:
+                other.unlink(missing_ok=True)
+        self.unsaved = 0
+        return path
+
+    @classmethod
+    def load(cls, directory: Path) -> FirstStage | None:
+        """The newest saved first stage, or None (also when the file is unreadable: it is only a cache)."""
+        best = None
+        for path in directory.glob("first_stage.*.faiss"):
+            m = FILE_PATTERN.match(path.name)
+            if m and (best is None or int(m.group(1)) > best[0]):
+                best = (int(m.group(1)), path)
+        if best is None:
+            return None
+        try:
+            index = faiss.read_index(str(best[1]))
+        except RuntimeError:
+            return None
+        faiss.extract_index_ivf(index).nprobe = min(NPROBE, faiss.extract_index_ivf(index).nlist)
+        return cls(index, best[0], int(index.ntotal))
