@@ -179,24 +179,29 @@ class ImageClassifier:
         pooled = torch.from_numpy(features).mean(dim=(2, 3))
         return torch.addmm(self.fc_bias, pooled, self.fc_weight.T).numpy()
 
-    def classify(self, images: list[Image.Image]) -> ClassifierOutput:
-        """Classify a list of images (processed in batches of `batch_size`)."""
-        if not images:
-            return ClassifierOutput(
-                probs=np.zeros((0, NUM_CLASSES), np.float32),
-                features=np.zeros((0, 1280, FEATURE_GRID, FEATURE_GRID), np.float32),
-                crop_boxes=[],
-            )
-        probs, feats, boxes = [], [], []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
-            inputs, chunk_boxes = zip(*(preprocess(img) for img in chunk), strict=True)
-            f = self.features_of_batch(np.stack(inputs))
+    def predict(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Preprocessed [B, 3, 224, 224] inputs -> (probabilities [B, 1000], features [B, 1280, 7, 7]),
+        run in chunks of `batch_size`."""
+        if inputs.ndim != 4 or inputs.shape[1:] != (3, INPUT_SIZE, INPUT_SIZE):
+            raise ValueError(f"classifier: inputs must be [B, 3, {INPUT_SIZE}, {INPUT_SIZE}], got {inputs.shape}")
+        if inputs.shape[0] == 0:
+            return np.zeros((0, NUM_CLASSES), np.float32), np.zeros((0, 1280, FEATURE_GRID, FEATURE_GRID), np.float32)
+        probs, feats = [], []
+        for start in range(0, inputs.shape[0], self.batch_size):
+            f = self.features_of_batch(inputs[start : start + self.batch_size])
             logits = torch.from_numpy(self.logits_from_features(f))
             probs.append(torch.softmax(logits, dim=1).numpy())
             feats.append(f)
-            boxes.extend(chunk_boxes)
-        return ClassifierOutput(probs=np.concatenate(probs), features=np.concatenate(feats), crop_boxes=boxes)
+        return np.concatenate(probs), np.concatenate(feats)
+
+    def classify(self, images: list[Image.Image]) -> ClassifierOutput:
+        """Classify a list of images (processed in batches of `batch_size`)."""
+        if not images:
+            probs, feats = self.predict(np.zeros((0, 3, INPUT_SIZE, INPUT_SIZE), np.float32))
+            return ClassifierOutput(probs=probs, features=feats, crop_boxes=[])
+        inputs, boxes = zip(*(preprocess(img) for img in images), strict=True)
+        probs, feats = self.predict(np.stack(inputs))
+        return ClassifierOutput(probs=probs, features=feats, crop_boxes=list(boxes))
 
     def cams(self, features: np.ndarray, class_indices: list[list[int]]) -> list[np.ndarray]:
         """Class-activation maps: for image b and each class c in class_indices[b], the 7x7 map
