@@ -27,6 +27,7 @@ import re
 import sqlite3
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,7 +176,10 @@ def to_bf16_bits(vectors: torch.Tensor | np.ndarray) -> np.ndarray:
 
 def bf16_view(bits: np.ndarray) -> torch.Tensor:
     """uint16 bf16 bit patterns (possibly memory-mapped) -> a bf16 tensor sharing their memory."""
-    return torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16)
+    with warnings.catch_warnings():
+        # Read-only memmaps are fine: nothing here writes through these tensors.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -607,11 +611,11 @@ class Index:
         (last,) = self._conn.execute("SELECT COALESCE(MAX(id), 0) FROM segments").fetchone()
         return int(last) + 1
 
-    def add(self, items: Sequence[Any], vectors: torch.Tensor | np.ndarray) -> list[str]:
+    def add(self, items: Sequence[Any], vectors: torch.Tensor | np.ndarray) -> list[str | None]:
         """Store items (ingest `Item`s) with their candidate vectors [B, R_c, D]; one atomic commit.
 
         Items whose content hash is already indexed (or repeated within the batch) are skipped.
-        Returns the ids of the items added, in order.
+        Returns, for each item in order, its new id, or None where it was skipped as a duplicate.
         """
         if len(items) != len(vectors):
             raise ValueError(f"add: {len(items)} items but {len(vectors)} vector sets")
@@ -629,20 +633,20 @@ class Index:
                     seen.add(it.content_hash)
                     keep.append(i)
             if not keep:
-                return []
+                return [None] * len(items)
             bits = to_bf16_bits(vectors[keep] if len(keep) < len(items) else vectors)
             seg_id = self._next_segment_id()
             file = f"seg-{seg_id}.npy"
             _write_segment(self.directory / SEGMENT_DIR / file, self.num_vectors, self.dim, [bits], len(keep))
             now = time.time()
-            ids = []
+            ids: list[str | None] = [None] * len(items)
             with self._txn("IMMEDIATE"):
                 self._conn.execute("INSERT INTO segments(id, file, rows, created) VALUES (?, ?, ?, ?)",
                                    (seg_id, file, len(keep), now))
                 for slot, i in enumerate(keep):
                     it = items[i]
                     item_id = self._new_id(it.content_hash)
-                    ids.append(item_id)
+                    ids[i] = item_id
                     span = it.char_span or (None, None)
                     words = json.dumps([[w, list(box)] for w, box in (it.words or [])])
                     cur = self._conn.execute(

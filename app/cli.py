@@ -1,0 +1,287 @@
+"""Command line: `python -m app.cli index|search|info|list|remove|compact ... --index DIR`.
+
+The checkpoint that made an index is recorded in it: later commands load that one unless
+`--checkpoint` says otherwise (and a different one is refused rather than mixed in).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class CliError(Exception):
+    """A failure to report in one line, without a traceback."""
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+
+
+def resolve_checkpoint(arg: str | None, index_dir: Path) -> tuple[Path, str, str]:
+    """(checkpoint folder, source to record in the index, checkpoint id) for a command on `index_dir`.
+
+    No --checkpoint: the one recorded in an existing index, else the bundled MetaEmbed-Mini.
+    """
+    from model import checkpoint
+
+    from .index import DB_NAME, Index, checkpoint_id_of_folder
+
+    source: str | None = arg
+    if arg is None and (index_dir / DB_NAME).is_file():
+        with Index.open(index_dir) as index:
+            source = index.checkpoint_source
+    folder = checkpoint.resolve(source)
+    if source is None:
+        recorded = ""  # the bundled default: found again wherever the package is installed
+    elif Path(source).expanduser().exists():
+        recorded = str(Path(source).expanduser().resolve())
+    else:
+        recorded = source  # a Hub id
+    return folder, recorded, checkpoint_id_of_folder(folder)
+
+
+def load_model(folder: Path) -> Any:
+    from model import MetaEmbed
+
+    return MetaEmbed.from_pretrained(folder)
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from .index import DB_NAME, Index
+    from .indexing import index_paths
+    from .ingest import default_ocr
+
+    index_dir = Path(args.index).expanduser()
+    folder, source, ckpt_id = resolve_checkpoint(args.checkpoint, index_dir)
+    if (index_dir / DB_NAME).is_file():
+        Index.open(index_dir, ckpt_id).close()  # refuse a mismatch before spending time on the model
+    model = load_model(folder)
+    start = time.perf_counter()
+    with Index.open_for(index_dir, ckpt_id, model.config.num_candidate_tokens, model.config.embed_dim
+                        or model.backbone.hidden_size, source) as index:
+        bar = _progress_bar(args)
+        committed = [0]
+
+        def progress(done: int, total: int, name: str) -> None:
+            if bar is not None:
+                bar.total = total
+                bar.n = done
+                bar.set_postfix_str(f"{committed[0]} items", refresh=False)
+                bar.refresh()
+
+        def on_commit(entries: list) -> None:
+            committed[0] += len(entries)
+
+        try:
+            run = index_paths(model, index, args.paths, batch_size=args.batch_size,
+                              ocr=None if args.no_ocr else default_ocr, progress=progress, on_commit=on_commit)
+        finally:
+            if bar is not None:
+                bar.close()
+    seconds = time.perf_counter() - start
+    if args.json:
+        print(json.dumps(run.to_json(), indent=2))
+    else:
+        files = len({e.path for e in run.indexed})
+        print(f"Indexed {len(run.indexed)} items from {files} files in {seconds:.1f} s; "
+              f"{len(run.skipped_duplicates)} already indexed or duplicate; {len(run.errors)} failed.")
+        for note in run.notes:
+            print(f"  note: {note.note}")
+        for error in run.errors:
+            print(f"  failed: {error.error}  [{error.path}]")
+    nothing_done = not run.indexed and not run.skipped_duplicates
+    return EXIT_FAILED if nothing_done and run.errors else EXIT_OK
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .index import Index
+    from .search import Searcher
+
+    index_dir = Path(args.index).expanduser()
+    budget = parse_budget(args.budget) if args.budget else None
+    if args.k < 1:
+        raise CliError(f"--k must be at least 1, got {args.k}")
+    folder, _source, ckpt_id = resolve_checkpoint(args.checkpoint, index_dir)
+    with Index.open(index_dir, ckpt_id) as index:
+        model = load_model(folder)
+        searcher = Searcher(model, index)
+        budget = searcher.check_budget(budget)
+        query: Any = args.query
+        if args.image:
+            query = _load_query_image(args.query)
+        results = searcher.search(query, budget, k=args.k)
+    if args.json:
+        out = results.to_json()
+        out["query"] = args.query
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"{len(results.hits)} results for {args.query!r} at budget {budget}:")
+        for hit in results.hits:
+            where = f" (page {hit.page})" if hit.page is not None else ""
+            print(f"{hit.rank:3d}. {hit.score:8.4f}  {hit.path}{where}  [{hit.id}]")
+    return EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .index import Index
+
+    with Index.open(args.index) as index:
+        info = index.info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            print(f"{key}: {value}")
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .index import Index
+
+    with Index.open(args.index) as index:
+        items = index.items()
+    rows = [{"id": it.id, "path": it.path, "page": it.page, "kind": it.kind, "passage": it.passage}
+            for it in items]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            where = f" (page {row['page']})" if row["page"] is not None else ""
+            part = f" passage {row['passage']}" if row["passage"] is not None else ""
+            print(f"{row['id']}  {row['kind']:8s} {row['path']}{where}{part}")
+    return EXIT_OK
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    from .index import Index
+
+    with Index.open(args.index) as index:
+        try:
+            removed = index.remove(args.targets)
+        except KeyError as e:
+            raise CliError(e.args[0]) from None
+    if args.json:
+        print(json.dumps({"removed": removed}, indent=2))
+    else:
+        print(f"Removed {len(removed)} items.")
+    return EXIT_OK
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    from .index import Index
+
+    with Index.open(args.index) as index:
+        before = index.info()
+        index.compact()
+        after = index.info()
+    print(f"Compacted: {before['segments']} -> {after['segments']} segments, "
+          f"{before['vector_bytes']} -> {after['vector_bytes']} bytes of vectors.")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def parse_budget(text: str) -> tuple[int, int]:
+    parts = text.replace(" ", "").split(",")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise CliError(f"--budget must be two positive integers 'R_Q,R_C' (e.g. 16,64), got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def _load_query_image(path: str) -> Any:
+    from .ingest import load_image
+
+    try:
+        data = Path(path).expanduser().read_bytes()
+    except OSError as e:
+        raise CliError(f"query image {path}: cannot be read ({e.strerror or e})") from None
+    try:
+        return load_image(data)
+    except ValueError as e:
+        raise CliError(f"query image {path}: {e}") from None
+
+
+def _progress_bar(args: argparse.Namespace) -> Any:
+    if args.json or args.quiet:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=0, unit="file", desc="indexing", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m app.cli", description="MetaEmbed Studio: index and search "
+                                     "photos and documents with multi-vector embeddings.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
+        p.add_argument("--index", required=True, metavar="DIR", help="index folder (created by `index`)")
+        if json_flag:
+            p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+    p = sub.add_parser("index", help="add files, folders or zip archives to an index")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    common(p)
+    p.add_argument("--checkpoint", metavar="ID_OR_PATH",
+                   help="checkpoint folder or Hub id (default: the index's, else the bundled MetaEmbed-Mini)")
+    p.add_argument("--batch-size", type=int, default=8, help="items encoded and committed together (default 8)")
+    p.add_argument("--no-ocr", action="store_true", help="do not run text recognition on scanned pages")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="search an index")
+    p.add_argument("query", metavar="QUERY", help="words to search for (or an image path with --image)")
+    common(p)
+    p.add_argument("--budget", metavar="R_Q,R_C", help="vectors used per query and per item (default: largest preset)")
+    p.add_argument("--k", type=int, default=10, help="number of results (default 10)")
+    p.add_argument("--image", action="store_true", help="QUERY is an image file: find similar items")
+    p.add_argument("--checkpoint", metavar="ID_OR_PATH", help="default: the checkpoint recorded in the index")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("info", help="what an index holds")
+    common(p)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("list", help="list indexed items")
+    common(p)
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("remove", help="remove items by id or by path (file, zip or folder)")
+    p.add_argument("targets", nargs="+", metavar="ID_OR_PATH")
+    common(p)
+    p.set_defaults(func=cmd_remove)
+
+    p = sub.add_parser("compact", help="reclaim the space of removed items")
+    common(p, json_flag=False)
+    p.set_defaults(func=cmd_compact)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    if getattr(args, "batch_size", 1) < 1:
+        print(f"error: --batch-size must be at least 1, got {args.batch_size}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return args.func(args)
+    except (CliError, ValueError, FileNotFoundError, KeyError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

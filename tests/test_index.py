@@ -1,0 +1,212 @@
+"""app.index + app.indexing: storage, ingest of every kind, duplicates, remove, reload, atomicity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from index_helpers import (
+    checkpoint_folder,
+    fake_items,
+    has_visual_tokenizer,
+    loaded_model,
+    write_mixed_corpus,
+    write_texts,
+)
+
+from app import index as index_module
+from app.index import CheckpointMismatch, Index, IndexError_, checkpoint_id, checkpoint_id_of_folder
+from app.indexing import encoder_input, index_paths
+from app.ingest import ingest
+from model.scoring import maxsim
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return loaded_model(tmp_path_factory)
+
+
+def new_index(path, model) -> Index:
+    return Index.create(path, checkpoint_id(model), model.config.num_candidate_tokens, model.config.embed_dim)
+
+
+def unit(*shape: int, seed: int = 0) -> torch.Tensor:
+    return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+# -------------------------------------------------------------------------------------- with the model
+
+
+def test_every_input_kind_is_indexed_through_ingest(tmp_path, model):
+    images = has_visual_tokenizer()
+    files = write_mixed_corpus(tmp_path / "in", images=images)
+    index = new_index(tmp_path / "idx", model)
+    run = index_paths(model, index, [tmp_path / "in"], ocr=None, batch_size=3)
+    assert run.errors == []
+    items = index.items()
+    assert len(items) == len(run.indexed) == len(index)
+    by_path = {}
+    for it in items:
+        by_path.setdefault(it.path, []).append(it)
+    assert set(by_path) == ({str(p.resolve()) for k, p in files.items() if k != "zip"}
+                            | {f"{files['zip'].resolve()}!/inner/poem.txt"})
+    pdf_pages = by_path[str(files["pdf"].resolve())]
+    assert [(p.kind, p.page) for p in pdf_pages] == [("pdf_page", 1), ("pdf_page", 2)]
+    assert "Quarterly" in pdf_pages[0].text and {w for w, _ in pdf_pages[0].words} >= {"Quarterly", "report"}
+    assert index.thumbnail(pdf_pages[0].id)[:2] == b"\xff\xd8"  # a JPEG
+    txt = by_path[str(files["txt"].resolve())][0]
+    assert txt.kind == "text" and txt.page is None and txt.char_span == (0, len(txt.text))
+    assert index.thumbnail(txt.id) == b""
+    if images:
+        assert by_path[str(files["png"].resolve())][0].kind == "image"
+
+    # The stored vectors are the model's encoding of each item, rounded to bf16.
+    report = ingest([tmp_path / "in"], ocr=None)
+    expected = model.encode_candidates([encoder_input(it) for it in report.items])
+    for it, vec in zip(report.items, expected):
+        stored = index.vectors(it.content_hash[:16])
+        assert stored.dtype == torch.bfloat16 and stored.shape == vec.shape
+        torch.testing.assert_close(stored.float(), vec.bfloat16().float(), atol=2e-2, rtol=0)
+
+
+def test_duplicates_are_indexed_once_and_reruns_skip_everything(tmp_path, model):
+    folder = tmp_path / "in"
+    write_texts(folder, 3)
+    (folder / "copy-of-0.txt").write_bytes((folder / "note-000.txt").read_bytes())
+    index = new_index(tmp_path / "idx", model)
+    first = index_paths(model, index, [folder], ocr=None)
+    assert len(first.indexed) == 3 and len(first.skipped_duplicates) == 1
+    assert first.skipped_duplicates[0].endswith("note-000.txt") or first.skipped_duplicates[0].endswith("copy-of-0.txt")
+    again = index_paths(model, index, [folder], ocr=None)
+    assert again.indexed == [] and len(again.skipped_duplicates) == 4
+    assert len(index) == 3 and len(index.known_hashes()) == 3
+
+
+def test_remove_by_id_file_and_folder_then_reload(tmp_path, model):
+    write_texts(tmp_path / "a", 3)
+    write_texts(tmp_path / "b", 2, start=10)
+    index = new_index(tmp_path / "idx", model)
+    index_paths(model, index, [tmp_path / "a", tmp_path / "b"], ocr=None, batch_size=2)
+    items = index.items()
+    keep_vectors = {it.id: index.vectors(it.id) for it in items}
+    first = items[0]
+    assert index.remove([first.id]) == [first.id]
+    removed = index.remove([str(tmp_path / "a" / "note-001.txt")])
+    assert len(removed) == 1
+    assert sorted(index.remove([str(tmp_path / "b")])) == sorted(it.id for it in items if "/b/" in it.path)
+    with pytest.raises(KeyError, match="nothing in index"):
+        index.remove(["no-such-id"])
+    index.compact()
+    index.close()
+
+    reopened = Index.open(tmp_path / "idx", checkpoint_id(model))
+    left = reopened.items()
+    assert [it.path for it in left] == [str((tmp_path / "a" / "note-002.txt").resolve())]
+    assert torch.equal(reopened.vectors(left[0].id), keep_vectors[left[0].id])
+    assert reopened.info()["dead_rows"] == 0
+    hits = reopened.search(model.encode_queries(["note"])[0], (16, 64), k=10)
+    assert [rowid for rowid, _ in hits] == [left[0].rowid]
+
+
+def test_checkpoint_mismatch_is_a_clear_error(tmp_path, tmp_path_factory, model):
+    index = new_index(tmp_path / "idx", model)
+    index.close()
+    assert checkpoint_id(model) == checkpoint_id_of_folder(checkpoint_folder(tmp_path_factory))
+    with pytest.raises(CheckpointMismatch, match="vectors of different checkpoints cannot be compared"):
+        Index.open(tmp_path / "idx", "another-checkpoint-0123")
+    with pytest.raises(CheckpointMismatch):
+        Index.open_for(tmp_path / "idx", "another-checkpoint-0123", 64, 128)
+    with pytest.raises(IndexError_, match="already holds an index"):
+        new_index(tmp_path / "idx", model)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Index.open(tmp_path / "missing")
+
+
+# --------------------------------------------------------------------------------- storage, no model
+
+
+def test_add_is_atomic_when_a_write_fails(tmp_path, monkeypatch):
+    index = Index.create(tmp_path / "idx", "ck", 8, 16)
+    index.add(fake_items(4), unit(4, 8, 16))
+    before = (len(index), index.info()["segments"])
+
+    def broken_insert(*args, **kwargs):
+        raise OSError("disk full")
+
+    # Fail after the segment file is written but before the rows are committed.
+    monkeypatch.setattr(index, "_new_id", broken_insert)
+    with pytest.raises(OSError, match="disk full"):
+        index.add(fake_items(3, start=100), unit(3, 8, 16, seed=1))
+    monkeypatch.undo()
+    assert (len(index), index.info()["segments"]) == before
+    index.close()
+
+    reopened = Index.open(tmp_path / "idx")
+    assert len(reopened) == 4
+    reopened.add(fake_items(1, start=200), unit(1, 8, 16, seed=2))  # the next writer sweeps the orphan
+    files = sorted(p.name for p in (tmp_path / "idx" / "segments").iterdir())
+    assert len(files) == reopened.info()["segments"]
+    assert len(reopened) == 5
+
+
+def test_add_rejects_bad_shapes_and_skips_known_hashes(tmp_path):
+    index = Index.create(tmp_path / "idx", "ck", 8, 16)
+    with pytest.raises(ValueError, match=r"stores \[B, 8, 16\]"):
+        index.add(fake_items(2), unit(2, 4, 16))
+    with pytest.raises(ValueError, match="2 items but 3"):
+        index.add(fake_items(2), unit(3, 8, 16))
+    items = fake_items(3)
+    assert None not in index.add(items, unit(3, 8, 16))
+    ids = index.add(items[1:] + fake_items(1, start=9), unit(3, 8, 16, seed=3))
+    assert ids[:2] == [None, None] and ids[2] is not None and len(index) == 4
+
+
+def test_segments_stay_few_and_search_matches_exact_scoring(tmp_path, monkeypatch):
+    index = Index.create(tmp_path / "idx", "ck", 8, 16)
+    vectors = unit(700, 8, 16, seed=4)
+    items = fake_items(700)
+    for start in range(0, 700, 25):
+        index.add(items[start:start + 25], vectors[start:start + 25])
+    info = index.info()
+    assert info["items"] == 700 and info["segments"] <= 8  # binary-counter merging: O(log n) segments
+    order = {it.rowid: int(it.path.rsplit("/", 1)[1].split(".")[0]) for it in index.items()}
+    query = unit(4, 16, seed=5)
+    monkeypatch.setattr(index_module.FirstStage, "build", _small_build(index_module.FirstStage.build))
+    for budget in [(1, 1), (2, 4), (4, 8)]:
+        ref = maxsim(query[None], vectors, budget)[0]
+        exact = index.search(query, budget, k=20, exact=True)
+        np.testing.assert_allclose([s for _, s in exact], ref.topk(20).values.numpy(), atol=1e-6)
+        np.testing.assert_allclose([s for _, s in exact], ref[[order[r] for r, _ in exact]].numpy(), atol=1e-6)
+        # Two-stage with a depth covering everything is exact; the first stage is persisted and reused.
+        full = index.search(query, budget, k=20, exact=False, depth=700)
+        assert [s for _, s in full] == [s for _, s in exact]
+    assert list((tmp_path / "idx").glob("first_stage.*.faiss"))
+
+
+def _small_build(build):
+    def wrapped(first, rowids, seed=0):
+        import app.first_stage as fs
+
+        old = fs.TRAIN_PER_LIST
+        fs.TRAIN_PER_LIST = 1  # tiny test collections: let faiss train on few points per list
+        try:
+            return build(first, rowids, seed)
+        finally:
+            fs.TRAIN_PER_LIST = old
+    return wrapped
+
+
+def test_removed_items_never_come_back_from_the_first_stage(tmp_path, monkeypatch):
+    monkeypatch.setattr(index_module.FirstStage, "build", _small_build(index_module.FirstStage.build))
+    index = Index.create(tmp_path / "idx", "ck", 4, 16)
+    vectors = unit(200, 4, 16, seed=6)
+    index.add(fake_items(200), vectors)
+    query = vectors[7]
+    best = index.search(query, (4, 4), k=1, exact=False, depth=200)[0][0]
+    victim = index.get_many([best])[best]
+    index.remove([victim.id])
+    after = index.search(query, (4, 4), k=5, exact=False, depth=200)
+    assert best not in [r for r, _ in after] and len(after) == 5
+    with pytest.raises(KeyError):
+        index.vectors(victim.id)
