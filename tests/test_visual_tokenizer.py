@@ -1,0 +1,301 @@
+"""Visual tokenizer: vocabulary, classifier + CAMs, colours, OCR, and the shared doc format."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from model.visual import colours as colours_mod
+from model.visual import ocr as ocr_mod
+from model.visual import tokenizer as tok_mod
+from model.visual.classifier import (
+    FEATURE_GRID,
+    ImageClassifier,
+    build_fused_features,
+    load_package_model,
+    preprocess,
+    reference_logits,
+)
+from model.visual.vocab import load_vocab
+
+FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+
+
+def _scene(width: int = 640, height: int = 480, seed: int = 0) -> Image.Image:
+    """A photo-like generated image: sky/grass gradients plus a few soft blobs."""
+    rng = np.random.default_rng(seed)
+    y = np.linspace(0, 1, height)[:, None, None]
+    sky = np.array([90, 150, 230]) * (1 - y) + np.array([200, 220, 240]) * y
+    grass = np.array([40, 120, 40]) * (1 - y) + np.array([20, 80, 20]) * y
+    arr = np.where(y < 0.55, sky, grass) * np.ones((1, width, 1))
+    arr = arr + rng.normal(0, 6, arr.shape)
+    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    draw.ellipse((width * 0.3, height * 0.4, width * 0.55, height * 0.8), fill=(150, 90, 40))
+    draw.ellipse((width * 0.6, height * 0.1, width * 0.7, height * 0.23), fill=(250, 230, 120))
+    return img
+
+
+def _font(size: int):
+    if not FONT.is_file():
+        pytest.skip(f"DejaVu font missing at {FONT} (Debian package fonts-dejavu-core)")
+    return ImageFont.truetype(str(FONT), size)
+
+
+def _text_page(words: list[str], size: int = 44) -> Image.Image:
+    font = _font(size)
+    page = Image.new("RGB", (1000, 700), "white")
+    draw = ImageDraw.Draw(page)
+    for line, start in enumerate(range(0, len(words), 3)):
+        draw.text((60, 60 + line * int(size * 1.8)), " ".join(words[start : start + 3]), font=font, fill="black")
+    return page
+
+
+@pytest.fixture(scope="module")
+def classifier() -> ImageClassifier:
+    return ImageClassifier()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(classifier):
+    return tok_mod.VisualTokenizer(classifier=classifier)
+
+
+@pytest.fixture(scope="module")
+def vocab():
+    return load_vocab()
+
+
+# ------------------------------------------------------------------------------------------------ vocab
+
+
+def test_vocab_has_the_1000_classes_in_classifier_order(vocab):
+    assert len(vocab) == 1000
+    wnids = [c.wnid for c in vocab.classes]
+    assert wnids == sorted(wnids) and len(set(wnids)) == 1000
+    tabby = vocab.classes[vocab.index_of("n02123045")]
+    assert tabby.name == "tabby" and "tabby cat" in tabby.names
+    assert "cat" in tabby.hypernyms and tabby.hypernyms[-1] == "animal"
+    assert "grey" in tabby.gloss or "gray" in tabby.gloss
+
+
+def test_chains_stop_before_abstract_nodes(vocab):
+    abstract = {"entity", "physical entity", "object", "whole", "organism", "living thing", "artifact"}
+    for cls in vocab.classes:
+        assert not abstract & set(cls.hypernyms), cls.name
+        assert not set(cls.hypernym_ids) & set(vocab.stop_nodes), cls.name
+    extra = vocab.extra_nouns()
+    assert "animal" in extra and "vehicle" in extra and "entity" not in extra
+
+
+def test_concept_terms_name_synonym_and_useful_hypernyms(vocab):
+    terms = vocab.concept_terms(vocab.index_of("n02123045"))
+    assert terms[:2] == ("tabby", "tabby cat")
+    assert "animal" in terms and len(terms) <= 2 + 3
+    # Spelling variants are not offered as synonyms.
+    site = vocab.concept_terms(vocab.index_of("n06359193"))  # web site, website, internet site
+    assert "website" not in site
+
+
+def test_text_bearing_classes_match_the_vocab(vocab):
+    for index, name in ocr_mod.TEXT_BEARING_CLASSES:
+        assert name in vocab.classes[index].names, (index, name)
+
+
+# ------------------------------------------------------------------------------------------- classifier
+
+
+def test_classifier_probabilities_sum_to_one(classifier):
+    out = classifier.classify([_scene(), _scene(300, 900, seed=1).convert("L")])
+    assert out.probs.shape == (2, 1000) and out.features.shape == (2, 1280, FEATURE_GRID, FEATURE_GRID)
+    np.testing.assert_allclose(out.probs.sum(axis=1), 1.0, atol=1e-4)
+    assert np.all(out.probs >= 0)
+    x0, y0, x1, y1 = out.crop_boxes[1]  # portrait: the centre square covers the full width
+    assert (x0, x1) == (0.0, 1.0) and 0 < y0 < y1 < 1 and abs((y1 - y0) - 300 / 900) < 1e-6
+
+
+def test_fused_network_matches_the_package_model():
+    package = load_package_model()
+    fused = build_fused_features(package)  # float32
+    batch = np.stack([preprocess(_scene(seed=s))[0] for s in range(2)])
+    with torch.inference_mode():
+        feats = fused(torch.from_numpy(batch)).mean(dim=(2, 3))
+        logits = package._fc(feats).numpy()
+    np.testing.assert_allclose(logits, reference_logits(package, batch), atol=1e-3)
+
+
+def test_bfloat16_path_stays_close_to_float32(classifier):
+    package = load_package_model()
+    batch = np.stack([preprocess(_scene(seed=s))[0] for s in range(2)])
+    ref = reference_logits(package, batch)
+    fast = classifier.logits_from_features(classifier.features_of_batch(batch))
+    assert np.corrcoef(ref.ravel(), fast.ravel())[0, 1] > 0.99
+
+
+def test_cams_have_grid_shape_and_unit_range(classifier):
+    out = classifier.classify([_scene()])
+    top = list(np.argsort(-out.probs[0])[:3])
+    [maps] = classifier.cams(out.features, [top])
+    assert maps.shape == (3, FEATURE_GRID, FEATURE_GRID) and maps.dtype == np.float32
+    assert maps.min() >= 0 and maps.max() <= 1
+    for m in maps:
+        assert m.max() == pytest.approx(1.0) or not m.any()
+    with pytest.raises(ValueError, match="class index"):
+        classifier.cams(out.features, [[1000]])
+
+
+# ------------------------------------------------------------------------------------------------ colours
+
+
+def test_two_colour_image_finds_both_with_sane_fractions():
+    img = Image.new("RGB", (400, 300), (210, 30, 30))
+    img.paste((30, 70, 200), (0, 0, 400, 90))  # top 30 % blue
+    found = {c.basic: c for c in colours_mod.dominant_colours(img)}
+    assert set(found) == {"red", "blue"}
+    assert found["red"].fraction == pytest.approx(0.7, abs=0.05)
+    assert found["blue"].fraction == pytest.approx(0.3, abs=0.05)
+    blue_mask = found["blue"].mask
+    assert blue_mask.shape == (colours_mod.MASK_SIZE, colours_mod.MASK_SIZE)
+    assert blue_mask[:5].mean() > 0.95 and blue_mask[-10:].max() == 0
+
+
+def test_achromatic_colours_are_named():
+    for fill, name in [((255, 255, 255), "white"), ((0, 0, 0), "black"), ((128, 128, 128), "gray")]:
+        [only] = colours_mod.dominant_colours(Image.new("RGB", (50, 80), fill))
+        assert only.name == name and only.fraction == 1.0
+
+
+# ---------------------------------------------------------------------------------------------------- OCR
+
+
+def test_split_line_gives_proportional_word_boxes():
+    words = ocr_mod.split_line("ab cdef", (0.1, 0.2, 0.8, 0.3), 0.9)
+    assert [w.text for w in words] == ["ab", "cdef"]
+    assert words[0].box[0] == pytest.approx(0.1) and words[1].box[2] == pytest.approx(0.8)
+    assert words[0].box[2] < words[1].box[0]
+
+
+def test_ocr_reads_rendered_words_with_boxes():
+    page = _text_page(["Harbour", "lighthouse", "Sunday"])
+    words = ocr_mod.ocr_image(page)
+    texts = [w.text.lower() for w in words]
+    assert "lighthouse" in texts and "harbour" in texts
+    light = words[texts.index("lighthouse")]
+    x0, y0, x1, y1 = light.box
+    assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+    harbour = words[texts.index("harbour")]
+    assert harbour.box[2] <= x0 + 0.01  # reading order and left-to-right boxes
+    assert 0 < light.score <= 1
+
+
+def test_text_gate_separates_a_page_from_a_scene():
+    page = _text_page(["invoice", "number", "total", "amount", "due", "date"] * 3, size=28)
+    assert ocr_mod.text_stroke_score(page) > ocr_mod.STROKE_THRESHOLD
+    assert ocr_mod.likely_has_text(page)
+    assert not ocr_mod.likely_has_text(_scene())
+    mass = np.zeros(1000)
+    mass[916] = 0.9  # web site
+    assert ocr_mod.likely_has_text(_scene(), mass)
+
+
+# -------------------------------------------------------------------------------------------- doc format
+
+
+def _check_spans(doc):
+    assert doc.text.strip()
+    for token in doc.tokens:
+        start, end = token.span
+        assert doc.text[start:end] == token.text
+
+
+def test_render_doc_is_deterministic_and_order_independent(vocab):
+    concepts = [(281, 0.6), (285, 0.2), (620, 0.07), (1, 0.01)]
+    colours = [("gray", 0.5), ("white", 0.3)]
+    text, spans = tok_mod.render_doc(concepts, colours, ["Hello", "world"])
+    again = tok_mod.render_doc(list(reversed(concepts)), list(reversed(colours)), ["Hello", "world"])[0]
+    assert text == again == tok_mod.render_doc(concepts, colours, ["Hello", "world"])[0]
+    assert text.startswith("tabby, tabby cat")
+    assert "laptop" not in text and "goldfish" not in text  # below the runner-up threshold
+    assert text.index("tabby") < text.index("Egyptian cat") < text.index("gray") < text.index("Hello")
+    assert [s.kind for s in spans] == ["concept", "concept", "colour", "colour", "ocr", "ocr"]
+    assert text[spans[1].start : spans[1].end].startswith("Egyptian cat")
+    assert "animal" not in text[spans[1].start : spans[1].end]  # said once, by the first concept
+
+
+def test_render_doc_never_empty_and_validates(vocab):
+    assert tok_mod.render_doc([], [], [])[0]
+    assert tok_mod.render_doc([(3, 0.01)], [], [" "])[0]
+    with pytest.raises(ValueError, match="class index"):
+        tok_mod.render_doc([(1000, 0.5)], [], [])
+    with pytest.raises(ValueError, match="probability"):
+        tok_mod.render_doc([(1, float("nan"))], [], [])
+
+
+def test_render_doc_respects_the_word_piece_budget(vocab):
+    rng = random.Random(0)
+    long_phrases = sorted(range(1000), key=lambda i: -len(", ".join(vocab.concept_terms(i))))[:5]
+    concepts = [(i, 0.5 - 0.05 * n) for n, i in enumerate(long_phrases)]
+    words = ["".join(rng.choice("qxzj0123456789") for _ in range(12)) for _ in range(200)]
+    text, spans = tok_mod.render_doc(concepts, [("dark blue", 0.4), ("light green", 0.3), ("gray", 0.2)], words)
+    assert tok_mod.count_pieces(text) <= tok_mod.MAX_DOC_PIECES
+    assert sum(s.kind == "concept" for s in spans) == 5 and any(s.kind == "ocr" for s in spans)
+
+
+# --------------------------------------------------------------------------------------- whole tokenizer
+
+
+def test_blank_image_gives_its_colour(tokenizer):
+    docs = tokenizer.tokenize([Image.new("RGB", (640, 480), "white"), Image.new("RGB", (1, 1), (0, 0, 255))])
+    for doc, colour in zip(docs, ["white", "blue"], strict=True):
+        _check_spans(doc)
+        assert colour in doc.text
+        colour_tokens = [t for t in doc.tokens if t.kind == "colour"]
+        assert colour_tokens[0].text == colour and colour_tokens[0].weight == 1.0
+        assert colour_tokens[0].region.dtype == np.float16
+
+
+def test_scene_doc_has_concept_regions_over_the_whole_frame(tokenizer):
+    [doc] = tokenizer.tokenize([_scene(800, 400)], ocr=False)
+    _check_spans(doc)
+    assert not doc.ocr_ran and doc.size == (800, 400)
+    for token in doc.tokens:
+        assert token.region is not None and token.region.shape == (colours_mod.MASK_SIZE,) * 2
+        assert 0 <= float(token.region.min()) and float(token.region.max()) <= 1
+    concepts = [t for t in doc.tokens if t.kind == "concept"]
+    assert concepts  # the generated scene reads as something (balloon / ball) to the classifier
+    for token in concepts:  # the classifier saw the centre square: side quarters of a 2:1 frame stay zero
+        assert not token.region[:, :7].any() and not token.region[:, -7:].any()
+        assert token.weight >= tok_mod.CONCEPT_MIN_PROB and token.class_index is not None
+
+
+def test_text_image_yields_ocr_words(tokenizer):
+    page = _text_page(["Meeting", "agenda", "budget", "Thursday", "coffee", "minutes"])
+    [doc] = tokenizer.tokenize([page])  # ocr="auto": the gate must let this one through
+    _check_spans(doc)
+    assert doc.ocr_ran
+    ocr_words = [t.text.lower() for t in doc.tokens if t.kind == "ocr"]
+    assert {"agenda", "budget"} & set(ocr_words)
+    assert all(t.box is not None for t in doc.tokens if t.kind == "ocr")
+    assert "text: " in doc.text
+
+
+def test_ocr_failure_keeps_the_rest_of_the_doc(classifier):
+    def broken(_img):
+        raise RuntimeError("engine exploded")
+
+    tk = tok_mod.VisualTokenizer(classifier=classifier, ocr_fn=broken)
+    [doc] = tk.tokenize([_scene()], ocr=True)
+    assert doc.ocr_ran and doc.text and not [t for t in doc.tokens if t.kind == "ocr"]
+
+
+def test_bad_input_is_a_clear_error(tokenizer):
+    with pytest.raises(ValueError, match=r"images\[1\]"):
+        tokenizer.tokenize([_scene(), "not an image"])
+    with pytest.raises(ValueError, match="ocr"):
+        tokenizer.tokenize([_scene()], ocr="sometimes")
+    assert tokenizer.tokenize([]) == []
