@@ -112,6 +112,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     budget = parse_budget(args.budget) if args.budget else None
     if args.k < 1:
         raise CliError(f"--k must be at least 1, got {args.k}")
+    Index.open(index_dir).close()  # a missing index is the first thing to report
     folder, _source, ckpt_id = resolve_checkpoint(args.checkpoint, index_dir)
     with Index.open(index_dir, ckpt_id) as index:
         model = load_model(folder)

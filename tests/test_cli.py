@@ -1,0 +1,191 @@
+"""python -m app.cli: JSON output, exit codes, errors, and a real kill -9 in the middle of indexing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from index_helpers import (
+    checkpoint_folder,
+    loaded_model,
+    other_checkpoint_folder,
+    write_mixed_corpus,
+    write_texts,
+)
+
+from app import cli
+from app.index import DB_NAME, Index
+from app.search import Searcher
+from model.scoring import maxsim
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return checkpoint_folder(tmp_path_factory)
+
+
+@pytest.fixture(autouse=True)
+def shared_model(tmp_path_factory, monkeypatch):
+    """In-process CLI calls reuse the session's loaded model instead of loading it on every call."""
+    model = loaded_model(tmp_path_factory)
+    folder = checkpoint_folder(tmp_path_factory)
+
+    def load(path):
+        if Path(path) != folder:
+            from model import MetaEmbed
+
+            return MetaEmbed.from_pretrained(path, device="cpu")
+        return model
+
+    monkeypatch.setattr(cli, "load_model", load)
+    return model
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_index_search_info_list_remove_json(tmp_path, ckpt, capsys):
+    files = write_mixed_corpus(tmp_path / "in", images=True)
+    (tmp_path / "in" / "broken.png").write_bytes(b"not a png")
+    idx = tmp_path / "idx"
+    code, out, _ = run(capsys, "index", tmp_path / "in", "--index", idx, "--checkpoint", ckpt, "--json", "--no-ocr")
+    assert code == 0
+    report = json.loads(out)
+    assert set(report) >= {"indexed", "skipped_duplicates", "errors"}
+    assert report["errors"] == [{"path": str((tmp_path / "in" / "broken.png").resolve()),
+                                 "error": report["errors"][0]["error"]}]
+    assert report["errors"][0]["error"].startswith("broken.png: ")
+    pages = sorted(e["page"] for e in report["indexed"] if e["path"] == str(files["pdf"].resolve()))
+    assert pages == [1, 2]
+
+    # Later commands use the checkpoint recorded in the index.
+    code, out, _ = run(capsys, "search", "quarterly revenue report", "--index", idx, "--json", "--k", "3")
+    assert code == 0
+    result = json.loads(out)
+    assert result["query"] == "quarterly revenue report" and result["budget"] == [16, 64]
+    assert [r["rank"] for r in result["results"]] == [1, 2, 3]
+    for r in result["results"]:
+        assert set(r) == {"rank", "id", "path", "page", "score"}
+        assert os.path.isabs(r["path"].split("!/")[0]) and isinstance(r["score"], float)
+        assert r["page"] is None or r["page"] >= 1
+    scores = [r["score"] for r in result["results"]]
+    assert scores == sorted(scores, reverse=True)
+
+    code, out, _ = run(capsys, "search", "quarterly revenue report", "--index", idx, "--json", "--budget", "2,4")
+    assert code == 0 and json.loads(out)["budget"] == [2, 4]
+
+    code, out, _ = run(capsys, "info", "--index", idx, "--json")
+    info = json.loads(out)
+    assert code == 0 and info["items"] == len(report["indexed"]) and info["checkpoint_source"] == str(ckpt.resolve())
+
+    code, out, _ = run(capsys, "list", "--index", idx, "--json")
+    listed = json.loads(out)
+    assert sorted(r["id"] for r in listed) == sorted(e["id"] for e in report["indexed"])
+
+    code, out, _ = run(capsys, "remove", files["pdf"], "--index", idx, "--json")
+    assert code == 0 and len(json.loads(out)["removed"]) == 2
+    code, out, _ = run(capsys, "info", "--index", idx, "--json")
+    assert json.loads(out)["items"] == info["items"] - 2
+
+    # Indexing the same folder again: everything is already there.
+    code, out, _ = run(capsys, "index", tmp_path / "in", "--index", idx, "--json", "--no-ocr")
+    again = json.loads(out)
+    assert code == 0 and [e["page"] for e in again["indexed"]] == [1, 2]  # only the removed PDF comes back
+    assert len(again["skipped_duplicates"]) >= 1
+
+
+def test_human_output_and_errors(tmp_path, tmp_path_factory, ckpt, capsys):
+    write_texts(tmp_path / "in", 2)
+    idx = tmp_path / "idx"
+    code, out, err = run(capsys, "index", tmp_path / "in", tmp_path / "missing.txt", "--index", idx,
+                         "--checkpoint", ckpt, "--quiet")
+    assert code == 0
+    assert "Indexed 2 items from 2 files" in out and "1 failed" in out and "missing.txt: no such file" in out
+
+    code, out, err = run(capsys, "search", "note", "--index", idx, "--budget", "16,65")
+    assert code == 1 and "r_c=65 is out of range: allowed 1..64" in err
+    code, out, err = run(capsys, "search", "note", "--index", idx, "--budget", "abc")
+    assert code == 1 and "--budget must be two positive integers" in err
+    code, out, err = run(capsys, "search", "note", "--index", tmp_path / "nowhere")
+    assert code == 1 and "does not exist" in err
+    code, out, err = run(capsys, "remove", "no-such-item", "--index", idx)
+    assert code == 1 and "nothing in index" in err
+    code, out, err = run(capsys, "index", tmp_path / "in", "--index", idx,
+                         "--checkpoint", other_checkpoint_folder(tmp_path_factory))
+    assert code == 1 and "vectors of different checkpoints cannot be compared" in err
+
+    code, out, err = run(capsys, "index", tmp_path / "nothing-here.txt", "--index", idx, "--quiet")
+    assert code == 1 and "no such file" in out  # nothing could be done
+    code, out, _ = run(capsys, "search", "note", "--index", idx, "--k", "1")
+    assert code == 0 and out.splitlines()[1].startswith("  1. ")
+
+
+def _count(db: Path) -> int:
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return 0  # not created yet, or busy
+
+
+def test_kill_9_during_indexing_keeps_every_committed_item(tmp_path, ckpt, shared_model):
+    files = write_texts(tmp_path / "in", 60)
+    idx = tmp_path / "idx"
+    cmd = [sys.executable, "-m", "app.cli", "index", str(tmp_path / "in"), "--index", str(idx),
+           "--checkpoint", str(ckpt), "--batch-size", "1", "--quiet", "--no-ocr"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    try:
+        while _count(idx / DB_NAME) < 3:
+            if proc.poll() is not None:
+                pytest.fail(f"indexer exited early ({proc.returncode}): {proc.stderr.read().decode()[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail("indexer committed nothing within 300 s")
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+
+    with Index.open(idx) as index:
+        committed = index.items()
+        assert 3 <= len(committed) < len(files), "the kill must land in the middle of the run"
+        searcher = Searcher(shared_model, index)
+        cands = torch.stack([index.vectors(it.id) for it in committed])
+        # Committed vectors are intact: they are the model's encoding of each item's text.
+        expected = shared_model.encode_candidates([it.text for it in committed])
+        torch.testing.assert_close(cands.float(), expected.bfloat16().float(), atol=2e-2, rtol=0)
+        results = searcher.search(committed[0].text, (4, 8), k=len(committed))
+        ref = maxsim(searcher.query_vectors(committed[0].text)[None], cands, (4, 8))[0]
+        assert sorted(h.id for h in results.hits) == sorted(it.id for it in committed)
+        for hit in results.hits:
+            assert abs(hit.score - float(ref[[it.id for it in committed].index(hit.id)])) < 1e-2
+        ids_before = {it.id: it.path for it in committed}
+
+    assert cli.main(["index", str(tmp_path / "in"), "--index", str(idx), "--quiet", "--no-ocr"]) == 0
+    with Index.open(idx) as index:
+        final = index.items()
+        assert sorted(it.path for it in final) == sorted(str(p.resolve()) for p in files)
+        assert {it.id: it.path for it in final if it.id in ids_before} == ids_before
+        assert index.info()["dead_rows"] == 0
+        leftovers = [p.name for p in (idx / "segments").iterdir() if not p.name.startswith("seg-")]
+        assert leftovers == []

@@ -1,0 +1,126 @@
+"""app.search: cached query vectors, re-ranking at any budget, budget errors, result handles."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from index_helpers import has_visual_tokenizer, loaded_model, other_checkpoint_folder, write_texts
+from PIL import Image
+
+from app.index import CheckpointMismatch, Index, checkpoint_id
+from app.indexing import index_paths
+from app.search import Searcher, query_key
+from model import MetaEmbed
+from model.scoring import maxsim
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return loaded_model(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory, model):
+    root = tmp_path_factory.mktemp("search")
+    write_texts(root / "notes", 12)
+    idx = Index.create(root / "idx", checkpoint_id(model), model.config.num_candidate_tokens, model.config.embed_dim)
+    index_paths(model, idx, [root / "notes"], ocr=None, batch_size=4)
+    yield idx
+    idx.close()
+
+
+def all_vectors(index: Index) -> tuple[list[str], torch.Tensor]:
+    items = index.items()
+    return [it.id for it in items], torch.stack([index.vectors(it.id) for it in items])
+
+
+def test_rerank_at_new_budgets_reuses_the_query_and_matches_fresh_scoring(model, index):
+    searcher = Searcher(model, index)
+    ids, cands = all_vectors(index)
+    query = "glacier violin at dawn"
+    for budget in searcher.presets + [(3, 5), (16, 1)]:
+        results = searcher.search(query, budget, k=5)
+        assert results.budget == budget and len(results.hits) == 5
+        fresh_q = model.encode_queries([query])
+        ref = maxsim(fresh_q, cands, budget)[0]
+        top = ref.topk(5)
+        torch.testing.assert_close(torch.tensor([h.score for h in results.hits]), top.values, atol=1e-2, rtol=0)
+        # Every hit's score is the fresh MaxSim of that very item.
+        for hit in results.hits:
+            assert abs(hit.score - float(ref[ids.index(hit.id)])) < 1e-2
+        assert [h.rank for h in results.hits] == [1, 2, 3, 4, 5]
+    assert searcher.encodes == 1  # the model ran once; every other budget reused the cached vectors
+    # A second, fresh searcher gives the very same ranking.
+    again = Searcher(model, index).search(query, (4, 8), k=5)
+    assert [h.id for h in again.hits] == [h.id for h in searcher.search(query, (4, 8), k=5).hits]
+
+
+def test_default_budget_is_the_largest_preset_and_hits_carry_handles(model, index):
+    searcher = Searcher(model, index)
+    results = searcher.search("harbour lantern", k=3)
+    assert results.budget == (16, 64) == searcher.default_budget
+    hit = results.hits[0]
+    assert hit.query_vectors().shape == (16, 128) and hit.candidate_vectors().shape == (64, 128)
+    assert hit.kind == "text" and hit.path.endswith(".txt") and hit.page is None
+    assert hit.thumbnail() == b""
+    explained = searcher.explain("harbour lantern", hit.id, (2, 4))
+    assert explained["sim"].shape == (2, 4)
+    low = searcher.search("harbour lantern", (2, 4), k=20)
+    assert abs(explained["score"] - next(h.score for h in low.hits if h.id == hit.id)) < 2e-2
+    assert results.to_json()["results"][0] == {"rank": 1, "id": hit.id, "path": hit.path, "page": None,
+                                               "score": hit.score}
+
+
+@pytest.mark.parametrize("budget, message", [
+    ((0, 4), "r_q=0 is out of range: allowed 1..16"),
+    ((17, 4), "r_q=17 is out of range: allowed 1..16"),
+    ((4, 65), "r_c=65 is out of range: allowed 1..64"),
+    ((4, 0), "r_c=0 is out of range"),
+    ((True, 4), "r_q=True is out of range"),
+    ((4.0, 8), "r_q=4.0 is out of range"),
+    ((4,), "budget must be a pair"),
+    ("4,8", "budget must be a pair"),
+])
+def test_budget_errors_name_the_allowed_range(model, index, budget, message):
+    searcher = Searcher(model, index)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        searcher.search("cedar", budget)
+    assert searcher.encodes == 0  # validation happens before any work
+
+
+def test_bad_queries_and_k(model, index):
+    searcher = Searcher(model, index)
+    with pytest.raises(ValueError, match="query is empty"):
+        searcher.search("   ")
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        searcher.search("cedar", k=0)
+    with pytest.raises(ValueError, match="a query is a str or a PIL image"):
+        searcher.search(42)
+
+
+def test_query_cache_is_lru_and_image_keys_follow_the_pixels(model, index):
+    searcher = Searcher(model, index, cache_size=2)
+    for q in ("one", "two", "one", "three", "one", "two"):
+        searcher.query_vectors(q)
+    assert searcher.encodes == 4  # "two" was evicted by "three" and encoded again
+    red = Image.new("RGB", (8, 8), (255, 0, 0))
+    assert query_key(red) == query_key(red.copy()) != query_key(Image.new("RGB", (8, 8), (0, 0, 255)))
+
+
+@pytest.mark.skipif(not has_visual_tokenizer(), reason="model.visual.VisualTokenizer has not landed yet")
+def test_image_query_finds_more_like_this(tmp_path, model):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, colour in (("red", (230, 20, 20)), ("green", (20, 200, 40)), ("blue", (20, 40, 230))):
+        Image.new("RGB", (96, 64), colour).save(folder / f"{name}.png")
+    idx = Index.create(tmp_path / "idx", checkpoint_id(model), 64, 128)
+    index_paths(model, idx, [folder], ocr=None)
+    results = Searcher(model, idx).search(Image.new("RGB", (96, 64), (230, 20, 20)), k=3)
+    assert len(results.hits) == 3 and results.hits[0].kind == "image"
+    assert results.to_json()["query"].startswith("<image ")
+
+
+def test_searcher_refuses_a_model_of_another_checkpoint(tmp_path_factory, index):
+    other = MetaEmbed.from_pretrained(other_checkpoint_folder(tmp_path_factory), device="cpu")
+    with pytest.raises(CheckpointMismatch, match="was built with checkpoint"):
+        Searcher(other, index)
