@@ -1,0 +1,300 @@
+"""Figures (plotly) and image overlays (PIL) for the app. Pure functions of numbers: no model, no Gradio.
+
+Colours are shared across figures so the same thing always looks the same: similarities use one
+sequential scale, the winning match of each query vector is an orange star, budgets are blue.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import plotly.graph_objects as go
+from PIL import Image, ImageDraw, ImageFont
+
+SIM_SCALE = "Viridis"
+ACCENT = "#f97316"  # orange: winning matches, highlights
+BUDGET = "#2563eb"  # blue: budgets
+MUTED = "#94a3b8"
+FONT = dict(family="Source Sans Pro, DejaVu Sans, Arial, sans-serif", size=13, color="#1f2937")
+_HEAT = np.array([[255, 255, 255], [253, 224, 71], [249, 115, 22], [220, 38, 38]], dtype=np.float32)
+
+
+def _layout(fig: go.Figure, title: str, height: int = 340, **kw) -> go.Figure:
+    fig.update_layout(
+        title=dict(text=title, x=0.0, xanchor="left", font=dict(size=15)), font=FONT, height=height,
+        margin=dict(l=60, r=20, t=56, b=50), paper_bgcolor="white", plot_bgcolor="white", **kw,
+    )
+    return fig
+
+
+def empty_figure(message: str, height: int = 280) -> go.Figure:
+    """A blank figure that says what to do to fill it."""
+    fig = go.Figure()
+    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+                       font=dict(size=14, color="#64748b"))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return _layout(fig, "", height=height)
+
+
+# ------------------------------------------------------------------------------------------ why it matched
+
+
+def similarity_heatmap(sim: np.ndarray, argmax: np.ndarray, budget: tuple[int, int],
+                       q_labels: Sequence[str] | None = None, c_labels: Sequence[str] | None = None) -> go.Figure:
+    """Query meta vectors (rows) x candidate meta vectors (columns), each row's maximum starred."""
+    sim = np.asarray(sim, dtype=np.float32)
+    r_q, r_c = sim.shape
+    xs = list(range(1, r_c + 1))
+    ys = list(range(1, r_q + 1))
+    q_labels = list(q_labels) if q_labels is not None else [""] * r_q
+    c_labels = list(c_labels) if c_labels is not None else [""] * r_c
+    hover = [[f"query vector {i + 1}{_paren(q_labels[i])}<br>candidate vector {j + 1}{_paren(c_labels[j])}"
+              f"<br>similarity {sim[i, j]:.3f}" for j in range(r_c)] for i in range(r_q)]
+    fig = go.Figure(go.Heatmap(
+        z=sim, x=xs, y=ys, colorscale=SIM_SCALE, hoverinfo="text", text=hover, xgap=1, ygap=1,
+        colorbar=dict(title=dict(text="cosine<br>similarity", side="top"), thickness=12),
+    ))
+    best = np.asarray(argmax, dtype=int)
+    fig.add_trace(go.Scatter(
+        x=[int(j) + 1 for j in best], y=ys, mode="markers", name="best match of each row",
+        marker=dict(symbol="star", size=13 if r_c <= 16 else 10, color=ACCENT, line=dict(color="white", width=1)),
+        hovertemplate="query vector %{y} → best: candidate vector %{x}<extra></extra>",
+    ))
+    fig.update_xaxes(title_text=f"candidate meta vectors (first r_c = {r_c})", dtick=1 if r_c <= 16 else 4,
+                     showgrid=False, zeroline=False)
+    fig.update_yaxes(title_text=f"query meta vectors (first r_q = {r_q})", autorange="reversed",
+                     dtick=1 if r_q <= 16 else 4, showgrid=False, zeroline=False)
+    return _layout(fig, f"Every query vector against every candidate vector at budget ({r_q}, {r_c})",
+                   height=max(260, min(460, 120 + 22 * r_q)), showlegend=True,
+                   legend=dict(orientation="h", y=-0.22, x=0))
+
+
+def contribution_bars(contributions: np.ndarray, argmax: np.ndarray, score: float,
+                      q_labels: Sequence[str] | None = None) -> go.Figure:
+    """Each query vector's best similarity: the bars add up to the MaxSim score."""
+    contributions = np.asarray(contributions, dtype=np.float32)
+    r_q = len(contributions)
+    q_labels = list(q_labels) if q_labels is not None else [""] * r_q
+    names = [f"q{i + 1}" for i in range(r_q)]
+    fig = go.Figure(go.Bar(
+        x=contributions, y=names, orientation="h", marker_color=ACCENT,
+        text=[f"{v:.2f}" for v in contributions], textposition="outside", cliponaxis=False,
+        customdata=[[int(a) + 1, q_labels[i]] for i, a in enumerate(argmax)],
+        hovertemplate="query vector %{y}%{customdata[1]}: best match is candidate vector %{customdata[0]}"
+                      "<br>adds %{x:.3f} to the score<extra></extra>",
+    ))
+    fig.update_yaxes(autorange="reversed", title_text="query vector")
+    fig.update_xaxes(title_text="best similarity = its share of the score", rangemode="tozero")
+    return _layout(fig, f"Score {score:.3f} = sum of these {r_q} bar{'s' if r_q > 1 else ''}",
+                   height=max(220, min(460, 100 + 22 * r_q)), showlegend=False)
+
+
+def _paren(label: str) -> str:
+    return f" ({label})" if label else ""
+
+
+# ------------------------------------------------------------------------------------------------ overlays
+
+
+@dataclass
+class Mark:
+    """Something to highlight on an image: a heat map (any size, resized to the image) or a box."""
+
+    weight: float  # 0..1 after normalisation by the caller (relative importance)
+    heat: np.ndarray | None = None  # [h, w] >= 0, normalised per map by `overlay`
+    box: tuple[float, float, float, float] | None = None  # (x0, y0, x1, y1) in 0..1
+
+
+def _resize_map(heat: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    heat = np.asarray(heat, dtype=np.float32)
+    top = float(heat.max()) if heat.size else 0.0
+    if top <= 0:
+        return np.zeros((size[1], size[0]), dtype=np.float32)
+    im = Image.fromarray((heat / top * 255).astype(np.uint8), mode="L").resize(size, Image.Resampling.BICUBIC)
+    return np.asarray(im, dtype=np.float32) / 255.0
+
+
+def heat_colours(t: np.ndarray) -> np.ndarray:
+    """0..1 -> RGB along white-yellow-orange-red."""
+    t = np.clip(t, 0, 1) * (len(_HEAT) - 1)
+    lo = np.floor(t).astype(int).clip(0, len(_HEAT) - 2)
+    frac = (t - lo)[..., None]
+    return _HEAT[lo] * (1 - frac) + _HEAT[lo + 1] * frac
+
+
+def overlay(image: Image.Image, marks: Sequence[Mark], max_side: int = 720) -> Image.Image:
+    """The image, dimmed where nothing matched, with heat where the matching tokens lie and their boxes."""
+    img = image.convert("RGB")
+    if max(img.size) > max_side:
+        img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    w, h = img.size
+    base = np.asarray(img, dtype=np.float32)
+    heat = np.zeros((h, w), dtype=np.float32)
+    for m in marks:
+        if m.heat is not None and m.weight > 0:
+            heat += m.weight * _resize_map(m.heat, (w, h))
+    if heat.max() > 0:
+        heat /= heat.max()
+        alpha = (0.65 * heat)[..., None]
+        dim = 0.55 + 0.45 * np.sqrt(heat)[..., None]  # unrelated areas fade, matched ones stay bright
+        out = base * dim * (1 - alpha) + heat_colours(heat) * alpha
+    else:
+        out = base.copy()
+    result = Image.fromarray(out.clip(0, 255).astype(np.uint8))
+    boxes = [m for m in marks if m.box is not None and m.weight > 0]
+    if boxes:
+        layer = Image.new("RGBA", result.size, (0, 0, 0, 0))
+        draw = ImageDraw.Draw(layer)
+        top = max(m.weight for m in boxes)
+        for m in sorted(boxes, key=lambda m: m.weight):
+            s = m.weight / top
+            x0, y0, x1, y1 = m.box
+            rect = [x0 * w - 2, y0 * h - 2, x1 * w + 2, y1 * h + 2]
+            draw.rectangle(rect, fill=(249, 115, 22, int(40 + 110 * s)),
+                           outline=(194, 65, 12, int(120 + 135 * s)), width=2)
+        result = Image.alpha_composite(result.convert("RGBA"), layer).convert("RGB")
+    return result
+
+
+def text_card(title: str, text: str, size: tuple[int, int] = (320, 320)) -> Image.Image:
+    """A thumbnail for a text passage: its file name and first lines."""
+    img = Image.new("RGB", size, (248, 250, 252))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([0, 0, size[0] - 1, 36], fill=(226, 232, 240))
+    title_font = ImageFont.load_default(size=17)
+    body_font = ImageFont.load_default(size=15)
+    draw.text((12, 9), _ellipsis(title, 30), fill=(30, 41, 59), font=title_font)
+    y = 48
+    for line in textwrap.wrap(" ".join(text.split()), width=34)[:12]:
+        draw.text((12, y), line, fill=(51, 65, 85), font=body_font)
+        y += 21
+    return img
+
+
+def _ellipsis(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+# ---------------------------------------------------------------------------------------------- scaling
+
+
+def budget_labels(presets: Sequence[tuple[int, int]]) -> list[str]:
+    return [f"({r_q}, {r_c})" for r_q, r_c in presets]
+
+
+def index_size_figure(presets: Sequence[tuple[int, int]], sizes_bytes: Sequence[int], items: int) -> go.Figure:
+    labels = budget_labels(presets)
+    mib = [b / 2**20 for b in sizes_bytes]
+    fig = go.Figure(go.Bar(x=labels, y=mib, marker_color=BUDGET, text=[_fmt_bytes(b) for b in sizes_bytes],
+                           textposition="outside", cliponaxis=False,
+                           hovertemplate="budget %{x}: %{text}<extra></extra>"))
+    fig.update_xaxes(title_text="budget (r_q, r_c)", type="category")
+    fig.update_yaxes(title_text="candidate vectors stored (MiB)", rangemode="tozero")
+    return _layout(fig, f"Index size for {items} items: grows with r_c", height=320)
+
+
+def latency_figure(presets: Sequence[tuple[int, int]], ms: Sequence[float], items: int) -> go.Figure:
+    labels = budget_labels(presets)
+    fig = go.Figure(go.Scatter(x=labels, y=list(ms), mode="lines+markers+text", marker=dict(size=9, color=BUDGET),
+                               line=dict(color=BUDGET), text=[f"{v:.1f} ms" for v in ms],
+                               textposition="top center", cliponaxis=False,
+                               hovertemplate="budget %{x}: %{y:.2f} ms<extra></extra>"))
+    fig.update_xaxes(title_text="budget (r_q, r_c)", type="category")
+    fig.update_yaxes(title_text="ms per query (median)", rangemode="tozero")
+    return _layout(fig, f"Scoring time per query over {items} items (measured now)", height=320)
+
+
+def agreement_figure(presets: Sequence[tuple[int, int]], agreement: Sequence[float], k: int,
+                     n_queries: int) -> go.Figure:
+    labels = budget_labels(presets)
+    pct = [100 * a for a in agreement]
+    fig = go.Figure(go.Scatter(x=labels, y=pct, mode="lines+markers+text", marker=dict(size=9, color=ACCENT),
+                               line=dict(color=ACCENT), text=[f"{v:.0f}%" for v in pct],
+                               textposition="top center", cliponaxis=False,
+                               hovertemplate="budget %{x}: %{y:.1f}% of the top-" + str(k) + "<extra></extra>"))
+    fig.update_xaxes(title_text="budget (r_q, r_c)", type="category")
+    fig.update_yaxes(title_text=f"shared top-{k} results (%)", range=[0, 110])
+    return _layout(fig, f"Top-{k} agreement with the largest budget ({n_queries} queries)", height=320)
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+# ------------------------------------------------------------------------------------------ how it works
+
+
+def attention_figure(attention: np.ndarray, tokens: Sequence[str], title: str, max_rows: int = 16) -> go.Figure:
+    """Each meta token's last-layer attention over the content tokens (rows: meta tokens)."""
+    att = np.asarray(attention, dtype=np.float32)[:max_rows]
+    rows = att.shape[0]
+    cols = [f"{i}:{t}" for i, t in enumerate(tokens)]
+    fig = go.Figure(go.Heatmap(
+        z=att, x=cols, y=[f"M{i + 1}" for i in range(rows)], colorscale="Blues", xgap=1, ygap=1,
+        colorbar=dict(title=dict(text="attention", side="top"), thickness=12),
+        hovertemplate="meta token %{y} reads “%{x}” with weight %{z:.3f}<extra></extra>",
+    ))
+    fig.update_xaxes(title_text="content tokens", tickangle=-45, tickmode="array", tickvals=cols,
+                     ticktext=list(tokens))
+    fig.update_yaxes(title_text="meta tokens", autorange="reversed")
+    return _layout(fig, title, height=max(260, min(480, 150 + 18 * rows)))
+
+
+def vectors_figure(vectors: np.ndarray, presets: Sequence[tuple[int, int]], side: str = "query") -> go.Figure:
+    """The R x D embedding as an image, with the nested prefix groups marked."""
+    v = np.asarray(vectors, dtype=np.float32)
+    r, d = v.shape
+    lim = float(np.abs(v).max()) or 1.0
+    fig = go.Figure(go.Heatmap(z=v, x=list(range(1, d + 1)), y=[f"v{i + 1}" for i in range(r)],
+                               colorscale="RdBu", zmid=0, zmin=-lim, zmax=lim,
+                               colorbar=dict(title=dict(text="value", side="top"), thickness=12),
+                               hovertemplate="vector %{y}, dimension %{x}: %{z:.3f}<extra></extra>"))
+    idx = 0 if side == "query" else 1
+    seen = set()
+    for p in presets:
+        n = p[idx]
+        if n in seen or n >= r:
+            continue
+        seen.add(n)
+        fig.add_hline(y=n - 0.5, line=dict(color=ACCENT, width=2, dash="dot"))
+        fig.add_annotation(x=d, y=n - 0.5, text=f"first {n}", showarrow=False, xanchor="right", yanchor="bottom",
+                           font=dict(color=ACCENT, size=12))
+    fig.update_xaxes(title_text=f"dimension (D = {d})")
+    fig.update_yaxes(title_text=f"{side} vectors", autorange="reversed")
+    return _layout(fig, f"The {r} {side} vectors (each row has length 1)", height=max(240, min(420, 140 + 16 * r)))
+
+
+def prefix_matrix_figure(sim: np.ndarray, presets: Sequence[tuple[int, int]]) -> go.Figure:
+    """The full R_q x R_c similarity matrix with each budget's top-left block outlined."""
+    sim = np.asarray(sim, dtype=np.float32)
+    r_q, r_c = sim.shape
+    fig = go.Figure(go.Heatmap(z=sim, x=list(range(1, r_c + 1)), y=list(range(1, r_q + 1)), colorscale=SIM_SCALE,
+                               xgap=1, ygap=1, colorbar=dict(title=dict(text="similarity", side="top"), thickness=12),
+                               hovertemplate="q%{y} · c%{x}: %{z:.3f}<extra></extra>"))
+    for i, (pq, pc) in enumerate(sorted(presets)):
+        if pq > r_q or pc > r_c:
+            continue
+        fig.add_shape(type="rect", x0=0.5, y0=0.5, x1=pc + 0.5, y1=pq + 0.5,
+                      line=dict(color=ACCENT if i % 2 == 0 else "white", width=2.5))
+        fig.add_annotation(x=pc + 0.5, y=pq + 0.5, text=f"({pq}, {pc})", showarrow=False, xanchor="left",
+                           yanchor="top", font=dict(color="white", size=12), bgcolor="rgba(15,23,42,0.75)")
+    fig.update_xaxes(title_text="candidate vectors", showgrid=False, zeroline=False)
+    fig.update_yaxes(title_text="query vectors", autorange="reversed", showgrid=False, zeroline=False)
+    return _layout(fig, "One matrix, every budget: a budget is its top-left corner", height=380)
+
+
+def budget_scores_figure(presets: Sequence[tuple[int, int]], scores: Sequence[float], label: str) -> go.Figure:
+    labels = budget_labels(presets)
+    fig = go.Figure(go.Bar(x=labels, y=list(scores), marker_color=BUDGET, text=[f"{s:.2f}" for s in scores],
+                           textposition="outside", cliponaxis=False))
+    fig.update_xaxes(title_text="budget (r_q, r_c)", type="category")
+    fig.update_yaxes(title_text="MaxSim score", rangemode="tozero")
+    return _layout(fig, f"MaxSim of the query with {label} at each budget", height=300)

@@ -1,0 +1,674 @@
+"""What the Gradio app does, without Gradio: the loaded model, the collections, search and indexing.
+
+`Studio` owns one `Engine` (a loaded MetaEmbed and the id of its checkpoint), the read-only sample
+collection, and either one persistent local collection (desktop use) or a `SessionStore` of private
+per-visitor collections (shared deployments). Every collection keeps one index per checkpoint under
+`<root>/index/<checkpoint id>/`, so loading another model never mixes vectors of two models.
+
+The UI layer (app/ui.py) keeps a `QueryState` per browser session: the query's full R_q vectors, so that
+moving the budget slider re-ranks from cached vectors without running the model again.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from app import ingest as ingest_mod
+from app.index import Index, IndexedItem, checkpoint_id
+from app.indexing import encoder_input, index_paths
+from app.sessions import UNLIMITED, SessionStore, UploadLimits, check_upload, human_bytes, unique_child
+from model import MetaEmbed
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_DIR = REPO_ROOT / "assets" / "examples"
+ENCODE_BATCH = 8
+SAMPLE_EXTENSIONS = ingest_mod.IMAGE_EXTENSIONS | ingest_mod.PDF_EXTENSIONS  # not the licence notes next to them
+Progress = Callable[[float, str], None]  # (fraction 0..1, what is happening)
+
+
+def default_data_dir() -> Path:
+    """$XDG_DATA_HOME/metaembed-studio (usually ~/.local/share/metaembed-studio)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "metaembed-studio"
+
+
+def _no_progress(fraction: float, what: str) -> None:
+    pass
+
+
+# ------------------------------------------------------------------------------------------------ model
+
+
+@dataclass
+class Engine:
+    """A loaded model and the id that ties index vectors to it."""
+
+    model: MetaEmbed
+    checkpoint_id: str
+    source: str  # what the user asked for: "bundled MetaEmbed-Mini", a folder or a Hub id
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def presets(self) -> list[tuple[int, int]]:
+        return list(self.model.config.presets)
+
+    @property
+    def num_query_vectors(self) -> int:
+        return self.model.config.num_query_tokens
+
+    @property
+    def num_candidate_vectors(self) -> int:
+        return self.model.config.num_candidate_tokens
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.proj.out_features if self.model.proj is not None else self.model.backbone.hidden_size)
+
+    def describe(self) -> dict:
+        cfg = self.model.config
+        return {
+            "name": cfg.name, "source": self.source, "checkpoint_id": self.checkpoint_id,
+            "backbone": f"{cfg.backbone} ({cfg.backbone_id})", "front_end": cfg.front_end or "none (text only)",
+            "query_vectors": cfg.num_query_tokens, "candidate_vectors": cfg.num_candidate_tokens,
+            "dim": self.dim, "presets": [list(p) for p in self.presets], "device": str(self.model.device),
+        }
+
+    def encode(self, items: list, side: str, num_tokens: int | None = None) -> torch.Tensor:
+        # One model call at a time: the CPU is shared, and concurrent forwards only thrash its caches.
+        with self.lock:
+            return self.model.encode(items, side, batch_size=ENCODE_BATCH, num_tokens=num_tokens)
+
+    def inspect(self, item, side: str) -> dict:
+        with self.lock:
+            return self.model.inspect(item, side)
+
+
+def load_engine(source: str | None) -> Engine:
+    """Load the bundled MetaEmbed-Mini (None), a checkpoint folder or a Hub id; errors say what to do."""
+    text = (source or "").strip() or None
+    model = MetaEmbed.from_pretrained(text)
+    label = text or "bundled MetaEmbed-Mini"
+    return Engine(model=model, checkpoint_id=checkpoint_id(model), source=label)
+
+
+class _LockedModel:
+    """The model as app.indexing sees it, with every encode taking the engine's lock."""
+
+    def __init__(self, engine: Engine):
+        self._engine = engine
+        self.config = engine.model.config
+
+    def encode_candidates(self, items: list, batch_size: int = ENCODE_BATCH, progress: bool = False) -> torch.Tensor:
+        with self._engine.lock:
+            return self._engine.model.encode_candidates(items, batch_size=batch_size)
+
+
+class _CollectionFull(Exception):
+    pass
+
+
+def _entry(coll: Collection, path: str, page: int | None, item_id: str, kind: str) -> dict:
+    return {"id": item_id, "path": coll.display_path(path), "page": page, "kind": kind}
+
+
+# -------------------------------------------------------------------------------------------- collections
+
+
+@dataclass
+class Hit:
+    """One search result."""
+
+    rank: int
+    collection: str  # Collection.key
+    id: str
+    path: str  # relative to the collection's files folder: never a server path
+    title: str
+    kind: str
+    page: int | None
+    passage: int | None
+    score: float
+
+    def to_json(self) -> dict:
+        return {"rank": self.rank, "id": self.id, "path": self.path, "page": self.page,
+                "score": round(self.score, 5), "collection": self.collection, "kind": self.kind}
+
+    @property
+    def label(self) -> str:
+        where = f" · p. {self.page}" if self.page else ""
+        return f"{self.title}{where}"
+
+
+class Collection:
+    """Files plus their index (one per checkpoint). Thread-safe: every index access holds `lock`."""
+
+    def __init__(self, key: str, label: str, root: Path, files_dir: Path, read_only: bool = False,
+                 limits: UploadLimits = UNLIMITED):
+        self.key = key
+        self.label = label
+        self.root = Path(root)
+        self.files_dir = Path(files_dir)
+        self.read_only = read_only
+        self.limits = limits
+        self.lock = threading.RLock()
+        self._indexes: dict[str, Index] = {}
+        self._stores: dict[str, tuple[int, list]] = {}
+
+    def index_dir(self, ckpt: str) -> Path:
+        return self.root / "index" / ckpt
+
+    def index(self, engine: Engine, create: bool = True) -> Index | None:
+        """This collection's index for `engine`'s checkpoint (None if there is none and create=False)."""
+        with self.lock:
+            idx = self._indexes.get(engine.checkpoint_id)
+            if idx is not None:
+                return idx
+            folder = self.index_dir(engine.checkpoint_id)
+            if not create and not (folder / "index.sqlite").is_file():
+                return None
+            idx = Index.open_for(folder, engine.checkpoint_id, engine.num_candidate_vectors, engine.dim,
+                                 checkpoint_source=engine.source)
+            self._indexes[engine.checkpoint_id] = idx
+            return idx
+
+    def close(self) -> None:
+        with self.lock:
+            for idx in self._indexes.values():
+                idx.close()
+            self._indexes.clear()
+
+    def display_path(self, source: str) -> str:
+        """The path users see: relative to the files folder (zip members keep their "!/member" part)."""
+        zip_part, sep, member = source.partition("!/")
+        try:
+            rel = Path(zip_part).resolve().relative_to(self.files_dir.resolve()).as_posix()
+        except ValueError:
+            rel = Path(zip_part).name
+        return rel + (sep + member if sep else "")
+
+    # ---- ranking -----------------------------------------------------------------------------------
+    def rank(self, engine: Engine, q: torch.Tensor, r_q: int, r_c: int, k: int) -> list[tuple[IndexedItem, float]]:
+        """The k best items for one query's vectors [R_q, D] at budget (r_q, r_c) (app.index's MaxSim search)."""
+        with self.lock:
+            idx = self.index(engine, create=False)
+            if idx is None:
+                return []
+            ranked = idx.search(q, (r_q, r_c), k)
+            items = idx.get_many([rowid for rowid, _ in ranked])
+        return [(items[rowid], score) for rowid, score in ranked if rowid in items]
+
+
+# --------------------------------------------------------------------------------------------- queries
+
+
+@dataclass
+class QueryState:
+    """A query encoded once at full R_q: every budget re-ranks from these vectors."""
+
+    checkpoint_id: str
+    text: str | None
+    image: Image.Image | None
+    vectors: torch.Tensor  # [R_q, D] float32
+    encode_ms: float = 0.0
+    inspected: dict | None = field(default=None, repr=False)
+
+    @property
+    def content(self):
+        if self.image is not None and self.text:
+            return {"image": self.image, "text": self.text}
+        return self.image if self.image is not None else self.text
+
+    @property
+    def label(self) -> str:
+        if self.image is not None:
+            return f"your image + “{self.text}”" if self.text else "your image"
+        return f"“{self.text}”"
+
+
+# ----------------------------------------------------------------------------------------------- studio
+
+
+class Studio:
+    """The app's state: model, sample collection, and the user's collection(s)."""
+
+    def __init__(self, engine: Engine, data_dir: str | os.PathLike, private_sessions: bool = False,
+                 sample_dir: str | os.PathLike | None = SAMPLE_DIR, limits: UploadLimits | None = None,
+                 session_ttl_s: float = 2 * 3600, allow_model_switch: bool | None = None):
+        self.engine = engine
+        self.data_dir = Path(data_dir).expanduser().resolve()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.private_sessions = private_sessions
+        self.allow_model_switch = (not private_sessions) if allow_model_switch is None else allow_model_switch
+        self.limits = limits or (UploadLimits() if private_sessions else UNLIMITED)
+        self.thumb_dir = Path(tempfile.mkdtemp(prefix="metaembed-thumbs-"))
+        self.samples: Collection | None = None
+        if sample_dir is not None and Path(sample_dir).is_dir():
+            self.samples = Collection("samples", "Sample collection", self.data_dir / "samples", Path(sample_dir),
+                                      read_only=True)
+        self.sessions: SessionStore | None = SessionStore(ttl_s=session_ttl_s) if private_sessions else None
+        self._session_collections: dict[str, Collection] = {}
+        self.local: Collection | None = None
+        if not private_sessions:
+            root = self.data_dir / "collection"
+            self.local = Collection("yours", "Your collection", root, root / "files")
+        self._inspect_cache: dict[tuple, dict] = {}
+        self._cache_lock = threading.Lock()
+        self._switch_lock = threading.Lock()
+        self.samples_progress: tuple[float, str] | None = None  # set while the samples are being indexed
+
+    # ---- collections -------------------------------------------------------------------------------
+    def user_collection(self, session_key: str | None, create: bool = True) -> Collection | None:
+        """The collection this visitor may change: the local one, or their private session's."""
+        if self.sessions is None:
+            return self.local
+        if not session_key:
+            return None
+        if not create:
+            session = self.sessions.peek(session_key)
+            if session is None:
+                return None
+        session = self.sessions.get(session_key)
+        coll = self._session_collections.get(session.id)
+        if coll is None or not session.folder.exists():
+            coll = Collection("yours", "Your private collection", session.folder, session.files_dir,
+                              limits=self.limits)
+            self._session_collections[session.id] = coll
+        return coll
+
+    def end_session(self, session_key: str | None) -> None:
+        if self.sessions is None or not session_key:
+            return
+        session = self.sessions.peek(session_key)
+        if session is not None:
+            coll = self._session_collections.pop(session.id, None)
+            if coll is not None:
+                coll.close()
+                shutil.rmtree(self.thumb_dir / f"yours-{id(coll)}", ignore_errors=True)
+        self.sessions.end(session_key)
+
+    def collections(self, session_key: str | None, include_samples: bool = True) -> list[Collection]:
+        out = []
+        if include_samples and self.samples is not None:
+            out.append(self.samples)
+        user = self.user_collection(session_key, create=False)
+        if user is not None:
+            out.append(user)
+        return out
+
+    def find_collection(self, key: str, session_key: str | None) -> Collection:
+        if key == "samples" and self.samples is not None:
+            return self.samples
+        user = self.user_collection(session_key, create=False)
+        if key == "yours" and user is not None:
+            return user
+        raise KeyError(f"no collection {key!r} for this session")
+
+    # ---- searching ---------------------------------------------------------------------------------
+    def encode_query(self, text: str | None, image: Image.Image | None = None) -> QueryState:
+        text = (text or "").strip() or None
+        if text is None and image is None:
+            raise ValueError("type a query or drop an image to search with")
+        engine = self.engine
+        content = {"image": image, "text": text} if (image is not None and text) else (image if image is not None
+                                                                                         else text)
+        t0 = time.perf_counter()
+        vectors = engine.encode([content], "query")[0]
+        return QueryState(engine.checkpoint_id, text, image, vectors, encode_ms=(time.perf_counter() - t0) * 1000)
+
+    def ensure_current(self, query: QueryState) -> QueryState:
+        """Re-encode a cached query if the model changed since it was encoded."""
+        if query.checkpoint_id == self.engine.checkpoint_id:
+            return query
+        return self.encode_query(query.text, query.image)
+
+    def check_budget(self, r_q: int, r_c: int) -> tuple[int, int]:
+        engine = self.engine
+        r_q, r_c = int(r_q), int(r_c)
+        if not 1 <= r_q <= engine.num_query_vectors:
+            raise ValueError(f"r_q={r_q} is out of range: this model has {engine.num_query_vectors} query vectors")
+        if not 1 <= r_c <= engine.num_candidate_vectors:
+            raise ValueError(f"r_c={r_c} is out of range: this model has {engine.num_candidate_vectors} "
+                             "candidate vectors")
+        return r_q, r_c
+
+    def search(self, query: QueryState, session_key: str | None, r_q: int, r_c: int, k: int = 24,
+               include_samples: bool = True) -> list[Hit]:
+        r_q, r_c = self.check_budget(r_q, r_c)
+        engine = self.engine
+        found: list[tuple[float, str, IndexedItem, Collection]] = []
+        for coll in self.collections(session_key, include_samples):
+            for item, score in coll.rank(engine, query.vectors, r_q, r_c, k):
+                found.append((score, coll.key, item, coll))
+        found.sort(key=lambda t: -t[0])
+        hits = []
+        for rank, (score, key, item, coll) in enumerate(found[:k], start=1):
+            hits.append(Hit(rank, key, item.id, coll.display_path(item.path), item.title, item.kind, item.page,
+                            item.passage, score))
+        return hits
+
+    def thumbnail(self, hit: Hit, session_key: str | None) -> str:
+        """A JPEG file for the result gallery (written once per item; text passages get a text card)."""
+        coll = self.find_collection(hit.collection, session_key)
+        folder = self.thumb_dir / f"{coll.key}-{id(coll)}"
+        path = folder / f"{hit.id}.jpg"
+        if path.is_file():
+            return str(path)
+        with coll.lock:
+            idx = coll.index(self.engine, create=False)
+            data = idx.thumbnail(hit.id) if idx is not None else b""
+            item = idx.get(hit.id) if (idx is not None and not data) else None
+        if not data:
+            from app.plots import text_card
+
+            buf = io.BytesIO()
+            text_card(hit.title, (item.text if item else "") or "").save(buf, "JPEG", quality=85)
+            data = buf.getvalue()
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        return str(path)
+
+    def item(self, hit_collection: str, item_id: str, session_key: str | None) -> tuple[Collection, IndexedItem,
+                                                                                      torch.Tensor]:
+        coll = self.find_collection(hit_collection, session_key)
+        with coll.lock:
+            idx = coll.index(self.engine, create=False)
+            if idx is None:
+                raise KeyError(f"{coll.label} has no index for the current model")
+            return coll, idx.get(item_id), idx.vectors(item_id).float()
+
+    def inspect_item(self, coll: Collection, item: IndexedItem) -> tuple[dict, ingest_mod.Item]:
+        """Re-read an indexed item from its file and run the model with attention (cached per item)."""
+        key = (self.engine.checkpoint_id, coll.key, id(coll), item.id)
+        with self._cache_lock:
+            hit = self._inspect_cache.get(key)
+        if hit is not None:
+            return hit["inspect"], hit["item"]
+        source = self.load_source_item(item)
+        result = self.engine.inspect(encoder_input(source), "candidate")
+        with self._cache_lock:
+            if len(self._inspect_cache) > 64:
+                self._inspect_cache.pop(next(iter(self._inspect_cache)))
+            self._inspect_cache[key] = {"inspect": result, "item": source}
+        return result, source
+
+    def inspect_query(self, query: QueryState) -> dict:
+        if query.inspected is None or query.inspected.get("_ckpt") != self.engine.checkpoint_id:
+            query.inspected = dict(self.engine.inspect(query.content, "query"), _ckpt=self.engine.checkpoint_id)
+        return query.inspected
+
+    @staticmethod
+    def load_source_item(item: IndexedItem) -> ingest_mod.Item:
+        """The ingest Item for an indexed item, read again from its file (matched by content hash)."""
+        file_path = item.path.partition("!/")[0]
+        if not Path(file_path).is_file():
+            raise FileNotFoundError(f"{Path(file_path).name} is no longer where it was indexed ({file_path})")
+        gen = ingest_mod.iter_ingest([file_path])
+        try:
+            for event in gen:
+                if isinstance(event, ingest_mod.Item) and event.content_hash == item.content_hash:
+                    return event
+        finally:
+            gen.close()
+        raise FileNotFoundError(f"{item.title} has changed since it was indexed; re-index it to explain it")
+
+    # ---- indexing ----------------------------------------------------------------------------------
+    def index_files(self, coll: Collection, paths: Sequence[str | os.PathLike], progress: Progress = _no_progress,
+                    copy_in: bool = True, display_names: Sequence[str] | None = None) -> dict:
+        """Copy uploads into the collection's folder, ingest, encode and add them.
+
+        Returns the CLI's report: {"indexed": [...], "skipped_duplicates": [...], "errors": [{"path", "error"}]}
+        plus "notes". Paths in the report are relative to the collection (never server paths).
+        """
+        if coll.read_only:
+            raise PermissionError(f"{coll.label} is read-only")
+        engine = self.engine
+        report: dict = {"indexed": [], "skipped_duplicates": [], "errors": [], "notes": []}
+        with coll.lock:
+            idx = coll.index(engine)
+            session_bytes = _folder_bytes(coll.files_dir) if coll.limits.max_session_bytes else 0
+            check = check_upload(paths, coll.limits, session_bytes)
+            report["errors"].extend(check.errors)
+            accepted = check.accepted
+            if display_names is not None:
+                names = dict(zip([str(p) for p in paths], display_names))
+                accepted = [(p, names.get(str(p), n)) for p, n in accepted]
+            copies: list[Path] = []
+            if copy_in:
+                coll.files_dir.mkdir(parents=True, exist_ok=True)
+                for src, name in accepted:
+                    dest = unique_child(coll.files_dir, name)
+                    try:
+                        shutil.copyfile(src, dest)
+                    except OSError as e:
+                        report["errors"].append({"path": name, "error": f"{name}: could not be stored ({e.strerror})"})
+                        continue
+                    copies.append(dest)
+            else:
+                copies = [Path(p) for p, _ in accepted]
+            progress(0.0, f"reading {len(copies)} file(s)")
+            self._ingest_encode_add(coll, idx, copies, report, progress)
+            if copy_in:
+                for dest in copies:  # keep only files that gave the collection something
+                    if dest.exists() and not idx.items(str(dest.resolve())) and not _zip_items(idx, dest):
+                        dest.unlink(missing_ok=True)
+        progress(1.0, "done")
+        return report
+
+    def _ingest_encode_add(self, coll: Collection, idx: Index, files: list[Path], report: dict,
+                           progress: Progress) -> None:
+        """app.indexing.index_paths with progress, the session's item cap, and collection-relative paths."""
+        max_items = coll.limits.max_session_items
+        if max_items is not None and len(idx) >= max_items:
+            report["errors"].append({"path": ", ".join(f.name for f in files),
+                                     "error": f"your collection is full ({max_items} items on this shared server); "
+                                              "remove something first, or run the app on your own machine"})
+            return
+
+        def on_file(done: int, total: int, name: str) -> None:
+            label = f"file {min(done + 1, total)} of {total}: {Path(name).name}" if name else "finishing"
+            progress(0.95 * done / max(1, total), label)
+
+        def on_commit(entries) -> None:
+            if max_items is not None and len(idx) >= max_items:
+                raise _CollectionFull
+
+        run = None
+        try:
+            run = index_paths(_LockedModel(self.engine), idx, [str(f) for f in files], progress=on_file,
+                              on_commit=on_commit)
+        except _CollectionFull:
+            report["errors"].append({"path": "", "error": f"your collection reached its limit of {max_items} items "
+                                                          "on this shared server; the remaining files were not added"})
+        if run is None:  # stopped early: what was committed is in the index, report it from there
+            for it in idx.items():
+                if Path(it.path.partition("!/")[0]) in {f.resolve() for f in files}:
+                    report["indexed"].append(_entry(coll, it.path, it.page, it.id, it.kind))
+            return
+        rep = run.to_json()
+        report["indexed"] += [_entry(coll, e["path"], e["page"], e["id"], e["kind"]) for e in rep["indexed"]]
+        report["skipped_duplicates"] += [coll.display_path(p) for p in rep["skipped_duplicates"]]
+        report["errors"] += [{"path": coll.display_path(e["path"]), "error": e["error"]} for e in rep["errors"]]
+        report["notes"] += [{"path": coll.display_path(n["path"]), "note": n["note"]} for n in rep["notes"]]
+
+    def remove(self, coll: Collection, targets: Sequence[str]) -> list[str]:
+        """Remove items by id or by displayed path; deletes the stored files nothing refers to any more."""
+        if coll.read_only:
+            raise PermissionError(f"{coll.label} is read-only")
+        with coll.lock:
+            idx = coll.index(self.engine)
+            resolved = []
+            for t in targets:
+                p = coll.files_dir / t
+                resolved.append(str(p.resolve()) if (not _looks_like_id(t) and p.exists()) else t)
+            removed = idx.remove(resolved)
+            for t in resolved:
+                p = Path(t)
+                if p.is_absolute() and p.is_file() and _inside(p, coll.files_dir) and not idx.items(str(p)) \
+                        and not _zip_items(idx, p):
+                    p.unlink(missing_ok=True)
+        return removed
+
+    def clear(self, coll: Collection) -> int:
+        if coll.read_only:
+            raise PermissionError(f"{coll.label} is read-only")
+        with coll.lock:
+            idx = coll.index(self.engine)
+            ids = [it.id for it in idx.items()]
+            if ids:
+                idx.remove(ids)
+            if coll.files_dir.is_dir():
+                for p in coll.files_dir.iterdir():
+                    if p.is_file():
+                        p.unlink(missing_ok=True)
+        return len(ids)
+
+    def items(self, coll: Collection) -> list[IndexedItem]:
+        with coll.lock:
+            idx = coll.index(self.engine, create=False)
+            return idx.items() if idx is not None else []
+
+    def stats(self, coll: Collection | None) -> dict:
+        """Items, vectors and bytes at each budget for one collection."""
+        engine = self.engine
+        if coll is None:
+            return {"items": 0, "files": 0, "budgets": []}
+        with coll.lock:
+            idx = coll.index(engine, create=False)
+            info = idx.info() if idx is not None else {"items": 0, "sources": 0, "kinds": {}}
+        n = info["items"]
+        budgets = []
+        for r_q, r_c in engine.presets:
+            budgets.append({"budget": f"({r_q}, {r_c})", "vectors": n * r_c,
+                            "bytes": n * r_c * engine.dim * 2, "size": human_bytes(n * r_c * engine.dim * 2)})
+        return {"items": n, "files": info.get("sources", 0), "kinds": info.get("kinds", {}), "budgets": budgets,
+                "on_disk": human_bytes(info.get("vector_bytes", 0) + info.get("metadata_bytes", 0))}
+
+    # ---- samples and model switching ---------------------------------------------------------------
+    def prepare_samples(self, progress: Progress = _no_progress) -> dict | None:
+        """Index the sample collection for the current model if it is not indexed yet (first start)."""
+        coll = self.samples
+        if coll is None:
+            return None
+        with coll.lock:
+            idx = coll.index(self.engine)
+            files = sorted(p for p in coll.files_dir.iterdir() if p.is_file() and p.suffix.lower()
+                           in SAMPLE_EXTENSIONS)
+            wanted = {str(p.resolve()) for p in files}
+            stale = [it.id for it in idx.items() if it.path.partition("!/")[0] not in wanted]
+            if stale:  # e.g. a sample file that was renamed or dropped since the last start
+                idx.remove(stale)
+            have = {Path(it.path.partition("!/")[0]).name for it in idx.items()}
+            todo = [p for p in files if p.name not in have]
+            if not todo:
+                return None
+            report: dict = {"indexed": [], "skipped_duplicates": [], "errors": [], "notes": []}
+            self.samples_progress = (0.0, f"0 of {len(todo)} files")
+            self._ingest_encode_add(coll, idx, todo, report, progress)
+            return report
+
+    def prepare_samples_in_background(self, log: Callable[[str], None] = print) -> threading.Thread:
+        """Index the samples on a thread, so the page is served at once; `samples_progress` tells how far."""
+        def show(fraction: float, what: str) -> None:
+            self.samples_progress = (fraction, what)
+
+        def run() -> None:
+            t0 = time.perf_counter()
+            try:
+                report = self.prepare_samples(show)
+            except Exception as e:  # noqa: BLE001 - the app keeps working without samples
+                log(f"could not index the sample collection: {e}")
+                report = None
+            self.samples_progress = None
+            if report is not None:
+                log(f"indexed the sample collection: {len(report['indexed'])} items, {len(report['errors'])} "
+                    f"problems ({time.perf_counter() - t0:.1f} s)")
+
+        self.samples_progress = (0.0, "starting") if self.samples is not None else None
+        thread = threading.Thread(target=run, name="index-samples", daemon=True)
+        thread.start()
+        self._samples_thread = thread
+        return thread
+
+    def wait_for_samples(self, timeout: float | None = None) -> bool:
+        thread = getattr(self, "_samples_thread", None)
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
+
+    def switch_model(self, source: str | None, progress: Progress = _no_progress) -> Engine:
+        """Load another checkpoint, index the samples (and the local collection's files) for it, then use it."""
+        if not self.allow_model_switch:
+            raise PermissionError("this shared deployment uses a fixed model; run the app locally to try others")
+        with self._switch_lock:
+            progress(0.05, "loading the checkpoint")
+            engine = load_engine(source)
+            old = self.engine
+            self.engine = engine
+            try:
+                progress(0.3, "indexing the sample collection for this model")
+                self.prepare_samples(lambda f, w: progress(0.3 + 0.3 * f, w))
+                if self.local is not None and self.local.files_dir.is_dir():
+                    files = sorted(p for p in self.local.files_dir.iterdir() if p.is_file())
+                    if files and self.local.index(engine, create=False) is None:
+                        progress(0.6, "indexing your collection for this model")
+                        report: dict = {"indexed": [], "skipped_duplicates": [], "errors": [], "notes": []}
+                        idx = self.local.index(engine)
+                        self._ingest_encode_add(self.local, idx, files, report,
+                                                lambda f, w: progress(0.6 + 0.4 * f, w))
+            except BaseException:
+                self.engine = old
+                raise
+            return engine
+
+    def close(self) -> None:
+        for coll in [self.samples, self.local, *self._session_collections.values()]:
+            if coll is not None:
+                coll.close()
+        if self.sessions is not None:
+            self.sessions.close()
+        shutil.rmtree(self.thumb_dir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _folder_bytes(folder: Path) -> int:
+    if not folder.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _zip_items(idx: Index, path: Path) -> bool:
+    if path.suffix.lower() != ".zip":
+        return False
+    prefix = str(path.resolve()) + "!/"
+    return any(it.path.startswith(prefix) for it in idx.items())
+
+
+def _looks_like_id(text: str) -> bool:
+    return len(text) >= 16 and all(c in "0123456789abcdef" for c in text)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False

@@ -1,0 +1,290 @@
+"""'Why it matched': from a query, a result and a budget to the numbers and pictures the app shows.
+
+The score at budget (r_q, r_c) is a sum over the first r_q query vectors of their best similarity with
+the first r_c candidate vectors. Each winning candidate vector is the last-layer state of one meta token,
+and that meta token's attention says which content tokens it read. Weighting each winner's attention by
+its share of the score gives a relevance for every content token; content tokens map back to places:
+the visual tokenizer's words for a photo (a concept's activation map, a colour's mask, an OCR word's box)
+or the page's words and their boxes for a document.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from app.plots import Mark
+from model.scoring import explain as maxsim_explain
+
+SPECIAL = {"[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>"}
+
+
+@dataclass
+class Unit:
+    """A readable piece of content: a word, or one visual token of a photo (e.g. "red panda")."""
+
+    label: str
+    kind: str  # "word" | "concept" | "colour" | "ocr" | ...
+    tokens: list[int]  # indices into the model's content tokens
+    span: tuple[int, int]  # characters in the text the model read
+    visual: object | None = None  # the visual tokenizer's token, when there is one
+
+
+@dataclass
+class Explanation:
+    budget: tuple[int, int]
+    sim: np.ndarray  # [r_q, r_c]
+    argmax: np.ndarray  # [r_q]
+    contributions: np.ndarray  # [r_q]
+    score: float
+    q_units: list[Unit] = field(default_factory=list)
+    q_unit_attention: np.ndarray | None = None  # [R_q, len(q_units)]
+    c_units: list[Unit] = field(default_factory=list)
+    c_unit_attention: np.ndarray | None = None  # [R_c, len(c_units)]
+    c_relevance: np.ndarray | None = None  # [len(c_units)] sums to 1 (or all zeros)
+    c_text: str = ""
+    c_read_chars: int = 0  # how much of c_text the model read (the rest was cut at max_length)
+
+
+def score_breakdown(q: torch.Tensor, c: torch.Tensor, budget: tuple[int, int]) -> dict:
+    out = maxsim_explain(q, c, budget)
+    return {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
+
+
+def units_for(inspected: dict) -> list[Unit]:
+    """Group the model's content tokens into words, and into visual tokens where the photo's doc has them."""
+    tokens: list[str] = list(inspected.get("tokens") or [])
+    offsets = inspected.get("offsets") or [[0, 0]] * len(tokens)
+    text: str = inspected.get("text") or ""
+    doc = (inspected.get("extras") or {}).get("visual")
+    visual = []
+    for vt in getattr(doc, "tokens", None) or []:
+        span = getattr(vt, "span", None)
+        if span is not None and span[1] > span[0]:
+            visual.append((int(span[0]), int(span[1]), vt))
+    units: list[Unit] = []
+    by_visual: dict[int, Unit] = {}
+    for t, (tok, off) in enumerate(zip(tokens, offsets)):
+        start, end = int(off[0]), int(off[1])
+        if tok in SPECIAL or end <= start:
+            continue
+        owner = next((k for k, (s, e, _) in enumerate(visual) if s <= start < e), None)
+        if owner is not None:
+            unit = by_visual.get(owner)
+            if unit is None:
+                s, e, vt = visual[owner]
+                unit = Unit(label=getattr(vt, "text", text[s:e]) or text[s:e], kind=str(getattr(vt, "kind", "visual")),
+                            tokens=[], span=(s, e), visual=vt)
+                by_visual[owner] = unit
+                units.append(unit)
+            unit.tokens.append(t)
+            continue
+        # Pieces that touch the previous word (no space between them) continue it: "pan" + "##da", "e" "-" "mail".
+        prev = units[-1] if units else None
+        if prev is not None and prev.kind == "word" and prev.span[1] == start:
+            prev.tokens.append(t)
+            prev.span = (prev.span[0], end)
+            prev.label = text[prev.span[0]:end]
+        else:
+            units.append(Unit(label=text[start:end], kind="word", tokens=[t], span=(start, end)))
+    return units
+
+
+def unit_attention(inspected: dict, units: list[Unit]) -> np.ndarray | None:
+    att = inspected.get("attention")
+    if att is None or not units:
+        return None
+    a = att.float().numpy() if isinstance(att, torch.Tensor) else np.asarray(att, dtype=np.float32)
+    out = np.zeros((a.shape[0], len(units)), dtype=np.float32)
+    for k, unit in enumerate(units):
+        idx = [t for t in unit.tokens if t < a.shape[1]]
+        if idx:
+            out[:, k] = a[:, idx].sum(axis=1)
+    return out
+
+
+def explain_match(q_vectors: torch.Tensor, c_vectors: torch.Tensor, budget: tuple[int, int],
+                  q_inspected: dict | None, c_inspected: dict | None) -> Explanation:
+    br = score_breakdown(q_vectors, c_vectors, budget)
+    ex = Explanation(budget=budget, sim=br["sim"], argmax=br["argmax"].astype(int), contributions=br["contributions"],
+                     score=float(br["score"]))
+    if q_inspected is not None:
+        ex.q_units = units_for(q_inspected)
+        ex.q_unit_attention = unit_attention(q_inspected, ex.q_units)
+    if c_inspected is not None:
+        ex.c_units = units_for(c_inspected)
+        ex.c_unit_attention = unit_attention(c_inspected, ex.c_units)
+        ex.c_text = c_inspected.get("text") or ""
+        offsets = c_inspected.get("offsets") or []
+        ex.c_read_chars = max((int(o[1]) for o in offsets), default=0)
+        if ex.c_unit_attention is not None:
+            weights = np.clip(ex.contributions, 0, None)
+            rel = (weights[:, None] * ex.c_unit_attention[ex.argmax]).sum(axis=0)
+            total = rel.sum()
+            ex.c_relevance = rel / total if total > 0 else rel
+    return ex
+
+
+# ----------------------------------------------------------------------------------------- spatial marks
+
+
+def photo_marks(ex: Explanation) -> list[Mark]:
+    """Heat maps, masks and boxes of the visual tokens, weighted by relevance."""
+    marks = []
+    if ex.c_relevance is None:
+        return marks
+    for unit, rel in zip(ex.c_units, ex.c_relevance):
+        vt = unit.visual
+        if vt is None or rel <= 0:
+            continue
+        region = getattr(vt, "region", None)
+        if region is None:
+            region = getattr(vt, "mask", None)
+        box = getattr(vt, "box", None)
+        if region is not None:
+            marks.append(Mark(weight=float(rel), heat=np.asarray(region, dtype=np.float32)))
+        if box is not None:
+            marks.append(Mark(weight=float(rel), box=tuple(float(x) for x in box)))
+    return marks
+
+
+def locate_words(text: str, words: list) -> list[tuple[int, int, tuple]]:
+    """(start, end, box) of each page word found in `text`, searched in reading order."""
+    out, cursor = [], 0
+    for word, box in words:
+        at = text.find(word, cursor, cursor + len(word) + 64)
+        if at >= 0:
+            out.append((at, at + len(word), tuple(box)))
+            cursor = at + len(word)
+    return out
+
+
+def page_marks(ex: Explanation, page_text: str | None, words: list) -> list[Mark]:
+    """Boxes of the page's words, weighted by the relevance of the tokens that read them."""
+    if ex.c_relevance is None or not page_text or not words:
+        return []
+    start = ex.c_text.find(page_text)
+    if start < 0:
+        return []
+    rel_at = np.zeros(len(ex.c_text) + 1, dtype=np.float32)
+    for unit, rel in zip(ex.c_units, ex.c_relevance):
+        if unit.visual is None and rel > 0:
+            rel_at[unit.span[0]] += rel
+    marks = []
+    for s, e, box in locate_words(page_text, words):
+        w = float(rel_at[start + s:start + e].sum())
+        if w > 0:
+            marks.append(Mark(weight=w, box=box))
+    return marks
+
+
+def overlay_marks(ex: Explanation, kind: str, source_item) -> list[Mark]:
+    marks = photo_marks(ex)
+    if kind in ("pdf_page", "text") and source_item is not None:
+        marks += page_marks(ex, source_item.text, list(source_item.words or []))
+    return marks
+
+
+# ------------------------------------------------------------------------------------------- html views
+
+CSS_CHIP = ("display:inline-block;margin:1px 2px;padding:0 5px;border-radius:5px;border:1px solid #e2e8f0;"
+            "font-size:0.92em;line-height:1.6;")
+
+
+def short_label(unit: Unit) -> str:
+    """A concept's first name ("lesser panda" for "lesser panda, red panda, mammal, animal")."""
+    if unit.kind == "concept" and "," in unit.label:
+        return unit.label.split(",")[0].strip() + " …"
+    return unit.label
+
+
+def meaningful(unit: Unit) -> bool:
+    """Units worth showing: not bare punctuation."""
+    return any(ch.isalnum() for ch in unit.label)
+
+
+def _chip(unit: Unit, weight: float, top: float) -> str:
+    a = 0.08 + 0.72 * (weight / top) if top > 0 else 0.08
+    mark = {"concept": "◆ ", "colour": "● ", "ocr": "✎ "}.get(unit.kind, "")
+    return (f'<span style="{CSS_CHIP}background:rgba(249,115,22,{a:.2f})" title="{html.escape(unit.kind)}: '
+            f'{html.escape(unit.label)} ({weight:.3f})">{mark}{html.escape(short_label(unit))} '
+            f'<small style="opacity:.7">{weight:.2f}</small></span>')
+
+
+def top_units(att_row: np.ndarray, units: list[Unit], n: int = 4) -> str:
+    if att_row is None or not units:
+        return '<span style="opacity:.6">—</span>'
+    order = [k for k in np.argsort(-att_row) if meaningful(units[k])][:n]
+    top = float(att_row[order[0]]) if order else 0.0
+    return "".join(_chip(units[k], float(att_row[k]), top) for k in order)
+
+
+def match_table_html(ex: Explanation, shown: int = 6) -> str:
+    """One row per query vector: what it reads, its best candidate vector, what that one reads, its share."""
+    r_q = len(ex.contributions)
+    total = float(ex.score) or 1.0
+    rows = []
+    for i in np.argsort(-ex.contributions):
+        j = int(ex.argmax[i])
+        q_att = ex.q_unit_attention[i] if ex.q_unit_attention is not None and i < len(ex.q_unit_attention) else None
+        c_att = ex.c_unit_attention[j] if ex.c_unit_attention is not None and j < len(ex.c_unit_attention) else None
+        share = 100 * float(ex.contributions[i]) / total
+        rows.append(
+            f"<tr><td><b>q{i + 1}</b></td><td>{top_units(q_att, ex.q_units)}</td>"
+            f"<td style='text-align:center'>{float(ex.contributions[i]):.3f}<br><small>{share:.0f}% of score</small></td>"
+            f"<td><b>c{j + 1}</b></td><td>{top_units(c_att, ex.c_units)}</td></tr>"
+        )
+    head = ("<thead><tr><th>query<br>vector</th><th>reads mostly (query tokens, attention)</th><th>best<br>similarity"
+            "</th><th>matched<br>result vector</th><th>reads mostly (result tokens, attention)</th></tr></thead>")
+    note = (f"<p class='me-caption'>Each of the {r_q} query vectors is the state of one meta token; it keeps only its "
+            "best match among the result's vectors. Chips show the content tokens each meta token attended to "
+            "most in the last layer (◆ concept seen in a photo, ● colour, ✎ text read in the image).</p>")
+    table = f"<table class='me-table'>{head}<tbody>{''.join(rows[:shown])}</tbody></table>"
+    if len(rows) > shown:  # the strongest matches tell the story; the rest are one click away
+        table += (f"<details><summary class='me-caption'>Show the other {len(rows) - shown} query vectors</summary>"
+                  f"<table class='me-table'>{head}<tbody>{''.join(rows[shown:])}</tbody></table></details>")
+    return note + table
+
+
+def highlighted_text_html(ex: Explanation, max_chars: int = 1500) -> str:
+    """The text the model read for this result, each unit shaded by its relevance to this match."""
+    if not ex.c_text:
+        return ""
+    if ex.c_relevance is None or not ex.c_units:
+        return f"<div class='me-read'>{html.escape(ex.c_text[:max_chars])}</div>"
+    top = float(ex.c_relevance.max()) or 1.0
+    out, cursor = [], 0
+    limit = min(len(ex.c_text), max(ex.c_read_chars, 1), max_chars)
+    for unit, rel in sorted(zip(ex.c_units, ex.c_relevance), key=lambda p: p[0].span[0]):
+        s, e = unit.span
+        if s >= limit:
+            break
+        if s < cursor:
+            continue
+        out.append(html.escape(ex.c_text[cursor:s]))
+        a = 0.75 * float(rel) / top
+        style = f"background:rgba(249,115,22,{a:.2f});border-radius:3px" if a > 0.04 else ""
+        out.append(f'<span style="{style}" title="relevance {float(rel):.3f}">{html.escape(ex.c_text[s:e])}</span>')
+        cursor = e
+    out.append(html.escape(ex.c_text[cursor:limit]))
+    cut = ""
+    if limit < len(ex.c_text):
+        cut = (f"<p class='me-caption'>… the model reads the first {limit} of {len(ex.c_text)} characters "
+               "(its input is capped).</p>")
+    return f"<div class='me-read'>{''.join(out)}</div>{cut}"
+
+
+def summary_units(ex: Explanation, n: int = 5) -> list[tuple[str, str, float]]:
+    """The most relevant result units: (label, kind, share 0..1)."""
+    if ex.c_relevance is None:
+        return []
+    order = [k for k in np.argsort(-ex.c_relevance) if meaningful(ex.c_units[k]) and ex.c_relevance[k] > 0][:n]
+    return [(short_label(ex.c_units[k]), ex.c_units[k].kind, float(ex.c_relevance[k])) for k in order]
+
+
+def blank_image(size: tuple[int, int] = (8, 8)) -> Image.Image:
+    return Image.new("RGB", size, (255, 255, 255))

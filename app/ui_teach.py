@@ -1,0 +1,173 @@
+"""The teaching views: "How it works" (one query walked through the live model) and the scaling measurements."""
+
+from __future__ import annotations
+
+import html
+import statistics
+import time
+from collections.abc import Callable
+from types import SimpleNamespace
+
+import gradio as gr
+import numpy as np
+
+from app import plots
+from app.sessions import human_bytes
+from app.ui_backend import Studio
+from model.scoring import explain as maxsim_explain
+
+DEFAULT_QUERY = "a red panda resting in a tree"
+
+
+def _session(request: gr.Request | None) -> str | None:
+    return getattr(request, "session_hash", None) if request is not None else None
+
+
+def build_tab(studio: Studio, gpu) -> SimpleNamespace:
+    engine = studio.engine
+    t = SimpleNamespace()
+    gr.Markdown(
+        "## How MetaEmbed turns a query into vectors, and why one index serves every budget\n"
+        f"A walk through one query with the live model. MetaEmbed appends a few learnable **meta tokens** after "
+        f"the content; their final hidden states, projected and normalised, are the embedding: "
+        f"{engine.num_query_vectors} vectors for a query, {engine.num_candidate_vectors} for each photo or page. "
+        "Two items are compared with **MaxSim**: every query vector finds its most similar item vector, and the "
+        "similarities are added up.")
+    with gr.Row(equal_height=True):
+        t.query = gr.Textbox(DEFAULT_QUERY, label="Query to walk through", scale=4, elem_id="me-teach-query")
+        t.button = gr.Button("Walk through", variant="primary", scale=1, elem_id="me-teach-go")
+    gr.Markdown("### 1 · Tokens, then meta tokens")
+    t.tokens = gr.HTML("<p class='me-caption'>Press <b>Walk through</b>.</p>")
+    gr.Markdown("The backbone reads the query's tokens followed by the meta tokens (orange). Content tokens never "
+                "look at the meta tokens, and meta token *i* looks at all content and only at meta tokens 1…*i*.",
+                elem_classes="me-caption")
+    gr.Markdown("### 2 · Each meta token reads the content")
+    t.attention = gr.Plot(show_label=False, elem_id="me-teach-attention")
+    gr.Markdown("Last-layer attention of each meta token over the query tokens (averaged over heads): different meta "
+                "tokens pick up different parts of the query, which is what lets several vectors match several "
+                "aspects of a photo or page.", elem_classes="me-caption")
+    gr.Markdown("### 3 · Their states become the vectors — and the first few are a complete embedding")
+    t.vectors = gr.Plot(show_label=False, elem_id="me-teach-vectors")
+    t.prefix = gr.Markdown()
+    gr.Markdown("### 4 · MaxSim, at any budget, from one index")
+    t.matrix = gr.Plot(show_label=False, elem_id="me-teach-matrix")
+    t.budgets = gr.Plot(show_label=False, elem_id="me-teach-budgets")
+    t.matrix_md = gr.Markdown()
+    return t
+
+
+def wire_tab(t: SimpleNamespace, studio: Studio, gpu) -> None:
+    @gpu
+    def walk(text: str, request: gr.Request):
+        text = (text or "").strip()
+        if not text:
+            raise gr.Error("type a query to walk through")
+        return walkthrough(studio, text, _session(request))
+
+    t.button.click(walk, [t.query], [t.tokens, t.attention, t.vectors, t.prefix, t.matrix, t.budgets, t.matrix_md],
+                   api_visibility="private")
+
+
+def tokens_html(tokens: list[str], num_meta: int) -> str:
+    content = "".join(f"<span class='me-tok'>{html.escape(tok)}</span>" for tok in tokens)
+    meta = "".join(f"<span class='me-meta'>M{i + 1}</span>" for i in range(num_meta))
+    return (f"<div class='me-tokens'>{content}<span style='opacity:.6'>→</span>{meta}</div>"
+            f"<p class='me-caption'>{len(tokens)} content tokens (word pieces; [CLS] and [SEP] mark the ends) and "
+            f"{num_meta} meta tokens.</p>")
+
+
+def walkthrough(studio: Studio, text: str, session: str | None) -> tuple:
+    engine = studio.engine
+    presets = engine.presets
+    query = studio.encode_query(text)
+    insp = studio.inspect_query(query)
+    tokens = list(insp["tokens"])
+    att = insp["attention"].float().numpy() if insp.get("attention") is not None else np.zeros((1, len(tokens)))
+    rq_full = engine.num_query_vectors
+
+    # Step 3: the Matryoshka property, checked live: run fewer meta tokens, compare with the prefix.
+    rows = []
+    for r in sorted({p[0] for p in presets if p[0] < rq_full}):
+        short = engine.encode([text], "query", num_tokens=r)[0]
+        diff = float((short - query.vectors[:r]).abs().max())
+        rows.append(f"| {r} of {rq_full} | {diff:.1e} |")
+    prefix_md = ("Running only the first *r* meta tokens gives exactly the first *r* vectors of the full run "
+                 "(differences are float rounding), because meta token *i* never sees the later ones. Training "
+                 "makes each prefix a good embedding on its own (the Matryoshka groups "
+                 f"{', '.join(str(p) for p in presets)}).\n\n| meta tokens run | largest difference to the full "
+                 "run's prefix |\n|---|---|\n" + "\n".join(rows))
+
+    # Step 4: MaxSim with the best result at the largest budget.
+    full = presets[-1]
+    hits = studio.search(query, session, *full, k=1, include_samples=True)
+    if hits:
+        _, item, c = studio.item(hits[0].collection, hits[0].id, session)
+        sim = (query.vectors.float() @ c.float().T).numpy()
+        scores = [float(maxsim_explain(query.vectors, c, p)["score"]) for p in presets]
+        label = f"“{hits[0].label}”"
+        matrix = plots.prefix_matrix_figure(sim, presets)
+        budgets = plots.budget_scores_figure(presets, scores, label)
+        per_item = engine.num_candidate_vectors * engine.dim * 2
+        matrix_md = (f"The similarity of all {rq_full} query vectors with all {engine.num_candidate_vectors} vectors "
+                     f"of the top result, {label}. A budget (r_q, r_c) is the top-left r_q × r_c block: MaxSim takes "
+                     "the maximum of each row inside the block and adds the rows up. The index stores every item's "
+                     f"vectors once ({human_bytes(per_item)} per item); a small budget just reads fewer of them, so "
+                     "nothing is re-encoded or re-indexed when you move the budget slider.")
+    else:
+        matrix = plots.empty_figure("Add files to your collection (or include the samples) to see step 4.")
+        budgets = plots.empty_figure("")
+        matrix_md = ""
+    return (tokens_html(tokens, rq_full),
+            plots.attention_figure(att, tokens, f"Attention of the {rq_full} meta tokens over “{text}”"),
+            plots.vectors_figure(query.vectors.numpy(), presets, "query"),
+            prefix_md, matrix, budgets, matrix_md)
+
+
+# -------------------------------------------------------------------------------------------- scaling
+
+
+def measure_scaling(studio: Studio, queries: list[str], session: str | None, include_samples: bool,
+                    progress: Callable[[float, str], None], k: int = 10, repeats: int = 3) -> dict:
+    """Per trained budget: bytes the index reads, median scoring time per query, top-k overlap with the largest."""
+    engine = studio.engine
+    presets = engine.presets
+    colls = studio.collections(session, include_samples)
+    items = sum(studio.stats(c)["items"] for c in colls)
+    out = {"presets": presets, "items": items, "k": k, "bytes": [], "ms": [], "agreement": [], "summary": ""}
+    if items == 0:
+        return out
+    progress(0.05, f"encoding {len(queries)} queries")
+    vectors = engine.encode(queries, "query")
+    tops: dict[tuple[int, int], list[set]] = {}
+    for n, (r_q, r_c) in enumerate(presets):
+        progress(0.1 + 0.85 * n / len(presets), f"scoring at budget ({r_q}, {r_c})")
+        times, sets = [], []
+        for qv in vectors:
+            best = None
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                found = []
+                for coll in colls:
+                    found += [(s, coll.key, it.id) for it, s in coll.rank(engine, qv, r_q, r_c, k)]
+                elapsed = time.perf_counter() - t0
+                best = elapsed if best is None else min(best, elapsed)
+            found.sort(key=lambda x: -x[0])
+            times.append(best * 1000)
+            sets.append({(key, i) for _, key, i in found[:k]})
+        out["ms"].append(statistics.median(times))
+        out["bytes"].append(items * r_c * engine.dim * 2)
+        tops[(r_q, r_c)] = sets
+    ref = tops[presets[-1]]
+    for p in presets:
+        overlap = [len(a & b) / max(1, len(b)) for a, b in zip(tops[p], ref)]
+        out["agreement"].append(float(np.mean(overlap)))
+    rows = "\n".join(f"| ({q}, {c}) | {human_bytes(b)} | {ms:.2f} ms | {100 * a:.0f}% |"
+                     for (q, c), b, ms, a in zip(presets, out["bytes"], out["ms"], out["agreement"]))
+    small = " With this few items, most of the collection is in every top 10; add files to see budgets differ." \
+        if items <= 3 * k else ""
+    out["summary"] = (f"Measured on **{items} items** with {len(queries)} queries (exact MaxSim over every item, best "
+                      f"of {repeats} runs, median over queries, on {str(engine.model.device)}).{small}\n\n"
+                      "| budget | vectors stored at this budget | time per query | top-10 shared with largest |\n"
+                      f"|---|---|---|---|\n{rows}")
+    progress(1.0, "done")
+    return out
