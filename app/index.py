@@ -247,10 +247,11 @@ class _View:
 
     def locate(self, rowids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(found mask, segment position, slot) for each rowid (removed ones are not found)."""
-        pos = np.searchsorted(self.rowids, rowids)
-        pos = np.minimum(pos, max(self.count - 1, 0))
-        found = (self.rowids[pos] == rowids) if self.count else np.zeros(len(rowids), dtype=bool)
-        return found, self.seg_index[pos], self.slots[pos]
+        if self.count == 0:
+            nothing = np.zeros(len(rowids), dtype=np.int64)
+            return nothing.astype(bool), nothing, nothing
+        pos = np.minimum(np.searchsorted(self.rowids, rowids), self.count - 1)
+        return self.rowids[pos] == rowids, self.seg_index[pos], self.slots[pos]
 
 
 # -------------------------------------------------------------------------------------------- the index
@@ -508,6 +509,14 @@ class Index:
             raise ValueError(f"search: q must be one query [R_q, {self.dim}], got shape {tuple(q.shape)}")
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"search: k must be a positive integer, got {k!r}")
+        try:
+            r_q, r_c = (int(b) for b in budget)
+        except (TypeError, ValueError):
+            raise ValueError(f"search: budget must be a pair (r_q, r_c), got {budget!r}") from None
+        if not (1 <= r_q <= q.shape[0] and 1 <= r_c <= self.num_vectors):
+            raise ValueError(f"search: budget ({r_q}, {r_c}) is out of range: allowed r_q 1..{q.shape[0]} "
+                             f"and r_c 1..{self.num_vectors}")
+        budget = (r_q, r_c)
         view = self.view()
         if view.count == 0:
             return []
@@ -530,17 +539,21 @@ class Index:
 
     def _rerank(self, view: _View, qb: torch.Tensor, budget: tuple[int, int],
                 candidates: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact MaxSim of the first-stage candidates: gather their r_c prefixes, then score them at once."""
         found, seg_pos, slots = view.locate(candidates)
         candidates, seg_pos, slots = candidates[found], seg_pos[found], slots[found]
-        parts_scores, parts_rowids = [], []
+        if not len(candidates):
+            return torch.zeros(0, dtype=torch.int64), torch.zeros(0)
+        r_q, r_c = budget
+        parts, rowids = [], []
         for pos in np.unique(seg_pos):
             mask = seg_pos == pos
-            scores = view.segments[int(pos)].store().maxsim(qb, budget, indices=torch.from_numpy(slots[mask]))[0]
-            parts_scores.append(scores)
-            parts_rowids.append(torch.from_numpy(candidates[mask]))
-        if not parts_scores:
-            return torch.zeros(0, dtype=torch.int64), torch.zeros(0)
-        return torch.cat(parts_rowids), torch.cat(parts_scores)
+            bits = bf16_view(view.segments[int(pos)].bits)
+            parts.append(bits[:r_c].index_select(1, torch.from_numpy(slots[mask])))
+            rowids.append(candidates[mask])
+        # One store over all candidates: r_c GEMMs in total instead of r_c per segment.
+        store = CandidateStore.from_vector_major(torch.cat(parts, dim=1))
+        return torch.from_numpy(np.concatenate(rowids)), store.maxsim(qb, (r_q, r_c))[0]
 
     def first_stage(self, view: _View | None = None) -> FirstStage:
         """The IVF over first vectors, loaded or built, then brought up to date with `view`."""
@@ -608,8 +621,17 @@ class Index:
             path.unlink(missing_ok=True)
 
     def _next_segment_id(self) -> int:
+        # Never reuse the id (= file name) of a segment that was ever committed: a reader may still hold
+        # the old file mapped under that name. An id whose file was never committed may be reused.
         (last,) = self._conn.execute("SELECT COALESCE(MAX(id), 0) FROM segments").fetchone()
-        return int(last) + 1
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'next_segment'").fetchone()
+        return max(int(last) + 1, int(row[0]) if row else 1)
+
+    def _insert_segment(self, seg_id: int, file: str, rows: int) -> None:
+        """Inside a write transaction: record a segment and consume its id."""
+        self._conn.execute("INSERT INTO segments(id, file, rows, created) VALUES (?, ?, ?, ?)",
+                           (seg_id, file, rows, time.time()))
+        self._conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('next_segment', ?)", (str(seg_id + 1),))
 
     def add(self, items: Sequence[Any], vectors: torch.Tensor | np.ndarray) -> list[str | None]:
         """Store items (ingest `Item`s) with their candidate vectors [B, R_c, D]; one atomic commit.
@@ -641,8 +663,7 @@ class Index:
             now = time.time()
             ids: list[str | None] = [None] * len(items)
             with self._txn("IMMEDIATE"):
-                self._conn.execute("INSERT INTO segments(id, file, rows, created) VALUES (?, ?, ?, ?)",
-                                   (seg_id, file, len(keep), now))
+                self._insert_segment(seg_id, file, len(keep))
                 for slot, i in enumerate(keep):
                     it = items[i]
                     item_id = self._new_id(it.content_hash)
@@ -790,8 +811,7 @@ class Index:
             _write_segment(self.directory / SEGMENT_DIR / new_file, self.num_vectors, self.dim, blocks(), len(live))
         with self._txn("IMMEDIATE"):
             if live:
-                self._conn.execute("INSERT INTO segments(id, file, rows, created) VALUES (?, ?, ?, ?)",
-                                   (new_id, new_file, len(live), time.time()))
+                self._insert_segment(new_id, new_file, len(live))
                 self._conn.executemany("UPDATE items SET segment = ?, slot = ? WHERE rowid = ?",
                                        [(new_id, slot, rowid) for slot, (rowid, _s, _o) in enumerate(live)])
             self._conn.execute(f"DELETE FROM segments WHERE id IN ({marks})", seg_ids)

@@ -210,3 +210,23 @@ def test_removed_items_never_come_back_from_the_first_stage(tmp_path, monkeypatc
     assert best not in [r for r, _ in after] and len(after) == 5
     with pytest.raises(KeyError):
         index.vectors(victim.id)
+
+
+def test_segment_names_are_never_reused_and_budgets_are_checked(tmp_path):
+    index = Index.create(tmp_path / "idx", "ck", 4, 8)
+    retired: set[str] = set()
+    live: set[str] = set()
+    for round_ in range(6):
+        index.add(fake_items(5, start=round_ * 10), unit(5, 4, 8, seed=round_))
+        now = {p.name for p in (tmp_path / "idx" / "segments").iterdir()}
+        retired |= live - now
+        assert not (now & retired), "a merged-away segment's file name came back"
+        live = now
+    index.remove([it.id for it in index.items()])
+    index.add(fake_items(2, start=999), unit(2, 4, 8, seed=9))
+    assert not ({p.name for p in (tmp_path / "idx" / "segments").iterdir()} & (retired | live))
+    q = unit(3, 8, seed=1)
+    for bad in [(4, 1), (1, 5), (0, 1), (1, 0)]:
+        with pytest.raises(ValueError, match="out of range"):
+            index.search(q, bad)
+    assert len(index.search(q, (3, 4), k=5)) == 2

@@ -1,0 +1,246 @@
+"""Speed of the index: exact re-scoring, two-stage search at a million items, indexing throughput.
+
+    python bench/search.py exact [--n 10000]            exact MaxSim over a memory-mapped index, each preset
+    python bench/search.py large [--n 1000000]          synthetic collection: first stage + re-rank, recall@10
+    python bench/search.py indexing [--n 64]            ingest+encode+commit vs the encoder alone
+
+Results go to docs/benchmarks.md ("Index and search"). Not a test: numbers depend on the machine and on
+what else runs on it.
+
+Synthetic vectors: an item has a topic vector z (one of 1,000 topic centres plus item noise); its first
+vector is z plus a little noise (the (1,1) summary), the other vectors mix z with item-specific "aspects".
+A query for a target item has a first vector near the target's z and further vectors near some of its
+aspects. So the first vector correlates with the rest as MetaEmbed's nested training intends (mean cosine
+first vs others is printed), and the first stage can only find what the summary carries: that is what
+recall@10 against exact search measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from app import index as index_module  # noqa: E402
+from app.index import Index  # noqa: E402
+
+PRESETS = [(1, 1), (2, 4), (4, 8), (8, 16), (16, 64)]
+R_Q, R_C, D = 16, 64, 128
+TOPICS = 1000
+
+
+@dataclass
+class Meta:
+    source: str
+    content_hash: str
+    kind: str = "image"
+    title: str = "synthetic.jpg"
+    page: int | None = None
+    passage: int | None = None
+    char_span: tuple[int, int] | None = None
+    size_bytes: int = 0
+    text: str | None = None
+    thumbnail: bytes = b""
+    words: list = field(default_factory=list)
+
+
+def topic_centres(seed: int = 0) -> torch.Tensor:
+    return F.normalize(torch.randn(TOPICS, D, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def synthetic_items(n: int, seed: int, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(vectors [n, R_c, D] bf16, z [n, D], aspects [n, R_c, D]) for n items."""
+    g = torch.Generator().manual_seed(seed)
+    topic = torch.randint(0, TOPICS, (n,), generator=g)
+    z = F.normalize(centres[topic] + 0.7 * F.normalize(torch.randn(n, D, generator=g), dim=-1), dim=-1)
+    aspects = F.normalize(torch.randn(n, R_C, D, generator=g), dim=-1)
+    vecs = 0.6 * z[:, None, :] + 0.8 * aspects
+    vecs[:, 0] = z + 0.3 * aspects[:, 0]
+    return F.normalize(vecs, dim=-1).to(torch.bfloat16), z, aspects
+
+
+def synthetic_query(z: torch.Tensor, aspects: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """[R_q, D]: first vector near the target's summary, the others near some of its aspects."""
+    noise = F.normalize(torch.randn(R_Q, D, generator=g), dim=-1)
+    picks = torch.randint(1, R_C, (R_Q,), generator=g)
+    q = 0.5 * z + 0.7 * aspects[picks] + 0.5 * noise
+    q[0] = z + 0.6 * noise[0]
+    return F.normalize(q, dim=-1)
+
+
+def build(directory: Path, n: int, chunk: int, seed: int = 0, targets: int = 0) -> tuple[Index, list, float]:
+    """Fill an index with n synthetic items in chunks; returns (index, [(z, aspects)] of targets, seconds)."""
+    centres = topic_centres(seed)
+    index = Index.create(directory, "synthetic", R_C, D)
+    rng = np.random.default_rng(seed)
+    target_ids = set(rng.choice(n, size=targets, replace=False).tolist()) if targets else set()
+    kept = []
+    start = time.perf_counter()
+    for at in range(0, n, chunk):
+        m = min(chunk, n - at)
+        vecs, z, aspects = synthetic_items(m, seed + 1 + at, centres)
+        for i in sorted(t - at for t in target_ids if at <= t < at + m):
+            kept.append((z[i].clone(), aspects[i].clone()))
+        metas = [Meta(f"/synthetic/{at + i}.jpg", hashlib.sha256(f"{seed}:{at + i}".encode()).hexdigest())
+                 for i in range(m)]
+        index.add(metas, vecs)
+        del vecs, z, aspects
+        print(f"  added {at + m:,} items ({time.perf_counter() - start:.0f} s)", flush=True)
+    return index, kept, time.perf_counter() - start
+
+
+def timed(fn, repeat: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1000, out
+
+
+def bench_exact(args: argparse.Namespace) -> None:
+    root = Path(tempfile.mkdtemp(prefix="bench-exact-", dir=args.tmp))
+    try:
+        for n in args.n:
+            index, kept, secs = build(root / f"n{n}", n, chunk=min(n, 8192), targets=4)
+            print(f"exact over {n:,} memory-mapped items ({index.info()['segments']} segments), "
+                  f"median of {args.repeat} queries:")
+            g = torch.Generator().manual_seed(1)
+            q = synthetic_query(*kept[0], g)
+            index.search(q, (16, 64), k=10, exact=True)  # warm the page cache
+            for budget in PRESETS:
+                ms, _ = timed(lambda ix=index, q=q, b=budget: ix.search(q, b, k=10, exact=True), args.repeat)
+                print(f"  budget {budget}: {ms:.1f} ms")
+            ms, _ = timed(lambda ix=index, q=q: ix.search(q, (16, 64), k=10, exact=False), args.repeat)
+            print(f"  two-stage at (16, 64) for comparison: {ms:.1f} ms")
+            index.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def bench_large(args: argparse.Namespace) -> None:
+    n = args.n[0]
+    root = Path(tempfile.mkdtemp(prefix="bench-large-", dir=args.tmp))
+    try:
+        index, kept, secs = build(root / "idx", n, chunk=args.chunk, targets=args.queries)
+        info = index.info()
+        print(f"built {n:,} items in {secs:.0f} s: {info['segments']} segments, "
+              f"{info['vector_bytes'] / n:,.0f} B/item vectors, {info['metadata_bytes'] / n:,.0f} B/item metadata")
+        seg = index.view().segments[0]
+        sample = torch.from_numpy(np.ascontiguousarray(seg.bits[:, :2000].view(np.int16))).view(torch.bfloat16).float()
+        cos = (sample[0:1] * sample[1:]).sum(-1).mean()
+        print(f"mean cosine first vector vs the others: {cos:.3f}")
+
+        t = time.perf_counter()
+        stage = index.first_stage()
+        print(f"first stage built in {time.perf_counter() - t:.1f} s ({stage.size:,} vectors, "
+              f"nlist {stage.index.nlist}, nprobe {stage.index.nprobe}); "
+              f"saved {info['first_stage_bytes'] or index.info()['first_stage_bytes']:,} bytes")
+        index.close()
+        t = time.perf_counter()
+        index = Index.open(root / "idx")
+        index.first_stage()
+        print(f"reopen + load first stage: {time.perf_counter() - t:.1f} s")
+
+        g = torch.Generator().manual_seed(7)
+        queries = [synthetic_query(z, a, g) for z, a in kept]
+        for depth in args.depths:
+            times, fs_times = [], []
+            for q in queries:
+                t = time.perf_counter()
+                index.first_stage().search(q[0].numpy(), depth)
+                fs_times.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                index.search(q, (16, 64), k=10, exact=False, depth=depth)
+                times.append(time.perf_counter() - t)
+            print(f"depth {depth}: two-stage (16,64) median {statistics.median(times) * 1000:.1f} ms, "
+                  f"p90 {np.percentile(times, 90) * 1000:.1f} ms (first stage alone "
+                  f"{statistics.median(fs_times) * 1000:.1f} ms) over {len(queries)} queries")
+
+        # Exact ground truth for all queries in one pass over the data (every query scored per segment).
+        t = time.perf_counter()
+        qb = torch.stack(queries)
+        view = index.view()
+        best: list[list[tuple[float, int]]] = [[] for _ in queries]
+        for segment in view.segments:
+            scores = segment.store().maxsim(qb, (16, 64))
+            top = scores.topk(10, dim=1)
+            for qi in range(len(queries)):
+                best[qi] += [(float(s), int(segment.slot_rowids[i])) for s, i in zip(top.values[qi], top.indices[qi])]
+        truth = [{r for _, r in sorted(b, reverse=True)[:10]} for b in best]
+        print(f"exact ground truth for {len(queries)} queries: {time.perf_counter() - t:.0f} s "
+              f"({(time.perf_counter() - t) / len(queries) * 1000:,.0f} ms per query)")
+        for depth in args.depths:
+            recalls = [len({r for r, _ in index.search(q, (16, 64), k=10, exact=False, depth=depth)} & tr) / 10
+                       for q, tr in zip(queries, truth)]
+            print(f"depth {depth}: recall@10 vs exact {np.mean(recalls):.3f}")
+        index.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def bench_indexing(args: argparse.Namespace) -> None:
+    from app.indexing import encoder_input, index_paths
+    from app.ingest import ingest
+    from model import MetaEmbed, MetaEmbedConfig
+
+    n = args.n[0]
+    root = Path(tempfile.mkdtemp(prefix="bench-indexing-", dir=args.tmp))
+    try:
+        words = ("harbour lantern orchard granite meadow violin glacier pepper saddle copper tunnel falcon "
+                 "velvet canyon walnut ember quartz willow thunder marble lagoon cedar prism nectar").split()
+        folder = root / "notes"
+        folder.mkdir()
+        rng = np.random.default_rng(0)
+        for i in range(n):
+            text = " ".join(rng.choice(words, size=100))
+            (folder / f"note-{i:04d}.txt").write_text(f"Note {i}. {text}.\n")
+        model = MetaEmbed.from_config(MetaEmbedConfig(front_end="visual-tokenizer"), device="cpu")
+        model.encode_candidates(["warm up"])
+        items = ingest([folder], ocr=None).items
+        inputs = [encoder_input(it) for it in items]
+        t = time.perf_counter()
+        model.encode_candidates(inputs, batch_size=8)
+        enc = time.perf_counter() - t
+        index = Index.create(root / "idx", "bench", R_C, D)
+        t = time.perf_counter()
+        run = index_paths(model, index, [folder], ocr=None, batch_size=8)
+        full = time.perf_counter() - t
+        info = index.info()
+        print(f"{n} text passages (~100 words): encoder alone {n / enc:.1f} items/s, "
+              f"ingest+encode+commit {len(run.indexed) / full:.1f} items/s ({full / enc:.2f}x the encoder's time); "
+              f"disk per item: {info['vector_bytes'] / n:,.0f} B vectors + {info['metadata_bytes'] / n:,.0f} B metadata")
+        index.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["exact", "large", "indexing"])
+    parser.add_argument("--n", type=int, nargs="+", default=None)
+    parser.add_argument("--chunk", type=int, default=65536, help="items per add (large)")
+    parser.add_argument("--queries", type=int, default=30)
+    parser.add_argument("--depths", type=int, nargs="+", default=[index_module.FIRST_STAGE_DEPTH])
+    parser.add_argument("--repeat", type=int, default=9)
+    parser.add_argument("--tmp", default=None, help="folder for the temporary index (default: system temp)")
+    args = parser.parse_args()
+    if args.n is None:
+        args.n = {"exact": [10_000], "large": [1_000_000], "indexing": [64]}[args.what]
+    {"exact": bench_exact, "large": bench_large, "indexing": bench_indexing}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()
