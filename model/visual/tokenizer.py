@@ -246,16 +246,43 @@ class VisualDoc:
     size: tuple[int, int] = (0, 0)  # original (width, height)
 
 
+WORK_LONG_SIDE = 640  # the text gate's resolution
+WORK_SHORT_SIDE = 224  # the classifier's input
+
+
+def _draft_decode(img: Image.Image) -> Image.Image | None:
+    """A reduced-scale decode of a not-yet-loaded JPEG file (libjpeg scales in the DCT domain: 4x cheaper
+    than a full 1600x1200 decode), from a second handle on the file, so the caller's image is untouched and
+    is fully decoded later only if OCR needs it."""
+    filename = getattr(img, "filename", "")
+    if img.format != "JPEG" or not filename or not getattr(img, "tile", None):
+        return None
+    w, h = img.size
+    scale = max(WORK_LONG_SIDE / max(w, h), WORK_SHORT_SIDE / min(w, h))
+    if scale >= 0.5:
+        return None
+    try:
+        small = Image.open(filename)
+        if small.size != img.size:
+            return None
+        small.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
+        small.load()
+        return small
+    except OSError:
+        return None
+
+
 def _working_copy(img: Image.Image) -> Image.Image:
-    """RGB copy, integer-box-reduced while it stays >= 640 px on the long and >= 224 px on the short side
-    (what the text gate and the classifier need); much cheaper than resizing a full photo several times."""
-    img.load()
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
+    """RGB copy, reduced while it stays >= 640 px on the long and >= 224 px on the short side (what the text
+    gate and the classifier need); much cheaper than resizing a full photo several times."""
+    src = _draft_decode(img) or img
+    src.load()
+    if src.mode in ("RGBA", "LA") or (src.mode == "P" and "transparency" in src.info):
+        rgba = src.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
-    rgb = img.convert("RGB") if img.mode != "RGB" else img
-    factor = max(1, min(max(rgb.size) // 640, min(rgb.size) // 224))
+        src = Image.alpha_composite(background, rgba)
+    rgb = src.convert("RGB") if src.mode != "RGB" else src
+    factor = max(1, min(max(rgb.size) // WORK_LONG_SIDE, min(rgb.size) // WORK_SHORT_SIDE))
     return rgb.reduce(factor) if factor > 1 else rgb
 
 
