@@ -259,6 +259,19 @@ def test_blank_image_gives_its_colour(tokenizer):
         assert colour_tokens[0].region.dtype == np.float16
 
 
+def test_unusual_image_modes_are_read_sensibly(tokenizer):
+    deep = Image.fromarray(np.tile(np.linspace(0, 4000, 256), (64, 1)).astype(np.uint16))  # 16-bit grey
+    clear = Image.new("RGBA", (300, 200), (255, 0, 0, 0))  # fully transparent: background, not red
+    clear.paste((0, 0, 255, 255), (0, 0, 300, 40))
+    docs = tokenizer.tokenize([deep, clear, _scene().convert("CMYK"), _scene().convert("P")], ocr=False)
+    for doc in docs:
+        _check_spans(doc)
+    deep_colours = [t.text for t in docs[0].tokens if t.kind == "colour"]
+    assert set(deep_colours) & {"black", "gray"}  # a plain convert would clip the whole ramp to white
+    clear_colours = [t.text for t in docs[1].tokens if t.kind == "colour"]
+    assert clear_colours[0] == "white" and "red" not in clear_colours
+
+
 def test_scene_doc_has_concept_regions_over_the_whole_frame(tokenizer):
     [doc] = tokenizer.tokenize([_scene(800, 400)], ocr=False)
     _check_spans(doc)
@@ -282,6 +295,20 @@ def test_text_image_yields_ocr_words(tokenizer):
     assert {"agenda", "budget"} & set(ocr_words)
     assert all(t.box is not None for t in doc.tokens if t.kind == "ocr")
     assert "text: " in doc.text
+
+
+def test_large_jpeg_file_is_read_at_reduced_scale_without_touching_the_callers_image(tokenizer, tmp_path):
+    path = tmp_path / "photo.jpg"
+    _scene(1600, 1200).save(path, quality=90)
+    img = Image.open(path)
+    [doc] = tokenizer.tokenize([img], ocr=False)
+    assert doc.size == (1600, 1200) and doc.text
+    assert img.tile, "the caller's lazily opened image was decoded"
+    probs = tok_mod.image_class_probabilities(Image.open(path))
+    loaded = Image.open(path)
+    loaded.load()  # a decoded image takes the full-resolution path
+    np.testing.assert_allclose(probs.sum(), 1.0, atol=1e-4)
+    assert np.abs(probs - tok_mod.image_class_probabilities(loaded)).max() < 0.1
 
 
 def test_ocr_failure_keeps_the_rest_of_the_doc(classifier):

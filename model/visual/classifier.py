@@ -28,6 +28,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .images import to_rgb
+
 INPUT_SIZE = 224
 NUM_CLASSES = 1000
 FEATURE_GRID = 7  # 224 / 32
@@ -124,7 +126,7 @@ def preprocess(img: Image.Image) -> tuple[np.ndarray, tuple[float, float, float,
     width, height = img.size
     if width < 1 or height < 1:
         raise ValueError(f"classifier: image has an empty size {img.size}")
-    img = _to_rgb(img)
+    img = to_rgb(img)
     w, h = img.size
     side = min(w, h)
     left, top = (w - side) / 2.0, (h - side) / 2.0
@@ -137,16 +139,6 @@ def preprocess(img: Image.Image) -> tuple[np.ndarray, tuple[float, float, float,
     arr = (np.asarray(resized, dtype=np.float32) - _MEAN) / _STD
     crop_box = (left / w, top / h, (left + side) / w, (top + side) / h)
     return np.ascontiguousarray(arr.transpose(2, 0, 1)), crop_box
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
 
 
 class ImageClassifier:

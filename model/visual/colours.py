@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from .images import to_rgb
+
 BASIC_COLOURS = (
     "red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white", "gray",
 )  # fmt: skip
@@ -48,11 +50,7 @@ def _thumbnail_rgb(img: Image.Image | np.ndarray) -> np.ndarray:
         raise ValueError(f"colours: expected a PIL.Image.Image or uint8 array, got {type(img).__name__}")
     if img.width < 1 or img.height < 1:
         raise ValueError(f"colours: image has an empty size {img.size}")
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
-    img = img.convert("RGB")
+    img = to_rgb(img)
     small = img.resize((ANALYSIS_SIZE, ANALYSIS_SIZE), Image.Resampling.BOX, reducing_gap=3.0)
     return np.asarray(small, dtype=np.float32) / 255.0
 

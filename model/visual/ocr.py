@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from .images import to_rgb
+
 # Larger inputs only slow detection down (RapidOCR's detector upsamples to >= 736 px on the short side
 # but never shrinks), while text that matters for search stays readable at this size.
 DEFAULT_MAX_SIDE = 1600
@@ -50,11 +52,7 @@ def _get_engine():
 
 def _to_bgr_array(img: Image.Image, max_side: int) -> tuple[np.ndarray, float]:
     """RGB-composite (alpha onto white), shrink so the longer side is <= max_side; returns BGR + scale."""
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
-    img = img.convert("RGB")
+    img = to_rgb(img)
     scale = 1.0
     longest = max(img.size)
     if longest > max_side:
@@ -240,7 +238,7 @@ def text_stroke_score(img: Image.Image) -> float:
     (ink on background, not photo texture) and enough contrast. About 0.1-0.5 on pages, < 0.01 on photos."""
     if not isinstance(img, Image.Image):
         raise ValueError(f"text_stroke_score: expected a PIL.Image.Image, got {type(img).__name__}")
-    grey = img.convert("L")
+    grey = to_rgb(img).convert("L")
     if max(grey.size) > _STROKE_SIDE:
         scale = _STROKE_SIDE / max(grey.size)
         grey = grey.resize(

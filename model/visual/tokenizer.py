@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from .colours import MASK_SIZE, dominant_colours
+from .images import to_rgb
 from .vocab import ImageNetVocab, load_vocab
 
 log = logging.getLogger(__name__)
@@ -277,11 +278,7 @@ def _working_copy(img: Image.Image) -> Image.Image:
     gate and the classifier need); much cheaper than resizing a full photo several times."""
     src = _draft_decode(img) or img
     src.load()
-    if src.mode in ("RGBA", "LA") or (src.mode == "P" and "transparency" in src.info):
-        rgba = src.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        src = Image.alpha_composite(background, rgba)
-    rgb = src.convert("RGB") if src.mode != "RGB" else src
+    rgb = to_rgb(src)
     factor = max(1, min(max(rgb.size) // WORK_LONG_SIDE, min(rgb.size) // WORK_SHORT_SIDE))
     return rgb.reduce(factor) if factor > 1 else rgb
 
