@@ -27,7 +27,15 @@ from PIL import Image
 from app import ingest as ingest_mod
 from app.index import Index, IndexedItem, checkpoint_id
 from app.indexing import encoder_input, index_paths
-from app.sessions import UNLIMITED, SessionStore, UploadLimits, check_upload, human_bytes, unique_child
+from app.sessions import (
+    UNLIMITED,
+    SessionStore,
+    UploadLimits,
+    check_upload,
+    human_bytes,
+    safe_filename,
+    unique_child,
+)
 from model import MetaEmbed
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -449,6 +457,7 @@ class Studio:
                 names = dict(zip([str(p) for p in paths], display_names))
                 accepted = [(p, names.get(str(p), n)) for p, n in accepted]
             copies: list[Path] = []
+            uploaded_as: dict[Path, str] = {}
             if copy_in:
                 coll.files_dir.mkdir(parents=True, exist_ok=True)
                 for src, name in accepted:
@@ -459,6 +468,7 @@ class Studio:
                         report["errors"].append({"path": name, "error": f"{name}: could not be stored ({e.strerror})"})
                         continue
                     copies.append(dest)
+                    uploaded_as[dest] = Path(safe_filename(name)).name
             else:
                 copies = [Path(p) for p, _ in accepted]
             progress(0.0, f"reading {len(copies)} file(s)")
@@ -467,6 +477,8 @@ class Studio:
                 for dest in copies:  # keep only files that gave the collection something
                     if dest.exists() and not idx.items(str(dest.resolve())) and not _zip_items(idx, dest):
                         dest.unlink(missing_ok=True)
+                        # A copy named "x (2).jpg" that was not kept is reported under the name it was uploaded as.
+                        _rename_in_report(report, dest.name, uploaded_as.get(dest, dest.name))
         progress(1.0, "done")
         return report
 
@@ -660,6 +672,19 @@ def _zip_items(idx: Index, path: Path) -> bool:
         return False
     prefix = str(path.resolve()) + "!/"
     return any(it.path.startswith(prefix) for it in idx.items())
+
+
+def _rename_in_report(report: dict, old: str, new: str) -> None:
+    if old == new:
+        return
+    report["skipped_duplicates"] = [new + p[len(old):] if p.startswith(old) else p
+                                    for p in report["skipped_duplicates"]]
+    for entry in report["errors"] + report["notes"]:
+        if entry["path"].startswith(old):
+            entry["path"] = new + entry["path"][len(old):]
+        for key in ("error", "note"):
+            if key in entry:
+                entry[key] = entry[key].replace(old, new)
 
 
 def _looks_like_id(text: str) -> bool:

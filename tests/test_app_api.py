@@ -1,0 +1,285 @@
+"""The app's named API endpoints through gradio_client against a launched server (private-sessions mode).
+
+One server per module: an untrained test checkpoint, a temp data dir, a one-photo sample collection.
+Two clients are two browser sessions: each gets its own private collection next to the shared samples.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import pytest
+
+from app.sessions import UploadLimits, safe_filename, unique_child
+from model.scoring import maxsim
+from tests.index_helpers import checkpoint_folder
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "assets" / "examples"
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_pdf(lines: list[tuple[float, float, float, str]]) -> bytes:
+    """A one-page PDF with a real text layer (Helvetica lines at x, y, size)."""
+    ops = "\n".join(f"BT /F1 {size} Tf {x} {y} Td ({text}) Tj ET" for x, y, size, text in lines).encode("latin-1")
+    objs = {
+        1: b"<< /Type /Catalog /Pages 2 0 R >>",
+        2: b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        3: b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 5 0 R >> >> "
+           b"/Contents 4 0 R >>",
+        4: b"<< /Length %d >>\nstream\n" % len(ops) + ops + b"\nendstream",
+        5: b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    }
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = {}
+    for num in sorted(objs):
+        offsets[num] = len(out)
+        out += b"%d 0 obj\n" % num + objs[num] + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 6\n0000000000 65535 f \n" + b"".join(b"%010d 00000 n \n" % offsets[n] for n in range(1, 6))
+    out += b"trailer\n<< /Size 6 /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % xref
+    return bytes(out)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from app.server import create_app, launch
+
+    root = tmp_path_factory.mktemp("app-api")
+    samples = root / "samples"
+    samples.mkdir()
+    shutil.copy(EXAMPLES / "kitten.jpg", samples / "kitten.jpg")
+    files = root / "files"
+    files.mkdir()
+    for name in ("red-panda.jpg", "boats-at-sunset.jpg"):
+        shutil.copy(EXAMPLES / name, files / name)
+    (files / "harbour.pdf").write_bytes(make_pdf([(72, 700, 28, "Harbour lanterns at night"),
+                                                  (72, 650, 14, "Boats rest in the harbour while lanterns glow.")]))
+    (files / "broken.jpg").write_bytes(b"this is not a picture at all")
+    (files / "notes.txt").write_text("Meadow notes: the violin player walked through the orchard at dawn.")
+    limits = UploadLimits(max_files=5, max_file_bytes=5 * 2**20, max_upload_bytes=20 * 2**20,
+                          max_session_bytes=50 * 2**20, max_session_items=50)
+    studio, demo = create_app(str(checkpoint_folder(tmp_path_factory)), root / "data", private_sessions=True,
+                              sample_dir=samples, limits=limits, wait_for_samples=True, log=lambda *a: None)
+    port = free_port()
+    launch(studio, demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+    yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", studio=studio, files=files, root=root)
+    demo.close()
+    studio.close()
+
+
+def client(server):
+    from gradio_client import Client
+
+    return Client(server.url, verbose=False, analytics_enabled=False, download_files=False)
+
+
+@pytest.fixture(scope="module")
+def alice(server):
+    c = client(server)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def alice_report(server, alice):
+    from gradio_client import handle_file
+
+    paths = [server.files / n for n in ("red-panda.jpg", "boats-at-sunset.jpg", "harbour.pdf", "broken.jpg",
+                                        "notes.txt")]
+    return alice.predict([handle_file(str(p)) for p in paths], api_name="/index")
+
+
+def search(c, query: str, r_q: int, r_c: int, k: int = 10) -> list[dict]:
+    return c.predict(query, r_q, r_c, k, True, api_name="/search")
+
+
+# ------------------------------------------------------------------------------------------------ index
+
+
+def test_index_reports_items_duplicates_and_plain_errors(server, alice, alice_report):
+    from gradio_client import handle_file
+
+    indexed = {e["path"] for e in alice_report["indexed"]}
+    assert {"red-panda.jpg", "boats-at-sunset.jpg", "harbour.pdf", "notes.txt"} <= indexed
+    assert all(set(e) >= {"id", "path", "page", "kind"} for e in alice_report["indexed"])
+    pdf = [e for e in alice_report["indexed"] if e["path"] == "harbour.pdf"]
+    assert pdf and pdf[0]["page"] == 1
+    # The broken file is reported by name, in words, and never with a server path.
+    errors = {e["path"]: e["error"] for e in alice_report["errors"]}
+    assert "broken.jpg" in errors and "broken.jpg" in errors["broken.jpg"]
+    for entry in alice_report["indexed"] + alice_report["errors"]:
+        assert not entry["path"].startswith("/"), entry
+    again = alice.predict([handle_file(str(server.files / "red-panda.jpg"))], api_name="/index")
+    assert again["indexed"] == []
+    assert again["skipped_duplicates"] == ["red-panda.jpg"]
+
+
+def test_upload_count_limit_has_a_clear_message(server, alice_report):
+    from gradio_client import handle_file
+
+    c = client(server)
+    try:
+        six = [handle_file(str(EXAMPLES / n)) for n in ("autumn-mountain.jpg", "eiffel-tower.jpg", "green-hills.jpg",
+                                                         "kingfisher.jpg", "marigold.jpg", "meerkats.jpg")]
+        report = c.predict(six, api_name="/index")
+    finally:
+        c.close()
+    assert report["indexed"] == []
+    assert len(report["errors"]) == 1 and "too many files" in report["errors"][0]["error"]
+    assert "5" in report["errors"][0]["error"]
+
+
+# ----------------------------------------------------------------------------------------------- search
+
+
+def test_search_returns_ranked_json_with_own_and_sample_items(server, alice, alice_report):
+    results = search(alice, "harbour lanterns at night", 16, 64, k=20)
+    assert [r["rank"] for r in results] == list(range(1, len(results) + 1))
+    assert all(set(r) >= {"rank", "id", "path", "page", "score"} for r in results)
+    scores = [r["score"] for r in results]
+    assert scores == sorted(scores, reverse=True)
+    own = {e["id"] for e in alice_report["indexed"]}
+    assert own <= {r["id"] for r in results}  # every item of the (small) collection is ranked
+    assert {r["collection"] for r in results} == {"yours", "samples"}
+
+
+def test_budget_change_reranks_with_scores_of_that_budget(server, alice, alice_report):
+    """Scores at each budget equal MaxSim over the first r_q / r_c vectors, and the order follows them."""
+    studio = server.studio
+    query = "boats at sunset"
+    q = studio.encode_query(query).vectors
+    by_budget = {}
+    for budget in [(16, 64), (1, 1), (4, 8), (16, 16)]:
+        results = search(alice, query, *budget, k=20)
+        by_budget[budget] = results
+        for r in results:
+            _, _, c = studio.item(r["collection"], r["id"], alice.session_hash)
+            expected = float(maxsim(q.unsqueeze(0), c.unsqueeze(0), budget)[0, 0])
+            assert r["score"] == pytest.approx(expected, rel=2e-2, abs=2e-2), (budget, r)
+            assert r["score"] <= budget[0] + 1e-3  # a sum of r_q cosine similarities
+        assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
+    # More candidate vectors can only raise each query vector's best match.
+    full = {r["id"]: r["score"] for r in by_budget[(16, 64)]}
+    for r in by_budget[(16, 16)]:
+        assert full[r["id"]] >= r["score"] - 2e-2
+    assert [r["score"] for r in by_budget[(1, 1)]] != [r["score"] for r in by_budget[(16, 64)]]
+
+
+def test_budget_out_of_range_is_refused_with_its_name(server, alice):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="r_c"):
+        search(alice, "boats", 16, 65)
+    with pytest.raises(AppError, match="empty|type a query"):
+        search(alice, "   ", 16, 64)
+
+
+# ------------------------------------------------------------------------------------- private sessions
+
+
+def test_other_session_sees_samples_but_not_my_items(server, alice, alice_report):
+    from gradio_client import handle_file
+
+    bob = client(server)
+    try:
+        mine = {e["id"] for e in alice_report["indexed"]}
+        results = search(bob, "red panda", 16, 64, k=50)
+        assert results, "the shared sample collection is searchable by everyone"
+        assert {r["collection"] for r in results} == {"samples"}
+        assert not mine & {r["id"] for r in results}
+        # Bob's own upload is his alone.
+        own = bob.predict([handle_file(str(EXAMPLES / "kingfisher.jpg"))], api_name="/index")
+        assert [e["path"] for e in own["indexed"]] == ["kingfisher.jpg"]
+        bob_ids = {e["id"] for e in own["indexed"]}
+        assert bob_ids <= {r["id"] for r in search(bob, "bird", 16, 64, k=50)}
+        assert not bob_ids & {r["id"] for r in search(alice, "bird", 16, 64, k=50)}
+    finally:
+        bob.close()
+
+
+def test_file_route_refuses_another_sessions_files(server, alice, alice_report):
+    studio = server.studio
+    session = studio.sessions.peek(alice.session_hash)
+    assert session is not None
+    stored = sorted(p for p in session.files_dir.iterdir() if p.is_file())
+    assert {p.name for p in stored} >= {"red-panda.jpg", "harbour.pdf"}
+    with httpx.Client(timeout=10) as http:
+        for path in stored:
+            r = http.get(f"{server.url}gradio_api/file={path}")
+            assert r.status_code in (403, 404), (path, r.status_code)
+            assert r.content != path.read_bytes()
+        # The upload's temporary copy is gone once the file lives in the session folder.
+        up = http.post(f"{server.url}gradio_api/upload",
+                       files={"files": ("boats-at-sunset.jpg", (EXAMPLES / "boats-at-sunset.jpg").read_bytes())})
+        assert up.status_code == 200
+        temp_path = up.json()[0]
+        from gradio_client import handle_file
+
+        carol = client(server)
+        try:
+            carol.predict([handle_file(temp_path)], api_name="/index")
+        finally:
+            carol.close()
+        assert http.get(f"{server.url}gradio_api/file={temp_path}").status_code in (403, 404)
+        # Nor can a path climb out of the upload folder into the sessions.
+        r = http.get(f"{server.url}gradio_api/file={session.folder}/../{session.folder.name}/files/harbour.pdf")
+        assert r.status_code in (403, 404)
+
+
+def test_session_folder_is_removed_when_the_session_ends(server):
+    from gradio_client import handle_file
+
+    dave = client(server)
+    dave.predict([handle_file(str(EXAMPLES / "marigold.jpg"))], api_name="/index")
+    session = server.studio.sessions.peek(dave.session_hash)
+    assert session is not None and session.folder.is_dir()
+    dave.close()  # ends the heartbeat: Gradio runs the unload event for this session
+    deadline = time.time() + 20
+    while session.folder.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert not session.folder.exists()
+    assert server.studio.sessions.peek(dave.session_hash) is None
+
+
+# ------------------------------------------------------------------------------------------- file names
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("../../etc/passwd", "passwd"),
+    ("..\\..\\windows\\evil.jpg", "evil.jpg"),
+    ("..", "file"),
+    ("", "file"),
+    (".hidden.jpg", "hidden.jpg"),
+    ("-rf.png", "rf.png"),
+    ("photo\x00\n.jpg", "photo.jpg"),
+    ("holiday <1>|2?.jpg", "holiday _1__2_.jpg"),
+    ("café.jpg", "café.jpg"),
+])
+def test_safe_filename(name, expected):
+    assert safe_filename(name) == expected
+
+
+def test_safe_filename_keeps_the_extension_of_long_names():
+    name = safe_filename("x" * 500 + ".pdf")
+    assert name.endswith(".pdf") and len(name) <= 120
+
+
+def test_unique_child_never_overwrites_and_stays_inside(tmp_path):
+    first = unique_child(tmp_path, "../a.jpg")
+    first.write_bytes(b"1")
+    second = unique_child(tmp_path, "a.jpg")
+    assert first == tmp_path / "a.jpg" and second == tmp_path / "a (2).jpg"
+    assert second.parent == tmp_path
+
