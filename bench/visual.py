@@ -257,10 +257,13 @@ def main(argv: list[str] | None = None) -> int:
         tok.tokenize([Image.open(paths[0])], ocr=False)
         print(f"classifier + vocab load and first call: {time.perf_counter() - t0:.1f} s")
 
-        rates, _ = time_tokenize(tok, paths, False, args.rounds)
-        print(f"tokenize(ocr=False), batch of {len(paths)}, decode included: "
-              f"best {max(rates):.1f} photos/s, median {statistics.median(rates):.1f} "
-              f"(rounds: {', '.join(f'{r:.1f}' for r in rates)})")
+        for overlap in (True, False):
+            tok.overlap = overlap
+            rates, _ = time_tokenize(tok, paths, False, args.rounds)
+            print(f"tokenize(ocr=False), batch of {len(paths)}, decode included, overlap={overlap}: "
+                  f"best {max(rates):.1f} photos/s, median {statistics.median(rates):.1f} "
+                  f"(rounds: {', '.join(f'{r:.1f}' for r in rates)})")
+        tok.overlap = True
         rates, ocr_runs = time_tokenize(tok, paths, "auto", args.rounds)
         print(f"tokenize(ocr='auto'): best {max(rates):.1f} photos/s, median {statistics.median(rates):.1f}; "
               f"OCR ran on {ocr_runs}/{len(paths)}")

@@ -152,6 +152,16 @@ def test_cams_have_grid_shape_and_unit_range(classifier):
 # ------------------------------------------------------------------------------------------------ colours
 
 
+def test_cam_is_placed_over_the_crop_in_full_frame_coordinates():
+    cam = np.zeros((FEATURE_GRID, FEATURE_GRID), np.float32)
+    cam[1, 5] = 1.0  # upper right of the crop
+    frame = tok_mod._cam_to_frame(cam, (0.25, 0.0, 0.75, 1.0), size=32)  # centre half of a 2:1 image
+    row, col = np.unravel_index(np.argmax(frame), frame.shape)
+    assert row == pytest.approx(32 * 1.5 / 7, abs=1.5)
+    assert col == pytest.approx(8 + 16 * 5.5 / 7, abs=1.5)
+    assert not frame[:, :8].any() and not frame[:, 24:].any() and frame.max() <= 1
+
+
 def test_two_colour_image_finds_both_with_sane_fractions():
     img = Image.new("RGB", (400, 300), (210, 30, 30))
     img.paste((30, 70, 200), (0, 0, 400, 90))  # top 30 % blue
@@ -309,6 +319,19 @@ def test_large_jpeg_file_is_read_at_reduced_scale_without_touching_the_callers_i
     loaded.load()  # a decoded image takes the full-resolution path
     np.testing.assert_allclose(probs.sum(), 1.0, atol=1e-4)
     assert np.abs(probs - tok_mod.image_class_probabilities(loaded)).max() < 0.1
+
+
+def test_chunked_overlapped_run_gives_the_same_docs(classifier):
+    images = [_scene(seed=s) for s in range(4)] + [Image.new("RGB", (64, 64), "white")]
+    saved = classifier.batch_size
+    try:
+        classifier.batch_size = 2  # three chunks: the worker prepares the next while one is classified
+        overlapped = tok_mod.VisualTokenizer(classifier=classifier, overlap=True).tokenize(images, ocr=False)
+        serial = tok_mod.VisualTokenizer(classifier=classifier, overlap=False).tokenize(images, ocr=False)
+    finally:
+        classifier.batch_size = saved
+    assert [d.text for d in overlapped] == [d.text for d in serial]
+    assert len(overlapped) == 5 and "white" in overlapped[-1].text
 
 
 def test_ocr_failure_keeps_the_rest_of_the_doc(classifier):

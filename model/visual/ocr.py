@@ -273,9 +273,16 @@ def text_class_mass(class_probs: np.ndarray) -> float:
     return float(probs[TEXT_CLASS_INDICES].sum())
 
 
+def text_gate(stroke_score: float, class_probs: np.ndarray | None = None) -> bool:
+    """The OCR gate's rule on precomputed statistics (see likely_has_text)."""
+    if class_probs is not None and text_class_mass(class_probs) >= TEXT_MASS_THRESHOLD:
+        return True
+    return stroke_score >= STROKE_THRESHOLD
+
+
 def likely_has_text(img: Image.Image, class_probs: np.ndarray | None = None) -> bool:
     """Cheap OCR gate (a few ms): True when the stroke statistic or, if given, the classifier's mass on
     text-bearing classes says there is probably text worth recognising."""
-    if class_probs is not None and text_class_mass(class_probs) >= TEXT_MASS_THRESHOLD:
+    if class_probs is not None and text_gate(0.0, class_probs):
         return True
-    return text_stroke_score(img) >= STROKE_THRESHOLD
+    return text_gate(text_stroke_score(img))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
@@ -305,10 +306,22 @@ def _cam_to_frame(cam: np.ndarray, crop_box: tuple[float, float, float, float], 
     return np.clip(weights(y0, y1) @ cam @ weights(x0, x1).T, 0.0, 1.0)
 
 
-class VisualTokenizer:
-    """Images -> VisualDocs. Loads the classifier on construction; OCR models load on first OCR."""
+@dataclass
+class _Prepared:
+    input: np.ndarray  # classifier input [3, 224, 224]
+    crop_box: tuple[float, float, float, float]
+    colours: list
+    stroke: float
 
-    def __init__(self, classifier=None, vocab: ImageNetVocab | None = None, ocr_fn=None):
+
+class VisualTokenizer:
+    """Images -> VisualDocs. Loads the classifier on construction; OCR models load on first OCR.
+
+    overlap: prepare (decode, resize, colours, text statistic) the next chunk of `classifier.batch_size`
+    images in a worker thread while the classifier runs on the current one.
+    """
+
+    def __init__(self, classifier=None, vocab: ImageNetVocab | None = None, ocr_fn=None, overlap: bool = True):
         from .classifier import get_classifier
 
         self.classifier = classifier or get_classifier()
@@ -318,20 +331,43 @@ class VisualTokenizer:
 
             ocr_fn = ocr_image
         self.ocr_fn = ocr_fn
+        self.overlap = overlap
 
     def tokenize(self, images: list[Image.Image], ocr: bool | Literal["auto"] = "auto") -> list[VisualDoc]:
-        """One VisualDoc per image. ocr: True = always, False = never, "auto" = where likely_has_text says so."""
-        from .classifier import preprocess
-        from .ocr import likely_has_text
-
+        """One VisualDoc per image. ocr: True = always, False = never, "auto" = where the text gate fires
+        (ocr.text_gate: stroke statistic or classifier mass on text-bearing classes)."""
         if ocr not in (True, False, "auto"):
             raise ValueError(f"tokenize: ocr must be True, False or 'auto', got {ocr!r}")
         if not isinstance(images, (list, tuple)):
             raise ValueError(f"tokenize: images must be a list of PIL images, got {type(images).__name__}")
-        works, inputs, boxes = [], [], []
         for i, img in enumerate(images):
             if not isinstance(img, Image.Image):
                 raise ValueError(f"tokenize: images[{i}] is a {type(img).__name__}, not a PIL.Image.Image")
+        chunk = self.classifier.batch_size
+        starts = list(range(0, len(images), chunk))
+        docs: list[VisualDoc] = []
+        if not self.overlap or len(starts) < 2:
+            for start in starts:
+                prepared = self._prepare(images, start, start + chunk, ocr == "auto")
+                docs += self._finish(images, start, prepared, ocr)
+            return docs
+        # Decode/resize the next chunk (PIL and numpy release the GIL) while the classifier runs this one.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="visual-prep") as pool:
+            pending = pool.submit(self._prepare, images, 0, chunk, ocr == "auto")
+            for n, start in enumerate(starts):
+                prepared = pending.result()
+                if n + 1 < len(starts):
+                    pending = pool.submit(self._prepare, images, starts[n + 1], starts[n + 1] + chunk, ocr == "auto")
+                docs += self._finish(images, start, prepared, ocr)
+        return docs
+
+    def _prepare(self, images, start: int, stop: int, want_stroke: bool) -> list[_Prepared]:
+        from .classifier import preprocess
+        from .ocr import text_stroke_score
+
+        out = []
+        for i in range(start, min(stop, len(images))):
+            img = images[i]
             try:
                 work = _working_copy(img)
             except (OSError, ValueError) as exc:
@@ -339,22 +375,25 @@ class VisualTokenizer:
             if work.width < 1 or work.height < 1:
                 raise ValueError(f"tokenize: images[{i}] is empty ({img.size})")
             x, box = preprocess(work)
-            works.append(work)
-            inputs.append(x)
-            boxes.append(box)
-        if not images:
-            return []
-        probs, features = self.classifier.predict(np.stack(inputs))
+            stroke = text_stroke_score(work) if want_stroke else 0.0
+            out.append(_Prepared(x, box, dominant_colours(work), stroke))
+        return out
+
+    def _finish(self, images, start: int, prepared: list[_Prepared], ocr) -> list[VisualDoc]:
+        from .ocr import text_gate
+
+        probs, features = self.classifier.predict(np.stack([p.input for p in prepared]))
         docs = []
-        for i, img in enumerate(images):
-            run_ocr = ocr is True or (ocr == "auto" and likely_has_text(works[i], probs[i]))
-            docs.append(self._doc(img, works[i], probs[i], features[i], boxes[i], run_ocr))
+        for k, prep in enumerate(prepared):
+            run_ocr = ocr is True or (ocr == "auto" and text_gate(prep.stroke, probs[k]))
+            docs.append(self._doc(images[start + k], prep, probs[k], features[k], run_ocr))
         return docs
 
-    def _doc(self, img, work, probs, features, crop_box, run_ocr: bool) -> VisualDoc:
+    def _doc(self, img, prep: _Prepared, probs, features, run_ocr: bool) -> VisualDoc:
         top = np.argsort(-probs, kind="stable")[:CANDIDATE_CONCEPTS]
         concepts = [(int(c), float(probs[c])) for c in top]
-        colours = dominant_colours(work)
+        colours = prep.colours
+        crop_box = prep.crop_box
         words = []
         if run_ocr:
             try:
