@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
 import re
 import sqlite3
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -257,6 +259,17 @@ class _View:
 # -------------------------------------------------------------------------------------------- the index
 
 
+def _locked(method):
+    """Serialise a method on the index's lock: the app calls one Index from several threads."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class Index:
     """A persistent collection of multi-vector items under one folder.
 
@@ -278,6 +291,7 @@ class Index:
         self._open_segments: dict[str, np.ndarray] = {}
         self._first_stage = None  # FirstStage, built on demand
         self._writes = 0  # our own commits, which PRAGMA data_version does not count
+        self._lock = threading.RLock()
 
     # ---- opening ------------------------------------------------------------------------------------
     @classmethod
@@ -356,6 +370,7 @@ class Index:
             return index
         return cls.create(directory, checkpoint_id, num_vectors, dim, checkpoint_source)
 
+    @_locked
     def close(self) -> None:
         self._conn.close()
         self._view = None
@@ -368,12 +383,15 @@ class Index:
         self.close()
 
     # ---- reading ------------------------------------------------------------------------------------
+    @_locked
     def __len__(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM items").fetchone()[0])
 
+    @_locked
     def known_hashes(self) -> set[str]:
         return {h for (h,) in self._conn.execute("SELECT content_hash FROM items")}
 
+    @_locked
     def items(self, path: str | None = None) -> list[IndexedItem]:
         """All items in the order they were added (or those of one source path)."""
         if path is None:
@@ -382,12 +400,14 @@ class Index:
             rows = self._conn.execute(f"SELECT {_ITEM_COLUMNS} FROM items WHERE path = ? ORDER BY rowid", (path,))
         return [_row_to_item(r) for r in rows]
 
+    @_locked
     def get(self, item_id: str) -> IndexedItem:
         row = self._conn.execute(f"SELECT {_ITEM_COLUMNS} FROM items WHERE id = ?", (item_id,)).fetchone()
         if row is None:
             raise KeyError(f"no item {item_id!r} in index {self.directory}")
         return _row_to_item(row)
 
+    @_locked
     def get_many(self, rowids: Sequence[int]) -> dict[int, IndexedItem]:
         out: dict[int, IndexedItem] = {}
         ids = [int(r) for r in rowids]
@@ -398,6 +418,7 @@ class Index:
                 out[row["rowid"]] = _row_to_item(row)
         return out
 
+    @_locked
     def thumbnail(self, item_id: str) -> bytes:
         """The item's JPEG thumbnail (b"" for text passages, which have none)."""
         row = self._conn.execute(
@@ -407,6 +428,7 @@ class Index:
             raise KeyError(f"no item {item_id!r} in index {self.directory}")
         return bytes(row[0] or b"")
 
+    @_locked
     def vectors(self, item_id: str) -> torch.Tensor:
         """The item's R_c candidate vectors, bf16 [R_c, D] (a copy)."""
         row = self._conn.execute("SELECT rowid FROM items WHERE id = ?", (item_id,)).fetchone()
@@ -420,6 +442,7 @@ class Index:
         segment = view.segments[int(seg[0])]
         return bf16_view(np.ascontiguousarray(segment.bits[:, int(slot[0]), :]))
 
+    @_locked
     def info(self) -> dict:
         """Counts and sizes, for `cli info` and the app's status line."""
         kinds = dict(self._conn.execute("SELECT kind, COUNT(*) FROM items GROUP BY kind").fetchall())
@@ -442,12 +465,14 @@ class Index:
         # Changes whenever another connection commits; combined with our own write counter below.
         return int(self._conn.execute("PRAGMA data_version").fetchone()[0]) * 1_000_003 + self._writes
 
+    @_locked
     def view(self) -> _View:
         """The current snapshot of segments and item positions (reloaded when the index changed)."""
         if self._view is None or self._view.version != self._data_version():
             return self.refresh()
         return self._view
 
+    @_locked
     def refresh(self) -> _View:
         for attempt in range(5):
             try:
@@ -498,6 +523,7 @@ class Index:
         self._conn.execute("COMMIT")
 
     # ---- scoring ------------------------------------------------------------------------------------
+    @_locked
     def search(self, q: torch.Tensor, budget: tuple[int, int], k: int = 10, *, exact: bool | None = None,
                depth: int = FIRST_STAGE_DEPTH) -> list[tuple[int, float]]:
         """Best `k` items for one query's vectors q [R_q, D] at budget (r_q, r_c): [(rowid, score)].
@@ -555,6 +581,7 @@ class Index:
         store = CandidateStore.from_vector_major(torch.cat(parts, dim=1))
         return torch.from_numpy(np.concatenate(rowids)), store.maxsim(qb, (r_q, r_c))[0]
 
+    @_locked
     def first_stage(self, view: _View | None = None) -> FirstStage:
         """The IVF over first vectors, loaded or built, then brought up to date with `view`."""
         view = view or self.view()
@@ -633,6 +660,7 @@ class Index:
                            (seg_id, file, rows, time.time()))
         self._conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('next_segment', ?)", (str(seg_id + 1),))
 
+    @_locked
     def add(self, items: Sequence[Any], vectors: torch.Tensor | np.ndarray) -> list[str | None]:
         """Store items (ingest `Item`s) with their candidate vectors [B, R_c, D]; one atomic commit.
 
@@ -700,6 +728,7 @@ class Index:
                 return candidate
         raise IndexError_(f"content hash {content_hash} is already indexed")
 
+    @_locked
     def remove(self, targets: Iterable[str]) -> list[str]:
         """Remove items by id or by source path (a file, a zip archive or a folder); returns removed ids.
 
@@ -771,6 +800,7 @@ class Index:
             if rows and (rows - live) / rows >= REWRITE_DEAD_FRACTION:
                 self._rewrite([seg_id])
 
+    @_locked
     def compact(self) -> None:
         """Rewrite every segment without dead rows and merge small ones (up to MAX_SEGMENT_BYTES each)."""
         with self._write_lock():

@@ -9,6 +9,7 @@ handle, and handles to the query's and the candidate's vectors.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,8 +36,8 @@ class Hit:
     page: int | None
     score: float
     item: IndexedItem = field(repr=False)
-    query_key: str = field(repr=False, default="")
-    searcher: Searcher | None = field(repr=False, default=None)
+    query: torch.Tensor = field(repr=False)  # [R_q, D] float32: all of the query's vectors
+    searcher: Searcher = field(repr=False)
 
     @property
     def kind(self) -> str:
@@ -54,8 +55,8 @@ class Hit:
         return self.searcher.index.vectors(self.id)
 
     def query_vectors(self) -> torch.Tensor:
-        """[R_q, D] float32: all of the query's vectors."""
-        return self.searcher.cached_vectors(self.query_key)
+        """[R_q, D] float32: all of the query's vectors (the budget picks a prefix)."""
+        return self.query
 
     def to_json(self) -> dict:
         return {"rank": self.rank, "id": self.id, "path": self.path, "page": self.page, "score": self.score}
@@ -68,6 +69,7 @@ class SearchResults:
     budget: tuple[int, int]
     hits: list[Hit]
     exact: bool  # scored exactly (False: first stage + exact re-rank)
+    query_vectors: torch.Tensor = field(repr=False, default=None)  # [R_q, D] float32
 
     def to_json(self) -> dict:
         query = self.query if isinstance(self.query, str) else f"<image {self.query_key}>"
@@ -110,6 +112,7 @@ class Searcher:
         self.index = index
         self.cache_size = cache_size
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._cache_lock = threading.Lock()
         self.encodes = 0  # how many times the model ran on a query (the cache's effect, for tests)
 
     # ---- budgets ------------------------------------------------------------------------------------
@@ -149,21 +152,18 @@ class Searcher:
     def query_vectors(self, query: Query) -> torch.Tensor:
         """[R_q, D] float32 vectors of `query`, from the cache or encoded once at full R_q."""
         key = query_key(query)
-        vecs = self._cache.get(key)
-        if vecs is None:
-            vecs = self.model.encode_queries([query])[0]
+        with self._cache_lock:
+            vecs = self._cache.get(key)
+            if vecs is not None:
+                self._cache.move_to_end(key)
+                return vecs
+        vecs = self.model.encode_queries([query])[0]
+        with self._cache_lock:
             self.encodes += 1
             self._cache[key] = vecs
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(key)
         return vecs
-
-    def cached_vectors(self, key: str) -> torch.Tensor:
-        if key not in self._cache:
-            raise KeyError(f"query {key!r} is no longer cached; search it again")
-        return self._cache[key]
 
     # ---- searching ----------------------------------------------------------------------------------
     def search(self, query: Query, budget: tuple[int, int] | None = None, k: int = 10,
@@ -184,8 +184,8 @@ class Searcher:
             item = items.get(rowid)
             if item is None:  # removed by another process between scoring and fetching
                 continue
-            hits.append(Hit(len(hits) + 1, item.id, item.path, item.page, score, item, key, self))
-        return SearchResults(query, key, budget, hits, exact)
+            hits.append(Hit(len(hits) + 1, item.id, item.path, item.page, score, item, vecs, self))
+        return SearchResults(query, key, budget, hits, exact, vecs)
 
     def explain(self, query: Query, item_id: str, budget: tuple[int, int] | None = None) -> dict:
         """Per-vector MaxSim breakdown of one result (see model.scoring.explain)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import shutil
 import statistics
 import sys
@@ -132,12 +133,18 @@ def bench_exact(args: argparse.Namespace) -> None:
 
 def bench_large(args: argparse.Namespace) -> None:
     n = args.n[0]
-    root = Path(tempfile.mkdtemp(prefix="bench-large-", dir=args.tmp))
+    root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-large-", dir=args.tmp))
     try:
-        index, kept, secs = build(root / "idx", n, chunk=args.chunk, targets=args.queries)
+        if (root / "targets.pt").is_file():  # built by an earlier run with --keep
+            index, kept = Index.open(root / "idx"), torch.load(root / "targets.pt")
+            n = len(index)
+        else:
+            index, kept, secs = build(root / "idx", n, chunk=args.chunk, targets=args.queries)
+            torch.save(kept, root / "targets.pt")
+            print(f"built {n:,} items in {secs:.0f} s")
         info = index.info()
-        print(f"built {n:,} items in {secs:.0f} s: {info['segments']} segments, "
-              f"{info['vector_bytes'] / n:,.0f} B/item vectors, {info['metadata_bytes'] / n:,.0f} B/item metadata")
+        print(f"{n:,} items: {info['segments']} segments, {info['vector_bytes'] / n:,.0f} B/item vectors, "
+              f"{info['metadata_bytes'] / n:,.0f} B/item metadata")
         seg = index.view().segments[0]
         sample = torch.from_numpy(np.ascontiguousarray(seg.bits[:, :2000].view(np.int16))).view(torch.bfloat16).float()
         cos = (sample[0:1] * sample[1:]).sum(-1).mean()
@@ -170,16 +177,21 @@ def bench_large(args: argparse.Namespace) -> None:
                   f"{statistics.median(fs_times) * 1000:.1f} ms) over {len(queries)} queries")
 
         # Exact ground truth for all queries in one pass over the data (every query scored per segment).
+        truth_file = root / "truth.pt"
         t = time.perf_counter()
         qb = torch.stack(queries)
         view = index.view()
         best: list[list[tuple[float, int]]] = [[] for _ in queries]
-        for segment in view.segments:
+        for segment in [] if truth_file.is_file() else view.segments:
             scores = segment.store().maxsim(qb, (16, 64))
             top = scores.topk(10, dim=1)
             for qi in range(len(queries)):
                 best[qi] += [(float(s), int(segment.slot_rowids[i])) for s, i in zip(top.values[qi], top.indices[qi])]
         truth = [{r for _, r in sorted(b, reverse=True)[:10]} for b in best]
+        if truth_file.is_file():
+            truth = torch.load(truth_file)
+        elif args.keep:
+            torch.save(truth, truth_file)
         print(f"exact ground truth for {len(queries)} queries: {time.perf_counter() - t:.0f} s "
               f"({(time.perf_counter() - t) / len(queries) * 1000:,.0f} ms per query)")
         for depth in args.depths:
@@ -188,7 +200,8 @@ def bench_large(args: argparse.Namespace) -> None:
             print(f"depth {depth}: recall@10 vs exact {np.mean(recalls):.3f}")
         index.close()
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def bench_indexing(args: argparse.Namespace) -> None:
@@ -235,8 +248,14 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=30)
     parser.add_argument("--depths", type=int, nargs="+", default=[index_module.FIRST_STAGE_DEPTH])
     parser.add_argument("--repeat", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--keep", default=None, help="large: build the index here once and reuse it")
     parser.add_argument("--tmp", default=None, help="folder for the temporary index (default: system temp)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch threads {torch.get_num_threads()}, load average before: {os.getloadavg()[0]:.1f} "
+          f"(other processes share the {os.cpu_count()} cores)")
     if args.n is None:
         args.n = {"exact": [10_000], "large": [1_000_000], "indexing": [64]}[args.what]
     {"exact": bench_exact, "large": bench_large, "indexing": bench_indexing}[args.what](args)
