@@ -1,0 +1,204 @@
+"""The app in a real browser: Playwright driving Debian's Chromium against a launched server.
+
+Uploads photos and a PDF, searches, moves the budget slider and checks that the ranking changes, opens a
+result and checks its heatmap, and visits every tab. Screenshots go to tests/artifacts/ (gitignored);
+good ones are copied by hand to docs/screenshots/ for the README. No request may leave localhost.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from tests.index_helpers import checkpoint_folder
+
+CHROMIUM = "/usr/bin/chromium"
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "assets" / "examples"
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+UPLOADS = ("red-panda.jpg", "kitten.jpg", "boats-at-sunset.jpg", "hot-air-balloon.jpg", "fig-in-a-red-bowl.jpg",
+           "marigold.jpg")
+TIMEOUT = 120_000  # ms: indexing on a busy 2-core machine
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"Chromium not found at {CHROMIUM} "
+                       "(apt-get install chromium)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from app.server import create_app, launch
+    from tests.test_app_api import make_pdf
+
+    root = tmp_path_factory.mktemp("app-browser")
+    files = root / "upload"
+    files.mkdir()
+    for name in UPLOADS:
+        shutil.copy(EXAMPLES / name, files / name)
+    (files / "harbour-guide.pdf").write_bytes(make_pdf([
+        (72, 700, 28, "Harbour guide"),
+        (72, 650, 14, "Boats rest in the harbour at sunset while lanterns glow along the quay."),
+        (72, 625, 14, "The ferry to the islands leaves every morning at eight."),
+    ]))
+    studio, demo = create_app(str(checkpoint_folder(tmp_path_factory)), root / "data", sample_dir=None,
+                              wait_for_samples=True, log=lambda *a: None)
+    port = free_port()
+    launch(studio, demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+    yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", studio=studio, files=files)
+    demo.close()
+    studio.close()
+
+
+@pytest.fixture(scope="module")
+def browser_page(server):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    external: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.set_default_timeout(TIMEOUT)
+
+        def guard(route):
+            url = route.request.url
+            if url.startswith(server.url) or url.startswith(("data:", "blob:")):
+                route.continue_()
+            else:  # the app must render and work with no network at all
+                external.append(url)
+                route.abort()
+
+        page.route("**/*", guard)
+        page.goto(server.url)
+        page.wait_for_selector("#me-query textarea")
+        yield SimpleNamespace(page=page, external=external)
+        browser.close()
+
+
+def shot(page, name: str, full_page: bool = True) -> Path:
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=full_page)
+    return path
+
+
+def captions(page) -> list[str]:
+    return [c.strip() for c in page.locator("#me-results .caption-label").all_inner_texts()]
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def wait_for_new_captions(page, old: list[str]) -> list[str]:
+    page.wait_for_function(
+        """(old) => {
+            const now = [...document.querySelectorAll('#me-results .caption-label')].map(e => e.innerText.trim());
+            return now.length > 0 && JSON.stringify(now) !== JSON.stringify(old);
+        }""", arg=old)
+    return captions(page)
+
+
+def scores(caps: list[str]) -> list[float]:
+    return [float(re.match(r"([-\d.]+) · ", c).group(1)) for c in caps]
+
+
+def test_upload_photos_and_a_pdf(server, browser_page):
+    page = browser_page.page
+    open_tab(page, "Collection")
+    paths = [str(server.files / n) for n in (*UPLOADS, "harbour-guide.pdf")]
+    page.locator("#me-upload input[type=file]").set_input_files(paths)
+    page.wait_for_function("document.querySelectorAll('#me-upload .file-preview tr, #me-upload li').length >= 7 || "
+                           "document.querySelector('#me-upload').innerText.includes('harbour-guide.pdf')")
+    page.click("#me-index")
+    page.wait_for_function("document.querySelector('#me-report').innerText.includes('Added')")
+    report = page.inner_text("#me-report")
+    assert "Added 7 items" in report, report
+    page.wait_for_function("document.querySelector('#me-items').innerText.includes('harbour-guide.pdf')")
+    items = page.inner_text("#me-items")
+    for name in UPLOADS:
+        assert name in items
+    assert "7 items" in page.inner_text("#me-stats")
+    shot(page, "collection")
+
+
+def test_search_then_budget_slider_reranks(server, browser_page):
+    page = browser_page.page
+    open_tab(page, "Search")
+    page.fill("#me-query textarea", "boats in a harbour at sunset")
+    page.click("#me-search")
+    full = wait_for_new_captions(page, [])
+    assert len(full) == 7
+    assert scores(full) == sorted(scores(full), reverse=True)
+    shot(page, "search")
+    # Budget preset 0 = (1, 1): re-ranked from cached vectors, the scores (and usually the order) change.
+    page.locator("#me-preset input[type=range]").fill("0")
+    small = wait_for_new_captions(page, full)
+    assert small != full
+    assert scores(small) == sorted(scores(small), reverse=True)
+    assert max(scores(small)) <= 1.0 + 1e-3  # one query vector: a single cosine similarity
+    assert "(1, 1)" in page.inner_text(".me-budget")
+    page.locator("#me-preset input[type=range]").fill("4")
+    back = wait_for_new_captions(page, small)
+    assert back == full  # the same cached vectors give the same ranking at the same budget
+
+
+def test_open_a_result_shows_why_it_matched(server, browser_page):
+    page = browser_page.page
+    page.locator("#me-results .thumbnail-item").first.click()
+    page.wait_for_selector("#me-heatmap .js-plotly-plot", state="visible")
+    page.wait_for_selector("#me-bars .js-plotly-plot", state="visible")
+    assert page.locator("#me-heatmap .js-plotly-plot .heatmaplayer").count() >= 1
+    assert "Score" in page.inner_text("#me-why-title")
+    assert page.locator("#me-overlay img").count() == 1
+    assert page.locator("#me-why-table table tr").count() >= 2
+    page.locator("#me-why").scroll_into_view_if_needed()
+    shot(page, "why-it-matched")
+    # Moving the budget updates the open explanation too.
+    page.locator("#me-preset input[type=range]").fill("2")
+    page.wait_for_function("document.querySelector('#me-why-title').innerText.includes('(4, 8)')")
+
+
+def test_scaling_tab_measures_every_budget(server, browser_page):
+    page = browser_page.page
+    open_tab(page, "Scaling")
+    page.click("#me-measure")
+    for plot in ("#me-size", "#me-latency", "#me-agreement"):
+        page.wait_for_selector(f"{plot} .js-plotly-plot", state="visible")
+    assert page.locator("#me-agreement .js-plotly-plot .scatterlayer .point").count() == 5
+    shot(page, "scaling")
+
+
+def test_how_it_works_walks_through_a_query(server, browser_page):
+    page = browser_page.page
+    open_tab(page, "How it works")
+    page.click("#me-teach-go")
+    for plot in ("#me-teach-attention", "#me-teach-vectors", "#me-teach-matrix"):
+        page.wait_for_selector(f"{plot} .js-plotly-plot", state="visible")
+    assert page.locator(".me-meta").count() == 16  # the query's meta tokens M1..M16
+    shot(page, "how-it-works")
+
+
+def test_model_tab_and_no_external_requests(server, browser_page):
+    page = browser_page.page
+    open_tab(page, "Model")
+    page.wait_for_selector("text=trained budgets")
+    assert server.studio.engine.checkpoint_id in page.inner_text("body")
+    shot(page, "model")
+    assert browser_page.external == []
