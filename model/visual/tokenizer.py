@@ -318,10 +318,11 @@ class VisualTokenizer:
     """Images -> VisualDocs. Loads the classifier on construction; OCR models load on first OCR.
 
     overlap: prepare (decode, resize, colours, text statistic) the next chunk of `classifier.batch_size`
-    images in a worker thread while the classifier runs on the current one.
+    images in a worker thread while the classifier runs on the current one. Off by default: on 2 cores the
+    classifier already keeps both busy and the extra thread measured no faster (bench/visual.py).
     """
 
-    def __init__(self, classifier=None, vocab: ImageNetVocab | None = None, ocr_fn=None, overlap: bool = True):
+    def __init__(self, classifier=None, vocab: ImageNetVocab | None = None, ocr_fn=None, overlap: bool = False):
         from .classifier import get_classifier
 
         self.classifier = classifier or get_classifier()
