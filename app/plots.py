@@ -64,11 +64,11 @@ def similarity_heatmap(sim: np.ndarray, argmax: np.ndarray, budget: tuple[int, i
         marker=dict(symbol="star", size=13 if r_c <= 16 else 10, color=ACCENT, line=dict(color="white", width=1)),
         hovertemplate="query vector %{y} → best: candidate vector %{x}<extra></extra>",
     ))
-    fig.update_xaxes(title_text=f"candidate meta vectors (first r_c = {r_c})", dtick=1 if r_c <= 16 else 4,
-                     showgrid=False, zeroline=False)
-    fig.update_yaxes(title_text=f"query meta vectors (first r_q = {r_q})", autorange="reversed",
-                     dtick=1 if r_q <= 16 else 4, showgrid=False, zeroline=False)
-    return _layout(fig, f"Every query vector against every candidate vector at budget ({r_q}, {r_c})",
+    fig.update_xaxes(title_text=f"result's meta vectors (first r_c = {r_c})", dtick=1 if r_c <= 16 else 4,
+                     range=[0.5, r_c + 0.5], showgrid=False, zeroline=False)
+    fig.update_yaxes(title_text=f"query meta vectors (first r_q = {r_q})", range=[r_q + 0.5, 0.5],
+                     dtick=1 if r_q <= 16 else 2, showgrid=False, zeroline=False)
+    return _layout(fig, f"Every query vector against every result vector at budget ({r_q}, {r_c})",
                    height=max(260, min(460, 120 + 22 * r_q)), showlegend=True,
                    legend=dict(orientation="h", y=-0.22, x=0))
 
@@ -286,8 +286,8 @@ def prefix_matrix_figure(sim: np.ndarray, presets: Sequence[tuple[int, int]]) ->
                       line=dict(color=ACCENT if i % 2 == 0 else "white", width=2.5))
         fig.add_annotation(x=pc + 0.5, y=pq + 0.5, text=f"({pq}, {pc})", showarrow=False, xanchor="left",
                            yanchor="top", font=dict(color="white", size=12), bgcolor="rgba(15,23,42,0.75)")
-    fig.update_xaxes(title_text="candidate vectors", showgrid=False, zeroline=False)
-    fig.update_yaxes(title_text="query vectors", autorange="reversed", showgrid=False, zeroline=False)
+    fig.update_xaxes(title_text="result's vectors", range=[0.5, r_c + 0.5], showgrid=False, zeroline=False)
+    fig.update_yaxes(title_text="query vectors", range=[r_q + 0.5, 0.5], showgrid=False, zeroline=False)
     return _layout(fig, "One matrix, every budget: a budget is its top-left corner", height=380)
 
 

@@ -17,6 +17,7 @@ from app import plots, ui_explain, ui_teach
 from app.ui_backend import Hit, QueryState, Studio
 
 RESULTS = 24
+MAX_TABLE_ROWS = 500  # rows of the collection table and choices of the remove list
 EXAMPLE_QUERIES = ["a red panda", "a kitten", "boats at sunset", "autumn mountains", "hot air balloon",
                    "how do I install Debian", "fruit in a bowl", "an orange flower"]
 
@@ -29,6 +30,7 @@ CSS = """
 .me-read {max-height: 260px; overflow-y: auto; line-height: 1.7; padding: 8px 10px; white-space: pre-wrap;
           border: 1px solid var(--border-color-primary); border-radius: 8px; font-size: 0.93em;}
 .me-budget {font-size: 0.95em; padding-top: 6px;}
+#me-preset .tab-like-container {display: none;}
 .me-tokens span {display: inline-block; margin: 2px; padding: 1px 7px; border-radius: 6px; font-size: 0.92em;}
 .me-tok {background: #e2e8f0;}
 .me-meta {background: #fed7aa; font-weight: 600;}
@@ -76,15 +78,18 @@ def results_caption(query: QueryState, hits: list[Hit], budget: tuple[int, int],
     if not hits:
         return (f"No results for {query.label}: the collection is empty. Add files in the **Collection** tab, or "
                 "tick *Include the sample collection*.")
+    encoded = f"encoded once, in {query.encode_ms:.0f} ms" if query.encode_ms else "encoded earlier"
     return (f"**{len(hits)} results** for {query.label} at budget **{budget}** · ranked in {rank_ms:.0f} ms from "
-            f"the cached query vectors (the query was encoded once, in {query.encode_ms:.0f} ms). "
-            "Click a result to see why it matched.")
+            f"the cached query vectors (the query was {encoded}). Click a result to see why it matched.")
 
 
 def build_demo(studio: Studio) -> gr.Blocks:
     engine = studio.engine
     presets = engine.presets
     full_idx = len(presets) - 1
+    # Thumbnails are served from where they are written (see Studio.thumbnail): a re-rank sends 24 file URLs
+    # without Gradio copying or re-checking each file, which is most of a slider move's server time.
+    gr.set_static_paths([str(studio.thumb_dir)])
 
     with gr.Blocks(title="MetaEmbed Studio", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         query_state = gr.State(None)
@@ -100,22 +105,26 @@ def build_demo(studio: Studio) -> gr.Blocks:
             # ------------------------------------------------------------------------------ search
             with gr.Tab("Search", id="search"):
                 with gr.Row(equal_height=True):
-                    query_box = gr.Textbox(label="Search", placeholder="Describe what you are looking for, e.g. "
-                                           "“a red panda” or “how do I install Debian”", scale=5, lines=1,
-                                           max_lines=2, elem_id="me-query")
-                    query_image = gr.Image(label="…or more like this image (optional)", type="pil", height=110,
-                                           scale=1, min_width=150, sources=["upload", "clipboard"],
-                                           elem_id="me-query-image")
-                    with gr.Column(scale=1, min_width=150):
-                        search_btn = gr.Button("Search", variant="primary", elem_id="me-search")
-                        include_samples = gr.Checkbox(value=True, label="Include the sample collection")
-                gr.Examples(EXAMPLE_QUERIES, inputs=query_box, label="Try")
+                    query_box = gr.Textbox(label="Search", show_label=False, placeholder="Describe what you are "
+                                           "looking for, e.g. “a red panda” or “how do I install Debian”", scale=6,
+                                           lines=1, max_lines=2, elem_id="me-query", container=False)
+                    search_btn = gr.Button("Search", variant="primary", scale=1, min_width=120, elem_id="me-search")
+                with gr.Accordion("More like this: search with an image", open=False):
+                    with gr.Row():
+                        query_image = gr.Image(label="Query image (combined with the text above, if any)",
+                                               type="pil", height=180, sources=["upload", "clipboard"],
+                                               elem_id="me-query-image", scale=1)
+                        gr.Markdown("Drop a photo here and press **Search** to find similar photos and pages. "
+                                    "After opening a result, **Search for more like this result** does the same "
+                                    "with that result.", elem_classes="me-caption")
+                with gr.Row(equal_height=True):
+                    gr.Examples(EXAMPLE_QUERIES, inputs=query_box, label="Try")
+                    include_samples = gr.Checkbox(value=True, label="Include the sample collection", scale=0,
+                                                  min_width=240, visible=studio.samples is not None)
                 with gr.Row(equal_height=True):
                     preset = gr.Slider(0, full_idx, value=full_idx, step=1, scale=2,
                                        label="Budget: how many meta vectors are compared",
-                                       info="  ·  ".join(f"{i}: ({q}, {c})" for i, (q, c) in enumerate(presets))
-                                       + "  — smaller is faster and stores less; larger is more precise",
-                                       elem_id="me-preset")
+                                       info=_preset_info(presets), elem_id="me-preset")
                     readout = gr.Markdown(budget_readout(studio, *presets[-1]), elem_classes="me-budget")
                 with gr.Accordion("Advanced: any budget (r_q, r_c)", open=False):
                     with gr.Row():
@@ -180,7 +189,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
                                                scale=3)
                     with gr.Column(scale=1):
                         scale_btn = gr.Button("Measure", variant="primary", elem_id="me-measure")
-                        scale_samples = gr.Checkbox(value=True, label="Include the sample collection")
+                        scale_samples = gr.Checkbox(value=True, label="Include the sample collection",
+                                                    visible=studio.samples is not None)
                 scale_md = gr.Markdown()
                 with gr.Row():
                     size_plot = gr.Plot(show_label=False, elem_id="me-size")
@@ -193,7 +203,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
 
             # ------------------------------------------------------------------------------ model
             with gr.Tab("Model", id="model"):
-                model_md = gr.Markdown(_model_info(studio))
+                model_md = gr.Markdown(_model_info(studio), elem_id="me-model")
                 with gr.Row(equal_height=True):
                     model_src = gr.Textbox(label="Load another checkpoint", scale=4,
                                            placeholder="a local checkpoint folder, or a Hugging Face Hub id "
@@ -322,8 +332,12 @@ def build_demo(studio: Studio) -> gr.Blocks:
             session = _session(request)
             coll = studio.user_collection(session, create=False)
             items = studio.items(coll) if coll is not None else []
-            rows = [[coll.display_path(it.path), _kind_name(it.kind), it.page, it.id] for it in items]
+            # The table shows the newest items first, capped so a large collection still loads quickly.
+            rows = [[coll.display_path(it.path), _kind_name(it.kind), it.page, it.id]
+                    for it in reversed(items[-MAX_TABLE_ROWS:])]
             files = sorted({coll.display_path(it.path).partition("!/")[0] for it in items}) if coll else []
+            if len(files) > MAX_TABLE_ROWS:
+                files = files[:MAX_TABLE_ROWS]
             stats = _stats_md(studio, coll)
             return rows, gr.update(choices=files, value=[]), stats, _status(studio, session)
 
@@ -394,8 +408,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
                         gr.skip())
             ps = new.presets
             return (f"Loaded **{new.source}**. Queries are re-encoded with it on the next search.", _model_info(studio),
-                    gr.update(maximum=len(ps) - 1, value=len(ps) - 1,
-                              info="  ·  ".join(f"{i}: ({q}, {c})" for i, (q, c) in enumerate(ps))),
+                    gr.update(maximum=len(ps) - 1, value=len(ps) - 1, info=_preset_info(ps)),
                     gr.update(maximum=new.num_query_vectors, value=ps[-1][0]),
                     gr.update(maximum=new.num_candidate_vectors, value=ps[-1][1]))
 
@@ -468,6 +481,11 @@ def build_demo(studio: Studio) -> gr.Blocks:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+
+
+def _preset_info(presets: list[tuple[int, int]]) -> str:
+    steps = " → ".join(f"({q}, {c})" for q, c in presets)
+    return f"Left: fast and small. Right: precise. Trained budgets (r_q, r_c): {steps}"
 
 
 def _accepted_types() -> set[str]:
@@ -579,9 +597,11 @@ def _report_md(report: dict) -> str:
 def _model_info(studio: Studio) -> str:
     d = studio.engine.describe()
     presets = ", ".join(f"({q}, {c})" for q, c in d["presets"])
-    return (f"## Model\n| | |\n|---|---|\n| name | **{d['name']}** |\n| loaded from | {d['source']} |\n"
+    return (f"## Model\n| setting | value |\n|---|---|\n| name | **{d['name']}** |\n| loaded from | {d['source']} |\n"
             f"| checkpoint id | `{d['checkpoint_id']}` |\n| backbone | {d['backbone']} |\n"
             f"| images read by | {d['front_end']} |\n| query / candidate vectors | {d['query_vectors']} / "
             f"{d['candidate_vectors']} of dimension {d['dim']} |\n| trained budgets | {presets} |\n"
             f"| device | {d['device']} |\n\nA checkpoint is a folder with `metaembed_config.json` and "
-            "`metaembed.safetensors`. Indexes are kept per checkpoint, so switching models never mixes vectors.")
+            "`metaembed.safetensors` (start the app with `--checkpoint` or `METAEMBED_CHECKPOINT` to choose one). "
+            "Indexes are kept per checkpoint, so switching models never mixes vectors: the sample collection and "
+            "your files are indexed again for the new model.")

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import io
 import os
+import secrets
 import shutil
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +43,7 @@ from model import MetaEmbed
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = REPO_ROOT / "assets" / "examples"
 ENCODE_BATCH = 8
+QUERY_CACHE_SIZE = 256
 SAMPLE_EXTENSIONS = ingest_mod.IMAGE_EXTENSIONS | ingest_mod.PDF_EXTENSIONS  # not the licence notes next to them
 Progress = Callable[[float, str], None]  # (fraction 0..1, what is happening)
 
@@ -173,6 +176,7 @@ class Collection:
         self.read_only = read_only
         self.limits = limits
         self.lock = threading.RLock()
+        self.token = secrets.token_hex(12)  # names this collection's thumbnail folder; never derived from input
         self._indexes: dict[str, Index] = {}
         self._stores: dict[str, tuple[int, list]] = {}
 
@@ -255,14 +259,20 @@ class Studio:
 
     def __init__(self, engine: Engine, data_dir: str | os.PathLike, private_sessions: bool = False,
                  sample_dir: str | os.PathLike | None = SAMPLE_DIR, limits: UploadLimits | None = None,
-                 session_ttl_s: float = 2 * 3600, allow_model_switch: bool | None = None):
+                 session_ttl_s: float = 2 * 3600, allow_model_switch: bool | None = None,
+                 thumb_root: str | os.PathLike | None = None):
         self.engine = engine
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.private_sessions = private_sessions
         self.allow_model_switch = (not private_sessions) if allow_model_switch is None else allow_model_switch
         self.limits = limits or (UploadLimits() if private_sessions else UNLIMITED)
-        self.thumb_dir = Path(tempfile.mkdtemp(prefix="metaembed-thumbs-"))
+        # Gallery thumbnails are written once per item, in folders with random names (as unguessable as
+        # Gradio's own cache paths); the UI registers `thumb_dir` as static so Gradio serves the files as
+        # they are instead of checking and copying each one on every re-rank.
+        if thumb_root is not None:
+            Path(thumb_root).mkdir(parents=True, exist_ok=True)
+        self.thumb_dir = Path(tempfile.mkdtemp(prefix="metaembed-thumbs-", dir=thumb_root))
         self.samples: Collection | None = None
         if sample_dir is not None and Path(sample_dir).is_dir():
             self.samples = Collection("samples", "Sample collection", self.data_dir / "samples", Path(sample_dir),
@@ -274,6 +284,7 @@ class Studio:
             root = self.data_dir / "collection"
             self.local = Collection("yours", "Your collection", root, root / "files")
         self._inspect_cache: dict[tuple, dict] = {}
+        self._query_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._switch_lock = threading.Lock()
         self.samples_progress: tuple[float, str] | None = None  # set while the samples are being indexed
@@ -305,7 +316,7 @@ class Studio:
             coll = self._session_collections.pop(session.id, None)
             if coll is not None:
                 coll.close()
-                shutil.rmtree(self.thumb_dir / f"yours-{id(coll)}", ignore_errors=True)
+                shutil.rmtree(self.thumb_dir / coll.token, ignore_errors=True)
         self.sessions.end(session_key)
 
     def collections(self, session_key: str | None, include_samples: bool = True) -> list[Collection]:
@@ -333,8 +344,22 @@ class Studio:
         engine = self.engine
         content = {"image": image, "text": text} if (image is not None and text) else (image if image is not None
                                                                                          else text)
+        # Text queries are cached across requests too, so scripts calling the API at several budgets (and
+        # every visitor typing the same example) encode each query once.
+        key = (engine.checkpoint_id, text) if image is None else None
+        with self._cache_lock:
+            cached = self._query_cache.get(key) if key else None
+            if cached is not None:
+                self._query_cache.move_to_end(key)
+        if cached is not None:
+            return QueryState(engine.checkpoint_id, text, None, cached, encode_ms=0.0)
         t0 = time.perf_counter()
         vectors = engine.encode([content], "query")[0]
+        if key:
+            with self._cache_lock:
+                self._query_cache[key] = vectors
+                while len(self._query_cache) > QUERY_CACHE_SIZE:
+                    self._query_cache.popitem(last=False)
         return QueryState(engine.checkpoint_id, text, image, vectors, encode_ms=(time.perf_counter() - t0) * 1000)
 
     def ensure_current(self, query: QueryState) -> QueryState:
@@ -371,7 +396,7 @@ class Studio:
     def thumbnail(self, hit: Hit, session_key: str | None) -> str:
         """A JPEG file for the result gallery (written once per item; text passages get a text card)."""
         coll = self.find_collection(hit.collection, session_key)
-        folder = self.thumb_dir / f"{coll.key}-{id(coll)}"
+        folder = self.thumb_dir / coll.token
         path = folder / f"{hit.id}.jpg"
         if path.is_file():
             return str(path)
@@ -402,7 +427,7 @@ class Studio:
 
     def inspect_item(self, coll: Collection, item: IndexedItem) -> tuple[dict, ingest_mod.Item]:
         """Re-read an indexed item from its file and run the model with attention (cached per item)."""
-        key = (self.engine.checkpoint_id, coll.key, id(coll), item.id)
+        key = (self.engine.checkpoint_id, coll.token, item.id)
         with self._cache_lock:
             hit = self._inspect_cache.get(key)
         if hit is not None:

@@ -43,9 +43,10 @@ def build_tab(studio: Studio, gpu) -> SimpleNamespace:
                 elem_classes="me-caption")
     gr.Markdown("### 2 · Each meta token reads the content")
     t.attention = gr.Plot(show_label=False, elem_id="me-teach-attention")
-    gr.Markdown("Last-layer attention of each meta token over the query tokens (averaged over heads): different meta "
-                "tokens pick up different parts of the query, which is what lets several vectors match several "
-                "aspects of a photo or page.", elem_classes="me-caption")
+    gr.Markdown("Last-layer attention of each meta token over the query's words (averaged over heads; each row "
+                "sums to 1 over the words, leaving out the share that goes to [CLS] and [SEP]). Different meta "
+                "tokens weigh the words differently, which lets several vectors match several aspects of a photo "
+                "or page.", elem_classes="me-caption")
     gr.Markdown("### 3 · Their states become the vectors — and the first few are a complete embedding")
     t.vectors = gr.Plot(show_label=False, elem_id="me-teach-vectors")
     t.prefix = gr.Markdown()
@@ -83,6 +84,10 @@ def walkthrough(studio: Studio, text: str, session: str | None) -> tuple:
     insp = studio.inspect_query(query)
     tokens = list(insp["tokens"])
     att = insp["attention"].float().numpy() if insp.get("attention") is not None else np.zeros((1, len(tokens)))
+    # [CLS]/[SEP] soak up much of the attention (a known "sink"); the figure shows how the rest is shared out.
+    keep = [i for i, tok in enumerate(tokens) if tok not in ("[CLS]", "[SEP]")] or list(range(len(tokens)))
+    shown = att[:, keep]
+    shown = shown / np.clip(shown.sum(axis=1, keepdims=True), 1e-9, None)
     rq_full = engine.num_query_vectors
 
     # Step 3: the Matryoshka property, checked live: run fewer meta tokens, compare with the prefix.
@@ -112,13 +117,15 @@ def walkthrough(studio: Studio, text: str, session: str | None) -> tuple:
                      f"of the top result, {label}. A budget (r_q, r_c) is the top-left r_q × r_c block: MaxSim takes "
                      "the maximum of each row inside the block and adds the rows up. The index stores every item's "
                      f"vectors once ({human_bytes(per_item)} per item); a small budget just reads fewer of them, so "
-                     "nothing is re-encoded or re-indexed when you move the budget slider.")
+                     "nothing is re-encoded or re-indexed when you move the budget slider. Scores grow with r_q "
+                     "(more terms are added), so compare rankings within a budget, not raw scores across budgets.")
     else:
         matrix = plots.empty_figure("Add files to your collection (or include the samples) to see step 4.")
         budgets = plots.empty_figure("")
         matrix_md = ""
     return (tokens_html(tokens, rq_full),
-            plots.attention_figure(att, tokens, f"Attention of the {rq_full} meta tokens over “{text}”"),
+            plots.attention_figure(shown, [tokens[i] for i in keep],
+                                   f"Attention of the {rq_full} meta tokens over the words of “{text}”"),
             plots.vectors_figure(query.vectors.numpy(), presets, "query"),
             prefix_md, matrix, budgets, matrix_md)
 

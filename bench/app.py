@@ -1,0 +1,232 @@
+"""Speed of the app as users feel it: budget-slider re-ranking end to end, and cold start.
+
+    python bench/app.py rerank [--n 10000] [--moves 20]   slider move -> new gallery in Chromium, 10,000 items
+    python bench/app.py coldstart                         `python app.py` -> page served (first and second start)
+
+Results go to docs/benchmarks.md ("App"). Not a test: numbers depend on the machine and on what else runs.
+
+rerank: a synthetic collection of `--n` items (random unit vectors, small JPEG thumbnails) is written into
+the app's local collection, a server is launched in-process, and Chromium (Playwright) searches once, then
+moves the budget slider across the presets. Each move is timed from the slider's input event to the moment
+the gallery shows the new ranking (so it includes the browser, the websocket, Gradio's queue, the MaxSim
+re-rank from the cached query vectors, thumbnails and rendering). The server-side part is timed separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+
+
+@dataclass
+class Meta:
+    """The fields Index.add reads from an ingest Item."""
+
+    source: str
+    content_hash: str
+    thumbnail: bytes
+    kind: str = "image"
+    title: str = "synthetic.jpg"
+    page: int | None = None
+    passage: int | None = None
+    char_span: tuple[int, int] | None = None
+    size_bytes: int = 0
+    text: str | None = None
+    words: list = field(default_factory=list)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def checkpoint(tmp: Path) -> tuple[str, str]:
+    """The bundled MetaEmbed-Mini if it is there, else an untrained model saved to `tmp` (same speed)."""
+    from model.checkpoint import DEFAULT_CHECKPOINT
+    from model.config import CONFIG_NAME
+
+    if (DEFAULT_CHECKPOINT / CONFIG_NAME).is_file():
+        return str(DEFAULT_CHECKPOINT), "bundled MetaEmbed-Mini"
+    from model import MetaEmbed, MetaEmbedConfig
+
+    folder = tmp / "checkpoint"
+    MetaEmbed.from_config(MetaEmbedConfig(front_end="visual-tokenizer", name="bench")).save_pretrained(folder)
+    return str(folder), "untrained MiniLM-L6 + visual tokenizer (same architecture and speed as MetaEmbed-Mini)"
+
+
+def thumbnail(i: int) -> bytes:
+    rng = np.random.default_rng(i)
+    img = Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).resize((96, 96), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=70)
+    return buf.getvalue()
+
+
+def fill_collection(studio, n: int, seed: int = 0) -> None:
+    engine = studio.engine
+    idx = studio.local.index(engine)
+    gen = torch.Generator().manual_seed(seed)
+    for start in range(0, n, 2000):
+        m = min(2000, n - start)
+        vecs = torch.nn.functional.normalize(torch.randn(m, engine.num_candidate_vectors, engine.dim, generator=gen),
+                                             dim=-1)
+        items = [Meta(f"/bench/{i}.jpg", hashlib.sha256(f"bench:{i}".encode()).hexdigest(), thumbnail(i),
+                      title=f"photo-{i:05d}.jpg") for i in range(start, start + m)]
+        idx.add(items, vecs)
+
+
+def bench_rerank(n: int, moves: int) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from app.server import create_app, launch
+    from app.ui import gallery_value
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-app-"))
+    try:
+        ckpt, label = checkpoint(tmp)
+        studio, demo = create_app(ckpt, tmp / "data", sample_dir=None, log=lambda *a: None)
+        t0 = time.perf_counter()
+        fill_collection(studio, n)
+        print(f"checkpoint: {label}; {n} items written in {time.perf_counter() - t0:.1f} s; "
+              f"torch threads {torch.get_num_threads()}")
+
+        # Server side: what one slider move costs before Gradio and the browser.
+        query = studio.encode_query("a red panda climbing a tree")
+        for _ in range(3):
+            studio.search(query, None, 16, 64, k=24)
+        print("server side, per preset (median of 20): MaxSim top-24 over all items | + gallery files")
+        for preset in studio.engine.presets:
+            rank, full = [], []
+            for _ in range(20):
+                t = time.perf_counter()
+                hits = studio.search(query, None, *preset, k=24)
+                rank.append((time.perf_counter() - t) * 1000)
+                gallery_value(studio, hits, None)
+                full.append((time.perf_counter() - t) * 1000)
+            print(f"  {preset}: {statistics.median(rank):6.1f} ms | {statistics.median(full):6.1f} ms")
+
+        port = free_port()
+        launch(studio, demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+        url = f"http://127.0.0.1:{port}/"
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
+            page.goto(url)
+            page.wait_for_selector("#me-query textarea")
+            page.fill("#me-query textarea", "a red panda climbing a tree")
+            page.click("#me-search")
+            page.wait_for_selector("#me-results .caption-label")
+            slider = page.locator("#me-preset input[type=range]")
+            presets = studio.engine.presets
+            # The slider starts at the largest preset; moves go 0, 1, ..., largest, 0, ... (each one a change).
+            order = [i % len(presets) for i in range(moves)]
+            times: dict[int, list[float]] = {i: [] for i in range(len(presets))}
+            current = page.locator("#me-results .caption-label").all_inner_texts()
+            for step in order:
+                before = current
+                t = time.perf_counter()
+                slider.fill(str(step))
+                page.wait_for_function(
+                    """(old) => {
+                        const now = [...document.querySelectorAll('#me-results .caption-label')].map(e => e.innerText);
+                        return now.length > 0 && JSON.stringify(now) !== JSON.stringify(old);
+                    }""", arg=before, timeout=30_000)
+                times[step].append((time.perf_counter() - t) * 1000)
+                current = page.locator("#me-results .caption-label").all_inner_texts()
+            browser.close()
+        everything = [v for vs in times.values() for v in vs]
+        print(f"end to end in Chromium, slider move -> new gallery ({len(everything)} moves over {n} items):")
+        for i, preset in enumerate(presets):
+            if times[i]:
+                print(f"  to {preset}: median {statistics.median(times[i]):6.1f} ms (n={len(times[i])})")
+        print(f"  all moves: median {statistics.median(everything):.1f} ms, max {max(everything):.1f} ms")
+        demo.close()
+        studio.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def wait_served(url: str, proc: subprocess.Popen, limit: float = 300.0) -> float:
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < limit:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app.py exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return time.perf_counter() - t0
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"{url} not served after {limit} s")
+
+
+def bench_coldstart() -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-cold-"))
+    try:
+        ckpt, label = checkpoint(tmp)
+        print(f"checkpoint: {label}")
+        for run in ("first start (samples indexed in the background)", "second start (index reused)"):
+            port = free_port()
+            log = tmp / "server.log"
+            with open(log, "w") as out:
+                t0 = time.perf_counter()
+                proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--data-dir", str(tmp / "data"),
+                                         "--checkpoint", ckpt, "--port", str(port)], stdout=out,
+                                        stderr=subprocess.STDOUT, cwd=ROOT)
+                try:
+                    served = wait_served(f"http://127.0.0.1:{port}/", proc)
+                    indexed = None
+                    if run.startswith("first"):
+                        while time.perf_counter() - t0 < 600 and "indexed the sample collection" not in log.read_text():
+                            time.sleep(0.5)
+                        indexed = time.perf_counter() - t0
+                finally:
+                    proc.terminate()
+                    proc.wait(30)
+            extra = f"; sample collection indexed after {indexed:.1f} s" if indexed else ""
+            print(f"  {run}: page served after {served:.1f} s{extra}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("rerank")
+    r.add_argument("--n", type=int, default=10_000)
+    r.add_argument("--moves", type=int, default=20)
+    sub.add_parser("coldstart")
+    args = p.parse_args()
+    if args.cmd == "rerank":
+        bench_rerank(args.n, args.moves)
+    else:
+        bench_coldstart()
+
+
+if __name__ == "__main__":
+    main()
