@@ -198,7 +198,8 @@ def test_how_it_works_walks_through_a_query(server, browser_page):
 def test_model_tab_and_no_external_requests(server, browser_page):
     page = browser_page.page
     open_tab(page, "Model")
-    page.wait_for_selector("text=trained budgets")
-    assert server.studio.engine.checkpoint_id in page.inner_text("body")
+    page.wait_for_selector("#me-model", state="visible")
+    info = page.inner_text("#me-model")
+    assert server.studio.engine.checkpoint_id in info and "trained budgets" in info
     shot(page, "model")
     assert browser_page.external == []
