@@ -283,3 +283,58 @@ def test_unique_child_never_overwrites_and_stays_inside(tmp_path):
     assert first == tmp_path / "a.jpg" and second == tmp_path / "a (2).jpg"
     assert second.parent == tmp_path
 
+
+
+# ------------------------------------------------------------------------------ local use, model switching
+
+
+def test_local_collection_persists_and_model_switch_reindexes(tmp_path, tmp_path_factory):
+    """Desktop use: one persistent collection; another checkpoint gets indexes of its own, never mixed."""
+    from app.ui_backend import Studio, load_engine
+    from tests.index_helpers import other_checkpoint_folder
+
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    shutil.copy(EXAMPLES / "kitten.jpg", samples / "kitten.jpg")
+    (samples / "LICENSES.md").write_text("not a sample: licence notes are never indexed")
+    data = tmp_path / "data"
+    first = load_engine(str(checkpoint_folder(tmp_path_factory)))
+    studio = Studio(first, data, sample_dir=samples)
+    try:
+        assert studio.prepare_samples() is not None
+        assert [it.title for it in studio.items(studio.samples)] == ["kitten.jpg"]
+        report = studio.index_files(studio.local, [EXAMPLES / "red-panda.jpg"])
+        assert [e["path"] for e in report["indexed"]] == ["red-panda.jpg"]
+    finally:
+        studio.close()
+
+    again = Studio(first, data, sample_dir=samples)  # a restart: both indexes are reused as they are
+    try:
+        assert again.prepare_samples() is None
+        assert [it.title for it in again.items(again.local)] == ["red-panda.jpg"]
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            again.switch_model(str(tmp_path / "no-such-checkpoint"))
+        assert again.engine is first
+        second = again.switch_model(str(other_checkpoint_folder(tmp_path_factory)))
+        assert second.checkpoint_id != first.checkpoint_id
+        assert [it.title for it in again.items(again.local)] == ["red-panda.jpg"]  # re-indexed for the new model
+        assert [it.title for it in again.items(again.samples)] == ["kitten.jpg"]
+        folders = sorted(p.name for p in (data / "collection" / "index").iterdir())
+        assert folders == sorted([first.checkpoint_id, second.checkpoint_id])
+        q = again.encode_query("a small cat")
+        hits = again.search(q, None, 16, 64)
+        assert {h.path for h in hits} == {"kitten.jpg", "red-panda.jpg"}
+    finally:
+        again.close()
+
+
+def test_shared_deployment_refuses_model_switch(tmp_path, tmp_path_factory):
+    from app.ui_backend import Studio, load_engine
+
+    studio = Studio(load_engine(str(checkpoint_folder(tmp_path_factory))), tmp_path / "data", private_sessions=True,
+                    sample_dir=None)
+    try:
+        with pytest.raises(PermissionError, match="fixed model"):
+            studio.switch_model(None)
+    finally:
+        studio.close()
