@@ -22,12 +22,17 @@ def mmr_loss(
     weights: Sequence[float] | None = None,
     temperature: float = 0.03,
     ignore: torch.Tensor | None = None,
+    teacher: torch.Tensor | None = None,
+    distill_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[tuple[int, int], float]]:
     """Sum over groups of weight * InfoNCE(MaxSim(q[:, :r_q], cands[:, :r_c]) / temperature).
 
     Candidates are the batch's positives (in-batch negatives for every other query) plus, when given,
     one hard negative per query. `ignore` ([B, N] bool) drops candidates from a query's softmax: other rows'
-    candidates known to be relevant to it too (false negatives). Returns the total loss and each group's value.
+    candidates known to be relevant to it too (false negatives). `teacher` ([B, N] logits of a teacher model
+    over the same candidates) adds, per group, distill_weight * KL(softmax(teacher) || softmax(student)): an
+    optional auxiliary term (off by default) that transfers a teacher's full in-batch ranking, false
+    negatives included. Returns the total loss and each group's value.
     """
     if q.ndim != 3 or pos.ndim != 3 or q.shape[0] != pos.shape[0]:
         raise ValueError(f"expected q [B, Rq, D] and pos [B, Rc, D] with the same B, got {tuple(q.shape)} "
@@ -48,10 +53,12 @@ def mmr_loss(
     for (r_q, r_c), w in zip(groups, weights):
         if r_q > q.shape[1] or r_c > cands.shape[1]:
             raise ValueError(f"group ({r_q}, {r_c}) exceeds the vectors given ({q.shape[1]}, {cands.shape[1]})")
-        logits = maxsim_dense(q[:, :r_q].float(), cands[:, :r_c].float()) / temperature
-        if ignore is not None:
-            logits = logits.masked_fill(ignore, float("-inf"))
+        raw = maxsim_dense(q[:, :r_q].float(), cands[:, :r_c].float()) / temperature
+        logits = raw.masked_fill(ignore, float("-inf")) if ignore is not None else raw
         loss = F.cross_entropy(logits, target)
+        if teacher is not None:
+            loss = loss + distill_weight * F.kl_div(F.log_softmax(raw, -1), F.log_softmax(teacher.float(), -1),
+                                                    log_target=True, reduction="batchmean")
         parts[(r_q, r_c)] = loss.item()
         total = total + w * loss
     return total, parts

@@ -51,6 +51,8 @@ class TrainArgs:
     resume: bool = False
     progress: bool = True
     max_minutes: float | None = None  # stop (and save) early when training runs out of wall-clock time
+    distill: float = 0.0  # weight of the optional teacher-score distillation term (text backbones only)
+    distill_temperature: float = 0.05
 
 
 def load_rows(path: str | os.PathLike) -> list[dict]:
@@ -135,6 +137,7 @@ def train(model: MetaEmbed, rows: list[dict], args: TrainArgs) -> MetaEmbed:
         order_rng.setstate(state["order_rng"])
         torch.set_rng_state(state["torch_rng"])
 
+    teacher = MeanPoolTeacher(cfg.backbone_id, cfg.backbone_revision, device) if args.distill > 0 else None
     model.train()
     order: list[int] = []
     bar = tqdm(total=steps, initial=start, desc="training", unit="step", disable=not args.progress)
@@ -155,7 +158,7 @@ def train(model: MetaEmbed, rows: list[dict], args: TrainArgs) -> MetaEmbed:
                 batch_rows.append(rows[order.pop()])
             ctx = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
             with ctx:
-                loss, parts = _step_loss(model, batch_rows, cfg)
+                loss, parts = _step_loss(model, batch_rows, cfg, teacher, args)
             (loss / args.grad_accum).backward()
             for k, v in parts.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + v / args.grad_accum
@@ -181,16 +184,53 @@ def train(model: MetaEmbed, rows: list[dict], args: TrainArgs) -> MetaEmbed:
     return model
 
 
-def _step_loss(model: MetaEmbed, batch_rows: list[dict], cfg: MetaEmbedConfig):
+def _step_loss(model: MetaEmbed, batch_rows: list[dict], cfg: MetaEmbedConfig, teacher=None,
+               args: TrainArgs | None = None):
     queries = [_materialise(r["query"]) for r in batch_rows]
     cands = [_materialise(r["positive"]) for r in batch_rows]
     negs = [_materialise(r["negative"]) for r in batch_rows if "negative" in r]
     q, _ = model.embed(model.prepare(queries, "query"), "query")
-    # Positives and hard negatives share one forward pass (same meta tokens, one padded batch).
-    c, _ = model.embed(model.prepare(cands + negs, "candidate"), "candidate")
+    c = _embed_by_length(model, cands + negs, "candidate")
     pos, neg = c[: len(cands)], (c[len(cands):] if negs else None)
+    teacher_logits = None
+    if teacher is not None and all(isinstance(x, str) for x in queries + cands + negs):
+        teacher_logits = teacher(queries) @ teacher(cands + negs).T / args.distill_temperature
     return mmr_loss(q, pos, neg, groups=cfg.groups, weights=cfg.weights, temperature=cfg.temperature,
-                    ignore=false_negatives(batch_rows, with_negatives=bool(negs)))
+                    ignore=false_negatives(batch_rows, with_negatives=bool(negs)), teacher=teacher_logits,
+                    distill_weight=args.distill if args else 0.0)
+
+
+class MeanPoolTeacher:
+    """The frozen base text encoder with mean pooling (how sentence-transformers models like
+    all-MiniLM-L6-v2 embed): its in-batch scores are the optional distillation target."""
+
+    def __init__(self, backbone_id: str, revision: str | None, device: torch.device):
+        from transformers import AutoModel, AutoTokenizer
+
+        from .backbones.minilm import resolve_text_model
+
+        path = resolve_text_model(backbone_id)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+        self.model = AutoModel.from_pretrained(path, revision=revision).to(device).eval()
+        self.device = device
+
+    @torch.no_grad()
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt").to(self.device)
+        h = self.model(**enc).last_hidden_state.float()
+        m = enc["attention_mask"].unsqueeze(-1).float()
+        return torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
+
+
+def _embed_by_length(model: MetaEmbed, items: list, side: str, chunk: int = 16) -> torch.Tensor:
+    """Embed in chunks of similar length: one padded batch would pad every short photo doc to the longest
+    passage, and a forward pass costs what its padded length costs."""
+    order = sorted(range(len(items)), key=lambda i: len(items[i]) if isinstance(items[i], str) else 0)
+    parts = [model.embed(model.prepare([items[i] for i in order[s:s + chunk]], side), side)[0]
+             for s in range(0, len(order), chunk)]
+    out = torch.empty(len(items), *parts[0].shape[1:], dtype=parts[0].dtype, device=parts[0].device)
+    out[torch.tensor(order, device=out.device)] = torch.cat(parts)
+    return out
 
 
 def false_negatives(rows: list[dict], with_negatives: bool) -> torch.Tensor | None:
@@ -256,6 +296,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--new-lr", type=float, default=None,
                    help="learning rate of the meta tokens and projection, which start from scratch (default --lr)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop early (and save) after this long")
+    p.add_argument("--distill", type=float, default=0.0,
+                   help="weight of teacher-score distillation from the mean-pooled base encoder (text only)")
     p.add_argument("--warmup", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=200)
@@ -274,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
     args = TrainArgs(out=opts.out, steps=opts.steps, epochs=opts.epochs, batch_size=opts.batch_size,
                      grad_accum=opts.grad_accum, lr=opts.lr, new_lr=opts.new_lr, warmup=opts.warmup,
                      seed=opts.seed, save_every=opts.save_every, bf16=opts.bf16, resume=opts.resume,
-                     progress=not opts.no_progress, max_minutes=opts.max_minutes)
+                     progress=not opts.no_progress, max_minutes=opts.max_minutes, distill=opts.distill)
     train(model, rows, args)
     print(f"saved MetaEmbed checkpoint to {opts.out}")
 

@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--new-lr", type=float, default=2e-3, help="meta tokens + projection learning rate")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-minutes", type=float, default=55.0, help="stop early (and save) after this long")
+    p.add_argument("--distill", type=float, default=1.0,
+                   help="weight of score distillation from the mean-pooled MiniLM (0 = the plain MMR loss)")
     p.add_argument("--pairs-out", default=None, help="also write the generated pairs to this JSONL file")
     opts = p.parse_args(argv)
 
@@ -79,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     model = MetaEmbed.from_config(mini_config(), device="cpu", dtype=torch.float32, seed=opts.seed)
     out = Path(opts.out)
     args = TrainArgs(out=str(out), steps=opts.steps, batch_size=opts.batch_size, lr=opts.lr, new_lr=opts.new_lr,
-                     warmup=0.05, seed=opts.seed, save_every=100, bf16=True, max_minutes=opts.max_minutes)
+                     warmup=0.05, seed=opts.seed, save_every=100, bf16=True, max_minutes=opts.max_minutes,
+                     distill=opts.distill)
     train(model, rows, args)
     # The optimizer state is for resuming only; the shipped checkpoint is the config + trained weights.
     (out / "trainer_state.pt").unlink(missing_ok=True)

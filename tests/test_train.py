@@ -160,3 +160,13 @@ def test_false_negative_mask_from_tags():
     mask = false_negatives(rows, with_negatives=True)
     assert mask.tolist() == [[True, True, False, True], [False, True, False, False]]
     assert false_negatives([{"query": "x", "positive": "y"}], with_negatives=False) is None
+
+
+def test_distillation_term_is_zero_when_student_matches_teacher():
+    q, pos, neg = _unit(4, 2, 8, seed=8), _unit(4, 4, 8, seed=9), _unit(4, 4, 8, seed=10)
+    student = maxsim_dense(q, torch.cat([pos, neg])) / 0.03
+    plain, _ = mmr_loss(q, pos, neg, groups=[(2, 4)])
+    same, _ = mmr_loss(q, pos, neg, groups=[(2, 4)], teacher=student)
+    assert float(same) == pytest.approx(float(plain), abs=1e-5)
+    other, _ = mmr_loss(q, pos, neg, groups=[(2, 4)], teacher=torch.zeros_like(student))
+    assert float(other) > float(plain) + 1e-3  # a uniform teacher disagrees with a peaked student

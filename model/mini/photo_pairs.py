@@ -12,10 +12,12 @@ parent, so the query's specific word decides) or the same thing in other colours
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..visual.colours import BASIC_COLOURS
 from ..visual.vocab import ImageNetVocab
 
 # Quantiles (10, 25, 50, 75, 90 %) of the classifier's top-1..top-4 probabilities on 84 Debian wallpaper
@@ -29,7 +31,7 @@ TOP_QUANTILES = np.array([
 ])
 QUANTILE_LEVELS = np.array([0.10, 0.25, 0.50, 0.75, 0.90])
 
-COLOURS = ["red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white", "gray"]
+COLOURS = list(BASIC_COLOURS)
 
 TEMPLATES_ONE = [
     "{t}", "{t}", "{t}", "a {t}", "photo of a {t}", "picture of a {t}", "my {t}", "the {t}", "{t} photo",
@@ -47,11 +49,11 @@ class PhotoSim:
     render: object  # model.visual.tokenizer.render_doc
     class_weights: np.ndarray  # sampling weights over classes (flattens the 120 dog breeds)
     words: list[str]  # a lexicon for synthetic OCR text
-    min_prob: float = 0.05  # the tokenizer's threshold for emitting a concept
+    min_prob: float = 0.08  # the tokenizer's threshold for emitting a concept (CONCEPT_MIN_PROB_OTHERS)
 
     @classmethod
     def build(cls, render, fc_weight: np.ndarray, vocab: ImageNetVocab, words: list[str], k: int = 12,
-              min_prob: float = 0.05):
+              min_prob: float = 0.08):
         w = fc_weight / np.linalg.norm(fc_weight, axis=1, keepdims=True)
         sim = w @ w.T
         np.fill_diagonal(sim, -1)
@@ -101,7 +103,10 @@ class PhotoSim:
         fracs = sorted((rng.uniform(0.08, 0.7) for _ in colours), reverse=True)
         if words is None:
             words = rng.sample(self.words, rng.randint(1, 4)) if rng.random() < 0.08 else []
-        text = self.render(concepts, list(zip(colours, fracs)), words)[0]
+        # The tokenizer writes "light"/"dark" before chromatic colours; queries mostly say the plain word.
+        shown = [(rng.choice(["light ", "dark ", "", "", ""]) if c not in ("black", "white", "gray") else "") + c
+                 for c in colours]
+        text = self.render(concepts, list(zip(shown, fracs)), words)[0]
         return text, true, colours, words
 
     def _term(self, cls: int, rng: random.Random) -> tuple[str, str | None, bool]:
@@ -131,7 +136,7 @@ class PhotoSim:
             neg_text = self.photo(rng, true=[main], colours=colours, words=rng.sample(self.words, len(words)))[0]
             return {"query": query, "positive": text, "negative": neg_text, "source": "photo-text"}
         key = [hyper or self.vocab.classes[main].wnid]
-        if kind < 0.25 and colours:
+        if kind < 0.25 and colours and not is_gloss:
             query = rng.choice(TEMPLATES_COLOUR).format(c=colours[0], t=term)
             other = [c for c in COLOURS if c not in colours]
             neg_text = self.photo(rng, true=[main], colours=rng.sample(other, len(colours)))[0]
@@ -139,13 +144,14 @@ class PhotoSim:
                     "query_tags": key, "positive_tags": self._tags(true), "negative_tags": self._tags([main])}
         if kind < 0.4 and len(true) > 1:
             u = self._term(true[1], rng)[0]
-            query = rng.choice(TEMPLATES_TWO).format(t=term, u=u)
+            query = rng.choice(TEMPLATES_TWO).format(t=term, u=u).replace(" a a", " an a").replace(" a e", " an e")
             # Negative: only one of the two things.
             other = self._unrelated(main, hyper, rng)
             neg_text = self.photo(rng, true=[main, other])[0]
             return {"query": query, "positive": text, "negative": neg_text, "source": "photo-two",
                     "query_tags": key, "positive_tags": self._tags(true), "negative_tags": self._tags([main, other])}
         query = term if is_gloss else rng.choice(TEMPLATES_ONE).format(t=term, ts=plural(term))
+        query = re.sub(r"\ba (?=[aeiou])", "an ", query)
         neg = self._sibling(main, hyper, rng)
         neg_text = self.photo(rng, true=[neg])[0]
         return {"query": query, "positive": text, "negative": neg_text, "source": "photo",

@@ -26,7 +26,7 @@ STOP = set(
 )
 
 
-def stdlib_passages(max_words: int = 110) -> list[tuple[str, str]]:
+def stdlib_passages(max_words: int = 80) -> list[tuple[str, str]]:
     """(group, passage) pairs from stdlib docstrings; group = module file, for same-source hard negatives."""
     root = Path(os.__file__).parent
     files = sorted(list(root.glob("*.py")) + list(root.glob("*/*.py")))
