@@ -1,0 +1,429 @@
+"""MaxSim late-interaction scoring with Matryoshka budgets.
+
+score(q, c) at budget (r_q, r_c) = sum over the first r_q query vectors of the max dot product with
+the first r_c candidate vectors. Everything here is inference-only (no autograd).
+
+Speed comes from the candidate layout: `CandidateStore` keeps candidates vector-major, ``[R_c, N, D]``
+in bf16, so the j-th vector of every candidate is one contiguous ``[N, D]`` matrix and any budget prefix
+``[:r_c]`` is a contiguous block. Scoring is then r_c plain bf16 GEMMs of the query rows against those
+matrices, folded with an elementwise running max (see bench/maxsim.py and docs/benchmarks.md for the
+formulations that were measured and lost).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["CandidateStore", "explain", "maxsim"]
+
+_STORE_DTYPE = torch.bfloat16
+# Elements of the bf16 running-max block (query rows x candidates) scored at once: 2M elements = 4 MiB,
+# so the two live blocks stay cache-resident and memory is bounded whatever N is. Measured in
+# bench/maxsim.py; larger blocks did not help and smaller ones pay per-call overhead.
+_BLOCK_ELEMENTS = 1 << 21
+# Elements of one converted or gathered [r_c, k, D] slice (16M = 32 MiB of bf16): functional maxsim and
+# scoring by indices copy candidates into the fast layout slice by slice, so memory stays bounded.
+_GATHER_ELEMENTS = 1 << 24
+_GROWTH = 1.5  # capacity factor on append: amortised O(1) per row without doubling a large store
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Validation helpers: every failure is a ValueError that names the argument and what is allowed.
+
+
+def _check_tensor(x: object, name: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__module__}.{type(x).__qualname__}")
+    if not (x.is_floating_point()):
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    return x
+
+
+def _check_queries(q: object) -> Tensor:
+    q = _check_tensor(q, "q")
+    if q.ndim != 3:
+        hint = " (for a single query use q.unsqueeze(0))" if q.ndim == 2 else ""
+        raise ValueError(f"q must have shape [Bq, R_q, D] (3 dims), got shape {tuple(q.shape)}{hint}")
+    bq, rq, d = q.shape
+    if bq == 0:
+        raise ValueError("q is an empty query batch (Bq=0); at least one query is required")
+    if rq == 0:
+        raise ValueError("q has 0 vectors per query (R_q=0); at least one is required")
+    if d == 0:
+        raise ValueError("q has vector dimension D=0; D must be at least 1")
+    return q
+
+
+def _check_candidates(c: object, name: str = "c") -> Tensor:
+    c = _check_tensor(c, name)
+    if c.ndim != 3:
+        hint = " (for a single candidate use c.unsqueeze(0))" if c.ndim == 2 else ""
+        raise ValueError(f"{name} must have shape [N, R_c, D] (3 dims), got shape {tuple(c.shape)}{hint}")
+    if c.shape[1] == 0:
+        raise ValueError(f"{name} has 0 vectors per candidate (R_c=0); at least one is required")
+    if c.shape[2] == 0:
+        raise ValueError(f"{name} has vector dimension D=0; D must be at least 1")
+    return c
+
+
+def _check_dims(d_q: int, d_c: int) -> None:
+    if d_q != d_c:
+        raise ValueError(f"dimension mismatch: queries have D={d_q}, candidates have D={d_c}")
+
+
+def _resolve_budget(budget: object, rq: int, rc: int) -> tuple[int, int]:
+    """Turn budget (None or (r_q, r_c)) into a validated (r_q, r_c) pair."""
+    if budget is None:
+        return rq, rc
+    if (
+        not isinstance(budget, Sequence)
+        or isinstance(budget, str)
+        or len(budget) != 2
+        or not all(isinstance(b, (int, np.integer)) and not isinstance(b, bool) for b in budget)
+    ):
+        raise ValueError(f"budget must be None or a pair of ints (r_q, r_c), got {budget!r}")
+    r_q, r_c = int(budget[0]), int(budget[1])
+    if not 1 <= r_q <= rq:
+        raise ValueError(f"budget r_q={r_q} is out of range: queries have {rq} vectors, allowed 1..{rq}")
+    if not 1 <= r_c <= rc:
+        raise ValueError(f"budget r_c={r_c} is out of range: candidates have {rc} vectors, allowed 1..{rc}")
+    return r_q, r_c
+
+
+def _check_indices(indices: object, n: int, what: str) -> Tensor:
+    """1-D int64 tensor of row indices, each in [0, n)."""
+    if isinstance(indices, Tensor):
+        idx = indices.detach().cpu()
+    else:
+        try:
+            idx = torch.as_tensor(np.asarray(indices))
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(f"{what}: indices must be a 1-D sequence of ints, got {indices!r}") from err
+    if idx.dtype == torch.bool:
+        raise ValueError(f"{what}: indices must be ints, got a bool mask (use keep(mask) for masks)")
+    if idx.numel() == 0:
+        return torch.empty(0, dtype=torch.long)
+    if idx.ndim != 1 or idx.is_floating_point() or idx.is_complex():
+        raise ValueError(
+            f"{what}: indices must be a 1-D sequence of ints, got dtype {idx.dtype} shape {tuple(idx.shape)}"
+        )
+    idx = idx.long()
+    lo, hi = int(idx.min()), int(idx.max())
+    if lo < 0 or hi >= n:
+        bad = lo if lo < 0 else hi
+        raise ValueError(
+            f"{what}: index {bad} is out of range for a store of {n} candidates (allowed 0..{n - 1})"
+        )
+    return idx
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Scoring core.
+
+
+def _query_rows(q: Tensor, r_q: int) -> Tensor:
+    """[Bq, R_q, D] -> [Bq * r_q, D] bf16, query-major, so rows of one query are adjacent."""
+    return q[:, :r_q].detach().to(device="cpu", dtype=_STORE_DTYPE).reshape(-1, q.shape[2]).contiguous()
+
+
+def _score_vector_major(rows: Tensor, vm: Tensor, bq: int, r_q: int, r_c: int) -> Tensor:
+    """MaxSim of query rows [Bq*r_q, D] against vector-major candidates vm [>=r_c, n, D] -> [Bq, n] fp32.
+
+    For each candidate chunk: S_0 = rows @ vm[0].T, then S = max(S, rows @ vm[j].T) for j < r_c, and
+    finally sum over each query's r_q rows. One GEMM per candidate vector keeps every operand contiguous
+    and the running max is an elementwise op over a cache-sized block; a single [r_q, r_c*chunk] GEMM
+    followed by amax over a strided axis measured several times slower.
+    """
+    n = vm.shape[1]
+    out = torch.empty(bq, n, dtype=torch.float32)
+    if n == 0:
+        return out
+    n_rows = rows.shape[0]
+    chunk = max(1024, _BLOCK_ELEMENTS // n_rows)
+    chunk = min(chunk, n)
+    run_buf = torch.empty(n_rows * chunk, dtype=rows.dtype)
+    tmp_buf = torch.empty(n_rows * chunk, dtype=rows.dtype) if r_c > 1 else None
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        # Flat buffers viewed at the exact size: a shorter last chunk must stay contiguous for mm(out=).
+        run = run_buf[: n_rows * (e - s)].view(n_rows, e - s)
+        torch.mm(rows, vm[0, s:e].T, out=run)
+        if tmp_buf is not None:
+            tmp = tmp_buf[: n_rows * (e - s)].view(n_rows, e - s)
+            for j in range(1, r_c):
+                torch.mm(rows, vm[j, s:e].T, out=tmp)
+                torch.maximum(run, tmp, out=run)
+        torch.sum(run.view(bq, r_q, e - s), dim=1, dtype=torch.float32, out=out[:, s:e])
+    return out
+
+
+def _score_in_slices(
+    rows: Tensor, bq: int, r_q: int, r_c: int, n: int, block: Callable[[int, int], Tensor]
+) -> Tensor:
+    """Score candidates that first need copying into the fast layout, one bounded slice at a time.
+
+    block(s, e) returns candidates s..e as a vector-major [r_c, e - s, D] bf16 tensor; slices hold at most
+    _GATHER_ELEMENTS values so converting or gathering never copies more than one slice at once.
+    """
+    out = torch.empty(bq, n, dtype=torch.float32)
+    step = max(256, _GATHER_ELEMENTS // (r_c * rows.shape[1]))
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        out[:, s:e] = _score_vector_major(rows, block(s, e), bq, r_q, r_c)
+    return out
+
+
+@torch.no_grad()
+def maxsim(q: Tensor, c: Tensor, budget: tuple[int, int] | None = None) -> Tensor:
+    """MaxSim scores of every query against every candidate.
+
+    q: [Bq, R_q, D] queries; c: [N, R_c, D] candidates (any float dtype). budget=(r_q, r_c) scores with the
+    first r_q query vectors and first r_c candidate vectors; None uses all of them. Computed in bf16 with
+    fp32 accumulation; returns [Bq, N] float32. c is converted to the vector-major bf16 layout on every
+    call: to score the same candidates repeatedly, build a `CandidateStore` once.
+    """
+    q = _check_queries(q)
+    c = _check_candidates(c)
+    _check_dims(q.shape[2], c.shape[2])
+    r_q, r_c = _resolve_budget(budget, q.shape[1], c.shape[1])
+    c = c[:, :r_c].detach()
+    return _score_in_slices(
+        _query_rows(q, r_q),
+        q.shape[0],
+        r_q,
+        r_c,
+        c.shape[0],
+        lambda s, e: c[s:e].to(device="cpu", dtype=_STORE_DTYPE).transpose(0, 1).contiguous(),
+    )
+
+
+@torch.no_grad()
+def explain(q: Tensor, c: Tensor, budget: tuple[int, int] | None = None) -> dict:
+    """Per-token breakdown of one query/candidate MaxSim, in fp32.
+
+    q: [R_q, D], c: [R_c, D]. Returns a dict with
+      sim: [r_q, r_c] float32 dot products of the budget prefixes,
+      argmax: [r_q] int64, the candidate vector that wins each query vector,
+      contributions: [r_q] float32, each query vector's max similarity (they sum to score),
+      score: float, the MaxSim at this budget (matches `maxsim` up to its bf16 rounding).
+    """
+    q = _check_tensor(q, "q")
+    c = _check_tensor(c, "c")
+    if q.ndim != 2 or q.shape[0] == 0 or q.shape[1] == 0:
+        raise ValueError(
+            f"explain: q must be one query of shape [R_q, D] with R_q, D >= 1, got {tuple(q.shape)}"
+        )
+    if c.ndim != 2 or c.shape[0] == 0 or c.shape[1] == 0:
+        raise ValueError(
+            f"explain: c must be one candidate of shape [R_c, D] with R_c, D >= 1, got {tuple(c.shape)}"
+        )
+    _check_dims(q.shape[1], c.shape[1])
+    r_q, r_c = _resolve_budget(budget, q.shape[0], c.shape[0])
+    sim = q[:r_q].detach().cpu().float() @ c[:r_c].detach().cpu().float().T
+    contributions, argmax = sim.max(dim=1)
+    return {
+        "sim": sim,
+        "argmax": argmax,
+        "contributions": contributions,
+        "score": float(contributions.double().sum()),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+class CandidateStore:
+    """Candidates held in the fast scoring layout: vector-major [R_c, N, D] bf16 on CPU.
+
+    The buffer may have spare capacity along N (for cheap appends), so `vector_major()` returns a view
+    that is contiguous per vector but not across vectors. Stores built by `from_vector_major` share the
+    caller's memory (e.g. a read-only memmap) and never write into it: append/remove/keep reallocate.
+    """
+
+    def __init__(self, c: Tensor | None = None, *, dim: int | None = None, num_vectors: int | None = None):
+        if c is None:
+            if dim is None or num_vectors is None:
+                raise ValueError(
+                    "CandidateStore needs candidates c, or both dim= and num_vectors= for an empty store"
+                )
+            for name, v in (("dim", dim), ("num_vectors", num_vectors)):
+                if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+                    raise ValueError(f"CandidateStore: {name} must be a positive int, got {v!r}")
+            self._data = torch.empty(int(num_vectors), 0, int(dim), dtype=_STORE_DTYPE)
+            self._n = 0
+            self._shared = False
+            return
+        c = _check_candidates(c)
+        if dim is not None and dim != c.shape[2]:
+            raise ValueError(f"CandidateStore: dim={dim} but candidates have D={c.shape[2]}")
+        if num_vectors is not None and num_vectors != c.shape[1]:
+            raise ValueError(
+                f"CandidateStore: num_vectors={num_vectors} but candidates have R_c={c.shape[1]}"
+            )
+        self._data = c.detach().to(device="cpu", dtype=_STORE_DTYPE).transpose(0, 1).contiguous()
+        self._n = c.shape[0]
+        # With R_c == 1 (or N == 1) a bf16 input needs no copy, so the buffer may be the caller's tensor.
+        self._shared = self._data.data_ptr() == c.data_ptr()
+
+    @classmethod
+    def from_vector_major(cls, arr: Tensor | np.ndarray) -> CandidateStore:
+        """Wrap an existing vector-major [R_c, N, D] array without copying when it is already bf16.
+
+        Accepts a torch tensor (bf16 is used as is; uint16 is reinterpreted as bf16 bits; other float
+        dtypes are converted) or a numpy array/memmap (uint16 holds bf16 bits, since numpy has no bf16;
+        float arrays are converted). A C-contiguous bf16/uint16 input is shared, not copied.
+        """
+        if isinstance(arr, np.ndarray):
+            if arr.dtype != np.uint16 and not np.issubdtype(arr.dtype, np.floating):
+                raise ValueError(
+                    f"from_vector_major: numpy array must be uint16 (bf16 bits) or float, got dtype {arr.dtype}"
+                )
+            with warnings.catch_warnings():
+                # Read-only memmaps are fine: this store never writes into shared memory.
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                t = torch.from_numpy(np.ascontiguousarray(arr))
+        elif isinstance(arr, Tensor):
+            t = arr.detach().cpu()
+        else:
+            raise ValueError(
+                f"from_vector_major: arr must be a torch.Tensor or numpy array, got {type(arr).__qualname__}"
+            )
+        if t.dtype in (torch.uint16, torch.int16):
+            t = t.view(_STORE_DTYPE)
+        if not t.is_floating_point():
+            raise ValueError(
+                f"from_vector_major: arr must hold bf16 bits (uint16) or floats, got dtype {t.dtype}"
+            )
+        if t.ndim != 3 or t.shape[0] == 0 or t.shape[2] == 0:
+            raise ValueError(
+                f"from_vector_major: arr must have shape [R_c, N, D] with R_c, D >= 1, got {tuple(t.shape)}"
+            )
+        store = cls.__new__(cls)
+        store._data = t.to(_STORE_DTYPE).contiguous()
+        store._n = t.shape[1]
+        store._shared = store._data.data_ptr() == t.data_ptr()
+        return store
+
+    # -- shape --------------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __repr__(self) -> str:
+        return f"CandidateStore(n={self._n}, num_vectors={self.num_vectors}, dim={self.dim}, capacity={self.capacity})"
+
+    @property
+    def num_vectors(self) -> int:
+        """R_c, vectors per candidate."""
+        return self._data.shape[0]
+
+    @property
+    def dim(self) -> int:
+        """D, the vector dimension."""
+        return self._data.shape[2]
+
+    @property
+    def capacity(self) -> int:
+        """Candidates the buffer can hold before the next append reallocates."""
+        return self._data.shape[1]
+
+    # -- reading ------------------------------------------------------------------------------------------
+
+    def vector_major(self) -> Tensor:
+        """[R_c, N, D] bf16 view of the stored candidates (no copy; call .contiguous() before saving)."""
+        return self._data[:, : self._n]
+
+    def first_vectors(self) -> Tensor:
+        """[N, D] float32 copy of each candidate's first vector: its (1, 1)-budget embedding."""
+        return self._data[0, : self._n].float()
+
+    def candidate(self, index: int) -> Tensor:
+        """[R_c, D] float32 vectors of one candidate (e.g. for `explain`)."""
+        if not isinstance(index, (int, np.integer)) or isinstance(index, bool) or not 0 <= index < self._n:
+            raise ValueError(
+                f"candidate: index {index!r} is out of range for a store of {self._n} candidates"
+            )
+        return self._data[:, int(index)].float()
+
+    @torch.no_grad()
+    def maxsim(
+        self, q: Tensor, budget: tuple[int, int] | None = None, *, indices: object | None = None
+    ) -> Tensor:
+        """MaxSim of queries q [Bq, R_q, D] against the stored candidates -> [Bq, N] float32.
+
+        indices: optional 1-D ints; scores only those candidates, in that order -> [Bq, len(indices)]
+        (the rerank step of a two-stage search).
+        """
+        q = _check_queries(q)
+        _check_dims(q.shape[2], self.dim)
+        r_q, r_c = _resolve_budget(budget, q.shape[1], self.num_vectors)
+        rows = _query_rows(q, r_q)
+        bq = q.shape[0]
+        vm = self._data[:r_c, : self._n]
+        if indices is None:
+            return _score_vector_major(rows, vm, bq, r_q, r_c)
+        idx = _check_indices(indices, self._n, "maxsim")
+        return _score_in_slices(rows, bq, r_q, r_c, idx.numel(), lambda s, e: vm.index_select(1, idx[s:e]))
+
+    def subset(self, indices: object) -> CandidateStore:
+        """New store with copies of the given candidates, in the given order."""
+        idx = _check_indices(indices, self._n, "subset")
+        return self._with_data(self._data[:, : self._n].index_select(1, idx))
+
+    # -- editing ------------------------------------------------------------------------------------------
+
+    def append(self, c: Tensor) -> None:
+        """Add candidates c [M, R_c, D]; amortised O(M) thanks to spare capacity."""
+        c = _check_candidates(c)
+        if c.shape[1] != self.num_vectors or c.shape[2] != self.dim:
+            raise ValueError(
+                f"append: candidates have shape [M, R_c={c.shape[1]}, D={c.shape[2]}], "
+                f"this store holds R_c={self.num_vectors}, D={self.dim}"
+            )
+        m = c.shape[0]
+        if m == 0:
+            return
+        need = self._n + m
+        if need > self.capacity or self._shared:
+            new_cap = max(need, int(self.capacity * _GROWTH) + 64)
+            data = torch.empty(self.num_vectors, new_cap, self.dim, dtype=_STORE_DTYPE)
+            data[:, : self._n] = self._data[:, : self._n]
+            self._data = data
+            self._shared = False
+        self._data[:, self._n : need] = c.detach().to(device="cpu", dtype=_STORE_DTYPE).transpose(0, 1)
+        self._n = need
+
+    def remove(self, indices: object) -> None:
+        """Drop the candidates at the given indices; the rest keep their relative order."""
+        idx = _check_indices(indices, self._n, "remove")
+        mask = torch.ones(self._n, dtype=torch.bool)
+        mask[idx] = False
+        self._keep_rows(mask)
+
+    def keep(self, mask: object) -> None:
+        """Keep only the candidates where mask (1-D bool, one entry per candidate) is True."""
+        m = mask.detach().cpu() if isinstance(mask, Tensor) else torch.as_tensor(np.asarray(mask))
+        if m.dtype != torch.bool or m.ndim != 1 or m.numel() != self._n:
+            raise ValueError(
+                f"keep: mask must be a 1-D bool tensor with one entry per candidate ({self._n}), "
+                f"got dtype {m.dtype} shape {tuple(m.shape)}"
+            )
+        self._keep_rows(m)
+
+    def _keep_rows(self, mask: Tensor) -> None:
+        # Always a fresh buffer: compacting in place would write into a shared (memory-mapped) array.
+        self._data = self._data[:, : self._n][:, mask].contiguous()
+        self._n = self._data.shape[1]
+        self._shared = False
+
+    def _with_data(self, data: Tensor) -> CandidateStore:
+        store = CandidateStore.__new__(CandidateStore)
+        store._data = data.contiguous()
+        store._n = data.shape[1]
+        store._shared = False
+        return store

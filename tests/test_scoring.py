@@ -1,0 +1,268 @@
+"""MaxSim scoring: functional maxsim, CandidateStore and explain against a plain-Python reference."""
+
+import numpy as np
+import pytest
+import torch
+
+from model.scoring import CandidateStore, explain, maxsim
+
+BUDGETS = [(1, 1), (2, 4), (4, 8), (3, 5), (5, 9)]
+
+
+def _unit(*shape: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=g)
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+def _reference(q: torch.Tensor, c: torch.Tensor, r_q: int, r_c: int) -> torch.Tensor:
+    """MaxSim with Python loops and Python floats (double precision): the definition, nothing clever."""
+    ql, cl = q.tolist(), c.tolist()
+    out = []
+    for query in ql:
+        row = []
+        for cand in cl:
+            total = 0.0
+            for qv in query[:r_q]:
+                total += max(sum(a * b for a, b in zip(qv, cv, strict=True)) for cv in cand[:r_c])
+            row.append(total)
+        out.append(row)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def _assert_scores_close(got: torch.Tensor, want: torch.Tensor, r_q: int) -> None:
+    # bf16 inputs and bf16 GEMM outputs: ~2^-9 relative per similarity, summed over r_q terms.
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=1e-2, atol=4e-3 * r_q)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[torch.Tensor, torch.Tensor]:
+    return _unit(3, 5, 16, seed=1), _unit(11, 9, 16, seed=2)
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_maxsim_matches_python_reference(data, budget):
+    q, c = data
+    got = maxsim(q, c, budget)
+    assert got.shape == (3, 11)
+    _assert_scores_close(got, _reference(q, c, *budget), budget[0])
+
+
+def test_full_budget_is_default(data):
+    q, c = data
+    assert torch.equal(maxsim(q, c), maxsim(q, c, (5, 9)))
+    _assert_scores_close(maxsim(q, c), _reference(q, c, 5, 9), 5)
+
+
+def test_maxsim_accepts_fp32_fp64_and_bf16_inputs(data):
+    q, c = data
+    want = maxsim(q, c, (4, 8))
+    for dtype in (torch.float64, torch.bfloat16):
+        torch.testing.assert_close(maxsim(q.to(dtype), c.to(dtype), (4, 8)), want, rtol=1e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_budget_equals_explicit_prefix_slices(data, budget):
+    q, c = data
+    r_q, r_c = budget
+    assert torch.equal(maxsim(q, c, budget), maxsim(q[:, :r_q].contiguous(), c[:, :r_c].contiguous()))
+
+
+def test_scores_across_chunk_boundaries(monkeypatch):
+    # Force tiny chunks so the multi-chunk path (including a short last chunk) is exercised on small data.
+    import model.scoring as scoring
+
+    q, c = _unit(2, 4, 8, seed=3), _unit(2500, 6, 8, seed=4)
+    idx = torch.arange(2499, -1, -1)
+    whole = maxsim(q, c, (3, 5))
+    store = CandidateStore(c)
+    monkeypatch.setattr(scoring, "_BLOCK_ELEMENTS", 8)
+    monkeypatch.setattr(scoring, "_GATHER_ELEMENTS", 1)
+    assert torch.equal(maxsim(q, c, (3, 5)), whole)
+    assert torch.equal(store.maxsim(q, (3, 5)), whole)
+    assert torch.equal(store.maxsim(q, (3, 5), indices=idx), whole[:, idx])
+    _assert_scores_close(whole[:, :40], _reference(q, c[:40], 3, 5), 3)
+
+
+def test_empty_candidate_set_gives_empty_scores(data):
+    q, c = data
+    assert maxsim(q, c[:0]).shape == (3, 0)
+    store = CandidateStore(dim=16, num_vectors=9)
+    assert len(store) == 0
+    assert store.maxsim(q, (2, 4)).shape == (3, 0)
+
+
+# --- CandidateStore ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("budget", [None, *BUDGETS])
+def test_store_equals_functional_maxsim(data, budget):
+    q, c = data
+    store = CandidateStore(c)
+    assert (len(store), store.num_vectors, store.dim) == (11, 9, 16)
+    assert torch.equal(store.maxsim(q, budget), maxsim(q, c, budget))
+
+
+def test_store_layout_is_vector_major_bf16(data):
+    _, c = data
+    vm = CandidateStore(c).vector_major()
+    assert vm.dtype == torch.bfloat16 and vm.shape == (9, 11, 16)
+    assert torch.equal(vm[3], c[:, 3].to(torch.bfloat16))
+    assert vm[:4].is_contiguous()
+
+
+def test_append_then_score_equals_building_at_once(data):
+    q, c = data
+    store = CandidateStore(dim=16, num_vectors=9)
+    for s, e in [(0, 1), (1, 4), (4, 4), (4, 11)]:
+        store.append(c[s:e])
+    assert len(store) == 11
+    assert torch.equal(store.maxsim(q, (4, 8)), CandidateStore(c).maxsim(q, (4, 8)))
+    assert torch.equal(store.vector_major(), CandidateStore(c).vector_major())
+
+
+def test_append_growth_is_amortised():
+    store = CandidateStore(dim=4, num_vectors=2)
+    one = _unit(1, 2, 4, seed=5)
+    reallocations, last_capacity = 0, store.capacity
+    for _ in range(1000):
+        store.append(one)
+        if store.capacity != last_capacity:
+            reallocations, last_capacity = reallocations + 1, store.capacity
+    assert len(store) == 1000
+    assert reallocations <= 15  # geometric growth, not one reallocation per append
+
+
+def test_remove_and_keep_drop_rows(data):
+    q, c = data
+    store = CandidateStore(c)
+    store.remove([0, 7, 3])
+    kept = [i for i in range(11) if i not in (0, 3, 7)]
+    assert len(store) == 8
+    assert torch.equal(store.maxsim(q, (2, 4)), maxsim(q, c[kept], (2, 4)))
+
+    mask = torch.tensor([True, False] * 4)
+    store.keep(mask)
+    assert torch.equal(store.maxsim(q, (2, 4)), maxsim(q, c[kept][mask], (2, 4)))
+    store.append(c[:2])
+    assert torch.equal(store.maxsim(q), maxsim(q, torch.cat([c[kept][mask], c[:2]])))
+
+
+def test_subset_and_indices_score_selected_candidates_in_order(data):
+    q, c = data
+    store = CandidateStore(c)
+    idx = [10, 2, 2, 5]
+    want = maxsim(q, c[idx], (3, 5))
+    assert torch.equal(store.maxsim(q, (3, 5), indices=idx), want)
+    assert torch.equal(store.maxsim(q, (3, 5), indices=torch.tensor(idx)), want)
+    sub = store.subset(np.array(idx))
+    assert len(sub) == 4
+    assert torch.equal(sub.maxsim(q, (3, 5)), want)
+    assert store.maxsim(q, indices=[]).shape == (3, 0)
+
+
+def test_first_vectors_and_candidate(data):
+    _, c = data
+    store = CandidateStore(c)
+    first = store.first_vectors()
+    assert first.dtype == torch.float32 and first.shape == (11, 16)
+    torch.testing.assert_close(first, c[:, 0], rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(store.candidate(4), c[4], rtol=1e-2, atol=1e-2)
+
+
+def test_from_vector_major_shares_memmap_and_never_writes_it(tmp_path, data):
+    q, c = data
+    bits = c.to(torch.bfloat16).transpose(0, 1).contiguous().view(torch.uint16).numpy()
+    path = tmp_path / "vectors.u16"
+    bits.tofile(path)
+    mm = np.memmap(path, dtype=np.uint16, mode="r", shape=bits.shape)
+
+    store = CandidateStore.from_vector_major(mm)
+    assert torch.equal(store.maxsim(q, (4, 8)), maxsim(q, c, (4, 8)))
+    assert store.vector_major().data_ptr() == mm.ctypes.data  # shared, not copied
+
+    store.append(c[:1])
+    store.remove([0])
+    assert len(store) == 11
+    assert np.array_equal(np.fromfile(path, dtype=np.uint16).reshape(bits.shape), bits)
+
+    from_tensor = CandidateStore.from_vector_major(torch.from_numpy(bits).view(torch.bfloat16))
+    assert torch.equal(from_tensor.maxsim(q), maxsim(q, c))
+    from_float = CandidateStore.from_vector_major(c.transpose(0, 1).numpy())
+    assert torch.equal(from_float.maxsim(q), maxsim(q, c))
+
+
+# --- explain ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("budget", [None, (1, 1), (3, 5), (5, 9)])
+def test_explain_breaks_down_the_score(data, budget):
+    q, c = data
+    out = explain(q[1], c[6], budget)
+    r_q, r_c = budget or (5, 9)
+    assert out["sim"].shape == (r_q, r_c) and out["sim"].dtype == torch.float32
+    assert out["argmax"].dtype == torch.long and out["argmax"].shape == (r_q,)
+    assert out["contributions"].shape == (r_q,)
+
+    ref_sim = torch.tensor(
+        [
+            [sum(a * b for a, b in zip(qv, cv, strict=True)) for cv in c[6, :r_c].tolist()]
+            for qv in q[1, :r_q].tolist()
+        ]
+    )
+    torch.testing.assert_close(out["sim"], ref_sim.float(), rtol=1e-5, atol=1e-5)
+    assert out["argmax"].tolist() == ref_sim.argmax(dim=1).tolist()
+    assert torch.equal(out["contributions"], out["sim"][torch.arange(r_q), out["argmax"]])
+    assert out["score"] == pytest.approx(float(out["contributions"].sum()), abs=1e-5)
+    assert out["score"] == pytest.approx(float(maxsim(q[1:2], c[6:7], budget)), rel=1e-2, abs=4e-3 * r_q)
+
+
+# --- validation -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda q, c: maxsim(q, c, (1, 10)),
+            "budget r_c=10 is out of range: candidates have 9 vectors, allowed 1..9",
+        ),
+        (
+            lambda q, c: maxsim(q, c, (0, 1)),
+            "budget r_q=0 is out of range: queries have 5 vectors, allowed 1..5",
+        ),
+        (lambda q, c: maxsim(q, c, (6, 1)), "r_q=6 is out of range"),
+        (lambda q, c: maxsim(q, c, (1, 0)), "r_c=0 is out of range"),
+        (lambda q, c: maxsim(q, c, (1,)), "budget must be None or a pair of ints"),
+        (lambda q, c: maxsim(q, c, (1.0, 2)), "budget must be None or a pair of ints"),
+        (lambda q, c: maxsim(q[:0], c), "empty query batch"),
+        (lambda q, c: maxsim(q[:, :0], c), "0 vectors per query"),
+        (lambda q, c: maxsim(q[0], c), "q must have shape [Bq, R_q, D]"),
+        (lambda q, c: maxsim(q, c[0]), "c must have shape [N, R_c, D]"),
+        (lambda q, c: maxsim(q, c[:, :0]), "0 vectors per candidate"),
+        (lambda q, c: maxsim(q, c[..., :8]), "dimension mismatch: queries have D=16, candidates have D=8"),
+        (lambda q, c: maxsim(q.numpy(), c), "q must be a torch.Tensor"),
+        (lambda q, c: maxsim(q.long(), c), "floating-point"),
+        (lambda q, c: CandidateStore(c).maxsim(q, (1, 10)), "candidates have 9 vectors, allowed 1..9"),
+        (lambda q, c: CandidateStore(c).maxsim(q[..., :8]), "dimension mismatch"),
+        (lambda q, c: CandidateStore(c).maxsim(q, indices=[11]), "index 11 is out of range"),
+        (lambda q, c: CandidateStore(c).maxsim(q, indices=[-1]), "index -1 is out of range"),
+        (lambda q, c: CandidateStore(c).append(c[:, :4]), "append: candidates have shape"),
+        (lambda q, c: CandidateStore(c).remove([0.5]), "indices must be a 1-D sequence of ints"),
+        (lambda q, c: CandidateStore(c).keep([True] * 3), "keep: mask must be a 1-D bool tensor"),
+        (lambda q, c: CandidateStore(c).candidate(11), "index 11 is out of range"),
+        (lambda q, c: CandidateStore(), "needs candidates c, or both dim= and num_vectors="),
+        (lambda q, c: CandidateStore(dim=0, num_vectors=4), "dim must be a positive int"),
+        (lambda q, c: CandidateStore.from_vector_major(c[0]), "must have shape [R_c, N, D]"),
+        (lambda q, c: CandidateStore.from_vector_major(np.zeros((2, 3, 4), np.int32)), "uint16"),
+        (lambda q, c: explain(q, c[0]), "explain: q must be one query of shape [R_q, D]"),
+        (lambda q, c: explain(q[0], c[0], (6, 1)), "r_q=6 is out of range"),
+        (lambda q, c: explain(q[0], c[0, :, :8]), "dimension mismatch"),
+    ],
+)
+def test_bad_input_raises_clear_value_error(data, call, message):
+    q, c = data
+    with pytest.raises(ValueError) as err:
+        call(q, c)
+    assert message in str(err.value)
