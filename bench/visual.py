@@ -34,7 +34,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.visual.ocr import likely_has_text, text_class_mass, text_stroke_score  # noqa: E402
+from model.visual.ocr import likely_has_text, ocr_image, text_class_mass, text_stroke_score  # noqa: E402
 from model.visual.tokenizer import VisualTokenizer, _working_copy, image_class_probabilities  # noqa: E402
 from model.visual.vocab import load_vocab  # noqa: E402
 
@@ -214,6 +214,11 @@ def gate_report(photos: list[Path], texts: list[tuple[str, Image.Image]]) -> Non
           f"precision {precision:.2f}; {t_gate / len(rows) * 1000:.1f} ms per image")
     for line in false_alarms:
         print(f"  false alarm: {line}")
+    sample = [img for _, img in texts[::4]]
+    t0 = time.perf_counter()
+    n_words = sum(len(ocr_image(img)) for img in sample)
+    print(f"  OCR where it runs: {(time.perf_counter() - t0) / len(sample):.2f} s per text image "
+          f"({len(sample)} images, {n_words / len(sample):.0f} words each on average)")
     for line in misses:
         print(f"  missed: {line}")
 
