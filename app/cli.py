@@ -82,6 +82,8 @@ def cmd_index(args: argparse.Namespace) -> int:
 
         def on_commit(entries: list) -> None:
             committed[0] += len(entries)
+            if bar is not None:
+                bar.set_postfix_str(f"{committed[0]} items")
 
         try:
             run = index_paths(model, index, args.paths, batch_size=args.batch_size,
@@ -129,8 +131,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         print(f"{len(results.hits)} results for {args.query!r} at budget {budget}:")
         for hit in results.hits:
-            where = f" (page {hit.page})" if hit.page is not None else ""
-            print(f"{hit.rank:3d}. {hit.score:8.4f}  {hit.path}{where}  [{hit.id}]")
+            print(f"{hit.rank:3d}. {hit.score:8.4f}  {hit.path}{_where(hit.page, hit.item.passage)}  [{hit.id}]")
     return EXIT_OK
 
 
@@ -142,6 +143,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
     else:
+        info["created"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["created"]))
         for key, value in info.items():
             print(f"{key}: {value}")
     return EXIT_OK
@@ -158,9 +160,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
     else:
         for row in rows:
-            where = f" (page {row['page']})" if row["page"] is not None else ""
-            part = f" passage {row['passage']}" if row["passage"] is not None else ""
-            print(f"{row['id']}  {row['kind']:8s} {row['path']}{where}{part}")
+            print(f"{row['id']}  {row['kind']:8s} {row['path']}{_where(row['page'], row['passage'])}")
     return EXIT_OK
 
 
@@ -192,6 +192,11 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+
+
+def _where(page: int | None, passage: int | None) -> str:
+    parts = ([f"page {page}"] if page is not None else []) + ([f"passage {passage + 1}"] if passage is not None else [])
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def parse_budget(text: str) -> tuple[int, int]:

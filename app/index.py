@@ -571,15 +571,21 @@ class Index:
         if not len(candidates):
             return torch.zeros(0, dtype=torch.int64), torch.zeros(0)
         r_q, r_c = budget
-        parts, rowids = [], []
+        order = np.lexsort((slots, seg_pos))  # by segment, then slot: reads move forward through each file
+        candidates, seg_pos, slots = candidates[order], seg_pos[order], slots[order]
+        gathered = torch.empty(r_c, len(candidates), self.dim, dtype=torch.bfloat16)
+        jobs = []
         for pos in np.unique(seg_pos):
-            mask = seg_pos == pos
+            where = np.flatnonzero(seg_pos == pos)
             bits = bf16_view(view.segments[int(pos)].bits)
-            parts.append(bits[:r_c].index_select(1, torch.from_numpy(slots[mask])))
-            rowids.append(candidates[mask])
+            index = torch.from_numpy(slots[where])
+            for j in range(0, r_c, _GATHER_VECTORS):
+                j_end = min(r_c, j + _GATHER_VECTORS)
+                jobs.append((bits[j:j_end], index, gathered[j:j_end, where[0]:where[-1] + 1]))
+        _gather(jobs)
         # One store over all candidates: r_c GEMMs in total instead of r_c per segment.
-        store = CandidateStore.from_vector_major(torch.cat(parts, dim=1))
-        return torch.from_numpy(np.concatenate(rowids)), store.maxsim(qb, (r_q, r_c))[0]
+        store = CandidateStore.from_vector_major(gathered)
+        return torch.from_numpy(candidates), store.maxsim(qb, (r_q, r_c))[0]
 
     @_locked
     def first_stage(self, view: _View | None = None) -> FirstStage:
@@ -847,6 +853,36 @@ class Index:
             self._conn.execute(f"DELETE FROM segments WHERE id IN ({marks})", seg_ids)
         for file in files.values():
             (self.directory / SEGMENT_DIR / file).unlink(missing_ok=True)
+
+
+# Threads that gather re-rank candidates. Vector-major storage puts a candidate's r_c vectors in r_c
+# places, so a re-rank of 1,000 items from a memory-mapped file that is not in the page cache is ~64,000
+# small random reads: one thread would wait for them one at a time, several keep the disk busy.
+GATHER_THREADS = 16
+_GATHER_MIN_ROWS = 8192  # below this a pool costs more than it saves
+_GATHER_VECTORS = 8  # vectors per gather job: 8 jobs per segment at r_c=64
+
+
+def _gather(jobs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
+    """dst[:] = src.index_select(1, index) for each job; in a thread pool when there is much to read."""
+    def run(job: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
+        src, index, dst = job
+        dst.copy_(src.index_select(1, index))
+
+    rows = sum(src.shape[0] * len(index) for src, index, _dst in jobs)
+    if rows < _GATHER_MIN_ROWS or GATHER_THREADS <= 1 or len(jobs) == 1:
+        for job in jobs:
+            run(job)
+        return
+    global _POOL
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(GATHER_THREADS, thread_name_prefix="index-gather")
+    list(_POOL.map(run, jobs))  # torch releases the GIL in index_select, so the page faults overlap
+
+
+_POOL = None
 
 
 def _connect(db: Path) -> sqlite3.Connection:

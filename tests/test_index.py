@@ -181,6 +181,9 @@ def test_segments_stay_few_and_search_matches_exact_scoring(tmp_path, monkeypatc
         # Two-stage with a depth covering everything is exact; the first stage is persisted and reused.
         full = index.search(query, budget, k=20, exact=False, depth=700)
         assert [s for _, s in full] == [s for _, s in exact]
+        monkeypatch.setattr(index_module, "_GATHER_MIN_ROWS", 0)  # the threaded gather gives the same
+        assert index.search(query, budget, k=20, exact=False, depth=700) == full
+        monkeypatch.setattr(index_module, "_GATHER_MIN_ROWS", 8192)
     assert list((tmp_path / "idx").glob("first_stage.*.faiss"))
 
 
