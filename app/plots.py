@@ -19,6 +19,7 @@ ACCENT = "#f97316"  # orange: winning matches, highlights
 BUDGET = "#2563eb"  # blue: budgets
 MUTED = "#94a3b8"
 FONT = dict(family="Source Sans Pro, DejaVu Sans, Arial, sans-serif", size=13, color="#1f2937")
+MIN_SHARE = 0.1  # marks weaker than this share of the strongest one are not drawn (less clutter)
 _HEAT = np.array([[255, 255, 255], [253, 224, 71], [249, 115, 22], [220, 38, 38]], dtype=np.float32)
 
 
@@ -102,11 +103,26 @@ def _paren(label: str) -> str:
 
 @dataclass
 class Mark:
-    """Something to highlight on an image: a heat map (any size, resized to the image) or a box."""
+    """Something to highlight on an image: a heat map, a colour area, or a box (all in image coordinates)."""
 
-    weight: float  # 0..1 after normalisation by the caller (relative importance)
-    heat: np.ndarray | None = None  # [h, w] >= 0, normalised per map by `overlay`
+    weight: float  # relative importance (any scale: marks are compared with each other)
+    heat: np.ndarray | None = None  # [h, w] >= 0, e.g. a concept's activation map; resized to the image
     box: tuple[float, float, float, float] | None = None  # (x0, y0, x1, y1) in 0..1
+    mask: np.ndarray | None = None  # [h, w] 0..1 coverage of a colour; drawn tinted with `tint` and outlined
+    tint: tuple[int, int, int] = (249, 115, 22)
+
+
+COLOUR_RGB = {
+    "red": (220, 38, 38), "orange": (249, 115, 22), "yellow": (234, 179, 8), "green": (22, 163, 74),
+    "blue": (37, 99, 235), "purple": (147, 51, 234), "pink": (236, 72, 153), "brown": (146, 64, 14),
+    "black": (15, 23, 42), "white": (248, 250, 252), "gray": (107, 114, 128), "grey": (107, 114, 128),
+}
+
+
+def colour_rgb(name: str) -> tuple[int, int, int]:
+    """RGB for a colour word ("dark green" -> green); orange when unknown."""
+    words = name.lower().split()
+    return COLOUR_RGB.get(words[-1] if words else "", COLOUR_RGB["orange"])
 
 
 def _resize_map(heat: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -133,23 +149,28 @@ def overlay(image: Image.Image, marks: Sequence[Mark], max_side: int = 720) -> I
         img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     w, h = img.size
     base = np.asarray(img, dtype=np.float32)
+    # One scale for every kind of mark: a weak concept must not glow as brightly as the strongest match.
+    top = max((m.weight for m in marks if m.weight > 0), default=0.0)
+    marks = [m for m in marks if m.weight >= MIN_SHARE * top and m.weight > 0]
     heat = np.zeros((h, w), dtype=np.float32)
     for m in marks:
-        if m.heat is not None and m.weight > 0:
-            heat += m.weight * _resize_map(m.heat, (w, h))
+        if m.heat is not None:
+            heat += (m.weight / top) * _resize_map(m.heat, (w, h))
     if heat.max() > 0:
-        heat /= heat.max()
+        heat = np.clip(heat, 0, 1)
         alpha = (0.65 * heat)[..., None]
         dim = 0.55 + 0.45 * np.sqrt(heat)[..., None]  # unrelated areas fade, matched ones stay bright
         out = base * dim * (1 - alpha) + heat_colours(heat) * alpha
     else:
         out = base.copy()
     result = Image.fromarray(out.clip(0, 255).astype(np.uint8))
-    boxes = [m for m in marks if m.box is not None and m.weight > 0]
+    areas = [m for m in marks if m.mask is not None]
+    if areas:
+        result = _colour_areas(result, areas, top)
+    boxes = [m for m in marks if m.box is not None]
     if boxes:
         layer = Image.new("RGBA", result.size, (0, 0, 0, 0))
         draw = ImageDraw.Draw(layer)
-        top = max(m.weight for m in boxes)
         for m in sorted(boxes, key=lambda m: m.weight):
             s = m.weight / top
             x0, y0, x1, y1 = m.box
@@ -158,6 +179,25 @@ def overlay(image: Image.Image, marks: Sequence[Mark], max_side: int = 720) -> I
                            outline=(194, 65, 12, int(120 + 135 * s)), width=2)
         result = Image.alpha_composite(result.convert("RGBA"), layer).convert("RGB")
     return result
+
+
+def _colour_areas(img: Image.Image, areas: Sequence[Mark], top: float) -> Image.Image:
+    """Colour areas: a light wash of the colour where it covers the image, and its outline (in that colour)."""
+    from PIL import ImageFilter
+
+    w, h = img.size
+    base = np.asarray(img, dtype=np.float32)
+    for m in sorted(areas, key=lambda m: m.weight):
+        s = m.weight / top
+        cover = _resize_map(m.mask, (w, h)) if float(np.max(m.mask)) > 0 else np.zeros((h, w), np.float32)
+        inside = cover > 0.5
+        tint = np.array(m.tint, dtype=np.float32)
+        alpha = (0.35 * s * inside)[..., None]
+        base = base * (1 - alpha) + tint * alpha
+        edge = Image.fromarray((inside * 255).astype(np.uint8)).filter(ImageFilter.FIND_EDGES)
+        edge = np.asarray(edge.filter(ImageFilter.MaxFilter(3))) > 0
+        base[edge] = base[edge] * (1 - 0.9 * s) + tint * 0.9 * s
+    return Image.fromarray(base.clip(0, 255).astype(np.uint8))
 
 
 def text_card(title: str, text: str, size: tuple[int, int] = (320, 320)) -> Image.Image:

@@ -30,7 +30,7 @@ CSS = """
 .me-read {max-height: 260px; overflow-y: auto; line-height: 1.7; padding: 8px 10px; white-space: pre-wrap;
           border: 1px solid var(--border-color-primary); border-radius: 8px; font-size: 0.93em;}
 .me-budget {font-size: 0.95em; padding-top: 6px;}
-#me-preset .tab-like-container {display: none;}
+#me-preset .tab-like-container, #me-preset .min_value, #me-preset .max_value {display: none;}
 .me-tokens span {display: inline-block; margin: 2px; padding: 1px 7px; border-radius: 6px; font-size: 0.92em;}
 .me-tok {background: #e2e8f0;}
 .me-meta {background: #fed7aa; font-weight: 600;}
@@ -142,10 +142,11 @@ def build_demo(studio: Studio) -> gr.Blocks:
                     with gr.Column(scale=5):
                         why_image = gr.Image(label="Where the matching tokens lie", type="pil", height=420,
                                              interactive=False, buttons=["fullscreen"], elem_id="me-overlay")
-                        gr.Markdown("Orange marks where the content tokens behind the winning matches lie: "
-                                    "concept heat maps and colour areas for photos, boxes around words for pages "
-                                    "and text seen in the image. Dimmed parts played no role.",
-                                    elem_classes="me-caption")
+                        gr.Markdown("Where the content tokens behind the winning matches lie, stronger where "
+                                    "the matching meta vectors attended more: a heat map for each concept seen "
+                                    "in the photo (◆), outlined areas for colours (●, drawn in that colour), "
+                                    "boxes around words on pages and text read in images (✎). Dimmed parts "
+                                    "played no role.", elem_classes="me-caption")
                         why_text = gr.HTML(label="What the model read")
                     with gr.Column(scale=6):
                         heatmap = gr.Plot(label="Similarity of every query vector with every result vector",

@@ -410,6 +410,8 @@ class Studio:
             buf = io.BytesIO()
             text_card(hit.title, (item.text if item else "") or "").save(buf, "JPEG", quality=85)
             data = buf.getvalue()
+        elif hit.page is not None:
+            data = _page_top(data)
         folder.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(data)
@@ -697,6 +699,21 @@ def _zip_items(idx: Index, path: Path) -> bool:
         return False
     prefix = str(path.resolve()) + "!/"
     return any(it.path.startswith(prefix) for it in idx.items())
+
+
+def _page_top(jpeg: bytes) -> bytes:
+    """The top of a portrait page as a square: the gallery crops to squares, and a page's middle says little."""
+    try:
+        img = Image.open(io.BytesIO(jpeg))
+        img.load()
+    except OSError:
+        return jpeg
+    w, h = img.size
+    if h <= 1.15 * w:
+        return jpeg
+    buf = io.BytesIO()
+    img.convert("RGB").crop((0, 0, w, w)).save(buf, "JPEG", quality=85)
+    return buf.getvalue()
 
 
 def _rename_in_report(report: dict, old: str, new: str) -> None:

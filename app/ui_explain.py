@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from app.plots import Mark
+from app.plots import Mark, colour_rgb
 from model.scoring import explain as maxsim_explain
 
 SPECIAL = {"[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>"}
@@ -145,7 +145,10 @@ def photo_marks(ex: Explanation) -> list[Mark]:
         if region is None:
             region = getattr(vt, "mask", None)
         box = getattr(vt, "box", None)
-        if region is not None:
+        if region is not None and unit.kind == "colour":
+            marks.append(Mark(weight=float(rel), mask=np.asarray(region, dtype=np.float32),
+                              tint=colour_rgb(unit.label)))
+        elif region is not None:
             marks.append(Mark(weight=float(rel), heat=np.asarray(region, dtype=np.float32)))
         if box is not None:
             marks.append(Mark(weight=float(rel), box=tuple(float(x) for x in box)))

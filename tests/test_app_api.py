@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
+import torch
 
 from app.sessions import UploadLimits, safe_filename, unique_child
 from model.scoring import maxsim
@@ -338,3 +339,66 @@ def test_shared_deployment_refuses_model_switch(tmp_path, tmp_path_factory):
             studio.switch_model(None)
     finally:
         studio.close()
+
+
+# ------------------------------------------------------------------------------------------ explanations
+
+
+def _inspected(tokens: list[str], text: str, attention: torch.Tensor) -> dict:
+    offsets, at = [], 0
+    for tok in tokens:
+        if tok.startswith("["):
+            offsets.append([0, 0])
+            continue
+        piece = tok.removeprefix("##")
+        start = text.index(piece, at)
+        offsets.append([start, start + len(piece)])
+        at = start + len(piece)
+    return {"tokens": tokens, "offsets": offsets, "text": text, "attention": attention, "extras": {}}
+
+
+def test_explanation_adds_up_and_points_at_the_attended_words():
+    from app import plots, ui_explain
+
+    gen = torch.Generator().manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(4, 8, generator=gen), dim=-1)
+    c = torch.nn.functional.normalize(torch.randn(6, 8, generator=gen), dim=-1)
+    tokens = ["[CLS]", "red", "pan", "##da", "tree", "[SEP]"]
+    att = torch.full((6, 6), 0.01)
+    att[:, 4] = 0.95  # every candidate meta token reads "tree"
+    c_insp = _inspected(tokens, "red panda tree", att)
+    q_insp = _inspected(["[CLS]", "panda", "[SEP]"], "panda", torch.full((4, 3), 1 / 3))
+    ex = ui_explain.explain_match(q, c, (3, 5), q_insp, c_insp)
+    assert ex.sim.shape == (3, 5)
+    assert float(ex.contributions.sum()) == pytest.approx(ex.score, abs=1e-5)
+    assert ex.score == pytest.approx(float(maxsim(q[None], c[None], (3, 5))[0, 0]), abs=2e-2)
+    assert [u.label for u in ex.c_units] == ["red", "panda", "tree"]  # word pieces joined, specials dropped
+    assert ex.c_relevance.sum() == pytest.approx(1.0, abs=1e-5)
+    assert ex.c_units[int(ex.c_relevance.argmax())].label == "tree"
+    html = ui_explain.match_table_html(ex)
+    assert html.count("<tr>") == 3 + 1  # one row per query vector, plus the header
+    fig = plots.similarity_heatmap(ex.sim, ex.argmax, (3, 5))
+    stars = [t for t in fig.data if t.type == "scatter"][0]
+    assert list(stars.x) == [int(j) + 1 for j in ex.argmax]
+    bars = plots.contribution_bars(ex.contributions, ex.argmax, ex.score)
+    assert sum(bars.data[0].x) == pytest.approx(ex.score, abs=1e-4)
+
+
+def test_overlay_marks_only_where_the_matching_tokens_lie():
+    import numpy as np
+    from PIL import Image
+
+    from app.plots import Mark, overlay
+
+    img = Image.new("RGB", (200, 100), (255, 255, 255))
+    heat = np.zeros((8, 8), np.float32)
+    heat[:, :2] = 1.0  # a concept seen on the left
+    out = np.asarray(overlay(img, [Mark(weight=1.0, box=(0.6, 0.1, 0.9, 0.4)), Mark(weight=0.8, heat=heat)]),
+                     dtype=int)
+
+    def orange(p):
+        return int(p[0]) - int(p[2])  # red minus blue: 0 for greys, large for the highlight colours
+
+    assert orange(out[25, 150]) > 40  # inside the box
+    assert orange(out[5, 10]) > 40  # in the concept's heat
+    assert abs(orange(out[80, 120])) < 10 and out[80, 120].max() < 255  # elsewhere: only dimmed
