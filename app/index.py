@@ -52,11 +52,18 @@ MAX_SEGMENT_BYTES = 1 << 30
 # Removing items leaves dead rows in their segment; rewrite a segment once this share of it is dead.
 REWRITE_DEAD_FRACTION = 0.5
 ID_LENGTH = 16  # hex characters of the content hash that form an item id (64 bits)
-# Search: collections up to EXACT_LIMIT live items are scored exactly; larger ones go through the first
-# stage (app.first_stage) and the best FIRST_STAGE_DEPTH are re-scored exactly. Both measured in
-# bench/search.py (docs/benchmarks.md, "Index and search").
-EXACT_LIMIT = 20_000
+# Search: exact MaxSim costs about the same per candidate vector read whatever r_q (~45-50 ns per
+# item-vector on one core), so a query is scored exactly while items x r_c <= EXACT_ROWS (10,000 items
+# at r_c=64, ~30 ms; 640,000 at r_c=1); above, the first stage (app.first_stage) picks FIRST_STAGE_DEPTH
+# items that are re-scored exactly (recall@10 0.99 on the synthetic million). Measured in bench/search.py,
+# see docs/benchmarks.md ("Index and search").
+EXACT_ROWS = 640_000
 FIRST_STAGE_DEPTH = 1_000
+
+
+def uses_exact(count: int, r_c: int) -> bool:
+    """Whether a collection of `count` items is scored exactly at candidate budget r_c."""
+    return count * r_c <= EXACT_ROWS
 
 _SEGMENT_FILE = re.compile(r"^seg-(\d+)\.npy$")
 _FIRST_STAGE_FILE = re.compile(r"^first_stage\.(\d+)\.faiss$")
@@ -528,8 +535,8 @@ class Index:
                depth: int = FIRST_STAGE_DEPTH) -> list[tuple[int, float]]:
         """Best `k` items for one query's vectors q [R_q, D] at budget (r_q, r_c): [(rowid, score)].
 
-        exact=None scores exactly up to EXACT_LIMIT items and uses the first stage (top `depth` by
-        first vectors, then exact MaxSim) above; True/False force either path.
+        exact=None scores exactly while items x r_c <= EXACT_ROWS and uses the first stage (top `depth`
+        by first vectors, then exact MaxSim) above; True/False force either path.
         """
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ValueError(f"search: q must be one query [R_q, {self.dim}], got shape {tuple(q.shape)}")
@@ -548,7 +555,7 @@ class Index:
             return []
         qb = q.unsqueeze(0)
         if exact is None:
-            exact = view.count <= EXACT_LIMIT
+            exact = uses_exact(view.count, r_c)
         if exact:
             parts_scores, parts_rowids = [], []
             for seg in view.segments:

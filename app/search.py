@@ -176,7 +176,7 @@ class Searcher:
         key = query_key(query)
         view = self.index.view()
         if exact is None:
-            exact = view.count <= index_module.EXACT_LIMIT
+            exact = index_module.uses_exact(view.count, budget[1])
         ranked = self.index.search(vecs, budget, k, exact=exact)
         items = self.index.get_many([rowid for rowid, _ in ranked])
         hits = []

@@ -176,12 +176,15 @@ def bench_large(args: argparse.Namespace) -> None:
         for depth in args.depths:
             # Cold: this index's files dropped from the page cache first, so the re-rank reads the disk
             # (as after a reboot, or when the vectors do not fit in RAM). Warm: the same queries again.
+            index.close()  # unmap first: pages mapped by a live process are not dropped
             evict(index)
-            cold = [timed(lambda q=q, d=depth: index.search(q, (16, 64), k=10, exact=False, depth=d), 1)[0]
+            index = Index.open(root / "idx")
+            index.first_stage()
+            cold = [timed(lambda q=q, d=depth, ix=index: ix.search(q, (16, 64), k=10, exact=False, depth=d), 1)[0]
                     for q in queries]
-            warm = [timed(lambda q=q, d=depth: index.search(q, (16, 64), k=10, exact=False, depth=d), 1)[0]
+            warm = [timed(lambda q=q, d=depth, ix=index: ix.search(q, (16, 64), k=10, exact=False, depth=d), 1)[0]
                     for q in queries]
-            fs = [timed(lambda q=q, d=depth: index.first_stage().search(q[0].numpy(), d), 1)[0] for q in queries]
+            fs = [timed(lambda q=q, d=depth, ix=index: ix.first_stage().search(q[0].numpy(), d), 1)[0] for q in queries]
             print(f"depth {depth}: two-stage (16,64) over {len(queries)} queries: cold median "
                   f"{statistics.median(cold):.1f} ms (p90 {np.percentile(cold, 90):.1f}), warm median "
                   f"{statistics.median(warm):.1f} ms (p90 {np.percentile(warm, 90):.1f}); first stage alone "
