@@ -36,6 +36,16 @@ pytestmark = [
 ]
 
 
+def model_checkpoint(tmp_path_factory) -> str:
+    """The bundled MetaEmbed-Mini when it is there (real rankings in the screenshots), else the test checkpoint."""
+    from model.checkpoint import DEFAULT_CHECKPOINT
+    from model.config import CONFIG_NAME
+
+    if (DEFAULT_CHECKPOINT / CONFIG_NAME).is_file():
+        return str(DEFAULT_CHECKPOINT)
+    return str(checkpoint_folder(tmp_path_factory))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -57,7 +67,7 @@ def server(tmp_path_factory):
         (72, 650, 14, "Boats rest in the harbour at sunset while lanterns glow along the quay."),
         (72, 625, 14, "The ferry to the islands leaves every morning at eight."),
     ]))
-    studio, demo = create_app(str(checkpoint_folder(tmp_path_factory)), root / "data", sample_dir=None,
+    studio, demo = create_app(model_checkpoint(tmp_path_factory), root / "data", sample_dir=None,
                               wait_for_samples=True, log=lambda *a: None)
     port = free_port()
     launch(studio, demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
@@ -147,14 +157,16 @@ def test_search_then_budget_slider_reranks(server, browser_page):
     assert len(full) == 7
     assert scores(full) == sorted(scores(full), reverse=True)
     shot(page, "search")
-    # Budget preset 0 = (1, 1): re-ranked from cached vectors, the scores (and usually the order) change.
+    # Budget preset 0, the smallest (1, 1): re-ranked from cached vectors, the scores (and usually the order)
+    # change.
+    presets = server.studio.engine.presets
     page.locator("#me-preset input[type=range]").fill("0")
     small = wait_for_new_captions(page, full)
     assert small != full
     assert scores(small) == sorted(scores(small), reverse=True)
-    assert max(scores(small)) <= 1.0 + 1e-3  # one query vector: a single cosine similarity
-    assert "(1, 1)" in page.inner_text(".me-budget")
-    page.locator("#me-preset input[type=range]").fill("4")
+    assert max(scores(small)) <= presets[0][0] + 1e-3  # r_q cosine similarities at most
+    assert f"({presets[0][0]}, {presets[0][1]})" in page.inner_text(".me-budget")
+    page.locator("#me-preset input[type=range]").fill(str(len(presets) - 1))
     back = wait_for_new_captions(page, small)
     assert back == full  # the same cached vectors give the same ranking at the same budget
 
@@ -168,11 +180,14 @@ def test_open_a_result_shows_why_it_matched(server, browser_page):
     assert "Score" in page.inner_text("#me-why-title")
     assert page.locator("#me-overlay img").count() == 1
     assert page.locator("#me-why-table table tr").count() >= 2
-    page.locator("#me-why").scroll_into_view_if_needed()
     shot(page, "why-it-matched")
+    page.evaluate("document.querySelector('#me-why-title').scrollIntoView()")
+    page.wait_for_timeout(300)
+    shot(page, "why-it-matched-view", full_page=False)
     # Moving the budget updates the open explanation too.
+    r_q, r_c = server.studio.engine.presets[2]
     page.locator("#me-preset input[type=range]").fill("2")
-    page.wait_for_function("document.querySelector('#me-why-title').innerText.includes('(4, 8)')")
+    page.wait_for_function(f"document.querySelector('#me-why-title').innerText.includes('({r_q}, {r_c})')")
 
 
 def test_scaling_tab_measures_every_budget(server, browser_page):
@@ -181,7 +196,8 @@ def test_scaling_tab_measures_every_budget(server, browser_page):
     page.click("#me-measure")
     for plot in ("#me-size", "#me-latency", "#me-agreement"):
         page.wait_for_selector(f"{plot} .js-plotly-plot", state="visible")
-    assert page.locator("#me-agreement .js-plotly-plot .scatterlayer .point").count() == 5
+    assert page.locator("#me-agreement .js-plotly-plot .scatterlayer .point").count() == len(
+        server.studio.engine.presets)
     shot(page, "scaling")
 
 
@@ -191,7 +207,7 @@ def test_how_it_works_walks_through_a_query(server, browser_page):
     page.click("#me-teach-go")
     for plot in ("#me-teach-attention", "#me-teach-vectors", "#me-teach-matrix"):
         page.wait_for_selector(f"{plot} .js-plotly-plot", state="visible")
-    assert page.locator(".me-meta").count() == 16  # the query's meta tokens M1..M16
+    assert page.locator(".me-meta").count() == server.studio.engine.num_query_vectors  # meta tokens M1..M16
     shot(page, "how-it-works")
 
 
