@@ -124,3 +124,18 @@ def test_searcher_refuses_a_model_of_another_checkpoint(tmp_path_factory, index)
     other = MetaEmbed.from_pretrained(other_checkpoint_folder(tmp_path_factory), device="cpu")
     with pytest.raises(CheckpointMismatch, match="was built with checkpoint"):
         Searcher(other, index)
+
+
+def test_large_budgets_switch_to_the_first_stage_with_the_same_results(model, index, monkeypatch):
+    from app import index as index_module
+
+    searcher = Searcher(model, index)
+    exact = {b: searcher.search("copper tunnel", b, k=5) for b in [(2, 4), (16, 64)]}
+    assert all(r.exact for r in exact.values())
+    monkeypatch.setattr(index_module, "EXACT_ROWS", len(index) * 8)  # pretend the collection is large
+    for budget, ref in exact.items():
+        results = searcher.search("copper tunnel", budget, k=5)
+        assert results.exact == (budget[1] <= 8)
+        # The first stage's depth (1,000) covers this small index, so the ranking cannot change.
+        assert [(h.id, h.score) for h in results.hits] == [(h.id, h.score) for h in ref.hits]
+    assert searcher.encodes == 1
