@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -170,7 +170,7 @@ class SessionStore:
     """Creates, finds and removes private session folders under one process-private root."""
 
     def __init__(self, root: str | os.PathLike | None = None, ttl_s: float = 2 * 3600, max_sessions: int = 500,
-                 sweep_every_s: float = 300.0):
+                 sweep_every_s: float = 300.0, on_end: Callable[[PrivateSession], None] | None = None):
         if ttl_s <= 0 or max_sessions < 1:
             raise ValueError(f"ttl_s and max_sessions must be positive, got {ttl_s} and {max_sessions}")
         if root is None:
@@ -183,6 +183,7 @@ class SessionStore:
         os.chmod(self.root, 0o700)
         self.ttl_s = ttl_s
         self.max_sessions = max_sessions
+        self.on_end = on_end  # called before a session's folder is removed (to close what uses it)
         self._sessions: dict[str, PrivateSession] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -223,6 +224,8 @@ class SessionStore:
         if session is None:
             return False
         with session.lock:  # wait for a running upload of this session to finish
+            if self.on_end is not None:
+                self.on_end(session)
             shutil.rmtree(session.folder, ignore_errors=True)
         return True
 

@@ -277,7 +277,8 @@ class Studio:
         if sample_dir is not None and Path(sample_dir).is_dir():
             self.samples = Collection("samples", "Sample collection", self.data_dir / "samples", Path(sample_dir),
                                       read_only=True)
-        self.sessions: SessionStore | None = SessionStore(ttl_s=session_ttl_s) if private_sessions else None
+        self.sessions: SessionStore | None = (SessionStore(ttl_s=session_ttl_s, on_end=self._session_ended)
+                                              if private_sessions else None)
         self._session_collections: dict[str, Collection] = {}
         self.local: Collection | None = None
         if not private_sessions:
@@ -301,23 +302,29 @@ class Studio:
             if session is None:
                 return None
         session = self.sessions.get(session_key)
-        coll = self._session_collections.get(session.id)
-        if coll is None or not session.folder.exists():
-            coll = Collection("yours", "Your private collection", session.folder, session.files_dir,
-                              limits=self.limits)
-            self._session_collections[session.id] = coll
+        with self._cache_lock:
+            coll = self._session_collections.get(session.id)
+            if coll is None:
+                coll = Collection("yours", "Your private collection", session.folder, session.files_dir,
+                                  limits=self.limits)
+                self._session_collections[session.id] = coll
         return coll
 
     def end_session(self, session_key: str | None) -> None:
-        if self.sessions is None or not session_key:
-            return
-        session = self.sessions.peek(session_key)
-        if session is not None:
+        """The visitor left (or idled out): their folder, index and thumbnails go."""
+        if self.sessions is not None and session_key:
+            self.sessions.end(session_key)
+
+    def _session_ended(self, session) -> None:
+        with self._cache_lock:
             coll = self._session_collections.pop(session.id, None)
-            if coll is not None:
+        if coll is not None:
+            with coll.lock:
                 coll.close()
-                shutil.rmtree(self.thumb_dir / coll.token, ignore_errors=True)
-        self.sessions.end(session_key)
+            shutil.rmtree(self.thumb_dir / coll.token, ignore_errors=True)
+            with self._cache_lock:
+                for key in [k for k in self._inspect_cache if k[1] == coll.token]:
+                    del self._inspect_cache[key]
 
     def collections(self, session_key: str | None, include_samples: bool = True) -> list[Collection]:
         out = []
