@@ -233,3 +233,21 @@ def test_segment_names_are_never_reused_and_budgets_are_checked(tmp_path):
         with pytest.raises(ValueError, match="out of range"):
             index.search(q, bad)
     assert len(index.search(q, (3, 4), k=5)) == 2
+
+
+def test_shared_thumbnails_are_stored_once_and_dropped_with_their_last_item(tmp_path):
+    import sqlite3
+
+    index = Index.create(tmp_path / "idx", "ck", 4, 8)
+    items = fake_items(3)
+    items[0].thumbnail = items[1].thumbnail = b"\xff\xd8 page jpeg"  # a page and its passage
+    items[0].words = [("Hello", (0.123456, 0.2, 0.3, 0.4))]
+    ids = index.add(items, unit(3, 4, 8))
+    db = sqlite3.connect(tmp_path / "idx" / "index.sqlite")
+    assert db.execute("SELECT COUNT(*) FROM thumbnails").fetchone()[0] == 1
+    assert index.thumbnail(ids[1]) == b"\xff\xd8 page jpeg" and index.thumbnail(ids[2]) == b""
+    assert index.get(ids[0]).words == [("Hello", (0.1235, 0.2, 0.3, 0.4))]
+    index.remove([ids[0]])
+    assert index.thumbnail(ids[1]) == b"\xff\xd8 page jpeg"
+    index.remove([ids[1]])
+    assert db.execute("SELECT COUNT(*) FROM thumbnails").fetchone()[0] == 0
