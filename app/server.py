@@ -56,8 +56,9 @@ def create_app(checkpoint: str | None = None, data_dir: str | os.PathLike | None
                private_sessions: bool = False, sample_dir: str | os.PathLike | None = SAMPLE_DIR,
                limits: UploadLimits | None = None, session_ttl_s: float = 2 * 3600,
                wait_for_samples: bool = False, log=print) -> tuple[Studio, gr.Blocks]:
-    """Load the model and build the UI; the sample collection is indexed on first start (in the background
-    unless `wait_for_samples`), then reused."""
+    """Load the model and build the UI. Files not indexed yet (the samples on first start, everything after
+    a model or index-format change) are indexed in the background, or before returning with
+    `wait_for_samples`; later starts reuse the indexes."""
     t0 = time.perf_counter()
     source = checkpoint if checkpoint is not None else os.environ.get("METAEMBED_CHECKPOINT") or None
     engine = load_engine(source)
@@ -66,12 +67,11 @@ def create_app(checkpoint: str | None = None, data_dir: str | os.PathLike | None
     studio = Studio(engine, data_dir or default_data_dir(), private_sessions=private_sessions, sample_dir=sample_dir,
                     limits=limits, session_ttl_s=session_ttl_s)
     if wait_for_samples:
-        t1 = time.perf_counter()
-        report = studio.prepare_samples()
-        if report is not None:
-            log(f"indexed the sample collection: {len(report['indexed'])} items ({time.perf_counter() - t1:.1f} s)")
+        for coll in (studio.samples, studio.local):
+            if coll is not None:
+                studio.sync_files(coll)
     else:
-        studio.prepare_samples_in_background(log)
+        studio.prepare_in_background(log)
     demo = build_demo(studio)
     return studio, demo
 

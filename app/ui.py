@@ -118,7 +118,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
                                     "After opening a result, **Search for more like this result** does the same "
                                     "with that result.", elem_classes="me-caption")
                 with gr.Row(equal_height=True):
-                    gr.Examples(EXAMPLE_QUERIES, inputs=query_box, label="Try")
+                    examples = gr.Examples(EXAMPLE_QUERIES, inputs=query_box, label="Try")
                     include_samples = gr.Checkbox(value=True, label="Include the sample collection", scale=0,
                                                   min_width=240, visible=studio.samples is not None)
                 with gr.Row(equal_height=True):
@@ -432,17 +432,17 @@ def build_demo(studio: Studio) -> gr.Blocks:
         private = dict(api_visibility="private")
         demo.load(status_line, None, status, **private)
         # While the samples are indexed on first start, the status line follows their progress.
-        timer = gr.Timer(2.0, active=studio.samples_progress is not None)
+        timer = gr.Timer(2.0, active=studio.indexing_progress is not None)
 
         def tick(request: gr.Request):
-            return _status(studio, _session(request)), gr.Timer(active=studio.samples_progress is not None)
+            return _status(studio, _session(request)), gr.Timer(active=studio.indexing_progress is not None)
 
         timer.tick(tick, None, [status, timer], show_progress="hidden", **private)
         demo.load(collection_view, None, [items_df, remove_sel, stats_md, status], **private)
         rank_outs = [query_state, hits_state, gallery, results_md]
         reset_outs = [selected_state, why_md, why_row, table_col]
         search_inputs = [query_box, query_image, r_q, r_c, include_samples]
-        for trigger in (search_btn.click, query_box.submit):
+        for trigger in (search_btn.click, query_box.submit, examples.load_input_event.then):
             trigger(do_search, search_inputs, rank_outs + reset_outs, **private)
         preset.input(on_preset, [preset, query_state, include_samples], [r_q, r_c, readout] + rank_outs,
                      trigger_mode="always_last", show_progress="hidden", **private).then(
@@ -541,14 +541,13 @@ def _status(studio: Studio, session: str | None) -> str:
     engine = studio.engine
     parts = [f"Model: **{engine.config.name}** ({engine.source}, on {engine.model.device.type})"]
     if studio.samples is not None:
-        part = f"sample collection: {studio.stats(studio.samples)['items']} items"
-        if studio.samples_progress is not None:
-            fraction, what = studio.samples_progress
-            part += f" (indexing on first start: {100 * fraction:.0f}%, {what})"
-        parts.append(part)
+        parts.append(f"sample collection: {studio.stats(studio.samples)['items']} items")
     coll = studio.user_collection(session, create=False)
     n = studio.stats(coll)["items"] if coll is not None else 0
     parts.append(f"{'your private' if studio.private_sessions else 'your'} collection: {n} items")
+    if studio.indexing_progress is not None:
+        fraction, what = studio.indexing_progress
+        parts.append(f"indexing in the background ({100 * fraction:.0f}%, {what})")
     return " · ".join(parts)
 
 

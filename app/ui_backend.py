@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from app import ingest as ingest_mod
-from app.index import Index, IndexedItem, checkpoint_id
+from app.index import CheckpointMismatch, Index, IndexedItem, IndexError_, checkpoint_id
 from app.indexing import encoder_input, index_paths
 from app.sessions import (
     UNLIMITED,
@@ -192,8 +192,18 @@ class Collection:
             folder = self.index_dir(engine.checkpoint_id)
             if not create and not (folder / "index.sqlite").is_file():
                 return None
-            idx = Index.open_for(folder, engine.checkpoint_id, engine.num_candidate_vectors, engine.dim,
-                                 checkpoint_source=engine.source)
+            try:
+                idx = Index.open_for(folder, engine.checkpoint_id, engine.num_candidate_vectors, engine.dim,
+                                     checkpoint_source=engine.source)
+            except CheckpointMismatch:
+                raise
+            except IndexError_:
+                # An index this version cannot read (an older format, or damaged): the files are the source
+                # of truth, so keep it aside and start afresh; Studio.sync_files indexes the files again.
+                aside = folder.with_name(f"{folder.name}.unreadable-{int(time.time())}")
+                folder.rename(aside)
+                idx = Index.open_for(folder, engine.checkpoint_id, engine.num_candidate_vectors, engine.dim,
+                                     checkpoint_source=engine.source)
             self._indexes[engine.checkpoint_id] = idx
             return idx
 
@@ -288,7 +298,7 @@ class Studio:
         self._query_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._switch_lock = threading.Lock()
-        self.samples_progress: tuple[float, str] | None = None  # set while the samples are being indexed
+        self.indexing_progress: tuple[float, str] | None = None  # set while files are indexed in the background
 
     # ---- collections -------------------------------------------------------------------------------
     def user_collection(self, session_key: str | None, create: bool = True) -> Collection | None:
@@ -606,47 +616,57 @@ class Studio:
                 "on_disk": human_bytes(info.get("vector_bytes", 0) + info.get("metadata_bytes", 0))}
 
     # ---- samples and model switching ---------------------------------------------------------------
-    def prepare_samples(self, progress: Progress = _no_progress) -> dict | None:
-        """Index the sample collection for the current model if it is not indexed yet (first start)."""
-        coll = self.samples
-        if coll is None:
+    def sync_files(self, coll: Collection, progress: Progress = _no_progress) -> dict | None:
+        """Bring a collection's index in line with its folder: index the files that have no items yet (first
+        start, another model, an index rebuilt after a format change) and drop items whose file is gone."""
+        if not coll.files_dir.is_dir():
             return None
+        extensions = SAMPLE_EXTENSIONS if coll is self.samples else ingest_mod.SUPPORTED_EXTENSIONS
         with coll.lock:
             idx = coll.index(self.engine)
-            files = sorted(p for p in coll.files_dir.iterdir() if p.is_file() and p.suffix.lower()
-                           in SAMPLE_EXTENSIONS)
+            files = sorted(p for p in coll.files_dir.iterdir() if p.is_file() and p.suffix.lower() in extensions)
             wanted = {str(p.resolve()) for p in files}
-            stale = [it.id for it in idx.items() if it.path.partition("!/")[0] not in wanted]
-            if stale:  # e.g. a sample file that was renamed or dropped since the last start
+            items = idx.items()
+            stale = [it.id for it in items if it.path.partition("!/")[0] not in wanted]
+            if stale:  # e.g. a file that was renamed or deleted since the last start
                 idx.remove(stale)
-            have = {Path(it.path.partition("!/")[0]).name for it in idx.items()}
-            todo = [p for p in files if p.name not in have]
+            have = {it.path.partition("!/")[0] for it in items}
+            todo = [p for p in files if str(p.resolve()) not in have]
             if not todo:
                 return None
             report: dict = {"indexed": [], "skipped_duplicates": [], "errors": [], "notes": []}
-            self.samples_progress = (0.0, f"0 of {len(todo)} files")
+            progress(0.0, f"0 of {len(todo)} files")
             self._ingest_encode_add(coll, idx, todo, report, progress)
             return report
 
-    def prepare_samples_in_background(self, log: Callable[[str], None] = print) -> threading.Thread:
-        """Index the samples on a thread, so the page is served at once; `samples_progress` tells how far."""
-        def show(fraction: float, what: str) -> None:
-            self.samples_progress = (fraction, what)
+    def prepare_samples(self, progress: Progress = _no_progress) -> dict | None:
+        """Index the sample collection for the current model if it is not indexed yet (first start)."""
+        return self.sync_files(self.samples, progress) if self.samples is not None else None
+
+    def prepare_in_background(self, log: Callable[[str], None] = print) -> threading.Thread:
+        """Index what is not indexed yet (samples, then the local collection) on a thread, so the page is
+        served at once; `indexing_progress` says how far it is."""
+        todo = [c for c in (self.samples, self.local) if c is not None]
 
         def run() -> None:
-            t0 = time.perf_counter()
-            try:
-                report = self.prepare_samples(show)
-            except Exception as e:  # noqa: BLE001 - the app keeps working without samples
-                log(f"could not index the sample collection: {e}")
-                report = None
-            self.samples_progress = None
-            if report is not None:
-                log(f"indexed the sample collection: {len(report['indexed'])} items, {len(report['errors'])} "
-                    f"problems ({time.perf_counter() - t0:.1f} s)")
+            for coll in todo:
+                t0 = time.perf_counter()
 
-        self.samples_progress = (0.0, "starting") if self.samples is not None else None
-        thread = threading.Thread(target=run, name="index-samples", daemon=True)
+                def show(fraction: float, what: str, coll=coll) -> None:
+                    self.indexing_progress = (fraction, f"{coll.label.lower()}: {what}")
+
+                try:
+                    report = self.sync_files(coll, show)
+                except Exception as e:  # noqa: BLE001 - the app keeps working without them
+                    log(f"could not index the {coll.label.lower()}: {e}")
+                    report = None
+                if report is not None:
+                    log(f"indexed the {coll.label.lower()}: {len(report['indexed'])} items, "
+                        f"{len(report['errors'])} problems ({time.perf_counter() - t0:.1f} s)")
+            self.indexing_progress = None
+
+        self.indexing_progress = (0.0, "starting") if todo else None
+        thread = threading.Thread(target=run, name="index-collections", daemon=True)
         thread.start()
         self._samples_thread = thread
         return thread
@@ -670,14 +690,9 @@ class Studio:
             try:
                 progress(0.3, "indexing the sample collection for this model")
                 self.prepare_samples(lambda f, w: progress(0.3 + 0.3 * f, w))
-                if self.local is not None and self.local.files_dir.is_dir():
-                    files = sorted(p for p in self.local.files_dir.iterdir() if p.is_file())
-                    if files and self.local.index(engine, create=False) is None:
-                        progress(0.6, "indexing your collection for this model")
-                        report: dict = {"indexed": [], "skipped_duplicates": [], "errors": [], "notes": []}
-                        idx = self.local.index(engine)
-                        self._ingest_encode_add(self.local, idx, files, report,
-                                                lambda f, w: progress(0.6 + 0.4 * f, w))
+                if self.local is not None:
+                    progress(0.6, "indexing your collection for this model")
+                    self.sync_files(self.local, lambda f, w: progress(0.6 + 0.4 * f, w))
             except BaseException:
                 self.engine = old
                 raise

@@ -312,6 +312,7 @@ def test_local_collection_persists_and_model_switch_reindexes(tmp_path, tmp_path
     again = Studio(first, data, sample_dir=samples)  # a restart: both indexes are reused as they are
     try:
         assert again.prepare_samples() is None
+        assert again.sync_files(again.local) is None
         assert [it.title for it in again.items(again.local)] == ["red-panda.jpg"]
         with pytest.raises(FileNotFoundError, match="does not exist"):
             again.switch_model(str(tmp_path / "no-such-checkpoint"))
@@ -327,6 +328,22 @@ def test_local_collection_persists_and_model_switch_reindexes(tmp_path, tmp_path
         assert {h.path for h in hits} == {"kitten.jpg", "red-panda.jpg"}
     finally:
         again.close()
+
+    # An index written in a format this version does not read (an upgrade) is set aside and rebuilt from the
+    # collection's own files.
+    import sqlite3
+
+    db = data / "collection" / "index" / first.checkpoint_id / "index.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE meta SET value = '0' WHERE key = 'format_version'")
+    conn.close()
+    third = Studio(first, data, sample_dir=samples)
+    try:
+        report = third.sync_files(third.local)
+        assert report is not None and [e["path"] for e in report["indexed"]] == ["red-panda.jpg"]
+        assert [p.name for p in (data / "collection" / "index").iterdir() if ".unreadable-" in p.name]
+    finally:
+        third.close()
 
 
 def test_shared_deployment_refuses_model_switch(tmp_path, tmp_path_factory):
