@@ -11,6 +11,7 @@ moving the budget slider re-ranks from cached vectors without running the model 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import secrets
@@ -19,7 +20,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from model import MetaEmbed
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = REPO_ROOT / "assets" / "examples"
 ENCODE_BATCH = 8
+INDEX_CHUNK = 2  # items encoded per hold of the model lock while indexing
 QUERY_CACHE_SIZE = 256
 SAMPLE_EXTENSIONS = ingest_mod.IMAGE_EXTENSIONS | ingest_mod.PDF_EXTENSIONS  # not the licence notes next to them
 Progress = Callable[[float, str], None]  # (fraction 0..1, what is happening)
@@ -61,6 +63,37 @@ def _no_progress(fraction: float, what: str) -> None:
 # ------------------------------------------------------------------------------------------------ model
 
 
+class ModelLock:
+    """A lock with two doors: `urgent()` (a visitor waiting) goes before `background()` (indexing chunks)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._urgent = 0
+
+    @contextlib.contextmanager
+    def urgent(self) -> Iterator[None]:
+        with self._cond:
+            self._urgent += 1
+        try:
+            self._lock.acquire()
+        finally:
+            with self._cond:
+                self._urgent -= 1
+                self._cond.notify_all()
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    @contextlib.contextmanager
+    def background(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: self._urgent == 0)
+        with self._lock:
+            yield
+
+
 @dataclass
 class Engine:
     """A loaded model and the id that ties index vectors to it."""
@@ -68,7 +101,10 @@ class Engine:
     model: MetaEmbed
     checkpoint_id: str
     source: str  # what the user asked for: "bundled MetaEmbed-Mini", a folder or a Hub id
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # One model call at a time: the fast tokenizer is not safe to call from two threads at once ("Already
+    # borrowed"), and concurrent forwards only thrash the shared CPU. Indexing takes it per small chunk
+    # and yields to waiting interactive calls, so a visitor's query waits for at most one chunk.
+    lock: ModelLock = field(default_factory=lambda: ModelLock(), repr=False)
 
     @property
     def config(self):
@@ -100,12 +136,11 @@ class Engine:
         }
 
     def encode(self, items: list, side: str, num_tokens: int | None = None) -> torch.Tensor:
-        # One model call at a time: the CPU is shared, and concurrent forwards only thrash its caches.
-        with self.lock:
+        with self.lock.urgent():
             return self.model.encode(items, side, batch_size=ENCODE_BATCH, num_tokens=num_tokens)
 
     def inspect(self, item, side: str) -> dict:
-        with self.lock:
+        with self.lock.urgent():
             return self.model.inspect(item, side)
 
 
@@ -125,8 +160,12 @@ class _LockedModel:
         self.config = engine.model.config
 
     def encode_candidates(self, items: list, batch_size: int = ENCODE_BATCH, progress: bool = False) -> torch.Tensor:
-        with self._engine.lock:
-            return self._engine.model.encode_candidates(items, batch_size=batch_size)
+        out = []
+        for start in range(0, len(items), INDEX_CHUNK):
+            with self._engine.lock.background():  # between chunks, waiting interactive calls go first
+                out.append(self._engine.model.encode_candidates(items[start:start + INDEX_CHUNK],
+                                                                 batch_size=INDEX_CHUNK))
+        return torch.cat(out)
 
 
 class _CollectionFull(Exception):
@@ -175,7 +214,10 @@ class Collection:
         self.files_dir = Path(files_dir)
         self.read_only = read_only
         self.limits = limits
-        self.lock = threading.RLock()
+        self.lock = threading.RLock()  # guards the open indexes (short); each Index serialises its own calls
+        # Held while files are copied and indexed, removed or cleared: one writer at a time per collection,
+        # while searches go on (they only wait for the index's own lock, one batch at a time).
+        self.writing = threading.RLock()
         self.token = secrets.token_hex(12)  # names this collection's thumbnail folder; never derived from input
         self._indexes: dict[str, Index] = {}
         self._stores: dict[str, tuple[int, list]] = {}
@@ -225,13 +267,12 @@ class Collection:
     # ---- ranking -----------------------------------------------------------------------------------
     def rank(self, engine: Engine, q: torch.Tensor, r_q: int, r_c: int, k: int) -> list[tuple[IndexedItem, float]]:
         """The k best items for one query's vectors [R_q, D] at budget (r_q, r_c) (app.index's MaxSim search)."""
-        with self.lock:
-            idx = self.index(engine, create=False)
-            if idx is None:
-                return []
-            ranked = idx.search(q, (r_q, r_c), k)
-            items = idx.get_many([rowid for rowid, _ in ranked])
-        return [(items[rowid], score) for rowid, score in ranked if rowid in items]
+        idx = self.index(engine, create=False)
+        if idx is None:
+            return []
+        ranked = idx.search(q, (r_q, r_c), k)
+        items = idx.get_many([rowid for rowid, _ in ranked])
+        return [(items[rowid], score) for rowid, score in ranked if rowid in items]  # none removed meanwhile
 
 
 # --------------------------------------------------------------------------------------------- queries
@@ -329,7 +370,7 @@ class Studio:
         with self._cache_lock:
             coll = self._session_collections.pop(session.id, None)
         if coll is not None:
-            with coll.lock:
+            with coll.writing:
                 coll.close()
             shutil.rmtree(self.thumb_dir / coll.token, ignore_errors=True)
             with self._cache_lock:
@@ -417,10 +458,9 @@ class Studio:
         path = folder / f"{hit.id}.jpg"
         if path.is_file():
             return str(path)
-        with coll.lock:
-            idx = coll.index(self.engine, create=False)
-            data = idx.thumbnail(hit.id) if idx is not None else b""
-            item = idx.get(hit.id) if (idx is not None and not data) else None
+        idx = coll.index(self.engine, create=False)
+        data = idx.thumbnail(hit.id) if idx is not None else b""
+        item = idx.get(hit.id) if (idx is not None and not data) else None
         if not data:
             from app.plots import text_card
 
@@ -438,11 +478,10 @@ class Studio:
     def item(self, hit_collection: str, item_id: str, session_key: str | None) -> tuple[Collection, IndexedItem,
                                                                                       torch.Tensor]:
         coll = self.find_collection(hit_collection, session_key)
-        with coll.lock:
-            idx = coll.index(self.engine, create=False)
-            if idx is None:
-                raise KeyError(f"{coll.label} has no index for the current model")
-            return coll, idx.get(item_id), idx.vectors(item_id).float()
+        idx = coll.index(self.engine, create=False)
+        if idx is None:
+            raise KeyError(f"{coll.label} has no index for the current model")
+        return coll, idx.get(item_id), idx.vectors(item_id).float()
 
     def inspect_item(self, coll: Collection, item: IndexedItem) -> tuple[dict, ingest_mod.Item]:
         """Re-read an indexed item from its file and run the model with attention (cached per item)."""
@@ -491,7 +530,7 @@ class Studio:
             raise PermissionError(f"{coll.label} is read-only")
         engine = self.engine
         report: dict = {"indexed": [], "skipped_duplicates": [], "errors": [], "notes": []}
-        with coll.lock:
+        with coll.writing:
             idx = coll.index(engine)
             session_bytes = _folder_bytes(coll.files_dir) if coll.limits.max_session_bytes else 0
             check = check_upload(paths, coll.limits, session_bytes)
@@ -566,7 +605,7 @@ class Studio:
         """Remove items by id or by displayed path; deletes the stored files nothing refers to any more."""
         if coll.read_only:
             raise PermissionError(f"{coll.label} is read-only")
-        with coll.lock:
+        with coll.writing:
             idx = coll.index(self.engine)
             resolved = []
             for t in targets:
@@ -583,7 +622,7 @@ class Studio:
     def clear(self, coll: Collection) -> int:
         if coll.read_only:
             raise PermissionError(f"{coll.label} is read-only")
-        with coll.lock:
+        with coll.writing:
             idx = coll.index(self.engine)
             ids = [it.id for it in idx.items()]
             if ids:
@@ -595,18 +634,16 @@ class Studio:
         return len(ids)
 
     def items(self, coll: Collection) -> list[IndexedItem]:
-        with coll.lock:
-            idx = coll.index(self.engine, create=False)
-            return idx.items() if idx is not None else []
+        idx = coll.index(self.engine, create=False)
+        return idx.items() if idx is not None else []
 
     def stats(self, coll: Collection | None) -> dict:
         """Items, vectors and bytes at each budget for one collection."""
         engine = self.engine
         if coll is None:
             return {"items": 0, "files": 0, "budgets": []}
-        with coll.lock:
-            idx = coll.index(engine, create=False)
-            info = idx.info() if idx is not None else {"items": 0, "sources": 0, "kinds": {}}
+        idx = coll.index(engine, create=False)
+        info = idx.info() if idx is not None else {"items": 0, "sources": 0, "kinds": {}}
         n = info["items"]
         budgets = []
         for r_q, r_c in engine.presets:
@@ -622,7 +659,7 @@ class Studio:
         if not coll.files_dir.is_dir():
             return None
         extensions = SAMPLE_EXTENSIONS if coll is self.samples else ingest_mod.SUPPORTED_EXTENSIONS
-        with coll.lock:
+        with coll.writing:
             idx = coll.index(self.engine)
             files = sorted(p for p in coll.files_dir.iterdir() if p.is_file() and p.suffix.lower() in extensions)
             wanted = {str(p.resolve()) for p in files}
