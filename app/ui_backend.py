@@ -661,7 +661,9 @@ class Studio:
         extensions = SAMPLE_EXTENSIONS if coll is self.samples else ingest_mod.SUPPORTED_EXTENSIONS
         with coll.writing:
             idx = coll.index(self.engine)
-            files = sorted(p for p in coll.files_dir.iterdir() if p.is_file() and p.suffix.lower() in extensions)
+            # Photos first: they are quick, so the collection is useful sooner; documents (OCR) come last.
+            files = sorted((p for p in coll.files_dir.iterdir() if p.is_file() and p.suffix.lower() in extensions),
+                           key=lambda p: (p.suffix.lower() not in ingest_mod.IMAGE_EXTENSIONS, p.name))
             wanted = {str(p.resolve()) for p in files}
             items = idx.items()
             stale = [it.id for it in items if it.path.partition("!/")[0] not in wanted]
