@@ -464,7 +464,8 @@ class Index:
         """Counts and sizes, for `cli info` and the app's status line."""
         kinds = dict(self._conn.execute("SELECT kind, COUNT(*) FROM items GROUP BY kind").fetchall())
         segments = self._conn.execute("SELECT COUNT(*), COALESCE(SUM(rows), 0) FROM segments").fetchone()
-        vector_bytes = sum(p.stat().st_size for p in (self.directory / SEGMENT_DIR).glob("seg-*.npy"))
+        files = [f for (f,) in self._conn.execute("SELECT file FROM segments")]
+        vector_bytes = sum((self.directory / SEGMENT_DIR / f).stat().st_size for f in files)
         db_bytes = sum(p.stat().st_size for p in self.directory.glob(DB_NAME + "*"))
         first_stage = sum(p.stat().st_size for p in self.directory.glob("first_stage.*.faiss"))
         count = sum(kinds.values())
