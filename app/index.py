@@ -201,6 +201,14 @@ def bf16_view(bits: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16)
 
 
+def _size(path: Path) -> int:
+    """File size, 0 if a concurrent writer just replaced it."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -465,7 +473,7 @@ class Index:
         kinds = dict(self._conn.execute("SELECT kind, COUNT(*) FROM items GROUP BY kind").fetchall())
         segments = self._conn.execute("SELECT COUNT(*), COALESCE(SUM(rows), 0) FROM segments").fetchone()
         files = [f for (f,) in self._conn.execute("SELECT file FROM segments")]
-        vector_bytes = sum((self.directory / SEGMENT_DIR / f).stat().st_size for f in files)
+        vector_bytes = sum(_size(self.directory / SEGMENT_DIR / f) for f in files)
         db_bytes = sum(p.stat().st_size for p in self.directory.glob(DB_NAME + "*"))
         first_stage = sum(p.stat().st_size for p in self.directory.glob("first_stage.*.faiss"))
         count = sum(kinds.values())
