@@ -61,6 +61,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     from .index import DB_NAME, Index
     from .indexing import index_paths
     from .ingest import default_ocr
+    from .search import model_dim
 
     index_dir = Path(args.index).expanduser()
     folder, source, ckpt_id = resolve_checkpoint(args.checkpoint, index_dir)
@@ -68,8 +69,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         Index.open(index_dir, ckpt_id).close()  # refuse a mismatch before spending time on the model
     model = load_model(folder)
     start = time.perf_counter()
-    with Index.open_for(index_dir, ckpt_id, model.config.num_candidate_tokens, model.config.embed_dim
-                        or model.backbone.hidden_size, source) as index:
+    with Index.open_for(index_dir, ckpt_id, model.config.num_candidate_tokens, model_dim(model), source) as index:
         bar = _progress_bar(args)
         committed = [0]
 

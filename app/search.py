@@ -76,6 +76,11 @@ class SearchResults:
         return {"query": query, "budget": list(self.budget), "results": [h.to_json() for h in self.hits]}
 
 
+def model_dim(model: Any) -> int:
+    """D of the model's vectors: the projection's size, or the backbone's hidden size without one."""
+    return model.config.embed_dim or model.backbone.hidden_size
+
+
 def query_key(query: Query) -> str:
     """Cache key of a query: the text itself, or a digest of an image's mode, size and pixels."""
     if isinstance(query, str):
@@ -101,10 +106,11 @@ class Searcher:
                     f"index {index.directory} was built with checkpoint {index.checkpoint_id!r} but the "
                     f"model is {model_id!r}; load the index's checkpoint or index the files again"
                 )
-        if (model.config.num_candidate_tokens, model.config.embed_dim) != (index.num_vectors, index.dim):
+        made = (model.config.num_candidate_tokens, model_dim(model))
+        if made != (index.num_vectors, index.dim):
             raise CheckpointMismatch(
                 f"index {index.directory} stores {index.num_vectors}x{index.dim} vectors per item, the model "
-                f"makes {model.config.num_candidate_tokens}x{model.config.embed_dim}"
+                f"makes {made[0]}x{made[1]}"
             )
         if cache_size < 1:
             raise ValueError(f"cache_size must be >= 1, got {cache_size}")
