@@ -53,7 +53,7 @@ def human_bytes(n: float) -> str:
     """1536 -> '1.5 KB' (powers of 1024, as file managers show them)."""
     for unit in ("bytes", "KB", "MB", "GB"):
         if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+            return f"{n:.0f} {unit}" if unit == "bytes" or n == int(n) else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
 

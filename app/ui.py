@@ -174,10 +174,11 @@ def build_demo(studio: Studio) -> gr.Blocks:
                 items_df = gr.Dataframe(headers=["file", "kind", "page", "id"], datatype=["str", "str", "number", "str"],
                                         interactive=False, label="Your items", max_height=320, wrap=True,
                                         elem_id="me-items")
-                with gr.Row(equal_height=True):
+                with gr.Row():
                     remove_sel = gr.Dropdown(choices=[], multiselect=True, label="Files to remove", scale=4)
-                    remove_btn = gr.Button("Remove selected", scale=1)
-                    clear_btn = gr.Button("Clear my collection", variant="stop", scale=1)
+                    with gr.Column(scale=1, min_width=180):
+                        remove_btn = gr.Button("Remove selected")
+                        clear_btn = gr.Button("Clear my collection", variant="stop")
 
             # ------------------------------------------------------------------------------ scaling
             with gr.Tab("Scaling", id="scaling"):
@@ -563,8 +564,11 @@ def _collection_intro(studio: Studio) -> str:
             caps.append(f"{human_bytes(lim.max_file_bytes)} per file")
         if lim.max_session_items:
             caps.append(f"{lim.max_session_items} items in all")
+        hours = studio.sessions.ttl_s / 3600 if studio.sessions is not None else 2
+        limits = ("Limits on this shared server: " + ", ".join(caps) + ".") if caps else ""
         return ("## Your private collection\nFiles you add here are visible to you only, in this browser tab, and "
-                "are deleted when you close it (or after two idle hours). " + (", ".join(caps) + "." if caps else ""))
+                f"are deleted when you close it (or after {hours:g} idle hour{'s' if hours != 1 else ''}). "
+                + limits)
     return (f"## Your collection\nFiles you add are copied to `{studio.local.files_dir}` and indexed once; "
             "every budget is then served from the same index.")
 
