@@ -47,12 +47,15 @@ class IndexRun:
 
 
 def encoder_input(item: Item) -> Any:
-    """What the model encodes for an ingested item: a photo's image, a page's image and text, a passage's text."""
+    """What the model encodes for an ingested item: a photo's image; a page's or passage's text (text layer
+    or OCR). A page with no readable text at all is encoded as its image. Pages are not also handed to the
+    visual tokenizer: its ImageNet concepts say little about a page, and re-reading a page that already has
+    text would cost seconds of OCR per page."""
     if item.kind == "image":
         return item.image
-    if item.kind == "pdf_page":
-        return {"image": item.image, "text": item.text} if item.text else item.image
-    return item.text
+    if item.text and item.text.strip():
+        return item.text
+    return item.image
 
 
 def index_paths(

@@ -25,6 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from app.indexing import encoder_input  # noqa: E402
 from app.ingest import Item, ingest  # noqa: E402
 from model import MetaEmbed  # noqa: E402
 from model.scoring import CandidateStore  # noqa: E402
@@ -33,15 +34,6 @@ from model.scoring import CandidateStore  # noqa: E402
 def unit_of(item: Item, root: Path) -> str:
     name = Path(item.source).name
     return f"{name}#page={item.page}" if item.page is not None and name.lower().endswith(".pdf") else name
-
-
-def encodable(item: Item):
-    """What the index encodes for an item: photos as images, pages and passages by their text."""
-    if item.kind == "image":
-        return item.image
-    if item.text and item.text.strip():
-        return item.text
-    return item.image
 
 
 def metrics(scores: torch.Tensor, units: list[str], queries: list[dict]) -> dict:
@@ -97,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     items = report.items
     units = [unit_of(it, data) for it in items]
     model = MetaEmbed.from_pretrained(opts.checkpoint, device="cpu")
-    cands = [encodable(it) for it in items]
+    cands = [encoder_input(it) for it in items]
     cvec = model.encode_candidates(cands, progress=True)
     qvec = model.encode_queries([q["query"] for q in queries])
     store = CandidateStore(cvec)

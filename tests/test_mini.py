@@ -1,0 +1,73 @@
+"""MetaEmbed-Mini: the shipped default checkpoint and the visual tokenizer's edge cases."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from model import MetaEmbed
+from model.checkpoint import DEFAULT_CHECKPOINT, WEIGHTS_NAME
+from model.scoring import maxsim
+from model.visual.classifier import get_classifier
+from model.visual.tokenizer import VisualTokenizer
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
+
+
+@pytest.fixture(scope="module")
+def mini():
+    return MetaEmbed.from_pretrained(device="cpu")
+
+
+def test_default_checkpoint_is_small_and_loads_offline(mini):
+    assert (DEFAULT_CHECKPOINT / WEIGHTS_NAME).stat().st_size < 10 * 2**20
+    assert mini.config.name == "metaembed-mini"
+    assert mini.config.front_end == "visual-tokenizer"
+    assert mini.encode_queries(["a cat"]).shape == (1, mini.config.num_query_tokens, mini.config.embed_dim)
+
+
+def test_mini_ranks_obvious_photos(mini):
+    names = ["kitten.jpg", "hot-air-balloon.jpg", "meerkats.jpg", "boats-at-sunset.jpg"]
+    photos = [Image.open(EXAMPLES / n).convert("RGB") for n in names]
+    c = mini.encode_candidates(photos)
+    q = mini.encode_queries(["a cat", "hot air balloon", "meerkat", "boats"])
+    for budget in mini.config.presets[-2:]:
+        ranking = maxsim(q, c, budget).argmax(dim=1).tolist()
+        assert ranking == [0, 1, 2, 3], f"budget {budget}: {ranking}"
+
+
+def test_mini_ranks_obvious_passages(mini):
+    passages = [
+        "To add a package repository, edit /etc/apt/sources.list and run apt update to refresh the lists.",
+        "The kitten sleeps on the sofa all afternoon and wakes up hungry in the evening.",
+        "Interest rates rose again this quarter, and the central bank signalled more increases.",
+    ]
+    c = mini.encode_candidates(passages)
+    q = mini.encode_queries(["configure apt package sources", "sleeping cat", "bank interest rates"])
+    assert maxsim(q, c).argmax(dim=1).tolist() == [0, 1, 2]
+
+
+class _Unsure:
+    """A classifier that recognises nothing: every class equally likely."""
+
+    def __init__(self):
+        self.real = get_classifier()
+        self.batch_size = self.real.batch_size
+
+    def predict(self, inputs):
+        probs, feats = self.real.predict(inputs)
+        return np.full_like(probs, 1.0 / probs.shape[1]), feats
+
+    def cams(self, features, classes):
+        return self.real.cams(features, classes)
+
+
+def test_photo_with_no_recognised_concept_still_gets_a_doc():
+    tok = VisualTokenizer(classifier=_Unsure(), ocr_fn=lambda img: [])
+    img = Image.new("RGB", (320, 240), (30, 90, 200))
+    img.paste((240, 240, 240), (0, 160, 320, 240))
+    doc = tok.tokenize([img], ocr=False)[0]
+    kinds = {t.kind for t in doc.tokens}
+    assert kinds == {"colour"}
+    assert "blue" in doc.text and doc.text.strip()
