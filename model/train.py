@@ -152,7 +152,8 @@ def train(model: MetaEmbed, rows: list[dict], args: TrainArgs) -> MetaEmbed:
             print(f"stopping after {step} of {steps} steps: the {args.max_minutes} minute budget is spent")
             _save(model, opt, step, order_rng, out)
             break
-        scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * frac))
+        warm = (step + 1) / warmup if budget_s is None else max((step + 1) / warmup, frac / max(args.warmup, 1e-9))
+        scale = min(1.0, warm) * 0.5 * (1 + math.cos(math.pi * frac))
         for g, lr in zip(opt.param_groups, base_lrs):
             g["lr"] = lr * scale
         opt.zero_grad(set_to_none=True)
