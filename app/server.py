@@ -87,7 +87,7 @@ def launch(studio: Studio, demo: gr.Blocks, host: str | None = None, port: int |
     return demo.launch(
         server_name=host, server_port=port, share=share, prevent_thread_lock=prevent_thread_lock, quiet=quiet,
         show_error=True, blocked_paths=blocked, max_file_size=max_file, ssr_mode=False, theme=gr.themes.Default(),
-        css=CSS, favicon_path=None, footer_links=[],
+        css=CSS, favicon_path=None, footer_links=["api", "gradio"], run_history=False,
     )
 
 

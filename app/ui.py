@@ -7,6 +7,7 @@ Teaching views live in `app.ui_teach`.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -36,7 +37,6 @@ CSS = """
 .me-meta {background: #fed7aa; font-weight: 600;}
 .me-header h1 {margin-bottom: 0;}
 #me-results .caption-label {font-size: 0.85em;}
-footer {display: none !important;}
 """
 
 try:  # ZeroGPU on Hugging Face Spaces: functions that run the model ask for a GPU only while they run.
@@ -223,9 +223,11 @@ def build_demo(studio: Studio) -> gr.Blocks:
             api_rc = gr.Number(value=presets[-1][1], precision=0, label="r_c")
             api_k = gr.Number(value=10, precision=0, label="k")
             api_samples = gr.Checkbox(value=True, label="include_samples")
-            api_results = gr.JSON(label="results")
+            # JSON as text: gradio_client (1.x/2.x, protocol sse_v3) takes any JSON object with a "path" string
+            # for a file and tries to download it, so objects with a "path" key cannot travel as gr.JSON.
+            api_results = gr.Textbox(label="results_json")
             api_files = gr.File(file_count="multiple", label="files")
-            api_report = gr.JSON(label="report")
+            api_report = gr.Textbox(label="report_json")
             api_search_btn = gr.Button()
             api_index_btn = gr.Button()
 
@@ -365,8 +367,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
             return report
 
         @gpu
-        def api_index(files, request: gr.Request) -> dict:
-            return index_files(files, request)
+        def api_index(files, request: gr.Request) -> str:
+            return json.dumps(index_files(files, request), ensure_ascii=False)
 
         def do_remove(chosen, request: gr.Request):
             coll = studio.user_collection(_session(request), create=False)
@@ -416,7 +418,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
 
         # ---- API
         @gpu
-        def api_search(text, rq, rc, k, with_samples, request: gr.Request) -> list[dict]:
+        def api_search(text, rq, rc, k, with_samples, request: gr.Request) -> str:
             try:
                 query = studio.encode_query(text, None)
                 rq, rc = studio.check_budget(rq, rc)
@@ -424,7 +426,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
             except ValueError as e:
                 raise gr.Error(str(e)) from e
             hits = studio.search(query, _session(request), rq, rc, k=k, include_samples=bool(with_samples))
-            return [h.to_json() for h in hits]
+            return json.dumps([h.to_json() for h in hits], ensure_ascii=False)
 
         def end_session(request: gr.Request):
             studio.end_session(_session(request))
@@ -472,12 +474,13 @@ def build_demo(studio: Studio) -> gr.Blocks:
         ui_teach.wire_tab(teach, studio, gpu)
 
         api_search_btn.click(api_search, [api_query, api_rq, api_rc, api_k, api_samples], api_results,
-                             api_name="search", api_description="Search the collection (yours plus the samples): "
-                             "query text, budget r_q and r_c -> ranked results as JSON "
-                             "[{rank, id, path, page, score, collection, kind}]")
+                             api_name="search", api_description="Search your collection and the samples: query "
+                             "text, budget r_q and r_c, k results -> JSON text of a list of {rank, id, path, page, "
+                             "score, collection, kind} (use json.loads)")
         api_index_btn.click(api_index, [api_files], api_report, api_name="index",
-                            api_description="Add files (photos, PDFs, text, zip) to your collection -> "
-                            "{indexed, skipped_duplicates, errors: [{path, error}], notes}")
+                            api_description="Add files (photos, PDFs, text, zip) to your collection -> JSON text "
+                            "of {indexed: [{id, path, page, kind}], skipped_duplicates, errors: [{path, error}], "
+                            "notes} (use json.loads)")
         demo.unload(end_session)
     return demo
 

@@ -6,6 +6,7 @@ Two clients are two browser sessions: each gets its own private collection next 
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import time
@@ -83,7 +84,7 @@ def server(tmp_path_factory):
 def client(server):
     from gradio_client import Client
 
-    return Client(server.url, verbose=False, analytics_enabled=False, download_files=False)
+    return Client(server.url, verbose=False, analytics_enabled=False)  # default settings, as users have them
 
 
 @pytest.fixture(scope="module")
@@ -95,23 +96,25 @@ def alice(server):
 
 @pytest.fixture(scope="module")
 def alice_report(server, alice):
-    from gradio_client import handle_file
-
     paths = [server.files / n for n in ("red-panda.jpg", "boats-at-sunset.jpg", "harbour.pdf", "broken.jpg",
                                         "notes.txt")]
-    return alice.predict([handle_file(str(p)) for p in paths], api_name="/index")
+    return index(alice, paths)
 
 
 def search(c, query: str, r_q: int, r_c: int, k: int = 10) -> list[dict]:
-    return c.predict(query, r_q, r_c, k, True, api_name="/search")
+    return json.loads(c.predict(query, r_q, r_c, k, True, api_name="/search"))
+
+
+def index(c, paths) -> dict:
+    from gradio_client import handle_file
+
+    return json.loads(c.predict([handle_file(str(p)) for p in paths], api_name="/index"))
 
 
 # ------------------------------------------------------------------------------------------------ index
 
 
 def test_index_reports_items_duplicates_and_plain_errors(server, alice, alice_report):
-    from gradio_client import handle_file
-
     indexed = {e["path"] for e in alice_report["indexed"]}
     assert {"red-panda.jpg", "boats-at-sunset.jpg", "harbour.pdf", "notes.txt"} <= indexed
     assert all(set(e) >= {"id", "path", "page", "kind"} for e in alice_report["indexed"])
@@ -122,19 +125,16 @@ def test_index_reports_items_duplicates_and_plain_errors(server, alice, alice_re
     assert "broken.jpg" in errors and "broken.jpg" in errors["broken.jpg"]
     for entry in alice_report["indexed"] + alice_report["errors"]:
         assert not entry["path"].startswith("/"), entry
-    again = alice.predict([handle_file(str(server.files / "red-panda.jpg"))], api_name="/index")
+    again = index(alice, [server.files / "red-panda.jpg"])
     assert again["indexed"] == []
     assert again["skipped_duplicates"] == ["red-panda.jpg"]
 
 
 def test_upload_count_limit_has_a_clear_message(server, alice_report):
-    from gradio_client import handle_file
-
     c = client(server)
     try:
-        six = [handle_file(str(EXAMPLES / n)) for n in ("autumn-mountain.jpg", "eiffel-tower.jpg", "green-hills.jpg",
-                                                         "kingfisher.jpg", "marigold.jpg", "meerkats.jpg")]
-        report = c.predict(six, api_name="/index")
+        report = index(c, [EXAMPLES / n for n in ("autumn-mountain.jpg", "eiffel-tower.jpg", "green-hills.jpg",
+                                                    "kingfisher.jpg", "marigold.jpg", "meerkats.jpg")])
     finally:
         c.close()
     assert report["indexed"] == []
@@ -191,8 +191,6 @@ def test_budget_out_of_range_is_refused_with_its_name(server, alice):
 
 
 def test_other_session_sees_samples_but_not_my_items(server, alice, alice_report):
-    from gradio_client import handle_file
-
     bob = client(server)
     try:
         mine = {e["id"] for e in alice_report["indexed"]}
@@ -201,7 +199,7 @@ def test_other_session_sees_samples_but_not_my_items(server, alice, alice_report
         assert {r["collection"] for r in results} == {"samples"}
         assert not mine & {r["id"] for r in results}
         # Bob's own upload is his alone.
-        own = bob.predict([handle_file(str(EXAMPLES / "kingfisher.jpg"))], api_name="/index")
+        own = index(bob, [EXAMPLES / "kingfisher.jpg"])
         assert [e["path"] for e in own["indexed"]] == ["kingfisher.jpg"]
         bob_ids = {e["id"] for e in own["indexed"]}
         assert bob_ids <= {r["id"] for r in search(bob, "bird", 16, 64, k=50)}
@@ -226,11 +224,9 @@ def test_file_route_refuses_another_sessions_files(server, alice, alice_report):
                        files={"files": ("boats-at-sunset.jpg", (EXAMPLES / "boats-at-sunset.jpg").read_bytes())})
         assert up.status_code == 200
         temp_path = up.json()[0]
-        from gradio_client import handle_file
-
         carol = client(server)
         try:
-            carol.predict([handle_file(temp_path)], api_name="/index")
+            index(carol, [temp_path])
         finally:
             carol.close()
         assert http.get(f"{server.url}gradio_api/file={temp_path}").status_code in (403, 404)
@@ -240,10 +236,8 @@ def test_file_route_refuses_another_sessions_files(server, alice, alice_report):
 
 
 def test_session_folder_is_removed_when_the_session_ends(server):
-    from gradio_client import handle_file
-
     dave = client(server)
-    dave.predict([handle_file(str(EXAMPLES / "marigold.jpg"))], api_name="/index")
+    index(dave, [EXAMPLES / "marigold.jpg"])
     session = server.studio.sessions.peek(dave.session_hash)
     assert session is not None and session.folder.is_dir()
     dave.close()  # ends the heartbeat: Gradio runs the unload event for this session
