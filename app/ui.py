@@ -418,14 +418,15 @@ def build_demo(studio: Studio) -> gr.Blocks:
 
         # ---- API
         @gpu
-        def api_search(text, rq, rc, k, with_samples, request: gr.Request) -> str:
+        def api_search(query, r_q, r_c, k, include_samples, request: gr.Request) -> str:
+            # The parameter names are the API's keyword arguments (client.predict(query=..., r_q=...)).
             try:
-                query = studio.encode_query(text, None)
-                rq, rc = studio.check_budget(rq, rc)
+                encoded = studio.encode_query(query, None)
+                r_q, r_c = studio.check_budget(r_q, r_c)
                 k = max(1, min(int(k or 10), 1000))
             except ValueError as e:
                 raise gr.Error(str(e)) from e
-            hits = studio.search(query, _session(request), rq, rc, k=k, include_samples=bool(with_samples))
+            hits = studio.search(encoded, _session(request), r_q, r_c, k=k, include_samples=bool(include_samples))
             return json.dumps([h.to_json() for h in hits], ensure_ascii=False)
 
         def end_session(request: gr.Request):

@@ -182,7 +182,7 @@ def test_budget_out_of_range_is_refused_with_its_name(server, alice):
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError, match="r_c"):
-        search(alice, "boats", 16, 65)
+        alice.predict(query="boats", r_q=16, r_c=65, api_name="/search")  # keyword arguments work too
     with pytest.raises(AppError, match="empty|type a query"):
         search(alice, "   ", 16, 64)
 
