@@ -204,7 +204,7 @@ class Hit:
 
 
 class Collection:
-    """Files plus their index (one per checkpoint). Thread-safe: every index access holds `lock`."""
+    """A folder of files plus its indexes (one per checkpoint), safe to use from several threads."""
 
     def __init__(self, key: str, label: str, root: Path, files_dir: Path, read_only: bool = False,
                  limits: UploadLimits = UNLIMITED):
@@ -220,7 +220,6 @@ class Collection:
         self.writing = threading.RLock()
         self.token = secrets.token_hex(12)  # names this collection's thumbnail folder; never derived from input
         self._indexes: dict[str, Index] = {}
-        self._stores: dict[str, tuple[int, list]] = {}
 
     def index_dir(self, ckpt: str) -> Path:
         return self.root / "index" / ckpt
