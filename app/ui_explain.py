@@ -202,7 +202,7 @@ def short_label(unit: Unit) -> str:
     """A concept's first name ("lesser panda" for "lesser panda, red panda, mammal, animal")."""
     if unit.kind == "concept" and "," in unit.label:
         return unit.label.split(",")[0].strip() + " …"
-    return unit.label
+    return unit.label.strip(" ,.;:") or unit.label  # "colors:" reads as "colors"
 
 
 def meaningful(unit: Unit) -> bool:
