@@ -37,10 +37,13 @@ pytestmark = [
 
 
 def model_checkpoint(tmp_path_factory) -> str:
-    """The bundled MetaEmbed-Mini when it is there (real rankings in the screenshots), else the test checkpoint."""
+    """$METAEMBED_CHECKPOINT, else the bundled MetaEmbed-Mini when it is there (real rankings in the
+    screenshots), else the untrained test checkpoint."""
     from model.checkpoint import DEFAULT_CHECKPOINT
     from model.config import CONFIG_NAME
 
+    if os.environ.get("METAEMBED_CHECKPOINT"):
+        return os.environ["METAEMBED_CHECKPOINT"]
     if (DEFAULT_CHECKPOINT / CONFIG_NAME).is_file():
         return str(DEFAULT_CHECKPOINT)
     return str(checkpoint_folder(tmp_path_factory))
@@ -102,9 +105,21 @@ def browser_page(server):
         browser.close()
 
 
-def shot(page, name: str, full_page: bool = True) -> Path:
+def shot(page, name: str, full_page: bool = True, docs_height: int | None = None) -> Path:
+    """Save a screenshot, plus a README-ready copy in artifacts/docs/ (at most 1280 px wide, cut at
+    `docs_height`, 256 colours: well under 300 KB) to copy to docs/screenshots/ when it looks right."""
+    from PIL import Image
+
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=full_page)
+    img = Image.open(path).convert("RGB")
+    if docs_height and img.height > docs_height:
+        img = img.crop((0, 0, img.width, docs_height))
+    if img.width > 1280:
+        img = img.resize((1280, round(img.height * 1280 / img.width)), Image.Resampling.LANCZOS)
+    (ARTIFACTS / "docs").mkdir(exist_ok=True)
+    img.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+        ARTIFACTS / "docs" / f"{name}.png", optimize=True)
     return path
 
 
@@ -123,6 +138,11 @@ def wait_for_new_captions(page, old: list[str]) -> list[str]:
             return now.length > 0 && JSON.stringify(now) !== JSON.stringify(old);
         }""", arg=old)
     return captions(page)
+
+
+def wait_for_images(page, selector: str) -> None:
+    page.wait_for_function("(sel) => [...document.querySelectorAll(sel)].every(i => i.complete && i.naturalWidth > 0)",
+                           arg=f"{selector} img")
 
 
 def scores(caps: list[str]) -> list[float]:
@@ -156,6 +176,7 @@ def test_search_then_budget_slider_reranks(server, browser_page):
     full = wait_for_new_captions(page, [])
     assert len(full) == 7
     assert scores(full) == sorted(scores(full), reverse=True)
+    wait_for_images(page, "#me-results")  # every thumbnail is served (and shown in the screenshot)
     shot(page, "search")
     # Budget preset 0, the smallest (1, 1): re-ranked from cached vectors, the scores (and usually the order)
     # change.
@@ -179,11 +200,12 @@ def test_open_a_result_shows_why_it_matched(server, browser_page):
     assert page.locator("#me-heatmap .js-plotly-plot .heatmaplayer").count() >= 1
     assert "Score" in page.inner_text("#me-why-title")
     assert page.locator("#me-overlay img").count() == 1
+    wait_for_images(page, "#me-overlay")
     assert page.locator("#me-why-table table tr").count() >= 2
-    shot(page, "why-it-matched")
+    shot(page, "why-it-matched-full")
     page.evaluate("document.querySelector('#me-why-title').scrollIntoView()")
     page.wait_for_timeout(300)
-    shot(page, "why-it-matched-view", full_page=False)
+    shot(page, "why-it-matched", full_page=False)
     # Moving the budget updates the open explanation too.
     r_q, r_c = server.studio.engine.presets[2]
     page.locator("#me-preset input[type=range]").fill("2")
@@ -208,7 +230,7 @@ def test_how_it_works_walks_through_a_query(server, browser_page):
     for plot in ("#me-teach-attention", "#me-teach-vectors", "#me-teach-matrix"):
         page.wait_for_selector(f"{plot} .js-plotly-plot", state="visible")
     assert page.locator(".me-meta").count() == server.studio.engine.num_query_vectors  # meta tokens M1..M16
-    shot(page, "how-it-works")
+    shot(page, "how-it-works", docs_height=1700)
 
 
 def test_model_tab_and_no_external_requests(server, browser_page):
@@ -217,5 +239,5 @@ def test_model_tab_and_no_external_requests(server, browser_page):
     page.wait_for_selector("#me-model", state="visible")
     info = page.inner_text("#me-model")
     assert server.studio.engine.checkpoint_id in info and "trained budgets" in info
-    shot(page, "model")
+    shot(page, "model", docs_height=760)
     assert browser_page.external == []
