@@ -228,13 +228,14 @@ def budget_labels(presets: Sequence[tuple[int, int]]) -> list[str]:
 
 def index_size_figure(presets: Sequence[tuple[int, int]], sizes_bytes: Sequence[int], items: int) -> go.Figure:
     labels = budget_labels(presets)
-    mib = [b / 2**20 for b in sizes_bytes]
-    fig = go.Figure(go.Bar(x=labels, y=mib, marker_color=BUDGET, text=[_fmt_bytes(b) for b in sizes_bytes],
+    unit, div = ("MiB", 2**20) if max(sizes_bytes, default=0) >= 2**20 else ("KiB", 2**10)
+    sizes = [b / div for b in sizes_bytes]
+    fig = go.Figure(go.Bar(x=labels, y=sizes, marker_color=BUDGET, text=[_fmt_bytes(b) for b in sizes_bytes],
                            textposition="outside", cliponaxis=False,
                            hovertemplate="budget %{x}: %{text}<extra></extra>"))
     fig.update_xaxes(title_text="budget (r_q, r_c)", type="category")
-    fig.update_yaxes(title_text="candidate vectors stored (MiB)", rangemode="tozero")
-    return _layout(fig, f"Index size for {items} items: grows with r_c", height=320)
+    fig.update_yaxes(title_text=f"vectors read per query ({unit})", rangemode="tozero")
+    return _layout(fig, f"Vectors a search reads, {items} items: grows with r_c", height=320)
 
 
 def latency_figure(presets: Sequence[tuple[int, int]], ms: Sequence[float], items: int) -> go.Figure:

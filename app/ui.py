@@ -185,7 +185,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
                 gr.Markdown("## Test-time scaling on your collection\nMetaEmbed trains nested budgets, so one index "
                             "serves all of them: pick a small budget for speed or a large one for precision, at "
                             "search time. This measures, for the current collection, what each trained budget "
-                            "costs and how close its top 10 is to the largest budget's.")
+                            "costs and how close its top results (top 10, or a third of a small collection) are "
+                            "to the largest budget's.")
                 with gr.Row():
                     scale_queries = gr.Textbox("\n".join(EXAMPLE_QUERIES), lines=6, label="Queries (one per line)",
                                                scale=3)

@@ -134,12 +134,16 @@ def walkthrough(studio: Studio, text: str, session: str | None) -> tuple:
 
 
 def measure_scaling(studio: Studio, queries: list[str], session: str | None, include_samples: bool,
-                    progress: Callable[[float, str], None], k: int = 10, repeats: int = 3) -> dict:
-    """Per trained budget: bytes the index reads, median scoring time per query, top-k overlap with the largest."""
+                    progress: Callable[[float, str], None], k: int | None = None, repeats: int = 3) -> dict:
+    """Per trained budget: bytes the index reads, median scoring time per query, top-k overlap with the largest.
+
+    k defaults to 10, or to a third of a small collection: a top 10 of 12 items would agree at every budget.
+    """
     engine = studio.engine
     presets = engine.presets
     colls = studio.collections(session, include_samples)
     items = sum(studio.stats(c)["items"] for c in colls)
+    k = k or max(1, min(10, items // 3))
     out = {"presets": presets, "items": items, "k": k, "bytes": [], "ms": [], "agreement": [], "summary": ""}
     if items == 0:
         return out
@@ -170,11 +174,10 @@ def measure_scaling(studio: Studio, queries: list[str], session: str | None, inc
         out["agreement"].append(float(np.mean(overlap)))
     rows = "\n".join(f"| ({q}, {c}) | {human_bytes(b)} | {ms:.2f} ms | {100 * a:.0f}% |"
                      for (q, c), b, ms, a in zip(presets, out["bytes"], out["ms"], out["agreement"]))
-    small = " With this few items, most of the collection is in every top 10; add files to see budgets differ." \
-        if items <= 3 * k else ""
+    small = f" The collection is small, so agreement is measured on the top {k} (a third of it)." if k < 10 else ""
     out["summary"] = (f"Measured on **{items} items** with {len(queries)} queries (exact MaxSim over every item, best "
                       f"of {repeats} runs, median over queries, on {str(engine.model.device)}).{small}\n\n"
-                      "| budget | vectors stored at this budget | time per query | top-10 shared with largest |\n"
+                      f"| budget | vectors read per query | time per query | top-{k} shared with the largest budget |\n"
                       f"|---|---|---|---|\n{rows}")
     progress(1.0, "done")
     return out
