@@ -35,4 +35,4 @@ train-mini: install
 	$(PY) -m model.train_mini
 
 evaluate: install
-	$(PY) -m model.evaluate
+	$(PY) bench/quality.py
