@@ -194,7 +194,9 @@ def test_search_then_budget_slider_reranks(server, browser_page):
 
 def test_open_a_result_shows_why_it_matched(server, browser_page):
     page = browser_page.page
-    page.locator("#me-results .thumbnail-item").first.click()
+    # A photo, when one is in the results: its explanation shows the visual tokenizer's maps.
+    photos = [i for i, c in enumerate(captions(page)) if c.endswith(".jpg")]
+    page.locator("#me-results .thumbnail-item").nth(photos[0] if photos else 0).click()
     page.wait_for_selector("#me-heatmap .js-plotly-plot", state="visible")
     page.wait_for_selector("#me-bars .js-plotly-plot", state="visible")
     assert page.locator("#me-heatmap .js-plotly-plot .heatmaplayer").count() >= 1
