@@ -22,10 +22,10 @@ from torch import Tensor
 __all__ = ["CandidateStore", "explain", "maxsim"]
 
 _STORE_DTYPE = torch.bfloat16
-# Elements of the bf16 running-max block (query rows x candidates) scored at once: 2M elements = 4 MiB,
-# so the two live blocks stay cache-resident and memory is bounded whatever N is. Measured in
-# bench/maxsim.py; larger blocks did not help and smaller ones pay per-call overhead.
-_BLOCK_ELEMENTS = 1 << 21
+# Bound on each scoring buffer (query rows x candidates [x grouped vectors]): 16M bf16 elements = 32 MiB.
+# Scoring memory stays bounded whatever N is, while blocks are big enough to keep the op count low
+# (see _score_vector_major and bench/maxsim.py --variants).
+_BLOCK_ELEMENTS = 1 << 24
 # Elements of one converted or gathered [r_c, k, D] slice (16M = 32 MiB of bf16): functional maxsim and
 # scoring by indices copy candidates into the fast layout slice by slice, so memory stays bounded.
 _GATHER_ELEMENTS = 1 << 24
@@ -134,15 +134,52 @@ def _query_rows(q: Tensor, r_q: int) -> Tensor:
 def _score_vector_major(rows: Tensor, vm: Tensor, bq: int, r_q: int, r_c: int) -> Tensor:
     """MaxSim of query rows [Bq*r_q, D] against vector-major candidates vm [>=r_c, n, D] -> [Bq, n] fp32.
 
-    For each candidate chunk: S_0 = rows @ vm[0].T, then S = max(S, rows @ vm[j].T) for j < r_c, and
-    finally sum over each query's r_q rows. One GEMM per candidate vector keeps every operand contiguous
-    and the running max is an elementwise op over a cache-sized block; a single [r_q, r_c*chunk] GEMM
-    followed by amax over a strided axis measured several times slower.
+    Running max over the candidate vectors: S = max_j rows @ vm[j].T, then each query sums its r_q rows.
+    The number of torch ops matters more than anything else once other processes share the cores (each
+    op is a two-thread parallel region that waits for both threads), so ops are made as large as the
+    memory bound allows:
+    - candidates are taken in chunks of up to _BLOCK_ELEMENTS // rows (usually all of them at once);
+    - when a chunk is the whole set and the vectors lie back to back (no spare capacity), vm[j0:j1] is
+      one [k*n, D] matrix, so one GEMM covers k vectors and one amax folds them.
     """
-    n = vm.shape[1]
+    n, d = vm.shape[1], vm.shape[2]
     out = torch.empty(bq, n, dtype=torch.float32)
     if n == 0:
         return out
+    n_rows = rows.shape[0]
+    chunk = min(n, max(1024, _BLOCK_ELEMENTS // n_rows))
+    group, flat = 1, None
+    if chunk == n and r_c > 1 and vm[:r_c].is_contiguous():
+        group = max(1, min(r_c, _BLOCK_ELEMENTS // (n_rows * n)))
+        flat = vm[:r_c].view(r_c * n, d)
+    run_buf = torch.empty(n_rows * chunk, dtype=rows.dtype)
+    sim_buf = torch.empty(n_rows * chunk * group, dtype=rows.dtype) if r_c > 1 else None
+    max_buf = torch.empty(n_rows * chunk, dtype=rows.dtype) if group > 1 and r_c > group else None
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        m = e - s
+        # Flat buffers viewed at the exact size: a shorter last chunk must stay contiguous for out=.
+        run = run_buf[: n_rows * m].view(n_rows, m)
+        for j0 in range(0, r_c, group):
+            j1 = min(r_c, j0 + group)
+            k = j1 - j0
+            block = vm[j0, s:e] if flat is None else flat[j0 * n : j1 * n]
+            if j0 == 0 and k == 1:
+                torch.mm(rows, block.T, out=run)
+                continue
+            sim = sim_buf[: n_rows * k * m].view(n_rows, k * m)
+            torch.mm(rows, block.T, out=sim)
+            if j0 == 0:
+                torch.amax(sim.view(n_rows, k, m), dim=1, out=run)
+                continue
+            if k > 1:
+                best = max_buf[: n_rows * m].view(n_rows, m)
+                torch.amax(sim.view(n_rows, k, m), dim=1, out=best)
+            else:
+                best = sim
+            torch.maximum(run, best, out=run)
+        torch.sum(run.view(bq, r_q, m), dim=1, dtype=torch.float32, out=out[:, s:e])
+    return out
     n_rows = rows.shape[0]
     chunk = max(1024, _BLOCK_ELEMENTS // n_rows)
     chunk = min(chunk, n)
