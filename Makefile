@@ -30,6 +30,9 @@ bench: install
 	$(PY) bench/maxsim.py
 	$(PY) bench/search.py
 	$(PY) bench/visual.py
+	$(PY) bench/mini.py
+	$(PY) bench/app.py rerank
+	$(PY) bench/app.py coldstart
 
 train-mini: install
 	$(PY) -m model.train_mini
