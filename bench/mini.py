@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/mini.py [--photos DIR] [--checkpoint PATH]
 
-Photos: by default the app's sample photos (assets/examples), each re-encoded untimed as a 1600x1200 JPEG
+Photos: by default the app's sample photos (assets/examples, JPEGs only), each re-encoded untimed as a 1600x1200 JPEG
 so the timed run decodes camera-sized files; OCR runs only where the text gate fires (as when indexing).
 Queries: short photo/document queries written here. Prints a markdown table for docs/benchmarks.md.
 """
@@ -48,7 +48,8 @@ def main() -> None:
 
     loads = [load_seconds(opts.checkpoint) for _ in range(3)]
     model = MetaEmbed.from_pretrained(opts.checkpoint, device="cpu")
-    sources = sorted(x for x in Path(opts.photos).rglob("*") if x.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    # Photos only (JPEG): the target is for photos without OCR; screenshots (PNG) would run OCR.
+    sources = sorted(x for x in Path(opts.photos).rglob("*") if x.suffix.lower() in {".jpg", ".jpeg"})
     with tempfile.TemporaryDirectory() as tmp:
         files = []
         for i in range(opts.n):

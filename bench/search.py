@@ -4,6 +4,8 @@
     python bench/search.py large [--n 1000000]          synthetic collection: first stage + re-rank (cold and
                                                         warm page cache), recall@10 against exact search
     python bench/search.py indexing [--n 64]            ingest+encode+commit vs the encoder alone
+    python bench/search.py devset [--depths 10 20 50]   the dev collection with the bundled model: recall@10
+                                                        of the forced two-stage search against exact search
 
 `--threads 1` pins torch to one thread (steadier on a shared machine); `large --keep DIR` builds the
 synthetic index (16 GiB at a million items) once into DIR and reuses it, with its exact ground truth;
@@ -262,9 +264,39 @@ def bench_indexing(args: argparse.Namespace) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def bench_devset(args: argparse.Namespace) -> None:
+    import json
+
+    from app.index import checkpoint_id
+    from app.indexing import index_paths
+    from model import MetaEmbed
+
+    data = Path(__file__).resolve().parent.parent / "tests" / "data" / "devset"
+    queries = [q["query"] for q in json.loads((data / "queries.json").read_text())]
+    model = MetaEmbed.from_pretrained(device="cpu")
+    root = Path(tempfile.mkdtemp(prefix="bench-devset-", dir=args.tmp))
+    try:
+        index = Index.create(root / "idx", checkpoint_id(model), model.config.num_candidate_tokens,
+                             model.config.embed_dim)
+        index_paths(model, index, [data / "photos", data / "documents"])
+        qv = model.encode_queries(queries)
+        budget = model.config.presets[-1]
+        exact = [[r for r, _ in index.search(q, budget, 10, exact=True)] for q in qv]
+        print(f"dev collection: {len(index)} items, {len(queries)} queries, budget {budget}")
+        print("| first-stage depth | recall@10 vs exact |")
+        print("|---|---|")
+        for depth in args.depths:
+            hits = [len(set(e) & {r for r, _ in index.search(q, budget, 10, exact=False, depth=depth)})
+                    / max(1, len(e)) for q, e in zip(qv, exact, strict=True)]
+            print(f"| {depth} | {statistics.mean(hits):.3f} |")
+        index.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["exact", "large", "indexing"])
+    parser.add_argument("what", choices=["exact", "large", "indexing", "devset"])
     parser.add_argument("--n", type=int, nargs="+", default=None)
     parser.add_argument("--chunk", type=int, default=65536, help="items per add (large)")
     parser.add_argument("--queries", type=int, default=30)
@@ -279,8 +311,8 @@ def main() -> None:
     print(f"torch threads {torch.get_num_threads()}, load average before: {os.getloadavg()[0]:.1f} "
           f"(other processes share the {os.cpu_count()} cores)")
     if args.n is None:
-        args.n = {"exact": [10_000], "large": [1_000_000], "indexing": [64]}[args.what]
-    {"exact": bench_exact, "large": bench_large, "indexing": bench_indexing}[args.what](args)
+        args.n = {"exact": [10_000], "large": [1_000_000], "indexing": [64], "devset": [0]}[args.what]
+    {"exact": bench_exact, "large": bench_large, "indexing": bench_indexing, "devset": bench_devset}[args.what](args)
 
 
 if __name__ == "__main__":
