@@ -27,7 +27,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,26 +37,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+from bench.search import Meta  # noqa: E402  (the fields Index.add reads from an ingest Item)
+
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
-
-
-@dataclass
-class Meta:
-    """The fields Index.add reads from an ingest Item."""
-
-    source: str
-    content_hash: str
-    thumbnail: bytes
-    kind: str = "image"
-    title: str = "synthetic.jpg"
-    page: int | None = None
-    passage: int | None = None
-    char_span: tuple[int, int] | None = None
-    size_bytes: int = 0
-    text: str | None = None
-    words: list = field(default_factory=list)
 
 
 MOVE_JS = """(step) => new Promise((resolve) => {
@@ -112,7 +96,7 @@ def fill_collection(studio, n: int, seed: int = 0) -> None:
         m = min(2000, n - start)
         vecs = torch.nn.functional.normalize(torch.randn(m, engine.num_candidate_vectors, engine.dim, generator=gen),
                                              dim=-1)
-        items = [Meta(f"/bench/{i}.jpg", hashlib.sha256(f"bench:{i}".encode()).hexdigest(), thumbnail(i),
+        items = [Meta(f"/bench/{i}.jpg", hashlib.sha256(f"bench:{i}".encode()).hexdigest(), thumbnail=thumbnail(i),
                       title=f"photo-{i:05d}.jpg") for i in range(start, start + m)]
         idx.add(items, vecs)
 
