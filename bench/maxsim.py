@@ -1,0 +1,264 @@
+"""Speed of MaxSim scoring: CandidateStore.maxsim against a naive einsum reference, at every preset budget.
+
+    .venv/bin/python bench/maxsim.py [--n 100000] [--repeats 7] [--batches 1 8] [--variants]
+
+Candidates are random L2-normalised [N, 64, 128] vectors, queries [Bq, 16, 128]. For each budget the script
+times our store (vector-major bf16, one GEMM per candidate vector folded by a running max) and, in the same
+run, the naive reference: fp32 `torch.einsum` over the slice c[:, :r_c] of an [N, 64, D] array, max over r_c
+and sum over r_q (for Bq > 1, one query at a time so its [N, r_q, r_c] intermediate stays affordable).
+Repeats alternate ours/naive so background load hits both alike; the median of the repeats is reported
+after one warm-up. --variants also times the other formulations that were tried (see docs/benchmarks.md).
+Prints markdown tables ready to paste.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+import model.scoring as scoring  # noqa: E402
+from model.config import DEFAULT_GROUPS  # noqa: E402
+from model.scoring import CandidateStore  # noqa: E402
+
+# Targets for one query on the 2-core reference machine (see docs/benchmarks.md).
+MIN_SPEEDUP, MIN_SPEEDUP_FULL, MIN_RATE_FULL = 2.0, 1.5, 300_000
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def make_candidates(n: int, rc: int, d: int, seed: int) -> torch.Tensor:
+    """[N, R_c, D] fp32 unit vectors, normalised in slices to keep the peak memory at one copy."""
+    g = torch.Generator().manual_seed(seed)
+    c = torch.empty(n, rc, d)
+    step = 8192
+    for s in range(0, n, step):
+        part = c[s : s + step]
+        part.normal_(generator=g)
+        part.div_(part.norm(dim=-1, keepdim=True))
+    return c
+
+
+def vector_major_bf16(c: torch.Tensor) -> torch.Tensor:
+    vm = torch.empty(c.shape[1], c.shape[0], c.shape[2], dtype=torch.bfloat16)
+    step = 8192
+    for s in range(0, c.shape[0], step):
+        vm[:, s : s + step] = c[s : s + step].transpose(0, 1)
+    return vm
+
+
+def naive(q: torch.Tensor, c32: torch.Tensor, r_q: int, r_c: int) -> torch.Tensor:
+    rows = []
+    for one in q:
+        sim = torch.einsum("qd,nrd->nqr", one[:r_q], c32[:, :r_c])
+        rows.append(sim.amax(dim=2).sum(dim=1))
+    return torch.stack(rows)
+
+
+def time_pair(fns: list[Callable[[], object]], repeats: int) -> list[float]:
+    """Median seconds of each fn; one warm-up each, then repeats interleaved across fns."""
+    for fn in fns:
+        fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - t)
+    return [statistics.median(ts) for ts in times]
+
+
+# --- alternative formulations (--variants) ----------------------------------------------------------------
+
+
+def alt_one_gemm(rows: torch.Tensor, blocks: torch.Tensor, r_q: int, r_c: int) -> torch.Tensor:
+    """One GEMM per chunk against a contiguous [r_c*chunk, D] block, then amax over the r_c axis.
+
+    blocks: chunk-major [N/chunk, r_c, chunk, D] copy, so each chunk's block is contiguous.
+    """
+    nchunks, _, chunk, d = blocks.shape
+    out = torch.empty(nchunks, chunk)
+    for i in range(nchunks):
+        sim = (rows @ blocks[i].view(-1, d).T).view(r_q, r_c, chunk)
+        out[i] = sim.amax(dim=1).sum(dim=0, dtype=torch.float32)
+    return out.view(1, -1)
+
+
+def alt_bmm(rows: torch.Tensor, vm: torch.Tensor, r_q: int, r_c: int, chunk: int) -> torch.Tensor:
+    """Batched GEMM over the r_c vectors of a chunk, then amax over the batch axis."""
+    n = vm.shape[1]
+    out = torch.empty(1, n)
+    rows_t = rows.T.unsqueeze(0).expand(r_c, -1, -1)
+    for s in range(0, n, chunk):
+        sim = torch.bmm(vm[:r_c, s : s + chunk], rows_t)  # [r_c, chunk, r_q]
+        out[0, s : s + chunk] = sim.amax(dim=0).sum(dim=1, dtype=torch.float32)
+    return out
+
+
+def alt_transposed(rows: torch.Tensor, vmt: torch.Tensor, r_q: int, r_c: int, chunk: int) -> torch.Tensor:
+    """Running max like ours, but over a pre-transposed [R_c, D, N] layout (plain NN GEMMs)."""
+    n = vmt.shape[2]
+    out = torch.empty(1, n)
+    for s in range(0, n, chunk):
+        run = rows @ vmt[0, :, s : s + chunk]
+        for j in range(1, r_c):
+            torch.maximum(run, rows @ vmt[j, :, s : s + chunk], out=run)
+        out[0, s : s + chunk] = run.sum(dim=0, dtype=torch.float32)
+    return out
+
+
+def alt_per_vector(rows: torch.Tensor, vm: torch.Tensor, r_q: int, r_c: int) -> torch.Tensor:
+    """One GEMM per candidate vector over the whole set, folded by an elementwise running max (ours
+    without grouping vectors into one GEMM: twice the ops)."""
+    run = rows @ vm[0].T
+    for j in range(1, r_c):
+        torch.maximum(run, rows @ vm[j].T, out=run)
+    return run.sum(dim=0, dtype=torch.float32)[None]
+
+
+def variant_fns(q: torch.Tensor, vm: torch.Tensor, r_q: int, r_c: int, sizes: list[int], chunk: int) -> list:
+    """Callables for one budget: ours at each block size, then the alternatives (same order as names)."""
+    n, d = vm.shape[1], vm.shape[2]
+    rows = q[0, :r_q].to(torch.bfloat16)
+    store = CandidateStore.from_vector_major(vm[:r_c])
+    blocks = vm[:r_c, : n - n % chunk].reshape(r_c, -1, chunk, d).transpose(0, 1).contiguous()
+    vmt = vm[:r_c].transpose(1, 2).contiguous()
+    vm32 = vm[:r_c].float()
+
+    def ours(size: int) -> object:
+        scoring._BLOCK_ELEMENTS = size
+        return store.maxsim(q[:1], (r_q, r_c))
+
+    return [lambda size=size: ours(size) for size in sizes] + [
+        lambda: alt_per_vector(rows, vm, r_q, r_c),
+        lambda: alt_one_gemm(rows, blocks, r_q, r_c),
+        lambda: alt_bmm(rows, vm, r_q, r_c, chunk),
+        lambda: alt_transposed(rows, vmt, r_q, r_c, n),
+        lambda: scoring._score_vector_major(q[0, :r_q].float(), vm32, 1, r_q, r_c),
+    ]
+
+
+def run_variants(q: torch.Tensor, vm: torch.Tensor, repeats: int) -> None:
+    n = vm.shape[1]
+    chunk = 4096
+    budgets = [(8, 16), (16, 64)]
+    default = scoring._BLOCK_ELEMENTS
+    sizes = [default >> 2, default, default << 2]
+    names = [
+        f"ours, buffers of {s >> 20}M elements" + (" (default)" if s == default else "") for s in sizes
+    ] + [
+        "one GEMM per vector + running max, whole set",
+        f"one GEMM per chunk-major [r_c*{chunk}, D] block + amax",
+        f"bmm over the r_c vectors + amax, chunks of {chunk}",
+        "one GEMM per vector, pre-transposed [R_c, D, N] layout",
+        "ours on an fp32 store",
+    ]
+    scored = [n] * len(sizes) + [n, n - n % chunk, n, n, n]
+    results: dict[str, list[str]] = {name: [] for name in names}
+    try:
+        for r_q, r_c in budgets:
+            fns = variant_fns(q, vm, r_q, r_c, sizes, chunk)
+            want = fns[1]()
+            for name, fn, count in zip(names, fns, scored, strict=True):
+                if not torch.allclose(fn(), want[:, :count], rtol=1e-2, atol=1e-2):
+                    raise SystemExit(f"variant {name!r} disagrees with CandidateStore.maxsim at {(r_q, r_c)}")
+            secs = time_pair(fns, repeats)
+            for name, sec, count in zip(names, secs, scored, strict=True):
+                results[name].append(f"{count / sec:,.0f}")
+    finally:
+        scoring._BLOCK_ELEMENTS = default
+    print(f"\nFormulations, one query, candidates/s (median), load average now {os.getloadavg()[0]:.2f}:\n")
+    print("| formulation | " + " | ".join(f"({a}, {b})" for a, b in budgets) + " |")
+    print("|---|" + "---:|" * len(budgets))
+    for name in names:
+        print(f"| {name} | " + " | ".join(results[name]) + " |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=100_000, help="number of candidates")
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--rq", type=int, default=16)
+    ap.add_argument("--rc", type=int, default=64)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="query batch sizes")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument(
+        "--batch-repeats", type=int, default=3, help="repeats for batches > 1 (the naive loop is slow there)"
+    )
+    ap.add_argument("--variants", action="store_true", help="also time the alternative formulations")
+    args = ap.parse_args()
+
+    load_before = os.getloadavg()
+    c32 = make_candidates(args.n, args.rc, args.dim, seed=0)
+    store = CandidateStore.from_vector_major(vector_major_bf16(c32))
+    qs = torch.randn(max(args.batches), args.rq, args.dim, generator=torch.Generator().manual_seed(1))
+    qs = qs / qs.norm(dim=-1, keepdim=True)
+    budgets = [b for b in DEFAULT_GROUPS if b[0] <= args.rq and b[1] <= args.rc]
+
+    print(f"# MaxSim speed, {datetime.date.today().isoformat()}")
+    print(
+        f"CPU: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"N={args.n:,}, D={args.dim}, R_q={args.rq}, R_c={args.rc}; median of {args.repeats} after 1 warm-up"
+    )
+    print(f"load average before: {load_before[0]:.2f}\n")
+    print(
+        "| batch | budget (r_q, r_c) | ours (ms) | ours candidates/s | naive (ms) | naive candidates/s | speedup |"
+    )
+    print("|---:|---|---:|---:|---:|---:|---:|")
+    misses = []
+    for bq in args.batches:
+        q = qs[:bq]
+        for r_q, r_c in budgets:
+            ours = store.maxsim(q, (r_q, r_c))
+            ref = naive(q, c32, r_q, r_c)
+            err = float(((ours - ref).abs() / ref.abs().clamp_min(1.0)).max())
+            if err > 1e-2:
+                raise SystemExit(f"scores disagree with the naive reference at {(r_q, r_c)}: {err:.3g}")
+            t_ours, t_naive = time_pair(
+                [lambda q=q, b=(r_q, r_c): store.maxsim(q, b), lambda q=q, a=r_q, b=r_c: naive(q, c32, a, b)],
+                args.repeats if bq == 1 else args.batch_repeats,
+            )
+            # Per query: batch b scores b*N query-candidate pairs.
+            rate, rate_naive = bq * args.n / t_ours, bq * args.n / t_naive
+            speedup = t_naive / t_ours
+            print(
+                f"| {bq} | ({r_q}, {r_c}) | {t_ours * 1e3:.1f} | {rate:,.0f} | {t_naive * 1e3:.1f} | "
+                f"{rate_naive:,.0f} | {speedup:.2f}x |",
+                flush=True,
+            )
+            if bq == 1:
+                full = (r_q, r_c) == (args.rq, args.rc)
+                need = MIN_SPEEDUP_FULL if full else MIN_SPEEDUP
+                if speedup < need:
+                    misses.append(f"({r_q}, {r_c}): speedup {speedup:.2f}x < {need}x")
+                if full and rate < MIN_RATE_FULL:
+                    misses.append(f"({r_q}, {r_c}): {rate:,.0f} candidates/s < {MIN_RATE_FULL:,}")
+    print("\n(batch b: candidates/s counts b x N query-candidate pairs per second)")
+    print(f"\nload average after: {os.getloadavg()[0]:.2f}")
+    print("targets (batch 1): " + ("all met" if not misses else "MISSED: " + "; ".join(misses)))
+    if args.variants:
+        del c32
+        run_variants(qs, store.vector_major(), args.repeats)
+
+
+if __name__ == "__main__":
+    main()
