@@ -5,9 +5,9 @@ the first r_c candidate vectors. Everything here is inference-only (no autograd)
 
 Speed comes from the candidate layout: `CandidateStore` keeps candidates vector-major, ``[R_c, N, D]``
 in bf16, so the j-th vector of every candidate is one contiguous ``[N, D]`` matrix and any budget prefix
-``[:r_c]`` is a contiguous block. Scoring is then r_c plain bf16 GEMMs of the query rows against those
-matrices, folded with an elementwise running max (see bench/maxsim.py and docs/benchmarks.md for the
-formulations that were measured and lost).
+``[:r_c]`` is a contiguous block. Scoring is then plain bf16 GEMMs of the query rows against those
+matrices (several vectors per GEMM when they lie back to back), folded with a running max; see
+`_score_vector_major`, bench/maxsim.py and docs/benchmarks.md for the formulations measured against it.
 """
 
 from __future__ import annotations
