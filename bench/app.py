@@ -130,6 +130,16 @@ def bench_rerank(n: int, moves: int) -> None:
                 gallery_value(studio, hits, None)
                 full.append((time.perf_counter() - t) * 1000)
             print(f"  {preset}: {statistics.median(rank):6.1f} ms | {statistics.median(full):6.1f} ms")
+        # A new text search: encode the query (never seen before, so no cache) and rank at the largest budget.
+        fresh = [f"{w} near the {p}" for w in ("boats", "a cat", "red flowers", "mountains", "an old bridge")
+                 for p in ("lake", "house", "road", "sea")]
+        texts = []
+        for q in fresh:
+            t = time.perf_counter()
+            studio.search(studio.encode_query(q), None, *studio.engine.presets[-1], k=24)
+            texts.append((time.perf_counter() - t) * 1000)
+        print(f"text search, encode + rank at {studio.engine.presets[-1]} over {n} items "
+              f"(median of {len(fresh)} new queries): {statistics.median(texts):.1f} ms, max {max(texts):.1f} ms")
 
         port = free_port()
         launch(studio, demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
