@@ -31,7 +31,7 @@ from model import MetaEmbed  # noqa: E402
 from model.scoring import CandidateStore  # noqa: E402
 
 
-def unit_of(item: Item, root: Path) -> str:
+def unit_of(item: Item) -> str:
     name = Path(item.source).name
     return f"{name}#page={item.page}" if item.page is not None and name.lower().endswith(".pdf") else name
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.time()
     report = ingest([data / d for d in sorted(os.listdir(data)) if (data / d).is_dir()])
     items = report.items
-    units = [unit_of(it, data) for it in items]
+    units = [unit_of(it) for it in items]
     model = MetaEmbed.from_pretrained(opts.checkpoint, device="cpu")
     cands = [encoder_input(it) for it in items]
     cvec = model.encode_candidates(cands, progress=True)
