@@ -88,7 +88,8 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
     def meta_init(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Initial meta-token embeddings [num, H]: small noise around a typical input embedding."""
+        """Initial meta-token embeddings [num, H]: the mean input embedding plus noise at the embedding table's own
+        per-coordinate spread, so each meta token starts distinct and within the range the backbone expects."""
         emb = self.input_embeddings().weight.detach().float()
         center = emb.mean(0)
         scale = emb.std().item()
