@@ -20,6 +20,7 @@ import torch
 from app.sessions import UploadLimits, safe_filename, unique_child
 from model.scoring import maxsim
 from tests.index_helpers import checkpoint_folder
+from tests.test_ingest import make_pdf as pdf_pages
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "assets" / "examples"
@@ -34,24 +35,7 @@ def free_port() -> int:
 
 def make_pdf(lines: list[tuple[float, float, float, str]]) -> bytes:
     """A one-page PDF with a real text layer (Helvetica lines at x, y, size)."""
-    ops = "\n".join(f"BT /F1 {size} Tf {x} {y} Td ({text}) Tj ET" for x, y, size, text in lines).encode("latin-1")
-    objs = {
-        1: b"<< /Type /Catalog /Pages 2 0 R >>",
-        2: b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        3: b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 5 0 R >> >> "
-           b"/Contents 4 0 R >>",
-        4: b"<< /Length %d >>\nstream\n" % len(ops) + ops + b"\nendstream",
-        5: b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-    }
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = {}
-    for num in sorted(objs):
-        offsets[num] = len(out)
-        out += b"%d 0 obj\n" % num + objs[num] + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 6\n0000000000 65535 f \n" + b"".join(b"%010d 00000 n \n" % offsets[n] for n in range(1, 6))
-    out += b"trailer\n<< /Size 6 /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % xref
-    return bytes(out)
+    return pdf_pages([lines])
 
 
 @pytest.fixture(scope="module")
