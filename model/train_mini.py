@@ -64,10 +64,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate")
     p.add_argument("--new-lr", type=float, default=3e-3, help="meta tokens + projection learning rate")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-minutes", type=float, default=50.0,
+    p.add_argument("--max-minutes", type=float, default=28.0,
                    help="wall-clock budget for the optimisation; the LR schedule anneals by time (0 = no limit, "
                         "then exactly --steps steps for a bit-for-bit rerun)")
-    p.add_argument("--distill", type=float, default=1.0,
+    p.add_argument("--distill", type=float, default=0.25,
                    help="weight of score distillation from the mean-pooled MiniLM (0 = the plain MMR loss)")
     p.add_argument("--pairs-out", default=None, help="also write the generated pairs to this JSONL file")
     opts = p.parse_args(argv)
