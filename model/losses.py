@@ -23,7 +23,7 @@ def mmr_loss(
     temperature: float = 0.03,
     ignore: torch.Tensor | None = None,
     teacher: torch.Tensor | None = None,
-    distill_weight: float = 1.0,
+    distill_weight: float | torch.Tensor = 1.0,
 ) -> tuple[torch.Tensor, dict[tuple[int, int], float]]:
     """Sum over groups of weight * InfoNCE(MaxSim(q[:, :r_q], cands[:, :r_c]) / temperature).
 
@@ -32,7 +32,8 @@ def mmr_loss(
     candidates known to be relevant to it too (false negatives). `teacher` ([B, N] logits of a teacher model
     over the same candidates) adds, per group, distill_weight * KL(softmax(teacher) || softmax(student)): an
     optional auxiliary term (off by default) that transfers a teacher's full in-batch ranking, false
-    negatives included. Returns the total loss and each group's value.
+    negatives included; a [B] tensor of weights weighs each query's KL on its own (the batch mean of
+    weight * KL). Returns the total loss and each group's value.
     """
     if q.ndim != 3 or pos.ndim != 3 or q.shape[0] != pos.shape[0]:
         raise ValueError(f"expected q [B, Rq, D] and pos [B, Rc, D] with the same B, got {tuple(q.shape)} "
@@ -48,6 +49,9 @@ def mmr_loss(
             raise ValueError(f"ignore mask {tuple(ignore.shape)} must be [B, N] = {(q.shape[0], cands.shape[0])}")
         ignore = ignore.to(q.device) & ~torch.eye(q.shape[0], cands.shape[0], dtype=torch.bool, device=q.device)
     target = torch.arange(q.shape[0], device=q.device)
+    if teacher is not None:
+        teacher_logp = F.log_softmax(teacher.float(), -1)
+        row_weight = torch.as_tensor(distill_weight, dtype=torch.float32, device=q.device).expand(q.shape[0])
     total = q.new_zeros(())
     parts = {}
     for (r_q, r_c), w in zip(groups, weights):
@@ -57,8 +61,8 @@ def mmr_loss(
         logits = raw.masked_fill(ignore, float("-inf")) if ignore is not None else raw
         loss = F.cross_entropy(logits, target)
         if teacher is not None:
-            loss = loss + distill_weight * F.kl_div(F.log_softmax(raw, -1), F.log_softmax(teacher.float(), -1),
-                                                    log_target=True, reduction="batchmean")
+            kl = F.kl_div(F.log_softmax(raw, -1), teacher_logp, log_target=True, reduction="none").sum(-1)
+            loss = loss + (row_weight * kl).mean()
         parts[(r_q, r_c)] = loss.item()
         total = total + w * loss
     return total, parts

@@ -123,6 +123,11 @@ def test_load_rows_reports_the_bad_line(tmp_path):
     path.write_text('{"query": "a", "positive": "b"}\nnot json\n')
     with pytest.raises(ValueError, match="bad.jsonl:2: not valid JSON"):
         load_rows(path)
+    path.write_text('{"query": "a", "positive": "b", "distill": 0.5}\n{"query": "a", "positive": "b", "distill": "x"}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:2: 'distill'"):
+        load_rows(path)
+    path.write_text('{"query": "a", "positive": "b", "distill": 0.5}\n')
+    assert load_rows(path)[0]["distill"] == 0.5
 
 
 def test_load_rows_resolves_image_paths(tmp_path):
@@ -170,3 +175,17 @@ def test_distillation_term_is_zero_when_student_matches_teacher():
     assert float(same) == pytest.approx(float(plain), abs=1e-5)
     other, _ = mmr_loss(q, pos, neg, groups=[(2, 4)], teacher=torch.zeros_like(student))
     assert float(other) > float(plain) + 1e-3  # a uniform teacher disagrees with a peaked student
+
+
+def test_per_row_distillation_weights():
+    q, pos, neg = _unit(4, 2, 8, seed=11), _unit(4, 4, 8, seed=12), _unit(4, 4, 8, seed=13)
+    teacher = torch.randn(4, 8, generator=torch.Generator().manual_seed(14))
+    plain, _ = mmr_loss(q, pos, neg, groups=[(2, 4)])
+    scalar, _ = mmr_loss(q, pos, neg, groups=[(2, 4)], teacher=teacher, distill_weight=0.5)
+    rows, _ = mmr_loss(q, pos, neg, groups=[(2, 4)], teacher=teacher, distill_weight=torch.full((4,), 0.5))
+    assert float(rows) == pytest.approx(float(scalar), abs=1e-5)
+    off, _ = mmr_loss(q, pos, neg, groups=[(2, 4)], teacher=teacher, distill_weight=torch.zeros(4))
+    assert float(off) == pytest.approx(float(plain), abs=1e-5)
+    # Only the first query distilled: between nothing and everything at the same weight.
+    one, _ = mmr_loss(q, pos, neg, groups=[(2, 4)], teacher=teacher, distill_weight=torch.tensor([2.0, 0, 0, 0]))
+    assert float(plain) < float(one)
