@@ -98,6 +98,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         files = len({e.path for e in run.indexed})
         print(f"Indexed {len(run.indexed)} items from {files} files in {seconds:.1f} s; "
               f"{len(run.skipped_duplicates)} already indexed or duplicate; {len(run.errors)} failed.")
+        for source in run.replaced:
+            print(f"  replaced the older version of {source}")
         for note in run.notes:
             print(f"  note: {note.note}")
         for error in run.errors:

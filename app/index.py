@@ -90,7 +90,8 @@ CREATE TABLE IF NOT EXISTS items (
     added REAL NOT NULL,
     thumbnail TEXT,
     text TEXT,
-    words TEXT NOT NULL
+    words TEXT NOT NULL,
+    file_sha256 TEXT
 );
 CREATE INDEX IF NOT EXISTS items_path ON items(path);
 CREATE INDEX IF NOT EXISTS items_segment ON items(segment, slot);
@@ -316,7 +317,20 @@ class Index:
         self._open_segments: dict[str, np.ndarray] = {}
         self._first_stage = None  # FirstStage, built on demand
         self._writes = 0  # our own commits, which PRAGMA data_version does not count
+        self._versioned = self._record_versions()
         self._lock = threading.RLock()
+
+    def _record_versions(self) -> bool:
+        """Indexes made before file versions were recorded get the column; False where that cannot be
+        written (a read-only index), and then no version is ever called stale."""
+        columns = {r["name"] for r in self._conn.execute("PRAGMA table_info(items)")}
+        if "file_sha256" in columns:
+            return True
+        try:
+            self._conn.execute("ALTER TABLE items ADD COLUMN file_sha256 TEXT")
+        except sqlite3.OperationalError:  # read-only, or another process added it a moment ago
+            return "file_sha256" in {r["name"] for r in self._conn.execute("PRAGMA table_info(items)")}
+        return True
 
     # ---- opening ------------------------------------------------------------------------------------
     @classmethod
@@ -424,6 +438,16 @@ class Index:
         else:
             rows = self._conn.execute(f"SELECT {_ITEM_COLUMNS} FROM items WHERE path = ? ORDER BY rowid", (path,))
         return [_row_to_item(r) for r in rows]
+
+    @_locked
+    def stale_ids(self, path: str, file_hash: str) -> list[str]:
+        """Ids of the items of source `path` that came from another version of the file than `file_hash`
+        (items indexed before versions were recorded are never called stale)."""
+        if not self._versioned:
+            return []
+        rows = self._conn.execute("SELECT id FROM items WHERE path = ? AND file_sha256 IS NOT NULL "
+                                  "AND file_sha256 != ?", (path, file_hash))
+        return [r[0] for r in rows]
 
     @_locked
     def get(self, item_id: str) -> IndexedItem:
@@ -736,11 +760,11 @@ class Index:
                                            (thumb, sqlite3.Binary(it.thumbnail)))
                     self._conn.execute(
                         "INSERT INTO items(id, content_hash, segment, slot, path, kind, title, page, passage, "
-                        "char_start, char_end, size_bytes, added, thumbnail, text, words) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "char_start, char_end, size_bytes, added, thumbnail, text, words, file_sha256) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (item_id, it.content_hash, seg_id, slot, it.source, it.kind, it.title, it.page,
                          it.passage, span[0], span[1], int(it.size_bytes), now, thumb, it.text,
-                         _words_json(it.words)),
+                         _words_json(it.words), getattr(it, "file_hash", "") or None),
                     )
             self._merge_tail()
         return ids

@@ -2,7 +2,9 @@
 
 Each batch is one atomic `Index.add`, so an interrupted run keeps every batch finished before it, and a
 re-run skips them (their content hashes are passed to ingest as known). A batch the model cannot encode
-is retried item by item, so one bad item is reported instead of losing its neighbours.
+is retried item by item, so one bad item is reported instead of losing its neighbours. A file that was
+edited since it was indexed replaces its old version, but only once the new version is fully committed
+and read without errors: until then the old items stay searchable.
 """
 
 from __future__ import annotations
@@ -36,11 +38,13 @@ class IndexRun:
     skipped_duplicates: list[str] = field(default_factory=list)
     errors: list[IngestError] = field(default_factory=list)
     notes: list[IngestNote] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)  # sources whose older version was removed
 
     def to_json(self) -> dict:
         return {
             "indexed": [{"id": e.id, "path": e.path, "page": e.page, "kind": e.kind} for e in self.indexed],
             "skipped_duplicates": list(self.skipped_duplicates),
+            "replaced": list(self.replaced),
             "errors": [{"path": e.path, "error": e.error} for e in self.errors],
             "notes": [{"path": n.path, "note": n.note} for n in self.notes],
         }
@@ -84,19 +88,30 @@ def index_paths(
         if committed and on_commit is not None:
             on_commit(committed)
 
+    versions: dict[str, str] = {}  # source -> sha256 of the file as read now
     for event in iter_ingest(paths, known_hashes=index.known_hashes(), ocr=ocr, progress=progress):
         if isinstance(event, Item):
+            if event.file_hash:
+                versions[event.source] = event.file_hash
             batch.append(event)
             if len(batch) >= batch_size:
                 flush()
         elif isinstance(event, IngestError):
             run.errors.append(event)
         elif isinstance(event, DuplicateSkipped):
+            if event.file_hash:
+                versions[event.path] = event.file_hash
             run.skipped_duplicates.append(event.path)
         else:
             run.notes.append(event)
     if batch:
         flush()
+    failed = {e.path for e in run.errors}
+    for source, file_hash in versions.items():
+        stale = [] if source in failed else index.stale_ids(source, file_hash)
+        if stale:
+            index.remove(stale)
+            run.replaced.append(source)
     return run
 
 

@@ -106,6 +106,7 @@ class Item:
     text: str | None = field(default=None, repr=False)
     thumbnail: bytes = field(default=b"", repr=False)  # JPEG; empty for text-file passages
     words: list[Word] = field(default_factory=list, repr=False)
+    file_hash: str = ""  # sha256 hex of the whole file: which version of the source this item came from
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,7 @@ class IngestError:
 class DuplicateSkipped:
     path: str  # what was skipped; a PDF page reads "<source> (page N)"
     duplicate_of: str  # source of the earlier copy, or "" when it was already in known_hashes
+    file_hash: str = ""  # sha256 hex of the whole file, when the whole file was skipped
 
 
 @dataclass(frozen=True)
@@ -384,7 +386,7 @@ def _ingest_source(src: _Source, state: _BatchState) -> Iterator[IngestEvent]:
             raise _Refused(_empty_message(src.ext))
         file_hash = hashlib.sha256(data).hexdigest()
         if file_hash in state.seen_files:
-            yield DuplicateSkipped(src.source, state.seen_files[file_hash])
+            yield DuplicateSkipped(src.source, state.seen_files[file_hash], file_hash)
             return
         yield from _dispatch(src, data, file_hash, state)
         # Only files read without a file-level error count as seen: a second copy of a broken file
@@ -426,12 +428,12 @@ def _derive_hash(file_hash: str, *parts: object) -> str:
 
 def _image_items(src: _Source, data: bytes, file_hash: str, state: _BatchState) -> Iterator[IngestEvent]:
     if file_hash in state.known:
-        yield DuplicateSkipped(src.source, "")
+        yield DuplicateSkipped(src.source, "", file_hash)
         return
     image = load_image(data, state.limits)
     yield Item(
         source=src.source, kind="image", title=src.title, content_hash=file_hash, size_bytes=len(data),
-        image=image, thumbnail=make_thumbnail(image, state.limits.thumbnail_long_side),
+        file_hash=file_hash, image=image, thumbnail=make_thumbnail(image, state.limits.thumbnail_long_side),
     )
 
 
@@ -564,7 +566,7 @@ def _pdf_items(src: _Source, data: bytes, file_hash: str, state: _BatchState) ->
                              f"(OCR) is not available ({state.ocr_unavailable}); those pages are searchable "
                              "by their image only")
         if skipped and len(skipped) == n_pages:
-            yield DuplicateSkipped(src.source, "")
+            yield DuplicateSkipped(src.source, "", file_hash)
         else:
             for page_no in skipped:
                 yield DuplicateSkipped(f"{src.source} (page {page_no})", "")
@@ -619,7 +621,7 @@ def _pdf_page_items(
     thumbnail = make_thumbnail(image, limits.thumbnail_long_side)
     yield Item(
         source=src.source, kind="pdf_page", title=src.title, content_hash=page_hash, size_bytes=src.size,
-        page=page_no, image=image, text=text or None, thumbnail=thumbnail, words=[w for w, _ in located],
+        file_hash=file_hash, page=page_no, image=image, text=text or None, thumbnail=thumbnail, words=[w for w, _ in located],
     )
     spans = split_passages(text, min_words=limits.passage_min_words, max_words=limits.passage_max_words,
                            max_chars=limits.passage_max_chars)
@@ -631,7 +633,7 @@ def _pdf_page_items(
             continue
         yield Item(
             source=src.source, kind="text", title=src.title, content_hash=passage_hash, size_bytes=src.size,
-            page=page_no, passage=k, char_span=(start, end), image=image, text=text[start:end],
+            file_hash=file_hash, page=page_no, passage=k, char_span=(start, end), image=image, text=text[start:end],
             thumbnail=thumbnail, words=[w for w, at in located if at is not None and start <= at < end],
         )
 
@@ -758,7 +760,7 @@ def _text_items(src: _Source, data: bytes, file_hash: str, state: _BatchState) -
                            max_chars=limits.passage_max_chars)
     hashes = [_derive_hash(file_hash, "passage", k) for k in range(len(spans))]
     if all(h in state.known for h in hashes):
-        yield DuplicateSkipped(src.source, "")
+        yield DuplicateSkipped(src.source, "", file_hash)
         return
     for k, ((start, end), passage_hash) in enumerate(zip(spans, hashes, strict=True)):
         if passage_hash in state.known:
@@ -766,7 +768,7 @@ def _text_items(src: _Source, data: bytes, file_hash: str, state: _BatchState) -
             continue
         yield Item(
             source=src.source, kind="text", title=src.title, content_hash=passage_hash, size_bytes=len(data),
-            passage=k, char_span=(start, end), text=text[start:end],
+            file_hash=file_hash, passage=k, char_span=(start, end), text=text[start:end],
         )
 
 

@@ -481,7 +481,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
                              "score, collection, kind} (use json.loads)")
         api_index_btn.click(api_index, [api_files], api_report, api_name="index",
                             api_description="Add files (photos, PDFs, text, zip) to your collection -> JSON text "
-                            "of {indexed: [{id, path, page, kind}], skipped_duplicates, errors: [{path, error}], "
+                            "of {indexed: [{id, path, page, kind}], skipped_duplicates, replaced, errors: [{path, error}], "
                             "notes} (use json.loads)")
         demo.unload(end_session)
     return demo
@@ -595,6 +595,8 @@ def _report_md(report: dict) -> str:
     lines = [f"**Added {n} item{'s' if n != 1 else ''}.**"]
     if report["skipped_duplicates"]:
         lines.append(f"Skipped {len(report['skipped_duplicates'])} duplicate(s) already in the collection.")
+    if report.get("replaced"):
+        lines.append(f"Replaced the older version of {len(report['replaced'])} edited file(s).")
     if report["errors"]:
         lines.append(f"**{len(report['errors'])} file(s) could not be added:**")
         lines += [f"- {e['error']}" for e in report["errors"]]

@@ -522,13 +522,13 @@ class Studio:
                     copy_in: bool = True, display_names: Sequence[str] | None = None) -> dict:
         """Copy uploads into the collection's folder, ingest, encode and add them.
 
-        Returns the CLI's report: {"indexed": [...], "skipped_duplicates": [...], "errors": [{"path", "error"}]}
-        plus "notes". Paths in the report are relative to the collection (never server paths).
+        Returns the CLI's report: {"indexed": [...], "skipped_duplicates": [...], "replaced": [...],
+        "errors": [{"path", "error"}]} plus "notes". Paths in the report are relative to the collection (never server paths).
         """
         if coll.read_only:
             raise PermissionError(f"{coll.label} is read-only")
         engine = self.engine
-        report: dict = {"indexed": [], "skipped_duplicates": [], "errors": [], "notes": []}
+        report: dict = {"indexed": [], "skipped_duplicates": [], "replaced": [], "errors": [], "notes": []}
         with coll.writing:
             idx = coll.index(engine)
             session_bytes = _folder_bytes(coll.files_dir) if coll.limits.max_session_bytes else 0
@@ -597,6 +597,7 @@ class Studio:
         rep = run.to_json()
         report["indexed"] += [_entry(coll, e["path"], e["page"], e["id"], e["kind"]) for e in rep["indexed"]]
         report["skipped_duplicates"] += [coll.display_path(p) for p in rep["skipped_duplicates"]]
+        report["replaced"] += [coll.display_path(p) for p in rep["replaced"]]
         report["errors"] += [{"path": coll.display_path(e["path"]), "error": e["error"]} for e in rep["errors"]]
         report["notes"] += [{"path": coll.display_path(n["path"]), "note": n["note"]} for n in rep["notes"]]
 
@@ -672,7 +673,7 @@ class Studio:
             todo = [p for p in files if str(p.resolve()) not in have]
             if not todo:
                 return None
-            report: dict = {"indexed": [], "skipped_duplicates": [], "errors": [], "notes": []}
+            report: dict = {"indexed": [], "skipped_duplicates": [], "replaced": [], "errors": [], "notes": []}
             progress(0.0, f"0 of {len(todo)} files")
             self._ingest_encode_add(coll, idx, todo, report, progress)
             return report

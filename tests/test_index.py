@@ -83,6 +83,68 @@ def test_duplicates_are_indexed_once_and_reruns_skip_everything(tmp_path, model)
     assert len(index) == 3 and len(index.known_hashes()) == 3
 
 
+def test_an_edited_file_replaces_its_old_version(tmp_path, model):
+    folder = tmp_path / "in"
+    edited, other = write_texts(folder, 2)
+    index = new_index(tmp_path / "idx", model)
+    index_paths(model, index, [folder], ocr=None)
+    other_ids = [it.id for it in index.items(str(other.resolve()))]
+    edited.write_text("Completely rewritten: the lighthouse keeper's logbook for the winter storms.\n")
+    run = index_paths(model, index, [folder], ocr=None)
+    assert run.replaced == [str(edited.resolve())] and len(run.indexed) == 1
+    assert [it.text for it in index.items(str(edited.resolve()))] == [edited.read_text().strip()]
+    assert [it.id for it in index.items(str(other.resolve()))] == other_ids  # untouched
+    assert len(index) == 2
+    again = index_paths(model, index, [folder], ocr=None)
+    assert again.replaced == [] and again.indexed == [] and len(index) == 2
+
+
+def test_an_edited_file_that_fails_keeps_its_old_version(tmp_path, model):
+    (path,) = write_texts(tmp_path / "in", 1)
+    index = new_index(tmp_path / "idx", model)
+    index_paths(model, index, [path], ocr=None)
+    before = index.items()
+    path.write_bytes(b"binary\x00junk")
+    run = index_paths(model, index, [path], ocr=None)
+    assert run.errors and run.replaced == []
+    assert [it.id for it in index.items()] == [it.id for it in before]
+
+
+def test_an_interrupted_replacement_finishes_on_the_next_run(tmp_path, model):
+    (path,) = write_texts(tmp_path / "in", 1)
+    index = new_index(tmp_path / "idx", model)
+    index_paths(model, index, [path], ocr=None)
+    old_ids = [it.id for it in index.items()]
+    path.write_text("The second version of this note talks about sourdough bread.\n")
+    new_items = ingest([path], ocr=None).items  # the new version got in; the run stopped before the clean-up
+    index.add(new_items, model.encode_candidates([encoder_input(it) for it in new_items]))
+    assert len(index) == 2
+    run = index_paths(model, index, [path], ocr=None)
+    assert run.indexed == [] and run.replaced == [str(path.resolve())]
+    assert [it.id for it in index.items()] != old_ids and len(index) == 1
+
+
+def test_an_index_from_before_file_versions_opens_and_keeps_everything(tmp_path, model):
+    import sqlite3
+
+    (path,) = write_texts(tmp_path / "in", 1)
+    index = new_index(tmp_path / "idx", model)
+    index_paths(model, index, [path], ocr=None)
+    index.close()
+    conn = sqlite3.connect(tmp_path / "idx" / index_module.DB_NAME)
+    conn.execute("ALTER TABLE items DROP COLUMN file_sha256")
+    conn.commit()
+    conn.close()
+    index = Index.open(tmp_path / "idx", checkpoint_id(model))
+    path.write_text("An edited note about mountain huts.\n")
+    run = index_paths(model, index, [path], ocr=None)
+    # Its old items have no recorded version, so they are never called stale; the new one has one.
+    assert run.replaced == [] and len(index) == 2
+    path.write_text("A third version, about rivers.\n")
+    run = index_paths(model, index, [path], ocr=None)
+    assert run.replaced == [str(path.resolve())] and len(index) == 2
+
+
 def test_remove_by_id_file_and_folder_then_reload(tmp_path, model):
     write_texts(tmp_path / "a", 3)
     write_texts(tmp_path / "b", 2, start=10)
