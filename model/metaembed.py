@@ -34,11 +34,11 @@ class MetaEmbed(nn.Module):
         hidden = backbone.hidden_size
         self.proj = nn.Linear(hidden, config.embed_dim, bias=False) if config.embed_dim else None
         if self.proj is not None:
-            # A seeded projection with orthonormal rows: it keeps the inner products of whatever lies in its row
-            # space, so the untrained model already ranks by the backbone's geometry (and seeds make it
-            # reproducible).
+            # A seeded random projection scaled by 1/sqrt(hidden): it roughly preserves inner products, so the
+            # untrained model already ranks by the backbone's geometry (and seeds make it reproducible).
             with torch.no_grad():
-                nn.init.orthogonal_(self.proj.weight, generator=gen)
+                w = torch.randn(config.embed_dim, hidden, generator=gen) * hidden**-0.5
+                self.proj.weight.copy_(w)
 
     # ---- construction -------------------------------------------------------------------------------
     @classmethod

@@ -7,7 +7,6 @@ import torch
 
 from model import MetaEmbed, MetaEmbedConfig
 from model.config import CONFIG_NAME
-from model.scoring import maxsim
 
 TEXTS = ["a dog running on the beach", "red sports car", "how to configure apt sources on Debian"]
 
@@ -149,20 +148,3 @@ def test_checkpoint_for_another_backbone(tmp_path, text_model):
 def test_unknown_backbone_family():
     with pytest.raises(ValueError, match="unknown backbone family"):
         MetaEmbed.from_config(MetaEmbedConfig(backbone="gpt-17"))
-
-
-def test_untrained_text_model_already_retrieves(text_model):
-    """The meta-token init (the full stop's embedding plus noise) and the orthonormal projection give a model
-    that ranks by the backbone's meaning before any training: obvious topics are matched."""
-    passages = [
-        "Preheat the oven, mix flour, butter and sugar, and bake the apple pie for forty minutes.",
-        "The striker scored twice in the second half and the team won the championship final.",
-        "Restart the router and check that the network cable is plugged into the modem.",
-        "The volcano erupted, sending ash and lava down the mountain slopes.",
-        "Interest rates rose again as the central bank tried to slow inflation.",
-        "The kitten slept on the sofa, purring, while the dog barked at the mailman.",
-    ]
-    queries = ["how to bake a pie", "football match result", "my internet connection is not working",
-               "lava from an eruption", "bank raises interest rates", "pets at home"]
-    scores = maxsim(text_model.encode_queries(queries), text_model.encode_candidates(passages))
-    assert scores.argmax(dim=1).tolist() == list(range(len(queries)))

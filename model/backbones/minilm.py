@@ -71,20 +71,6 @@ class TextEncoderBackbone(Backbone):
     def input_embeddings(self) -> nn.Embedding:
         return self.model.get_input_embeddings()
 
-    def meta_init(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Meta tokens start as the full stop's embedding plus noise at half the table's spread. An encoder
-        trained with mean pooling already makes a sentence end's state summarise the sentence, so the untrained
-        model starts out retrieving (MiniLM dev set at (16,64): MRR 0.63 from ".", 0.19 from the mean embedding
-        plus noise), and training starts from there instead of from chance."""
-        emb = self.input_embeddings().weight.detach().float()
-        anchor = self.tokenizer.convert_tokens_to_ids(".")
-        if anchor is None or anchor == self.tokenizer.unk_token_id:
-            anchor = self.tokenizer.sep_token_id
-        if anchor is None:
-            return super().meta_init(num, generator)
-        noise = torch.randn(num, emb.shape[1], generator=generator) * emb.std().item() * 0.5
-        return emb[anchor] + noise
-
     def content_texts(self, items: list[Parsed]) -> tuple[list[str], list[dict]]:
         texts, extras = [], []
         images = [p.image for p in items if p.image is not None]
