@@ -180,23 +180,6 @@ def _score_vector_major(rows: Tensor, vm: Tensor, bq: int, r_q: int, r_c: int) -
             torch.maximum(run, best, out=run)
         torch.sum(run.view(bq, r_q, m), dim=1, dtype=torch.float32, out=out[:, s:e])
     return out
-    n_rows = rows.shape[0]
-    chunk = max(1024, _BLOCK_ELEMENTS // n_rows)
-    chunk = min(chunk, n)
-    run_buf = torch.empty(n_rows * chunk, dtype=rows.dtype)
-    tmp_buf = torch.empty(n_rows * chunk, dtype=rows.dtype) if r_c > 1 else None
-    for s in range(0, n, chunk):
-        e = min(n, s + chunk)
-        # Flat buffers viewed at the exact size: a shorter last chunk must stay contiguous for mm(out=).
-        run = run_buf[: n_rows * (e - s)].view(n_rows, e - s)
-        torch.mm(rows, vm[0, s:e].T, out=run)
-        if tmp_buf is not None:
-            tmp = tmp_buf[: n_rows * (e - s)].view(n_rows, e - s)
-            for j in range(1, r_c):
-                torch.mm(rows, vm[j, s:e].T, out=tmp)
-                torch.maximum(run, tmp, out=run)
-        torch.sum(run.view(bq, r_q, e - s), dim=1, dtype=torch.float32, out=out[:, s:e])
-    return out
 
 
 def _score_in_slices(
