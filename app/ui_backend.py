@@ -30,6 +30,7 @@ from PIL import Image
 from app import ingest as ingest_mod
 from app.index import CheckpointMismatch, Index, IndexedItem, IndexError_, checkpoint_id
 from app.indexing import encoder_input, index_paths
+from app.search import model_dim
 from app.sessions import (
     UNLIMITED,
     SessionStore,
@@ -124,7 +125,7 @@ class Engine:
 
     @property
     def dim(self) -> int:
-        return int(self.model.proj.out_features if self.model.proj is not None else self.model.backbone.hidden_size)
+        return model_dim(self.model)
 
     def describe(self) -> dict:
         cfg = self.model.config
@@ -523,7 +524,8 @@ class Studio:
         """Copy uploads into the collection's folder, ingest, encode and add them.
 
         Returns the CLI's report: {"indexed": [...], "skipped_duplicates": [...], "replaced": [...],
-        "errors": [{"path", "error"}]} plus "notes". Paths in the report are relative to the collection (never server paths).
+        "errors": [{"path", "error"}]} plus "notes". Paths in the report are relative to the collection
+        (never server paths).
         """
         if coll.read_only:
             raise PermissionError(f"{coll.label} is read-only")

@@ -269,6 +269,7 @@ def bench_devset(args: argparse.Namespace) -> None:
 
     from app.index import checkpoint_id
     from app.indexing import index_paths
+    from app.search import model_dim
     from model import MetaEmbed
 
     data = Path(__file__).resolve().parent.parent / "tests" / "data" / "devset"
@@ -277,7 +278,7 @@ def bench_devset(args: argparse.Namespace) -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-devset-", dir=args.tmp))
     try:
         index = Index.create(root / "idx", checkpoint_id(model), model.config.num_candidate_tokens,
-                             model.config.embed_dim)
+                             model_dim(model))
         index_paths(model, index, [data / "photos", data / "documents"])
         qv = model.encode_queries(queries)
         budget = model.config.presets[-1]
