@@ -107,11 +107,14 @@ def index_paths(
     if batch:
         flush()
     failed = {e.path for e in run.errors}
+    stale: list[str] = []
     for source, file_hash in versions.items():
-        stale = [] if source in failed else index.stale_ids(source, file_hash)
-        if stale:
-            index.remove(stale)
+        ids = [] if source in failed else index.stale_ids(source, file_hash)
+        if ids:
+            stale += ids
             run.replaced.append(source)
+    if stale:  # one removal (one transaction, one segment rewrite) for every replaced file
+        index.remove(stale)
     return run
 
 

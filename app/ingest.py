@@ -621,7 +621,8 @@ def _pdf_page_items(
     thumbnail = make_thumbnail(image, limits.thumbnail_long_side)
     yield Item(
         source=src.source, kind="pdf_page", title=src.title, content_hash=page_hash, size_bytes=src.size,
-        file_hash=file_hash, page=page_no, image=image, text=text or None, thumbnail=thumbnail, words=[w for w, _ in located],
+        file_hash=file_hash, page=page_no, image=image, text=text or None, thumbnail=thumbnail,
+        words=[w for w, _ in located],
     )
     spans = split_passages(text, min_words=limits.passage_min_words, max_words=limits.passage_max_words,
                            max_chars=limits.passage_max_chars)
@@ -633,8 +634,8 @@ def _pdf_page_items(
             continue
         yield Item(
             source=src.source, kind="text", title=src.title, content_hash=passage_hash, size_bytes=src.size,
-            file_hash=file_hash, page=page_no, passage=k, char_span=(start, end), image=image, text=text[start:end],
-            thumbnail=thumbnail, words=[w for w, at in located if at is not None and start <= at < end],
+            file_hash=file_hash, page=page_no, passage=k, char_span=(start, end), image=image,
+            text=text[start:end], thumbnail=thumbnail, words=[w for w, at in located if at is not None and start <= at < end],
         )
 
 

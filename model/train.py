@@ -6,8 +6,9 @@ Each JSONL row is {"query": X, "positive": X, "negative": X (optional)} where X 
 (relative to the JSONL file or absolute), or {"image": path, "text": str}. Optional "query_tags",
 "positive_tags", "negative_tags" (lists of strings) mark in-batch candidates that are relevant to another
 row's query (a shared tag), so the loss does not treat them as negatives. An optional "distill" number
-scales that row's share of the --distill term (e.g. less for rows where the teacher is weak). What is trained: the meta tokens,
-the projection and LoRA adapters on the backbone; the backbone's own weights stay frozen.
+scales that row's share of the --distill term (e.g. less for rows where the teacher is weak). What is
+trained: the meta tokens, the projection and LoRA adapters on the backbone; the backbone's own weights
+stay frozen.
 """
 
 from __future__ import annotations
