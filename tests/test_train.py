@@ -189,3 +189,50 @@ def test_per_row_distillation_weights():
     # Only the first query distilled: between nothing and everything at the same weight.
     one, _ = mmr_loss(q, pos, neg, groups=[(2, 4)], teacher=teacher, distill_weight=torch.tensor([2.0, 0, 0, 0]))
     assert float(plain) < float(one)
+
+
+def test_average_states_is_the_elementwise_mean_in_the_first_states_dtypes():
+    from model.soup import average_states
+
+    a = {"w": torch.tensor([1.0, 2.0]), "b": torch.tensor([0.0], dtype=torch.bfloat16)}
+    b = {"w": torch.tensor([3.0, 6.0]), "b": torch.tensor([1.0], dtype=torch.bfloat16)}
+    avg = average_states([a, b])
+    assert torch.equal(avg["w"], torch.tensor([2.0, 4.0]))
+    assert avg["b"].dtype == torch.bfloat16 and avg["b"].item() == 0.5
+    with pytest.raises(ValueError, match="different tensors"):
+        average_states([a, {"w": a["w"]}])
+    with pytest.raises(ValueError, match="shape"):
+        average_states([a, {"w": torch.zeros(3), "b": a["b"]}])
+    with pytest.raises(ValueError, match="at least one"):
+        average_states([])
+
+
+def test_train_mini_saves_the_average_of_its_runs_and_reuses_finished_ones(tmp_path, monkeypatch):
+    """Runs already finished (a `done` marker) are reloaded, not retrained; the saved checkpoint is their
+    mean and the runs' folders are gone afterwards."""
+    from model import checkpoint, train_mini
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(train_mini, "train", no_training)
+    torch.manual_seed(0)
+    model = MetaEmbed.from_config(train_mini.mini_config(), device="cpu", dtype=torch.float32, seed=0)
+    base = model.trained_state_dict()
+    out = tmp_path / "mini"
+    for i, shift in enumerate((1.0, 3.0)):
+        run = out / f".ingredient-{i}"
+        checkpoint.save_weights({k: v + shift for k, v in base.items()}, run)
+        (run / "train_log.jsonl").write_text(json.dumps({"step": 1, "loss": shift}) + "\n")
+        (run / "done").write_text("finished\n")
+    train_mini.main(["--out", str(out), "--ingredients", "2"])
+    saved = checkpoint.load_weights(out)
+    assert set(saved) == set(base)
+    for k in base:
+        torch.testing.assert_close(saved[k], base[k] + 2.0)
+    assert sorted(p.name for p in out.iterdir()) == ["metaembed.safetensors", "metaembed_config.json",
+                                                     "train_log.jsonl"]
+    runs = [json.loads(line)["run"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert runs == [0, 1]
+    loaded = MetaEmbed.from_pretrained(out, device="cpu", merge_lora=False)
+    torch.testing.assert_close(loaded.query_meta.detach(), base["query_meta"] + 2.0)
