@@ -90,12 +90,9 @@ def main(argv: list[str] | None = None) -> None:
     for i in range(opts.ingredients):
         states.append(_train_one(opts, i, out / f".ingredient-{i}"))
         print(f"run {i + 1}/{opts.ingredients} done after {(time.time() - t0) / 60:.1f} min")
-    # Every run is built with the same init seed, so the average is a soup of one starting point.
-    torch.manual_seed(opts.seed)
-    model = MetaEmbed.from_config(mini_config(), device="cpu", dtype=torch.float32, seed=opts.seed)
-    unexpected = model.load_state_dict(average_states(states), strict=False).unexpected_keys
-    if unexpected:
-        raise RuntimeError(f"the runs saved tensors the model does not have: {unexpected[:3]}")
+    model = _fresh_model(opts.seed)
+    # The same checks as loading a checkpoint: every trained tensor present, nothing extra, shapes right.
+    model._load_trained(average_states(states), out)
     _merge_logs(out, opts.ingredients)
     model.save_pretrained(out)
     # The runs' folders (with optimizer state, for resuming) are scaffolding: the shipped checkpoint is the
@@ -120,14 +117,20 @@ def _train_one(opts: argparse.Namespace, i: int, run_dir: Path) -> dict[str, tor
         with open(opts.pairs_out, "w", encoding="utf-8") as f:
             for r in rows:
                 f.write(json.dumps(r) + "\n")
-    torch.manual_seed(opts.seed)  # the same starting weights (LoRA A included) for every run
-    model = MetaEmbed.from_config(mini_config(), device="cpu", dtype=torch.float32, seed=opts.seed)
+    model = _fresh_model(opts.seed)
     minutes = opts.max_minutes / opts.ingredients if opts.max_minutes else None
     args = TrainArgs(out=str(run_dir), steps=opts.steps, batch_size=opts.batch_size, lr=opts.lr, new_lr=opts.new_lr,
                      warmup=0.05, seed=seed, save_every=100, bf16=True, max_minutes=minutes, distill=opts.distill)
     train(model, rows, args)
     done.write_text("finished\n")
     return model.trained_state_dict()
+
+
+def _fresh_model(seed: int) -> MetaEmbed:
+    """The untrained model every run starts from. peft draws LoRA A from torch's global generator, so it is
+    seeded here too: the same seed gives the same starting weights, which is what makes the average a soup."""
+    torch.manual_seed(seed)
+    return MetaEmbed.from_config(mini_config(), device="cpu", dtype=torch.float32, seed=seed)
 
 
 def _merge_logs(out: Path, n: int) -> None:
