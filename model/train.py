@@ -6,7 +6,8 @@ Each JSONL row is {"query": X, "positive": X, "negative": X (optional)} where X 
 (relative to the JSONL file or absolute), or {"image": path, "text": str}. Optional "query_tags",
 "positive_tags", "negative_tags" (lists of strings) mark in-batch candidates that are relevant to another
 row's query (a shared tag), so the loss does not treat them as negatives. An optional "distill" number
-scales that row's share of the --distill term (e.g. less for rows where the teacher is weak). What is
+scales that row's share of the --distill term (e.g. less for rows where the teacher is weak), and an optional
+"contrastive" number its InfoNCE term (0: the row is taught by the teacher's ranking alone). What is
 trained: the meta tokens, the projection and LoRA adapters on the backbone; the backbone's own weights
 stay frozen.
 """
@@ -76,10 +77,11 @@ def load_rows(path: str | os.PathLike) -> list[dict]:
             parsed = {k: _side(row[k], path.parent, f"{path}:{lineno} {k}") for k in ("query", "positive", "negative")
                       if row.get(k) is not None}
             parsed.update({k: list(row[k]) for k in ("query_tags", "positive_tags", "negative_tags") if row.get(k)})
-            if row.get("distill") is not None:
-                if not isinstance(row["distill"], (int, float)) or row["distill"] < 0:
-                    raise ValueError(f"{path}:{lineno}: 'distill' must be a number >= 0")
-                parsed["distill"] = float(row["distill"])
+            for key in ("distill", "contrastive"):
+                if row.get(key) is not None:
+                    if not isinstance(row[key], (int, float)) or row[key] < 0:
+                        raise ValueError(f"{path}:{lineno}: '{key}' must be a number >= 0")
+                    parsed[key] = float(row[key])
             rows.append(parsed)
     if not rows:
         raise ValueError(f"training data {path} has no rows")
@@ -207,9 +209,12 @@ def _step_loss(model: MetaEmbed, batch_rows: list[dict], cfg: MetaEmbedConfig, t
     if teacher is not None and all(isinstance(x, str) for x in queries + cands + negs):
         teacher_logits = teacher(queries) @ teacher(cands + negs).T / args.distill_temperature
         distill = args.distill * torch.tensor([float(r.get("distill", 1.0)) for r in batch_rows])
+    contrastive = None
+    if any("contrastive" in r for r in batch_rows):
+        contrastive = torch.tensor([float(r.get("contrastive", 1.0)) for r in batch_rows])
     return mmr_loss(q, pos, neg, groups=cfg.groups, weights=cfg.weights, temperature=cfg.temperature,
                     ignore=false_negatives(batch_rows, with_negatives=bool(negs)), teacher=teacher_logits,
-                    distill_weight=distill)
+                    distill_weight=distill, contrastive_weight=contrastive)
 
 
 class MeanPoolTeacher:

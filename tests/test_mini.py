@@ -71,3 +71,37 @@ def test_photo_with_no_recognised_concept_still_gets_a_doc():
     kinds = {t.kind for t in doc.tokens}
     assert kinds == {"colour"}
     assert "blue" in doc.text and doc.text.strip()
+
+
+def _letters(texts):
+    """A stand-in teacher: letter-count vectors, so the nearest doc to a word is the one sharing its letters."""
+    import torch
+
+    v = torch.zeros(len(texts), 26)
+    for i, t in enumerate(texts):
+        for ch in t.lower():
+            if "a" <= ch <= "z":
+                v[i, ord(ch) - 97] += 1
+    return torch.nn.functional.normalize(v + 1e-6, dim=-1)
+
+
+def test_open_query_rows_are_distillation_only_and_pair_the_teachers_favourite():
+    import random
+
+    from model.mini.open_queries import common_words, open_query_rows
+
+    words = common_words()
+    assert len(words) > 5000 and "the" not in words and all(w.isalpha() and w.islower() for w in words)
+    docs = ["zebra zoo", "apple pie", "kitten mitten", "quartz quiz"]
+    vocab = ["zzz", "ppp", "ttt", "qqq", "xyx", "eee"]
+    rows = open_query_rows(docs, _letters, 40, random.Random(0), words=vocab, top=1, weight=3.0)
+    assert len(rows) == 40
+    for r in rows:
+        assert r["contrastive"] == 0.0 and r["distill"] == 3.0 and r["positive"] in docs
+        for w in r["query"].split():
+            assert w in vocab
+        if len(r["query"].split()) == 1:  # top=1: exactly the stand-in teacher's best doc
+            best = int((_letters([r["query"]]) @ _letters(docs).T).argmax())
+            assert r["positive"] == docs[best]
+    with pytest.raises(ValueError, match="pool of docs"):
+        open_query_rows([], _letters, 1, random.Random(0), words=vocab)

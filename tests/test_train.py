@@ -126,8 +126,11 @@ def test_load_rows_reports_the_bad_line(tmp_path):
     path.write_text('{"query": "a", "positive": "b", "distill": 0.5}\n{"query": "a", "positive": "b", "distill": "x"}\n')
     with pytest.raises(ValueError, match="bad.jsonl:2: 'distill'"):
         load_rows(path)
-    path.write_text('{"query": "a", "positive": "b", "distill": 0.5}\n')
-    assert load_rows(path)[0]["distill"] == 0.5
+    path.write_text('{"query": "a", "positive": "b", "distill": 0.5}\n{"query": "a", "positive": "b", "contrastive": -1}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:2: 'contrastive'"):
+        load_rows(path)
+    path.write_text('{"query": "a", "positive": "b", "distill": 0.5, "contrastive": 0}\n')
+    assert load_rows(path)[0] | {"query": "a"} == {"query": "a", "positive": "b", "distill": 0.5, "contrastive": 0.0}
 
 
 def test_load_rows_resolves_image_paths(tmp_path):
@@ -189,6 +192,27 @@ def test_per_row_distillation_weights():
     # Only the first query distilled: between nothing and everything at the same weight.
     one, _ = mmr_loss(q, pos, neg, groups=[(2, 4)], teacher=teacher, distill_weight=torch.tensor([2.0, 0, 0, 0]))
     assert float(plain) < float(one)
+
+
+def test_per_row_contrastive_weights():
+    q, pos, neg = _unit(4, 2, 8, seed=15), _unit(4, 4, 8, seed=16), _unit(4, 4, 8, seed=17)
+    logits = maxsim_dense(q, torch.cat([pos, neg])) / 0.03
+    ce = F.cross_entropy(logits, torch.arange(4), reduction="none")
+    ones, _ = mmr_loss(q, pos, neg, groups=[(2, 4)], contrastive_weight=torch.ones(4))
+    plain, _ = mmr_loss(q, pos, neg, groups=[(2, 4)])
+    assert float(ones) == pytest.approx(float(plain), rel=1e-5)
+    # Row 0 taught by the teacher only: its InfoNCE term is gone, the batch mean still divides by 4.
+    w = torch.tensor([0.0, 1, 1, 1])
+    some, _ = mmr_loss(q, pos, neg, groups=[(2, 4)], contrastive_weight=w)
+    assert float(some) == pytest.approx(float(ce[1:].sum() / 4), rel=1e-5)
+    teacher = torch.randn(4, 8, generator=torch.Generator().manual_seed(18))
+    only_kl, _ = mmr_loss(q, pos, neg, groups=[(2, 4)], contrastive_weight=torch.zeros(4), teacher=teacher,
+                          distill_weight=torch.tensor([1.0, 0, 0, 0]))
+    kl = F.kl_div(torch.log_softmax(logits[0], -1), torch.log_softmax(teacher[0], -1), log_target=True,
+                  reduction="sum")
+    assert float(only_kl) == pytest.approx(float(kl / 4), rel=1e-4)
+    with pytest.raises(ValueError, match="contrastive_weight"):
+        mmr_loss(q, pos, neg, groups=[(2, 4)], contrastive_weight=torch.ones(3))
 
 
 def test_average_states_is_the_elementwise_mean_in_the_first_states_dtypes():
