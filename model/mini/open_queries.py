@@ -3,7 +3,7 @@
 The generated photo pairs only ever ask for ImageNet names, hypernyms and colours, but people also search
 for scenes, materials and moods ("forest", "wood texture", "stormy sky") that no class is called. The base
 MiniLM knows how such words relate to what the tokenizer writes ("forest" is near "lakeside, dark green");
-training on ImageNet names alone wears that knowledge away. These rows keep it: a query of one to three
+training on ImageNet names alone wears that knowledge away. These rows keep it: a query of one or two
 common English words, paired with the generated doc the frozen base model scores highest for it (from a
 random pool, so the batch holds something it likes), and trained only by distillation — the loss matches
 the base model's ranking of the batch and never calls the mined doc a positive.
