@@ -41,17 +41,17 @@ def open_query_rows(docs: list[str], embed: Callable[[list[str]], torch.Tensor],
     if not docs:
         raise ValueError("open_query_rows needs a pool of docs")
     words = words if words is not None else common_words()
-    doc_vecs = torch.cat([embed(docs[i:i + 256]) for i in range(0, len(docs), 256)])
+    doc_vecs = _embed_all(embed, docs)
     # Keep the words the teacher finds something for in the pool: mostly things, places, materials and
     # qualities; words no doc is near ("sighed", "however") teach little and make nonsense combinations.
-    fit = torch.cat([(embed(words[i:i + 256]) @ doc_vecs.T).amax(-1) for i in range(0, len(words), 256)])
-    words = [w for w, f in zip(words, fit.tolist()) if f >= fit.median().item()]
+    fit = torch.cat([(v @ doc_vecs.T).amax(-1) for v in _embed_all(embed, words).split(256)])
+    words = [w for w, keep in zip(words, (fit >= fit.median()).tolist()) if keep]
     queries = [" ".join(rng.sample(words, rng.choice([1, 1, 1, 2, 2]))) for _ in range(n)]
-    rows = []
-    for s in range(0, n, 256):
-        chunk = queries[s:s + 256]
-        best = (embed(chunk) @ doc_vecs.T).topk(min(top, len(docs)), dim=-1).indices
-        for q, idx in zip(chunk, best.tolist()):
-            rows.append({"query": q, "positive": docs[rng.choice(idx)], "contrastive": 0.0, "distill": weight,
-                         "source": "open-query"})
-    return rows
+    best = (_embed_all(embed, queries) @ doc_vecs.T).topk(min(top, len(docs)), dim=-1).indices
+    return [{"query": q, "positive": docs[rng.choice(idx)], "contrastive": 0.0, "distill": weight,
+             "source": "open-query"} for q, idx in zip(queries, best.tolist())]
+
+
+def _embed_all(embed: Callable[[list[str]], torch.Tensor], texts: list[str], chunk: int = 256) -> torch.Tensor:
+    """The teacher pads each call to its longest text, so texts go in chunks."""
+    return torch.cat([embed(texts[i:i + chunk]) for i in range(0, len(texts), chunk)])
