@@ -28,7 +28,7 @@ import torch
 
 from . import checkpoint
 from .checkpoint import DEFAULT_CHECKPOINT
-from .config import MetaEmbedConfig
+from .config import MetaEmbedConfig, write_atomic
 from .metaembed import MetaEmbed
 from .mini.open_queries import open_query_rows
 from .mini.photo_pairs import PhotoSim
@@ -149,9 +149,7 @@ def _merge_logs(out: Path, n: int) -> None:
             for line in log.read_text(encoding="utf-8").splitlines():
                 if line.strip():
                     lines.append(json.dumps({"run": i, **json.loads(line)}))
-    tmp = out / "train_log.jsonl.tmp"
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tmp.replace(out / "train_log.jsonl")
+    write_atomic(out / "train_log.jsonl", ("\n".join(lines) + "\n").encode("utf-8"))
 
 
 if __name__ == "__main__":
