@@ -47,11 +47,17 @@ def open_query_rows(docs: list[str], embed: Callable[[list[str]], torch.Tensor],
     fit = torch.cat([(v @ doc_vecs.T).amax(-1) for v in _embed_all(embed, words).split(256)])
     words = [w for w, keep in zip(words, (fit >= fit.median()).tolist()) if keep]
     queries = [" ".join(rng.sample(words, rng.choice([1, 1, 1, 2, 2]))) for _ in range(n)]
+    if not queries:
+        return []
     best = (_embed_all(embed, queries) @ doc_vecs.T).topk(min(top, len(docs)), dim=-1).indices
     return [{"query": q, "positive": docs[rng.choice(idx)], "contrastive": 0.0, "distill": weight,
              "source": "open-query"} for q, idx in zip(queries, best.tolist())]
 
 
-def _embed_all(embed: Callable[[list[str]], torch.Tensor], texts: list[str], chunk: int = 256) -> torch.Tensor:
-    """The teacher pads each call to its longest text, so texts go in chunks."""
-    return torch.cat([embed(texts[i:i + chunk]) for i in range(0, len(texts), chunk)])
+def _embed_all(embed: Callable[[list[str]], torch.Tensor], texts: list[str], chunk: int = 128) -> torch.Tensor:
+    """The teacher pads each call to its longest text, so texts go in chunks of similar length."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    parts = [embed([texts[i] for i in order[s:s + chunk]]) for s in range(0, len(order), chunk)]
+    out = torch.empty(len(texts), parts[0].shape[-1])
+    out[torch.tensor(order)] = torch.cat(parts).float()
+    return out
