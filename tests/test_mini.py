@@ -105,3 +105,4 @@ def test_open_query_rows_are_distillation_only_and_pair_the_teachers_favourite()
             assert r["positive"] == docs[best]
     with pytest.raises(ValueError, match="pool of docs"):
         open_query_rows([], _letters, 1, random.Random(0), words=vocab)
+    assert open_query_rows(docs, _letters, 0, random.Random(0), words=vocab) == []
