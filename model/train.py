@@ -20,6 +20,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,7 +204,7 @@ def _step_loss(model: MetaEmbed, batch_rows: list[dict], cfg: MetaEmbedConfig, t
     cands = [_materialise(r["positive"]) for r in batch_rows]
     negs = [_materialise(r["negative"]) for r in batch_rows if "negative" in r]
     q, _ = model.embed(model.prepare(queries, "query"), "query")
-    c = _embed_by_length(model, cands + negs, "candidate")
+    c = embed_by_length(cands + negs, lambda xs: model.embed(model.prepare(xs, "candidate"), "candidate")[0], 16)
     pos, neg = c[: len(cands)], (c[len(cands):] if negs else None)
     teacher_logits, distill = None, 0.0
     if teacher is not None and all(isinstance(x, str) for x in queries + cands + negs):
@@ -239,12 +240,12 @@ class MeanPoolTeacher:
         return torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
 
 
-def _embed_by_length(model: MetaEmbed, items: list, side: str, chunk: int = 16) -> torch.Tensor:
-    """Embed in chunks of similar length: one padded batch would pad every short photo doc to the longest
-    passage, and a forward pass costs what its padded length costs."""
+def embed_by_length(items: list, embed: Callable[[list], torch.Tensor], chunk: int) -> torch.Tensor:
+    """`embed` over `items` in chunks of similar length, rows back in the items' order. An encoder pads each
+    call to its longest text, so one batch of mixed lengths pads every short photo doc to the longest
+    passage, and a forward pass costs what its padded length costs. Non-text items count as short."""
     order = sorted(range(len(items)), key=lambda i: len(items[i]) if isinstance(items[i], str) else 0)
-    parts = [model.embed(model.prepare([items[i] for i in order[s:s + chunk]], side), side)[0]
-             for s in range(0, len(order), chunk)]
+    parts = [embed([items[i] for i in order[s:s + chunk]]) for s in range(0, len(order), chunk)]
     out = torch.empty(len(items), *parts[0].shape[1:], dtype=parts[0].dtype, device=parts[0].device)
     out[torch.tensor(order, device=out.device)] = torch.cat(parts)
     return out

@@ -16,12 +16,14 @@ from collections.abc import Callable
 
 import torch
 
+from ..train import embed_by_length
 from .text_pairs import STOP
 
 # In the bundled tokenizer's vocab.txt, whole words start at id 1996 ("the") in roughly descending corpus
 # frequency; the first ~13k are words people use, the rest are increasingly rare names and forms.
 _FIRST_WORD_ID = 1996
 _LAST_WORD_ID = 15000
+_CHUNK = 128  # texts per teacher call
 
 
 def common_words() -> list[str]:
@@ -41,23 +43,15 @@ def open_query_rows(docs: list[str], embed: Callable[[list[str]], torch.Tensor],
     if not docs:
         raise ValueError("open_query_rows needs a pool of docs")
     words = words if words is not None else common_words()
-    doc_vecs = _embed_all(embed, docs)
+    doc_vecs = embed_by_length(docs, embed, _CHUNK)
     # Keep the words the teacher finds something for in the pool: mostly things, places, materials and
     # qualities; words no doc is near ("sighed", "however") teach little and make nonsense combinations.
-    fit = torch.cat([(v @ doc_vecs.T).amax(-1) for v in _embed_all(embed, words).split(256)])
+    fit = torch.cat([(v @ doc_vecs.T).amax(-1) for v in embed_by_length(words, embed, _CHUNK).split(256)])
     words = [w for w, keep in zip(words, (fit >= fit.median()).tolist()) if keep]
     queries = [" ".join(rng.sample(words, rng.choice([1, 1, 1, 2, 2]))) for _ in range(n)]
     if not queries:
         return []
-    best = (_embed_all(embed, queries) @ doc_vecs.T).topk(min(top, len(docs)), dim=-1).indices
+    best = (embed_by_length(queries, embed, _CHUNK) @ doc_vecs.T).topk(min(top, len(docs)), dim=-1).indices
     return [{"query": q, "positive": docs[rng.choice(idx)], "contrastive": 0.0, "distill": weight,
              "source": "open-query"} for q, idx in zip(queries, best.tolist())]
 
-
-def _embed_all(embed: Callable[[list[str]], torch.Tensor], texts: list[str], chunk: int = 128) -> torch.Tensor:
-    """The teacher pads each call to its longest text, so texts go in chunks of similar length."""
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    parts = [embed([texts[i] for i in order[s:s + chunk]]) for s in range(0, len(order), chunk)]
-    out = torch.empty(len(texts), parts[0].shape[-1])
-    out[torch.tensor(order)] = torch.cat(parts).float()
-    return out
