@@ -176,7 +176,7 @@ def stage_breakdown(tok: VisualTokenizer, paths: list[Path]) -> None:
     pre, t_pre = timed(lambda: [preprocess(w) for w in works])
     _, t_col = timed(lambda: [dominant_colours(w) for w in works])
     _, t_gate = timed(lambda: [text_stroke_score(w) for w in works])
-    _, t_cls = timed(lambda: tok.classifier.predict(np.stack([x for x, _ in pre])))
+    _, t_cls = timed(lambda: tok.classifier.predict(np.concatenate([x for x, _ in pre])))
     print(f"per photo: decode+reduce {t_decode:.1f} ms, classifier input {t_pre:.1f} ms, colours {t_col:.1f} ms, "
           f"text gate {t_gate:.1f} ms, classifier {t_cls:.1f} ms")
 

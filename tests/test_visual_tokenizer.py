@@ -15,9 +15,12 @@ from model.visual import ocr as ocr_mod
 from model.visual import tokenizer as tok_mod
 from model.visual.classifier import (
     FEATURE_GRID,
+    MULTI_CROP_MIN_ASPECT,
     ImageClassifier,
     build_fused_features,
+    crop_squares,
     load_package_model,
+    merge_crops,
     preprocess,
     reference_logits,
 )
@@ -111,18 +114,40 @@ def test_text_bearing_classes_match_the_vocab(vocab):
 
 
 def test_classifier_probabilities_sum_to_one(classifier):
-    out = classifier.classify([_scene(), _scene(300, 900, seed=1).convert("L")])
-    assert out.probs.shape == (2, 1000) and out.features.shape == (2, 1280, FEATURE_GRID, FEATURE_GRID)
+    out = classifier.classify([_scene(800, 450), _scene(300, 900, seed=1).convert("L"), _scene(640, 480, seed=2)])
+    assert out.probs.shape == (3, 1000)
+    assert [f.shape for f in out.features] == [(3, 1280, FEATURE_GRID, FEATURE_GRID)] * 2 + [(1, 1280, 7, 7)]
     np.testing.assert_allclose(out.probs.sum(axis=1), 1.0, atol=1e-4)
     assert np.all(out.probs >= 0)
-    x0, y0, x1, y1 = out.crop_boxes[1]  # portrait: the centre square covers the full width
-    assert (x0, x1) == (0.0, 1.0) and 0 < y0 < y1 < 1 and abs((y1 - y0) - 300 / 900) < 1e-6
+    for merged, per_crop in zip(out.probs, out.crop_probs, strict=True):
+        np.testing.assert_allclose(merged, merge_crops(per_crop), atol=1e-6)
+    centre, top, bottom = out.crop_boxes[1]  # portrait: the centre square, then the top and bottom squares
+    for x0, y0, x1, y1 in (centre, top, bottom):
+        assert (x0, x1) == (0.0, 1.0) and abs((y1 - y0) - 300 / 900) < 1e-6
+    assert 0 < centre[1] < centre[3] < 1 and top[1] == 0.0 and bottom[3] == pytest.approx(1.0)
+    assert out.crop_boxes[2] == [(80 / 640, 0.0, 560 / 640, 1.0)]  # 4:3: the centre square alone
+
+
+def test_crop_squares_add_the_ends_only_for_elongated_images():
+    assert crop_squares(500, 500) == [(0.0, 0.0)]
+    narrow = int(400 * MULTI_CROP_MIN_ASPECT) - 1
+    assert crop_squares(narrow, 400) == [((narrow - 400) / 2, 0.0)]
+    assert crop_squares(1600, 900) == [(350.0, 0.0), (0.0, 0.0), (700.0, 0.0)]
+    assert crop_squares(900, 1600) == [(0.0, 350.0), (0.0, 0.0), (0.0, 700.0)]
+
+
+def test_merge_crops_counts_the_centre_twice():
+    probs = np.zeros((3, 1000), np.float32)
+    probs[0, 1], probs[1, 2], probs[2, 3] = 1.0, 1.0, 1.0
+    merged = merge_crops(probs)
+    assert merged[1] == pytest.approx(0.5) and merged[2] == pytest.approx(0.25) == merged[3]
+    np.testing.assert_array_equal(merge_crops(probs[:1]), probs[0])
 
 
 def test_fused_network_matches_the_package_model():
     package = load_package_model()
     fused = build_fused_features(package)  # float32
-    batch = np.stack([preprocess(_scene(seed=s))[0] for s in range(2)])
+    batch = np.concatenate([preprocess(_scene(seed=s))[0] for s in range(2)])
     with torch.inference_mode():
         feats = fused(torch.from_numpy(batch)).mean(dim=(2, 3))
         logits = package._fc(feats).numpy()
@@ -131,22 +156,22 @@ def test_fused_network_matches_the_package_model():
 
 def test_bfloat16_path_stays_close_to_float32(classifier):
     package = load_package_model()
-    batch = np.stack([preprocess(_scene(seed=s))[0] for s in range(2)])
+    batch = np.concatenate([preprocess(_scene(seed=s))[0] for s in range(2)])
     ref = reference_logits(package, batch)
     fast = classifier.logits_from_features(classifier.features_of_batch(batch))
     assert np.corrcoef(ref.ravel(), fast.ravel())[0, 1] > 0.99
 
 
 def test_cams_have_grid_shape_and_unit_range(classifier):
-    out = classifier.classify([_scene()])
+    out = classifier.classify([_scene(500, 500)])
     top = list(np.argsort(-out.probs[0])[:3])
-    [maps] = classifier.cams(out.features, [top])
+    [maps] = classifier.cams(out.features[0], [top])
     assert maps.shape == (3, FEATURE_GRID, FEATURE_GRID) and maps.dtype == np.float32
     assert maps.min() >= 0 and maps.max() <= 1
     for m in maps:
         assert m.max() == pytest.approx(1.0) or not m.any()
     with pytest.raises(ValueError, match="class index"):
-        classifier.cams(out.features, [[1000]])
+        classifier.cams(out.features[0], [[1000]])
 
 
 # ------------------------------------------------------------------------------------------------ colours
@@ -291,9 +316,28 @@ def test_scene_doc_has_concept_regions_over_the_whole_frame(tokenizer):
         assert 0 <= float(token.region.min()) and float(token.region.max()) <= 1
     concepts = [t for t in doc.tokens if t.kind == "concept"]
     assert concepts  # the generated scene reads as something (balloon / ball) to the classifier
-    for token in concepts:  # the classifier saw the centre square: side quarters of a 2:1 frame stay zero
-        assert not token.region[:, :7].any() and not token.region[:, -7:].any()
+    for token in concepts:
         assert token.weight >= tok_mod.CONCEPT_MIN_PROB and token.class_index is not None
+        assert float(token.region.max()) > 0.9  # the surest crop's peak (resampled onto the frame grid)
+
+
+def test_subject_at_the_end_of_a_wide_frame_is_named_and_painted_there(tokenizer):
+    photo = Image.open(Path(__file__).parents[1] / "assets" / "examples" / "red-panda.jpg").convert("RGB")
+    photo.thumbnail((480, 480))
+    side = min(photo.size)
+    left = (photo.width - side) // 2
+    subject = photo.crop((left, 0, left + side, side))
+    wide = Image.new("RGB", (side * 3, side), (128, 128, 128))
+    wide.paste(subject, (side * 2, 0))  # right third; the centre square sees only grey
+    centre_only = tokenizer.classifier.classify([wide.crop((side, 0, 2 * side, side))]).probs[0]
+    [doc] = tokenizer.tokenize([wide], ocr=False)
+    [alone] = tokenizer.tokenize([subject], ocr=False)
+    cls = next(t.class_index for t in alone.tokens if t.kind == "concept")
+    [token] = [t for t in doc.tokens if t.class_index == cls]
+    assert token.weight > 2 * float(centre_only[cls])
+    cols = token.region.astype(np.float32).sum(axis=0)
+    third = len(cols) // 3
+    assert cols[-third:].sum() > 2 * cols[:third].sum() and cols[-third:].sum() > cols[third:-third].sum()
 
 
 def test_text_image_yields_ocr_words(tokenizer):

@@ -223,8 +223,9 @@ class VisualToken:
     kind: "concept" (an ImageNet class with its synonyms/hypernyms), "colour" or "ocr" (one word).
     weight: class probability, colour area fraction, or OCR confidence.
     region: float16 heat map over the WHOLE image (rows top->bottom, cols left->right), values 0..1, or None.
-      Concepts: the class-activation map (7x7 over the classifier's centre crop) resampled to MASK_SIZE x
-      MASK_SIZE over the full frame, zero outside the crop. Colours: area coverage at MASK_SIZE x MASK_SIZE.
+      Concepts: the class-activation maps (7x7 over each of the classifier's square crops) resampled to
+      MASK_SIZE x MASK_SIZE over the full frame, each scaled by how sure its crop is of the class relative to
+      the surest crop, the maximum where crops overlap. Colours: area coverage at MASK_SIZE x MASK_SIZE.
     box: OCR words only: (x0, y0, x1, y1) normalised to 0..1 of the image.
     class_index: concepts only: the ImageNet class.
     """
@@ -308,8 +309,8 @@ def _cam_to_frame(cam: np.ndarray, crop_box: tuple[float, float, float, float], 
 
 @dataclass
 class _Prepared:
-    input: np.ndarray  # classifier input [3, 224, 224]
-    crop_box: tuple[float, float, float, float]
+    inputs: np.ndarray  # classifier inputs [K, 3, 224, 224], one per square crop
+    crop_boxes: list[tuple[float, float, float, float]]
     colours: list
     stroke: float
 
@@ -375,26 +376,29 @@ class VisualTokenizer:
                 raise ValueError(f"tokenize: images[{i}] cannot be decoded: {exc}") from exc
             if work.width < 1 or work.height < 1:
                 raise ValueError(f"tokenize: images[{i}] is empty ({img.size})")
-            x, box = preprocess(work)
+            inputs, boxes = preprocess(work)
             stroke = text_stroke_score(work) if want_stroke else 0.0
-            out.append(_Prepared(x, box, dominant_colours(work), stroke))
+            out.append(_Prepared(inputs, boxes, dominant_colours(work), stroke))
         return out
 
     def _finish(self, images, start: int, prepared: list[_Prepared], ocr) -> list[VisualDoc]:
+        from .classifier import merge_crops
         from .ocr import text_gate
 
-        probs, features = self.classifier.predict(np.stack([p.input for p in prepared]))
+        crop_probs, features = self.classifier.predict(np.concatenate([p.inputs for p in prepared]))
+        cuts = np.cumsum([len(p.inputs) for p in prepared])[:-1]
         docs = []
-        for k, prep in enumerate(prepared):
-            run_ocr = ocr is True or (ocr == "auto" and text_gate(prep.stroke, probs[k]))
-            docs.append(self._doc(images[start + k], prep, probs[k], features[k], run_ocr))
+        for k, (prep, p, f) in enumerate(zip(prepared, np.split(crop_probs, cuts), np.split(features, cuts),
+                                             strict=True)):
+            probs = merge_crops(p)
+            run_ocr = ocr is True or (ocr == "auto" and text_gate(prep.stroke, probs))
+            docs.append(self._doc(images[start + k], prep, probs, p, f, run_ocr))
         return docs
 
-    def _doc(self, img, prep: _Prepared, probs, features, run_ocr: bool) -> VisualDoc:
+    def _doc(self, img, prep: _Prepared, probs, crop_probs, features, run_ocr: bool) -> VisualDoc:
         top = np.argsort(-probs, kind="stable")[:CANDIDATE_CONCEPTS]
         concepts = [(int(c), float(probs[c])) for c in top]
         colours = prep.colours
-        crop_box = prep.crop_box
         words = []
         if run_ocr:
             try:
@@ -409,8 +413,11 @@ class VisualTokenizer:
         cams = {}
         if concept_spans:
             classes = [concepts[s.item][0] for s in concept_spans]
-            maps = self.classifier.cams(features[None], [classes])[0]
-            cams = {c: _cam_to_frame(m, crop_box) for c, m in zip(classes, maps, strict=True)}
+            maps = self.classifier.cams(features, [classes] * len(features))  # per crop: [len(classes), 7, 7]
+            sureness = crop_probs[:, classes] / np.maximum(crop_probs[:, classes].max(axis=0), 1e-12)
+            for j, c in enumerate(classes):
+                cams[c] = np.max([_cam_to_frame(m[j], box) * sure[j]
+                                  for m, box, sure in zip(maps, prep.crop_boxes, sureness, strict=True)], axis=0)
         tokens = []
         for s in spans:
             piece = text[s.start : s.end]
@@ -429,10 +436,10 @@ class VisualTokenizer:
 
 
 def image_class_probabilities(img: Image.Image) -> np.ndarray:
-    """The classifier's raw [1000] probabilities for one image, preprocessed exactly as tokenize() does
-    (for calibrating the synthetic training-data generator)."""
-    from .classifier import get_classifier, preprocess
+    """The classifier's [1000] probabilities for one image, preprocessed and merged over its crops exactly
+    as tokenize() does (for calibrating the synthetic training-data generator)."""
+    from .classifier import get_classifier, merge_crops, preprocess
 
-    x, _ = preprocess(_working_copy(img))
-    probs, _ = get_classifier().predict(x[None])
-    return probs[0]
+    inputs, _ = preprocess(_working_copy(img))
+    crop_probs, _ = get_classifier().predict(inputs)
+    return merge_crops(crop_probs)
