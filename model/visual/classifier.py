@@ -172,6 +172,16 @@ def merge_crops(crop_probs: np.ndarray) -> np.ndarray:
     return (weights @ crop_probs / weights.sum()).astype(np.float32)
 
 
+def predict_crops(predict, inputs: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """Run `predict` (ImageClassifier.predict) once over the crops of several images (`preprocess` outputs,
+    at least one) and split the results back per image: (merged probabilities [B, 1000], per image the
+    [K, 1000] probabilities of its crops, per image its [K, 1280, 7, 7] features)."""
+    probs, feats = predict(np.concatenate(inputs))
+    cuts = np.cumsum([len(x) for x in inputs])[:-1]
+    crop_probs, features = np.split(probs, cuts), np.split(feats, cuts)
+    return np.stack([merge_crops(p) for p in crop_probs]), crop_probs, features
+
+
 class ImageClassifier:
     """EfficientNet-Lite0 on CPU: probabilities over the 1000 ImageNet classes plus class-activation maps."""
 
@@ -222,10 +232,7 @@ class ImageClassifier:
         prepared = [preprocess(img) for img in images]
         if not prepared:
             return ClassifierOutput(np.zeros((0, NUM_CLASSES), np.float32), [], [], [])
-        probs, feats = self.predict(np.concatenate([x for x, _ in prepared]))
-        cuts = np.cumsum([len(x) for x, _ in prepared])[:-1]
-        crop_probs, features = np.split(probs, cuts), np.split(feats, cuts)
-        merged = np.stack([merge_crops(p) for p in crop_probs])
+        merged, crop_probs, features = predict_crops(self.predict, [x for x, _ in prepared])
         return ClassifierOutput(merged, crop_probs, features, [boxes for _, boxes in prepared])
 
     def cams(self, features: np.ndarray, class_indices: list[list[int]]) -> list[np.ndarray]:

@@ -382,17 +382,14 @@ class VisualTokenizer:
         return out
 
     def _finish(self, images, start: int, prepared: list[_Prepared], ocr) -> list[VisualDoc]:
-        from .classifier import merge_crops
+        from .classifier import predict_crops
         from .ocr import text_gate
 
-        crop_probs, features = self.classifier.predict(np.concatenate([p.inputs for p in prepared]))
-        cuts = np.cumsum([len(p.inputs) for p in prepared])[:-1]
+        merged, crop_probs, features = predict_crops(self.classifier.predict, [p.inputs for p in prepared])
         docs = []
-        for k, (prep, p, f) in enumerate(zip(prepared, np.split(crop_probs, cuts), np.split(features, cuts),
-                                             strict=True)):
-            probs = merge_crops(p)
-            run_ocr = ocr is True or (ocr == "auto" and text_gate(prep.stroke, probs))
-            docs.append(self._doc(images[start + k], prep, probs, p, f, run_ocr))
+        for k, prep in enumerate(prepared):
+            run_ocr = ocr is True or (ocr == "auto" and text_gate(prep.stroke, merged[k]))
+            docs.append(self._doc(images[start + k], prep, merged[k], crop_probs[k], features[k], run_ocr))
         return docs
 
     def _doc(self, img, prep: _Prepared, probs, crop_probs, features, run_ocr: bool) -> VisualDoc:
@@ -414,7 +411,8 @@ class VisualTokenizer:
         if concept_spans:
             classes = [concepts[s.item][0] for s in concept_spans]
             maps = self.classifier.cams(features, [classes] * len(features))  # per crop: [len(classes), 7, 7]
-            sureness = crop_probs[:, classes] / np.maximum(crop_probs[:, classes].max(axis=0), 1e-12)
+            class_probs = crop_probs[:, classes]
+            sureness = class_probs / np.maximum(class_probs.max(axis=0), 1e-12)
             for j, c in enumerate(classes):
                 cams[c] = np.max([_cam_to_frame(m[j], box) * sure[j]
                                   for m, box, sure in zip(maps, prep.crop_boxes, sureness, strict=True)], axis=0)
@@ -438,8 +436,7 @@ class VisualTokenizer:
 def image_class_probabilities(img: Image.Image) -> np.ndarray:
     """The classifier's [1000] probabilities for one image, preprocessed and merged over its crops exactly
     as tokenize() does (for calibrating the synthetic training-data generator)."""
-    from .classifier import get_classifier, merge_crops, preprocess
+    from .classifier import get_classifier, predict_crops, preprocess
 
     inputs, _ = preprocess(_working_copy(img))
-    crop_probs, _ = get_classifier().predict(inputs)
-    return merge_crops(crop_probs)
+    return predict_crops(get_classifier().predict, [inputs])[0][0]
