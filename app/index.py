@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.scoring import CandidateStore
+from model.scoring import CandidateStore, near_top
 
 from .first_stage import FirstStage
 
@@ -610,12 +610,18 @@ class Index:
         else:
             rowids, scores = self._rerank(view, qb, budget, self.first_stage(view).search(
                 q[0].float().numpy(), max(depth, k)))
+        if not scores.numel():
+            return []
+        # The fast bf16 scores can misorder near-ties; the few that may reach the top k are ranked in fp32.
+        shortlist = rowids[near_top(scores, k, r_q)].numpy()
+        rowids, scores = self._rerank(view, qb, budget, shortlist, precise=True)
         top = torch.topk(scores, min(k, scores.numel()))
         return [(int(rowids[i]), float(s)) for s, i in zip(top.values, top.indices)]
 
     def _rerank(self, view: _View, qb: torch.Tensor, budget: tuple[int, int],
-                candidates: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact MaxSim of the first-stage candidates: gather their r_c prefixes, then score them at once."""
+                candidates: np.ndarray, precise: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact MaxSim of the given rowids (first-stage candidates or a shortlist): gather their r_c
+        prefixes, then score them at once (in fp32 when `precise`)."""
         found, seg_pos, slots = view.locate(candidates)
         candidates, seg_pos, slots = candidates[found], seg_pos[found], slots[found]
         if not len(candidates):
@@ -635,7 +641,7 @@ class Index:
         _gather(jobs)
         # One store over all candidates: r_c GEMMs in total instead of r_c per segment.
         store = CandidateStore.from_vector_major(gathered)
-        return torch.from_numpy(candidates), store.maxsim(qb, (r_q, r_c))[0]
+        return torch.from_numpy(candidates), store.maxsim(qb, (r_q, r_c), precise=precise)[0]
 
     @_locked
     def first_stage(self, view: _View | None = None) -> FirstStage:

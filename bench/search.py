@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app import index as index_module  # noqa: E402
 from app.index import Index  # noqa: E402
+from model.scoring import near_top  # noqa: E402
 
 PRESETS = [(1, 1), (2, 4), (4, 8), (8, 16), (16, 64)]
 R_Q, R_C, D = 16, 64, 128
@@ -207,10 +208,12 @@ def bench_large(args: argparse.Namespace) -> None:
         view = index.view()
         best: list[list[tuple[float, int]]] = [[] for _ in queries]
         for segment in [] if truth_file.is_file() else view.segments:
-            scores = segment.store().maxsim(qb, (16, 64))
-            top = scores.topk(10, dim=1)
-            for qi in range(len(queries)):
-                best[qi] += [(float(s), int(segment.slot_rowids[i])) for s, i in zip(top.values[qi], top.indices[qi])]
+            store = segment.store()
+            scores = store.maxsim(qb, (16, 64))
+            for qi in range(len(queries)):  # ranked in fp32 like Index.search's final step
+                pos = near_top(scores[qi], 10, 16)
+                precise = store.maxsim(qb[qi:qi + 1], (16, 64), indices=pos, precise=True)[0]
+                best[qi] += [(float(s), int(segment.slot_rowids[int(i)])) for s, i in zip(precise, pos)]
         truth = [{r for _, r in sorted(b, reverse=True)[:10]} for b in best]
         if truth_file.is_file():
             truth = torch.load(truth_file)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["CandidateStore", "explain", "maxsim"]
+__all__ = ["CandidateStore", "explain", "maxsim", "near_top"]
 
 _STORE_DTYPE = torch.bfloat16
 # Bound on each scoring buffer (query rows x candidates [x grouped vectors]): 16M bf16 elements = 32 MiB.
@@ -126,9 +126,9 @@ def _check_indices(indices: object, n: int, what: str) -> Tensor:
 # Scoring core.
 
 
-def _query_rows(q: Tensor, r_q: int) -> Tensor:
-    """[Bq, R_q, D] -> [Bq * r_q, D] bf16, query-major, so rows of one query are adjacent."""
-    return q[:, :r_q].detach().to(device="cpu", dtype=_STORE_DTYPE).reshape(-1, q.shape[2]).contiguous()
+def _query_rows(q: Tensor, r_q: int, dtype: torch.dtype = _STORE_DTYPE) -> Tensor:
+    """[Bq, R_q, D] -> [Bq * r_q, D] (bf16 unless told), query-major, so rows of one query are adjacent."""
+    return q[:, :r_q].detach().to(device="cpu", dtype=dtype).reshape(-1, q.shape[2]).contiguous()
 
 
 def _score_vector_major(rows: Tensor, vm: Tensor, bq: int, r_q: int, r_c: int) -> Tensor:
@@ -254,6 +254,22 @@ def explain(q: Tensor, c: Tensor, budget: tuple[int, int] | None = None) -> dict
     }
 
 
+def near_top(scores: Tensor, k: int, r_q: int, limit: int = 256) -> Tensor:
+    """Positions in 1-D fast-path `scores` that may belong to the precise top k, best first, at most
+    max(k, limit): every score within r_q / 128 of the k-th best. That is the widest two candidates' fast
+    scores can be misordered: each of the r_q terms is off by at most 2^-8 (bf16 query, bf16 result, unit
+    vectors). Rescore these with `CandidateStore.maxsim(..., precise=True)`."""
+    if scores.ndim != 1:
+        raise ValueError(f"near_top: scores must be 1-D, got shape {tuple(scores.shape)}")
+    if k < 1 or r_q < 1:
+        raise ValueError(f"near_top: k and r_q must be >= 1, got k={k}, r_q={r_q}")
+    order = torch.argsort(scores, descending=True, stable=True)[: max(k, limit)]
+    if order.numel() <= k:
+        return order
+    kth = scores[order[k - 1]]
+    return order[scores[order] >= kth - r_q / 128.0]
+
+
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -372,23 +388,32 @@ class CandidateStore:
 
     @torch.no_grad()
     def maxsim(
-        self, q: Tensor, budget: tuple[int, int] | None = None, *, indices: object | None = None
+        self, q: Tensor, budget: tuple[int, int] | None = None, *, indices: object | None = None,
+        precise: bool = False,
     ) -> Tensor:
         """MaxSim of queries q [Bq, R_q, D] against the stored candidates -> [Bq, N] float32.
 
         indices: optional 1-D ints; scores only those candidates, in that order -> [Bq, len(indices)]
         (the rerank step of a two-stage search).
+        precise: fp32 queries, products and maxima over the stored (bf16) vectors, about 4x slower. The fast
+          path rounds the query to bf16 and each query vector's best product to bf16 (about 3 significant
+          digits), which reorders candidates whose scores differ by less than about r_q / 256; rank the
+          final shortlist with precise=True (see `near_top`).
         """
         q = _check_queries(q)
         _check_dims(q.shape[2], self.dim)
         r_q, r_c = _resolve_budget(budget, q.shape[1], self.num_vectors)
-        rows = _query_rows(q, r_q)
+        rows = _query_rows(q, r_q, torch.float32 if precise else _STORE_DTYPE)
         bq = q.shape[0]
         vm = self._data[:r_c, : self._n]
-        if indices is None:
-            return _score_vector_major(rows, vm, bq, r_q, r_c)
-        idx = _check_indices(indices, self._n, "maxsim")
-        return _score_in_slices(rows, bq, r_q, r_c, idx.numel(), lambda s, e: vm.index_select(1, idx[s:e]))
+        idx = None if indices is None else _check_indices(indices, self._n, "maxsim")
+        if not precise:
+            if idx is None:
+                return _score_vector_major(rows, vm, bq, r_q, r_c)
+            return _score_in_slices(rows, bq, r_q, r_c, idx.numel(), lambda s, e: vm.index_select(1, idx[s:e]))
+        if idx is None:
+            return _score_in_slices(rows, bq, r_q, r_c, self._n, lambda s, e: vm[:, s:e].float())
+        return _score_in_slices(rows, bq, r_q, r_c, idx.numel(), lambda s, e: vm.index_select(1, idx[s:e]).float())
 
     def subset(self, indices: object) -> CandidateStore:
         """New store with copies of the given candidates, in the given order."""

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.scoring import CandidateStore, explain, maxsim
+from model.scoring import CandidateStore, explain, maxsim, near_top
 
 BUDGETS = [(1, 1), (2, 4), (4, 8), (3, 5), (5, 9)]
 
@@ -172,6 +172,45 @@ def test_subset_and_indices_score_selected_candidates_in_order(data):
     assert len(sub) == 4
     assert torch.equal(sub.maxsim(q, (3, 5)), want)
     assert store.maxsim(q, indices=[]).shape == (3, 0)
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_precise_scores_are_fp32_maxsim_of_the_stored_vectors(data, budget):
+    q, c = data
+    store = CandidateStore(c)
+    stored = c.bfloat16().float()  # what the store holds; the query stays fp32
+    want = _reference(q, stored, *budget)
+    torch.testing.assert_close(store.maxsim(q, budget, precise=True).double(), want, rtol=0, atol=1e-5)
+    idx = [10, 2, 5]
+    torch.testing.assert_close(store.maxsim(q, budget, indices=idx, precise=True).double(), want[:, idx],
+                               rtol=0, atol=1e-5)
+
+
+def test_precise_scores_order_near_ties_that_the_fast_path_rounds_together():
+    # Candidates that differ by far less than bf16 resolves: the fast path ties some, the precise path not.
+    base = _unit(1, 4, 64, seed=3)[0]
+    g = torch.Generator().manual_seed(4)
+    c = torch.stack([base + 1e-3 * torch.randn(4, 64, generator=g) for _ in range(40)])
+    c = c / c.norm(dim=-1, keepdim=True)
+    q = (base + 0.3 * _unit(4, 64, seed=5)).unsqueeze(0)
+    q = q / q.norm(dim=-1, keepdim=True)
+    store = CandidateStore(c)
+    fast, precise = store.maxsim(q)[0], store.maxsim(q, precise=True)[0]
+    assert fast.unique().numel() < 40  # rounding merges distinct scores
+    assert precise.unique().numel() == 40
+    want = _reference(q, c.bfloat16().float(), 4, 4)[0]
+    assert torch.equal(precise.argsort(descending=True), want.argsort(descending=True))
+
+
+def test_near_top_keeps_every_score_within_the_rounding_bound_of_the_kth():
+    scores = torch.tensor([5.0, 9.0, 8.98, 1.0, 8.9, 8.7, 9.5])
+    # k = 2: the 2nd best is 9.0; with r_q = 4 the bound is 4 / 128 = 0.03125, so 8.98 stays, 8.9 does not.
+    assert near_top(scores, 2, 4).tolist() == [6, 1, 2]
+    assert near_top(scores, 2, 64).tolist() == [6, 1, 2, 4, 5]  # bound 0.5
+    assert near_top(scores, 2, 64, limit=3).tolist() == [6, 1, 2]  # never more than max(k, limit)
+    assert near_top(scores, 10, 1).tolist() == [6, 1, 2, 4, 5, 0, 3]  # k >= N: everything
+    with pytest.raises(ValueError, match="1-D"):
+        near_top(scores[None], 2, 4)
 
 
 def test_first_vectors_and_candidate(data):
