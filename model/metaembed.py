@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -78,8 +79,12 @@ class MetaEmbed(nn.Module):
 
     def _place(self, device, dtype) -> MetaEmbed:
         device = torch.device(device) if device is not None else default_device()
+        # Default on a CPU with native bf16 (AVX512-bf16, AMX), for backbones measured to allow it: fp32
+        # weights, encoding under bf16 autocast (MiniLM: ~2.5x faster, vectors within 1e-5 cosine of fp32,
+        # finer than their bf16 storage). Never fp16 on CPU. An explicit dtype is used as given.
+        self.cpu_autocast = (dtype is None and device.type == "cpu" and self.backbone.cpu_autocast
+                             and _cpu_has_native_bf16())
         if dtype is None:
-            # bf16 on GPU; fp32 compute on CPU (storage in bf16 happens in the scorer, never fp16 on CPU).
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         self.to(device=device, dtype=dtype)
         self.eval()
@@ -139,6 +144,9 @@ class MetaEmbed(nn.Module):
     def device(self) -> torch.device:
         return self.query_meta.device
 
+    def _autocast(self):
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=getattr(self, "cpu_autocast", False))
+
     def meta_tokens(self, side: str) -> nn.Parameter:
         if side not in SIDES:
             raise ValueError(f"side must be one of {SIDES}, got {side!r}")
@@ -177,7 +185,8 @@ class MetaEmbed(nn.Module):
         for start in range(0, len(items), batch_size):
             chunk = items[start:start + batch_size]
             batch = self.prepare(chunk, side, num_tokens)
-            vecs, _ = self.embed(batch, side, num_tokens)
+            with self._autocast():
+                vecs, _ = self.embed(batch, side, num_tokens)
             out.append(vecs.float().cpu())
             bar.update(len(chunk))
         bar.close()
@@ -196,7 +205,8 @@ class MetaEmbed(nn.Module):
         """One item's vectors plus what explains them: its content tokens, each meta vector's last-layer
         attention over those tokens, and the front-end's details (e.g. the visual tokens of a photo)."""
         batch = self.prepare([item], side)
-        vecs, out = self.embed(batch, side, output_attention=True)
+        with self._autocast():
+            vecs, out = self.embed(batch, side, output_attention=True)
         return {
             "vectors": vecs[0].float().cpu(),
             "tokens": out.tokens[0] if out.tokens else [],
@@ -205,6 +215,16 @@ class MetaEmbed(nn.Module):
             "offsets": batch["offsets"][0].tolist() if "offsets" in batch else None,
             "extras": out.extras[0] if out.extras else {},
         }
+
+
+@functools.cache
+def _cpu_has_native_bf16() -> bool:
+    # Without these, bf16 is emulated and slower than fp32.
+    cpu = torch.cpu
+    try:
+        return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _is_trained(name: str, lora: bool) -> bool:

@@ -78,6 +78,9 @@ class Backbone(nn.Module):
     hidden_size: int
     # Room for embeddings of the meta tokens: adapters that cap the content length leave this many positions.
     max_meta_tokens: int = 64
+    # Whether fp32 weights may encode under bf16 autocast on a CPU with native bf16 (MetaEmbed's default there);
+    # set only where measured.
+    cpu_autocast: ClassVar[bool] = False
 
     def prepare(self, items: list[Parsed], num_meta: int) -> dict:
         """CPU-side preprocessing (tokenise, image processing) of one batch."""
