@@ -114,7 +114,7 @@ def test_text_bearing_classes_match_the_vocab(vocab):
 
 
 def test_classifier_probabilities_sum_to_one(classifier):
-    out = classifier.classify([_scene(800, 450), _scene(300, 900, seed=1).convert("L"), _scene(640, 480, seed=2)])
+    out = classifier.classify([_scene(800, 450), _scene(300, 900, seed=1).convert("L"), _scene(560, 480, seed=2)])
     assert out.probs.shape == (3, 1000)
     assert [f.shape for f in out.features] == [(3, 1280, FEATURE_GRID, FEATURE_GRID)] * 2 + [(1, 1280, 7, 7)]
     np.testing.assert_allclose(out.probs.sum(axis=1), 1.0, atol=1e-4)
@@ -125,7 +125,7 @@ def test_classifier_probabilities_sum_to_one(classifier):
     for x0, y0, x1, y1 in (centre, top, bottom):
         assert (x0, x1) == (0.0, 1.0) and abs((y1 - y0) - 300 / 900) < 1e-6
     assert 0 < centre[1] < centre[3] < 1 and top[1] == 0.0 and bottom[3] == pytest.approx(1.0)
-    assert out.crop_boxes[2] == [(80 / 640, 0.0, 560 / 640, 1.0)]  # 4:3: the centre square alone
+    assert out.crop_boxes[2] == [(40 / 560, 0.0, 520 / 560, 1.0)]  # 7:6: the centre square alone
 
 
 def test_crop_squares_add_the_ends_only_for_elongated_images():
