@@ -29,6 +29,7 @@ class MetaEmbed(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = backbone
+        self.cpu_autocast = False  # decided by _place (from_config / from_pretrained)
         gen = torch.Generator().manual_seed(seed)
         self.query_meta = nn.Parameter(backbone.meta_init(config.num_query_tokens, gen))
         self.candidate_meta = nn.Parameter(backbone.meta_init(config.num_candidate_tokens, gen))
@@ -145,7 +146,7 @@ class MetaEmbed(nn.Module):
         return self.query_meta.device
 
     def _autocast(self):
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=getattr(self, "cpu_autocast", False))
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_autocast)
 
     def meta_tokens(self, side: str) -> nn.Parameter:
         if side not in SIDES:

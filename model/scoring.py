@@ -406,14 +406,15 @@ class CandidateStore:
         rows = _query_rows(q, r_q, torch.float32 if precise else _STORE_DTYPE)
         bq = q.shape[0]
         vm = self._data[:r_c, : self._n]
+        if indices is None and not precise:
+            return _score_vector_major(rows, vm, bq, r_q, r_c)
         idx = None if indices is None else _check_indices(indices, self._n, "maxsim")
-        if not precise:
-            if idx is None:
-                return _score_vector_major(rows, vm, bq, r_q, r_c)
-            return _score_in_slices(rows, bq, r_q, r_c, idx.numel(), lambda s, e: vm.index_select(1, idx[s:e]))
-        if idx is None:
-            return _score_in_slices(rows, bq, r_q, r_c, self._n, lambda s, e: vm[:, s:e].float())
-        return _score_in_slices(rows, bq, r_q, r_c, idx.numel(), lambda s, e: vm.index_select(1, idx[s:e]).float())
+
+        def block(s: int, e: int) -> Tensor:
+            part = vm[:, s:e] if idx is None else vm.index_select(1, idx[s:e])
+            return part.float() if precise else part
+
+        return _score_in_slices(rows, bq, r_q, r_c, self._n if idx is None else idx.numel(), block)
 
     def subset(self, indices: object) -> CandidateStore:
         """New store with copies of the given candidates, in the given order."""

@@ -25,7 +25,8 @@ Facts checked against the packages' code (efficientnet_lite_pytorch 0.1.0):
 
 Speed: batch-norm is folded into the convolutions and stride-1 "SAME" paddings become ordinary symmetric
 conv padding, then the network runs in bfloat16 (about 3x faster than the package's fp32 eager model on
-this CPU; top-1 unchanged on our checks), frozen with TorchScript (`_freeze_for_inference`, 1.5x more). `reference_logits` runs the untouched package model for tests.
+this CPU; top-1 unchanged on our checks), frozen with TorchScript (`_freeze_for_inference`, 1.5x more).
+`reference_logits` runs the untouched package model for tests.
 """
 
 from __future__ import annotations
@@ -189,12 +190,14 @@ def predict_crops(predict, inputs: list[np.ndarray]) -> tuple[np.ndarray, list[n
     return np.stack([merge_crops(p) for p in crop_probs]), crop_probs, features
 
 
-def _freeze_for_inference(net: nn.Module, dtype: torch.dtype) -> nn.Module:
+def _freeze_for_inference(net: nn.Module, dtype: torch.dtype, batch_size: int) -> nn.Module:
     """TorchScript trace + freeze + optimize_for_inference: oneDNN gets the conv weights prepacked once instead
     of reordering them on every call; 1.5x faster on this CPU (bf16, batch 32: 6.9 -> 4.5 ms per crop) with
-    bit-identical features. Build ~0.7 s. torch marks these APIs deprecated (torch.compile would compile for
-    tens of seconds on 2 cores at every start), so where they are gone or fail the eager net is used."""
-    example = torch.zeros(32, 3, INPUT_SIZE, INPUT_SIZE, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    bit-identical features. Traced at the batch size `predict` runs (traced at batch 1 it was no faster).
+    Build ~1 s. torch marks these APIs deprecated (torch.compile would compile for tens of seconds on 2 cores
+    at every start), so where they are gone or fail the eager net is used."""
+    example = torch.zeros(batch_size, 3, INPUT_SIZE, INPUT_SIZE, dtype=dtype)
+    example = example.contiguous(memory_format=torch.channels_last)
     try:
         with warnings.catch_warnings(), torch.inference_mode():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -216,7 +219,7 @@ class ImageClassifier:
         self.dtype = dtype
         self.batch_size = batch_size
         net = build_fused_features(package_model).to(dtype=dtype).to(memory_format=torch.channels_last)
-        self.features_net = _freeze_for_inference(net, dtype)
+        self.features_net = _freeze_for_inference(net, dtype, batch_size)
         # fc stays float32: it is tiny and CAMs reuse its rows.
         self.fc_weight = package_model._fc.weight.detach().float().clone()  # [1000, 1280]
         self.fc_bias = package_model._fc.bias.detach().float().clone()  # [1000]
