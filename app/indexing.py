@@ -5,12 +5,17 @@ re-run skips them (their content hashes are passed to ingest as known). A batch 
 is retried item by item, so one bad item is reported instead of losing its neighbours. A file that was
 edited since it was indexed replaces its old version, but only once the new version is fully committed
 and read without errors: until then the old items stay searchable.
+
+Reading and decoding runs a few files ahead of the encoder in a worker thread (`read_ahead`): Pillow
+releases the GIL while it decodes and resizes, so a photo is decoded while the previous batch is encoded.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +25,9 @@ from .index import Index
 from .ingest import DuplicateSkipped, IngestError, IngestNote, Item, default_ocr, iter_ingest
 
 DEFAULT_BATCH_SIZE = 8
+# Items decoded ahead of the encoder. A photo is held at <= 1600 px (~6 MB as RGB), so this bounds the extra
+# memory to ~50 MB; one batch ahead is all the overlap needs.
+READ_AHEAD = DEFAULT_BATCH_SIZE
 
 
 @dataclass
@@ -89,7 +97,9 @@ def index_paths(
             on_commit(committed)
 
     versions: dict[str, str] = {}  # source -> sha256 of the file as read now
-    for event in iter_ingest(paths, known_hashes=index.known_hashes(), ocr=ocr, progress=progress):
+    known = index.known_hashes()  # here: the index's SQLite connection belongs to this thread
+    events = read_ahead(lambda report: iter_ingest(paths, known_hashes=known, ocr=ocr, progress=report), progress)
+    for event in events:
         if isinstance(event, Item):
             if event.file_hash:
                 versions[event.source] = event.file_hash
@@ -116,6 +126,68 @@ def index_paths(
     if stale:  # one removal (one transaction, one segment rewrite) for every replaced file
         index.remove(stale)
     return run
+
+
+_EVENT, _PROGRESS, _ERROR, _DONE = range(4)
+
+
+def read_ahead(
+    produce: Callable[[Callable[..., None]], Iterator[Any]],
+    progress: Callable[..., None] | None = None,
+    depth: int = READ_AHEAD,
+) -> Iterator[Any]:
+    """Yield what `produce(report)` yields, produced up to `depth` items ahead in a worker thread.
+
+    `report(*args)` calls from the producer reach `progress(*args)` in the caller's thread, in order with the
+    items (Gradio's progress tracker belongs to the request's thread). An exception in the producer is raised
+    here. When the caller stops early (break, exception, close), the producer stops after its current item
+    and its generator is closed, so archives it opened are closed.
+    """
+    if depth < 1:
+        raise ValueError(f"read_ahead: depth must be >= 1, got {depth}")
+    pending: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry: tuple[int, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                pending.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def work() -> None:
+        events = None
+        try:
+            events = produce(lambda *args: put((_PROGRESS, args)))
+            for event in events:
+                if not put((_EVENT, event)):
+                    break
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread, raised there
+            put((_ERROR, exc))
+        finally:
+            if events is not None and hasattr(events, "close"):
+                events.close()
+            put((_DONE, None))
+
+    worker = threading.Thread(target=work, name="ingest-read-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = pending.get()
+            if kind == _EVENT:
+                yield value
+            elif kind == _PROGRESS:
+                if progress is not None:
+                    progress(*value)
+            elif kind == _ERROR:
+                raise value
+            else:
+                return
+    finally:
+        stop.set()
+        worker.join()
 
 
 def _commit(model: Any, index: Index, batch: list[Item], run: IndexRun) -> list[IndexedEntry]:

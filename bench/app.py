@@ -1,7 +1,8 @@
-"""Speed of the app as users feel it: budget-slider re-ranking end to end, and cold start.
+"""Speed of the app as users feel it: budget-slider re-ranking end to end, cold start, and indexing uploads.
 
     python bench/app.py rerank [--n 10000] [--moves 20]   slider move -> new gallery in Chromium, 10,000 items
     python bench/app.py coldstart                         `python app.py` -> page served (first and second start)
+    python bench/app.py index [--size 4032x3024] [--n 96]  photos uploaded -> searchable, photos/s
 
 Results go to docs/benchmarks.md ("App"). Not a test: numbers depend on the machine and on what else runs.
 
@@ -219,6 +220,44 @@ def bench_coldstart() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def bench_index(n: int, size: tuple[int, int], rounds: int) -> None:
+    """Upload `n` camera-sized JPEGs (the sample photos re-encoded at `size`, each made unique) into a fresh
+    local collection through `Studio.index_files`, the path the app's upload box takes: copy in, ingest
+    (hash, decode, EXIF, resize to the encoder's 1600 px, thumbnail), encode in the model lock's chunks, commit."""
+    from app.server import create_app
+
+    sources = sorted(p for p in (ROOT / "assets" / "examples").rglob("*") if p.suffix.lower() in {".jpg", ".jpeg"})
+    tmp = Path(tempfile.mkdtemp(prefix="bench-index-"))
+    try:
+        photos = tmp / "photos"
+        photos.mkdir()
+        files = []
+        for i in range(n):
+            img = Image.open(sources[i % len(sources)]).convert("RGB").resize(size)
+            img.putpixel((i % size[0], 0), (i % 256, 0, 0))  # distinct content: no duplicate skipping
+            files.append(photos / f"IMG_{i:04d}.jpg")
+            img.save(files[-1], quality=90)
+        ckpt, label = checkpoint(tmp)
+        rates = []
+        for r in range(rounds):
+            studio, _ = create_app(ckpt, tmp / f"data{r}", sample_dir=None, log=lambda *a: None)
+            if r == 0:  # warm-up: loads the classifier (and TorchScript-freezes it) before anything is timed
+                studio.engine.model.encode_candidates([Image.open(files[0])])
+                print(f"checkpoint: {label}; {n} photos {size[0]}x{size[1]}; torch threads {torch.get_num_threads()}; "
+                      f"load average {os.getloadavg()[0]:.1f}")
+            t = time.perf_counter()
+            report = studio.index_files(studio.local, files)
+            dt = time.perf_counter() - t
+            if len(report["indexed"]) != n or report["errors"]:
+                raise RuntimeError(f"expected {n} photos indexed, got {len(report['indexed'])}: {report['errors'][:3]}")
+            rates.append(n / dt)
+            print(f"  round {r + 1}: {n / dt:.1f} photos/s ({dt:.1f} s)")
+        print(f"median {statistics.median(rates):.1f} photos/s, best {max(rates):.1f}; "
+              f"load average {os.getloadavg()[0]:.1f}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -226,9 +265,21 @@ def main() -> None:
     r.add_argument("--n", type=int, default=10_000)
     r.add_argument("--moves", type=int, default=20)
     sub.add_parser("coldstart")
+    x = sub.add_parser("index")
+    x.add_argument("--n", type=int, default=96)
+    x.add_argument("--size", default="4032x3024", help="WIDTHxHEIGHT of the uploaded JPEGs (a 12 MP phone photo)")
+    x.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
     if args.cmd == "rerank":
         bench_rerank(args.n, args.moves)
+    elif args.cmd == "index":
+        try:
+            size = tuple(int(v) for v in args.size.lower().split("x"))
+            if len(size) != 2 or min(size) < 1 or args.n < 1 or args.rounds < 1:
+                raise ValueError
+        except ValueError:
+            p.error(f"--size must look like 4032x3024 and --n, --rounds be positive, got {args.size!r}")
+        bench_index(args.n, size, args.rounds)
     else:
         bench_coldstart()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -17,7 +19,7 @@ from index_helpers import (
 
 from app import index as index_module
 from app.index import CheckpointMismatch, Index, IndexError_, checkpoint_id, checkpoint_id_of_folder
-from app.indexing import encoder_input, index_paths
+from app.indexing import encoder_input, index_paths, read_ahead
 from app.ingest import ingest
 
 
@@ -315,3 +317,65 @@ def test_shared_thumbnails_are_stored_once_and_dropped_with_their_last_item(tmp_
     assert index.thumbnail(ids[1]) == b"\xff\xd8 page jpeg"
     index.remove([ids[1]])
     assert db.execute("SELECT COUNT(*) FROM thumbnails").fetchone()[0] == 0
+
+
+# ------------------------------------------------------------------------------------- read-ahead ingest
+
+
+def test_read_ahead_keeps_order_and_reports_progress_in_the_callers_thread():
+    caller = threading.get_ident()
+    seen = []
+
+    def produce(report):
+        for i in range(20):
+            report(i, 20, f"f{i}")
+            yield i
+
+    def progress(done, total, name):
+        seen.append((done, threading.get_ident()))
+
+    out = []
+    for item in read_ahead(produce, progress, depth=3):
+        out.append(item)
+        assert len(seen) == item + 1  # each file's progress arrives before its item
+    assert out == list(range(20))
+    assert [d for d, _ in seen] == list(range(20)) and {t for _, t in seen} == {caller}
+
+
+def test_read_ahead_raises_the_producers_error_and_stops_early_when_the_caller_does():
+    def failing(report):
+        yield 1
+        raise ValueError("broken archive")
+
+    with pytest.raises(ValueError, match="broken archive"):
+        list(read_ahead(failing))
+    with pytest.raises(ValueError, match="depth"):
+        list(read_ahead(failing, depth=0))
+
+    produced, closed = [], threading.Event()
+
+    def endless(report):
+        try:
+            for i in range(10**9):
+                produced.append(i)
+                yield i
+        finally:
+            closed.set()  # the generator was closed (its archives would be closed here)
+
+    events = read_ahead(endless, depth=2)
+    assert [next(events) for _ in range(3)] == [0, 1, 2]
+    events.close()
+    assert closed.is_set() and len(produced) <= 3 + 2 + 1
+    assert not [t for t in threading.enumerate() if t.name == "ingest-read-ahead"]
+
+
+def test_index_paths_progress_runs_in_the_callers_thread(tmp_path, model):
+    files = write_mixed_corpus(tmp_path / "in", images=False)
+    calls = []
+    index = new_index(tmp_path / "idx", model)
+    run = index_paths(model, index, [tmp_path / "in"], ocr=None,
+                      progress=lambda done, total, name: calls.append((done, total, threading.get_ident())))
+    assert run.errors == [] and len(index) == len(run.indexed) > 0
+    total = calls[-1][1]
+    assert total == len(files) and [c[0] for c in calls] == list(range(total + 1))
+    assert {c[2] for c in calls} == {threading.get_ident()}
