@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+from bench.mini import parse_size, write_photos  # noqa: E402
 from bench.search import Meta  # noqa: E402  (the fields Index.add reads from an ingest Item)
 
 CHROMIUM = "/usr/bin/chromium"
@@ -231,12 +232,7 @@ def bench_index(n: int, size: tuple[int, int], rounds: int) -> None:
     try:
         photos = tmp / "photos"
         photos.mkdir()
-        files = []
-        for i in range(n):
-            img = Image.open(sources[i % len(sources)]).convert("RGB").resize(size)
-            img.putpixel((i % size[0], 0), (i % 256, 0, 0))  # distinct content: no duplicate skipping
-            files.append(photos / f"IMG_{i:04d}.jpg")
-            img.save(files[-1], quality=90)
+        files = write_photos(photos, sources, n, size)
         ckpt, label = checkpoint(tmp)
         rates = []
         for r in range(rounds):
@@ -273,12 +269,12 @@ def main() -> None:
     if args.cmd == "rerank":
         bench_rerank(args.n, args.moves)
     elif args.cmd == "index":
+        if args.n < 1 or args.rounds < 1:
+            p.error(f"--n and --rounds must be positive, got {args.n} and {args.rounds}")
         try:
-            size = tuple(int(v) for v in args.size.lower().split("x"))
-            if len(size) != 2 or min(size) < 1 or args.n < 1 or args.rounds < 1:
-                raise ValueError
-        except ValueError:
-            p.error(f"--size must look like 4032x3024 and --n, --rounds be positive, got {args.size!r}")
+            size = parse_size(args.size)
+        except ValueError as exc:
+            p.error(f"--size: {exc}")
         bench_index(args.n, size, args.rounds)
     else:
         bench_coldstart()

@@ -37,6 +37,29 @@ def load_seconds(checkpoint: str | None) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """"1600x1200" -> (1600, 1200); ValueError naming the expected form otherwise."""
+    try:
+        size = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        size = ()
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"a size must look like 1600x1200, got {text!r}")
+    return size
+
+
+def write_photos(folder: Path, sources: list[Path], n: int, size: tuple[int, int]) -> list[Path]:
+    """`n` camera-sized JPEGs (q90) in `folder`: the `sources` in turn, resized to `size`, each with one pixel
+    changed so no two files have the same content (the app skips duplicates)."""
+    files = []
+    for i in range(n):
+        img = Image.open(sources[i % len(sources)]).convert("RGB").resize(size)
+        img.putpixel((i % size[0], 0), (i % 256, 0, 0))
+        files.append(folder / f"IMG_{i:04d}.jpg")
+        img.save(files[-1], quality=90)
+    return files
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--photos", default=str(ROOT / "assets" / "examples"))
@@ -46,11 +69,9 @@ def main() -> None:
     p.add_argument("--size", default="1600x1200", help="WIDTHxHEIGHT the photos are re-encoded at")
     opts = p.parse_args()
     try:
-        size = tuple(int(v) for v in opts.size.lower().split("x"))
-        if len(size) != 2 or min(size) < 1:
-            raise ValueError
-    except ValueError:
-        p.error(f"--size must look like 1600x1200, got {opts.size!r}")
+        size = parse_size(opts.size)
+    except ValueError as exc:
+        p.error(f"--size: {exc}")
 
     from model import MetaEmbed
 
@@ -59,11 +80,7 @@ def main() -> None:
     # Photos only (JPEG): the target is for photos without OCR; screenshots (PNG) would run OCR.
     sources = sorted(x for x in Path(opts.photos).rglob("*") if x.suffix.lower() in {".jpg", ".jpeg"})
     with tempfile.TemporaryDirectory() as tmp:
-        files = []
-        for i in range(opts.n):
-            img = Image.open(sources[i % len(sources)]).convert("RGB").resize(size)
-            files.append(Path(tmp) / f"{i}.jpg")
-            img.save(files[-1], quality=90)
+        files = write_photos(Path(tmp), sources, opts.n, size)
         model.encode_candidates([Image.open(files[0])])  # warm-up: loads the visual tokenizer
         photo_rates = []
         for _ in range(opts.rounds):
