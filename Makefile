@@ -33,6 +33,7 @@ bench: install
 	$(PY) bench/mini.py
 	$(PY) bench/app.py rerank
 	$(PY) bench/app.py coldstart
+	$(PY) bench/app.py index
 
 train-mini: install
 	$(PY) -m model.train_mini
