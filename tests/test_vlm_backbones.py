@@ -370,3 +370,20 @@ def test_missing_folder_wrong_family_broken_checkpoint_and_offline_hub_id_give_c
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ValueError, match=r"not available offline: download it with `hf download nobody/no-vlm`"):
         MetaEmbed.from_config(make_config("qwen2-vl", "nobody/no-vlm"))
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_meta_tokens_start_on_the_device_the_backbone_was_built_on(device, backbone_dirs):
+    """A backbone built on a GPU (e.g. from a config, straight onto the device) gets its meta tokens there, the
+    same ones for a seed as on the CPU: the seeded noise is drawn on the CPU and joins the embeddings."""
+    backbone = load("qwen2.5-vl", backbone_dirs).backbone
+    reference = backbone.meta_init(4, torch.Generator().manual_seed(3))
+    backbone.to(device)
+    meta = backbone.meta_init(4, torch.Generator().manual_seed(3))
+    assert meta.device.type == device and meta.shape == (4, backbone.hidden_size)
+    torch.testing.assert_close(meta.cpu(), reference)
+    model = MetaEmbed(make_config("qwen2.5-vl", backbone_dirs["qwen2.5-vl"]), backbone)
+    assert model.query_meta.device.type == device

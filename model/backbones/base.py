@@ -96,8 +96,10 @@ class Backbone(nn.Module):
         emb = self.input_embeddings().weight.detach().float()
         center = emb.mean(0)
         scale = emb.std().item()
+        # The noise is drawn on the CPU (the seeded generator's device, so a seed gives the same tokens on any
+        # device) and joins the embeddings wherever the backbone was built (a GPU, for one built there).
         noise = torch.randn(num, emb.shape[1], generator=generator) * scale
-        return center + noise
+        return center + noise.to(center.device)
 
     def input_embeddings(self) -> nn.Embedding:
         raise NotImplementedError

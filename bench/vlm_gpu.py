@@ -1,0 +1,529 @@
+"""Vision-language MetaEmbed at real size on a GPU: encoding throughput, peak memory and MMR training steps.
+
+    PYTHONUNBUFFERED=1 python bench/vlm_gpu.py --out vlm.json          # real sizes, needs CUDA
+    nice -n 19 .venv/bin/python bench/vlm_gpu.py --tiny --out /tmp/vlm-tiny.json   # same code path, tiny, CPU
+
+Nothing is downloaded: each backbone is built from its published config (Qwen2.5-VL-3B-Instruct,
+SmolVLM-256M-Instruct) with random weights, directly on the device in bf16, with a word-level tokenizer
+that has the family's special tokens and the family's real image processor settings (Qwen: 28 px merged
+patches, SmolVLM: upscale to 2048 px, 512 px tiles + a global view; the PIL processors, as the project's
+torchvision-free install gets them). The backbone then goes through the project's own adapters
+(`QwenVLBackbone`, `Idefics3Backbone`), MetaEmbed (16 query / 64 candidate meta tokens, 128-d projection,
+LoRA r=32 on the language model) and `model.train.train` (MMR loss over the paper's five groups), as
+`python -m model.train` would run it on a GPU: fp32 weights under bf16 autocast, here with the backbone's
+gradient checkpointing switched on.
+
+Per model: images/s (`encode_candidates`, 448x448 photos, CPU preprocessing included and also given
+separately, with the image processor spread over --threads threads: see `ThreadedImages`; the stock serial
+processor's ms per photo is reported beside it), the vision tower's share of one batch's forward pass,
+queries/s (`encode_queries`), peak GPU memory of each phase, and the time of each training step (query text +
+positive photo + hard-negative photo per row). Random weights give the same FLOPs and memory as trained
+ones, but the numbers say nothing about quality. Each model runs in its own try/except, and the JSON (also
+printed) is rewritten after every phase, so a failure or a timeout still reports the rest.
+`--models`, `--phases` and `--train-minutes` cut a run down to fit a short GPU lease.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
+
+from model.config import MetaEmbedConfig  # noqa: E402
+from model.metaembed import MetaEmbed  # noqa: E402
+from model.train import TrainArgs, train  # noqa: E402
+
+WORDS = ("a photo of the red blue green white black small big old new cat dog house tree car boat bird "
+         "flower mountain river street night beach snow city on in with and near under at what is where "
+         "user assistant User Assistant : system").split()
+QWEN_SPECIAL = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|image_pad|>",
+                "<|vision_end|>", "<|video_pad|>"]
+IDEFICS_SPECIAL = (["<pad>", "<unk>", "<|begin_of_text|>", "<|im_start|>", "<end_of_utterance>",
+                    "<fake_token_around_image>", "<image>", "<global-img>"]
+                   + [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)])
+# SmolVLM's chat template, in its essentials (the test suite's).
+IDEFICS_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}:"
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>{% else %}{{ part['text'] }}"
+    "{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+def word_tokenizer(special: list[str], **tokens):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(special + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(special)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", **tokens)
+
+
+def random_init(cls, config, device: torch.device, dtype: torch.dtype):
+    """`cls` (a transformers base model, no LM head) with random weights, built on `device` in `dtype`."""
+    with torch.device(device):
+        model = cls._from_config(config, dtype=dtype, attn_implementation="sdpa")
+    return model.eval()
+
+
+def build_qwen(tiny: bool, device: torch.device, dtype: torch.dtype):
+    """Qwen2.5-VL-3B-Instruct's config (tiny: 2 decoder layers, 2 vision blocks, small widths)."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLModel
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from model.backbones.qwen2_vl import QwenVLBackbone
+
+    tokenizer = word_tokenizer(QWEN_SPECIAL, eos_token="<|im_end|>")
+    ids = tokenizer.get_vocab()
+    if tiny:
+        text = dict(vocab_size=len(ids), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, mrope_section=[2, 3, 3])
+        vision = dict(depth=2, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=64,
+                      fullatt_block_indexes=[1])
+    else:
+        text = dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+                    num_attention_heads=16, num_key_value_heads=2, mrope_section=[16, 24, 24])
+        vision = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048,
+                      fullatt_block_indexes=[7, 15, 23, 31])
+    section = text.pop("mrope_section")
+    text.update(rms_norm_eps=1e-6, max_position_embeddings=128000, pad_token_id=0,
+                eos_token_id=ids["<|im_end|>"], bos_token_id=ids["<|im_start|>"],
+                rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": section})
+    vision.update(hidden_act="silu", patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                  tokens_per_second=2, in_channels=3)
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+                              video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                              vision_end_token_id=ids["<|vision_end|>"])
+    model = random_init(Qwen2_5_VLModel, config, device, dtype)
+    # The Qwen2.5-VL processor's pixel budget (min 4 merged patches, max 12.8 MP); the adapter caps it further.
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=3136, max_pixels=12845056, patch_size=14, merge_size=2,
+                                               temporal_patch_size=2)
+    return QwenVLBackbone(model, tokenizer, image_processor, family="qwen2.5-vl")
+
+
+def build_idefics3(tiny: bool, device: torch.device, dtype: torch.dtype):
+    """SmolVLM-256M-Instruct's config (Idefics3; tiny: 2 decoder layers, 1 vision layer, 64 px tiles)."""
+    from transformers import Idefics3Config, Idefics3Model, Idefics3Processor
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+    from model.backbones.idefics3 import Idefics3Backbone
+
+    tokenizer = word_tokenizer(IDEFICS_SPECIAL, bos_token="<|begin_of_text|>", eos_token="<end_of_utterance>")
+    ids = tokenizer.get_vocab()
+    if tiny:
+        text = dict(vocab_size=len(ids), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+        vision = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2,
+                      image_size=64, patch_size=16)
+        scale = 2
+    else:
+        text = dict(vocab_size=49280, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                    num_attention_heads=9, num_key_value_heads=3, head_dim=64)
+        vision = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                      image_size=512, patch_size=16)
+        scale = 4
+    text.update(model_type="llama", rms_norm_eps=1e-5, max_position_embeddings=8192, rope_theta=100000.0,
+                pad_token_id=0, eos_token_id=ids["<end_of_utterance>"], bos_token_id=ids["<|begin_of_text|>"])
+    config = Idefics3Config(text_config=text, vision_config=vision, scale_factor=scale, image_token_id=ids["<image>"],
+                            pad_token_id=0)
+    model = random_init(Idefics3Model, config, device, dtype)
+    tile = vision["image_size"]
+    # SmolVLM's preprocessor_config: images resized to a 2048 px long side (4 tiles of 512), Lanczos, tiled.
+    image_processor = Idefics3ImageProcessorPil(size={"longest_edge": 4 * tile}, max_image_size={"longest_edge": tile},
+                                                resample=Image.Resampling.LANCZOS, image_mean=[0.5] * 3,
+                                                image_std=[0.5] * 3)
+    seq_len = (tile // vision["patch_size"]) ** 2 // scale**2
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=seq_len,
+                                  chat_template=IDEFICS_TEMPLATE)
+    return Idefics3Backbone(model, processor, family="idefics3")
+
+
+SPECS = {
+    "qwen2.5-vl-3b": ("qwen2.5-vl", build_qwen),
+    "smolvlm-256m": ("idefics3", build_idefics3),
+}
+
+
+def picture(size: int, seed: int) -> Image.Image:
+    rng = random.Random(seed)
+    img = Image.new("RGB", (size, size), tuple(rng.randrange(256) for _ in range(3)))
+    draw = ImageDraw.Draw(img)
+    for _ in range(12):
+        x0, y0 = rng.randrange(size), rng.randrange(size)
+        w, h = rng.randrange(size // 16, size // 3), rng.randrange(size // 16, size // 3)
+        draw.rectangle([x0, y0, x0 + w, y0 + h], fill=tuple(rng.randrange(256) for _ in range(3)))
+    return img
+
+
+def query(seed: int) -> str:
+    rng = random.Random(seed)
+    content = [w for w in WORDS if w not in ("user", "assistant", "User", "Assistant", ":", "system")]
+    return " ".join(rng.choice(content) for _ in range(rng.randrange(6, 15)))
+
+
+class Clock:
+    """Wall time of a block with the device synchronised at both ends."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds = 0.0
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextlib.contextmanager
+    def __call__(self):
+        self.sync()
+        t = time.perf_counter()
+        try:
+            yield self
+        finally:
+            self.sync()
+            self.seconds = time.perf_counter() - t
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def gib(n: int | float) -> float:
+    return round(n / 2**30, 2)
+
+
+def peak(device: torch.device) -> dict:
+    if device.type != "cuda":
+        return {}
+    torch.cuda.synchronize(device)
+    return {"peak_gib": gib(torch.cuda.max_memory_allocated(device)),
+            "peak_reserved_gib": gib(torch.cuda.max_memory_reserved(device))}
+
+
+class ThreadedImages:
+    """An image processor run over `threads` slices of each batch at once (bench only).
+
+    The stock PIL processors are single-threaded, and SmolVLM's upscales every photo to 2048 px and cuts 17
+    views of it (~0.5 s of CPU per photo), which would leave the GPU idle most of the time. Slices are processed
+    in threads (PIL and numpy release the GIL) and joined as the processor would have returned them: tensors
+    and arrays concatenated on the batch dimension (views padded with zeros, which Idefics3 drops), lists
+    chained. `threads = 1` is the stock serial call.
+    """
+
+    def __init__(self, inner, threads: int):
+        self.inner = inner
+        self.threads = threads
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, images=None, *args, **kwargs):
+        if images is None and "images" in kwargs:
+            images = kwargs.pop("images")
+        n = len(images) if isinstance(images, (list, tuple)) else 1
+        if self.threads <= 1 or n < 4:
+            return self.inner(images, *args, **kwargs)
+        from concurrent.futures import ThreadPoolExecutor
+
+        step = math.ceil(n / min(self.threads, n // 2))
+        parts = [list(images[i:i + step]) for i in range(0, n, step)]
+        with ThreadPoolExecutor(len(parts)) as pool:
+            outs = list(pool.map(lambda part: self.inner(part, *args, **kwargs), parts))
+        merged = {key: _join([o[key] for o in outs]) for key in outs[0].keys()}
+        return type(outs[0])(data=merged)
+
+
+def _join(values: list):
+    import numpy as np
+
+    first = values[0]
+    if isinstance(first, (torch.Tensor, np.ndarray)):
+        is_torch = isinstance(first, torch.Tensor)
+        if first.ndim >= 4:  # [B, views, ...]: pad the views to the longest
+            most = max(v.shape[1] for v in values)
+            padded = []
+            for v in values:
+                if v.shape[1] < most:
+                    pad_shape = (v.shape[0], most - v.shape[1], *v.shape[2:])
+                    zeros = torch.zeros(pad_shape, dtype=v.dtype) if is_torch else np.zeros(pad_shape, v.dtype)
+                    v = torch.cat([v, zeros], 1) if is_torch else np.concatenate([v, zeros], 1)
+                padded.append(v)
+            values = padded
+        return torch.cat(values) if is_torch else np.concatenate(values)
+    if isinstance(first, list):
+        return [x for v in values for x in v]
+    raise TypeError(f"cannot join image-processor outputs of type {type(first).__name__}")
+
+
+def thread_images(backbone, threads: int) -> ThreadedImages:
+    owner = backbone.processor if hasattr(backbone, "processor") else backbone
+    owner.image_processor = ThreadedImages(owner.image_processor, threads)
+    return owner.image_processor
+
+
+class PrepareTimer:
+    """Wraps `model.prepare` (tokenising + image processing, all on the CPU) to add up its seconds."""
+
+    def __init__(self, model: MetaEmbed):
+        self.inner = model.prepare
+        self.seconds = 0.0
+        model.prepare = self
+
+    def __call__(self, *args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return self.inner(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - t
+
+
+def encode_phase(model: MetaEmbed, items: list, side: str, batch_size: int, device: torch.device,
+                 images: ThreadedImages) -> dict:
+    encode = model.encode_candidates if side == "candidate" else model.encode_queries
+    prep = model.prepare if isinstance(model.prepare, PrepareTimer) else PrepareTimer(model)
+    encode(items[:batch_size], batch_size=batch_size)  # warm-up: one full batch, untimed
+    reset_peak(device)
+    prep.seconds = 0.0
+    clock = Clock(device)
+    with clock():
+        vecs = encode(items, batch_size=batch_size)
+    res = {"n": len(items), "batch_size": batch_size, "seconds": round(clock.seconds, 3),
+           "per_s": round(len(items) / clock.seconds, 1), "prepare_s": round(prep.seconds, 3),
+           "per_s_without_prepare": round(len(items) / max(clock.seconds - prep.seconds, 1e-9), 1),
+           "shape": list(vecs.shape), "finite": bool(torch.isfinite(vecs).all()), **peak(device)}
+    sample = model.prepare(items[:1], side)
+    res["tokens_per_item"] = int(sample["attention_mask"].sum())
+    if side == "candidate":
+        res.update(vision_breakdown(model, items[:batch_size], device))
+    if side == "candidate":  # the stock single-threaded image processor, for comparison
+        threads, images.threads = images.threads, 1
+        n = min(len(items), 8)
+        t = time.perf_counter()
+        model.prepare(items[:n], side)
+        res["prepare_ms_per_item_one_thread"] = round(1000 * (time.perf_counter() - t) / n, 1)
+        images.threads = threads
+    return res
+
+
+@torch.inference_mode()
+def vision_breakdown(model: MetaEmbed, items: list, device: torch.device) -> dict:
+    """One batch again: the vision tower alone (and its attention calls) against the whole forward pass."""
+    import torch.nn.functional as F
+
+    batch = model.prepare(items, "candidate")
+    clock = Clock(device)
+    real_sdpa, calls = F.scaled_dot_product_attention, [0]
+
+    def counting_sdpa(*a, **k):
+        calls[0] += 1
+        return real_sdpa(*a, **k)
+
+    F.scaled_dot_product_attention = counting_sdpa
+    try:
+        with clock():
+            model.backbone.image_features(batch, device)
+    finally:
+        F.scaled_dot_product_attention = real_sdpa
+    vision = clock.seconds
+    with clock():
+        model.embed(batch, "candidate")
+    n = len(items)
+    return {"vision_ms_per_item": round(1000 * vision / n, 2), "forward_ms_per_item": round(1000 * clock.seconds / n, 2),
+            "vision_sdpa_calls_per_batch": calls[0]}
+
+
+def train_phase(model: MetaEmbed, images: list, queries: list, args, device: torch.device) -> dict:
+    folder = Path(tempfile.mkdtemp(prefix="vlm-bench-"))
+    need = min(len(images), 2 * args.train_batch)
+    for i in range(need):
+        images[i].save(folder / f"img{i:04d}.png")
+    rows = [{"query": queries[i % len(queries)], "positive": {"image": str(folder / f"img{i % need:04d}.png")},
+             "negative": {"image": str(folder / f"img{(i + 1) % need:04d}.png")}} for i in range(need)]
+    model.to(torch.float32)  # what `python -m model.train` trains: fp32 weights, bf16 autocast on a GPU
+    hf = model.backbone.model
+    # transformers >= 5.2x calls it activation checkpointing (the old name is a deprecated alias).
+    enable = getattr(hf, "activation_checkpointing_enable", None) or hf.gradient_checkpointing_enable
+    disable = getattr(hf, "activation_checkpointing_disable", None) or hf.gradient_checkpointing_disable
+    enable({"use_reentrant": False})
+    checkpointed = [m for m in hf.modules() if getattr(m, "gradient_checkpointing", False)]
+    prep = model.prepare if isinstance(model.prepare, PrepareTimer) else PrepareTimer(model)
+    prep.seconds = 0.0
+    clock = Clock(device)
+    ends: list[float] = []
+
+    def on_step(opt, *_):
+        clock.sync()
+        ends.append(time.perf_counter())
+
+    # Under checkpointing each decoder layer's insides run twice per forward pass (again in the backward pass).
+    calls = [0]
+    counter = model.backbone.language_model.layers[0].mlp.register_forward_pre_hook(
+        lambda *_: calls.__setitem__(0, calls[0] + 1))
+    reset_peak(device)
+    handle = register_optimizer_step_post_hook(on_step)
+    try:
+        clock.sync()
+        start = time.perf_counter()
+        train(model, rows, TrainArgs(out=str(folder / "run"), steps=args.steps, batch_size=args.train_batch,
+                                     lr=1e-4, warmup=2, save_every=10**9, log_every=1, progress=False,
+                                     max_minutes=args.train_minutes))
+    finally:
+        handle.remove()
+        counter.remove()
+        disable()
+        log = [json.loads(x) for x in (folder / "run" / "train_log.jsonl").read_text().splitlines()]
+        shutil.rmtree(folder, ignore_errors=True)
+    mem = peak(device)
+    steps = [b - a for a, b in zip([start] + ends[:-1], ends)]
+    later = steps[2:] or steps
+    losses = [r["loss"] for r in log]
+    return {"steps": len(steps), "batch": f"{args.train_batch} x (query text, positive photo, negative photo)",
+            "first_step_s": round(steps[0], 3), "step_s_median": round(statistics.median(later), 3),
+            "step_s_mean": round(statistics.fmean(later), 3), "step_s_max": round(max(later), 3),
+            "prepare_s_per_step": round(prep.seconds / max(len(steps), 1), 3),
+            "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4),
+            "losses_finite": all(math.isfinite(x) for x in losses),
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "checkpointed_modules": len(checkpointed), "layer0_mlp_calls_per_step": round(calls[0] / len(steps), 1),
+            **mem}
+
+
+def run_model(name: str, args, device: torch.device, dtype: torch.dtype, images: list, queries: list,
+              report) -> dict:
+    family, build = SPECS[name]
+    res: dict = {"family": family}
+    report(name, res)
+    clock = Clock(device)
+    reset_peak(device)
+    torch.manual_seed(0)
+    with clock():
+        backbone = build(args.tiny, device, dtype)
+        cfg = MetaEmbedConfig(backbone=family, backbone_id=f"random-init:{name}", lora_r=32, name=name)
+        # What MetaEmbed.from_config does with a backbone it loaded itself.
+        model = MetaEmbed(cfg, backbone)
+        model._add_lora()
+        model._place(device, dtype)
+    res["build_s"] = round(clock.seconds, 2)
+    res["params_m"] = round(sum(p.numel() for p in model.backbone.model.parameters()) / 1e6, 1)
+    res["weights_gib"] = gib(sum(p.numel() * p.element_size() for p in model.parameters()))
+    res["build"] = peak(device)
+    images_proc = thread_images(model.backbone, args.threads)
+    print(f"[{name}] built in {res['build_s']} s: {res['params_m']} M params", flush=True)
+    report(name, res)
+    for phase, items, side, bs in (("images", images, "candidate", args.image_batch),
+                                   ("queries", queries, "query", args.query_batch)):
+        if phase not in args.phases:
+            continue
+        try:
+            res[phase] = encode_phase(model, items, side, bs, device, images_proc)
+            print(f"[{name}] {phase}: {res[phase]}", flush=True)
+        except Exception as e:  # noqa: BLE001 - report and go on with the next phase
+            res[phase] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
+            print(f"[{name}] {phase} FAILED:\n{traceback.format_exc()}", flush=True)
+        report(name, res)
+    if "train" not in args.phases:
+        return res
+    try:
+        res["train"] = train_phase(model, images, queries, args, device)
+        print(f"[{name}] train: {res['train']}", flush=True)
+    except Exception as e:  # noqa: BLE001
+        res["train"] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
+        print(f"[{name}] train FAILED:\n{traceback.format_exc()}", flush=True)
+    report(name, res)
+    return res
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=None, help="write the JSON here too (rewritten after every phase)")
+    p.add_argument("--tiny", action="store_true", help="tiny configs and few items: checks the path on a CPU")
+    p.add_argument("--models", default=",".join(SPECS), help=f"comma-separated, from {list(SPECS)}")
+    p.add_argument("--phases", default="images,queries,train", help="comma-separated: images, queries, train")
+    p.add_argument("--device", default=None, help="default: cuda when available")
+    p.add_argument("--images", type=int, default=None, help="default 256 (tiny: 6)")
+    p.add_argument("--queries", type=int, default=None, help="default 256 (tiny: 6)")
+    p.add_argument("--image-size", type=int, default=448)
+    p.add_argument("--image-batch", type=int, default=32, help="encode_candidates batch (its default)")
+    p.add_argument("--query-batch", type=int, default=64, help="encode_queries batch (its default)")
+    p.add_argument("--threads", type=int, default=min(16, os.cpu_count() or 1),
+                   help="threads for the image processor (1: the stock serial call)")
+    p.add_argument("--steps", type=int, default=None, help="training steps, default 20 (tiny: 3)")
+    p.add_argument("--train-batch", type=int, default=None, help="rows per step, default 32 (tiny: 2)")
+    p.add_argument("--train-minutes", type=float, default=None,
+                   help="stop training after this long (the steps done so far are reported)")
+    args = p.parse_args(argv)
+    args.phases = set(args.phases.split(","))
+    tiny = args.tiny
+    args.images = args.images or (6 if tiny else 256)
+    args.queries = args.queries or (6 if tiny else 256)
+    args.steps = args.steps or (3 if tiny else 20)
+    args.train_batch = args.train_batch or (2 if tiny else 32)
+    if tiny:
+        args.image_batch, args.query_batch = min(args.image_batch, 3), min(args.query_batch, 4)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = torch.bfloat16
+
+    import peft
+    import transformers
+
+    results: dict = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "tiny": tiny, "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+        "dtype": "bf16 (encoding); fp32 weights + bf16 autocast (training)",
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "models", "device", "phases")},
+        "models": {},
+    }
+
+    def report(name: str, res: dict) -> None:
+        results["models"][name] = res
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(results, indent=2))
+
+    t = time.perf_counter()
+    images = [picture(args.image_size, i) for i in range(args.images)]
+    queries = [query(i) for i in range(args.queries)]
+    print(f"made {len(images)} photos, {len(queries)} queries in {time.perf_counter() - t:.1f} s on {device}",
+          flush=True)
+    for name in args.models.split(","):
+        t = time.perf_counter()
+        try:
+            run_model(name, args, device, dtype, images, queries, report)
+        except Exception as e:  # noqa: BLE001 - one model's failure must not hide the other's numbers
+            results["models"].setdefault(name, {}).update(
+                error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-3000:])
+            print(f"[{name}] FAILED:\n{traceback.format_exc()}", flush=True)
+        results["models"][name]["total_s"] = round(time.perf_counter() - t, 1)
+        report(name, results["models"][name])
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    print(json.dumps(results, indent=2, default=str))
+    return results
+
+
+if __name__ == "__main__":
+    main()
