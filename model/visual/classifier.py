@@ -210,7 +210,13 @@ def _freeze_for_inference(net: nn.Module, dtype: torch.dtype, batch_size: int) -
 class ImageClassifier:
     """EfficientNet-Lite0 on CPU: probabilities over the 1000 ImageNet classes plus class-activation maps."""
 
-    def __init__(self, dtype: torch.dtype = torch.bfloat16, batch_size: int = 32):
+    def __init__(self, dtype: torch.dtype | None = None, batch_size: int = 32):
+        if dtype is None:
+            # bf16 only where the CPU computes it natively: elsewhere (e.g. AVX2-only CPUs) bf16 convolutions
+            # are emulated and the classifier became over 10x slower than fp32.
+            from ..metaembed import _cpu_has_native_bf16
+
+            dtype = torch.bfloat16 if _cpu_has_native_bf16() else torch.float32
         if dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"classifier: dtype must be float32 or bfloat16, got {dtype}")
         if batch_size < 1:
