@@ -443,7 +443,8 @@ def markdown(report: dict) -> str:
     header = ("| model | budget (r_q, r_c) | MRR | " + " | ".join(f"Recall@{k}" for k in ks)
               + f" | nDCG@{report['ndcg_k']} |")
     lines = [f"{report['items']} items ({report['units']['photo']} photos, {report['units']['document']} document "
-             f"units), {report['queries']['all']} queries; model {report['model']} ({report['checkpoint_id']})."]
+             f"units), {report['queries']['all']} queries; model {report['model']} ({report['checkpoint_id']}). "
+             "Recall@k: the share of a query's relevant units in its top k; nDCG@10 with binary relevance."]
     titles = {"photo": "Photo queries", "document": "Document queries", "all": "All queries"}
     for kind in (*KINDS, "all"):
         table = report["results"][kind]
