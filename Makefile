@@ -39,4 +39,4 @@ train-mini: install
 	$(PY) -m model.train_mini
 
 evaluate: install
-	$(PY) bench/quality.py
+	$(PY) -m app.cli eval tests/data/devset

