@@ -1,0 +1,52 @@
+"""The evaluation splits stay apart: no source package in both, none reserved, every judged file present."""
+
+import fnmatch
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+SPLITS = json.loads((DATA / "splits.json").read_text())
+
+
+def test_dev_and_test_splits_share_no_package_and_use_no_reserved_one():
+    dev, test = set(SPLITS["dev"]), set(SPLITS["test"])
+    assert not dev & test
+    for pkg in dev | test:
+        assert not any(fnmatch.fnmatch(pkg, pat) for pat in SPLITS["reserved"]), pkg
+
+
+@pytest.mark.parametrize("split, min_photo, min_doc", [("devset", 80, 70), ("heldout", 150, 300)])
+def test_every_judged_file_and_page_exists(split, min_photo, min_doc):
+    import pypdfium2 as pdfium
+
+    root = DATA / split
+    queries = json.loads((root / "queries.json").read_text())
+    files = {p.name: p for p in root.rglob("*") if p.is_file() and p.name not in ("queries.json", "README.md")}
+    pages = {}
+    for name, path in files.items():
+        if name.endswith(".pdf"):
+            doc = pdfium.PdfDocument(path)
+            pages[name] = len(doc)
+            doc.close()
+    kinds = {"photo": 0, "document": 0}
+    for q in queries:
+        assert q["query"].strip() and q["relevant"], q
+        kinds[q["kind"]] += 1
+        for rel in q["relevant"]:
+            name, _, page = rel.partition("#page=")
+            assert name in files, f"{split}: {rel} (query {q['query']!r}) is not in the folder"
+            if page:
+                assert 1 <= int(page) <= pages[name], rel
+    assert kinds["photo"] >= min_photo and kinds["document"] >= min_doc
+    assert len({q["query"].lower() for q in queries}) == len(queries), "duplicate queries"
+
+
+def test_the_readmes_name_every_source_package():
+    for split, key in (("devset", "dev"), ("heldout", "test")):
+        text = (DATA / split / "README.md").read_text()
+        named = set(re.findall(r"`([a-z0-9][a-z0-9.+-]+)`", text))
+        missing = [p for p in SPLITS[key] if p not in named and p not in text]
+        assert not missing, f"{split}/README.md does not name {missing}"
