@@ -12,6 +12,7 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "metaembed_config.json"
 
 # The paper's Matryoshka groups (r_q, r_c): nested prefixes trained jointly.
+META_ATTENTION = ("full", "spans")
 DEFAULT_GROUPS: tuple[tuple[int, int], ...] = ((1, 1), (2, 4), (4, 8), (8, 16), (16, 64))
 
 
@@ -31,6 +32,8 @@ class MetaEmbedConfig:
     groups: list[tuple[int, int]] = field(default_factory=lambda: [tuple(g) for g in DEFAULT_GROUPS])
     group_weights: list[float] | None = None
     embed_dim: int | None = 128
+    # A bias on the projection: lets it centre the vectors (take out the direction all states share).
+    embed_bias: bool = False
     temperature: float = 0.03
     lora_r: int | None = 32
     lora_alpha: float = 32.0
@@ -38,6 +41,9 @@ class MetaEmbedConfig:
     lora_targets: list[str] | None = None
     front_end: str | None = None
     max_length: int = 256
+    # "full": every meta token reads all the content (the paper's layout). "spans": granular meta tokens, each
+    # Matryoshka level splits the content into as many parts as it adds tokens (text backbones only).
+    meta_attention: str = "full"
     name: str = "metaembed"
     format_version: int = FORMAT_VERSION
 
@@ -71,6 +77,8 @@ class MetaEmbedConfig:
             raise ValueError(f"embed_dim must be a positive integer or None, got {self.embed_dim!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        if self.meta_attention not in META_ATTENTION:
+            raise ValueError(f"meta_attention must be one of {list(META_ATTENTION)}, got {self.meta_attention!r}")
 
     @property
     def weights(self) -> list[float]:
@@ -80,6 +88,13 @@ class MetaEmbedConfig:
     def presets(self) -> list[tuple[int, int]]:
         """The trained budgets, smallest first: the natural choices for a test-time budget."""
         return sorted(self.groups)
+
+    def meta_levels(self, side: str) -> list[int]:
+        """How many meta tokens each Matryoshka level adds on one side ("query" or "candidate"): the
+        differences between the groups' nested prefix sizes, plus one level for tokens past the largest."""
+        col, total = (0, self.num_query_tokens) if side == "query" else (1, self.num_candidate_tokens)
+        sizes = sorted({g[col] for g in self.groups} | {total})
+        return [b - a for a, b in zip([0] + sizes[:-1], sizes)]
 
     def to_dict(self) -> dict:
         d = asdict(self)

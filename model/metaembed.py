@@ -34,13 +34,15 @@ class MetaEmbed(nn.Module):
         self.query_meta = nn.Parameter(backbone.meta_init(config.num_query_tokens, gen))
         self.candidate_meta = nn.Parameter(backbone.meta_init(config.num_candidate_tokens, gen))
         hidden = backbone.hidden_size
-        self.proj = nn.Linear(hidden, config.embed_dim, bias=False) if config.embed_dim else None
+        self.proj = nn.Linear(hidden, config.embed_dim, bias=config.embed_bias) if config.embed_dim else None
         if self.proj is not None:
             # A seeded random projection scaled by 1/sqrt(hidden): it roughly preserves inner products, so the
             # untrained model already ranks by the backbone's geometry (and seeds make it reproducible).
             with torch.no_grad():
                 w = torch.randn(config.embed_dim, hidden, generator=gen) * hidden**-0.5
                 self.proj.weight.copy_(w)
+                if self.proj.bias is not None:
+                    self.proj.bias.zero_()
 
     # ---- construction -------------------------------------------------------------------------------
     @classmethod
@@ -164,6 +166,8 @@ class MetaEmbed(nn.Module):
         num = total if num_tokens is None else num_tokens
         if not 1 <= num <= total:
             raise ValueError(f"num_tokens={num} is out of range for {side}s: allowed 1..{total}")
+        if self.config.meta_attention == "spans":
+            batch = {**batch, "meta_levels": self.config.meta_levels(side)}
         out = self.backbone(batch, meta[:num], output_attention=output_attention)
         vecs = out.meta
         if self.proj is not None:

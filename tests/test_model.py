@@ -166,3 +166,55 @@ def test_checkpoint_for_another_backbone(tmp_path, text_model):
 def test_unknown_backbone_family():
     with pytest.raises(ValueError, match="unknown backbone family"):
         MetaEmbed.from_config(MetaEmbedConfig(backbone="gpt-17"))
+
+
+# ---- granular meta tokens (meta_attention="spans") --------------------------------------------------------
+def test_meta_levels_follow_the_groups():
+    cfg = MetaEmbedConfig(meta_attention="spans")
+    assert cfg.meta_levels("query") == [1, 1, 2, 4, 8]
+    assert cfg.meta_levels("candidate") == [1, 3, 4, 8, 48]
+    # Tokens past the largest group form one more level.
+    assert MetaEmbedConfig(groups=[(1, 1), (4, 8)]).meta_levels("candidate") == [1, 7, 56]
+
+
+def test_span_bounds_split_the_text_into_nested_parts():
+    from model.backbones.minilm import span_bounds
+
+    # 10 tokens: [CLS], 8 words, [SEP]; levels 1 + 2 + 4.
+    start, end = span_bounds(torch.tensor([10]), [1, 2, 4], 7)
+    assert list(zip(start[0].tolist(), end[0].tolist())) == [(1, 9), (1, 5), (5, 9), (1, 3), (3, 5), (5, 7), (7, 9)]
+    # Shorter than a level: parts repeat tokens but are never empty, and stay inside the text.
+    start, end = span_bounds(torch.tensor([4, 2]), [1, 2, 4], 7)
+    assert bool((end > start).all())
+    assert end[0].max() <= 3 and start[0].min() >= 1
+    assert end[1].max() <= 2
+
+
+@pytest.fixture(scope="module")
+def span_model():
+    return MetaEmbed.from_config(MetaEmbedConfig(name="test-spans", meta_attention="spans"), device="cpu")
+
+
+@pytest.mark.parametrize("side, r", [("query", 4), ("candidate", 8)])
+def test_granular_prefix_consistency(span_model, side, r):
+    full, _ = span_model.embed(span_model.prepare(TEXTS, side), side)
+    part, _ = span_model.embed(span_model.prepare(TEXTS, side, r), side, num_tokens=r)
+    torch.testing.assert_close(part, full[:, :r], atol=1e-5, rtol=1e-4)
+
+
+def test_granular_meta_tokens_read_only_their_span(span_model):
+    """Meta token 0 reads the whole text; a last-level token reads only its part: changing the last word moves
+    the last part's vector far more than the first part's (which feels it only through the content's context)."""
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+    edited = words[:-1] + ["banana"]
+    with torch.no_grad():
+        a = span_model.encode_candidates([" ".join(words)])[0]
+        b = span_model.encode_candidates([" ".join(edited)])[0]
+    moved = (a - b).norm(dim=-1)
+    assert moved[0] > 1e-3  # the whole-text vector sees the edit
+    assert moved[16] < 0.5 * moved[-1]  # finest level: the first part vs the part holding the edited word
+
+
+def test_granular_layout_is_for_text_backbones_only():
+    with pytest.raises(ValueError, match="meta_attention"):
+        MetaEmbedConfig(meta_attention="windows")

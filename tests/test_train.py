@@ -260,3 +260,45 @@ def test_train_mini_saves_the_average_of_its_runs_and_reuses_finished_ones(tmp_p
     assert runs == [0, 1]
     loaded = MetaEmbed.from_pretrained(out, device="cpu", merge_lora=False)
     torch.testing.assert_close(loaded.query_meta.detach(), base["query_meta"] + 2.0)
+
+
+def test_span_distillation_teaches_meta_states_their_span_means(tmp_path):
+    """With granular meta tokens and no LoRA, the span-feature term alone (no MMR) lowers itself: the meta
+    states move towards the mean base token state of their spans."""
+    from model.train import SpanTeacher, TrainArgs, _step_loss, init_projection_pca, train
+
+    rows = [{k: v for k, v in r.items() if k != "negative"} for r in _toy_rows()]
+    cfg = MetaEmbedConfig(lora_r=None, num_query_tokens=4, num_candidate_tokens=8, groups=[(1, 1), (2, 4), (4, 8)],
+                          embed_dim=32, embed_bias=True, meta_attention="spans")
+    torch.manual_seed(0)
+    model = MetaEmbed.from_config(cfg, device="cpu", seed=1)
+    init_projection_pca(model, [r["positive"] for r in rows])
+    teacher = SpanTeacher(cfg, torch.device("cpu"), [r["positive"] for r in rows])
+    args = TrainArgs(out=str(tmp_path), steps=15, batch_size=4, new_lr=3e-2, warmup=1, progress=False,
+                     span_distill=1.0, mmr=0.0)
+    with torch.no_grad():
+        _, before = _step_loss(model.eval(), rows, cfg, args=args, spans=teacher)
+    train(model, rows, args)
+    with torch.no_grad():
+        _, after = _step_loss(model.eval(), rows, cfg, args=args, spans=teacher)
+    assert after["spans"] < 0.8 * before["spans"]
+    # Only the new parts were trained: the backbone has no LoRA and the checkpoint holds meta + projection.
+    assert set(model.trained_state_dict()) == {"query_meta", "candidate_meta", "proj.weight", "proj.bias"}
+
+
+def test_pca_projection_centres_the_token_states():
+    from model.train import init_projection_pca
+
+    cfg = MetaEmbedConfig(lora_r=None, embed_dim=16, embed_bias=True)
+    model = MetaEmbed.from_config(cfg, device="cpu")
+    texts = ["the cat sat on the mat", "a red sports car on a race track", "how to install packages with apt"]
+    init_projection_pca(model, texts)
+    w = model.proj.weight
+    torch.testing.assert_close(w @ w.T, torch.eye(16), atol=1e-4, rtol=0)  # orthonormal rows
+    enc = model.backbone.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        h = model.backbone.model(**enc).last_hidden_state[enc["attention_mask"].bool()]
+        projected = model.proj(h)
+    assert projected.mean(0).abs().max() < 1e-3  # centred
+    with pytest.raises(ValueError, match="embed_bias"):
+        init_projection_pca(MetaEmbed.from_config(MetaEmbedConfig(lora_r=None, embed_dim=16), device="cpu"), texts)

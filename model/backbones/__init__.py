@@ -42,6 +42,9 @@ def load_backbone(cfg: MetaEmbedConfig) -> Backbone:
     if cfg.backbone in VLM_FAMILIES:
         from .vlm import load_vlm
 
+        if cfg.meta_attention != "full":
+            raise ValueError(f"meta_attention={cfg.meta_attention!r} is implemented for text backbones only; "
+                             f"{cfg.backbone} checkpoints use 'full'")
         return load_vlm(cfg)
     raise ValueError(
         f"unknown backbone family {cfg.backbone!r}; supported: {list(TEXT_FAMILIES + VLM_FAMILIES)}"

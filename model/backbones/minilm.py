@@ -134,7 +134,15 @@ class TextEncoderBackbone(Backbone):
         allowed = torch.zeros(bsz, total, total, dtype=torch.bool, device=device)
         allowed[:, :, :length] = valid[:, None, :]  # everyone sees the real content ...
         allowed[:, :length, length:] = False  # ... content never sees meta tokens ...
-        allowed[:, length:, length:] = torch.ones(num, num, dtype=torch.bool, device=device).tril()  # meta i: 0..i
+        levels = batch.get("meta_levels")
+        if levels is None:
+            allowed[:, length:, length:] = torch.ones(num, num, dtype=torch.bool, device=device).tril()  # meta i: 0..i
+        else:
+            # Granular meta tokens: meta i sees only its own span of the content, and itself.
+            start, end = span_bounds(valid.sum(1), levels, num)
+            pos = torch.arange(length, device=device)
+            allowed[:, length:, :length] = (pos >= start[..., None]) & (pos < end[..., None])
+            allowed[:, length:, length:] = torch.eye(num, dtype=torch.bool, device=device)
         mask = additive_mask(allowed, hidden.dtype)
 
         layers = self.model.encoder.layer
@@ -158,3 +166,27 @@ class TextEncoderBackbone(Backbone):
         k = att.key(hidden).view(bsz, total, heads, size).transpose(1, 2)
         scores = q @ k.transpose(-1, -2) * size**-0.5 + mask[:, :, length:]
         return scores.softmax(-1).mean(1)[:, :, :length].float()
+
+
+def span_bounds(lengths: torch.Tensor, levels: list[int], num: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Content span [start, end) of each granular meta token: [B, num] each.
+
+    `levels` lists how many meta tokens each Matryoshka level adds (for candidates with groups r_c = 1, 4, 8,
+    16, 64: 1, 3, 4, 8, 48); a level of s tokens splits the item's text into s contiguous, near-equal parts,
+    so the first vector reads the whole text and later ones ever smaller parts of it. [CLS] and [SEP] are
+    left out where there is text between them. Parts of texts shorter than their level repeat tokens.
+    """
+    seg, idx = [], []
+    for s in levels:
+        seg += [s] * s
+        idx += list(range(s))
+    if len(seg) < num:
+        raise ValueError(f"meta levels {levels} cover {len(seg)} tokens, fewer than the {num} requested")
+    seg_t = torch.tensor(seg[:num], device=lengths.device)
+    idx_t = torch.tensor(idx[:num], device=lengths.device)
+    inner = lengths > 2
+    offset = inner.long()[:, None]
+    m = torch.where(inner, lengths - 2, lengths).clamp(min=1)[:, None]
+    start = offset + (idx_t * m) // seg_t
+    end = torch.maximum(offset + ((idx_t + 1) * m) // seg_t, start + 1)
+    return start, end
