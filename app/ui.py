@@ -145,7 +145,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
                         gr.Markdown("Where the content tokens behind the winning matches lie, stronger where "
                                     "the matching meta vectors attended more: a heat map for each concept seen "
                                     "in the photo (◆), outlined areas for colours (●, drawn in that colour), "
-                                    "boxes around words on pages and text read in images (✎). Dimmed parts "
+                                    "boxes around faces (☺, people words) and around words on pages and text "
+                                    "read in images (✎). Dimmed parts "
                                     "played no role.", elem_classes="me-caption")
                         why_text = gr.HTML(label="What the model read")
                     with gr.Column(scale=6):
@@ -536,7 +537,7 @@ def _vector_labels(att: np.ndarray | None, units: list, n: int) -> list[str]:
 
 
 def _kind_mark(kind: str) -> str:
-    return {"concept": "◆ ", "colour": "● ", "ocr": "✎ "}.get(kind, "")
+    return {"concept": "◆ ", "people": "☺ ", "colour": "● ", "ocr": "✎ "}.get(kind, "")
 
 
 def _kind_name(kind: str) -> str:

@@ -4,7 +4,8 @@ The score at budget (r_q, r_c) is a sum over the first r_q query vectors of thei
 the first r_c candidate vectors. Each winning candidate vector is the last-layer state of one meta token,
 and that meta token's attention says which content tokens it read. Weighting each winner's attention by
 its share of the score gives a relevance for every content token; content tokens map back to places:
-the visual tokenizer's words for a photo (a concept's activation map, a colour's mask, an OCR word's box)
+the visual tokenizer's words for a photo (a concept's activation map, a colour's mask, an OCR word's box,
+a people word's face boxes)
 or the page's words and their boxes for a document.
 """
 
@@ -150,8 +151,9 @@ def photo_marks(ex: Explanation) -> list[Mark]:
                               tint=colour_rgb(unit.label)))
         elif region is not None:
             marks.append(Mark(weight=float(rel), heat=np.asarray(region, dtype=np.float32)))
-        if box is not None:
-            marks.append(Mark(weight=float(rel), box=tuple(float(x) for x in box)))
+        boxes = getattr(vt, "boxes", None)  # people words: one box per face they stand for
+        for b in (boxes if boxes else [box] if box is not None else []):
+            marks.append(Mark(weight=float(rel), box=tuple(float(x) for x in b)))
     return marks
 
 
@@ -212,7 +214,7 @@ def meaningful(unit: Unit) -> bool:
 
 def _chip(unit: Unit, weight: float, top: float) -> str:
     a = 0.08 + 0.72 * (weight / top) if top > 0 else 0.08
-    mark = {"concept": "◆ ", "colour": "● ", "ocr": "✎ "}.get(unit.kind, "")
+    mark = {"concept": "◆ ", "people": "☺ ", "colour": "● ", "ocr": "✎ "}.get(unit.kind, "")
     return (f'<span style="{CSS_CHIP}background:rgba(249,115,22,{a:.2f})" title="{html.escape(unit.kind)}: '
             f'{html.escape(unit.label)} ({weight:.3f})">{mark}{html.escape(short_label(unit))} '
             f'<small style="opacity:.7">{weight:.2f}</small></span>')

