@@ -11,8 +11,9 @@ from pathlib import Path
 FORMAT_VERSION = 1
 CONFIG_NAME = "metaembed_config.json"
 
-# The paper's Matryoshka groups (r_q, r_c): nested prefixes trained jointly.
+# How meta tokens read the content: all of it (the paper), or one part each (granular; text backbones).
 META_ATTENTION = ("full", "spans")
+# The paper's Matryoshka groups (r_q, r_c): nested prefixes trained jointly.
 DEFAULT_GROUPS: tuple[tuple[int, int], ...] = ((1, 1), (2, 4), (4, 8), (8, 16), (16, 64))
 
 

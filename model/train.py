@@ -286,13 +286,11 @@ class SpanTeacher:
 
     @torch.no_grad()
     def targets(self, batch: dict, side: str, num: int) -> torch.Tensor:
-        from .backbones.minilm import span_bounds
+        from .backbones.minilm import span_mask
 
         ids, mask = batch["input_ids"].to(self.model.device), batch["attention_mask"].to(self.model.device)
         h = self.model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
-        start, end = span_bounds(mask.sum(1), self.cfg.meta_levels(side), num)
-        pos = torch.arange(h.shape[1], device=h.device)
-        inside = ((pos >= start[..., None]) & (pos < end[..., None])).float()  # [B, R, L]
+        inside = span_mask(mask.sum(1), self.cfg.meta_levels(side), num, h.shape[1]).float()  # [B, R, L]
         means = inside @ h / inside.sum(-1, keepdim=True)
         return means - self.center
 

@@ -139,9 +139,7 @@ class TextEncoderBackbone(Backbone):
             allowed[:, length:, length:] = torch.ones(num, num, dtype=torch.bool, device=device).tril()  # meta i: 0..i
         else:
             # Granular meta tokens: meta i sees only its own span of the content, and itself.
-            start, end = span_bounds(valid.sum(1), levels, num)
-            pos = torch.arange(length, device=device)
-            allowed[:, length:, :length] = (pos >= start[..., None]) & (pos < end[..., None])
+            allowed[:, length:, :length] = span_mask(valid.sum(1), levels, num, length)
             allowed[:, length:, length:] = torch.eye(num, dtype=torch.bool, device=device)
         mask = additive_mask(allowed, hidden.dtype)
 
@@ -190,3 +188,10 @@ def span_bounds(lengths: torch.Tensor, levels: list[int], num: int) -> tuple[tor
     start = offset + (idx_t * m) // seg_t
     end = torch.maximum(offset + ((idx_t + 1) * m) // seg_t, start + 1)
     return start, end
+
+
+def span_mask(lengths: torch.Tensor, levels: list[int], num: int, width: int) -> torch.Tensor:
+    """[B, num, width] bool: which of the first `width` content positions each granular meta token reads."""
+    start, end = span_bounds(lengths, levels, num)
+    pos = torch.arange(width, device=lengths.device)
+    return (pos >= start[..., None]) & (pos < end[..., None])
