@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from . import checkpoint
 from .backbones import Backbone, load_backbone, parse_items
 from .config import MetaEmbedConfig
+from .readout import SpanReadout
 
 SIDES = ("query", "candidate")
 
@@ -34,6 +35,8 @@ class MetaEmbed(nn.Module):
         self.query_meta = nn.Parameter(backbone.meta_init(config.num_query_tokens, gen))
         self.candidate_meta = nn.Parameter(backbone.meta_init(config.num_candidate_tokens, gen))
         hidden = backbone.hidden_size
+        # Granular meta tokens read their spans once more after the last layer (model/readout.py).
+        self.readout = SpanReadout(hidden) if config.meta_attention == "spans" else None
         self.proj = nn.Linear(hidden, config.embed_dim, bias=config.embed_bias) if config.embed_dim else None
         if self.proj is not None:
             # A seeded random projection scaled by 1/sqrt(hidden): it roughly preserves inner products, so the
@@ -111,7 +114,7 @@ class MetaEmbed(nn.Module):
                 module.merge()
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """What MetaEmbed training updates: meta tokens, projection and LoRA weights (not the backbone)."""
+        """What MetaEmbed training updates: meta tokens, readout, projection and LoRA weights (not the backbone)."""
         params = []
         for name, p in self.named_parameters():
             train = _is_trained(name, bool(self.config.lora_r))
@@ -168,8 +171,10 @@ class MetaEmbed(nn.Module):
             raise ValueError(f"num_tokens={num} is out of range for {side}s: allowed 1..{total}")
         if self.config.meta_attention == "spans":
             batch = {**batch, "meta_levels": self.config.meta_levels(side)}
-        out = self.backbone(batch, meta[:num], output_attention=output_attention)
+        out = self.backbone(batch, meta[:num], output_attention=output_attention and self.readout is None)
         vecs = out.meta
+        if self.readout is not None:
+            vecs, out.attention = self.readout(out.meta, out.content, out.span)
         if self.proj is not None:
             vecs = self.proj(vecs.to(self.proj.weight.dtype))
         return F.normalize(vecs.float(), dim=-1), out
@@ -233,6 +238,6 @@ def _cpu_has_native_bf16() -> bool:
 
 
 def _is_trained(name: str, lora: bool) -> bool:
-    if name in ("query_meta", "candidate_meta") or name.startswith("proj."):
+    if name in ("query_meta", "candidate_meta") or name.startswith(("proj.", "readout.")):
         return True
     return lora and "lora_" in name

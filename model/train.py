@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -58,8 +57,6 @@ class TrainArgs:
     max_minutes: float | None = None  # wall-clock budget: the LR schedule anneals by time, then training stops
     distill: float = 0.0  # weight of the optional teacher-score distillation term (text backbones only)
     distill_temperature: float = 0.05
-    span_distill: float = 0.0  # weight of the span-feature term (granular meta tokens on text backbones only)
-    mmr: float = 1.0  # weight of the MMR InfoNCE (+ distillation) terms; 0 trains by the span-feature term alone
 
 
 def load_rows(path: str | os.PathLike) -> list[dict]:
@@ -131,6 +128,7 @@ def train(model: MetaEmbed, rows: list[dict], args: TrainArgs) -> MetaEmbed:
 
     params = model.trainable_parameters()
     fresh = [model.query_meta, model.candidate_meta] + (list(model.proj.parameters()) if model.proj else [])
+    fresh += list(model.readout.parameters()) if model.readout is not None else []
     other = [p for p in params if all(p is not m for m in fresh)]
     groups = [{"params": other, "lr": args.lr}, {"params": fresh, "lr": args.new_lr or args.lr}]
     opt = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
@@ -150,10 +148,6 @@ def train(model: MetaEmbed, rows: list[dict], args: TrainArgs) -> MetaEmbed:
         torch.set_rng_state(state["torch_rng"])
 
     teacher = MeanPoolTeacher(cfg.backbone_id, cfg.backbone_revision, device) if args.distill > 0 else None
-    spans = None
-    if args.span_distill > 0:
-        sample = [r["positive"] for r in rows[:512] if isinstance(r["positive"], str)][:128]
-        spans = SpanTeacher(cfg, device, sample or ["a"])
     model.train()
     order: list[int] = []
     bar = tqdm(total=steps, initial=start, desc="training", unit="step", disable=not args.progress)
@@ -183,7 +177,7 @@ def train(model: MetaEmbed, rows: list[dict], args: TrainArgs) -> MetaEmbed:
                 batch_rows.append(rows[order.pop()])
             ctx = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
             with ctx:
-                loss, parts = _step_loss(model, batch_rows, cfg, teacher, args, spans)
+                loss, parts = _step_loss(model, batch_rows, cfg, teacher, args)
             (loss / args.grad_accum).backward()
             for k, v in parts.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + v / args.grad_accum
@@ -195,7 +189,6 @@ def train(model: MetaEmbed, rows: list[dict], args: TrainArgs) -> MetaEmbed:
             bar.set_postfix(loss=f"{total:.3f}")
             record = {"step": step + 1, "loss": total,
                       "groups": {f"{k[0]},{k[1]}": v for k, v in parts_sum.items() if isinstance(k, tuple)},
-                      **({"spans": parts_sum["spans"]} if "spans" in parts_sum else {}),
                       "lr": opt.param_groups[0]["lr"], "elapsed_s": round(time.time() - t0, 1)}
             log.write(json.dumps(record) + "\n")
             log.flush()
@@ -208,18 +201,13 @@ def train(model: MetaEmbed, rows: list[dict], args: TrainArgs) -> MetaEmbed:
 
 
 def _step_loss(model: MetaEmbed, batch_rows: list[dict], cfg: MetaEmbedConfig, teacher=None,
-               args: TrainArgs | None = None, spans: SpanTeacher | None = None):
+               args: TrainArgs | None = None):
     queries = [_materialise(r["query"]) for r in batch_rows]
     cands = [_materialise(r["positive"]) for r in batch_rows]
     negs = [_materialise(r["negative"]) for r in batch_rows if "negative" in r]
-    span_terms: list[tuple[torch.Tensor, int]] = []
 
     def embed(xs: list, side: str) -> torch.Tensor:
-        batch = model.prepare(xs, side)
-        vecs, out = model.embed(batch, side)
-        if spans is not None:
-            span_terms.append((spans.loss(batch, out.meta, side), len(xs)))
-        return vecs
+        return model.embed(model.prepare(xs, side), side)[0]
 
     q = embed(queries, "query")
     c = embed_by_length(cands + negs, lambda xs: embed(xs, "candidate"), 16)
@@ -234,78 +222,7 @@ def _step_loss(model: MetaEmbed, batch_rows: list[dict], cfg: MetaEmbedConfig, t
     loss, parts = mmr_loss(q, pos, neg, groups=cfg.groups, weights=cfg.weights, temperature=cfg.temperature,
                            ignore=false_negatives(batch_rows, with_negatives=bool(negs)), teacher=teacher_logits,
                            distill_weight=distill, contrastive_weight=contrastive)
-    if args is not None and args.mmr != 1.0:
-        loss = args.mmr * loss
-    if span_terms:
-        span_loss = sum(t * n for t, n in span_terms) / sum(n for _, n in span_terms)
-        parts["spans"] = span_loss.item()
-        loss = loss + args.span_distill * span_loss
     return loss, parts
-
-
-@torch.no_grad()
-def init_projection_pca(model: MetaEmbed, texts: list[str]) -> None:
-    """Start the projection as the centred PCA of the backbone's token states over `texts` (text backbones):
-    the projected space keeps the directions in which token states differ and drops the one they all share,
-    so span-level vectors start out distinct (a random projection keeps the shared direction)."""
-    if model.proj is None or model.proj.bias is None:
-        raise ValueError("a centred PCA projection needs embed_dim and embed_bias=True")
-    backbone = model.backbone
-    enc = backbone.tokenizer(texts, padding=True, truncation=True, max_length=model.config.max_length,
-                             return_tensors="pt").to(model.device)
-    h = backbone.model(**enc).last_hidden_state.float()[enc["attention_mask"].bool()]
-    mean = h.mean(0)
-    _, _, v = torch.pca_lowrank(h - mean, q=model.proj.out_features, center=False)
-    weight = v[:, : model.proj.out_features].T
-    model.proj.weight.copy_(weight)
-    model.proj.bias.copy_(-(weight @ mean))
-
-
-class SpanTeacher:
-    """The frozen base encoder's own token states, averaged over each granular meta token's span: what that
-    meta token's last-layer state should carry. Late interaction over such span means keeps most of what
-    token-level MaxSim over the base's states knows (the model issue measured MRR 0.954 for token MaxSim and
-    0.928 for <= 64 span means on pages nobody tuned to, against 0.858 for one mean-pooled vector)."""
-
-    def __init__(self, cfg: MetaEmbedConfig, device: torch.device, sample: list[str]):
-        from transformers import AutoModel, AutoTokenizer
-
-        from .backbones.minilm import resolve_text_model
-
-        if cfg.meta_attention != "spans":
-            raise ValueError("span distillation needs granular meta tokens (meta_attention='spans')")
-        path = resolve_text_model(cfg.backbone_id)
-        self.model = AutoModel.from_pretrained(path, revision=cfg.backbone_revision).to(device).eval()
-        self.cfg = cfg
-        # The direction every token state shares, taken out of the comparison (else it dominates the cosine).
-        tok = AutoTokenizer.from_pretrained(path, revision=cfg.backbone_revision)
-        with torch.no_grad():
-            enc = tok(sample, padding=True, truncation=True, max_length=cfg.max_length, return_tensors="pt").to(device)
-            h = self.model(**enc).last_hidden_state.float()
-        self.center = h[enc["attention_mask"].bool()].mean(0)
-
-    @torch.no_grad()
-    def targets(self, batch: dict, side: str, num: int) -> torch.Tensor:
-        from .backbones.minilm import span_mask
-
-        ids, mask = batch["input_ids"].to(self.model.device), batch["attention_mask"].to(self.model.device)
-        h = self.model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
-        inside = span_mask(mask.sum(1), self.cfg.meta_levels(side), num, h.shape[1]).float()  # [B, R, L]
-        means = inside @ h / inside.sum(-1, keepdim=True)
-        return means - self.center
-
-    def loss(self, batch: dict, meta_states: torch.Tensor, side: str) -> torch.Tensor:
-        """1 - cosine between each meta state and its span mean (both centred), levels weighted equally."""
-        target = self.targets(batch, side, meta_states.shape[1])
-        cos = F.cosine_similarity(meta_states.float() - self.center, target, dim=-1)  # [B, R]
-        levels = self.cfg.meta_levels(side)
-        per_level, at = [], 0
-        for size in levels:
-            if at >= cos.shape[1]:
-                break
-            per_level.append(1 - cos[:, at:at + size].mean())
-            at += size
-        return torch.stack(per_level).mean()
 
 
 class MeanPoolTeacher:

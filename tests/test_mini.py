@@ -24,7 +24,27 @@ def test_default_checkpoint_is_small_and_loads_offline(mini):
     assert (DEFAULT_CHECKPOINT / WEIGHTS_NAME).stat().st_size < 10 * 2**20
     assert mini.config.name == "metaembed-mini"
     assert mini.config.front_end == "visual-tokenizer"
-    assert mini.encode_queries(["a cat"]).shape == (1, mini.config.num_query_tokens, mini.config.embed_dim)
+    dim = mini.config.embed_dim or mini.backbone.hidden_size
+    assert mini.encode_queries(["a cat"]).shape == (1, mini.config.num_query_tokens, dim)
+
+
+def test_a_candidates_own_vectors_differ(mini):
+    """The 64 vectors of one candidate are not near-copies (v1's mean cosine between them was 0.95, so the
+    budget slider changed nothing). v2 measured 0.55 on dev-split pages and 0.51 on dev photos; the model
+    issue's goal is 0.5, so this asserts the looser bound that v1 failed and v2 keeps."""
+    photos = [Image.open(p).convert("RGB") for p in sorted(EXAMPLES.glob("*.jpg"))[:6]]
+    passages = [
+        "To add a package repository, edit /etc/apt/sources.list and run apt update to refresh the lists. "
+        "Signed repositories need their key in /etc/apt/keyrings, referenced by a signed-by option.",
+        "The kitten sleeps on the sofa all afternoon and wakes up hungry in the evening, when the house is "
+        "quiet and the garden birds have gone to roost in the old pear tree.",
+    ]
+    for items in (photos, passages):
+        c = mini.encode_candidates(items)
+        gram = c @ c.transpose(1, 2)
+        n = c.shape[1]
+        own = ((gram.sum((1, 2)) - gram.diagonal(dim1=1, dim2=2).sum(1)) / (n * n - n)).mean()
+        assert own < 0.7, float(own)
 
 
 def test_mini_ranks_obvious_photos(mini):

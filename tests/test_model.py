@@ -218,3 +218,36 @@ def test_granular_meta_tokens_read_only_their_span(span_model):
 def test_granular_layout_is_for_text_backbones_only():
     with pytest.raises(ValueError, match="meta_attention"):
         MetaEmbedConfig(meta_attention="windows")
+
+
+def test_untrained_readout_is_the_mean_of_each_span(span_model):
+    """With its query weights and gate at zero, the span readout's state for meta token i is the plain mean of
+    the frozen base's last-layer states over token i's span: the structure the readout starts from."""
+    from model.backbones.minilm import span_mask
+
+    model = span_model
+    batch = model.prepare(TEXTS, "candidate")
+    with torch.no_grad():
+        _, out = model.embed(batch, "candidate")
+        states, _ = model.readout(out.meta, out.content, out.span)
+        base = model.backbone.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    lengths = batch["attention_mask"].sum(1)
+    inside = span_mask(lengths, model.config.meta_levels("candidate"), 64, lengths.max()).float()
+    expected = inside @ base.last_hidden_state / inside.sum(-1, keepdim=True)
+    torch.testing.assert_close(states, expected, atol=2e-5, rtol=1e-4)
+    # Its attention is what the app shows as "what this vector reads": uniform over the span, zero outside.
+    _, att = model.readout(out.meta, out.content, out.span)
+    torch.testing.assert_close(att, inside / inside.sum(-1, keepdim=True))
+
+
+def test_readout_weights_are_saved_and_loaded(tmp_path):
+    cfg = MetaEmbedConfig(name="t", lora_r=None, meta_attention="spans", embed_dim=16, embed_bias=True)
+    model = MetaEmbed.from_config(cfg, device="cpu")
+    with torch.no_grad():
+        model.readout.query.weight.normal_()
+        model.readout.gate.fill_(0.3)
+    assert {"readout.query.weight", "readout.gate"} <= set(model.trained_state_dict())
+    model.save_pretrained(tmp_path / "ck")
+    loaded = MetaEmbed.from_pretrained(tmp_path / "ck", device="cpu")
+    torch.testing.assert_close(loaded.readout.query.weight, model.readout.query.weight)
+    torch.testing.assert_close(loaded.encode_candidates(TEXTS), model.encode_candidates(TEXTS))

@@ -68,6 +68,9 @@ class BackboneOutput:
     attention: torch.Tensor | None = None  # [B, R, L] last-layer attention of each meta token over content
     tokens: list[list[str]] | None = None  # the content tokens each row of `attention` refers to
     extras: list[dict] = field(default_factory=list)  # per item: front-end details (e.g. visual tokens)
+    # Granular meta tokens only: the content's last-layer states [B, L, H] and each meta token's span [B, R, L].
+    content: torch.Tensor | None = None
+    span: torch.Tensor | None = None
 
 
 class Backbone(nn.Module):

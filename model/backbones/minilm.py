@@ -135,11 +135,13 @@ class TextEncoderBackbone(Backbone):
         allowed[:, :, :length] = valid[:, None, :]  # everyone sees the real content ...
         allowed[:, :length, length:] = False  # ... content never sees meta tokens ...
         levels = batch.get("meta_levels")
+        span = None
         if levels is None:
             allowed[:, length:, length:] = torch.ones(num, num, dtype=torch.bool, device=device).tril()  # meta i: 0..i
         else:
             # Granular meta tokens: meta i sees only its own span of the content, and itself.
-            allowed[:, length:, :length] = span_mask(valid.sum(1), levels, num, length)
+            span = span_mask(valid.sum(1), levels, num, length)
+            allowed[:, length:, :length] = span
             allowed[:, length:, length:] = torch.eye(num, dtype=torch.bool, device=device)
         mask = additive_mask(allowed, hidden.dtype)
 
@@ -152,7 +154,8 @@ class TextEncoderBackbone(Backbone):
         if output_attention:
             attention = self._meta_attention(layers[-1], before_last, mask, length)
         return BackboneOutput(meta=hidden[:, length:], attention=attention, tokens=batch.get("tokens"),
-                              extras=batch.get("extras", []))
+                              extras=batch.get("extras", []), content=hidden[:, :length] if span is not None else None,
+                              span=span)
 
     @staticmethod
     def _meta_attention(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor, length: int) -> torch.Tensor:
