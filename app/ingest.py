@@ -267,18 +267,49 @@ def _walk_folder(folder: Path, limits: IngestLimits, archives: contextlib.ExitSt
 
 
 def _expand_file(path: Path, limits: IngestLimits, archives: contextlib.ExitStack) -> Iterator[_Source | IngestError]:
+    if not _is_utf8(str(path)):
+        # The index, the JSON report and the UI all hold names as UTF-8 text: such a name cannot be stored.
+        shown = escaped_name(path)
+        yield IngestError(shown, f"{escaped_name(Path(path.name))}: the file name is not valid UTF-8 "
+                                 "(rename the file to index it)")
+        return
     ext = path.suffix.lower()
-    if ext not in SUPPORTED_EXTENSIONS:
+    try:
+        st = path.stat()
+    except OSError as exc:
+        yield IngestError(str(path), f"{path.name}: cannot be opened ({_os_reason(exc)})")
+        return
+    if not stat.S_ISREG(st.st_mode):
+        # A FIFO would block the run and a device could be read forever: only regular files are read.
+        yield IngestError(str(path), f"{path.name}: not a regular file ({_file_kind(st.st_mode)}), skipped")
+    elif ext not in SUPPORTED_EXTENSIONS:
         yield IngestError(str(path), f"{path.name}: {_unsupported(ext)}")
     elif ext in ARCHIVE_EXTENSIONS:
         yield from _expand_zip(path, limits, archives)
     else:
-        try:
-            size = path.stat().st_size
-        except OSError as exc:
-            yield IngestError(str(path), f"{path.name}: cannot be opened ({_os_reason(exc)})")
-            return
+        size = st.st_size
         yield _Source(str(path), path.name, path.name, ext, size, read=lambda: _read_file(path, size, limits))
+
+
+def escaped_name(path: Path) -> str:
+    """A path as printable UTF-8 text: bytes that are not UTF-8 shown as \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return kind
+    return "not a file"
 
 
 def _read_file(path: Path, size: int, limits: IngestLimits) -> bytes:
@@ -286,9 +317,13 @@ def _read_file(path: Path, size: int, limits: IngestLimits) -> bytes:
     if size > cap:
         raise _Refused(f"too large to read ({_human_bytes(size)}, limit {_human_bytes(cap)})")
     try:
-        return path.read_bytes()
+        with path.open("rb") as f:
+            data = f.read(cap + 1)  # bounded: a file that grew since it was listed is not read without end
     except OSError as exc:
         raise _Refused(f"cannot be opened ({_os_reason(exc)})") from exc
+    if len(data) > cap:
+        raise _Refused(f"too large to read (more than {_human_bytes(cap)}, the limit)")
+    return data
 
 
 def _expand_zip(path: Path, limits: IngestLimits, archives: contextlib.ExitStack) -> Iterator[_Source | IngestError]:
@@ -533,9 +568,11 @@ def _pdf_items(src: _Source, data: bytes, file_hash: str, state: _BatchState) ->
     try:
         pdf = pdfium.PdfDocument(data)
     except pdfium.PdfiumError as exc:
-        raise _Refused(_pdf_open_reason(exc)) from exc
+        raise _Refused(_pdf_open_reason(exc, data)) from exc
     try:
         n_pages = len(pdf)
+        if n_pages == 0:
+            raise _Refused("the PDF has no pages")
         if n_pages > limits.max_pdf_pages:
             raise _Refused(f"too many pages ({n_pages}, limit {limits.max_pdf_pages})")
         skipped: list[int] = []
@@ -580,13 +617,15 @@ def _pdf_items(src: _Source, data: bytes, file_hash: str, state: _BatchState) ->
 _OCR_MISSING = IngestNote("", "")  # internal marker: a page needed OCR but none could run
 
 
-def _pdf_open_reason(exc: Exception) -> str:
+def _pdf_open_reason(exc: Exception, data: bytes) -> str:
     import pypdfium2.raw as pdfium_c
 
     code = getattr(exc, "err_code", None)
-    if code == pdfium_c.FPDF_ERR_PASSWORD:
-        return "the PDF is password-protected; remove the password and add it again"
-    if code == pdfium_c.FPDF_ERR_SECURITY:
+    # PDFium's last-error code is process-wide and survives later failures of other kinds, so a password
+    # code is believed only for a file that has an encryption dictionary.
+    if b"/Encrypt" in data:
+        if code == pdfium_c.FPDF_ERR_PASSWORD:
+            return "the PDF is password-protected; remove the password and add it again"
         return "the PDF uses an encryption we cannot open"
     return "not a readable PDF (the file is damaged or is not a PDF)"
 

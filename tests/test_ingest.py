@@ -360,6 +360,16 @@ def test_encrypted_pdf_is_reported(tmp_path):
     assert error.startswith("secret.pdf: ") and "password" in error
 
 
+def test_a_pdf_without_pages_after_an_encrypted_one_gets_its_own_reason(tmp_path):
+    """Issue 19.7: PDFium's stale last error made a 0-page PDF read as "password-protected"."""
+    (tmp_path / "a_secret.pdf").write_bytes(make_pdf([[(72, 700, 12, "classified")]], encrypt=True))
+    (tmp_path / "b_empty.pdf").write_bytes(make_pdf([]))
+    errors = only_errors(ingest([tmp_path / "a_secret.pdf", tmp_path / "b_empty.pdf"], ocr=no_ocr))
+    assert "password" in errors[0]
+    assert errors[1].startswith("b_empty.pdf: ") and "password" not in errors[1]
+    assert "no pages" in errors[1] or "not a readable PDF" in errors[1]
+
+
 def test_pdf_page_cap_and_broken_pdf(tmp_path):
     (tmp_path / "book.pdf").write_bytes(make_pdf([[(72, 700, 12, "one")], [(72, 700, 12, "two")]]))
     (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4\nthis is not really a pdf\n")
@@ -551,6 +561,56 @@ def test_one_bad_file_never_stops_the_batch(tmp_path):
     report = ingest([good1, bad, good2, pdf], ocr=no_ocr)
     assert [i.title for i in report.items] == ["good1.png", "good2.txt", "good3.pdf"]
     assert [e.path for e in report.errors] == [str(bad.resolve())]
+
+
+def test_file_name_that_is_not_utf8_is_reported_and_the_rest_indexed(tmp_path):
+    """Issue 19.1: one such name used to abort the whole CLI run (the index cannot store it)."""
+    import os
+
+    folder = tmp_path / "d"
+    folder.mkdir()
+    try:
+        bad = Path(os.fsdecode(bytes(folder) + b"/bad\xff.jpg"))
+        save_image(bad)
+    except (OSError, UnicodeError):
+        pytest.skip("this file system refuses names that are not UTF-8")
+    save_image(folder / "good.png")
+    (folder / "note.txt").write_text("A fine note.")
+    report = ingest([folder], ocr=no_ocr)
+    assert [i.title for i in report.items] == ["good.png", "note.txt"]
+    [err] = report.errors
+    assert "bad\\xff.jpg" in err.error and "not valid UTF-8" in err.error
+    err.error.encode("utf-8")  # printable, storable
+    err.path.encode("utf-8")
+
+
+def test_pipes_and_devices_are_skipped_not_read(tmp_path):
+    """Issue 19.3-4: a FIFO used to hang the run, a character device to be read until memory ran out."""
+    import os
+
+    folder = tmp_path / "f"
+    folder.mkdir()
+    os.mkfifo(folder / "pipe.txt")
+    (folder / "zero.jpg").symlink_to("/dev/zero")  # a device under a photo's name
+    (folder / "note.txt").write_text("A fine note.")
+    report = ingest([folder], ocr=no_ocr)
+    assert [i.title for i in report.items] == ["note.txt"]
+    messages = sorted(e.error for e in report.errors)
+    assert messages == ["pipe.txt: not a regular file (a named pipe), skipped",
+                        "zero.jpg: not a regular file (a character device), skipped"]
+    # Named directly, too.
+    assert "named pipe" in ingest([folder / "pipe.txt"], ocr=no_ocr).errors[0].error
+
+
+def test_a_file_that_grew_past_its_limit_is_not_read_whole(tmp_path):
+    """Reads are bounded by the limit, not by the size the listing saw."""
+    from app.ingest import _read_file, _Refused
+
+    path = tmp_path / "grow.txt"
+    path.write_text("x" * 5000)
+    with pytest.raises(_Refused, match="too large"):
+        _read_file(path, 5, IngestLimits(max_text_bytes=1000))  # listed at 5 bytes, 5000 now
+    assert _read_file(path, 5000, IngestLimits(max_text_bytes=6000)) == b"x" * 5000
 
 
 def test_duplicates_within_batch_and_known_hashes_are_skipped(tmp_path):
