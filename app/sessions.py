@@ -67,7 +67,10 @@ def safe_filename(name: str) -> str:
     base = re.split(r"[\\/]", str(name))[-1]
     base = unicodedata.normalize("NFC", base)
     base = "".join(ch for ch in base if unicodedata.category(ch)[0] != "C")
+    suffix = Path(base).suffix  # what the CLI reads as the type ("..jpg" is a .jpg): uploads follow one rule
     base = _UNSAFE.sub("_", base).strip(" .")
+    if suffix and not Path(base).suffix:
+        base = "file" + _UNSAFE.sub("_", suffix)
     base = base.lstrip("-")  # never looks like a command-line option
     if not base or set(base) <= {"_"}:
         base = "file"

@@ -245,6 +245,8 @@ def test_session_folder_is_removed_when_the_session_ends(server):
     ("photo\x00\n.jpg", "photo.jpg"),
     ("holiday <1>|2?.jpg", "holiday _1__2_.jpg"),
     ("café.jpg", "café.jpg"),
+    ("..jpg", "file.jpg"),  # issue 19.11: the CLI reads "..jpg" as a .jpg, so uploads keep the type too
+    ("...pdf", "file.pdf"),
 ])
 def test_safe_filename(name, expected):
     assert safe_filename(name) == expected
