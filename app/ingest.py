@@ -207,8 +207,9 @@ def iter_ingest(
         state = _BatchState(limits=limits, ocr=ocr, known=known_hashes)
         for done, entry in enumerate(entries):
             if progress is not None:
-                progress(done, len(entries), entry.path if isinstance(entry, IngestError) else entry.display)
-            if isinstance(entry, IngestError):
+                progress(done, len(entries),
+                         entry.path if isinstance(entry, (IngestError, IngestNote)) else entry.display)
+            if isinstance(entry, (IngestError, IngestNote)):
                 yield entry
             else:
                 yield from _ingest_source(entry, state)
@@ -231,7 +232,7 @@ class _Source:
 
 def _expand(
     paths: Iterable[str | os.PathLike[str]], limits: IngestLimits, archives: contextlib.ExitStack
-) -> Iterator[_Source | IngestError]:
+) -> Iterator[_Source | IngestError | IngestNote]:
     for raw in paths:
         path = Path(raw).expanduser()
         try:
@@ -249,24 +250,34 @@ def _expand(
             yield from _expand_file(resolved, limits, archives)
 
 
-def _walk_folder(folder: Path, limits: IngestLimits, archives: contextlib.ExitStack) -> Iterator[_Source | IngestError]:
+def _walk_folder(folder: Path, limits: IngestLimits, archives: contextlib.ExitStack
+                 ) -> Iterator[_Source | IngestError | IngestNote]:
     def on_error(exc: OSError) -> None:
         errors.append(IngestError(str(exc.filename or folder), f"{Path(exc.filename or folder).name}: "
                                   f"folder cannot be read ({_os_reason(exc)})"))
 
     errors: list[IngestError] = []
+    hidden = linked = 0
     # Symlinked folders are not followed: they can loop or lead far outside what the user picked.
     for root, dirs, files in os.walk(folder, onerror=on_error, followlinks=False):
         yield from errors
         errors.clear()
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        hidden += sum(name.startswith(".") for name in dirs + files)
+        linked += sum(not d.startswith(".") and (Path(root) / d).is_symlink() for d in dirs)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (Path(root) / d).is_symlink())
         for name in sorted(files):
             if not name.startswith("."):
                 yield from _expand_file(Path(root) / name, limits, archives)
     yield from errors
+    skipped = [f"{n} hidden {'entry' if n == 1 else 'entries'} (names starting with '.')" for n in [hidden] if n]
+    skipped += [f"{n} linked {'folder' if n == 1 else 'folders'} (links to folders are not followed)"
+                for n in [linked] if n]
+    if skipped:
+        yield IngestNote(str(folder), f"{folder.name}: skipped {' and '.join(skipped)}")
 
 
-def _expand_file(path: Path, limits: IngestLimits, archives: contextlib.ExitStack) -> Iterator[_Source | IngestError]:
+def _expand_file(path: Path, limits: IngestLimits, archives: contextlib.ExitStack
+                 ) -> Iterator[_Source | IngestError | IngestNote]:
     if not _is_utf8(str(path)):
         # The index, the JSON report and the UI all hold names as UTF-8 text: such a name cannot be stored.
         shown = escaped_name(path)
@@ -326,7 +337,8 @@ def _read_file(path: Path, size: int, limits: IngestLimits) -> bytes:
     return data
 
 
-def _expand_zip(path: Path, limits: IngestLimits, archives: contextlib.ExitStack) -> Iterator[_Source | IngestError]:
+def _expand_zip(path: Path, limits: IngestLimits, archives: contextlib.ExitStack
+                ) -> Iterator[_Source | IngestError | IngestNote]:
     zname = path.name
     try:
         archive = archives.enter_context(zipfile.ZipFile(path))
@@ -341,17 +353,24 @@ def _expand_zip(path: Path, limits: IngestLimits, archives: contextlib.ExitStack
 
     named = [(_safe_member_path(raw_name), raw_name, info) for info in infos if not info.is_dir()
              for raw_name in [info.filename.replace("\\", "/")]]
-    entries: list[_Source | IngestError] = []
-    total = 0
-    for member, raw_name, info in sorted(named, key=lambda m: m[0] or m[1]):
+    entries: list[_Source | IngestError | IngestNote] = []
+    total = hidden = 0
+    # Two members of one name: the later one is what an unzip leaves on disk, so it is the one indexed.
+    last = {m: k for k, (m, _, _) in enumerate(named) if m is not None}
+    for k, (member, raw_name, info) in sorted(enumerate(named), key=lambda e: (e[1][0] or e[1][1], e[0])):
         if member is None:
             entries.append(IngestError(f"{path}!/{raw_name}", f"{raw_name} (in {zname}): refused, its path points "
                                        "outside the archive's folder"))
             continue
         parts = member.split("/")
         if parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts):
+            hidden += 1
             continue  # hidden files and macOS resource forks, as in folders
         source, display = f"{path}!/{member}", f"{member} (in {zname})"
+        if last[member] != k:
+            entries.append(IngestError(source, f"{display}: skipped, the archive holds a later file of the same "
+                                       "name; that one is indexed"))
+            continue
         ext = PurePosixPath(member).suffix.lower()
         if stat.S_ISLNK(info.external_attr >> 16):
             entries.append(IngestError(source, f"{display}: skipped, links inside archives are not followed"))
@@ -375,6 +394,13 @@ def _expand_zip(path: Path, limits: IngestLimits, archives: contextlib.ExitStack
                           f"limit {_human_bytes(limits.max_zip_total_bytes)})")
         return
     yield from entries
+    if not entries:
+        what = ("is empty" if not infos else "holds only folders" if not named
+                else "holds only hidden files")
+        yield IngestNote(str(path), f"{zname}: nothing to index, the archive {what}")
+    elif hidden:
+        yield IngestNote(str(path), f"{zname}: skipped {hidden} hidden "
+                         f"{'file' if hidden == 1 else 'files'} (names starting with '.', macOS __MACOSX)")
 
 
 def _safe_member_path(name: str) -> str | None:

@@ -523,6 +523,51 @@ def test_zip_members_are_read_safely(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing was extracted to disk
 
 
+def test_zip_with_two_members_of_one_name_reports_which_is_kept(tmp_path):
+    """Issue 19.9: both used to be reported as indexed while only the second remained."""
+    import warnings
+
+    path = tmp_path / "twice.zip"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name it is told to write
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("notes/a.txt", "the first version, about apples")
+            z.writestr("notes/a.txt", "the second version, about pears")
+    report = ingest([path], ocr=no_ocr)
+    assert [i.text for i in report.items] == ["the second version, about pears"]
+    assert only_errors(report) == ["notes/a.txt (in twice.zip): skipped, the archive holds a later file of the "
+                                   "same name; that one is indexed"]
+
+
+def test_skipped_hidden_entries_empty_zips_and_linked_folders_get_a_note(tmp_path):
+    """Issue 19.10: these used to be skipped in silence."""
+    empty, folders, hidden = tmp_path / "empty.zip", tmp_path / "folders.zip", tmp_path / "hidden.zip"
+    zipfile.ZipFile(empty, "w").close()
+    with zipfile.ZipFile(folders, "w") as z:
+        z.writestr("a/", "")
+        z.writestr("a/b/", "")
+    with zipfile.ZipFile(hidden, "w") as z:
+        z.writestr(".secret.txt", "hidden words")
+        z.writestr("__MACOSX/._x.txt", "fork")
+    notes = [n.note for n in ingest([empty, folders, hidden], ocr=no_ocr).notes]
+    assert notes == ["empty.zip: nothing to index, the archive is empty",
+                     "folders.zip: nothing to index, the archive holds only folders",
+                     "hidden.zip: nothing to index, the archive holds only hidden files"]
+
+    folder = tmp_path / "photos"
+    (folder / ".cache").mkdir(parents=True)
+    (folder / ".DS_Store").write_text("x")
+    (folder / "note.txt").write_text("A fine note.")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "other.txt").write_text("Not picked by the user.")
+    (folder / "link").symlink_to(elsewhere, target_is_directory=True)
+    report = ingest([folder], ocr=no_ocr)
+    assert [i.title for i in report.items] == ["note.txt"]
+    assert [n.note for n in report.notes] == ["photos: skipped 2 hidden entries (names starting with '.') and "
+                                              "1 linked folder (links to folders are not followed)"]
+
+
 def test_zip_bombs_and_oversized_archives_are_refused(tmp_path):
     bomb = tmp_path / "bomb.zip"
     with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
