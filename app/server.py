@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -103,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if private:
         print("private sessions: every browser session gets its own temporary collection")
+    # SIGTERM (what `kill`, systemd and container runtimes send) shuts down like Ctrl-C, so private
+    # uploads are removed; by default Python would exit without running any cleanup.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         launch(studio, demo, host=args.host, port=args.port, share=args.share)
     finally:

@@ -169,6 +169,37 @@ class PrivateSession:
         return sum(p.stat().st_size for p in self.folder.rglob("*") if p.is_file())
 
 
+ROOT_PREFIX = "metaembed-sessions-"
+OWNER_FILE = "owner.pid"
+
+
+def sweep_orphans(temp_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Remove session roots left in the temp folder by servers that were killed (their owner process is gone).
+
+    A root whose owner file is missing or names a live process is left alone. Returns what was removed.
+    """
+    removed = []
+    for root in Path(temp_dir or tempfile.gettempdir()).glob(ROOT_PREFIX + "*"):
+        try:
+            pid = int((root / OWNER_FILE).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            shutil.rmtree(root, ignore_errors=True)
+            removed.append(root)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
 class SessionStore:
     """Creates, finds and removes private session folders under one process-private root."""
 
@@ -177,7 +208,9 @@ class SessionStore:
         if ttl_s <= 0 or max_sessions < 1:
             raise ValueError(f"ttl_s and max_sessions must be positive, got {ttl_s} and {max_sessions}")
         if root is None:
-            self.root = Path(tempfile.mkdtemp(prefix="metaembed-sessions-"))
+            sweep_orphans()
+            self.root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX))
+            (self.root / OWNER_FILE).write_text(str(os.getpid()))
             self._owns_root = True
         else:
             self.root = Path(root).expanduser().resolve()

@@ -7,6 +7,7 @@ Two clients are two browser sessions: each gets its own private collection next 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import time
@@ -399,3 +400,68 @@ def test_overlay_marks_only_where_the_matching_tokens_lie():
     assert orange(out[25, 150]) > 40  # inside the box
     assert orange(out[5, 10]) > 40  # in the concept's heat
     assert abs(orange(out[80, 120])) < 10 and out[80, 120].max() < 255  # elsewhere: only dimmed
+
+
+# ------------------------------------------------------------------------------------ shutdown and orphans
+
+
+def test_start_up_sweep_removes_session_roots_of_dead_servers(tmp_path, monkeypatch):
+    """Issue 19.8: a killed server left its private uploads in the temp folder for good."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from app.sessions import OWNER_FILE, ROOT_PREFIX, SessionStore
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    orphan = tmp_path / f"{ROOT_PREFIX}orphan"
+    (orphan / "abc" / "files").mkdir(parents=True)
+    (orphan / OWNER_FILE).write_text(dead.stdout.strip())
+    live = tmp_path / f"{ROOT_PREFIX}live"
+    live.mkdir()
+    (live / OWNER_FILE).write_text(str(os.getppid()))  # a process that is running
+    unknown = tmp_path / f"{ROOT_PREFIX}unknown"  # no owner file: not ours to judge
+    unknown.mkdir()
+    store = SessionStore()
+    try:
+        assert not orphan.exists() and live.exists() and unknown.exists()
+        assert store.root.parent == tmp_path and (store.root / OWNER_FILE).read_text() == str(os.getpid())
+    finally:
+        store.close()
+    assert not store.root.exists()
+
+
+def test_sigterm_cleans_up_private_sessions_like_ctrl_c(tmp_path):
+    """Issue 19.8: with --private-sessions, `kill -TERM` left every visitor's uploads behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = dict(os.environ, TMPDIR=str(tmp_path), GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(REPO))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "app.server", "--private-sessions", "--no-samples", "--port", str(port),
+           "--data-dir", str(tmp_path / "data")]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(tmp_path.glob("metaembed-sessions-*")):
+            if proc.poll() is not None:
+                pytest.fail(f"server exited early ({proc.returncode}): {proc.stdout.read()[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail("the server made no session folder within 240 s")
+            time.sleep(0.2)
+        [root] = tmp_path.glob("metaembed-sessions-*")
+        (root / "someone" / "files").mkdir(parents=True)  # a visitor's upload folder
+        time.sleep(2)  # let it finish starting
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    assert not root.exists()
