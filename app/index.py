@@ -304,9 +304,10 @@ class Index:
     serialises them); any number of readers, which call `refresh()` to see other processes' writes.
     """
 
-    def __init__(self, directory: Path, conn: sqlite3.Connection):
+    def __init__(self, directory: Path, conn: sqlite3.Connection, read_only: bool = False):
         self.directory = directory
         self._conn = conn
+        self.read_only = read_only  # files or disk not writable: searches work, changes raise IndexError_
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         self.checkpoint_id: str = meta["checkpoint_id"]
         self.checkpoint_source: str | None = meta.get("checkpoint_source") or None
@@ -376,7 +377,7 @@ class Index:
             if directory.is_dir():
                 raise FileNotFoundError(f"{directory} holds no index ({DB_NAME} is missing)")
             raise FileNotFoundError(f"index folder {directory} does not exist")
-        conn = _connect(db)
+        conn, read_only = _connect(db)
         try:
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.DatabaseError as e:
@@ -386,7 +387,7 @@ class Index:
         if version != str(FORMAT_VERSION):
             conn.close()
             raise IndexError_(f"{directory} has index format {version!r}; this version reads {FORMAT_VERSION}")
-        index = cls(directory, conn)
+        index = cls(directory, conn, read_only)
         if checkpoint_id is not None and checkpoint_id != index.checkpoint_id:
             index.close()
             raise CheckpointMismatch(
@@ -691,6 +692,9 @@ class Index:
     # ---- writing ------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _write_lock(self) -> Iterator[None]:
+        if self.read_only:
+            raise IndexError_(f"index {self.directory} is read-only (its files or disk cannot be written): it "
+                              "can be searched but not changed; copy the folder somewhere writable to change it")
         with open(self.directory / LOCK_NAME, "a+") as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
             try:
@@ -944,13 +948,36 @@ def _gather(jobs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None
 _POOL = None
 
 
-def _connect(db: Path) -> sqlite3.Connection:
-    # Autocommit mode: transactions are opened explicitly (see Index._txn), never implicitly.
-    conn = sqlite3.connect(db, timeout=60.0, isolation_level=None, check_same_thread=False)
-    conn.row_factory = sqlite3.Row
-    # WAL: readers (the app) never block the writer (the CLI) and vice versa; NORMAL sync is still
-    # atomic and consistent when the process is killed (only an OS crash may drop the last commits).
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    return conn
+def _connect(db: Path) -> tuple[sqlite3.Connection, bool]:
+    """(connection, read_only). An index whose files or disk cannot be written opens read-only."""
+    if os.access(db, os.W_OK) and os.access(db.parent, os.W_OK):
+        # Autocommit mode: transactions are opened explicitly (see Index._txn), never implicitly.
+        conn = sqlite3.connect(db, timeout=60.0, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        try:
+            # WAL: readers (the app) never block the writer (the CLI) and vice versa; NORMAL sync is still
+            # atomic and consistent when the process is killed (only an OS crash may drop the last commits).
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            return conn, False
+        except sqlite3.OperationalError as e:  # a read-only mount reports itself only here
+            conn.close()
+            if "readonly" not in str(e) and "read-only" not in str(e):
+                raise
+    return _connect_read_only(db), True
+
+
+def _connect_read_only(db: Path) -> sqlite3.Connection:
+    # mode=ro still needs the WAL's shared-memory file, which a read-only folder may lack; immutable=1
+    # reads the file as it is (right for a read-only disk, where no writer can change it meanwhile).
+    for flags in ("mode=ro", "immutable=1"):
+        conn = sqlite3.connect(f"{db.as_uri()}?{flags}", uri=True, timeout=60.0, isolation_level=None,
+                               check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        try:
+            conn.execute("SELECT COUNT(*) FROM meta").fetchone()
+            return conn
+        except sqlite3.OperationalError:
+            conn.close()
+    raise IndexError_(f"{db} cannot be opened for reading (its folder or disk refuses even read-only access)")

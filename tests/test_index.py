@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 
 import numpy as np
@@ -379,3 +380,28 @@ def test_index_paths_progress_runs_in_the_callers_thread(tmp_path, model):
     total = calls[-1][1]
     assert total == len(files) and [c[0] for c in calls] == list(range(total + 1))
     assert {c[2] for c in calls} == {threading.get_ident()}
+
+
+def test_a_read_only_index_searches_and_refuses_changes_clearly(tmp_path, monkeypatch):
+    """Issue 19.5: `info`, `search` and `index` crashed on PRAGMA journal_mode=WAL when the index's files or
+    disk were read-only. (Root ignores file modes, so the test makes the files look unwritable to the index.)"""
+    index = Index.create(tmp_path / "idx", "ckpt", 8, 16)
+    vecs = unit(4, 8, 16)
+    index.add(fake_items(4), vecs)
+    expected = index.search(vecs[2, :2], (2, 8), k=1)
+    index.close()
+    real_access = index_module.os.access
+    monkeypatch.setattr(index_module.os, "access",
+                        lambda path, mode: False if mode == index_module.os.W_OK else real_access(path, mode))
+    with Index.open(tmp_path / "idx", "ckpt") as ro:
+        assert ro.read_only and len(ro) == 4 and ro.info()["items"] == 4
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):  # SQLite itself refuses writes
+            ro._conn.execute("INSERT INTO meta(key, value) VALUES ('x', 'y')")
+        assert ro.search(vecs[2, :2], (2, 8), k=1) == expected
+        with pytest.raises(IndexError_, match="read-only.*can be searched but not changed"):
+            ro.add(fake_items(1, start=50), unit(1, 8, 16, seed=3))
+        with pytest.raises(IndexError_, match="read-only"):
+            ro.remove([ro.items()[0].id])
+    monkeypatch.undo()
+    with Index.open(tmp_path / "idx", "ckpt") as rw:  # nothing was changed, and it is writable again
+        assert not rw.read_only and len(rw) == 4
