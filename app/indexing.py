@@ -17,6 +17,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -97,25 +98,33 @@ def index_paths(
             on_commit(committed)
 
     versions: dict[str, str] = {}  # source -> sha256 of the file as read now
+    skipped_as_known: list[str] = []  # sources skipped because their content was in the index already
+
+    def ingest_into(targets: Iterable[str | os.PathLike[str]], known: set[str]) -> None:
+        events = read_ahead(lambda report: iter_ingest(targets, known_hashes=known, ocr=ocr, progress=report),
+                            progress)
+        for event in events:
+            if isinstance(event, Item):
+                if event.file_hash:
+                    versions[event.source] = event.file_hash
+                batch.append(event)
+                if len(batch) >= batch_size:
+                    flush()
+            elif isinstance(event, IngestError):
+                run.errors.append(event)
+            elif isinstance(event, DuplicateSkipped):
+                if event.file_hash:
+                    versions[event.path] = event.file_hash
+                run.skipped_duplicates.append(event.path)
+                if not event.duplicate_of:
+                    skipped_as_known.append(event.path.split(" (page ")[0])
+            else:
+                run.notes.append(event)
+        if batch:
+            flush()
+
     known = index.known_hashes()  # here: the index's SQLite connection belongs to this thread
-    events = read_ahead(lambda report: iter_ingest(paths, known_hashes=known, ocr=ocr, progress=report), progress)
-    for event in events:
-        if isinstance(event, Item):
-            if event.file_hash:
-                versions[event.source] = event.file_hash
-            batch.append(event)
-            if len(batch) >= batch_size:
-                flush()
-        elif isinstance(event, IngestError):
-            run.errors.append(event)
-        elif isinstance(event, DuplicateSkipped):
-            if event.file_hash:
-                versions[event.path] = event.file_hash
-            run.skipped_duplicates.append(event.path)
-        else:
-            run.notes.append(event)
-    if batch:
-        flush()
+    ingest_into(paths, known)
     failed = {e.path for e in run.errors}
     stale: list[str] = []
     for source, file_hash in versions.items():
@@ -125,6 +134,18 @@ def index_paths(
             run.replaced.append(source)
     if stale:  # one removal (one transaction, one segment rewrite) for every replaced file
         index.remove(stale)
+        still = index.known_hashes()
+        # A file skipped as "already indexed" may have matched exactly what a replaced file's old version
+        # held (a copy of a.txt made before a.txt was edited): read those files again, so every one of
+        # them ends with an item that exists.
+        again = sorted({s for s in skipped_as_known if Path(s).is_file()})
+        if still != known and again:
+            done = list(run.skipped_duplicates)
+            before = len(run.indexed)
+            run.skipped_duplicates.clear()
+            ingest_into(again, still)
+            retried = {e.path for e in run.indexed[before:]}
+            run.skipped_duplicates[:] = [p for p in done if p.split(" (page ")[0] not in retried]
     return run
 
 

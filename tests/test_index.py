@@ -101,6 +101,25 @@ def test_an_edited_file_replaces_its_old_version(tmp_path, model):
     assert again.replaced == [] and again.indexed == [] and len(index) == 2
 
 
+def test_a_copy_of_an_edited_files_old_version_keeps_an_item(tmp_path, model):
+    """Issue 19.2: `cp a.txt copy.txt`, edit a.txt, index both: copy.txt was reported "already indexed" while
+    the item it matched (a.txt's old version) was being removed, so its text could not be found."""
+    folder = tmp_path / "in"
+    [original] = write_texts(folder, 1)
+    index = new_index(tmp_path / "idx", model)
+    index_paths(model, index, [original], ocr=None)
+    old_text = original.read_text().strip()
+    copy = folder / "copy.txt"
+    copy.write_text(original.read_text())
+    original.write_text("Completely rewritten: the lighthouse keeper's logbook for the winter storms.\n")
+    run = index_paths(model, index, [original, copy], ocr=None)
+    assert run.replaced == [str(original.resolve())]
+    assert [it.text for it in index.items(str(copy.resolve()))] == [old_text]  # the copy's content exists
+    assert str(copy.resolve()) not in run.skipped_duplicates
+    assert sorted(e.path for e in run.indexed) == sorted([str(original.resolve()), str(copy.resolve())])
+    assert len(index) == 2
+
+
 def test_an_edited_file_that_fails_keeps_its_old_version(tmp_path, model):
     (path,) = write_texts(tmp_path / "in", 1)
     index = new_index(tmp_path / "idx", model)
