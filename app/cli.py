@@ -8,8 +8,10 @@ The checkpoint that made an index is recorded in it: later commands load that on
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -341,8 +343,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except (CliError, ValueError, FileNotFoundError, KeyError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"error: {message}", file=sys.stderr)
-        return EXIT_FAILED
+        return _fail(args, message)
+    except sqlite3.DatabaseError as e:
+        from .index import REBUILD_HINT
+
+        return _fail(args, f"the index database is damaged ({e}). {REBUILD_HINT}")
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            message = (f"the disk is full ({e.filename or 'while writing'}); everything committed before stays "
+                       "indexed and consistent: free some space and run the command again")
+        else:
+            message = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+        return _fail(args, message)
+
+
+def _fail(args: argparse.Namespace, message: str) -> int:
+    """One line on stderr; with --json also a JSON report on stdout, so scripts see the error too."""
+    print(f"error: {message}", file=sys.stderr)
+    if getattr(args, "json", False):
+        print(json.dumps({"error": message}, indent=2))
+    return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -103,6 +103,11 @@ _ITEM_COLUMNS = ("rowid, id, content_hash, path, kind, title, page, passage, cha
                  "size_bytes, added, text, words")
 
 
+# What to do about a damaged index: the index holds only derived data, so it is rebuilt from the files.
+REBUILD_HINT = ("Your files are not affected: move the index folder away and run `index` on the same files "
+                "again to rebuild it")
+
+
 class IndexError_(ValueError):  # noqa: N801 - avoids shadowing the builtin IndexError
     """A problem with an index folder, in plain words."""
 
@@ -382,7 +387,7 @@ class Index:
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.DatabaseError as e:
             conn.close()
-            raise IndexError_(f"{db} is not a readable index database: {e}") from e
+            raise IndexError_(f"{db} is not a readable index database ({e}). {REBUILD_HINT}") from e
         version = meta.get("format_version")
         if version != str(FORMAT_VERSION):
             conn.close()

@@ -133,6 +133,40 @@ def test_human_output_and_errors(tmp_path, tmp_path_factory, ckpt, capsys):
     assert code == 0 and out.splitlines()[1].startswith("  1. ")
 
 
+def test_a_full_disk_and_a_damaged_database_are_clear_messages(tmp_path, ckpt, capsys, monkeypatch):
+    """Issue 19.6: both used to end in a traceback (and no JSON report)."""
+    import errno
+
+    from app import indexing
+
+    write_texts(tmp_path / "in", 2)
+    idx = tmp_path / "idx"
+    assert run(capsys, "index", tmp_path / "in", "--index", idx, "--checkpoint", ckpt, "--quiet")[0] == 0
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(idx / "segments" / "seg-9.npy"))
+
+    monkeypatch.setattr(indexing, "index_paths", full)
+    write_texts(tmp_path / "more", 1, start=10)
+    code, out, err = run(capsys, "index", tmp_path / "more", "--index", idx, "--quiet", "--json")
+    assert code == 1 and "Traceback" not in err
+    assert "the disk is full" in err and "free some space" in err
+    assert "disk is full" in json.loads(out)["error"]
+    monkeypatch.undo()
+
+    db = idx / DB_NAME
+    data = bytearray(db.read_bytes())
+    page = 4096
+    data[page:] = b"\xde\xad\xbe\xef" * ((len(data) - page) // 4)  # every page after the header: garbage
+    db.write_bytes(bytes(data))
+    for wal in idx.glob(DB_NAME + "-*"):
+        wal.unlink()
+    code, out, err = run(capsys, "info", "--index", idx)
+    assert code == 1 and "Traceback" not in err
+    assert "damaged" in err or "not a readable index database" in err
+    assert "index" in err and ("rebuild" in err or "again" in err)
+
+
 def _count(db: Path) -> int:
     try:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
