@@ -266,14 +266,29 @@ def _walk_folder(folder: Path, limits: IngestLimits, archives: contextlib.ExitSt
         linked += sum(not d.startswith(".") and (Path(root) / d).is_symlink() for d in dirs)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (Path(root) / d).is_symlink())
         for name in sorted(files):
-            if not name.startswith("."):
-                yield from _expand_file(Path(root) / name, limits, archives)
+            if name.startswith("."):
+                continue
+            path = Path(root) / name
+            if path.is_symlink() and not _inside(path, folder):
+                # A link may point anywhere (/etc/passwd, another user's files): only links that stay inside
+                # the folder the user picked are followed.
+                yield IngestError(str(path), f"{name}: skipped, it links to a file outside {folder.name} "
+                                             "(links are followed only within the folder being indexed)")
+                continue
+            yield from _expand_file(path, limits, archives)
     yield from errors
     skipped = [f"{n} hidden {'entry' if n == 1 else 'entries'} (names starting with '.')" for n in [hidden] if n]
     skipped += [f"{n} linked {'folder' if n == 1 else 'folders'} (links to folders are not followed)"
                 for n in [linked] if n]
     if skipped:
         yield IngestNote(str(folder), f"{folder.name}: skipped {' and '.join(skipped)}")
+
+
+def _inside(link: Path, folder: Path) -> bool:
+    try:
+        return link.resolve().is_relative_to(folder)
+    except (OSError, RuntimeError):  # a loop or an unreadable target: not followed
+        return False
 
 
 def _expand_file(path: Path, limits: IngestLimits, archives: contextlib.ExitStack
@@ -825,6 +840,8 @@ def _text_items(src: _Source, data: bytes, file_hash: str, state: _BatchState) -
         raise _Refused("not a text file (it contains binary data)")
     if not text.strip():
         raise _Refused("the text file contains no text")
+    if _mostly_not_text(text):
+        raise _Refused("not a text file (most of it is control characters or undecodable bytes)")
     spans = split_passages(text, min_words=limits.passage_min_words, max_words=limits.passage_max_words,
                            max_chars=limits.passage_max_chars)
     hashes = [_derive_hash(file_hash, "passage", k) for k in range(len(spans))]
@@ -839,6 +856,16 @@ def _text_items(src: _Source, data: bytes, file_hash: str, state: _BatchState) -
             source=src.source, kind="text", title=src.title, content_hash=passage_hash, size_bytes=len(data),
             file_hash=file_hash, passage=k, char_span=(start, end), text=text[start:end],
         )
+
+
+def _mostly_not_text(text: str, share: float = 0.05) -> bool:
+    """More than `share` of the visible characters are control characters or U+FFFD. Real text of any script
+    has next to none (tabs and line breaks do not count); random bytes decoded as latin-1 have ~25 %."""
+    visible = [ch for ch in text if not ch.isspace()]
+    if not visible:
+        return True
+    bad = sum(ch == "\ufffd" or unicodedata.category(ch) == "Cc" for ch in visible)
+    return bad > share * len(visible)
 
 
 def decode_text(data: bytes) -> tuple[str, str]:

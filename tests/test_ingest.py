@@ -439,6 +439,37 @@ def test_binary_and_blank_text_files_are_reported(tmp_path):
                                    "b.txt: the text file contains no text", "c.md: the file is empty"]
 
 
+def test_garbage_is_not_indexed_as_text(tmp_path):
+    """Issue 19.12: random bytes without a NUL in a .md, and a .txt of control characters only, became passages."""
+    rng = random.Random(12)
+    noise = bytes(b for b in (rng.randrange(1, 256) for _ in range(20000)))
+    (tmp_path / "noise.md").write_bytes(noise)
+    (tmp_path / "controls.txt").write_bytes(bytes(range(1, 32)) * 50)
+    # Real text in several scripts and encodings, with tabs, form feeds and a few odd characters, still passes.
+    (tmp_path / "ok.txt").write_text("Grüße aus Köln\tund Ελληνικά, 日本語のテキスト.\f\nA line\x07 with a bell.\n" * 20)
+    (tmp_path / "cp1252.txt").write_bytes("Café “quoted” — naïve résumé.\n".encode("cp1252") * 30)
+    report = ingest([tmp_path], ocr=no_ocr)
+    assert sorted({i.title for i in report.items}) == ["cp1252.txt", "ok.txt"]
+    assert sorted(only_errors(report)) == [
+        "controls.txt: not a text file (most of it is control characters or undecodable bytes)",
+        "noise.md: not a text file (most of it is control characters or undecodable bytes)"]
+
+
+def test_links_are_followed_only_within_the_indexed_folder(tmp_path):
+    """Issue 19.14: a link inside an indexed folder to /etc/passwd was followed and indexed."""
+    folder = tmp_path / "notes"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "real.txt").write_text("A note that lives inside the folder.")
+    (folder / "inside.txt").symlink_to(folder / "sub" / "real.txt")
+    (folder / "passwd.txt").symlink_to("/etc/passwd")
+    report = ingest([folder], ocr=no_ocr)
+    # The inside link is followed (its content equals real.txt's, so one of the two is a duplicate).
+    assert [i.text for i in report.items] == ["A note that lives inside the folder."]
+    assert len(report.skipped_duplicates) == 1
+    assert only_errors(report) == ["passwd.txt: skipped, it links to a file outside notes (links are followed "
+                                   "only within the folder being indexed)"]
+
+
 def test_split_passages_prefers_paragraph_then_sentence_boundaries():
     paragraphs = [" ".join(sentences(9, seed=10 + i, words_per=(10, 10))) for i in range(4)]  # 90 words each
     text = "\n\n".join(paragraphs)
@@ -641,10 +672,11 @@ def test_pipes_and_devices_are_skipped_not_read(tmp_path):
     report = ingest([folder], ocr=no_ocr)
     assert [i.title for i in report.items] == ["note.txt"]
     messages = sorted(e.error for e in report.errors)
-    assert messages == ["pipe.txt: not a regular file (a named pipe), skipped",
-                        "zero.jpg: not a regular file (a character device), skipped"]
-    # Named directly, too.
+    assert messages[0] == "pipe.txt: not a regular file (a named pipe), skipped"
+    assert messages[1].startswith("zero.jpg: skipped, it links to a file outside")  # the link rule comes first
+    # Named directly, too: the device is refused before anything reads it.
     assert "named pipe" in ingest([folder / "pipe.txt"], ocr=no_ocr).errors[0].error
+    assert "a character device" in ingest([folder / "zero.jpg"], ocr=no_ocr).errors[0].error
 
 
 def test_a_file_that_grew_past_its_limit_is_not_read_whole(tmp_path):
