@@ -108,6 +108,8 @@ def cmd_index(args: argparse.Namespace) -> int:
               f"{len(run.skipped_duplicates)} already indexed or duplicate; {len(run.errors)} failed.")
         for source in run.replaced:
             print(f"  replaced the older version of {source}")
+        for old, new in run.moved:
+            print(f"  moved: {old} -> {new}")
         for note in run.notes:
             print(f"  note: {note.note}")
         for error in run.errors:

@@ -446,6 +446,23 @@ class Index:
         return [_row_to_item(r) for r in rows]
 
     @_locked
+    def paths_of_file(self, file_hash: str) -> list[str]:
+        """Source paths of the items that came from a file with this sha256 (any path it was indexed under)."""
+        if not self._versioned:
+            return []
+        rows = self._conn.execute("SELECT DISTINCT path FROM items WHERE file_sha256 = ?", (file_hash,))
+        return [r[0] for r in rows]
+
+    @_locked
+    def move(self, old_path: str, new_path: str, title: str) -> int:
+        """Point the items of `old_path` at `new_path` (a file that was renamed or moved); returns how many."""
+        with self._write_lock():
+            with self._txn("IMMEDIATE"):
+                cur = self._conn.execute("UPDATE items SET path = ?, title = ? WHERE path = ?",
+                                         (new_path, title, old_path))
+        return cur.rowcount
+
+    @_locked
     def stale_ids(self, path: str, file_hash: str) -> list[str]:
         """Ids of the items of source `path` that came from another version of the file than `file_hash`
         (items indexed before versions were recorded are never called stale)."""

@@ -48,12 +48,14 @@ class IndexRun:
     errors: list[IngestError] = field(default_factory=list)
     notes: list[IngestNote] = field(default_factory=list)
     replaced: list[str] = field(default_factory=list)  # sources whose older version was removed
+    moved: list[tuple[str, str]] = field(default_factory=list)  # (old path, new path) of renamed files
 
     def to_json(self) -> dict:
         return {
             "indexed": [{"id": e.id, "path": e.path, "page": e.page, "kind": e.kind} for e in self.indexed],
             "skipped_duplicates": list(self.skipped_duplicates),
             "replaced": list(self.replaced),
+            "moved": [{"from": a, "to": b} for a, b in self.moved],
             "errors": [{"path": e.path, "error": e.error} for e in self.errors],
             "notes": [{"path": n.path, "note": n.note} for n in self.notes],
         }
@@ -115,6 +117,8 @@ def index_paths(
             elif isinstance(event, DuplicateSkipped):
                 if event.file_hash:
                     versions[event.path] = event.file_hash
+                if not event.duplicate_of and event.file_hash and _moved(index, event, run):
+                    continue
                 run.skipped_duplicates.append(event.path)
                 if not event.duplicate_of:
                     skipped_as_known.append(event.path.split(" (page ")[0])
@@ -147,6 +151,18 @@ def index_paths(
             retried = {e.path for e in run.indexed[before:]}
             run.skipped_duplicates[:] = [p for p in done if p.split(" (page ")[0] not in retried]
     return run
+
+
+def _moved(index: Index, event: DuplicateSkipped, run: IndexRun) -> bool:
+    """A known file under a new name whose old path is gone from disk was renamed or moved: its items follow
+    it (results used to point at the deleted old path). Returns whether that happened."""
+    gone = [p for p in index.paths_of_file(event.file_hash)
+            if p != event.path and "!/" not in p and not os.path.lexists(p)]
+    if not gone:
+        return False
+    index.move(gone[0], event.path, Path(event.path).name)
+    run.moved.append((gone[0], event.path))
+    return True
 
 
 _EVENT, _PROGRESS, _ERROR, _DONE = range(4)

@@ -120,6 +120,27 @@ def test_a_copy_of_an_edited_files_old_version_keeps_an_item(tmp_path, model):
     assert len(index) == 2
 
 
+def test_a_renamed_file_takes_its_items_along(tmp_path, model):
+    """Issue 19.13: after `mv a.txt b.txt`, indexing b.txt said "already indexed" and results kept pointing at
+    the deleted a.txt. A copy (old path still there) stays a plain duplicate."""
+    folder = tmp_path / "in"
+    first, second = write_texts(folder, 2)
+    index = new_index(tmp_path / "idx", model)
+    index_paths(model, index, [folder], ocr=None)
+    ids = [it.id for it in index.items(str(first.resolve()))]
+    renamed = folder / "renamed.txt"
+    first.rename(renamed)
+    copy = folder / "copy.txt"
+    copy.write_text(second.read_text())
+    run = index_paths(model, index, [renamed, copy], ocr=None)
+    assert run.moved == [(str(first.resolve()), str(renamed.resolve()))]
+    assert run.indexed == [] and run.skipped_duplicates == [str(copy.resolve())]
+    assert index.items(str(first.resolve())) == []
+    moved = index.items(str(renamed.resolve()))
+    assert [it.id for it in moved] == ids and moved[0].title == "renamed.txt"  # same items, no re-encoding
+    assert run.to_json()["moved"] == [{"from": str(first.resolve()), "to": str(renamed.resolve())}]
+
+
 def test_an_edited_file_that_fails_keeps_its_old_version(tmp_path, model):
     (path,) = write_texts(tmp_path / "in", 1)
     index = new_index(tmp_path / "idx", model)
