@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -460,3 +461,41 @@ def markdown(report: dict) -> str:
     sims = ", ".join(f"{kind} {v:.3f}" for kind, v in report["self_similarity"].items() if v is not None)
     lines += ["", f"Mean cosine similarity between an item's own vectors (off-diagonal): {sims}."]
     return "\n".join(lines)
+
+
+# A checkpoint folder may carry the eval command's JSON reports for itself: {"<split name>": report, ...}.
+QUALITY_FILE = "quality.json"
+
+
+def load_quality(folder: str | os.PathLike | None, checkpoint_id: str) -> dict[str, dict]:
+    """The reports in `folder`/quality.json made by this very checkpoint (others are stale and left out)."""
+    if folder is None:
+        return {}
+    path = Path(folder) / QUALITY_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {name: r for name, r in data.items()
+            if isinstance(r, dict) and r.get("checkpoint_id") == checkpoint_id and "results" in r}
+
+
+def budget_table(reports: dict[str, dict]) -> str:
+    """Quality against budget: MRR at every preset per split and kind of query, beside the single-vector
+    baseline over the same content (what the app's Model tab shows for the loaded checkpoint)."""
+    if not reports:
+        return ""
+    presets = next(iter(reports.values()))["presets"]
+    head = "| split, queries | " + " | ".join(f"({q},{c})" for q, c in presets) + " | baseline |"
+    lines = [head, "|---|" + "---|" * (len(presets) + 1)]
+    for name, r in reports.items():
+        for kind in KINDS:
+            table = r["results"].get(kind)
+            if not table:
+                continue
+            cells = [f"{table[f'{q},{c}']['mrr']:.3f}" for q, c in presets] + [f"{table['baseline']['mrr']:.3f}"]
+            lines.append(f"| {name}, {r['queries'][kind]} {kind} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+

@@ -616,4 +616,16 @@ def _model_info(studio: Studio) -> str:
             f"| device | {d['device']} |\n\nA checkpoint is a folder with `metaembed_config.json` and "
             "`metaembed.safetensors` (start the app with `--checkpoint` or `METAEMBED_CHECKPOINT` to choose one). "
             "Indexes are kept per checkpoint, so switching models never mixes vectors: the sample collection and "
-            "your files are indexed again for the new model.")
+            "your files are indexed again for the new model." + _quality_info(studio))
+
+
+def _quality_info(studio: Studio) -> str:
+    """The checkpoint's own quality-vs-budget table (its quality.json, written from `python -m app.cli eval`)."""
+    from app.evaluation import budget_table, load_quality
+
+    reports = load_quality(getattr(studio.engine.model, "checkpoint_path", None), studio.engine.checkpoint_id)
+    if not reports:
+        return ""
+    return ("\n\n### Quality against budget\nMRR (mean reciprocal rank of the first relevant result) of this "
+            "checkpoint at each trained budget, measured with `python -m app.cli eval` on its evaluation splits, "
+            "beside one mean-pooled vector of the base model over the same content:\n\n" + budget_table(reports))

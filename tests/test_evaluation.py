@@ -205,3 +205,22 @@ def test_makefile_and_readme_point_at_the_cli():
     root = Path(__file__).resolve().parent.parent
     assert "app.cli eval tests/data/devset" in (root / "Makefile").read_text()
     assert not (root / "bench" / "quality.py").exists()
+
+
+def test_the_bundled_checkpoint_carries_its_own_quality_table():
+    """assets/metaembed-mini/quality.json holds the eval command's reports for exactly the shipped weights (a
+    retrained checkpoint without a new evaluation fails here), and the Model tab's table is built from them."""
+    from app.evaluation import budget_table, load_quality
+    from app.index import checkpoint_id_of_folder
+    from model.checkpoint import DEFAULT_CHECKPOINT
+
+    reports = load_quality(DEFAULT_CHECKPOINT, checkpoint_id_of_folder(DEFAULT_CHECKPOINT))
+    assert len(reports) == 2 and any("held-out" in name for name in reports)
+    table = budget_table(reports)
+    rows = [line for line in table.splitlines() if line.startswith("| dev") or line.startswith("| held-out")]
+    assert len(rows) == 4  # photo and document rows of both splits
+    for row in rows:
+        cells = [float(c) for c in row.strip("|").split("|")[1:]]
+        assert len(cells) == 6 and all(0 < c <= 1 for c in cells)  # five presets and the baseline
+    assert load_quality(DEFAULT_CHECKPOINT, "some-other-checkpoint") == {}  # stale reports are not shown
+    assert load_quality(None, "x") == {} and budget_table({}) == ""
