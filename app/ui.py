@@ -243,7 +243,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
             try:
                 query = studio.encode_query(text, image)
             except ValueError as e:
-                raise gr.Error(str(e)) from e
+                return mistake(str(e), len(rank_outs) + len(reset_outs))
             return _rank_outputs(query, int(rq), int(rc), with_samples, session) + (
                 None, gr.update(value="Click a result above to open its explanation."), gr.update(visible=False),
                 gr.update(visible=False))
@@ -320,7 +320,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
 
         def more_like_this(selected, rq, rc, with_samples, request: gr.Request):
             if selected is None:
-                raise gr.Error("select a result first")
+                return mistake("select a result first", 2 + len(rank_outs))
             session = _session(request)
             coll, item, _ = studio.item(selected[0], selected[1], session)
             try:
@@ -349,6 +349,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
 
         @gpu
         def do_index(files, request: gr.Request, progress=gr.Progress()):  # noqa: B008 - how Gradio injects progress
+            if not _paths(files):
+                return mistake("choose one or more files to add first", 6)
             report = index_files(files, request, progress)
             return (_report_md(report), None) + collection_view(request)
 
@@ -375,14 +377,16 @@ def build_demo(studio: Studio) -> gr.Blocks:
         def do_remove(chosen, request: gr.Request):
             coll = studio.user_collection(_session(request), create=False)
             if coll is None or not chosen:
-                raise gr.Error("pick files to remove first")
+                return mistake("pick files to remove first", 5)
             try:
                 removed = studio.remove(coll, chosen)
             except KeyError as e:
                 raise gr.Error(str(e)) from e
             return (f"Removed {len(removed)} item(s).",) + collection_view(request)
 
-        def do_clear(request: gr.Request):
+        def do_clear(confirmed, request: gr.Request):
+            if not confirmed:  # the visitor pressed Cancel in the confirmation dialog
+                return (gr.skip(),) * 5
             coll = studio.user_collection(_session(request), create=False)
             n = studio.clear(coll) if coll is not None else 0
             return (f"Cleared your collection ({n} item(s) removed).",) + collection_view(request)
@@ -392,11 +396,11 @@ def build_demo(studio: Studio) -> gr.Blocks:
         def do_scaling(text, with_samples, request: gr.Request, progress=gr.Progress()):  # noqa: B008 - how Gradio injects progress
             queries = [q.strip() for q in (text or "").splitlines() if q.strip()][:20]
             if not queries:
-                raise gr.Error("write at least one query, one per line")
+                return mistake("write at least one query, one per line", 4)
             result = ui_teach.measure_scaling(studio, queries, _session(request), with_samples,
                                               lambda f, w: progress(f, desc=w))
             if result["items"] == 0:
-                raise gr.Error("the collection is empty: add files or include the sample collection")
+                return mistake("the collection is empty: add files or include the sample collection", 4)
             ps = result["presets"]
             return (result["summary"],
                     plots.index_size_figure(ps, result["bytes"], result["items"]),
@@ -436,6 +440,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
 
         # ============================================================================ wiring
         private = dict(api_visibility="private")
+        clear_ok = gr.Checkbox(value=False, visible=False)  # the confirmation dialog's answer
         demo.load(status_line, None, status, **private)
         # While the samples are indexed on first start, the status line follows their progress.
         timer = gr.Timer(2.0, active=studio.indexing_progress is not None)
@@ -467,9 +472,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
 
         index_btn.click(do_index, [upload], [report_md, upload, items_df, remove_sel, stats_md, status], **private)
         remove_btn.click(do_remove, [remove_sel], [report_md, items_df, remove_sel, stats_md, status], **private)
-        clear_btn.click(do_clear, None, [report_md, items_df, remove_sel, stats_md, status],
-                        js="() => { if (!confirm('Remove every item from your collection?')) throw new Error('cancelled'); }",
-                        **private)
+        clear_btn.click(do_clear, clear_ok, [report_md, items_df, remove_sel, stats_md, status],
+                        js="(ok) => confirm('Remove every item from your collection?')", **private)
         scale_btn.click(do_scaling, [scale_queries, scale_samples], [scale_md, size_plot, lat_plot, agree_plot],
                         **private)
         model_btn.click(do_load_model, [model_src], [model_status, model_md, preset, r_q, r_c], **private).then(
@@ -604,6 +608,14 @@ def _report_md(report: dict) -> str:
     for note in report.get("notes", []):
         lines.append(f"- note: {note['note']}")
     return "\n".join(lines)
+
+
+def mistake(message: str, outputs: int) -> tuple:
+    """A user mistake (nothing typed, nothing chosen): one calm notice, and every output stays as it was.
+    Raising gr.Error instead marks every output of the event as failed (red badges over the stats and the
+    tables) and logs the exception on the server."""
+    gr.Warning(message)
+    return (gr.skip(),) * outputs
 
 
 def _model_info(studio: Studio) -> str:

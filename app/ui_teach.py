@@ -62,7 +62,8 @@ def wire_tab(t: SimpleNamespace, studio: Studio, gpu) -> None:
     def walk(text: str, request: gr.Request):
         text = (text or "").strip()
         if not text:
-            raise gr.Error("type a query to walk through")
+            gr.Warning("type a query to walk through")  # a calm notice; gr.Error would mark every plot failed
+            return (gr.skip(),) * 7
         return walkthrough(studio, text, _session(request))
 
     t.button.click(walk, [t.query], [t.tokens, t.attention, t.vectors, t.prefix, t.matrix, t.budgets, t.matrix_md],

@@ -168,6 +168,28 @@ def test_upload_photos_and_a_pdf(server, browser_page):
     shot(page, "collection")
 
 
+def test_cancelled_clear_and_empty_query_are_calm(server, browser_page):
+    """Issue 17.3: cancelling "Clear my collection" and searching with an empty query used to paint red
+    "Error" badges over the stats, blank the items table and the remove list."""
+    page = browser_page.page
+    open_tab(page, "Collection")
+    before_items = page.inner_text("#me-items")
+    page.once("dialog", lambda dialog: dialog.dismiss())  # the visitor presses Cancel
+    page.get_by_role("button", name="Clear my collection").click()
+    page.wait_for_timeout(1500)
+    assert "7 items" in page.inner_text("#me-stats")
+    assert page.inner_text("#me-items") == before_items
+    assert "Error" not in page.inner_text("body")
+
+    open_tab(page, "Search")
+    page.fill("#me-query textarea", "")
+    page.click("#me-search")
+    page.wait_for_function("document.body.innerText.includes('Warning')")  # one calm notice
+    assert "Error" not in page.inner_text("body")
+    open_tab(page, "Collection")
+    assert "7 items" in page.inner_text("#me-stats")
+
+
 def test_search_then_budget_slider_reranks(server, browser_page):
     page = browser_page.page
     open_tab(page, "Search")
