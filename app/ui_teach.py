@@ -39,14 +39,17 @@ def build_tab(studio: Studio, gpu) -> SimpleNamespace:
     gr.Markdown("### 1 · Tokens, then meta tokens")
     t.tokens = gr.HTML("<p class='me-caption'>Press <b>Walk through</b>.</p>")
     gr.Markdown("The backbone reads the query's tokens followed by the meta tokens (orange). Content tokens never "
-                "look at the meta tokens, and meta token *i* looks at all content and only at meta tokens 1…*i*.",
+                "look at the meta tokens. In the paper's layout (the vision-language backbones) meta token *i* "
+                "looks at all content and at meta tokens 1…*i*; in MetaEmbed-Mini's granular layout meta token 1 "
+                "reads the whole text and each later level splits it into ever smaller parts, one per meta token.",
                 elem_classes="me-caption")
     gr.Markdown("### 2 · Each meta token reads the content")
     t.attention = gr.Plot(show_label=False, elem_id="me-teach-attention")
-    gr.Markdown("Last-layer attention of each meta token over the query's words (averaged over heads; each row "
-                "sums to 1 over the words, leaving out the share that goes to [CLS] and [SEP]). Different meta "
-                "tokens weigh the words differently, which lets several vectors match several aspects of a photo "
-                "or page.", elem_classes="me-caption")
+    gr.Markdown("Attention of each meta token over the query's words (each row sums to 1 over the words, leaving "
+                "out [CLS] and [SEP]): the last layer's, averaged over heads, in the paper's layout; MetaEmbed-Mini's "
+                "span readout, which reads each meta token's own part of the text, in the granular one. Different "
+                "meta tokens weigh the words differently, which lets several vectors match several aspects of a "
+                "photo or page.", elem_classes="me-caption")
     gr.Markdown("### 3 · Their states become the vectors — and the first few are a complete embedding")
     t.vectors = gr.Plot(show_label=False, elem_id="me-teach-vectors")
     t.prefix = gr.Markdown()
