@@ -138,18 +138,15 @@ def index_paths(
             run.replaced.append(source)
     if stale:  # one removal (one transaction, one segment rewrite) for every replaced file
         index.remove(stale)
-        still = index.known_hashes()
         # A file skipped as "already indexed" may have matched exactly what a replaced file's old version
         # held (a copy of a.txt made before a.txt was edited): read those files again, so every one of
         # them ends with an item that exists.
         again = sorted({s for s in skipped_as_known if Path(s).is_file()})
-        if still != known and again:
-            done = list(run.skipped_duplicates)
-            before = len(run.indexed)
-            run.skipped_duplicates.clear()
-            ingest_into(again, still)
+        if again:
+            earlier, before = list(run.skipped_duplicates), len(run.indexed)
+            ingest_into(again, index.known_hashes())
             retried = {e.path for e in run.indexed[before:]}
-            run.skipped_duplicates[:] = [p for p in done if p.split(" (page ")[0] not in retried]
+            run.skipped_duplicates[:] = [p for p in earlier if p.split(" (page ")[0] not in retried]
     return run
 
 

@@ -263,8 +263,9 @@ def _walk_folder(folder: Path, limits: IngestLimits, archives: contextlib.ExitSt
         yield from errors
         errors.clear()
         hidden += sum(name.startswith(".") for name in dirs + files)
-        linked += sum(not d.startswith(".") and (Path(root) / d).is_symlink() for d in dirs)
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (Path(root) / d).is_symlink())
+        links = {d for d in dirs if not d.startswith(".") and (Path(root) / d).is_symlink()}
+        linked += len(links)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in links)
         for name in sorted(files):
             if name.startswith("."):
                 continue
@@ -295,8 +296,8 @@ def _expand_file(path: Path, limits: IngestLimits, archives: contextlib.ExitStac
                  ) -> Iterator[_Source | IngestError | IngestNote]:
     if not _is_utf8(str(path)):
         # The index, the JSON report and the UI all hold names as UTF-8 text: such a name cannot be stored.
-        shown = escaped_name(path)
-        yield IngestError(shown, f"{escaped_name(Path(path.name))}: the file name is not valid UTF-8 "
+        shown = _escaped_name(path)
+        yield IngestError(shown, f"{_escaped_name(Path(path.name))}: the file name is not valid UTF-8 "
                                  "(rename the file to index it)")
         return
     ext = path.suffix.lower()
@@ -317,7 +318,7 @@ def _expand_file(path: Path, limits: IngestLimits, archives: contextlib.ExitStac
         yield _Source(str(path), path.name, path.name, ext, size, read=lambda: _read_file(path, size, limits))
 
 
-def escaped_name(path: Path) -> str:
+def _escaped_name(path: Path) -> str:
     """A path as printable UTF-8 text: bytes that are not UTF-8 shown as \\xNN escapes."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
