@@ -470,7 +470,9 @@ def build_demo(studio: Studio) -> gr.Blocks:
         more_btn.click(more_like_this, [selected_state, r_q, r_c, include_samples],
                        [query_box, query_image] + rank_outs, **private)
 
-        index_btn.click(do_index, [upload], [report_md, upload, items_df, remove_sel, stats_md, status], **private)
+        # One progress display, on the report, not repeated over every output of the event.
+        index_btn.click(do_index, [upload], [report_md, upload, items_df, remove_sel, stats_md, status],
+                        show_progress_on=[report_md], **private)
         remove_btn.click(do_remove, [remove_sel], [report_md, items_df, remove_sel, stats_md, status], **private)
         clear_btn.click(do_clear, clear_ok, [report_md, items_df, remove_sel, stats_md, status],
                         js="(ok) => confirm('Remove every item from your collection?')", **private)

@@ -157,6 +157,11 @@ def test_upload_photos_and_a_pdf(server, browser_page):
     page.wait_for_function("document.querySelectorAll('#me-upload .file-preview tr, #me-upload li').length >= 7 || "
                            "document.querySelector('#me-upload').innerText.includes('harbour-guide.pdf')")
     page.click("#me-index")
+    # Issue 17.9: one progress display (on the report), not one over each of the event's outputs.
+    page.wait_for_function("document.querySelectorAll('.progress-text, .eta-bar').length > 0 || "
+                           "document.querySelector('#me-report').innerText.includes('Added')")
+    trackers = page.evaluate("[...document.querySelectorAll('.progress-text')].filter(e => e.offsetParent).length")
+    assert trackers <= 1, trackers
     page.wait_for_function("document.querySelector('#me-report').innerText.includes('Added')")
     report = page.inner_text("#me-report")
     assert "Added 7 items" in report, report
