@@ -187,8 +187,7 @@ def train(model: MetaEmbed, rows: list[dict], args: TrainArgs) -> MetaEmbed:
         if (step + 1) % args.log_every == 0 or step + 1 == steps:
             total = sum(w * parts_sum[tuple(g)] for g, w in zip(cfg.groups, cfg.weights))
             bar.set_postfix(loss=f"{total:.3f}")
-            record = {"step": step + 1, "loss": total,
-                      "groups": {f"{k[0]},{k[1]}": v for k, v in parts_sum.items() if isinstance(k, tuple)},
+            record = {"step": step + 1, "loss": total, "groups": {f"{a},{b}": v for (a, b), v in parts_sum.items()},
                       "lr": opt.param_groups[0]["lr"], "elapsed_s": round(time.time() - t0, 1)}
             log.write(json.dumps(record) + "\n")
             log.flush()
@@ -205,12 +204,8 @@ def _step_loss(model: MetaEmbed, batch_rows: list[dict], cfg: MetaEmbedConfig, t
     queries = [_materialise(r["query"]) for r in batch_rows]
     cands = [_materialise(r["positive"]) for r in batch_rows]
     negs = [_materialise(r["negative"]) for r in batch_rows if "negative" in r]
-
-    def embed(xs: list, side: str) -> torch.Tensor:
-        return model.embed(model.prepare(xs, side), side)[0]
-
-    q = embed(queries, "query")
-    c = embed_by_length(cands + negs, lambda xs: embed(xs, "candidate"), 16)
+    q, _ = model.embed(model.prepare(queries, "query"), "query")
+    c = embed_by_length(cands + negs, lambda xs: model.embed(model.prepare(xs, "candidate"), "candidate")[0], 16)
     pos, neg = c[: len(cands)], (c[len(cands):] if negs else None)
     teacher_logits, distill = None, 0.0
     if teacher is not None and all(isinstance(x, str) for x in queries + cands + negs):
@@ -219,10 +214,9 @@ def _step_loss(model: MetaEmbed, batch_rows: list[dict], cfg: MetaEmbedConfig, t
     contrastive = None
     if any("contrastive" in r for r in batch_rows):
         contrastive = torch.tensor([float(r.get("contrastive", 1.0)) for r in batch_rows])
-    loss, parts = mmr_loss(q, pos, neg, groups=cfg.groups, weights=cfg.weights, temperature=cfg.temperature,
-                           ignore=false_negatives(batch_rows, with_negatives=bool(negs)), teacher=teacher_logits,
-                           distill_weight=distill, contrastive_weight=contrastive)
-    return loss, parts
+    return mmr_loss(q, pos, neg, groups=cfg.groups, weights=cfg.weights, temperature=cfg.temperature,
+                    ignore=false_negatives(batch_rows, with_negatives=bool(negs)), teacher=teacher_logits,
+                    distill_weight=distill, contrastive_weight=contrastive)
 
 
 class MeanPoolTeacher:

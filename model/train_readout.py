@@ -60,15 +60,13 @@ def cache_states(model: MetaEmbed, texts: list[str], side: str, batch_size: int 
         raise ValueError("cached readout training needs granular meta tokens (meta_attention='spans')")
     if model.config.lora_r:
         raise ValueError("cached readout training needs a frozen backbone (lora_r=None)")
-    meta = model.meta_tokens(side)
-    levels = model.config.meta_levels(side)
     unique = sorted(set(texts), key=len)  # similar lengths together: less padding
     out: dict[str, Cached] = {}
     bar = tqdm(total=len(unique), desc=f"caching {side} states", unit="text", disable=not progress)
     for start in range(0, len(unique), batch_size):
         chunk = unique[start:start + batch_size]
         batch = model.prepare(chunk, side)
-        res = model.backbone({**batch, "meta_levels": levels}, meta)
+        _, res = model.embed(batch, side)  # the backbone's output carries the content and meta states
         lengths = batch["attention_mask"].sum(1)
         for i, text in enumerate(chunk):
             n = int(lengths[i])
@@ -98,8 +96,8 @@ def _vectors(model: MetaEmbed, content, meta, span) -> torch.Tensor:
     return F.normalize(states.float(), dim=-1)
 
 
-def train_readout(model: MetaEmbed, rows: list[dict], args: ReadoutArgs, out: str | Path | None = None,
-                  caches: tuple[dict, dict] | None = None) -> MetaEmbed:
+def train_readout(model: MetaEmbed, rows: list[dict], args: ReadoutArgs, out: str | Path | None = None
+                  ) -> MetaEmbed:
     """Train `model.readout` and `model.proj` on text rows {"query", "positive", "negative"?, "distill"?,
     "contrastive"?, *_tags?}; the meta tokens and the backbone stay as they are. Logs go to out/train_log.jsonl."""
     if any(not isinstance(r[k], str) for r in rows for k in ("query", "positive", "negative") if k in r):
@@ -107,12 +105,9 @@ def train_readout(model: MetaEmbed, rows: list[dict], args: ReadoutArgs, out: st
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     cfg = model.config
-    if caches is None:
-        q_cache = cache_states(model, [r["query"] for r in rows], "query", progress=args.progress)
-        c_cache = cache_states(model, [r[k] for r in rows for k in ("positive", "negative") if k in r],
-                               "candidate", progress=args.progress)
-    else:
-        q_cache, c_cache = caches
+    q_cache = cache_states(model, [r["query"] for r in rows], "query", progress=args.progress)
+    c_cache = cache_states(model, [r[k] for r in rows for k in ("positive", "negative") if k in r],
+                           "candidate", progress=args.progress)
     params = list(model.readout.parameters()) + (list(model.proj.parameters()) if model.proj is not None else [])
     for p in model.parameters():
         p.requires_grad_(False)
