@@ -40,7 +40,7 @@ def resolve_checkpoint(arg: str | None, index_dir: Path | None) -> tuple[Path, s
     """
     from model import checkpoint
 
-    from .index import DB_NAME, Index, checkpoint_id_of_folder
+    from .store.index import DB_NAME, Index, checkpoint_id_of_folder
 
     source: str | None = arg
     if arg is None and index_dir is not None and (index_dir / DB_NAME).is_file():
@@ -66,10 +66,10 @@ def load_model(folder: Path) -> Any:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from .index import DB_NAME, Index
     from .indexing import index_paths
     from .ingest import default_ocr
     from .search import model_dim
+    from .store.index import DB_NAME, Index
 
     index_dir = Path(args.index).expanduser()
     folder, source, ckpt_id = resolve_checkpoint(args.checkpoint, index_dir)
@@ -119,8 +119,8 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .index import Index
     from .search import Searcher
+    from .store.index import Index
 
     index_dir = Path(args.index).expanduser()
     budget = parse_budget(args.budget) if args.budget else None
@@ -148,7 +148,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .index import Index
+    from .store.index import Index
 
     with Index.open(args.index) as index:
         info = index.info()
@@ -162,7 +162,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .index import Index
+    from .store.index import Index
 
     with Index.open(args.index) as index:
         items = index.items()
@@ -177,7 +177,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    from .index import Index
+    from .store.index import Index
 
     with Index.open(args.index) as index:
         try:
@@ -192,7 +192,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
-    from .index import Index
+    from .store.index import Index
 
     with Index.open(args.index) as index:
         before = index.info()
@@ -347,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         return _fail(args, message)
     except sqlite3.DatabaseError as e:
-        from .index import REBUILD_HINT
+        from .store.index import REBUILD_HINT
 
         return _fail(args, f"the index database is damaged ({e}). {REBUILD_HINT}")
     except OSError as e:

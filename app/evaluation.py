@@ -296,10 +296,10 @@ class Collection:
 def index_folder(model: Any, checkpoint_id: str, folder: Path, *, ocr: Callable | None = None,
                  progress: Callable[[int, int, str], None] | None = None) -> Collection:
     """Index the folder's files into a temporary index (removed afterwards) and read back what scoring needs."""
-    from .index import Index
     from .indexing import index_paths
     from .ingest import default_ocr
     from .search import model_dim
+    from .store.index import Index
 
     paths = files_to_index(folder)
     tmp = Path(tempfile.mkdtemp(prefix="metaembed-eval-"))

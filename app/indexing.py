@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from .index import Index
 from .ingest import DuplicateSkipped, IngestError, IngestNote, Item, default_ocr, iter_ingest
+from .store.index import Index
 
 DEFAULT_BATCH_SIZE = 8
 # Items decoded ahead of the encoder. A photo is held at <= 1600 px (~6 MB as RGB), so this bounds the extra

@@ -19,8 +19,8 @@ from PIL import Image
 
 from model.scoring import explain
 
-from . import index as index_module
-from .index import CheckpointMismatch, Index, IndexedItem, checkpoint_id
+from .store import index as index_module
+from .store.index import CheckpointMismatch, Index, IndexedItem, checkpoint_id
 
 Query = str | Image.Image
 DEFAULT_CACHE_SIZE = 64

@@ -41,8 +41,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app import index as index_module  # noqa: E402
-from app.index import Index  # noqa: E402
+from app.store import index as index_module  # noqa: E402
+from app.store.index import Index  # noqa: E402
 from model.scoring import near_top  # noqa: E402
 
 PRESETS = [(1, 1), (2, 4), (4, 8), (8, 16), (16, 64)]
@@ -270,9 +270,9 @@ def bench_indexing(args: argparse.Namespace) -> None:
 def bench_devset(args: argparse.Namespace) -> None:
     import json
 
-    from app.index import checkpoint_id
     from app.indexing import index_paths
     from app.search import model_dim
+    from app.store.index import checkpoint_id
     from model import MetaEmbed
 
     data = Path(__file__).resolve().parent.parent / "tests" / "data" / "devset"

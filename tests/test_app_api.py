@@ -18,7 +18,7 @@ import httpx
 import pytest
 import torch
 
-from app.sessions import UploadLimits, safe_filename, unique_child
+from app.service.sessions import UploadLimits, safe_filename, unique_child
 from model.scoring import maxsim
 from tests.index_helpers import checkpoint_folder
 from tests.test_ingest import make_pdf as pdf_pages
@@ -272,7 +272,7 @@ def test_unique_child_never_overwrites_and_stays_inside(tmp_path):
 
 def test_local_collection_persists_and_model_switch_reindexes(tmp_path, tmp_path_factory):
     """Desktop use: one persistent collection; another checkpoint gets indexes of its own, never mixed."""
-    from app.ui_backend import Studio, load_engine
+    from app.service.studio import Studio, load_engine
     from tests.index_helpers import other_checkpoint_folder
 
     samples = tmp_path / "samples"
@@ -328,7 +328,7 @@ def test_local_collection_persists_and_model_switch_reindexes(tmp_path, tmp_path
 
 
 def test_shared_deployment_refuses_model_switch(tmp_path, tmp_path_factory):
-    from app.ui_backend import Studio, load_engine
+    from app.service.studio import Studio, load_engine
 
     studio = Studio(load_engine(str(checkpoint_folder(tmp_path_factory))), tmp_path / "data", private_sessions=True,
                     sample_dir=None)
@@ -356,7 +356,8 @@ def _inspected(tokens: list[str], text: str, attention: torch.Tensor) -> dict:
 
 
 def test_explanation_adds_up_and_points_at_the_attended_words():
-    from app import plots, ui_explain
+    from app.ui import explain as ui_explain
+    from app.ui import plots
 
     gen = torch.Generator().manual_seed(0)
     q = torch.nn.functional.normalize(torch.randn(4, 8, generator=gen), dim=-1)
@@ -386,7 +387,7 @@ def test_overlay_marks_only_where_the_matching_tokens_lie():
     import numpy as np
     from PIL import Image
 
-    from app.plots import Mark, overlay
+    from app.ui.plots import Mark, overlay
 
     img = Image.new("RGB", (200, 100), (255, 255, 255))
     heat = np.zeros((8, 8), np.float32)
@@ -411,7 +412,7 @@ def test_start_up_sweep_removes_session_roots_of_dead_servers(tmp_path, monkeypa
     import sys
     import tempfile
 
-    from app.sessions import OWNER_FILE, ROOT_PREFIX, SessionStore
+    from app.service.sessions import OWNER_FILE, ROOT_PREFIX, SessionStore
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,

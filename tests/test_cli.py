@@ -22,8 +22,8 @@ from index_helpers import (
 )
 
 from app import cli
-from app.index import DB_NAME, Index
 from app.search import Searcher
+from app.store.index import DB_NAME, Index
 from model.scoring import maxsim
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""app.index + app.indexing: storage, ingest of every kind, duplicates, remove, reload, atomicity."""
+"""app.store.index + app.indexing: storage, ingest of every kind, duplicates, remove, reload, atomicity."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from index_helpers import (
     write_texts,
 )
 
-from app import index as index_module
-from app.index import CheckpointMismatch, Index, IndexError_, checkpoint_id, checkpoint_id_of_folder
 from app.indexing import encoder_input, index_paths, read_ahead
 from app.ingest import ingest
+from app.store import index as index_module
+from app.store.index import CheckpointMismatch, Index, IndexError_, checkpoint_id, checkpoint_id_of_folder
 
 
 @pytest.fixture(scope="module")
@@ -296,7 +296,7 @@ def test_segments_stay_few_and_search_matches_exact_scoring(tmp_path, monkeypatc
 
 def _small_build(build):
     def wrapped(first, rowids, seed=0):
-        import app.first_stage as fs
+        import app.store.first_stage as fs
 
         old = fs.TRAIN_PER_LIST
         fs.TRAIN_PER_LIST = 1  # tiny test collections: let faiss train on few points per list

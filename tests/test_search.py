@@ -7,9 +7,9 @@ import torch
 from index_helpers import has_visual_tokenizer, loaded_model, other_checkpoint_folder, write_texts
 from PIL import Image
 
-from app.index import CheckpointMismatch, Index, checkpoint_id
 from app.indexing import index_paths
 from app.search import Searcher, query_key
+from app.store.index import CheckpointMismatch, Index, checkpoint_id
 from model import MetaEmbed
 from model.scoring import maxsim
 
@@ -127,7 +127,7 @@ def test_searcher_refuses_a_model_of_another_checkpoint(tmp_path_factory, index)
 
 
 def test_large_budgets_switch_to_the_first_stage_with_the_same_results(model, index, monkeypatch):
-    from app import index as index_module
+    from app.store import index as index_module
 
     searcher = Searcher(model, index)
     exact = {b: searcher.search("copper tunnel", b, k=5) for b in [(2, 4), (16, 64)]}

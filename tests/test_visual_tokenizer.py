@@ -499,7 +499,7 @@ def test_people_tokens_carry_boxes_in_the_doc(classifier):
     assert people[-1].boxes == ((0.1, 0.2, 0.45, 0.7),) and people[-1].box == (0.1, 0.2, 0.45, 0.7)
     assert len(people[0].boxes) == 2 and people[0].box is None
     # The app paints one box per face the word stands for.
-    from app.ui_explain import Unit, photo_marks
+    from app.ui.explain import Unit, photo_marks
 
     class Ex:
         c_units = [Unit(t.text, t.kind, [0], t.span, visual=t) for t in people]

@@ -5,7 +5,7 @@ collection, and either one persistent local collection (desktop use) or a `Sessi
 per-visitor collections (shared deployments). Every collection keeps one index per checkpoint under
 `<root>/index/<checkpoint id>/`, so loading another model never mixes vectors of two models.
 
-The UI layer (app/ui.py) keeps a `QueryState` per browser session: the query's full R_q vectors, so that
+The UI layer (app/ui/) keeps a `QueryState` per browser session: the query's full R_q vectors, so that
 moving the budget slider re-ranks from cached vectors without running the model again.
 """
 
@@ -28,10 +28,9 @@ import torch
 from PIL import Image
 
 from app import ingest as ingest_mod
-from app.index import CheckpointMismatch, Index, IndexedItem, IndexError_, checkpoint_id
 from app.indexing import encoder_input, index_paths
 from app.search import model_dim
-from app.sessions import (
+from app.service.sessions import (
     UNLIMITED,
     SessionStore,
     UploadLimits,
@@ -40,6 +39,7 @@ from app.sessions import (
     safe_filename,
     unique_child,
 )
+from app.store.index import CheckpointMismatch, Index, IndexedItem, IndexError_, checkpoint_id
 from model import MetaEmbed
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -266,7 +266,7 @@ class Collection:
 
     # ---- ranking -----------------------------------------------------------------------------------
     def rank(self, engine: Engine, q: torch.Tensor, r_q: int, r_c: int, k: int) -> list[tuple[IndexedItem, float]]:
-        """The k best items for one query's vectors [R_q, D] at budget (r_q, r_c) (app.index's MaxSim search)."""
+        """The k best items for one query's vectors [R_q, D] at budget (r_q, r_c) (app.store.index's MaxSim search)."""
         idx = self.index(engine, create=False)
         if idx is None:
             return []
@@ -462,7 +462,7 @@ class Studio:
         data = idx.thumbnail(hit.id) if idx is not None else b""
         item = idx.get(hit.id) if (idx is not None and not data) else None
         if not data:
-            from app.plots import text_card
+            from app.ui.plots import text_card
 
             buf = io.BytesIO()
             text_card(hit.title, (item.text if item else "") or "").save(buf, "JPEG", quality=85)

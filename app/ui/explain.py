@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from app.plots import Mark, colour_rgb
+from app.ui.plots import Mark, colour_rgb
 from model.scoring import explain as maxsim_explain
 
 SPECIAL = {"[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>"}

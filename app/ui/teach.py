@@ -11,9 +11,9 @@ from types import SimpleNamespace
 import gradio as gr
 import numpy as np
 
-from app import plots
-from app.sessions import human_bytes
-from app.ui_backend import Studio
+from app.service.sessions import human_bytes
+from app.service.studio import Studio
+from app.ui import plots
 from model.scoring import explain as maxsim_explain
 
 DEFAULT_QUERY = "a red panda resting in a tree"

@@ -54,7 +54,7 @@ REWRITE_DEAD_FRACTION = 0.5
 ID_LENGTH = 16  # hex characters of the content hash that form an item id (64 bits)
 # Search: exact MaxSim costs about the same per candidate vector read whatever r_q (~45-50 ns per
 # item-vector on one core), so a query is scored exactly while items x r_c <= EXACT_ROWS (10,000 items
-# at r_c=64, ~30 ms; 640,000 at r_c=1); above, the first stage (app.first_stage) picks FIRST_STAGE_DEPTH
+# at r_c=64, ~30 ms; 640,000 at r_c=1); above, the first stage (app.store.first_stage) picks FIRST_STAGE_DEPTH
 # items that are re-scored exactly (recall@10 0.99 on the synthetic million). Measured in bench/search.py,
 # see docs/benchmarks.md ("Index and search").
 EXACT_ROWS = 640_000

@@ -1,8 +1,8 @@
 """The Gradio Blocks app: search, why it matched, the collection, test-time scaling, how it works, the model.
 
-Layout and event wiring live here; the work is done by `app.ui_backend.Studio` (model, collections,
-search, indexing), `app.ui_explain` (the numbers behind "why it matched") and `app.plots` (figures).
-Teaching views live in `app.ui_teach`.
+Layout and event wiring live here; the work is done by `app.service.studio.Studio` (model, collections,
+search, indexing), `app.ui.explain` (the numbers behind "why it matched") and `app.ui.plots` (figures).
+Teaching views live in `app.ui.teach`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from app import plots, ui_explain, ui_teach
-from app.ui_backend import Hit, QueryState, Studio
+from app.service.studio import Hit, QueryState, Studio
+from app.ui import explain as ui_explain
+from app.ui import plots
+from app.ui import teach as ui_teach
 
 RESULTS = 24
 MAX_TABLE_ROWS = 500  # rows of the collection table and choices of the remove list
@@ -567,7 +569,7 @@ def _status(studio: Studio, session: str | None) -> str:
 def _collection_intro(studio: Studio) -> str:
     if studio.private_sessions:
         lim = studio.limits
-        from app.sessions import human_bytes
+        from app.service.sessions import human_bytes
 
         caps = []
         if lim.max_files:
