@@ -39,8 +39,9 @@ def resolve_checkpoint(arg: str | None, index_dir: Path | None) -> tuple[Path, s
     MetaEmbed-Mini.
     """
     from model import checkpoint
+    from model.checkpoint import checkpoint_id_of_folder
 
-    from .store.index import DB_NAME, Index, checkpoint_id_of_folder
+    from .store.index import DB_NAME, Index
 
     source: str | None = arg
     if arg is None and index_dir is not None and (index_dir / DB_NAME).is_file():
@@ -68,7 +69,6 @@ def load_model(folder: Path) -> Any:
 def cmd_index(args: argparse.Namespace) -> int:
     from .indexing import index_paths
     from .ingest import default_ocr
-    from .search import model_dim
     from .store.index import DB_NAME, Index
 
     index_dir = Path(args.index).expanduser()
@@ -77,7 +77,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         Index.open(index_dir, ckpt_id).close()  # refuse a mismatch before spending time on the model
     model = load_model(folder)
     start = time.perf_counter()
-    with Index.open_for(index_dir, ckpt_id, model.config.num_candidate_tokens, model_dim(model), source) as index:
+    with Index.open_for(index_dir, ckpt_id, model.config.num_candidate_tokens, model.dim, source) as index:
         bar = _progress_bar(args)
         committed = [0]
 

@@ -298,14 +298,13 @@ def index_folder(model: Any, checkpoint_id: str, folder: Path, *, ocr: Callable 
     """Index the folder's files into a temporary index (removed afterwards) and read back what scoring needs."""
     from .indexing import index_paths
     from .ingest import default_ocr
-    from .search import model_dim
     from .store.index import Index
 
     paths = files_to_index(folder)
     tmp = Path(tempfile.mkdtemp(prefix="metaembed-eval-"))
     try:
         reader = _ReadTexts(model)
-        with Index.create(tmp / "index", checkpoint_id, model.config.num_candidate_tokens, model_dim(model)) as index:
+        with Index.create(tmp / "index", checkpoint_id, model.config.num_candidate_tokens, model.dim) as index:
             run = index_paths(reader, _NotingIndex(index, reader), paths,
                               ocr=default_ocr if ocr is None else ocr, progress=progress)
             items = index.items()

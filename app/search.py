@@ -17,10 +17,11 @@ from typing import Any
 import torch
 from PIL import Image
 
+from model.checkpoint import checkpoint_id
 from model.scoring import explain
 
 from .store import index as index_module
-from .store.index import CheckpointMismatch, Index, IndexedItem, checkpoint_id
+from .store.index import CheckpointMismatch, Index, IndexedItem
 
 Query = str | Image.Image
 DEFAULT_CACHE_SIZE = 64
@@ -76,11 +77,6 @@ class SearchResults:
         return {"query": query, "budget": list(self.budget), "results": [h.to_json() for h in self.hits]}
 
 
-def model_dim(model: Any) -> int:
-    """D of the model's vectors: the projection's size, or the backbone's hidden size without one."""
-    return model.config.embed_dim or model.backbone.hidden_size
-
-
 def query_key(query: Query) -> str:
     """Cache key of a query: the text itself, or a digest of an image's mode, size and pixels."""
     if isinstance(query, str):
@@ -106,7 +102,7 @@ class Searcher:
                     f"index {index.directory} was built with checkpoint {index.checkpoint_id!r} but the "
                     f"model is {model_id!r}; load the index's checkpoint or index the files again"
                 )
-        made = (model.config.num_candidate_tokens, model_dim(model))
+        made = (model.config.num_candidate_tokens, model.dim)
         if made != (index.num_vectors, index.dim):
             raise CheckpointMismatch(
                 f"index {index.directory} stores {index.num_vectors}x{index.dim} vectors per item, the model "

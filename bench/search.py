@@ -271,9 +271,8 @@ def bench_devset(args: argparse.Namespace) -> None:
     import json
 
     from app.indexing import index_paths
-    from app.search import model_dim
-    from app.store.index import checkpoint_id
     from model import MetaEmbed
+    from model.checkpoint import checkpoint_id
 
     data = Path(__file__).resolve().parent.parent / "tests" / "data" / "devset"
     queries = [q["query"] for q in json.loads((data / "queries.json").read_text())]
@@ -281,7 +280,7 @@ def bench_devset(args: argparse.Namespace) -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-devset-", dir=args.tmp))
     try:
         index = Index.create(root / "idx", checkpoint_id(model), model.config.num_candidate_tokens,
-                             model_dim(model))
+                             model.dim)
         index_paths(model, index, [data / "photos", data / "documents"])
         qv = model.encode_queries(queries)
         budget = model.config.presets[-1]

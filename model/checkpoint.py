@@ -6,15 +6,21 @@ meta tokens, the projection and the LoRA weights are stored.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
-import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import CONFIG_NAME
+from .config import CONFIG_NAME, MetaEmbedConfig
+from .files import atomic_path
+
+if TYPE_CHECKING:
+    from .metaembed import MetaEmbed
 
 WEIGHTS_NAME = "metaembed.safetensors"
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "metaembed-mini"
@@ -57,16 +63,8 @@ def _from_hub(repo_id: str, revision: str | None) -> Path:
 
 
 def save_weights(state: dict[str, torch.Tensor], directory: Path, metadata: dict[str, str] | None = None) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".weights.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, directory / WEIGHTS_NAME)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(directory / WEIGHTS_NAME) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp), metadata=metadata)
 
 
 def load_weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -77,3 +75,33 @@ def load_weights(directory: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except Exception as e:
         raise ValueError(f"{path} is not a readable safetensors file: {e}") from e
+
+
+# The id ties an index's vectors to the checkpoint that made them: an index refuses a model with another id.
+def checkpoint_id_of_folder(folder: str | os.PathLike) -> str:
+    """Stable id of a checkpoint folder: config name + sha256 over its config and weights files."""
+    folder = Path(folder)
+    config = MetaEmbedConfig.load(folder)
+    digest = hashlib.sha256()
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        path = folder / name
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint folder {folder} has no {name}")
+        digest.update(name.encode() + b"\0")
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return f"{config.name}-{digest.hexdigest()[:16]}"
+
+
+def checkpoint_id(model: MetaEmbed) -> str:
+    """The id of the checkpoint `model` was loaded from; for an unsaved model, a hash of its trained state."""
+    folder = getattr(model, "checkpoint_path", None)
+    if folder:
+        return checkpoint_id_of_folder(folder)
+    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for key, tensor in sorted(model.trained_state_dict().items()):
+        t = tensor.detach().float().cpu().contiguous()
+        digest.update(f"{key}:{tuple(t.shape)}\0".encode())
+        digest.update(t.numpy().tobytes())
+    return f"{model.config.name}-unsaved-{digest.hexdigest()[:16]}"

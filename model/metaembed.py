@@ -147,6 +147,11 @@ class MetaEmbed(nn.Module):
 
     # ---- embedding ----------------------------------------------------------------------------------
     @property
+    def dim(self) -> int:
+        """D of the vectors: the projection's size, or the backbone's hidden size without one."""
+        return self.config.embed_dim or self.backbone.hidden_size
+
+    @property
     def device(self) -> torch.device:
         return self.query_meta.device
 

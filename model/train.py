@@ -30,6 +30,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .config import MetaEmbedConfig
+from .files import atomic_path
 from .losses import mmr_loss
 from .metaembed import MetaEmbed
 
@@ -265,10 +266,9 @@ def false_negatives(rows: list[dict], with_negatives: bool) -> torch.Tensor | No
 
 def _save(model: MetaEmbed, opt, step: int, order_rng: random.Random, out: Path) -> None:
     model.save_pretrained(out)
-    tmp = out / f".{STATE_NAME}.tmp"
-    torch.save({"optimizer": opt.state_dict(), "step": step, "order_rng": order_rng.getstate(),
-                "torch_rng": torch.get_rng_state()}, tmp)
-    os.replace(tmp, out / STATE_NAME)
+    with atomic_path(out / STATE_NAME) as tmp:
+        torch.save({"optimizer": opt.state_dict(), "step": step, "order_rng": order_rng.getstate(),
+                    "torch_rng": torch.get_rng_state()}, tmp)
 
 
 def build_model(opts: argparse.Namespace) -> MetaEmbed:

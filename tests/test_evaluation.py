@@ -211,8 +211,7 @@ def test_the_bundled_checkpoint_carries_its_own_quality_table():
     """assets/metaembed-mini/quality.json holds the eval command's reports for exactly the shipped weights (a
     retrained checkpoint without a new evaluation fails here), and the Model tab's table is built from them."""
     from app.evaluation import budget_table, load_quality
-    from app.store.index import checkpoint_id_of_folder
-    from model.checkpoint import DEFAULT_CHECKPOINT
+    from model.checkpoint import DEFAULT_CHECKPOINT, checkpoint_id_of_folder
 
     reports = load_quality(DEFAULT_CHECKPOINT, checkpoint_id_of_folder(DEFAULT_CHECKPOINT))
     assert len(reports) == 2 and any("held-out" in name for name in reports)

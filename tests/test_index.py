@@ -21,7 +21,8 @@ from index_helpers import (
 from app.indexing import encoder_input, index_paths, read_ahead
 from app.ingest import ingest
 from app.store import index as index_module
-from app.store.index import CheckpointMismatch, Index, IndexError_, checkpoint_id, checkpoint_id_of_folder
+from app.store.index import CheckpointMismatch, Index, IndexError_
+from model.checkpoint import checkpoint_id, checkpoint_id_of_folder
 
 
 @pytest.fixture(scope="module")

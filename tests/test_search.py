@@ -9,8 +9,9 @@ from PIL import Image
 
 from app.indexing import index_paths
 from app.search import Searcher, query_key
-from app.store.index import CheckpointMismatch, Index, checkpoint_id
+from app.store.index import CheckpointMismatch, Index
 from model import MetaEmbed
+from model.checkpoint import checkpoint_id
 from model.scoring import maxsim
 
 

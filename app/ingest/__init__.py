@@ -30,6 +30,8 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from app.humanize import human_bytes
+
 Box = tuple[float, float, float, float]
 """(x0, y0, x1, y1) normalised to 0..1 of the page image, y pointing down."""
 Word = tuple[str, Box]
@@ -342,14 +344,14 @@ def _file_kind(mode: int) -> str:
 def _read_file(path: Path, size: int, limits: IngestLimits) -> bytes:
     cap = _byte_cap(path.suffix.lower(), limits)
     if size > cap:
-        raise _Refused(f"too large to read ({_human_bytes(size)}, limit {_human_bytes(cap)})")
+        raise _Refused(f"too large to read ({human_bytes(size)}, limit {human_bytes(cap)})")
     try:
         with path.open("rb") as f:
             data = f.read(cap + 1)  # bounded: a file that grew since it was listed is not read without end
     except OSError as exc:
         raise _Refused(f"cannot be opened ({_os_reason(exc)})") from exc
     if len(data) > cap:
-        raise _Refused(f"too large to read (more than {_human_bytes(cap)}, the limit)")
+        raise _Refused(f"too large to read (more than {human_bytes(cap)}, the limit)")
     return data
 
 
@@ -406,8 +408,8 @@ def _expand_zip(path: Path, limits: IngestLimits, archives: contextlib.ExitStack
             entries.append(_Source(source, PurePosixPath(member).name, display, ext, info.file_size,
                                    read=_member_reader(archive, info, limits)))
     if total > limits.max_zip_total_bytes:
-        yield IngestError(str(path), f"{zname}: too large when unpacked ({_human_bytes(total)}, "
-                          f"limit {_human_bytes(limits.max_zip_total_bytes)})")
+        yield IngestError(str(path), f"{zname}: too large when unpacked ({human_bytes(total)}, "
+                          f"limit {human_bytes(limits.max_zip_total_bytes)})")
         return
     yield from entries
     if not entries:
@@ -433,7 +435,7 @@ def _member_reader(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limits: Inge
     def read() -> bytes:
         cap = _byte_cap(PurePosixPath(info.filename).suffix.lower(), limits)
         if info.file_size > cap:
-            raise _Refused(f"too large to read ({_human_bytes(info.file_size)}, limit {_human_bytes(cap)})")
+            raise _Refused(f"too large to read ({human_bytes(info.file_size)}, limit {human_bytes(cap)})")
         try:
             with archive.open(info) as fh:
                 # zipfile stops at the declared size and checks the CRC, so a lying header cannot overrun.
@@ -1015,13 +1017,6 @@ def _empty_message(ext: str) -> str:
 
 def _byte_cap(ext: str, limits: IngestLimits) -> int:
     return limits.max_text_bytes if ext in TEXT_EXTENSIONS else limits.max_file_bytes
-
-
-def _human_bytes(n: int) -> str:
-    for unit, size in (("GB", 1024**3), ("MB", _MB), ("KB", 1024)):
-        if n >= size:
-            return f"{n / size:,.1f} {unit}".replace(".0 ", " ")
-    return f"{n} bytes"
 
 
 def _os_reason(exc: BaseException) -> str:

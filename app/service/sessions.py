@@ -23,6 +23,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.humanize import human_bytes
+from model.files import write_atomic
+
 _MB = 1024 * 1024
 MAX_NAME_CHARS = 120
 # Anything outside letters, digits, marks and a few harmless punctuation marks becomes "_".
@@ -47,15 +50,6 @@ class UploadLimits:
 
 
 UNLIMITED = UploadLimits(None, None, None, None, None)
-
-
-def human_bytes(n: float) -> str:
-    """1536 -> '1.5 KB' (powers of 1024, as file managers show them)."""
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "bytes" or n == int(n) else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def safe_filename(name: str) -> str:
@@ -210,7 +204,7 @@ class SessionStore:
         if root is None:
             sweep_orphans()
             self.root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX))
-            (self.root / OWNER_FILE).write_text(str(os.getpid()))
+            write_atomic(self.root / OWNER_FILE, str(os.getpid()))
             self._owns_root = True
         else:
             self.root = Path(root).expanduser().resolve()

@@ -28,19 +28,20 @@ import torch
 from PIL import Image
 
 from app import ingest as ingest_mod
+from app.humanize import human_bytes
 from app.indexing import encoder_input, index_paths
-from app.search import model_dim
 from app.service.sessions import (
     UNLIMITED,
     SessionStore,
     UploadLimits,
     check_upload,
-    human_bytes,
     safe_filename,
     unique_child,
 )
-from app.store.index import CheckpointMismatch, Index, IndexedItem, IndexError_, checkpoint_id
+from app.store.index import CheckpointMismatch, Index, IndexedItem, IndexError_
 from model import MetaEmbed
+from model.checkpoint import checkpoint_id
+from model.files import write_atomic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = REPO_ROOT / "assets" / "examples"
@@ -125,7 +126,7 @@ class Engine:
 
     @property
     def dim(self) -> int:
-        return model_dim(self.model)
+        return self.model.dim
 
     def describe(self) -> dict:
         cfg = self.model.config
@@ -469,10 +470,7 @@ class Studio:
             data = buf.getvalue()
         elif hit.page is not None:
             data = _page_top(data)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        write_atomic(path, data)
         return str(path)
 
     def item(self, hit_collection: str, item_id: str, session_key: str | None) -> tuple[Collection, IndexedItem,

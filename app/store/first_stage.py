@@ -13,13 +13,13 @@ docs/benchmarks.md ("Index and search").
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import faiss
 import numpy as np
+
+from model.files import atomic_path
 
 FILE_PATTERN = re.compile(r"^first_stage\.(\d+)\.faiss$")
 NPROBE = 32
@@ -84,17 +84,8 @@ class FirstStage:
     def save(self, directory: Path) -> Path:
         """Write atomically as first_stage.<covered>.faiss and delete older copies."""
         path = directory / f"first_stage.{self.covered}.faiss"
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            faiss.write_index(self.index, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path) as tmp:
+            faiss.write_index(self.index, str(tmp))
         for other in directory.glob("first_stage.*.faiss"):
             if other != path:
                 other.unlink(missing_ok=True)

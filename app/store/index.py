@@ -26,7 +26,6 @@ import json
 import os
 import re
 import sqlite3
-import tempfile
 import threading
 import time
 import warnings
@@ -38,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from model.files import atomic_path
 from model.scoring import CandidateStore, near_top
 
 from .first_stage import FirstStage
@@ -119,38 +119,6 @@ class CheckpointMismatch(IndexError_):
 # ------------------------------------------------------------------------------------------ checkpoints
 
 
-def checkpoint_id_of_folder(folder: str | os.PathLike) -> str:
-    """Stable id of a checkpoint folder: config name + sha256 over its config and weights files."""
-    from model.checkpoint import WEIGHTS_NAME
-    from model.config import CONFIG_NAME, MetaEmbedConfig
-
-    folder = Path(folder)
-    config = MetaEmbedConfig.load(folder)
-    digest = hashlib.sha256()
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        path = folder / name
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint folder {folder} has no {name}")
-        digest.update(name.encode() + b"\0")
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return f"{config.name}-{digest.hexdigest()[:16]}"
-
-
-def checkpoint_id(model: Any) -> str:
-    """The id of the checkpoint `model` was loaded from; for an unsaved model, a hash of its trained state."""
-    folder = getattr(model, "checkpoint_path", None)
-    if folder:
-        return checkpoint_id_of_folder(folder)
-    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
-    for key, tensor in sorted(model.trained_state_dict().items()):
-        t = tensor.detach().float().cpu().contiguous()
-        digest.update(f"{key}:{tuple(t.shape)}\0".encode())
-        digest.update(t.numpy().tobytes())
-    return f"{model.config.name}-unsaved-{digest.hexdigest()[:16]}"
-
-
 # ------------------------------------------------------------------------------------------------ items
 
 
@@ -215,19 +183,9 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_segment(path: Path, num_vectors: int, dim: int, blocks: Iterable[np.ndarray], rows: int) -> None:
     """Write a vector-major segment atomically from item-major blocks [b, R_c, D] (uint16)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint16, shape=(num_vectors, rows, dim))
         at = 0
         for block in blocks:
@@ -238,14 +196,6 @@ def _write_segment(path: Path, num_vectors: int, dim: int, blocks: Iterable[np.n
             raise AssertionError(f"segment writer got {at} rows, expected {rows}")
         out.flush()
         del out
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @dataclass
@@ -354,9 +304,7 @@ class Index:
             raise ValueError(f"num_vectors and dim must be positive, got {num_vectors} and {dim}")
         (directory / SEGMENT_DIR).mkdir(parents=True, exist_ok=True)
         # Build the database under a temp name and rename it in, so a half-created index never exists.
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".index.", suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_path(directory / DB_NAME) as tmp:
             conn = sqlite3.connect(tmp)
             conn.executescript(_SCHEMA)
             meta = {"format_version": str(FORMAT_VERSION), "checkpoint_id": checkpoint_id,
@@ -365,12 +313,6 @@ class Index:
             conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", meta.items())
             conn.commit()
             conn.close()
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, directory / DB_NAME)
-            _fsync_dir(directory)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         return cls.open(directory)
 
     @classmethod

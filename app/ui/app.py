@@ -569,7 +569,7 @@ def _status(studio: Studio, session: str | None) -> str:
 def _collection_intro(studio: Studio) -> str:
     if studio.private_sessions:
         lim = studio.limits
-        from app.service.sessions import human_bytes
+        from app.humanize import human_bytes
 
         caps = []
         if lim.max_files:

@@ -14,6 +14,8 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image, ImageDraw, ImageFont
 
+from app.humanize import human_bytes
+
 SIM_SCALE = "Viridis"
 ACCENT = "#f97316"  # orange: winning matches, highlights
 BUDGET = "#2563eb"  # blue: budgets
@@ -230,7 +232,7 @@ def index_size_figure(presets: Sequence[tuple[int, int]], sizes_bytes: Sequence[
     labels = budget_labels(presets)
     unit, div = ("MiB", 2**20) if max(sizes_bytes, default=0) >= 2**20 else ("KiB", 2**10)
     sizes = [b / div for b in sizes_bytes]
-    fig = go.Figure(go.Bar(x=labels, y=sizes, marker_color=BUDGET, text=[_fmt_bytes(b) for b in sizes_bytes],
+    fig = go.Figure(go.Bar(x=labels, y=sizes, marker_color=BUDGET, text=[human_bytes(b) for b in sizes_bytes],
                            textposition="outside", cliponaxis=False,
                            hovertemplate="budget %{x}: %{text}<extra></extra>"))
     fig.update_xaxes(title_text="budget (r_q, r_c)", type="category")
@@ -260,14 +262,6 @@ def agreement_figure(presets: Sequence[tuple[int, int]], agreement: Sequence[flo
     fig.update_xaxes(title_text="budget (r_q, r_c)", type="category")
     fig.update_yaxes(title_text=f"shared top-{k} results (%)", range=[0, 110])
     return _layout(fig, f"Top-{k} agreement with the largest budget ({n_queries} queries)", height=320)
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
 
 
 # ------------------------------------------------------------------------------------------ how it works

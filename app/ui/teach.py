@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import gradio as gr
 import numpy as np
 
-from app.service.sessions import human_bytes
+from app.humanize import human_bytes
 from app.service.studio import Studio
 from app.ui import plots
 from model.scoring import explain as maxsim_explain

@@ -27,12 +27,12 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import os
 import re
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
+
+from model.files import write_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO_ROOT / "assets" / "vocab" / "imagenet_wordnet.json"
@@ -268,21 +268,6 @@ def build(timm_wheel: Path, wordnet_dir: Path) -> dict:
     }
 
 
-def write_json_atomic(data: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.name, suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, ensure_ascii=False, indent=1)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _default_wheel() -> Path:
     found = sorted(glob.glob(DEFAULT_TIMM_GLOB))
     return Path(found[-1]) if found else Path(DEFAULT_TIMM_GLOB.replace("*", "1.0.31-py3-none-any"))
@@ -299,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     except SourceError as exc:
         print(f"build_vocab: {exc}", file=sys.stderr)
         return 2
-    write_json_atomic(data, args.out)
+    write_atomic(args.out, json.dumps(data, ensure_ascii=False, indent=1) + "\n")
     size = args.out.stat().st_size
     print(f"wrote {args.out} ({size / 1024:.0f} KiB, {len(data['nodes'])} hypernym nodes)", file=sys.stderr)
     return 0
