@@ -1,9 +1,13 @@
-"""Searching an index: encode a query once at full R_q, then rank at any budget (r_q, r_c).
+"""The one search path of the CLI, the UI and the API: encode a query once, check a budget, rank, return Hits.
 
-The query's vectors are cached (LRU keyed by the query text, or by a hash of an image's pixels), so the
-app's budget slider re-ranks without running the model again: a budget only picks prefixes of vectors
-that were computed once. Results carry what the app needs to explain them: item metadata, a thumbnail
-handle, and handles to the query's and the candidate's vectors.
+    queries = QueryCache()                                  # shared by every search of a process
+    vectors = queries.vectors(query, ckpt_id, encode)       # [R_q, D], encoded once at full R_q
+    budget = check_budget((8, 16), r_q_max, r_c_max, presets)
+    hits = rank([("samples", idx1), ("yours", idx2)], vectors, budget, k=10)
+
+A budget only picks prefixes of vectors that were computed once, so the app's budget slider re-ranks from
+cached query vectors without running the model again (the point of MetaEmbed's nested budgets).
+`Searcher` bundles the three for one model and one index (the CLI, scripts and tests).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,62 +28,70 @@ from model.scoring import explain
 from .store import index as index_module
 from .store.index import CheckpointMismatch, Index, IndexedItem
 
-Query = str | Image.Image
-DEFAULT_CACHE_SIZE = 64
+Query = str | Image.Image | dict  # text, an image, or {"image": ..., "text": ...}
+DEFAULT_CACHE_SIZE = 256
+
+
+# ------------------------------------------------------------------------------------------------ results
 
 
 @dataclass
 class Hit:
-    """One search result. `searcher` gives access to its vectors and thumbnail."""
+    """One search result: where it is, its score at the budget searched, and its stored metadata."""
 
     rank: int  # 1-based
     id: str
-    path: str
+    path: str  # as the caller shows it: absolute (CLI) or relative to a collection's folder (app)
     page: int | None
-    score: float
+    score: float  # MaxSim at the budget: a sum of r_q cosine similarities
     item: IndexedItem = field(repr=False)
-    query: torch.Tensor = field(repr=False)  # [R_q, D] float32: all of the query's vectors
-    searcher: Searcher = field(repr=False)
+    collection: str | None = None  # which collection it came from, when several were searched
 
     @property
     def kind(self) -> str:
         return self.item.kind
 
     @property
-    def words(self) -> list:
-        return self.item.words
+    def title(self) -> str:
+        return self.item.title
 
-    def thumbnail(self) -> bytes:
-        return self.searcher.index.thumbnail(self.id)
+    @property
+    def passage(self) -> int | None:
+        return self.item.passage
 
-    def candidate_vectors(self) -> torch.Tensor:
-        """[R_c, D] bf16: all of the item's vectors (the budget picks a prefix)."""
-        return self.searcher.index.vectors(self.id)
-
-    def query_vectors(self) -> torch.Tensor:
-        """[R_q, D] float32: all of the query's vectors (the budget picks a prefix)."""
-        return self.query
+    @property
+    def label(self) -> str:
+        where = f" · p. {self.page}" if self.page else ""
+        return f"{self.title}{where}"
 
     def to_json(self) -> dict:
-        return {"rank": self.rank, "id": self.id, "path": self.path, "page": self.page, "score": self.score}
+        out = {"rank": self.rank, "id": self.id, "path": self.path, "page": self.page,
+               "score": round(self.score, 5), "kind": self.kind}
+        if self.collection is not None:
+            out["collection"] = self.collection
+        return out
 
 
 @dataclass
 class SearchResults:
     query: Query
-    query_key: str
     budget: tuple[int, int]
     hits: list[Hit]
     exact: bool  # scored exactly (False: first stage + exact re-rank)
     query_vectors: torch.Tensor = field(repr=False, default=None)  # [R_q, D] float32
 
     def to_json(self) -> dict:
-        query = self.query if isinstance(self.query, str) else f"<image {self.query_key}>"
+        query = self.query if isinstance(self.query, str) else f"<image {query_key(self.query)}>"
         return {"query": query, "budget": list(self.budget), "results": [h.to_json() for h in self.hits]}
 
 
+# ------------------------------------------------------------------------------------------------ queries
+
+
 def query_key(query: Query) -> str:
-    """Cache key of a query: the text itself, or a digest of an image's mode, size and pixels."""
+    """Cache key of a query: the text itself, or a digest of an image's mode, size and pixels (plus its text)."""
+    if isinstance(query, dict):
+        return query_key(query["image"]) + "+" + query_key(query["text"])
     if isinstance(query, str):
         if not query.strip():
             raise ValueError("the query is empty: type some words or give an image")
@@ -90,84 +103,122 @@ def query_key(query: Query) -> str:
     raise ValueError(f"a query is a str or a PIL image, got {type(query).__name__}")
 
 
+class QueryCache:
+    """Query vectors by (checkpoint id, query): scripts calling at several budgets, every visitor typing the
+    same example, and each move of the budget slider encode a query once. Thread-safe, least recently used
+    entries go first."""
+
+    def __init__(self, size: int = DEFAULT_CACHE_SIZE):
+        if size < 1:
+            raise ValueError(f"cache_size must be >= 1, got {size}")
+        self.size = size
+        self._cache: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
+        self.encodes = 0  # how many times the model ran on a query (the cache's effect, for tests)
+
+    def vectors(self, query: Query, ckpt_id: str, encode: Callable[[list], torch.Tensor]) -> torch.Tensor:
+        """[R_q, D] float32 vectors of `query`, cached or made by `encode([query])[0]` at full R_q."""
+        key = (ckpt_id, query_key(query))
+        with self._lock:
+            vecs = self._cache.get(key)
+            if vecs is not None:
+                self._cache.move_to_end(key)
+                return vecs
+        vecs = encode([query])[0]
+        with self._lock:
+            self.encodes += 1
+            self._cache[key] = vecs
+            while len(self._cache) > self.size:
+                self._cache.popitem(last=False)
+        return vecs
+
+
+# ------------------------------------------------------------------------------------------------ budgets
+
+
+def default_budget(presets: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    """The largest trained budget."""
+    return tuple(max(presets, key=lambda b: (b[0] * b[1], tuple(b))))
+
+
+def check_budget(budget: Any, num_query_vectors: int, num_candidate_vectors: int,
+                 presets: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    """A validated (r_q, r_c) (None: the largest preset); ValueError naming the allowed ranges otherwise."""
+    if budget is None:
+        return default_budget(presets)
+    try:
+        r_q, r_c = budget
+    except (TypeError, ValueError):
+        raise ValueError(f"budget must be a pair (r_q, r_c), got {budget!r}") from None
+    for name, value, top in (("r_q", r_q, num_query_vectors), ("r_c", r_c, num_candidate_vectors)):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # a UI number field or JSON sends 8.0
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+            raise ValueError(f"budget {name}={value!r} is out of range: allowed 1..{top} "
+                             f"(budget is (r_q, r_c) with r_q in 1..{num_query_vectors} and "
+                             f"r_c in 1..{num_candidate_vectors})")
+    return int(r_q), int(r_c)
+
+
+# ------------------------------------------------------------------------------------------------ ranking
+
+
+def rank(sources: Sequence[tuple[str | None, Index]], vectors: torch.Tensor, budget: tuple[int, int], k: int,
+         exact: bool | None = None) -> list[Hit]:
+    """The `k` best items over one or more indexes for one query's vectors [R_q, D] at `budget`.
+
+    `sources` are (collection key or None, index). Each index scores its own items (exactly, or first
+    stage + exact re-rank above its size threshold, unless `exact` forces one); the lists are merged by score.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    found: list[tuple[float, str | None, IndexedItem]] = []
+    for key, index in sources:
+        ranked = index.search(vectors, budget, k, exact=exact)
+        items = index.get_many([rowid for rowid, _ in ranked])
+        # An item removed by another process between scoring and fetching is skipped.
+        found += [(score, key, items[rowid]) for rowid, score in ranked if rowid in items]
+    found.sort(key=lambda t: -t[0])
+    return [Hit(n, item.id, item.path, item.page, score, item, key)
+            for n, (score, key, item) in enumerate(found[:k], start=1)]
+
+
+# ------------------------------------------------------------------------------------------------ searcher
+
+
 class Searcher:
     """Search `index` with `model`. The model must be the checkpoint that made the index's vectors."""
 
     def __init__(self, model: Any, index: Index, cache_size: int = DEFAULT_CACHE_SIZE,
                  verify_checkpoint: bool = True):
-        if verify_checkpoint:
-            model_id = checkpoint_id(model)
-            if model_id != index.checkpoint_id:
-                raise CheckpointMismatch(
-                    f"index {index.directory} was built with checkpoint {index.checkpoint_id!r} but the "
-                    f"model is {model_id!r}; load the index's checkpoint or index the files again"
-                )
+        self.checkpoint_id = checkpoint_id(model)
+        if verify_checkpoint and self.checkpoint_id != index.checkpoint_id:
+            raise CheckpointMismatch(
+                f"index {index.directory} was built with checkpoint {index.checkpoint_id!r} but the "
+                f"model is {self.checkpoint_id!r}; load the index's checkpoint or index the files again"
+            )
         made = (model.config.num_candidate_tokens, model.dim)
         if made != (index.num_vectors, index.dim):
             raise CheckpointMismatch(
                 f"index {index.directory} stores {index.num_vectors}x{index.dim} vectors per item, the model "
                 f"makes {made[0]}x{made[1]}"
             )
-        if cache_size < 1:
-            raise ValueError(f"cache_size must be >= 1, got {cache_size}")
         self.model = model
         self.index = index
-        self.cache_size = cache_size
-        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._cache_lock = threading.Lock()
-        self.encodes = 0  # how many times the model ran on a query (the cache's effect, for tests)
-
-    # ---- budgets ------------------------------------------------------------------------------------
-    @property
-    def num_query_vectors(self) -> int:
-        return self.model.config.num_query_tokens
+        self.queries = QueryCache(cache_size)
 
     @property
-    def num_candidate_vectors(self) -> int:
-        return self.index.num_vectors
-
-    @property
-    def presets(self) -> list[tuple[int, int]]:
-        return list(self.model.config.presets)
-
-    @property
-    def default_budget(self) -> tuple[int, int]:
-        """The largest trained budget."""
-        return max(self.presets, key=lambda b: (b[0] * b[1], b))
+    def encodes(self) -> int:
+        return self.queries.encodes
 
     def check_budget(self, budget: Any) -> tuple[int, int]:
-        """A validated (r_q, r_c); ValueError naming the allowed ranges otherwise."""
-        if budget is None:
-            return self.default_budget
-        try:
-            r_q, r_c = budget
-        except (TypeError, ValueError):
-            raise ValueError(f"budget must be a pair (r_q, r_c), got {budget!r}") from None
-        for name, value, top in (("r_q", r_q, self.num_query_vectors), ("r_c", r_c, self.num_candidate_vectors)):
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
-                raise ValueError(f"budget {name}={value!r} is out of range: allowed 1..{top} "
-                                 f"(budget is (r_q, r_c) with r_q in 1..{self.num_query_vectors} and "
-                                 f"r_c in 1..{self.num_candidate_vectors})")
-        return int(r_q), int(r_c)
+        return check_budget(budget, self.model.config.num_query_tokens, self.index.num_vectors,
+                            self.model.config.presets)
 
-    # ---- queries ------------------------------------------------------------------------------------
     def query_vectors(self, query: Query) -> torch.Tensor:
         """[R_q, D] float32 vectors of `query`, from the cache or encoded once at full R_q."""
-        key = query_key(query)
-        with self._cache_lock:
-            vecs = self._cache.get(key)
-            if vecs is not None:
-                self._cache.move_to_end(key)
-                return vecs
-        vecs = self.model.encode_queries([query])[0]
-        with self._cache_lock:
-            self.encodes += 1
-            self._cache[key] = vecs
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        return vecs
+        return self.queries.vectors(query, self.checkpoint_id, self.model.encode_queries)
 
-    # ---- searching ----------------------------------------------------------------------------------
     def search(self, query: Query, budget: tuple[int, int] | None = None, k: int = 10,
                exact: bool | None = None) -> SearchResults:
         """The `k` best items for `query` at `budget` (default: the largest preset)."""
@@ -175,19 +226,10 @@ class Searcher:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         vecs = self.query_vectors(query)
-        key = query_key(query)
-        view = self.index.view()
         if exact is None:
-            exact = index_module.uses_exact(view.count, budget[1])
-        ranked = self.index.search(vecs, budget, k, exact=exact)
-        items = self.index.get_many([rowid for rowid, _ in ranked])
-        hits = []
-        for rowid, score in ranked:
-            item = items.get(rowid)
-            if item is None:  # removed by another process between scoring and fetching
-                continue
-            hits.append(Hit(len(hits) + 1, item.id, item.path, item.page, score, item, vecs, self))
-        return SearchResults(query, key, budget, hits, exact, vecs)
+            exact = index_module.uses_exact(self.index.view().count, budget[1])
+        hits = rank([(None, self.index)], vecs, budget, k, exact=exact)
+        return SearchResults(query, budget, hits, exact, vecs)
 
     def explain(self, query: Query, item_id: str, budget: tuple[int, int] | None = None) -> dict:
         """Per-vector MaxSim breakdown of one result (see model.scoring.explain)."""

@@ -39,7 +39,7 @@ def test_rerank_at_new_budgets_reuses_the_query_and_matches_fresh_scoring(model,
     searcher = Searcher(model, index)
     ids, cands = all_vectors(index)
     query = "glacier violin at dawn"
-    for budget in searcher.presets + [(3, 5), (16, 1)]:
+    for budget in list(model.config.presets) + [(3, 5), (16, 1)]:
         results = searcher.search(query, budget, k=5)
         assert results.budget == budget and len(results.hits) == 5
         fresh_q = model.encode_queries([query])
@@ -56,20 +56,21 @@ def test_rerank_at_new_budgets_reuses_the_query_and_matches_fresh_scoring(model,
     assert [h.id for h in again.hits] == [h.id for h in searcher.search(query, (4, 8), k=5).hits]
 
 
-def test_default_budget_is_the_largest_preset_and_hits_carry_handles(model, index):
+def test_default_budget_is_the_largest_preset_and_hits_carry_metadata(model, index):
     searcher = Searcher(model, index)
     results = searcher.search("harbour lantern", k=3)
-    assert results.budget == (16, 64) == searcher.default_budget
+    assert results.budget == (16, 64) == searcher.check_budget(None)
     hit = results.hits[0]
-    assert hit.query_vectors().shape == (16, 128) and hit.candidate_vectors().shape == (64, 128)
-    assert hit.kind == "text" and hit.path.endswith(".txt") and hit.page is None
-    assert hit.thumbnail() == b""
+    assert results.query_vectors.shape == (16, 128) and index.vectors(hit.id).shape == (64, 128)
+    assert hit.kind == "text" and hit.path.endswith(".txt") and hit.page is None and hit.collection is None
+    assert hit.title and hit.item.id == hit.id
+    assert index.thumbnail(hit.id) == b""
     explained = searcher.explain("harbour lantern", hit.id, (2, 4))
     assert explained["sim"].shape == (2, 4)
     low = searcher.search("harbour lantern", (2, 4), k=20)
     assert abs(explained["score"] - next(h.score for h in low.hits if h.id == hit.id)) < 2e-2
     assert results.to_json()["results"][0] == {"rank": 1, "id": hit.id, "path": hit.path, "page": None,
-                                               "score": hit.score}
+                                               "score": round(hit.score, 5), "kind": "text"}
 
 
 @pytest.mark.parametrize("budget, message", [
@@ -78,7 +79,7 @@ def test_default_budget_is_the_largest_preset_and_hits_carry_handles(model, inde
     ((4, 65), "r_c=65 is out of range: allowed 1..64"),
     ((4, 0), "r_c=0 is out of range"),
     ((True, 4), "r_q=True is out of range"),
-    ((4.0, 8), "r_q=4.0 is out of range"),
+    ((4.5, 8), "r_q=4.5 is out of range"),
     ((4,), "budget must be a pair"),
     ("4,8", "budget must be a pair"),
 ])
@@ -87,6 +88,10 @@ def test_budget_errors_name_the_allowed_range(model, index, budget, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         searcher.search("cedar", budget)
     assert searcher.encodes == 0  # validation happens before any work
+
+
+def test_whole_numbers_from_ui_fields_and_json_are_budgets(model, index):
+    assert Searcher(model, index).check_budget((4.0, 8.0)) == (4, 8)
 
 
 def test_bad_queries_and_k(model, index):

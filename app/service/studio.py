@@ -12,6 +12,7 @@ moving the budget slider re-ranks from cached vectors without running the model 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import secrets
@@ -19,7 +20,6 @@ import shutil
 import tempfile
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +30,7 @@ from PIL import Image
 from app import ingest as ingest_mod
 from app.humanize import human_bytes
 from app.indexing import encoder_input, index_paths
+from app.search import Hit, QueryCache, check_budget, rank
 from app.service.sessions import (
     UNLIMITED,
     SessionStore,
@@ -47,7 +48,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = REPO_ROOT / "assets" / "examples"
 ENCODE_BATCH = 8
 INDEX_CHUNK = 2  # items encoded per hold of the model lock while indexing
-QUERY_CACHE_SIZE = 256
 SAMPLE_EXTENSIONS = ingest_mod.IMAGE_EXTENSIONS | ingest_mod.PDF_EXTENSIONS  # not the licence notes next to them
 Progress = Callable[[float, str], None]  # (fraction 0..1, what is happening)
 
@@ -181,30 +181,6 @@ def _entry(coll: Collection, path: str, page: int | None, item_id: str, kind: st
 # -------------------------------------------------------------------------------------------- collections
 
 
-@dataclass
-class Hit:
-    """One search result."""
-
-    rank: int
-    collection: str  # Collection.key
-    id: str
-    path: str  # relative to the collection's files folder: never a server path
-    title: str
-    kind: str
-    page: int | None
-    passage: int | None
-    score: float
-
-    def to_json(self) -> dict:
-        return {"rank": self.rank, "id": self.id, "path": self.path, "page": self.page,
-                "score": round(self.score, 5), "collection": self.collection, "kind": self.kind}
-
-    @property
-    def label(self) -> str:
-        where = f" · p. {self.page}" if self.page else ""
-        return f"{self.title}{where}"
-
-
 class Collection:
     """A folder of files plus its indexes (one per checkpoint), safe to use from several threads."""
 
@@ -264,16 +240,6 @@ class Collection:
         except ValueError:
             rel = Path(zip_part).name
         return rel + (sep + member if sep else "")
-
-    # ---- ranking -----------------------------------------------------------------------------------
-    def rank(self, engine: Engine, q: torch.Tensor, r_q: int, r_c: int, k: int) -> list[tuple[IndexedItem, float]]:
-        """The k best items for one query's vectors [R_q, D] at budget (r_q, r_c) (app.store.index's MaxSim search)."""
-        idx = self.index(engine, create=False)
-        if idx is None:
-            return []
-        ranked = idx.search(q, (r_q, r_c), k)
-        items = idx.get_many([rowid for rowid, _ in ranked])
-        return [(items[rowid], score) for rowid, score in ranked if rowid in items]  # none removed meanwhile
 
 
 # --------------------------------------------------------------------------------------------- queries
@@ -337,7 +303,7 @@ class Studio:
             root = self.data_dir / "collection"
             self.local = Collection("yours", "Your collection", root, root / "files")
         self._inspect_cache: dict[tuple, dict] = {}
-        self._query_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self.queries = QueryCache()
         self._cache_lock = threading.Lock()
         self._switch_lock = threading.Lock()
         self.indexing_progress: tuple[float, str] | None = None  # set while files are indexed in the background
@@ -403,22 +369,8 @@ class Studio:
         engine = self.engine
         content = {"image": image, "text": text} if (image is not None and text) else (image if image is not None
                                                                                          else text)
-        # Text queries are cached across requests too, so scripts calling the API at several budgets (and
-        # every visitor typing the same example) encode each query once.
-        key = (engine.checkpoint_id, text) if image is None else None
-        with self._cache_lock:
-            cached = self._query_cache.get(key) if key else None
-            if cached is not None:
-                self._query_cache.move_to_end(key)
-        if cached is not None:
-            return QueryState(engine.checkpoint_id, text, None, cached, encode_ms=0.0)
         t0 = time.perf_counter()
-        vectors = engine.encode([content], "query")[0]
-        if key:
-            with self._cache_lock:
-                self._query_cache[key] = vectors
-                while len(self._query_cache) > QUERY_CACHE_SIZE:
-                    self._query_cache.popitem(last=False)
+        vectors = self.queries.vectors(content, engine.checkpoint_id, lambda items: engine.encode(items, "query"))
         return QueryState(engine.checkpoint_id, text, image, vectors, encode_ms=(time.perf_counter() - t0) * 1000)
 
     def ensure_current(self, query: QueryState) -> QueryState:
@@ -429,28 +381,17 @@ class Studio:
 
     def check_budget(self, r_q: int, r_c: int) -> tuple[int, int]:
         engine = self.engine
-        r_q, r_c = int(r_q), int(r_c)
-        if not 1 <= r_q <= engine.num_query_vectors:
-            raise ValueError(f"r_q={r_q} is out of range: this model has {engine.num_query_vectors} query vectors")
-        if not 1 <= r_c <= engine.num_candidate_vectors:
-            raise ValueError(f"r_c={r_c} is out of range: this model has {engine.num_candidate_vectors} "
-                             "candidate vectors")
-        return r_q, r_c
+        return check_budget((r_q, r_c), engine.num_query_vectors, engine.num_candidate_vectors, engine.presets)
 
     def search(self, query: QueryState, session_key: str | None, r_q: int, r_c: int, k: int = 24,
                include_samples: bool = True) -> list[Hit]:
-        r_q, r_c = self.check_budget(r_q, r_c)
-        engine = self.engine
-        found: list[tuple[float, str, IndexedItem, Collection]] = []
-        for coll in self.collections(session_key, include_samples):
-            for item, score in coll.rank(engine, query.vectors, r_q, r_c, k):
-                found.append((score, coll.key, item, coll))
-        found.sort(key=lambda t: -t[0])
-        hits = []
-        for rank, (score, key, item, coll) in enumerate(found[:k], start=1):
-            hits.append(Hit(rank, key, item.id, coll.display_path(item.path), item.title, item.kind, item.page,
-                            item.passage, score))
-        return hits
+        """The k best items over the visitor's collections at budget (r_q, r_c) (app.search.rank); paths
+        are shown relative to each collection's folder, never as server paths."""
+        budget = self.check_budget(r_q, r_c)
+        colls = {c.key: c for c in self.collections(session_key, include_samples)}
+        sources = [(key, idx) for key, c in colls.items() if (idx := c.index(self.engine, create=False)) is not None]
+        hits = rank(sources, query.vectors, budget, k)
+        return [dataclasses.replace(h, path=colls[h.collection].display_path(h.path)) for h in hits]
 
     def thumbnail(self, hit: Hit, session_key: str | None) -> str:
         """A JPEG file for the result gallery (written once per item; text passages get a text card)."""
