@@ -17,8 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import gradio as gr  # noqa: E402
 
-from app.service.sessions import UploadLimits  # noqa: E402
-from app.service.studio import SAMPLE_DIR, Studio, default_data_dir, load_engine  # noqa: E402
+from app.service import SAMPLE_DIR, Studio, UploadLimits, default_data_dir, load_engine  # noqa: E402
 from app.ui.app import CSS, build_demo  # noqa: E402
 
 

@@ -272,7 +272,7 @@ def test_unique_child_never_overwrites_and_stays_inside(tmp_path):
 
 def test_local_collection_persists_and_model_switch_reindexes(tmp_path, tmp_path_factory):
     """Desktop use: one persistent collection; another checkpoint gets indexes of its own, never mixed."""
-    from app.service.studio import Studio, load_engine
+    from app.service import Studio, load_engine
     from tests.index_helpers import other_checkpoint_folder
 
     samples = tmp_path / "samples"
@@ -328,7 +328,7 @@ def test_local_collection_persists_and_model_switch_reindexes(tmp_path, tmp_path
 
 
 def test_shared_deployment_refuses_model_switch(tmp_path, tmp_path_factory):
-    from app.service.studio import Studio, load_engine
+    from app.service import Studio, load_engine
 
     studio = Studio(load_engine(str(checkpoint_folder(tmp_path_factory))), tmp_path / "data", private_sessions=True,
                     sample_dir=None)

@@ -11,16 +11,14 @@ moving the budget slider re-ranks from cached vectors without running the model 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import os
-import secrets
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +29,12 @@ from app import ingest as ingest_mod
 from app.humanize import human_bytes
 from app.indexing import encoder_input, index_paths
 from app.search import Hit, QueryCache, check_budget, rank
-from app.service.sessions import (
+from app.store.index import Index, IndexedItem
+from model.files import write_atomic
+
+from .collection import Collection
+from .engine import Engine, LockedModel, load_engine
+from .sessions import (
     UNLIMITED,
     SessionStore,
     UploadLimits,
@@ -39,15 +42,10 @@ from app.service.sessions import (
     safe_filename,
     unique_child,
 )
-from app.store.index import CheckpointMismatch, Index, IndexedItem, IndexError_
-from model import MetaEmbed
-from model.checkpoint import checkpoint_id
-from model.files import write_atomic
+from .thumbnails import page_top, text_card
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_DIR = REPO_ROOT / "assets" / "examples"
-ENCODE_BATCH = 8
-INDEX_CHUNK = 2  # items encoded per hold of the model lock while indexing
 SAMPLE_EXTENSIONS = ingest_mod.IMAGE_EXTENSIONS | ingest_mod.PDF_EXTENSIONS  # not the licence notes next to them
 Progress = Callable[[float, str], None]  # (fraction 0..1, what is happening)
 
@@ -62,184 +60,12 @@ def _no_progress(fraction: float, what: str) -> None:
     pass
 
 
-# ------------------------------------------------------------------------------------------------ model
-
-
-class ModelLock:
-    """A lock with two doors: `urgent()` (a visitor waiting) goes before `background()` (indexing chunks)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._cond = threading.Condition()
-        self._urgent = 0
-
-    @contextlib.contextmanager
-    def urgent(self) -> Iterator[None]:
-        with self._cond:
-            self._urgent += 1
-        try:
-            self._lock.acquire()
-        finally:
-            with self._cond:
-                self._urgent -= 1
-                self._cond.notify_all()
-        try:
-            yield
-        finally:
-            self._lock.release()
-
-    @contextlib.contextmanager
-    def background(self) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: self._urgent == 0)
-        with self._lock:
-            yield
-
-
-@dataclass
-class Engine:
-    """A loaded model and the id that ties index vectors to it."""
-
-    model: MetaEmbed
-    checkpoint_id: str
-    source: str  # what the user asked for: "bundled MetaEmbed-Mini", a folder or a Hub id
-    # One model call at a time: the fast tokenizer is not safe to call from two threads at once ("Already
-    # borrowed"), and concurrent forwards only thrash the shared CPU. Indexing takes it per small chunk
-    # and yields to waiting interactive calls, so a visitor's query waits for at most one chunk.
-    lock: ModelLock = field(default_factory=lambda: ModelLock(), repr=False)
-
-    @property
-    def config(self):
-        return self.model.config
-
-    @property
-    def presets(self) -> list[tuple[int, int]]:
-        return list(self.model.config.presets)
-
-    @property
-    def num_query_vectors(self) -> int:
-        return self.model.config.num_query_tokens
-
-    @property
-    def num_candidate_vectors(self) -> int:
-        return self.model.config.num_candidate_tokens
-
-    @property
-    def dim(self) -> int:
-        return self.model.dim
-
-    def describe(self) -> dict:
-        cfg = self.model.config
-        return {
-            "name": cfg.name, "source": self.source, "checkpoint_id": self.checkpoint_id,
-            "backbone": f"{cfg.backbone} ({cfg.backbone_id})", "front_end": cfg.front_end or "none (text only)",
-            "query_vectors": cfg.num_query_tokens, "candidate_vectors": cfg.num_candidate_tokens,
-            "dim": self.dim, "presets": [list(p) for p in self.presets], "device": str(self.model.device),
-        }
-
-    def encode(self, items: list, side: str, num_tokens: int | None = None) -> torch.Tensor:
-        with self.lock.urgent():
-            return self.model.encode(items, side, batch_size=ENCODE_BATCH, num_tokens=num_tokens)
-
-    def inspect(self, item, side: str) -> dict:
-        with self.lock.urgent():
-            return self.model.inspect(item, side)
-
-
-def load_engine(source: str | None) -> Engine:
-    """Load the bundled MetaEmbed-Mini (None), a checkpoint folder or a Hub id; errors say what to do."""
-    text = (source or "").strip() or None
-    model = MetaEmbed.from_pretrained(text)
-    label = text or "bundled MetaEmbed-Mini"
-    return Engine(model=model, checkpoint_id=checkpoint_id(model), source=label)
-
-
-class _LockedModel:
-    """The model as app.indexing sees it, with every encode taking the engine's lock."""
-
-    def __init__(self, engine: Engine):
-        self._engine = engine
-        self.config = engine.model.config
-
-    def encode_candidates(self, items: list, batch_size: int = ENCODE_BATCH, progress: bool = False) -> torch.Tensor:
-        out = []
-        for start in range(0, len(items), INDEX_CHUNK):
-            with self._engine.lock.background():  # between chunks, waiting interactive calls go first
-                out.append(self._engine.model.encode_candidates(items[start:start + INDEX_CHUNK],
-                                                                 batch_size=INDEX_CHUNK))
-        return torch.cat(out)
-
-
 class _CollectionFull(Exception):
     pass
 
 
 def _entry(coll: Collection, path: str, page: int | None, item_id: str, kind: str) -> dict:
     return {"id": item_id, "path": coll.display_path(path), "page": page, "kind": kind}
-
-
-# -------------------------------------------------------------------------------------------- collections
-
-
-class Collection:
-    """A folder of files plus its indexes (one per checkpoint), safe to use from several threads."""
-
-    def __init__(self, key: str, label: str, root: Path, files_dir: Path, read_only: bool = False,
-                 limits: UploadLimits = UNLIMITED):
-        self.key = key
-        self.label = label
-        self.root = Path(root)
-        self.files_dir = Path(files_dir)
-        self.read_only = read_only
-        self.limits = limits
-        self.lock = threading.RLock()  # guards the open indexes (short); each Index serialises its own calls
-        # Held while files are copied and indexed, removed or cleared: one writer at a time per collection,
-        # while searches go on (they only wait for the index's own lock, one batch at a time).
-        self.writing = threading.RLock()
-        self.token = secrets.token_hex(12)  # names this collection's thumbnail folder; never derived from input
-        self._indexes: dict[str, Index] = {}
-
-    def index_dir(self, ckpt: str) -> Path:
-        return self.root / "index" / ckpt
-
-    def index(self, engine: Engine, create: bool = True) -> Index | None:
-        """This collection's index for `engine`'s checkpoint (None if there is none and create=False)."""
-        with self.lock:
-            idx = self._indexes.get(engine.checkpoint_id)
-            if idx is not None:
-                return idx
-            folder = self.index_dir(engine.checkpoint_id)
-            if not create and not (folder / "index.sqlite").is_file():
-                return None
-            try:
-                idx = Index.open_for(folder, engine.checkpoint_id, engine.num_candidate_vectors, engine.dim,
-                                     checkpoint_source=engine.source)
-            except CheckpointMismatch:
-                raise
-            except IndexError_:
-                # An index this version cannot read (an older format, or damaged): the files are the source
-                # of truth, so keep it aside and start afresh; Studio.sync_files indexes the files again.
-                aside = folder.with_name(f"{folder.name}.unreadable-{int(time.time())}")
-                folder.rename(aside)
-                idx = Index.open_for(folder, engine.checkpoint_id, engine.num_candidate_vectors, engine.dim,
-                                     checkpoint_source=engine.source)
-            self._indexes[engine.checkpoint_id] = idx
-            return idx
-
-    def close(self) -> None:
-        with self.lock:
-            for idx in self._indexes.values():
-                idx.close()
-            self._indexes.clear()
-
-    def display_path(self, source: str) -> str:
-        """The path users see: relative to the files folder (zip members keep their "!/member" part)."""
-        zip_part, sep, member = source.partition("!/")
-        try:
-            rel = Path(zip_part).resolve().relative_to(self.files_dir.resolve()).as_posix()
-        except ValueError:
-            rel = Path(zip_part).name
-        return rel + (sep + member if sep else "")
 
 
 # --------------------------------------------------------------------------------------------- queries
@@ -404,13 +230,11 @@ class Studio:
         data = idx.thumbnail(hit.id) if idx is not None else b""
         item = idx.get(hit.id) if (idx is not None and not data) else None
         if not data:
-            from app.ui.plots import text_card
-
             buf = io.BytesIO()
             text_card(hit.title, (item.text if item else "") or "").save(buf, "JPEG", quality=85)
             data = buf.getvalue()
         elif hit.page is not None:
-            data = _page_top(data)
+            data = page_top(data)
         write_atomic(path, data)
         return str(path)
 
@@ -525,7 +349,7 @@ class Studio:
 
         run = None
         try:
-            run = index_paths(_LockedModel(self.engine), idx, [str(f) for f in files], progress=on_file,
+            run = index_paths(LockedModel(self.engine), idx, [str(f) for f in files], progress=on_file,
                               on_commit=on_commit)
         except _CollectionFull:
             report["errors"].append({"path": "", "error": f"your collection reached its limit of {max_items} items "
@@ -701,21 +525,6 @@ def _zip_items(idx: Index, path: Path) -> bool:
         return False
     prefix = str(path.resolve()) + "!/"
     return any(it.path.startswith(prefix) for it in idx.items())
-
-
-def _page_top(jpeg: bytes) -> bytes:
-    """The top of a portrait page as a square: the gallery crops to squares, and a page's middle says little."""
-    try:
-        img = Image.open(io.BytesIO(jpeg))
-        img.load()
-    except OSError:
-        return jpeg
-    w, h = img.size
-    if h <= 1.15 * w:
-        return jpeg
-    buf = io.BytesIO()
-    img.convert("RGB").crop((0, 0, w, w)).save(buf, "JPEG", quality=85)
-    return buf.getvalue()
 
 
 def _rename_in_report(report: dict, old: str, new: str) -> None:

@@ -14,7 +14,8 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from app.service.studio import Hit, QueryState, Studio
+from app.search import Hit
+from app.service import QueryState, Studio
 from app.ui import explain as ui_explain
 from app.ui import plots
 from app.ui import teach as ui_teach

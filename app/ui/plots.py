@@ -6,13 +6,12 @@ sequential scale, the winning match of each query vector is an orange star, budg
 
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import plotly.graph_objects as go
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from app.humanize import human_bytes
 
@@ -200,25 +199,6 @@ def _colour_areas(img: Image.Image, areas: Sequence[Mark], top: float) -> Image.
         edge = np.asarray(edge.filter(ImageFilter.MaxFilter(3))) > 0
         base[edge] = base[edge] * (1 - 0.9 * s) + tint * 0.9 * s
     return Image.fromarray(base.clip(0, 255).astype(np.uint8))
-
-
-def text_card(title: str, text: str, size: tuple[int, int] = (320, 320)) -> Image.Image:
-    """A thumbnail for a text passage: its file name and first lines."""
-    img = Image.new("RGB", size, (248, 250, 252))
-    draw = ImageDraw.Draw(img)
-    draw.rectangle([0, 0, size[0] - 1, 36], fill=(226, 232, 240))
-    title_font = ImageFont.load_default(size=17)
-    body_font = ImageFont.load_default(size=15)
-    draw.text((12, 9), _ellipsis(title, 30), fill=(30, 41, 59), font=title_font)
-    y = 48
-    for line in textwrap.wrap(" ".join(text.split()), width=34)[:12]:
-        draw.text((12, y), line, fill=(51, 65, 85), font=body_font)
-        y += 21
-    return img
-
-
-def _ellipsis(text: str, n: int) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 # ---------------------------------------------------------------------------------------------- scaling

@@ -12,7 +12,7 @@ import gradio as gr
 import numpy as np
 
 from app.humanize import human_bytes
-from app.service.studio import Studio
+from app.service import Studio
 from app.ui import plots
 from model.scoring import explain as maxsim_explain
 

@@ -1,0 +1,42 @@
+"""Thumbnails for the result gallery: photos and pages as stored, text passages as a rendered card."""
+
+from __future__ import annotations
+
+import io
+import textwrap
+
+from PIL import Image, ImageDraw, ImageFont
+
+
+def text_card(title: str, text: str, size: tuple[int, int] = (320, 320)) -> Image.Image:
+    """A thumbnail for a text passage: its file name and first lines."""
+    img = Image.new("RGB", size, (248, 250, 252))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([0, 0, size[0] - 1, 36], fill=(226, 232, 240))
+    title_font = ImageFont.load_default(size=17)
+    body_font = ImageFont.load_default(size=15)
+    draw.text((12, 9), _ellipsis(title, 30), fill=(30, 41, 59), font=title_font)
+    y = 48
+    for line in textwrap.wrap(" ".join(text.split()), width=34)[:12]:
+        draw.text((12, y), line, fill=(51, 65, 85), font=body_font)
+        y += 21
+    return img
+
+
+def _ellipsis(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def page_top(jpeg: bytes) -> bytes:
+    """The top of a portrait page as a square: the gallery crops to squares, and a page's middle says little."""
+    try:
+        img = Image.open(io.BytesIO(jpeg))
+        img.load()
+    except OSError:
+        return jpeg
+    w, h = img.size
+    if h <= 1.15 * w:
+        return jpeg
+    buf = io.BytesIO()
+    img.convert("RGB").crop((0, 0, w, w)).save(buf, "JPEG", quality=85)
+    return buf.getvalue()
