@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.store import index as index_module  # noqa: E402
 from app.store.index import Index  # noqa: E402
+from app.store.segments import SEGMENT_DIR  # noqa: E402
 from model.scoring import near_top  # noqa: E402
 
 PRESETS = [(1, 1), (2, 4), (4, 8), (8, 16), (16, 64)]
@@ -112,7 +113,7 @@ def build(directory: Path, n: int, chunk: int, seed: int = 0, targets: int = 0) 
 
 def evict(index: Index) -> None:
     """Drop this index's segment files from the page cache (only these files: other work keeps its cache)."""
-    for path in (index.directory / index_module.SEGMENT_DIR).glob("seg-*.npy"):
+    for path in (index.directory / SEGMENT_DIR).glob("seg-*.npy"):
         fd = os.open(path, os.O_RDONLY)
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)

@@ -21,6 +21,7 @@ from index_helpers import (
 from app.indexing import encoder_input, index_paths, read_ahead
 from app.ingest import ingest
 from app.store import index as index_module
+from app.store import segments as segments_module
 from app.store.index import CheckpointMismatch, Index, IndexError_
 from model.checkpoint import checkpoint_id, checkpoint_id_of_folder
 
@@ -289,9 +290,9 @@ def test_segments_stay_few_and_search_matches_exact_scoring(tmp_path, monkeypatc
         # Two-stage with a depth covering everything is exact; the first stage is persisted and reused.
         full = index.search(query, budget, k=20, exact=False, depth=700)
         assert [s for _, s in full] == [s for _, s in exact]
-        monkeypatch.setattr(index_module, "_GATHER_MIN_ROWS", 0)  # the threaded gather gives the same
+        monkeypatch.setattr(segments_module, "_GATHER_MIN_ROWS", 0)  # the threaded gather gives the same
         assert index.search(query, budget, k=20, exact=False, depth=700) == full
-        monkeypatch.setattr(index_module, "_GATHER_MIN_ROWS", 8192)
+        monkeypatch.setattr(segments_module, "_GATHER_MIN_ROWS", 8192)
     assert list((tmp_path / "idx").glob("first_stage.*.faiss"))
 
 

@@ -3,17 +3,16 @@
 Layout of an index folder::
 
     index.sqlite          metadata: items, segments, the checkpoint that made the vectors
-    segments/seg-N.npy    vectors of a batch of items, vector-major uint16 (bf16 bits) [R_c, n, D]
+    segments/seg-N.npy    vectors of a batch of items (app.store.segments)
     first_stage.R.faiss   optional IVF over the items' first vectors, covering items up to rowid R
     write.lock            serialises writers (flock); readers never take it
 
-Vector-major segments keep every budget's prefix contiguous: scoring at r_c reads `seg[:r_c]` only, and
-the first vectors (`seg[0]`) that feed the first stage are one contiguous block. Segments are immutable:
-an `add` writes a new segment file (temp + fsync + rename) and only then commits its rows in SQLite, so a
-process killed at any moment leaves an index holding exactly the batches committed before the kill
-(unreferenced files are swept by the next writer). Small segments are merged with a binary-counter
-policy (O(log n) segments, each row rewritten O(log n) times) up to `MAX_SEGMENT_BYTES`; removed items
-are dropped from SQLite at once and their vectors when their segment is rewritten.
+SQLite records which item sits in which slot of which segment. An `add` writes a new segment file
+atomically and only then commits its rows in SQLite, so a process killed at any moment leaves an index
+holding exactly the batches committed before the kill (unreferenced files are swept by the next writer).
+Small segments are merged with a binary-counter policy (O(log n) segments, each row rewritten O(log n)
+times) up to `MAX_SEGMENT_BYTES`; removed items are dropped from SQLite at once and their vectors when
+their segment is rewritten.
 """
 
 from __future__ import annotations
@@ -24,11 +23,9 @@ import functools
 import hashlib
 import json
 import os
-import re
 import sqlite3
 import threading
 import time
-import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,13 +35,24 @@ import numpy as np
 import torch
 
 from model.files import atomic_path
-from model.scoring import CandidateStore, near_top
+from model.scoring import near_top
 
 from .first_stage import FirstStage
+from .segments import (
+    SEGMENT_DIR,
+    Segment,
+    View,
+    open_segment,
+    segment_file,
+    stored_bytes,
+    sweep_uncommitted,
+    to_bf16_bits,
+    write_live,
+    write_segment,
+)
 
 FORMAT_VERSION = 2
 DB_NAME = "index.sqlite"
-SEGMENT_DIR = "segments"
 LOCK_NAME = "write.lock"
 # Largest segment a merge produces: 1 GiB is 65,536 items at R_c=64, D=128; big enough that a million
 # items live in ~16 files, small enough that a merge never needs much memory or time.
@@ -65,8 +73,6 @@ def uses_exact(count: int, r_c: int) -> bool:
     """Whether a collection of `count` items is scored exactly at candidate budget r_c."""
     return count * r_c <= EXACT_ROWS
 
-_SEGMENT_FILE = re.compile(r"^seg-(\d+)\.npy$")
-_FIRST_STAGE_FILE = re.compile(r"^first_stage\.(\d+)\.faiss$")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -116,9 +122,6 @@ class CheckpointMismatch(IndexError_):
     """The index was built by another checkpoint: its vectors must not be mixed with this model's."""
 
 
-# ------------------------------------------------------------------------------------------ checkpoints
-
-
 # ------------------------------------------------------------------------------------------------ items
 
 
@@ -158,85 +161,6 @@ def _row_to_item(row: sqlite3.Row) -> IndexedItem:
     )
 
 
-# ---------------------------------------------------------------------------------------------- vectors
-
-
-def to_bf16_bits(vectors: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Float vectors -> their bf16 bit patterns as uint16 (round to nearest even, as torch does)."""
-    t = torch.as_tensor(vectors)
-    return t.to(torch.bfloat16).contiguous().view(torch.int16).numpy().view(np.uint16)
-
-
-def bf16_view(bits: np.ndarray) -> torch.Tensor:
-    """uint16 bf16 bit patterns (possibly memory-mapped) -> a bf16 tensor sharing their memory."""
-    with warnings.catch_warnings():
-        # Read-only memmaps are fine: nothing here writes through these tensors.
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16)
-
-
-def _size(path: Path) -> int:
-    """File size, 0 if a concurrent writer just replaced it."""
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
-
-
-def _write_segment(path: Path, num_vectors: int, dim: int, blocks: Iterable[np.ndarray], rows: int) -> None:
-    """Write a vector-major segment atomically from item-major blocks [b, R_c, D] (uint16)."""
-    with atomic_path(path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint16, shape=(num_vectors, rows, dim))
-        at = 0
-        for block in blocks:
-            n = block.shape[0]
-            out[:, at:at + n, :] = block.transpose(1, 0, 2)
-            at += n
-        if at != rows:
-            raise AssertionError(f"segment writer got {at} rows, expected {rows}")
-        out.flush()
-        del out
-
-
-@dataclass
-class _Segment:
-    id: int
-    file: str
-    rows: int
-    bits: np.ndarray  # memory-mapped [R_c, rows, D] uint16
-    slot_rowids: np.ndarray  # [rows] int64 rowid of the live item in each slot, -1 where removed
-
-    @property
-    def live(self) -> int:
-        return int((self.slot_rowids >= 0).sum())
-
-    def store(self) -> CandidateStore:
-        return CandidateStore.from_vector_major(self.bits)
-
-
-@dataclass
-class _View:
-    """What searching needs, loaded from SQLite + the segment files: one consistent snapshot."""
-
-    segments: list[_Segment]
-    rowids: np.ndarray  # sorted rowids of live items
-    seg_index: np.ndarray  # [len(rowids)] position of the item's segment in `segments`
-    slots: np.ndarray  # [len(rowids)] slot of the item within its segment
-    version: int
-
-    @property
-    def count(self) -> int:
-        return int(self.rowids.shape[0])
-
-    def locate(self, rowids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(found mask, segment position, slot) for each rowid (removed ones are not found)."""
-        if self.count == 0:
-            nothing = np.zeros(len(rowids), dtype=np.int64)
-            return nothing.astype(bool), nothing, nothing
-        pos = np.minimum(np.searchsorted(self.rowids, rowids), self.count - 1)
-        return self.rowids[pos] == rowids, self.seg_index[pos], self.slots[pos]
-
-
 # -------------------------------------------------------------------------------------------- the index
 
 
@@ -269,7 +193,7 @@ class Index:
         self.num_vectors: int = int(meta["num_vectors"])
         self.dim: int = int(meta["dim"])
         self.created: float = float(meta["created"])
-        self._view: _View | None = None
+        self._view: View | None = None
         self._open_segments: dict[str, np.ndarray] = {}
         self._first_stage = None  # FirstStage, built on demand
         self._writes = 0  # our own commits, which PRAGMA data_version does not count
@@ -453,8 +377,7 @@ class Index:
         if not found[0]:  # written by another process since our snapshot
             view = self.refresh()
             found, seg, slot = view.locate(np.array([row[0]], dtype=np.int64))
-        segment = view.segments[int(seg[0])]
-        return bf16_view(np.ascontiguousarray(segment.bits[:, int(slot[0]), :]))
+        return view.segments[int(seg[0])].vectors(int(slot[0]))
 
     @_locked
     def info(self) -> dict:
@@ -462,7 +385,7 @@ class Index:
         kinds = dict(self._conn.execute("SELECT kind, COUNT(*) FROM items GROUP BY kind").fetchall())
         segments = self._conn.execute("SELECT COUNT(*), COALESCE(SUM(rows), 0) FROM segments").fetchone()
         files = [f for (f,) in self._conn.execute("SELECT file FROM segments")]
-        vector_bytes = sum(_size(self.directory / SEGMENT_DIR / f) for f in files)
+        vector_bytes = stored_bytes(self.directory / SEGMENT_DIR, files)
         db_bytes = sum(p.stat().st_size for p in self.directory.glob(DB_NAME + "*"))
         first_stage = sum(p.stat().st_size for p in self.directory.glob("first_stage.*.faiss"))
         count = sum(kinds.values())
@@ -481,14 +404,14 @@ class Index:
         return int(self._conn.execute("PRAGMA data_version").fetchone()[0]) * 1_000_003 + self._writes
 
     @_locked
-    def view(self) -> _View:
+    def view(self) -> View:
         """The current snapshot of segments and item positions (reloaded when the index changed)."""
         if self._view is None or self._view.version != self._data_version():
             return self.refresh()
         return self._view
 
     @_locked
-    def refresh(self) -> _View:
+    def refresh(self) -> View:
         for attempt in range(5):
             try:
                 self._view = self._load_view()
@@ -500,31 +423,25 @@ class Index:
                 time.sleep(0.05)
         raise AssertionError("unreachable")
 
-    def _load_view(self) -> _View:
+    def _load_view(self) -> View:
         with self._txn():
             version = self._data_version()
             seg_rows = self._conn.execute("SELECT id, file, rows FROM segments ORDER BY id").fetchall()
             items = np.array(self._conn.execute("SELECT rowid, segment, slot FROM items ORDER BY rowid").fetchall(),
                              dtype=np.int64).reshape(-1, 3)
-        segments, position = [], {}
+        segments = []
         opened: dict[str, np.ndarray] = {}
-        for i, (seg_id, file, rows) in enumerate(seg_rows):
+        for seg_id, file, rows in seg_rows:
             bits = self._open_segments.get(file)
             if bits is None:
-                bits = np.load(self.directory / SEGMENT_DIR / file, mmap_mode="r")
+                bits = open_segment(self.directory / SEGMENT_DIR / file)
                 if bits.shape != (self.num_vectors, rows, self.dim) or bits.dtype != np.uint16:
                     raise IndexError_(f"segment {file} of index {self.directory} has shape {bits.shape} "
                                       f"{bits.dtype}, expected ({self.num_vectors}, {rows}, {self.dim}) uint16")
             opened[file] = bits
-            segments.append(_Segment(seg_id, file, rows, bits, np.full(rows, -1, dtype=np.int64)))
-            position[seg_id] = i
+            segments.append(Segment(seg_id, bits))
         self._open_segments = opened
-        seg_index = np.array([position[s] for s in items[:, 1]], dtype=np.int64) if len(items) else \
-            np.zeros(0, dtype=np.int64)
-        for i, seg in enumerate(segments):
-            mask = seg_index == i
-            seg.slot_rowids[items[mask, 2]] = items[mask, 0]
-        return _View(segments, items[:, 0].copy(), seg_index, items[:, 2].copy(), version)
+        return View.build(segments, items, version, self.dim)
 
     @contextlib.contextmanager
     def _txn(self, mode: str = "") -> Iterator[None]:
@@ -565,78 +482,35 @@ class Index:
         if exact is None:
             exact = uses_exact(view.count, r_c)
         if exact:
-            parts_scores, parts_rowids = [], []
-            for seg in view.segments:
-                scores = seg.store().maxsim(qb, budget)[0]
-                live = torch.from_numpy(seg.slot_rowids >= 0)
-                parts_scores.append(scores[live])
-                parts_rowids.append(torch.from_numpy(seg.slot_rowids[seg.slot_rowids >= 0]))
-            scores, rowids = torch.cat(parts_scores), torch.cat(parts_rowids)
+            rowids, scores = view.score_all(qb, budget)
         else:
-            rowids, scores = self._rerank(view, qb, budget, self.first_stage(view).search(
+            rowids, scores = view.score_rows(qb, budget, self.first_stage(view).search(
                 q[0].float().numpy(), max(depth, k)))
         if not scores.numel():
             return []
         # The fast bf16 scores can misorder near-ties; the few that may reach the top k are ranked in fp32.
         shortlist = rowids[near_top(scores, k, r_q)].numpy()
-        rowids, scores = self._rerank(view, qb, budget, shortlist, precise=True)
+        rowids, scores = view.score_rows(qb, budget, shortlist, precise=True)
         top = torch.topk(scores, min(k, scores.numel()))
         return [(int(rowids[i]), float(s)) for s, i in zip(top.values, top.indices)]
 
-    def _rerank(self, view: _View, qb: torch.Tensor, budget: tuple[int, int],
-                candidates: np.ndarray, precise: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact MaxSim of the given rowids (first-stage candidates or a shortlist): gather their r_c
-        prefixes, then score them at once (in fp32 when `precise`)."""
-        found, seg_pos, slots = view.locate(candidates)
-        candidates, seg_pos, slots = candidates[found], seg_pos[found], slots[found]
-        if not len(candidates):
-            return torch.zeros(0, dtype=torch.int64), torch.zeros(0)
-        r_q, r_c = budget
-        order = np.lexsort((slots, seg_pos))  # by segment, then slot: reads move forward through each file
-        candidates, seg_pos, slots = candidates[order], seg_pos[order], slots[order]
-        gathered = torch.empty(r_c, len(candidates), self.dim, dtype=torch.bfloat16)
-        jobs = []
-        for pos in np.unique(seg_pos):
-            where = np.flatnonzero(seg_pos == pos)
-            bits = bf16_view(view.segments[int(pos)].bits)
-            index = torch.from_numpy(slots[where])
-            for j in range(0, r_c, _GATHER_VECTORS):
-                j_end = min(r_c, j + _GATHER_VECTORS)
-                jobs.append((bits[j:j_end], index, gathered[j:j_end, where[0]:where[-1] + 1]))
-        _gather(jobs)
-        # One store over all candidates: r_c GEMMs in total instead of r_c per segment.
-        store = CandidateStore.from_vector_major(gathered)
-        return torch.from_numpy(candidates), store.maxsim(qb, (r_q, r_c), precise=precise)[0]
-
     @_locked
-    def first_stage(self, view: _View | None = None) -> FirstStage:
+    def first_stage(self, view: View | None = None) -> FirstStage:
         """The IVF over first vectors, loaded or built, then brought up to date with `view`."""
         view = view or self.view()
         stage = self._first_stage
         if stage is None:
             stage = FirstStage.load(self.directory)
         if stage is None or stage.stale(view.count):
-            rowids, firsts = self._first_vectors(view, 0)
+            rowids, firsts = view.first_vectors(0)
             stage = FirstStage.build(firsts, rowids)
         elif view.count and view.rowids[-1] > stage.covered:
-            rowids, firsts = self._first_vectors(view, stage.covered)
+            rowids, firsts = view.first_vectors(stage.covered)
             stage.add(firsts, rowids)
         self._first_stage = stage
         if stage.unsaved > 0.05 * stage.size:
             self._save_first_stage(stage)
         return stage
-
-    def _first_vectors(self, view: _View, after: int) -> tuple[np.ndarray, np.ndarray]:
-        """(rowids, float32 first vectors) of the live items with rowid > after."""
-        rowids, firsts = [], []
-        for seg in view.segments:
-            mask = seg.slot_rowids > after
-            if mask.any():
-                rowids.append(seg.slot_rowids[mask])
-                firsts.append(bf16_view(np.ascontiguousarray(seg.bits[0][mask])).float().numpy())
-        if not rowids:
-            return np.zeros(0, dtype=np.int64), np.zeros((0, self.dim), dtype=np.float32)
-        return np.concatenate(rowids), np.concatenate(firsts)
 
     def _save_first_stage(self, stage: FirstStage) -> None:
         # Only a cache: skip it when another process is writing, or the folder is read-only.
@@ -671,9 +545,7 @@ class Index:
     def _sweep(self) -> None:
         """Delete files a killed writer left behind: temp files and segments SQLite never committed."""
         referenced = {f for (f,) in self._conn.execute("SELECT file FROM segments")}
-        for path in (self.directory / SEGMENT_DIR).iterdir():
-            if path.name not in referenced and (path.name.endswith(".tmp") or _SEGMENT_FILE.match(path.name)):
-                path.unlink(missing_ok=True)
+        sweep_uncommitted(self.directory / SEGMENT_DIR, referenced)
         for path in self.directory.glob(".*.tmp"):
             path.unlink(missing_ok=True)
 
@@ -716,8 +588,8 @@ class Index:
                 return [None] * len(items)
             bits = to_bf16_bits(vectors[keep] if len(keep) < len(items) else vectors)
             seg_id = self._next_segment_id()
-            file = f"seg-{seg_id}.npy"
-            _write_segment(self.directory / SEGMENT_DIR / file, self.num_vectors, self.dim, [bits], len(keep))
+            file = segment_file(seg_id)
+            write_segment(self.directory / SEGMENT_DIR / file, self.num_vectors, self.dim, [bits], len(keep))
             now = time.time()
             ids: list[str | None] = [None] * len(items)
             with self._txn("IMMEDIATE"):
@@ -860,18 +732,13 @@ class Index:
         ).fetchall()
         files = {seg_id: file for seg_id, file in old}
         new_id = self._next_segment_id()
-        new_file = f"seg-{new_id}.npy"
+        new_file = segment_file(new_id)
+        folder = self.directory / SEGMENT_DIR
         if live:
-            sources = {seg_id: np.load(self.directory / SEGMENT_DIR / file, mmap_mode="r")
-                       for seg_id, file in files.items()}
-
-            def blocks() -> Iterator[np.ndarray]:
-                for seg_id in sorted(sources):
-                    slots = np.array([slot for _r, s, slot in live if s == seg_id], dtype=np.int64)
-                    for start in range(0, len(slots), 4096):
-                        yield sources[seg_id][:, slots[start:start + 4096], :].transpose(1, 0, 2)
-
-            _write_segment(self.directory / SEGMENT_DIR / new_file, self.num_vectors, self.dim, blocks(), len(live))
+            # `live` is ordered by segment, then slot: the order the new segment's slots are given below.
+            parts = [(folder / files[seg_id], np.array([slot for _r, s, slot in live if s == seg_id], dtype=np.int64))
+                     for seg_id in sorted(files)]
+            write_live(folder / new_file, self.num_vectors, self.dim, parts)
         with self._txn("IMMEDIATE"):
             if live:
                 self._insert_segment(new_id, new_file, len(live))
@@ -879,37 +746,7 @@ class Index:
                                        [(new_id, slot, rowid) for slot, (rowid, _s, _o) in enumerate(live)])
             self._conn.execute(f"DELETE FROM segments WHERE id IN ({marks})", seg_ids)
         for file in files.values():
-            (self.directory / SEGMENT_DIR / file).unlink(missing_ok=True)
-
-
-# Threads that gather re-rank candidates. Vector-major storage puts a candidate's r_c vectors in r_c
-# places, so a re-rank of 1,000 items from a memory-mapped file that is not in the page cache is ~64,000
-# small random reads: one thread would wait for them one at a time, several keep the disk busy.
-GATHER_THREADS = 16
-_GATHER_MIN_ROWS = 8192  # below this a pool costs more than it saves
-_GATHER_VECTORS = 8  # vectors per gather job: 8 jobs per segment at r_c=64
-
-
-def _gather(jobs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
-    """dst[:] = src.index_select(1, index) for each job; in a thread pool when there is much to read."""
-    def run(job: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
-        src, index, dst = job
-        dst.copy_(src.index_select(1, index))
-
-    rows = sum(src.shape[0] * len(index) for src, index, _dst in jobs)
-    if rows < _GATHER_MIN_ROWS or GATHER_THREADS <= 1 or len(jobs) == 1:
-        for job in jobs:
-            run(job)
-        return
-    global _POOL
-    if _POOL is None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _POOL = ThreadPoolExecutor(GATHER_THREADS, thread_name_prefix="index-gather")
-    list(_POOL.map(run, jobs))  # torch releases the GIL in index_select, so the page faults overlap
-
-
-_POOL = None
+            (folder / file).unlink(missing_ok=True)
 
 
 def _connect(db: Path) -> tuple[sqlite3.Connection, bool]:
