@@ -1,11 +1,8 @@
-"""The teaching views: "How it works" (one query walked through the live model) and the scaling measurements."""
+"""The How it works tab: one query walked through the live model, from tokens to MaxSim at every budget."""
 
 from __future__ import annotations
 
 import html
-import statistics
-import time
-from collections.abc import Callable
 from types import SimpleNamespace
 
 import gradio as gr
@@ -14,16 +11,13 @@ import numpy as np
 from app.humanize import human_bytes
 from app.service import Studio
 from app.ui import plots
+from app.ui.common import PRIVATE, gpu, mistake, session_of
 from model.scoring import explain as maxsim_explain
 
 DEFAULT_QUERY = "a red panda resting in a tree"
 
 
-def _session(request: gr.Request | None) -> str | None:
-    return getattr(request, "session_hash", None) if request is not None else None
-
-
-def build_tab(studio: Studio, gpu) -> SimpleNamespace:
+def build(studio: Studio) -> SimpleNamespace:
     engine = studio.engine
     t = SimpleNamespace()
     gr.Markdown(
@@ -60,17 +54,16 @@ def build_tab(studio: Studio, gpu) -> SimpleNamespace:
     return t
 
 
-def wire_tab(t: SimpleNamespace, studio: Studio, gpu) -> None:
+def wire(studio: Studio, t: SimpleNamespace) -> None:
     @gpu
     def walk(text: str, request: gr.Request):
         text = (text or "").strip()
         if not text:
-            gr.Warning("type a query to walk through")  # a calm notice; gr.Error would mark every plot failed
-            return (gr.skip(),) * 7
-        return walkthrough(studio, text, _session(request))
+            return mistake("type a query to walk through", 7)
+        return walkthrough(studio, text, session_of(request))
 
     t.button.click(walk, [t.query], [t.tokens, t.attention, t.vectors, t.prefix, t.matrix, t.budgets, t.matrix_md],
-                   api_visibility="private")
+                   **PRIVATE)
 
 
 def tokens_html(tokens: list[str], num_meta: int) -> str:
@@ -132,56 +125,3 @@ def walkthrough(studio: Studio, text: str, session: str | None) -> tuple:
                                    f"Attention of the {rq_full} meta tokens over the words of “{text}”"),
             plots.vectors_figure(query.vectors.numpy(), presets, "query"),
             prefix_md, matrix, budgets, matrix_md)
-
-
-# -------------------------------------------------------------------------------------------- scaling
-
-
-def measure_scaling(studio: Studio, queries: list[str], session: str | None, include_samples: bool,
-                    progress: Callable[[float, str], None], k: int | None = None, repeats: int = 3) -> dict:
-    """Per trained budget: bytes the index reads, median scoring time per query, top-k overlap with the largest.
-
-    k defaults to 10, or to a third of a small collection: a top 10 of 12 items would agree at every budget.
-    """
-    engine = studio.engine
-    presets = engine.presets
-    colls = studio.collections(session, include_samples)
-    items = sum(studio.stats(c)["items"] for c in colls)
-    k = k or max(1, min(10, items // 3))
-    out = {"presets": presets, "items": items, "k": k, "bytes": [], "ms": [], "agreement": [], "summary": ""}
-    if items == 0:
-        return out
-    progress(0.05, f"encoding {len(queries)} queries")
-    vectors = engine.encode(queries, "query")
-    tops: dict[tuple[int, int], list[set]] = {}
-    for n, (r_q, r_c) in enumerate(presets):
-        progress(0.1 + 0.85 * n / len(presets), f"scoring at budget ({r_q}, {r_c})")
-        times, sets = [], []
-        for qv in vectors:
-            best = None
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                found = []
-                for coll in colls:
-                    found += [(s, coll.key, it.id) for it, s in coll.rank(engine, qv, r_q, r_c, k)]
-                elapsed = time.perf_counter() - t0
-                best = elapsed if best is None else min(best, elapsed)
-            found.sort(key=lambda x: -x[0])
-            times.append(best * 1000)
-            sets.append({(key, i) for _, key, i in found[:k]})
-        out["ms"].append(statistics.median(times))
-        out["bytes"].append(items * r_c * engine.dim * 2)
-        tops[(r_q, r_c)] = sets
-    ref = tops[presets[-1]]
-    for p in presets:
-        overlap = [len(a & b) / max(1, len(b)) for a, b in zip(tops[p], ref)]
-        out["agreement"].append(float(np.mean(overlap)))
-    rows = "\n".join(f"| ({q}, {c}) | {human_bytes(b)} | {ms:.2f} ms | {100 * a:.0f}% |"
-                     for (q, c), b, ms, a in zip(presets, out["bytes"], out["ms"], out["agreement"]))
-    small = f" The collection is small, so agreement is measured on the top {k} (a third of it)." if k < 10 else ""
-    out["summary"] = (f"Measured on **{items} items** with {len(queries)} queries (exact MaxSim over every item, best "
-                      f"of {repeats} runs, median over queries, on {str(engine.model.device)}).{small}\n\n"
-                      f"| budget | vectors read per query | time per query | top-{k} shared with the largest budget |\n"
-                      f"|---|---|---|---|\n{rows}")
-    progress(1.0, "done")
-    return out

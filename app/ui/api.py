@@ -1,0 +1,57 @@
+"""The app's named API endpoints (gradio_client): `search` and `index`, documented in the README.
+
+They run the same code as the tabs (Studio.encode_query / Studio.search, and the Collection tab's upload
+path), from hidden components, so scripts get exactly what a visitor sees.
+"""
+
+from __future__ import annotations
+
+import json
+
+import gradio as gr
+
+from app.service import Studio
+from app.ui.collection_tab import index_upload
+from app.ui.common import gpu, session_of
+
+
+def build_and_wire(studio: Studio) -> None:
+    presets = studio.engine.presets
+    with gr.Row(visible=False):
+        query = gr.Textbox(label="query")
+        r_q = gr.Number(value=presets[-1][0], precision=0, label="r_q")
+        r_c = gr.Number(value=presets[-1][1], precision=0, label="r_c")
+        k = gr.Number(value=10, precision=0, label="k")
+        samples = gr.Checkbox(value=True, label="include_samples")
+        # JSON as text: gradio_client (1.x/2.x, protocol sse_v3) takes any JSON object with a "path" string
+        # for a file and tries to download it, so objects with a "path" key cannot travel as gr.JSON.
+        results = gr.Textbox(label="results_json")
+        files = gr.File(file_count="multiple", label="files")
+        report = gr.Textbox(label="report_json")
+        search_btn = gr.Button()
+        index_btn = gr.Button()
+
+    @gpu
+    def api_search(query, r_q, r_c, k, include_samples, request: gr.Request) -> str:
+        # The parameter names are the API's keyword arguments (client.predict(query=..., r_q=...)).
+        try:
+            encoded = studio.encode_query(query, None)
+            r_q, r_c = studio.check_budget(r_q, r_c)
+            k = max(1, min(int(k or 10), 1000))
+        except ValueError as e:
+            raise gr.Error(str(e)) from e
+        hits = studio.search(encoded, session_of(request), r_q, r_c, k=k, include_samples=bool(include_samples))
+        return json.dumps([h.to_json() for h in hits], ensure_ascii=False)
+
+    @gpu
+    def api_index(files, request: gr.Request) -> str:
+        return json.dumps(index_upload(studio, files, request), ensure_ascii=False)
+
+    search_btn.click(api_search, [query, r_q, r_c, k, samples], results,
+                     api_name="search", api_description="Search your collection and the samples: query "
+                     "text, budget r_q and r_c, k results -> JSON text of a list of {rank, id, path, page, "
+                     "score, collection, kind} (use json.loads)")
+    index_btn.click(api_index, [files], report, api_name="index",
+                    api_description="Add files (photos, PDFs, text, zip) to your collection -> JSON text "
+                    "of {indexed: [{id, path, page, kind}], skipped_duplicates, replaced, errors: [{path, error}], "
+                    "notes} (use json.loads)")

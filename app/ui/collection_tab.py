@@ -1,0 +1,172 @@
+"""The Collection tab: add files (with progress and a per-file report), see what is indexed, remove, clear."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+
+from app.humanize import human_bytes
+from app.ingest import SUPPORTED_EXTENSIONS
+from app.service import Studio
+from app.ui.common import PRIVATE, gpu, kind_name, mistake, session_of, status_line
+
+MAX_TABLE_ROWS = 500  # rows of the collection table and choices of the remove list
+
+
+def build(studio: Studio) -> SimpleNamespace:
+    c = SimpleNamespace()
+    gr.Markdown(_intro(studio))
+    with gr.Row():
+        with gr.Column(scale=1):
+            c.upload = gr.File(label="Add photos, PDFs, text files or zip archives", file_count="multiple",
+                               file_types=sorted(SUPPORTED_EXTENSIONS), height=200, elem_id="me-upload")
+            c.index_btn = gr.Button("Add to collection", variant="primary", elem_id="me-index")
+            c.report_md = gr.Markdown(elem_id="me-report")
+        with gr.Column(scale=1):
+            c.stats_md = gr.Markdown(elem_id="me-stats")
+    c.items_df = gr.Dataframe(headers=["file", "kind", "page", "id"], datatype=["str", "str", "number", "str"],
+                              interactive=False, label="Your items", max_height=320, wrap=True, elem_id="me-items")
+    with gr.Row():
+        c.remove_sel = gr.Dropdown(choices=[], multiselect=True, label="Files to remove", scale=4)
+        with gr.Column(scale=1, min_width=180):
+            c.remove_btn = gr.Button("Remove selected")
+            c.clear_btn = gr.Button("Clear my collection", variant="stop")
+    c.clear_ok = gr.Checkbox(value=False, visible=False)  # the confirmation dialog's answer
+    return c
+
+
+def index_upload(studio: Studio, files, request: gr.Request, progress=None) -> dict:
+    """Add uploaded files to the visitor's collection (the Collection tab and the `index` API endpoint)."""
+    paths = _paths(files)
+    if not paths:
+        raise gr.Error("choose one or more files to add first")
+    coll = studio.user_collection(session_of(request))
+    if coll is None:
+        raise gr.Error("no session: reload the page")
+
+    def report_progress(fraction: float, what: str) -> None:
+        if progress is not None:
+            progress(fraction, desc=what)
+
+    report = studio.index_files(coll, paths, report_progress)
+    _forget_uploads(paths)
+    return report
+
+
+def wire(studio: Studio, c: SimpleNamespace, demo: gr.Blocks, status: gr.Markdown) -> None:
+    view_outs = [c.items_df, c.remove_sel, c.stats_md, status]
+
+    def collection_view(request: gr.Request):
+        session = session_of(request)
+        coll = studio.user_collection(session, create=False)
+        items = studio.items(coll) if coll is not None else []
+        # The table shows the newest items first, capped so a large collection still loads quickly.
+        rows = [[coll.display_path(it.path), kind_name(it.kind), it.page, it.id]
+                for it in reversed(items[-MAX_TABLE_ROWS:])]
+        files = sorted({coll.display_path(it.path).partition("!/")[0] for it in items}) if coll else []
+        if len(files) > MAX_TABLE_ROWS:
+            files = files[:MAX_TABLE_ROWS]
+        return rows, gr.update(choices=files, value=[]), _stats_md(studio, coll), status_line(studio, session)
+
+    @gpu
+    def do_index(files, request: gr.Request, progress=gr.Progress()):  # noqa: B008 - how Gradio injects progress
+        if not _paths(files):
+            return mistake("choose one or more files to add first", 2 + len(view_outs))
+        report = index_upload(studio, files, request, progress)
+        return (_report_md(report), None) + collection_view(request)
+
+    def do_remove(chosen, request: gr.Request):
+        coll = studio.user_collection(session_of(request), create=False)
+        if coll is None or not chosen:
+            return mistake("pick files to remove first", 1 + len(view_outs))
+        try:
+            removed = studio.remove(coll, chosen)
+        except KeyError as e:
+            raise gr.Error(str(e)) from e
+        return (f"Removed {len(removed)} item(s).",) + collection_view(request)
+
+    def do_clear(confirmed, request: gr.Request):
+        if not confirmed:  # the visitor pressed Cancel in the confirmation dialog
+            return (gr.skip(),) * (1 + len(view_outs))
+        coll = studio.user_collection(session_of(request), create=False)
+        n = studio.clear(coll) if coll is not None else 0
+        return (f"Cleared your collection ({n} item(s) removed).",) + collection_view(request)
+
+    demo.load(collection_view, None, view_outs, **PRIVATE)
+    # One progress display, on the report, not repeated over every output of the event.
+    c.index_btn.click(do_index, [c.upload], [c.report_md, c.upload] + view_outs, show_progress_on=[c.report_md],
+                      **PRIVATE)
+    c.remove_btn.click(do_remove, [c.remove_sel], [c.report_md] + view_outs, **PRIVATE)
+    c.clear_btn.click(do_clear, c.clear_ok, [c.report_md] + view_outs,
+                      js="(ok) => confirm('Remove every item from your collection?')", **PRIVATE)
+
+
+def _intro(studio: Studio) -> str:
+    if studio.private_sessions:
+        lim = studio.limits
+        caps = []
+        if lim.max_files:
+            caps.append(f"up to {lim.max_files} files per upload")
+        if lim.max_file_bytes:
+            caps.append(f"{human_bytes(lim.max_file_bytes)} per file")
+        if lim.max_session_items:
+            caps.append(f"{lim.max_session_items} items in all")
+        hours = studio.sessions.ttl_s / 3600 if studio.sessions is not None else 2
+        limits = ("Limits on this shared server: " + ", ".join(caps) + ".") if caps else ""
+        return ("## Your private collection\nFiles you add here are visible to you only, in this browser tab, and "
+                f"are deleted when you close it (or after {hours:g} idle hour{'s' if hours != 1 else ''}). "
+                + limits)
+    return (f"## Your collection\nFiles you add are copied to `{studio.local.files_dir}` and indexed once; "
+            "every budget is then served from the same index.")
+
+
+def _stats_md(studio: Studio, coll) -> str:
+    stats = studio.stats(coll)
+    if not stats["items"]:
+        return "### Statistics\nYour collection is empty."
+    kinds = ", ".join(f"{n} {kind_name(k)}{'s' if n != 1 else ''}" for k, n in sorted(stats["kinds"].items()))
+    rows = "\n".join(f"| {b['budget']} | {b['vectors']:,} | {b['size']} |" for b in stats["budgets"])
+    return (f"### Statistics\n**{stats['items']} items** from {stats['files']} file(s): {kinds}. On disk: "
+            f"{stats['on_disk']}.\n\n| budget (r_q, r_c) | vectors read per query | bytes read per query |\n"
+            f"|---|---|---|\n{rows}\n\nOne index stores all {studio.engine.num_candidate_vectors} vectors per item; "
+            "a budget reads only the first r_c of them.")
+
+
+def _report_md(report: dict) -> str:
+    n = len(report["indexed"])
+    lines = [f"**Added {n} item{'s' if n != 1 else ''}.**"]
+    if report["skipped_duplicates"]:
+        lines.append(f"Skipped {len(report['skipped_duplicates'])} duplicate(s) already in the collection.")
+    if report.get("replaced"):
+        lines.append(f"Replaced the older version of {len(report['replaced'])} edited file(s).")
+    if report["errors"]:
+        lines.append(f"**{len(report['errors'])} file(s) could not be added:**")
+        lines += [f"- {e['error']}" for e in report["errors"]]
+    for note in report.get("notes", []):
+        lines.append(f"- note: {note['note']}")
+    return "\n".join(lines)
+
+
+def _paths(files) -> list[str]:
+    if not files:
+        return []
+    if isinstance(files, (str, Path)):
+        files = [files]
+    return [str(getattr(f, "name", f)) for f in files]
+
+
+def _forget_uploads(paths: list[str]) -> None:
+    """Delete Gradio's temporary copies once the files live in the collection's own folder."""
+    from gradio.utils import get_upload_folder
+
+    root = Path(get_upload_folder()).resolve()
+    for p in paths:
+        path = Path(p).resolve()
+        if root in path.parents and path.is_file():
+            path.unlink(missing_ok=True)
+            try:
+                path.parent.rmdir()  # the per-upload hash folder, if now empty
+            except OSError:
+                pass

@@ -1,0 +1,56 @@
+"""What every tab shares: the visitor's session key, the GPU decorator, calm mistakes, the status line."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from app.service import Studio
+
+# Every event is private (not listed in the API page); the named endpoints live in app/ui/api.py.
+PRIVATE = dict(api_visibility="private")
+
+try:  # ZeroGPU on Hugging Face Spaces: functions that run the model ask for a GPU only while they run.
+    import spaces  # type: ignore[import-not-found]
+
+    gpu = spaces.GPU
+except ImportError:  # everywhere else the decorator does nothing
+
+    def gpu(fn):
+        return fn
+
+
+def session_of(request: gr.Request | None) -> str | None:
+    """The visitor's key: Gradio's session hash (one per browser tab)."""
+    return getattr(request, "session_hash", None) if request is not None else None
+
+
+def mistake(message: str, outputs: int) -> tuple:
+    """A user mistake (nothing typed, nothing chosen): one calm notice, and every output stays as it was.
+    Raising gr.Error instead marks every output of the event as failed (red badges over the stats and the
+    tables) and logs the exception on the server."""
+    gr.Warning(message)
+    return (gr.skip(),) * outputs
+
+
+def kind_name(kind: str) -> str:
+    return {"image": "photo", "pdf_page": "PDF page", "text": "text passage"}.get(kind, kind)
+
+
+def preset_info(presets: list[tuple[int, int]]) -> str:
+    steps = " → ".join(f"({q}, {c})" for q, c in presets)
+    return f"Left: fast and small. Right: precise. Trained budgets (r_q, r_c): {steps}"
+
+
+def status_line(studio: Studio, session: str | None) -> str:
+    """The line under the title: model, collection sizes, background indexing."""
+    engine = studio.engine
+    parts = [f"Model: **{engine.config.name}** ({engine.source}, on {engine.model.device.type})"]
+    if studio.samples is not None:
+        parts.append(f"sample collection: {studio.stats(studio.samples)['items']} items")
+    coll = studio.user_collection(session, create=False)
+    n = studio.stats(coll)["items"] if coll is not None else 0
+    parts.append(f"{'your private' if studio.private_sessions else 'your'} collection: {n} items")
+    if studio.indexing_progress is not None:
+        fraction, what = studio.indexing_progress
+        parts.append(f"indexing in the background ({100 * fraction:.0f}%, {what})")
+    return " · ".join(parts)

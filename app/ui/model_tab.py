@@ -1,0 +1,73 @@
+"""The Model tab: what is loaded, its quality against budget, and loading another checkpoint."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import gradio as gr
+
+from app.evaluation import budget_table, load_quality
+from app.service import Studio
+from app.ui.common import PRIVATE, preset_info, session_of, status_line
+
+
+def build(studio: Studio) -> SimpleNamespace:
+    m = SimpleNamespace()
+    m.info = gr.Markdown(model_info(studio), elem_id="me-model")
+    with gr.Row(equal_height=True):
+        m.source = gr.Textbox(label="Load another checkpoint", scale=4,
+                              placeholder="a local checkpoint folder, or a Hugging Face Hub id "
+                                          "(owner/name); empty = the bundled MetaEmbed-Mini",
+                              interactive=studio.allow_model_switch)
+        m.button = gr.Button("Load", scale=1, interactive=studio.allow_model_switch)
+    m.status = gr.Markdown(
+        "" if studio.allow_model_switch else "This is a shared deployment: the model is fixed for "
+        "everyone. Run the app on your own machine to load other checkpoints.")
+    return m
+
+
+def wire(studio: Studio, m: SimpleNamespace, search: SimpleNamespace, status: gr.Markdown) -> None:
+    """Loading a checkpoint also resets the Search tab's budget sliders to the new model's presets."""
+
+    def do_load_model(source, progress=gr.Progress()):  # noqa: B008 - how Gradio injects progress
+        try:
+            new = studio.switch_model(source, lambda f, w: progress(f, desc=w))
+        except PermissionError as e:
+            raise gr.Error(str(e)) from e
+        except (OSError, ValueError, RuntimeError) as e:
+            return (f"**Could not load {source or 'the bundled model'}:** {e}", gr.skip(), gr.skip(), gr.skip(),
+                    gr.skip())
+        ps = new.presets
+        return (f"Loaded **{new.source}**. Queries are re-encoded with it on the next search.", model_info(studio),
+                gr.update(maximum=len(ps) - 1, value=len(ps) - 1, info=preset_info(ps)),
+                gr.update(maximum=new.num_query_vectors, value=ps[-1][0]),
+                gr.update(maximum=new.num_candidate_vectors, value=ps[-1][1]))
+
+    def refresh_status(request: gr.Request) -> str:
+        return status_line(studio, session_of(request))
+
+    m.button.click(do_load_model, [m.source], [m.status, m.info, search.preset, search.r_q, search.r_c],
+                   **PRIVATE).then(refresh_status, None, status, **PRIVATE)
+
+
+def model_info(studio: Studio) -> str:
+    d = studio.engine.describe()
+    presets = ", ".join(f"({q}, {c})" for q, c in d["presets"])
+    return (f"## Model\n| setting | value |\n|---|---|\n| name | **{d['name']}** |\n| loaded from | {d['source']} |\n"
+            f"| checkpoint id | `{d['checkpoint_id']}` |\n| backbone | {d['backbone']} |\n"
+            f"| images read by | {d['front_end']} |\n| query / candidate vectors | {d['query_vectors']} / "
+            f"{d['candidate_vectors']} of dimension {d['dim']} |\n| trained budgets | {presets} |\n"
+            f"| device | {d['device']} |\n\nA checkpoint is a folder with `metaembed_config.json` and "
+            "`metaembed.safetensors` (start the app with `--checkpoint` or `METAEMBED_CHECKPOINT` to choose one). "
+            "Indexes are kept per checkpoint, so switching models never mixes vectors: the sample collection and "
+            "your files are indexed again for the new model." + quality_info(studio))
+
+
+def quality_info(studio: Studio) -> str:
+    """The checkpoint's own quality-vs-budget table (its quality.json, written from `python -m app.cli eval`)."""
+    reports = load_quality(getattr(studio.engine.model, "checkpoint_path", None), studio.engine.checkpoint_id)
+    if not reports:
+        return ""
+    return ("\n\n### Quality against budget\nMRR (mean reciprocal rank of the first relevant result) of this "
+            "checkpoint at each trained budget, measured with `python -m app.cli eval` on its evaluation splits, "
+            "beside one mean-pooled vector of the base model over the same content:\n\n" + budget_table(reports))

@@ -1,0 +1,108 @@
+"""The Scaling tab: what each trained budget costs and how close its results are to the largest budget's."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from types import SimpleNamespace
+
+import gradio as gr
+import numpy as np
+
+from app.humanize import human_bytes
+from app.search import rank
+from app.service import Studio
+from app.ui import plots
+from app.ui.common import PRIVATE, gpu, mistake, session_of
+from app.ui.search_tab import EXAMPLE_QUERIES
+
+
+def build(studio: Studio) -> SimpleNamespace:
+    m = SimpleNamespace()
+    gr.Markdown("## Test-time scaling on your collection\nMetaEmbed trains nested budgets, so one index "
+                "serves all of them: pick a small budget for speed or a large one for precision, at "
+                "search time. This measures, for the current collection, what each trained budget "
+                "costs and how close its top results (top 10, or a third of a small collection) are "
+                "to the largest budget's.")
+    with gr.Row():
+        m.queries = gr.Textbox("\n".join(EXAMPLE_QUERIES), lines=6, label="Queries (one per line)", scale=3)
+        with gr.Column(scale=1):
+            m.button = gr.Button("Measure", variant="primary", elem_id="me-measure")
+            m.samples = gr.Checkbox(value=True, label="Include the sample collection",
+                                    visible=studio.samples is not None)
+    m.summary = gr.Markdown()
+    with gr.Row():
+        m.size_plot = gr.Plot(show_label=False, elem_id="me-size")
+        m.latency_plot = gr.Plot(show_label=False, elem_id="me-latency")
+        m.agreement_plot = gr.Plot(show_label=False, elem_id="me-agreement")
+    return m
+
+
+def wire(studio: Studio, m: SimpleNamespace) -> None:
+    outputs = [m.summary, m.size_plot, m.latency_plot, m.agreement_plot]
+
+    @gpu
+    def do_scaling(text, with_samples, request: gr.Request, progress=gr.Progress()):  # noqa: B008 - how Gradio injects progress
+        queries = [q.strip() for q in (text or "").splitlines() if q.strip()][:20]
+        if not queries:
+            return mistake("write at least one query, one per line", len(outputs))
+        result = measure_scaling(studio, queries, session_of(request), with_samples,
+                                 lambda f, w: progress(f, desc=w))
+        if result["items"] == 0:
+            return mistake("the collection is empty: add files or include the sample collection", len(outputs))
+        ps = result["presets"]
+        return (result["summary"],
+                plots.index_size_figure(ps, result["bytes"], result["items"]),
+                plots.latency_figure(ps, result["ms"], result["items"]),
+                plots.agreement_figure(ps, result["agreement"], result["k"], len(queries)))
+
+    m.button.click(do_scaling, [m.queries, m.samples], outputs, **PRIVATE)
+
+
+def measure_scaling(studio: Studio, queries: list[str], session: str | None, include_samples: bool,
+                    progress: Callable[[float, str], None], k: int | None = None, repeats: int = 3) -> dict:
+    """Per trained budget: bytes the index reads, median scoring time per query, top-k overlap with the largest.
+
+    k defaults to 10, or to a third of a small collection: a top 10 of 12 items would agree at every budget.
+    """
+    engine = studio.engine
+    presets = engine.presets
+    colls = studio.collections(session, include_samples)
+    sources = [(c.key, idx) for c in colls if (idx := c.index(engine, create=False)) is not None]
+    items = sum(len(idx) for _, idx in sources)
+    k = k or max(1, min(10, items // 3))
+    out = {"presets": presets, "items": items, "k": k, "bytes": [], "ms": [], "agreement": [], "summary": ""}
+    if items == 0:
+        return out
+    progress(0.05, f"encoding {len(queries)} queries")
+    vectors = engine.encode(queries, "query")
+    tops: dict[tuple[int, int], list[set]] = {}
+    for n, (r_q, r_c) in enumerate(presets):
+        progress(0.1 + 0.85 * n / len(presets), f"scoring at budget ({r_q}, {r_c})")
+        times, sets = [], []
+        for qv in vectors:
+            best = None
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                hits = rank(sources, qv, (r_q, r_c), k)
+                elapsed = time.perf_counter() - t0
+                best = elapsed if best is None else min(best, elapsed)
+            times.append(best * 1000)
+            sets.append({(h.collection, h.id) for h in hits})
+        out["ms"].append(statistics.median(times))
+        out["bytes"].append(items * r_c * engine.dim * 2)
+        tops[(r_q, r_c)] = sets
+    ref = tops[presets[-1]]
+    for p in presets:
+        overlap = [len(a & b) / max(1, len(b)) for a, b in zip(tops[p], ref)]
+        out["agreement"].append(float(np.mean(overlap)))
+    rows = "\n".join(f"| ({q}, {c}) | {human_bytes(b)} | {ms:.2f} ms | {100 * a:.0f}% |"
+                     for (q, c), b, ms, a in zip(presets, out["bytes"], out["ms"], out["agreement"]))
+    small = f" The collection is small, so agreement is measured on the top {k} (a third of it)." if k < 10 else ""
+    out["summary"] = (f"Measured on **{items} items** with {len(queries)} queries (exact MaxSim over every item, best "
+                      f"of {repeats} runs, median over queries, on {str(engine.model.device)}).{small}\n\n"
+                      f"| budget | vectors read per query | time per query | top-{k} shared with the largest budget |\n"
+                      f"|---|---|---|---|\n{rows}")
+    progress(1.0, "done")
+    return out

@@ -1,0 +1,247 @@
+"""The Search tab: a query, the budget slider, the results, and "why it matched" for the one clicked."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import gradio as gr
+import numpy as np
+
+from app.search import Hit
+from app.service import QueryState, Studio
+from app.ui import explain as ui_explain
+from app.ui import plots
+from app.ui.common import PRIVATE, gpu, mistake, preset_info, session_of
+
+RESULTS = 24
+EXAMPLE_QUERIES = ["a red panda", "a kitten", "boats at sunset", "autumn mountains", "hot air balloon",
+                   "how do I install Debian", "fruit in a bowl", "an orange flower"]
+NO_SELECTION = "Click a result above to open its explanation."
+
+
+def budget_readout(studio: Studio, r_q: int, r_c: int) -> str:
+    engine = studio.engine
+    full = engine.num_candidate_vectors * engine.dim * 2
+    per_item = r_c * engine.dim * 2
+    preset = (r_q, r_c) in engine.presets
+    kind = "a trained preset" if preset else "a custom budget (between the trained presets)"
+    return (f"**Budget ({r_q}, {r_c})** — {kind}: the first {r_q} of {engine.num_query_vectors} query vectors "
+            f"against the first {r_c} of {engine.num_candidate_vectors} vectors per item "
+            f"({per_item:,} of {full:,} bytes per item read).")
+
+
+def preset_of(studio: Studio, index: float) -> tuple[int, int]:
+    presets = studio.engine.presets
+    return presets[int(np.clip(round(index), 0, len(presets) - 1))]
+
+
+def gallery_value(studio: Studio, hits: list[Hit], session: str | None) -> list[tuple[str, str]]:
+    # Score first: long file names are cut off at the end of the caption.
+    return [(studio.thumbnail(h, session), f"{h.score:.2f} · {h.label}") for h in hits]
+
+
+def results_caption(query: QueryState, hits: list[Hit], budget: tuple[int, int], rank_ms: float) -> str:
+    if not hits:
+        return (f"No results for {query.label}: the collection is empty. Add files in the **Collection** tab, or "
+                "tick *Include the sample collection*.")
+    encoded = f"encoded once, in {query.encode_ms:.0f} ms" if query.encode_ms else "encoded earlier"
+    return (f"**{len(hits)} results** for {query.label} at budget **{budget}** · ranked in {rank_ms:.0f} ms from "
+            f"the cached query vectors (the query was {encoded}). Click a result to see why it matched.")
+
+
+def build(studio: Studio) -> SimpleNamespace:
+    engine = studio.engine
+    presets = engine.presets
+    full_idx = len(presets) - 1
+    s = SimpleNamespace(query_state=gr.State(None), hits_state=gr.State([]),
+                        selected_state=gr.State(None))  # selected: (collection key, item id)
+    with gr.Row(equal_height=True):
+        s.query_box = gr.Textbox(label="Search", show_label=False, placeholder="Describe what you are "
+                                 "looking for, e.g. “a red panda” or “how do I install Debian”", scale=6,
+                                 lines=1, max_lines=2, elem_id="me-query", container=False)
+        s.search_btn = gr.Button("Search", variant="primary", scale=1, min_width=120, elem_id="me-search")
+    with gr.Accordion("More like this: search with an image", open=False):
+        with gr.Row():
+            s.query_image = gr.Image(label="Query image (combined with the text above, if any)",
+                                     type="pil", height=180, sources=["upload", "clipboard"],
+                                     elem_id="me-query-image", scale=1)
+            gr.Markdown("Drop a photo here and press **Search** to find similar photos and pages. "
+                        "After opening a result, **Search for more like this result** does the same "
+                        "with that result.", elem_classes="me-caption")
+    with gr.Row(equal_height=True):
+        s.examples = gr.Examples(EXAMPLE_QUERIES, inputs=s.query_box, label="Try")
+        s.include_samples = gr.Checkbox(value=True, label="Include the sample collection", scale=0,
+                                        min_width=240, visible=studio.samples is not None)
+    with gr.Row(equal_height=True):
+        s.preset = gr.Slider(0, full_idx, value=full_idx, step=1, scale=2,
+                             label="Budget: how many meta vectors are compared",
+                             info=preset_info(presets), elem_id="me-preset")
+        s.readout = gr.Markdown(budget_readout(studio, *presets[-1]), elem_classes="me-budget")
+    with gr.Accordion("Advanced: any budget (r_q, r_c)", open=False):
+        with gr.Row():
+            s.r_q = gr.Slider(1, engine.num_query_vectors, value=presets[-1][0], step=1,
+                              label="r_q — query vectors used", elem_id="me-rq")
+            s.r_c = gr.Slider(1, engine.num_candidate_vectors, value=presets[-1][1], step=1,
+                              label="r_c — vectors per item used", elem_id="me-rc")
+    s.results_md = gr.Markdown("Type a query and press **Search** (or Enter).", elem_id="me-results-caption")
+    s.gallery = gr.Gallery(label="Results", columns=6, height=430, allow_preview=False, object_fit="cover",
+                           show_label=False, elem_id="me-results")
+
+    gr.Markdown("## Why it matched")
+    s.why_md = gr.Markdown(NO_SELECTION, elem_id="me-why-title")
+    with gr.Row(visible=False, elem_id="me-why") as s.why_row:
+        with gr.Column(scale=5):
+            s.why_image = gr.Image(label="Where the matching tokens lie", type="pil", height=420,
+                                   interactive=False, buttons=["fullscreen"], elem_id="me-overlay")
+            gr.Markdown("Where the content tokens behind the winning matches lie, stronger where "
+                        "the matching meta vectors attended more: a heat map for each concept seen "
+                        "in the photo (◆), outlined areas for colours (●, drawn in that colour), "
+                        "boxes around faces (☺, people words) and around words on pages and text "
+                        "read in images (✎). Dimmed parts "
+                        "played no role.", elem_classes="me-caption")
+            s.why_text = gr.HTML(label="What the model read")
+        with gr.Column(scale=6):
+            s.heatmap = gr.Plot(label="Similarity of every query vector with every result vector",
+                                elem_id="me-heatmap", show_label=False)
+            gr.Markdown("Each row is one query meta vector, each column one of the result's meta "
+                        "vectors. MaxSim keeps only the best cell of each row (★).",
+                        elem_classes="me-caption")
+            s.bars = gr.Plot(label="Contributions", elem_id="me-bars", show_label=False)
+    with gr.Column(visible=False) as s.table_col:
+        gr.Markdown("### What each meta vector reads")
+        s.why_table = gr.HTML(elem_id="me-why-table")
+        s.more_btn = gr.Button("Search for more like this result", size="sm")
+    return s
+
+
+def wire(studio: Studio, s: SimpleNamespace) -> None:
+    rank_outs = [s.query_state, s.hits_state, s.gallery, s.results_md]
+    reset_outs = [s.selected_state, s.why_md, s.why_row, s.table_col]
+    select_outputs = [s.selected_state, s.why_md, s.why_row, s.why_image, s.heatmap, s.bars, s.why_text,
+                      s.table_col, s.why_table]
+
+    def rank_outputs(query: QueryState, rq: int, rc: int, with_samples: bool, session: str | None):
+        query = studio.ensure_current(query)
+        t0 = time.perf_counter()
+        hits = studio.search(query, session, rq, rc, k=RESULTS, include_samples=with_samples)
+        ms = (time.perf_counter() - t0) * 1000
+        return (query, hits, gallery_value(studio, hits, session), results_caption(query, hits, (rq, rc), ms))
+
+    @gpu
+    def do_search(text, image, rq, rc, with_samples, request: gr.Request):
+        session = session_of(request)
+        try:
+            query = studio.encode_query(text, image)
+        except ValueError as e:
+            return mistake(str(e), len(rank_outs) + len(reset_outs))
+        return rank_outputs(query, int(rq), int(rc), with_samples, session) + (
+            None, gr.update(value=NO_SELECTION), gr.update(visible=False), gr.update(visible=False))
+
+    def on_preset(index, query, with_samples, request: gr.Request):
+        rq, rc = preset_of(studio, index)
+        head = (gr.update(value=rq), gr.update(value=rc), budget_readout(studio, rq, rc))
+        if query is None:
+            return head + (query, gr.skip(), gr.skip(), gr.skip())
+        return head + rank_outputs(query, rq, rc, with_samples, session_of(request))
+
+    def on_budget(rq, rc, query, with_samples, request: gr.Request):
+        rq, rc = int(rq), int(rc)
+        head = (budget_readout(studio, rq, rc),)
+        if query is None:
+            return head + (query, gr.skip(), gr.skip(), gr.skip())
+        return head + rank_outputs(query, rq, rc, with_samples, session_of(request))
+
+    def explain_outputs(coll_key: str, item_id: str, query: QueryState, rq, rc, session: str | None):
+        rq, rc = studio.check_budget(rq, rc)
+        query = studio.ensure_current(query)
+        try:
+            coll, item, c_vectors = studio.item(coll_key, item_id, session)
+        except KeyError:
+            return (gr.update(value="That item is no longer in the collection."), gr.update(visible=False),
+                    None, None, None, "", gr.update(visible=False)), ""
+        q_insp = studio.inspect_query(query)
+        try:
+            c_insp, source = studio.inspect_item(coll, item)
+        except (FileNotFoundError, ValueError) as e:
+            c_insp, source = None, None
+            gr.Warning(f"Showing scores only: {e}")
+        ex = ui_explain.explain_match(query.vectors, c_vectors, (rq, rc), q_insp, c_insp)
+        q_labels = _vector_labels(ex.q_unit_attention, ex.q_units, rq)
+        c_labels = _vector_labels(ex.c_unit_attention, ex.c_units, rc)
+        heat = plots.similarity_heatmap(ex.sim, ex.argmax, (rq, rc), q_labels, c_labels)
+        bar = plots.contribution_bars(ex.contributions, ex.argmax, ex.score, q_labels)
+        image = None
+        if source is not None and source.image is not None:
+            image = plots.overlay(source.image, ui_explain.overlay_marks(ex, item.kind, source))
+        where = f", page {item.page}" if item.page else ""
+        title = (f"### “{item.title}”{where} for {query.label}\nScore **{ex.score:.3f}** at budget **({rq}, {rc})**"
+                 f" — the sum of the best similarity of each of the {rq} query vectors. ")
+        top = ui_explain.summary_units(ex)
+        if top:
+            title += "Mostly because of: " + ", ".join(f"{_kind_mark(k)}{lab} ({100 * s:.0f}%)" for lab, k, s in top)
+        read = ui_explain.highlighted_text_html(ex)
+        if read:
+            read = "<p class='me-caption'>What the model read for this result, shaded by relevance:</p>" + read
+        return (title, gr.update(visible=True), gr.update(value=image, visible=image is not None), heat, bar, read,
+                gr.update(visible=True)), ui_explain.match_table_html(ex)
+
+    def select_handler(evt: gr.SelectData, hits, query, rq, rc, request: gr.Request):
+        if not hits or evt.index is None or query is None:
+            return (gr.skip(),) * len(select_outputs)
+        hit = hits[int(evt.index)]
+        main, table = explain_outputs(hit.collection, hit.id, query, rq, rc, session_of(request))
+        return ((hit.collection, hit.id),) + main + (table,)
+
+    def refresh_handler(selected, query, rq, rc, request: gr.Request):
+        if selected is None or query is None:
+            return (gr.skip(),) * (len(select_outputs) - 1)
+        main, table = explain_outputs(selected[0], selected[1], query, rq, rc, session_of(request))
+        return main + (table,)
+
+    def more_like_this(selected, rq, rc, with_samples, request: gr.Request):
+        if selected is None:
+            return mistake("select a result first", 2 + len(rank_outs))
+        session = session_of(request)
+        coll, item, _ = studio.item(selected[0], selected[1], session)
+        try:
+            source = studio.load_source_item(item)
+        except FileNotFoundError as e:
+            raise gr.Error(str(e)) from e
+        image = source.image
+        text = None if image is not None else (source.text or "")[:500]
+        query = studio.encode_query(text, image)
+        return (gr.update(value=text or ""), image) + rank_outputs(query, int(rq), int(rc), with_samples, session)
+
+    search_inputs = [s.query_box, s.query_image, s.r_q, s.r_c, s.include_samples]
+    for trigger in (s.search_btn.click, s.query_box.submit, s.examples.load_input_event.then):
+        trigger(do_search, search_inputs, rank_outs + reset_outs, **PRIVATE)
+    s.preset.input(on_preset, [s.preset, s.query_state, s.include_samples], [s.r_q, s.r_c, s.readout] + rank_outs,
+                   trigger_mode="always_last", show_progress="hidden", **PRIVATE).then(
+        refresh_handler, [s.selected_state, s.query_state, s.r_q, s.r_c], select_outputs[1:], show_progress="hidden",
+        **PRIVATE)
+    for slider in (s.r_q, s.r_c):
+        slider.input(on_budget, [s.r_q, s.r_c, s.query_state, s.include_samples], [s.readout] + rank_outs,
+                     trigger_mode="always_last", show_progress="hidden", **PRIVATE).then(
+            refresh_handler, [s.selected_state, s.query_state, s.r_q, s.r_c], select_outputs[1:],
+            show_progress="hidden", **PRIVATE)
+    s.include_samples.input(on_budget, [s.r_q, s.r_c, s.query_state, s.include_samples], [s.readout] + rank_outs,
+                            show_progress="hidden", **PRIVATE)
+    s.gallery.select(gpu(select_handler), [s.hits_state, s.query_state, s.r_q, s.r_c], select_outputs, **PRIVATE)
+    s.more_btn.click(more_like_this, [s.selected_state, s.r_q, s.r_c, s.include_samples],
+                     [s.query_box, s.query_image] + rank_outs, **PRIVATE)
+
+
+def _vector_labels(att: np.ndarray | None, units: list, n: int) -> list[str]:
+    """For hover text: the content unit each meta vector attends to most."""
+    if att is None or not units:
+        return [""] * n
+    keep = [k for k, u in enumerate(units) if ui_explain.meaningful(u)]
+    if not keep:
+        return [""] * n
+    return [ui_explain.short_label(units[keep[int(np.argmax(att[i][keep]))]]) if i < len(att) else ""
+            for i in range(n)]
+
+
+def _kind_mark(kind: str) -> str:
+    return {"concept": "◆ ", "people": "☺ ", "colour": "● ", "ocr": "✎ "}.get(kind, "")
