@@ -172,6 +172,7 @@ def test_alpha_palette_cmyk_and_16bit_become_sensible_rgb(tmp_path):
     pal.save(tmp_path / "b_palette.png", transparency=0)
     Image.new("CMYK", (20, 20), (0, 255, 255, 0)).save(tmp_path / "c_cmyk.jpg")
     Image.fromarray(np.full((20, 20), 128 * 257, dtype=np.uint16)).save(tmp_path / "d_gray16.png")
+    Image.fromarray(np.full((20, 20), 200, dtype=np.uint16)).save(tmp_path / "e_dark16.png")
     report = ingest([tmp_path], ocr=no_ocr)
     assert report.errors == []
     by_name = {i.title: i.image for i in report.items}
@@ -182,6 +183,9 @@ def test_alpha_palette_cmyk_and_16bit_become_sensible_rgb(tmp_path):
     r, g, b = by_name["c_cmyk.jpg"].getpixel((10, 10))
     assert r > 180 and g < 80 and b < 80
     assert abs(by_name["d_gray16.png"].getpixel((10, 10))[0] - 128) <= 1  # scaled, not clipped to white
+    # 16-bit is always /257 (model.visual.images.to_rgb): a 16-bit picture this dark is near black, even though
+    # its samples would fit in 8 bits (ingest once kept such samples as they were, 200 of 255).
+    assert by_name["e_dark16.png"].getpixel((10, 10)) == (1, 1, 1)
 
 
 def test_big_image_is_downscaled_for_encoding(tmp_path):
@@ -681,7 +685,8 @@ def test_pipes_and_devices_are_skipped_not_read(tmp_path):
 
 def test_a_file_that_grew_past_its_limit_is_not_read_whole(tmp_path):
     """Reads are bounded by the limit, not by the size the listing saw."""
-    from app.ingest import _read_file, _Refused
+    from app.ingest.events import _Refused
+    from app.ingest.sources import _read_file
 
     path = tmp_path / "grow.txt"
     path.write_text("x" * 5000)

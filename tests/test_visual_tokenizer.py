@@ -28,6 +28,7 @@ from model.visual.classifier import (
     preprocess,
     reference_logits,
 )
+from model.visual.images import to_rgb
 from model.visual.vocab import load_vocab
 
 FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
@@ -306,9 +307,25 @@ def test_unusual_image_modes_are_read_sensibly(tokenizer):
     for doc in docs:
         _check_spans(doc)
     deep_colours = [t.text for t in docs[0].tokens if t.kind == "colour"]
-    assert set(deep_colours) & {"black", "gray"}  # a plain convert would clip the whole ramp to white
+    # A plain convert would clip the ramp to white. It once was stretched over its own range (black to white);
+    # 16-bit is now read as /257, so a ramp that tops out at 4000 of 65535 looks as dark as it is.
+    assert deep_colours == ["black"]
     clear_colours = [t.text for t in docs[1].tokens if t.kind == "colour"]
     assert clear_colours[0] == "white" and "red" not in clear_colours
+
+
+def test_to_rgb_reads_16_bit_as_its_level_not_stretched_to_its_range():
+    """16-bit samples map to 8-bit by /257 (65535 -> 255), so a picture looks as it was taken. This replaced
+    stretching by the image's own range, which made a flat mid-grey black and a dark scan full-contrast."""
+    flat = Image.fromarray(np.full((8, 8), 128 * 257, dtype=np.uint16))
+    assert flat.mode == "I;16" and to_rgb(flat).getpixel((0, 0)) == (128, 128, 128)
+    dark = Image.fromarray(np.tile(np.linspace(0, 4000, 64), (8, 1)).astype(np.uint16))
+    assert np.asarray(to_rgb(dark)).max() == round(4000 / 257)
+    wide = Image.fromarray(np.array([[0, 70000]], dtype=np.int32))  # mode I: 32-bit, read on the same scale
+    assert wide.mode == "I" and [to_rgb(wide).getpixel((x, 0)) for x in (0, 1)] == [(0, 0, 0), (255, 255, 255)]
+    # Float images have no fixed scale: their finite range is stretched, NaN reads as black.
+    floats = Image.fromarray(np.array([[np.nan, 1.0, 1.5, 2.0]], dtype=np.float32))
+    assert [to_rgb(floats).getpixel((x, 0))[0] for x in range(4)] == [0, 0, 128, 255]
 
 
 def test_scene_doc_has_concept_regions_over_the_whole_frame(tokenizer):
