@@ -18,6 +18,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from model import MetaEmbed, checkpoint
+from model.checkpoint import checkpoint_id_of_folder
+
+from .evaluation import QUERIES_NAME, EvalInputError, evaluate, load_queries, markdown
+from .indexing import index_paths
+from .ingest import default_ocr, load_image
+from .search import Searcher
+from .store.index import DB_NAME, REBUILD_HINT, Index
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -38,11 +47,6 @@ def resolve_checkpoint(arg: str | None, index_dir: Path | None) -> tuple[Path, s
     No --checkpoint: the one recorded in an existing index (none: `index_dir` None), else the bundled
     MetaEmbed-Mini.
     """
-    from model import checkpoint
-    from model.checkpoint import checkpoint_id_of_folder
-
-    from .store.index import DB_NAME, Index
-
     source: str | None = arg
     if arg is None and index_dir is not None and (index_dir / DB_NAME).is_file():
         with Index.open(index_dir) as index:
@@ -58,8 +62,6 @@ def resolve_checkpoint(arg: str | None, index_dir: Path | None) -> tuple[Path, s
 
 
 def load_model(folder: Path) -> Any:
-    from model import MetaEmbed
-
     return MetaEmbed.from_pretrained(folder)
 
 
@@ -67,10 +69,6 @@ def load_model(folder: Path) -> Any:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from .indexing import index_paths
-    from .ingest import default_ocr
-    from .store.index import DB_NAME, Index
-
     index_dir = Path(args.index).expanduser()
     folder, source, ckpt_id = resolve_checkpoint(args.checkpoint, index_dir)
     if (index_dir / DB_NAME).is_file():
@@ -119,9 +117,6 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .search import Searcher
-    from .store.index import Index
-
     index_dir = Path(args.index).expanduser()
     budget = parse_budget(args.budget) if args.budget else None
     if args.k < 1:
@@ -148,8 +143,6 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .store.index import Index
-
     with Index.open(args.index) as index:
         info = index.info()
     if args.json:
@@ -162,8 +155,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .store.index import Index
-
     with Index.open(args.index) as index:
         items = index.items()
     rows = [{"id": it.id, "path": it.path, "page": it.page, "kind": it.kind, "passage": it.passage}
@@ -177,8 +168,6 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    from .store.index import Index
-
     with Index.open(args.index) as index:
         try:
             removed = index.remove(args.targets)
@@ -192,8 +181,6 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
-    from .store.index import Index
-
     with Index.open(args.index) as index:
         before = index.info()
         index.compact()
@@ -204,8 +191,6 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluation import QUERIES_NAME, EvalInputError, evaluate, load_queries, markdown
-
     folder = Path(args.dir).expanduser()
     if any(k < 1 for k in args.k):
         raise UsageError(f"--k must be at least 1, got {' '.join(map(str, args.k))}")
@@ -252,8 +237,6 @@ def parse_budget(text: str) -> tuple[int, int]:
 
 
 def _load_query_image(path: str) -> Any:
-    from .ingest import load_image
-
     try:
         data = Path(path).expanduser().read_bytes()
     except OSError as e:
@@ -347,8 +330,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         return _fail(args, message)
     except sqlite3.DatabaseError as e:
-        from .store.index import REBUILD_HINT
-
         return _fail(args, f"the index database is damaged ({e}). {REBUILD_HINT}")
     except OSError as e:
         if e.errno == errno.ENOSPC:

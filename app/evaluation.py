@@ -63,6 +63,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from model.scoring import CandidateStore
+
+from .indexing import index_paths
+from .ingest import SUPPORTED_EXTENSIONS, default_ocr
+from .store.index import Index
+
 KINDS = ("photo", "document")
 NDCG_K = 10
 DEFAULT_RECALL_K = (1, 5)
@@ -216,8 +222,6 @@ def load_queries(path: Path) -> list[Query]:
 def files_to_index(folder: Path) -> list[Path]:
     """photos/ and documents/ when the folder has either; else every supported file under it except
     queries.json (hidden files and folders skipped)."""
-    from .ingest import SUPPORTED_EXTENSIONS
-
     subfolders = [folder / name for name in SUBFOLDERS if (folder / name).is_dir()]
     if subfolders:
         return subfolders
@@ -282,7 +286,6 @@ class _NotingIndex:
 @dataclass
 class Collection:
     """What the evaluation needs from the indexed folder."""
-
     units: list[str]  # per item
     unit_kinds: dict[str, str]  # unit -> "photo" | "document"
     item_kinds: list[str]  # per item: "photo" | "document"
@@ -296,10 +299,6 @@ class Collection:
 def index_folder(model: Any, checkpoint_id: str, folder: Path, *, ocr: Callable | None = None,
                  progress: Callable[[int, int, str], None] | None = None) -> Collection:
     """Index the folder's files into a temporary index (removed afterwards) and read back what scoring needs."""
-    from .indexing import index_paths
-    from .ingest import default_ocr
-    from .store.index import Index
-
     paths = files_to_index(folder)
     tmp = Path(tempfile.mkdtemp(prefix="metaembed-eval-"))
     try:
@@ -383,8 +382,6 @@ def evaluate(model: Any, checkpoint_id: str, folder: str | Path, *, recall_k: Se
              ocr: Callable | None = None, progress: Callable[[int, int, str], None] | None = None) -> dict:
     """Index `folder`, rank every unit for every query at every preset and with the baseline; the JSON
     object described in the module docstring."""
-    from model.scoring import CandidateStore
-
     start = time.perf_counter()
     folder = Path(folder).expanduser()
     if not folder.is_dir():

@@ -137,8 +137,6 @@ def test_a_full_disk_and_a_damaged_database_are_clear_messages(tmp_path, ckpt, c
     """Issue 19.6: both used to end in a traceback (and no JSON report)."""
     import errno
 
-    from app import indexing
-
     write_texts(tmp_path / "in", 2)
     idx = tmp_path / "idx"
     assert run(capsys, "index", tmp_path / "in", "--index", idx, "--checkpoint", ckpt, "--quiet")[0] == 0
@@ -146,7 +144,7 @@ def test_a_full_disk_and_a_damaged_database_are_clear_messages(tmp_path, ckpt, c
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(idx / "segments" / "seg-9.npy"))
 
-    monkeypatch.setattr(indexing, "index_paths", full)
+    monkeypatch.setattr(cli, "index_paths", full)
     write_texts(tmp_path / "more", 1, start=10)
     code, out, err = run(capsys, "index", tmp_path / "more", "--index", idx, "--quiet", "--json")
     assert code == 1 and "Traceback" not in err
