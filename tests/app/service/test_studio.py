@@ -1,0 +1,152 @@
+"""app.service.Studio without a server or a real model: a small fake engine whose vectors are hashed words.
+
+The fake keeps what Studio relies on (R_q x D query vectors, R_c x D candidate vectors, nested presets) and
+makes results predictable: a text shares vectors with a query exactly when it shares words with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from app.service import SAMPLE_DIR, Engine, Studio
+from app.service.sessions import UploadLimits
+
+DIM = 32
+R_Q, R_C = 4, 8
+
+
+def _word_vector(word: str) -> torch.Tensor:
+    seed = int.from_bytes(hashlib.sha256(word.lower().encode()).digest()[:8], "little")
+    return torch.randn(DIM, generator=torch.Generator().manual_seed(seed))
+
+
+class FakeModel:
+    """Vector i of a text is its (i mod words)-th word's hashed vector; an image is its mean colour."""
+
+    def __init__(self):
+        presets = [(1, 1), (2, 4), (4, 8)]
+        self.config = SimpleNamespace(name="fake", backbone="fake", backbone_id="none", front_end=None,
+                                      num_query_tokens=R_Q, num_candidate_tokens=R_C, presets=presets, embed_dim=DIM)
+        self.dim = DIM
+        self.device = torch.device("cpu")
+        self.calls = 0
+
+    def _vectors(self, item, count: int) -> torch.Tensor:
+        if isinstance(item, Image.Image):
+            colour = torch.tensor(item.convert("RGB").resize((1, 1)).getpixel((0, 0)), dtype=torch.float32)
+            base = torch.cat([colour, torch.zeros(DIM - 3)])
+            return F.normalize(base.repeat(count, 1) + 1e-3, dim=-1)
+        if isinstance(item, dict):
+            item = item["text"]
+        words = [w for w in str(item).split() if w.isalpha()] or ["empty"]
+        return F.normalize(torch.stack([_word_vector(words[i % len(words)]) for i in range(count)]), dim=-1)
+
+    def encode(self, items: list, side: str, batch_size: int = 8, num_tokens: int | None = None) -> torch.Tensor:
+        self.calls += 1
+        count = num_tokens or (R_Q if side == "query" else R_C)
+        return torch.stack([self._vectors(it, count) for it in items])
+
+    def encode_candidates(self, items: list, batch_size: int = 8, progress: bool = False) -> torch.Tensor:
+        return self.encode(items, "candidate")
+
+
+@pytest.fixture
+def studio(tmp_path):
+    model = FakeModel()
+    s = Studio(Engine(model=model, checkpoint_id="fake-0001", source="a fake"), tmp_path / "data", sample_dir=None,
+               thumb_root=tmp_path / "thumbs")
+    yield s
+    s.close()
+
+
+def _write(folder: Path, name: str, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_indexed_files_are_found_with_paths_relative_to_the_collection(studio, tmp_path):
+    up = tmp_path / "uploads"
+    paths = [_write(up, "cats.txt", "tabby cat kitten whiskers purring"),
+             _write(up, "ships.txt", "harbour ship anchor sailor mast")]
+    report = studio.index_files(studio.local, paths)
+    assert len(report["indexed"]) == 2 and not report["errors"]
+    assert {e["path"] for e in report["indexed"]} == {"cats.txt", "ships.txt"}  # no server paths
+
+    hits = studio.search(studio.encode_query("kitten whiskers"), None, 4, 8, k=2)
+    assert [h.path for h in hits] == ["cats.txt", "ships.txt"]
+    assert hits[0].collection == "yours" and hits[0].kind == "text" and hits[0].score > hits[1].score
+    assert hits[0].to_json()["collection"] == "yours"
+    # The upload was copied into the collection's own folder.
+    assert (studio.local.files_dir / "cats.txt").is_file()
+
+
+def test_a_query_is_encoded_once_for_every_budget(studio, tmp_path):
+    studio.index_files(studio.local, [_write(tmp_path / "u", "a.txt", "red panda tree")])
+    model = studio.engine.model
+    first = studio.encode_query("red panda")
+    calls = model.calls
+    for budget in studio.engine.presets:
+        assert studio.search(studio.encode_query("red panda"), None, *budget, k=1)
+    assert model.calls == calls  # the cache served every later encode
+    assert torch.equal(studio.encode_query("red panda").vectors, first.vectors)
+
+
+def test_budgets_outside_the_model_are_refused_with_the_allowed_range(studio):
+    with pytest.raises(ValueError, match=f"allowed 1..{R_Q}"):
+        studio.check_budget(R_Q + 1, 1)
+    with pytest.raises(ValueError, match=f"allowed 1..{R_C}"):
+        studio.check_budget(1, 0)
+    assert studio.check_budget(2.0, 4) == (2, 4)
+    with pytest.raises(ValueError, match="type a query"):
+        studio.encode_query("  ", None)
+
+
+def test_remove_by_displayed_path_and_clear_delete_the_stored_files(studio, tmp_path):
+    up = tmp_path / "u"
+    studio.index_files(studio.local, [_write(up, "one.txt", "alpha beta"), _write(up, "two.txt", "gamma delta")])
+    removed = studio.remove(studio.local, ["one.txt"])
+    assert len(removed) == 1 and not (studio.local.files_dir / "one.txt").exists()
+    assert [it.title for it in studio.items(studio.local)] == ["two.txt"]
+    assert studio.clear(studio.local) == 1
+    assert studio.items(studio.local) == [] and not any(studio.local.files_dir.iterdir())
+
+
+def test_text_results_get_a_card_thumbnail_written_once(studio, tmp_path):
+    studio.index_files(studio.local, [_write(tmp_path / "u", "note.txt", "lantern harbour evening")])
+    hit = studio.search(studio.encode_query("lantern"), None, 4, 8, k=1)[0]
+    path = studio.thumbnail(hit, None)
+    assert Image.open(io.BytesIO(Path(path).read_bytes())).size == (320, 320)
+    assert studio.thumbnail(hit, None) == path  # served from the file written the first time
+
+
+def test_private_sessions_keep_visitors_apart_and_end_with_their_files(tmp_path):
+    model = FakeModel()
+    studio = Studio(Engine(model=model, checkpoint_id="fake-0001", source="a fake"), tmp_path / "data",
+                    private_sessions=True, sample_dir=None, limits=UploadLimits(), thumb_root=tmp_path / "t")
+    try:
+        alice, bob = studio.user_collection("alice"), studio.user_collection("bob")
+        studio.index_files(alice, [_write(tmp_path / "a", "mine.txt", "secret garden roses")])
+        assert studio.search(studio.encode_query("garden"), "bob", 4, 8) == []
+        assert [h.path for h in studio.search(studio.encode_query("garden"), "alice", 4, 8)] == ["mine.txt"]
+        folder = alice.root
+        studio.end_session("alice")
+        assert not folder.exists() and bob.root.exists()
+        with pytest.raises(PermissionError):
+            studio.switch_model(None)  # a shared deployment keeps its model
+    finally:
+        studio.close()
+
+
+def test_the_bundled_sample_collection_is_found():
+    photos = [p for p in SAMPLE_DIR.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"}]
+    assert SAMPLE_DIR.name == "examples" and SAMPLE_DIR.parent.name == "assets" and len(photos) >= 5
