@@ -239,6 +239,19 @@ def test_open_a_result_shows_why_it_matched(server, browser_page):
     r_q, r_c = server.studio.engine.presets[2]
     page.locator("#me-preset input[type=range]").fill("2")
     page.wait_for_function(f"document.querySelector('#me-why-title').innerText.includes('({r_q}, {r_c})')")
+    # Issue 17.1: four quick steps of the slider by keyboard; the panel must end at the budget the results show
+    # (it used to stay one step behind for good).
+    presets = server.studio.engine.presets
+    page.locator("#me-preset input[type=range]").fill("0")
+    page.wait_for_function(f"document.querySelector('#me-why-title').innerText.includes('{presets[0]}')")
+    page.locator("#me-preset input[type=range]").focus()
+    for _ in range(len(presets) - 1):
+        page.keyboard.press("ArrowRight")
+    last = f"({presets[-1][0]}, {presets[-1][1]})"
+    page.wait_for_function(f"document.querySelector('#me-results-caption').innerText.includes('{last}')")
+    page.wait_for_function(f"document.querySelector('#me-why-title').innerText.includes('{last}')")
+    page.wait_for_timeout(1500)  # nothing older may arrive afterwards
+    assert last in page.inner_text("#me-why-title") and last in page.inner_text("#me-results-caption")
 
 
 def test_scaling_tab_measures_every_budget(server, browser_page):

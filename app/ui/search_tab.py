@@ -138,19 +138,27 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
         return rank_outputs(query, int(rq), int(rc), with_samples, session) + (
             None, gr.update(value=NO_SELECTION), gr.update(visible=False), gr.update(visible=False))
 
-    def on_preset(index, query, with_samples, request: gr.Request):
+    def at_budget(query, rq: int, rc: int, with_samples: bool, selected, session: str | None) -> tuple:
+        """The results and the open explanation at one budget, from one event. As two chained events they
+        could finish out of order when the slider moved quickly, leaving the panel at an older budget."""
+        keep = (gr.skip(),) * (len(select_outputs) - 1)
+        if query is None:
+            return (query, gr.skip(), gr.skip(), gr.skip()) + keep
+        ranked = rank_outputs(query, rq, rc, with_samples, session)
+        if selected is None:
+            return ranked + keep
+        main, table = explain_outputs(selected[0], selected[1], ranked[0], rq, rc, session)
+        return ranked + main + (table,)
+
+    def on_preset(index, query, with_samples, selected, request: gr.Request):
         rq, rc = preset_of(studio, index)
         head = (gr.update(value=rq), gr.update(value=rc), budget_readout(studio, rq, rc))
-        if query is None:
-            return head + (query, gr.skip(), gr.skip(), gr.skip())
-        return head + rank_outputs(query, rq, rc, with_samples, session_of(request))
+        return head + at_budget(query, rq, rc, with_samples, selected, session_of(request))
 
-    def on_budget(rq, rc, query, with_samples, request: gr.Request):
+    def on_budget(rq, rc, query, with_samples, selected, request: gr.Request):
         rq, rc = int(rq), int(rc)
-        head = (budget_readout(studio, rq, rc),)
-        if query is None:
-            return head + (query, gr.skip(), gr.skip(), gr.skip())
-        return head + rank_outputs(query, rq, rc, with_samples, session_of(request))
+        return (budget_readout(studio, rq, rc),) + at_budget(query, rq, rc, with_samples, selected,
+                                                             session_of(request))
 
     def explain_outputs(coll_key: str, item_id: str, query: QueryState, rq, rc, session: str | None):
         rq, rc = studio.check_budget(rq, rc)
@@ -193,12 +201,6 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
         main, table = explain_outputs(hit.collection, hit.id, query, rq, rc, session_of(request))
         return ((hit.collection, hit.id),) + main + (table,)
 
-    def refresh_handler(selected, query, rq, rc, request: gr.Request):
-        if selected is None or query is None:
-            return (gr.skip(),) * (len(select_outputs) - 1)
-        main, table = explain_outputs(selected[0], selected[1], query, rq, rc, session_of(request))
-        return main + (table,)
-
     def more_like_this(selected, rq, rc, with_samples, request: gr.Request):
         if selected is None:
             return mistake("select a result first", 2 + len(rank_outs))
@@ -216,17 +218,16 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
     search_inputs = [s.query_box, s.query_image, s.r_q, s.r_c, s.include_samples]
     for trigger in (s.search_btn.click, s.query_box.submit, s.examples.load_input_event.then):
         trigger(do_search, search_inputs, rank_outs + reset_outs, **PRIVATE)
-    s.preset.input(on_preset, [s.preset, s.query_state, s.include_samples], [s.r_q, s.r_c, s.readout] + rank_outs,
-                   trigger_mode="always_last", show_progress="hidden", **PRIVATE).then(
-        refresh_handler, [s.selected_state, s.query_state, s.r_q, s.r_c], select_outputs[1:], show_progress="hidden",
-        **PRIVATE)
+    explained = select_outputs[1:]
+    s.preset.input(on_preset, [s.preset, s.query_state, s.include_samples, s.selected_state],
+                   [s.r_q, s.r_c, s.readout] + rank_outs + explained, trigger_mode="always_last",
+                   show_progress="hidden", **PRIVATE)
+    budget_inputs = [s.r_q, s.r_c, s.query_state, s.include_samples, s.selected_state]
     for slider in (s.r_q, s.r_c):
-        slider.input(on_budget, [s.r_q, s.r_c, s.query_state, s.include_samples], [s.readout] + rank_outs,
-                     trigger_mode="always_last", show_progress="hidden", **PRIVATE).then(
-            refresh_handler, [s.selected_state, s.query_state, s.r_q, s.r_c], select_outputs[1:],
-            show_progress="hidden", **PRIVATE)
-    s.include_samples.input(on_budget, [s.r_q, s.r_c, s.query_state, s.include_samples], [s.readout] + rank_outs,
-                            show_progress="hidden", **PRIVATE)
+        slider.input(on_budget, budget_inputs, [s.readout] + rank_outs + explained, trigger_mode="always_last",
+                     show_progress="hidden", **PRIVATE)
+    s.include_samples.input(on_budget, budget_inputs, [s.readout] + rank_outs + explained, show_progress="hidden",
+                            **PRIVATE)
     s.gallery.select(gpu(select_handler), [s.hits_state, s.query_state, s.r_q, s.r_c], select_outputs, **PRIVATE)
     s.more_btn.click(more_like_this, [s.selected_state, s.r_q, s.r_c, s.include_samples],
                      [s.query_box, s.query_image] + rank_outs, **PRIVATE)
