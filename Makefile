@@ -36,7 +36,7 @@ bench: install
 	$(PY) bench/app.py index
 
 train-mini: install
-	$(PY) -m model.train_mini
+	$(PY) -m model.recipes.mini.train
 
 evaluate: install
 	$(PY) -m app.cli eval tests/data/devset

@@ -209,15 +209,16 @@ def test_per_row_contrastive_weights():
         mmr_loss(q, pos, neg, groups=[(2, 4)], contrastive_weight=torch.ones(3))
 
 
-def test_train_mini_rebuilds_the_shipped_checkpoint_bit_for_bit(tmp_path):
+def test_mini_recipe_rebuilds_the_shipped_checkpoint_bit_for_bit(tmp_path):
     """The one seeded command reproduces the bundled MetaEmbed-Mini exactly (the shipped readout is at its
     start, `--steps 0`): same tensors, same config."""
-    from model import checkpoint, train_mini
+    from model import checkpoint
     from model.checkpoint import DEFAULT_CHECKPOINT
     from model.config import CONFIG_NAME
+    from model.recipes.mini import train as recipe
 
     out = tmp_path / "mini"
-    train_mini.main(["--out", str(out)])
+    recipe.main(["--out", str(out)])
     shipped, rebuilt = checkpoint.load_weights(DEFAULT_CHECKPOINT), checkpoint.load_weights(out)
     assert set(rebuilt) == set(shipped)
     for k in shipped:
@@ -225,12 +226,12 @@ def test_train_mini_rebuilds_the_shipped_checkpoint_bit_for_bit(tmp_path):
     assert json.loads((out / CONFIG_NAME).read_text()) == json.loads((DEFAULT_CHECKPOINT / CONFIG_NAME).read_text())
 
 
-def test_train_mini_trains_the_readout_on_generated_pairs(tmp_path, monkeypatch):
-    from model import train_mini
+def test_mini_recipe_trains_the_readout_on_generated_pairs(tmp_path, monkeypatch):
+    from model.recipes.mini import train as recipe
 
-    monkeypatch.setattr(train_mini, "build_pairs", lambda n, seed: _toy_rows())
+    monkeypatch.setattr(recipe, "build_pairs", lambda n, seed: _toy_rows())
     out = tmp_path / "mini"
-    train_mini.main(["--out", str(out), "--steps", "3", "--batch-size", "4"])
+    recipe.main(["--out", str(out), "--steps", "3", "--batch-size", "4"])
     model = MetaEmbed.from_pretrained(out, device="cpu")
     assert model.readout.query.weight.abs().sum() > 0
     assert [json.loads(x)["step"] for x in (out / "train_log.jsonl").read_text().splitlines()][-1] == 3
