@@ -31,12 +31,12 @@ bench: install
 	$(PY) bench/search.py
 	$(PY) bench/visual.py
 	$(PY) bench/mini.py
-	$(PY) bench/app.py rerank
-	$(PY) bench/app.py coldstart
-	$(PY) bench/app.py index
+	$(PY) bench/studio.py rerank
+	$(PY) bench/studio.py coldstart
+	$(PY) bench/studio.py index
 
 train-mini: install
-	$(PY) -m model.train_mini
+	$(PY) -m model.recipes.mini.train
 
 evaluate: install
 	$(PY) -m app.cli eval tests/data/devset

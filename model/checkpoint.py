@@ -33,7 +33,7 @@ def resolve(path_or_id: str | os.PathLike | None, revision: str | None = None) -
         if not (DEFAULT_CHECKPOINT / CONFIG_NAME).is_file():
             raise FileNotFoundError(
                 f"the bundled MetaEmbed-Mini checkpoint is missing from {DEFAULT_CHECKPOINT}; "
-                "rebuild it with `python -m model.train_mini` or pass a checkpoint folder or Hub id"
+                "rebuild it with `python -m model.recipes.mini.train` or pass a checkpoint folder or Hub id"
             )
         return DEFAULT_CHECKPOINT
     text = str(path_or_id)

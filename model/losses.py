@@ -7,11 +7,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-
-def maxsim_dense(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """Differentiable MaxSim of every query against every candidate: [B, rq, D] x [N, rc, D] -> [B, N]."""
-    sim = torch.einsum("bqd,ncd->bnqc", q, c)
-    return sim.amax(dim=-1).sum(dim=-1)
+from .scoring import maxsim_dense
 
 
 def mmr_loss(

@@ -1,7 +1,8 @@
 """MaxSim late-interaction scoring with Matryoshka budgets.
 
 score(q, c) at budget (r_q, r_c) = sum over the first r_q query vectors of the max dot product with
-the first r_c candidate vectors. Everything here is inference-only (no autograd).
+the first r_c candidate vectors. Everything here is inference-only (no autograd) except `maxsim_dense`,
+the differentiable fp32 form that training's loss scores with.
 
 Speed comes from the candidate layout: `CandidateStore` keeps candidates vector-major, ``[R_c, N, D]``
 in bf16, so the j-th vector of every candidate is one contiguous ``[N, D]`` matrix and any budget prefix
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["CandidateStore", "explain", "maxsim", "near_top"]
+__all__ = ["CandidateStore", "explain", "maxsim", "maxsim_dense", "near_top"]
 
 _STORE_DTYPE = torch.bfloat16
 # Bound on each scoring buffer (query rows x candidates [x grouped vectors]): 16M bf16 elements = 32 MiB.
@@ -220,6 +221,16 @@ def maxsim(q: Tensor, c: Tensor, budget: tuple[int, int] | None = None) -> Tenso
         c.shape[0],
         lambda s, e: c[s:e].to(device="cpu", dtype=_STORE_DTYPE).transpose(0, 1).contiguous(),
     )
+
+
+def maxsim_dense(q: Tensor, c: Tensor) -> Tensor:
+    """Differentiable MaxSim of every query against every candidate: [B, rq, D] x [N, rc, D] -> [B, N].
+
+    No validation, budget or bf16 layout: the loss calls it on prefixes it has already sliced, in the
+    inputs' own dtype, and needs the gradient.
+    """
+    sim = torch.einsum("bqd,ncd->bnqc", q, c)
+    return sim.amax(dim=-1).sum(dim=-1)
 
 
 @torch.no_grad()

@@ -108,7 +108,7 @@ def _letters(texts):
 def test_open_query_rows_are_distillation_only_and_pair_the_teachers_favourite():
     import random
 
-    from model.mini.open_queries import common_words, open_query_rows
+    from model.recipes.mini.open_queries import common_words, open_query_rows
 
     words = common_words()
     assert len(words) > 5000 and "the" not in words and all(w.isalpha() and w.islower() for w in words)

@@ -1,10 +1,10 @@
-"""MaxSim scoring: functional maxsim, CandidateStore and explain against a plain-Python reference."""
+"""MaxSim scoring: maxsim, maxsim_dense, CandidateStore and explain against a plain-Python reference."""
 
 import numpy as np
 import pytest
 import torch
 
-from model.scoring import CandidateStore, explain, maxsim, near_top
+from model.scoring import CandidateStore, explain, maxsim, maxsim_dense, near_top
 
 BUDGETS = [(1, 1), (2, 4), (4, 8), (3, 5), (5, 9)]
 
@@ -102,6 +102,14 @@ def test_empty_candidate_set_gives_empty_scores(data):
     store = CandidateStore(dim=16, num_vectors=9)
     assert len(store) == 0
     assert store.maxsim(q, (2, 4)).shape == (3, 0)
+
+
+def test_maxsim_dense_matches_python_reference_and_carries_gradients():
+    q, c = _unit(2, 3, 8, seed=1).requires_grad_(), _unit(4, 5, 8, seed=2)
+    scores = maxsim_dense(q, c)
+    torch.testing.assert_close(scores, _reference(q.detach(), c, 3, 5).float(), atol=1e-5, rtol=1e-5)
+    scores.sum().backward()
+    assert q.grad is not None and q.grad.abs().sum() > 0
 
 
 # --- CandidateStore ---------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from model import MetaEmbed, MetaEmbedConfig
-from model.losses import maxsim_dense, mmr_loss
+from model.losses import mmr_loss
+from model.scoring import maxsim_dense
 from model.train import load_rows, main
 
 GROUPS = [(1, 1), (2, 4), (4, 8), (8, 16), (16, 64)]
@@ -15,13 +16,6 @@ GROUPS = [(1, 1), (2, 4), (4, 8), (8, 16), (16, 64)]
 
 def _unit(*shape, seed=0):
     return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
-
-
-def test_maxsim_dense_matches_loops():
-    q, c = _unit(2, 3, 8, seed=1), _unit(4, 5, 8, seed=2)
-    expected = torch.tensor([[sum(max(float(q[b, i] @ c[n, j]) for j in range(5)) for i in range(3))
-                              for n in range(4)] for b in range(2)])
-    torch.testing.assert_close(maxsim_dense(q, c), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_mmr_loss_is_sum_of_group_infonce():
@@ -215,15 +209,16 @@ def test_per_row_contrastive_weights():
         mmr_loss(q, pos, neg, groups=[(2, 4)], contrastive_weight=torch.ones(3))
 
 
-def test_train_mini_rebuilds_the_shipped_checkpoint_bit_for_bit(tmp_path):
+def test_mini_recipe_rebuilds_the_shipped_checkpoint_bit_for_bit(tmp_path):
     """The one seeded command reproduces the bundled MetaEmbed-Mini exactly (the shipped readout is at its
     start, `--steps 0`): same tensors, same config."""
-    from model import checkpoint, train_mini
+    from model import checkpoint
     from model.checkpoint import DEFAULT_CHECKPOINT
     from model.config import CONFIG_NAME
+    from model.recipes.mini import train as recipe
 
     out = tmp_path / "mini"
-    train_mini.main(["--out", str(out)])
+    recipe.main(["--out", str(out)])
     shipped, rebuilt = checkpoint.load_weights(DEFAULT_CHECKPOINT), checkpoint.load_weights(out)
     assert set(rebuilt) == set(shipped)
     for k in shipped:
@@ -231,12 +226,12 @@ def test_train_mini_rebuilds_the_shipped_checkpoint_bit_for_bit(tmp_path):
     assert json.loads((out / CONFIG_NAME).read_text()) == json.loads((DEFAULT_CHECKPOINT / CONFIG_NAME).read_text())
 
 
-def test_train_mini_trains_the_readout_on_generated_pairs(tmp_path, monkeypatch):
-    from model import train_mini
+def test_mini_recipe_trains_the_readout_on_generated_pairs(tmp_path, monkeypatch):
+    from model.recipes.mini import train as recipe
 
-    monkeypatch.setattr(train_mini, "build_pairs", lambda n, seed: _toy_rows())
+    monkeypatch.setattr(recipe, "build_pairs", lambda n, seed: _toy_rows())
     out = tmp_path / "mini"
-    train_mini.main(["--out", str(out), "--steps", "3", "--batch-size", "4"])
+    recipe.main(["--out", str(out), "--steps", "3", "--batch-size", "4"])
     model = MetaEmbed.from_pretrained(out, device="cpu")
     assert model.readout.query.weight.abs().sum() > 0
     assert [json.loads(x)["step"] for x in (out / "train_log.jsonl").read_text().splitlines()][-1] == 3

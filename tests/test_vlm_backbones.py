@@ -2,7 +2,7 @@
 
 Each family gets a randomly initialised model, an in-memory word-level tokenizer with the family's special
 tokens and a small-image processor, saved to a folder and loaded back through the real path
-(`MetaEmbed.from_config` -> `load_backbone` -> `load_vlm` -> Auto classes).
+(`MetaEmbed.from_config` -> `load_backbone` -> the family's `VLMBackbone.load` -> Auto classes).
 """
 
 from __future__ import annotations

@@ -1,16 +1,31 @@
-"""Backbone adapters behind one interface (see base.py), picked by `MetaEmbedConfig.backbone`."""
+"""Backbone adapters behind one interface (see base.py), picked by `MetaEmbedConfig.backbone`.
+
+This package is the registry that maps family names to adapter classes. Imports run one way only: here ->
+family modules (minilm.py, qwen2_vl.py, idefics3.py) -> shared code (vlm.py, base.py), so each module also
+imports on its own. The modules import transformers only when a backbone is loaded, so registering every
+family here costs a text-only run nothing.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from .base import Backbone, BackboneOutput, Parsed, parse_items
+from .idefics3 import Idefics3Backbone
+from .minilm import TextEncoderBackbone
+from .qwen2_vl import QwenVLBackbone
+from .vlm import VLMBackbone
 
 if TYPE_CHECKING:
     from ..config import MetaEmbedConfig
 
 TEXT_FAMILIES = ("minilm", "bert")
-VLM_FAMILIES = ("qwen2-vl", "qwen2.5-vl", "idefics3")
+# Each adapter checks the loaded model's `model_type` against its own `model_types`.
+VLM_FAMILIES: dict[str, type[VLMBackbone]] = {
+    "qwen2-vl": QwenVLBackbone,
+    "qwen2.5-vl": QwenVLBackbone,
+    "idefics3": Idefics3Backbone,
+}
 FRONT_ENDS = ("visual-tokenizer",)
 
 
@@ -34,20 +49,17 @@ class LazyFrontEnd:
 def load_backbone(cfg: MetaEmbedConfig) -> Backbone:
     """Build the adapter for `cfg` with the backbone's pretrained weights."""
     if cfg.backbone in TEXT_FAMILIES:
-        from .minilm import TextEncoderBackbone
-
         front = LazyFrontEnd(cfg.front_end) if cfg.front_end else None
         return TextEncoderBackbone.load(cfg.backbone_id, cfg.backbone_revision, front_end=front,
                                         max_length=cfg.max_length)
     if cfg.backbone in VLM_FAMILIES:
-        from .vlm import load_vlm
-
         if cfg.meta_attention != "full":
             raise ValueError(f"meta_attention={cfg.meta_attention!r} is implemented for text backbones only; "
                              f"{cfg.backbone} checkpoints use 'full'")
-        return load_vlm(cfg)
+        return VLM_FAMILIES[cfg.backbone].load(cfg.backbone_id, cfg.backbone_revision, family=cfg.backbone,
+                                               max_length=cfg.max_length)
     raise ValueError(
-        f"unknown backbone family {cfg.backbone!r}; supported: {list(TEXT_FAMILIES + VLM_FAMILIES)}"
+        f"unknown backbone family {cfg.backbone!r}; supported: {[*TEXT_FAMILIES, *VLM_FAMILIES]}"
     )
 
 

@@ -7,33 +7,19 @@ the meta tokens and meta token i sees the content plus meta tokens 0..i. Only th
 the embeddings (no LM head): we need its last-layer states, not logits.
 
 Family specifics (prompt format, image features, position ids, image regions) live in `qwen2_vl.py` and
-`idefics3.py`.
+`idefics3.py`, subclasses of `VLMBackbone`; this module imports neither (the registry in `__init__.py` maps
+family names to them).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from .base import Backbone, BackboneOutput, Parsed
-
-if TYPE_CHECKING:
-    from ..config import MetaEmbedConfig
-
-
-def load_vlm(cfg: MetaEmbedConfig) -> VLMBackbone:
-    """The adapter for `cfg.backbone` with the pretrained weights of `cfg.backbone_id` @ `cfg.backbone_revision`."""
-    if cfg.backbone in ("qwen2-vl", "qwen2.5-vl"):
-        from .qwen2_vl import QwenVLBackbone as cls
-    elif cfg.backbone == "idefics3":
-        from .idefics3 import Idefics3Backbone as cls
-    else:
-        raise ValueError(f"unknown vision-language backbone family {cfg.backbone!r}; "
-                         "supported: 'qwen2-vl', 'qwen2.5-vl', 'idefics3'")
-    return cls.load(cfg.backbone_id, cfg.backbone_revision, family=cfg.backbone, max_length=cfg.max_length)
 
 
 def load_dtype() -> torch.dtype:

@@ -10,7 +10,7 @@ People: ImageNet has no class for a person, so faces found by `people.py` (Retin
 face boxes it stands for. `VisualTokenizer(people=False)` or METAEMBED_PEOPLE=0 turns them off.
 
 The text format is produced by ONE function, `render_doc`, which both this tokenizer and the synthetic
-training-data generator (model/mini/photo_pairs.py) call, so training sees exactly what the app indexes.
+training-data generator (model/recipes/mini/photo_pairs.py) call, so training sees exactly what the app indexes.
 `render_doc` also owns the selection rules (probability threshold, caps, order, length budget), so a
 generator may pass raw candidates and get the same doc the tokenizer would.
 """

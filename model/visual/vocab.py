@@ -1,6 +1,6 @@
 """ImageNet-1k class vocabulary (names, gloss, WordNet hypernyms) from assets/vocab/imagenet_wordnet.json.
 
-Rebuild the asset with `python -m model.visual.build_vocab`; its README says where the data comes from.
+Rebuild the asset with `python -m model.recipes.mini.build_vocab`; its README says where the data comes from.
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def _same_word(a: str, b: str) -> bool:
 def _load(path: str) -> ImageNetVocab:
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"vocab asset missing: {p} (rebuild with `python -m model.visual.build_vocab`)")
+        raise FileNotFoundError(f"vocab asset missing: {p} (rebuild with `python -m model.recipes.mini.build_vocab`)")
     with open(p, encoding="utf-8") as fh:
         data = json.load(fh)
     return ImageNetVocab(data, source=str(p))

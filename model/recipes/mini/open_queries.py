@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..train import embed_by_length
+from ...train import embed_by_length
 from .text_pairs import STOP
 
 # In the bundled tokenizer's vocab.txt, whole words start at id 1996 ("the") in roughly descending corpus

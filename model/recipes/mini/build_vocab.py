@@ -1,6 +1,6 @@
 """Build assets/vocab/imagenet_wordnet.json: names, gloss and hypernym chain for the 1000 ImageNet-1k classes.
 
-    python -m model.visual.build_vocab [--timm-wheel PATH] [--wordnet-dir DIR] [--out PATH]
+    python -m model.recipes.mini.build_vocab [--timm-wheel PATH] [--wordnet-dir DIR] [--out PATH]
 
 Sources (both offline once fetched; nothing is downloaded by this script):
 - class order: `timm/data/_info/imagenet_synsets.txt` read from inside a timm wheel
@@ -33,9 +33,8 @@ import zipfile
 from pathlib import Path
 
 from model.files import write_atomic
+from model.visual.vocab import ASSET_PATH
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_OUT = REPO_ROOT / "assets" / "vocab" / "imagenet_wordnet.json"
 DEFAULT_WORDNET_DIR = Path("/usr/share/wordnet")
 DEFAULT_TIMM_GLOB = "/tmp/timm/timm-*.whl"
 SYNSET_LIST = "timm/data/_info/imagenet_synsets.txt"
@@ -277,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--timm-wheel", type=Path, default=None, help="path to a timm wheel (not installed)")
     parser.add_argument("--wordnet-dir", type=Path, default=DEFAULT_WORDNET_DIR)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=Path, default=ASSET_PATH)
     args = parser.parse_args(argv)
     try:
         data = build(args.timm_wheel or _default_wheel(), args.wordnet_dir)

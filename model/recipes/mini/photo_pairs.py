@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..visual.colours import BASIC_COLOURS
-from ..visual.vocab import ImageNetVocab
+from ...visual.colours import BASIC_COLOURS
+from ...visual.vocab import ImageNetVocab
 
 # Quantiles (10, 25, 50, 75, 90 %) of the classifier's top-1..top-4 probabilities on 84 Debian wallpaper
 # photos that are in neither the dev set nor the samples (measured 2026-11-21 with model.visual.classifier).

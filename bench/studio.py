@@ -1,8 +1,9 @@
-"""Speed of the app as users feel it: budget-slider re-ranking end to end, cold start, and indexing uploads.
+"""Speed of the app (MetaEmbed Studio) as users feel it: budget-slider re-ranking end to end, cold start, and
+indexing uploads. (Not named app.py: with bench/ on sys.path that would shadow the `app` package.)
 
-    python bench/app.py rerank [--n 10000] [--moves 20]   slider move -> new gallery in Chromium, 10,000 items
-    python bench/app.py coldstart                         `python app.py` -> page served (first and second start)
-    python bench/app.py index [--size 4032x3024] [--n 96]  photos uploaded -> searchable, photos/s
+    python bench/studio.py rerank [--n 10000] [--moves 20]   slider move -> new gallery in Chromium, 10,000 items
+    python bench/studio.py coldstart                         `python app.py` -> page served (first and second start)
+    python bench/studio.py index [--size 4032x3024] [--n 96]  photos uploaded -> searchable, photos/s
 
 Results go to docs/benchmarks.md ("App"). Not a test: numbers depend on the machine and on what else runs.
 
