@@ -108,7 +108,7 @@ def bench_rerank(n: int, moves: int) -> None:
     from playwright.sync_api import sync_playwright
 
     from app.server import create_app, launch
-    from app.ui import gallery_value
+    from app.ui.search_tab import gallery_value
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-app-"))
     try:

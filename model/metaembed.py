@@ -78,8 +78,10 @@ class MetaEmbed(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         directory = Path(directory)
+        # One metadata key: safetensors writes several in a random order per process, and the checkpoint id
+        # is a hash of the file, so two keys made the same weights two different checkpoints half the time.
         checkpoint.save_weights(self.trained_state_dict(), directory,
-                                metadata={"backbone": self.config.backbone, "backbone_id": self.config.backbone_id})
+                                metadata={"backbone": f"{self.config.backbone} {self.config.backbone_id}"})
         self.config.save(directory)
         return directory
 

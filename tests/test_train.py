@@ -211,7 +211,7 @@ def test_per_row_contrastive_weights():
 
 def test_mini_recipe_rebuilds_the_shipped_checkpoint_bit_for_bit(tmp_path):
     """The one seeded command reproduces the bundled MetaEmbed-Mini exactly (the shipped readout is at its
-    start, `--steps 0`): same tensors, same config."""
+    start, `--steps 0`): same tensors, same config, the same files and so the same checkpoint id."""
     from model import checkpoint
     from model.checkpoint import DEFAULT_CHECKPOINT
     from model.config import CONFIG_NAME
@@ -224,6 +224,7 @@ def test_mini_recipe_rebuilds_the_shipped_checkpoint_bit_for_bit(tmp_path):
     for k in shipped:
         assert torch.equal(rebuilt[k], shipped[k]), k
     assert json.loads((out / CONFIG_NAME).read_text()) == json.loads((DEFAULT_CHECKPOINT / CONFIG_NAME).read_text())
+    assert checkpoint.checkpoint_id_of_folder(out) == checkpoint.checkpoint_id_of_folder(DEFAULT_CHECKPOINT)
 
 
 def test_mini_recipe_trains_the_readout_on_generated_pairs(tmp_path, monkeypatch):
