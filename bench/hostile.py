@@ -4,7 +4,7 @@
 
 Ingest only (reading, decoding, passage splitting, page rendering and thumbnails); encoding is measured by
 bench/mini.py. Prints a markdown table with wall time, items and the process's peak memory, for
-docs/benchmarks.md. The quick hostile cases are tests (tests/test_ingest.py); these are too slow for them.
+docs/benchmarks.md. The quick hostile cases are tests (tests/app/ingest/test_ingest.py); these are too slow for them.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.ingest import IngestError, Item, iter_ingest  # noqa: E402
-from tests.test_ingest import VOCAB, make_pdf  # noqa: E402  (the tests' minimal PDF writer, one copy)
+from tests.helpers import VOCAB, make_pdf  # noqa: E402  (the tests' minimal PDF writer, one copy)
 
 
 def text_file(path: Path, megabytes: float, seed: int = 0) -> None:

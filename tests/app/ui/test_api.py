@@ -11,7 +11,6 @@ import os
 import shutil
 import socket
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
@@ -20,11 +19,9 @@ import torch
 
 from app.service.sessions import UploadLimits, safe_filename, unique_child
 from model.scoring import maxsim
-from tests.index_helpers import checkpoint_folder
-from tests.test_ingest import make_pdf as pdf_pages
+from tests.helpers import EXAMPLES, REPO
+from tests.helpers import make_pdf as pdf_pages
 
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLES = REPO / "assets" / "examples"
 pytestmark = pytest.mark.slow
 
 
@@ -40,7 +37,7 @@ def make_pdf(lines: list[tuple[float, float, float, str]]) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(test_checkpoint, tmp_path_factory):
     from app.server import create_app, launch
 
     root = tmp_path_factory.mktemp("app-api")
@@ -57,7 +54,7 @@ def server(tmp_path_factory):
     (files / "notes.txt").write_text("Meadow notes: the violin player walked through the orchard at dawn.")
     limits = UploadLimits(max_files=5, max_file_bytes=5 * 2**20, max_upload_bytes=20 * 2**20,
                           max_session_bytes=50 * 2**20, max_session_items=50)
-    studio, demo = create_app(str(checkpoint_folder(tmp_path_factory)), root / "data", private_sessions=True,
+    studio, demo = create_app(str(test_checkpoint), root / "data", private_sessions=True,
                               sample_dir=samples, limits=limits, wait_for_samples=True, log=lambda *a: None)
     port = free_port()
     launch(studio, demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
@@ -270,17 +267,16 @@ def test_unique_child_never_overwrites_and_stays_inside(tmp_path):
 # ------------------------------------------------------------------------------ local use, model switching
 
 
-def test_local_collection_persists_and_model_switch_reindexes(tmp_path, tmp_path_factory):
+def test_local_collection_persists_and_model_switch_reindexes(other_checkpoint, test_checkpoint, tmp_path):
     """Desktop use: one persistent collection; another checkpoint gets indexes of its own, never mixed."""
     from app.service import Studio, load_engine
-    from tests.index_helpers import other_checkpoint_folder
 
     samples = tmp_path / "samples"
     samples.mkdir()
     shutil.copy(EXAMPLES / "kitten.jpg", samples / "kitten.jpg")
     (samples / "LICENSES.md").write_text("not a sample: licence notes are never indexed")
     data = tmp_path / "data"
-    first = load_engine(str(checkpoint_folder(tmp_path_factory)))
+    first = load_engine(str(test_checkpoint))
     studio = Studio(first, data, sample_dir=samples)
     try:
         assert studio.prepare_samples() is not None
@@ -298,7 +294,7 @@ def test_local_collection_persists_and_model_switch_reindexes(tmp_path, tmp_path
         with pytest.raises(FileNotFoundError, match="does not exist"):
             again.switch_model(str(tmp_path / "no-such-checkpoint"))
         assert again.engine is first
-        second = again.switch_model(str(other_checkpoint_folder(tmp_path_factory)))
+        second = again.switch_model(str(other_checkpoint))
         assert second.checkpoint_id != first.checkpoint_id
         assert [it.title for it in again.items(again.local)] == ["red-panda.jpg"]  # re-indexed for the new model
         assert [it.title for it in again.items(again.samples)] == ["kitten.jpg"]
@@ -327,10 +323,10 @@ def test_local_collection_persists_and_model_switch_reindexes(tmp_path, tmp_path
         third.close()
 
 
-def test_shared_deployment_refuses_model_switch(tmp_path, tmp_path_factory):
+def test_shared_deployment_refuses_model_switch(test_checkpoint, tmp_path):
     from app.service import Studio, load_engine
 
-    studio = Studio(load_engine(str(checkpoint_folder(tmp_path_factory))), tmp_path / "data", private_sessions=True,
+    studio = Studio(load_engine(str(test_checkpoint)), tmp_path / "data", private_sessions=True,
                     sample_dir=None)
     try:
         with pytest.raises(PermissionError, match="fixed model"):

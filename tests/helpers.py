@@ -1,4 +1,7 @@
-"""Shared by the index/search/CLI tests: one saved test checkpoint per session, small corpora, fake items."""
+"""Builders the tests share: small corpora, a minimal PDF writer, fake items, the repository's paths.
+
+The saved test checkpoints and the loaded test model are session fixtures in conftest.py.
+"""
 
 from __future__ import annotations
 
@@ -9,47 +12,11 @@ from pathlib import Path
 
 from PIL import Image
 
-_CACHE: dict[str, object] = {}
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "assets" / "examples"
 
 WORDS = ("harbour lantern orchard granite meadow violin glacier pepper saddle copper tunnel falcon "
          "velvet canyon walnut ember quartz willow thunder marble lagoon cedar prism nectar").split()
-
-
-def checkpoint_folder(tmp_path_factory) -> Path:
-    """An untrained MetaEmbed (MiniLM-L6 + visual tokenizer front-end) saved once per session."""
-    if "folder" not in _CACHE:
-        from model import MetaEmbed, MetaEmbedConfig
-
-        model = MetaEmbed.from_config(MetaEmbedConfig(front_end="visual-tokenizer", name="test-index"), device="cpu")
-        _CACHE["folder"] = model.save_pretrained(tmp_path_factory.mktemp("checkpoint"))
-    return _CACHE["folder"]
-
-
-def loaded_model(tmp_path_factory):
-    """The saved test checkpoint loaded as the CLI loads it (from_pretrained: LoRA merged)."""
-    if "model" not in _CACHE:
-        from model import MetaEmbed
-
-        _CACHE["model"] = MetaEmbed.from_pretrained(checkpoint_folder(tmp_path_factory), device="cpu")
-    return _CACHE["model"]
-
-
-def other_checkpoint_folder(tmp_path_factory) -> Path:
-    """A second checkpoint (same architecture, different weights) for mismatch tests."""
-    if "other" not in _CACHE:
-        from safetensors.torch import load_file, save_file
-
-        from model.checkpoint import WEIGHTS_NAME
-        from model.config import MetaEmbedConfig
-
-        src = checkpoint_folder(tmp_path_factory)
-        dst = tmp_path_factory.mktemp("other-checkpoint")
-        state = load_file(str(src / WEIGHTS_NAME))
-        state["query_meta"] = state["query_meta"] + 0.5
-        save_file(state, str(dst / WEIGHTS_NAME))
-        MetaEmbedConfig.load(src).save(dst)
-        _CACHE["other"] = dst
-    return _CACHE["other"]
 
 
 def has_visual_tokenizer() -> bool:
@@ -77,8 +44,6 @@ def write_texts(folder: Path, count: int, start: int = 0) -> list[Path]:
 
 def write_mixed_corpus(folder: Path, images: bool) -> dict[str, Path]:
     """One file of every input kind: .txt, .md, a two-page PDF with a text layer, a zip, and images."""
-    from test_ingest import make_pdf
-
     folder.mkdir(parents=True, exist_ok=True)
     out = {"txt": folder / "cats.txt", "md": folder / "notes.md", "pdf": folder / "report.pdf",
            "zip": folder / "bundle.zip"}
@@ -116,3 +81,45 @@ class FakeItem:
 def fake_items(n: int, prefix: str = "/data/fake", start: int = 0) -> list[FakeItem]:
     return [FakeItem(f"{prefix}/{i}.txt", hashlib.sha256(f"{prefix}:{i}".encode()).hexdigest())
             for i in range(start, start + n)]
+
+
+def make_pdf(pages: list[list[tuple[float, float, float, str]]], rotate: int = 0, encrypt: bool = False) -> bytes:
+    """A minimal PDF with a real text layer: each page lists (x, y, font size, text) lines in Helvetica."""
+    objs: dict[int, bytes] = {}
+    page_ids = [3 + 2 * i for i in range(len(pages))]
+    font_id = 3 + 2 * len(pages)
+    objs[1] = b"<< /Type /Catalog /Pages 2 0 R >>"
+    objs[2] = f"<< /Type /Pages /Kids [{' '.join(f'{p} 0 R' for p in page_ids)}] /Count {len(pages)} >>".encode()
+    objs[font_id] = b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"
+    for pid, lines in zip(page_ids, pages, strict=True):
+        ops = []
+        for x, y, size, text in lines:
+            esc = text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+            ops.append(f"BT /F1 {size} Tf {x} {y} Td ({esc}) Tj ET")
+        stream = "\n".join(ops).encode("latin-1")
+        rot = f" /Rotate {rotate}" if rotate else ""
+        objs[pid] = (f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792]{rot} "
+                     f"/Resources << /Font << /F1 {font_id} 0 R >> >> /Contents {pid + 1} 0 R >>").encode()
+        objs[pid + 1] = b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream"
+    trailer_extra = b""
+    if encrypt:
+        # Standard security handler whose /U does not match the empty password: a reader must ask for one.
+        objs[font_id + 1] = b"<< /Filter /Standard /V 1 /R 2 /O <" + b"11" * 32 + b"> /U <" + b"22" * 32 + b"> /P -4 >>"
+        file_id = b"<0123456789abcdef0123456789abcdef>"
+        trailer_extra = b" /Encrypt %d 0 R /ID [%s %s]" % (font_id + 1, file_id, file_id)
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = {}
+    for num in sorted(objs):
+        offsets[num] = len(out)
+        out += b"%d 0 obj\n" % num + objs[num] + b"\nendobj\n"
+    xref = len(out)
+    size = max(objs) + 1
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % size
+    for num in range(1, size):
+        out += b"%010d 00000 n \n" % offsets[num]
+    out += b"trailer\n<< /Size %d /Root 1 0 R" % size + trailer_extra + b" >>\nstartxref\n%d\n%%%%EOF\n" % xref
+    return bytes(out)
+
+
+VOCAB = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
+         "quebec romeo sierra tango uniform victor whiskey xray yankee zulu").split()

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from index_helpers import checkpoint_folder, loaded_model
 from PIL import Image
-from test_ingest import make_pdf
 
 from app import cli
 from app.evaluation import mrr, ndcg_at_k, rank_units, recall_at_k, self_similarity, unit_name
+from tests.helpers import REPO, make_pdf
 
 # ------------------------------------------------------------------------------------------- metrics
 
@@ -69,16 +68,16 @@ def test_unit_names_and_self_similarity():
 
 
 @pytest.fixture(autouse=True)
-def shared_model(tmp_path_factory, monkeypatch):
+def shared_model(test_model, monkeypatch):
     """In-process CLI calls reuse the session's loaded test model instead of loading it on every call."""
-    model = loaded_model(tmp_path_factory)
+    model = test_model
     monkeypatch.setattr(cli, "load_model", lambda path: model)
     return model
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return checkpoint_folder(tmp_path_factory)
+def ckpt(test_checkpoint) -> Path:
+    return test_checkpoint
 
 
 def run(capsys, *argv: object) -> tuple[int, str, str]:
@@ -202,7 +201,7 @@ def test_relevance_to_what_is_not_indexed(tmp_path, ckpt, capsys):
 
 
 def test_makefile_and_readme_point_at_the_cli():
-    root = Path(__file__).resolve().parent.parent
+    root = REPO
     assert "app.cli eval tests/data/devset" in (root / "Makefile").read_text()
     assert not (root / "bench" / "quality.py").exists()
 

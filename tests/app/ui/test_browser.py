@@ -16,12 +16,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.index_helpers import checkpoint_folder
+from tests.helpers import EXAMPLES, REPO, make_pdf
 
 CHROMIUM = "/usr/bin/chromium"
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLES = REPO / "assets" / "examples"
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+ARTIFACTS = REPO / "tests" / "artifacts"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
 UPLOADS = ("red-panda.jpg", "kitten.jpg", "boats-at-sunset.jpg", "hot-air-balloon.jpg", "fig-in-a-red-bowl.jpg",
@@ -36,7 +34,7 @@ pytestmark = [
 ]
 
 
-def model_checkpoint(tmp_path_factory) -> str:
+def model_checkpoint(test_checkpoint: Path) -> str:
     """$METAEMBED_CHECKPOINT, else the bundled MetaEmbed-Mini when it is there (real rankings in the
     screenshots), else the untrained test checkpoint."""
     from model.checkpoint import DEFAULT_CHECKPOINT
@@ -46,7 +44,7 @@ def model_checkpoint(tmp_path_factory) -> str:
         return os.environ["METAEMBED_CHECKPOINT"]
     if (DEFAULT_CHECKPOINT / CONFIG_NAME).is_file():
         return str(DEFAULT_CHECKPOINT)
-    return str(checkpoint_folder(tmp_path_factory))
+    return str(test_checkpoint)
 
 
 def free_port() -> int:
@@ -56,21 +54,20 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, test_checkpoint):
     from app.server import create_app, launch
-    from tests.test_app_api import make_pdf
 
     root = tmp_path_factory.mktemp("app-browser")
     files = root / "upload"
     files.mkdir()
     for name in UPLOADS:
         shutil.copy(EXAMPLES / name, files / name)
-    (files / "harbour-guide.pdf").write_bytes(make_pdf([
+    (files / "harbour-guide.pdf").write_bytes(make_pdf([[
         (72, 700, 28, "Harbour guide"),
         (72, 650, 14, "Boats rest in the harbour at sunset while lanterns glow along the quay."),
         (72, 625, 14, "The ferry to the islands leaves every morning at eight."),
-    ]))
-    studio, demo = create_app(model_checkpoint(tmp_path_factory), root / "data", sample_dir=None,
+    ]]))
+    studio, demo = create_app(model_checkpoint(test_checkpoint), root / "data", sample_dir=None,
                               wait_for_samples=True, log=lambda *a: None)
     port = free_port()
     launch(studio, demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)

@@ -29,6 +29,7 @@ from app.ingest import (
     iter_ingest,
     split_passages,
 )
+from tests.helpers import VOCAB, make_pdf
 
 # ------------------------------------------------------------------------------------------------ helpers
 
@@ -36,48 +37,6 @@ from app.ingest import (
 def save_image(path: Path, size=(64, 48), color=(200, 30, 30), fmt: str | None = None, **kw) -> Path:
     Image.new("RGB", size, color).save(path, format=fmt, **kw)
     return path
-
-
-def make_pdf(pages: list[list[tuple[float, float, float, str]]], rotate: int = 0, encrypt: bool = False) -> bytes:
-    """A minimal PDF with a real text layer: each page lists (x, y, font size, text) lines in Helvetica."""
-    objs: dict[int, bytes] = {}
-    page_ids = [3 + 2 * i for i in range(len(pages))]
-    font_id = 3 + 2 * len(pages)
-    objs[1] = b"<< /Type /Catalog /Pages 2 0 R >>"
-    objs[2] = f"<< /Type /Pages /Kids [{' '.join(f'{p} 0 R' for p in page_ids)}] /Count {len(pages)} >>".encode()
-    objs[font_id] = b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"
-    for pid, lines in zip(page_ids, pages, strict=True):
-        ops = []
-        for x, y, size, text in lines:
-            esc = text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
-            ops.append(f"BT /F1 {size} Tf {x} {y} Td ({esc}) Tj ET")
-        stream = "\n".join(ops).encode("latin-1")
-        rot = f" /Rotate {rotate}" if rotate else ""
-        objs[pid] = (f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792]{rot} "
-                     f"/Resources << /Font << /F1 {font_id} 0 R >> >> /Contents {pid + 1} 0 R >>").encode()
-        objs[pid + 1] = b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream"
-    trailer_extra = b""
-    if encrypt:
-        # Standard security handler whose /U does not match the empty password: a reader must ask for one.
-        objs[font_id + 1] = b"<< /Filter /Standard /V 1 /R 2 /O <" + b"11" * 32 + b"> /U <" + b"22" * 32 + b"> /P -4 >>"
-        file_id = b"<0123456789abcdef0123456789abcdef>"
-        trailer_extra = b" /Encrypt %d 0 R /ID [%s %s]" % (font_id + 1, file_id, file_id)
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = {}
-    for num in sorted(objs):
-        offsets[num] = len(out)
-        out += b"%d 0 obj\n" % num + objs[num] + b"\nendobj\n"
-    xref = len(out)
-    size = max(objs) + 1
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % size
-    for num in range(1, size):
-        out += b"%010d 00000 n \n" % offsets[num]
-    out += b"trailer\n<< /Size %d /Root 1 0 R" % size + trailer_extra + b" >>\nstartxref\n%d\n%%%%EOF\n" % xref
-    return bytes(out)
-
-
-VOCAB = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
-         "quebec romeo sierra tango uniform victor whiskey xray yankee zulu").split()
 
 
 def sentences(n: int, seed: int, words_per: tuple[int, int] = (6, 14)) -> list[str]:

@@ -1,6 +1,5 @@
 """MetaEmbed-Mini: the shipped default checkpoint and the visual tokenizer's edge cases."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +10,7 @@ from model.checkpoint import DEFAULT_CHECKPOINT, WEIGHTS_NAME
 from model.scoring import maxsim
 from model.visual.classifier import get_classifier
 from model.visual.tokenizer import VisualTokenizer
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
+from tests.helpers import EXAMPLES
 
 
 @pytest.fixture(scope="module")

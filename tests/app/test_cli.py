@@ -13,32 +13,24 @@ from pathlib import Path
 
 import pytest
 import torch
-from index_helpers import (
-    checkpoint_folder,
-    loaded_model,
-    other_checkpoint_folder,
-    write_mixed_corpus,
-    write_texts,
-)
 
 from app import cli
 from app.search import Searcher
 from app.store.index import DB_NAME, Index
 from model.scoring import maxsim
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers import REPO, write_mixed_corpus, write_texts
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return checkpoint_folder(tmp_path_factory)
+def ckpt(test_checkpoint) -> Path:
+    return test_checkpoint
 
 
 @pytest.fixture(autouse=True)
-def shared_model(tmp_path_factory, monkeypatch):
+def shared_model(test_checkpoint, test_model, monkeypatch):
     """In-process CLI calls reuse the session's loaded model instead of loading it on every call."""
-    model = loaded_model(tmp_path_factory)
-    folder = checkpoint_folder(tmp_path_factory)
+    model = test_model
+    folder = test_checkpoint
 
     def load(path):
         if Path(path) != folder:
@@ -107,7 +99,7 @@ def test_index_search_info_list_remove_json(tmp_path, ckpt, capsys):
     assert len(again["skipped_duplicates"]) >= 1
 
 
-def test_human_output_and_errors(tmp_path, tmp_path_factory, ckpt, capsys):
+def test_human_output_and_errors(other_checkpoint, tmp_path, ckpt, capsys):
     write_texts(tmp_path / "in", 2)
     idx = tmp_path / "idx"
     code, out, err = run(capsys, "index", tmp_path / "in", tmp_path / "missing.txt", "--index", idx,
@@ -124,7 +116,7 @@ def test_human_output_and_errors(tmp_path, tmp_path_factory, ckpt, capsys):
     code, out, err = run(capsys, "remove", "no-such-item", "--index", idx)
     assert code == 1 and "nothing in index" in err
     code, out, err = run(capsys, "index", tmp_path / "in", "--index", idx,
-                         "--checkpoint", other_checkpoint_folder(tmp_path_factory))
+                         "--checkpoint", other_checkpoint)
     assert code == 1 and "vectors of different checkpoints cannot be compared" in err
 
     code, out, err = run(capsys, "index", tmp_path / "nothing-here.txt", "--index", idx, "--quiet")

@@ -3,11 +3,12 @@
 import fnmatch
 import json
 import re
-from pathlib import Path
 
 import pytest
 
-DATA = Path(__file__).parent / "data"
+from tests.helpers import REPO
+
+DATA = REPO / "tests" / "data"
 SPLITS = json.loads((DATA / "splits.json").read_text())
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from index_helpers import has_visual_tokenizer, loaded_model, other_checkpoint_folder, write_texts
 from PIL import Image
 
 from app.indexing import index_paths
@@ -13,11 +12,12 @@ from app.store.index import CheckpointMismatch, Index
 from model import MetaEmbed
 from model.checkpoint import checkpoint_id
 from model.scoring import maxsim
+from tests.helpers import has_visual_tokenizer, write_texts
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return loaded_model(tmp_path_factory)
+def model(test_model):
+    return test_model
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +126,8 @@ def test_image_query_finds_more_like_this(tmp_path, model):
     assert results.to_json()["query"].startswith("<image ")
 
 
-def test_searcher_refuses_a_model_of_another_checkpoint(tmp_path_factory, index):
-    other = MetaEmbed.from_pretrained(other_checkpoint_folder(tmp_path_factory), device="cpu")
+def test_searcher_refuses_a_model_of_another_checkpoint(other_checkpoint, index):
+    other = MetaEmbed.from_pretrained(other_checkpoint, device="cpu")
     with pytest.raises(CheckpointMismatch, match="was built with checkpoint"):
         Searcher(other, index)
 

@@ -9,14 +9,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from index_helpers import (
-    checkpoint_folder,
-    fake_items,
-    has_visual_tokenizer,
-    loaded_model,
-    write_mixed_corpus,
-    write_texts,
-)
 
 from app.indexing import encoder_input, index_paths, read_ahead
 from app.ingest import ingest
@@ -24,11 +16,12 @@ from app.store import index as index_module
 from app.store import segments as segments_module
 from app.store.index import CheckpointMismatch, Index, IndexError_
 from model.checkpoint import checkpoint_id, checkpoint_id_of_folder
+from tests.helpers import fake_items, has_visual_tokenizer, write_mixed_corpus, write_texts
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return loaded_model(tmp_path_factory)
+def model(test_model):
+    return test_model
 
 
 def new_index(path, model) -> Index:
@@ -215,10 +208,10 @@ def test_remove_by_id_file_and_folder_then_reload(tmp_path, model):
     assert [rowid for rowid, _ in hits] == [left[0].rowid]
 
 
-def test_checkpoint_mismatch_is_a_clear_error(tmp_path, tmp_path_factory, model):
+def test_checkpoint_mismatch_is_a_clear_error(test_checkpoint, tmp_path, model):
     index = new_index(tmp_path / "idx", model)
     index.close()
-    assert checkpoint_id(model) == checkpoint_id_of_folder(checkpoint_folder(tmp_path_factory))
+    assert checkpoint_id(model) == checkpoint_id_of_folder(test_checkpoint)
     with pytest.raises(CheckpointMismatch, match="vectors of different checkpoints cannot be compared"):
         Index.open(tmp_path / "idx", "another-checkpoint-0123")
     with pytest.raises(CheckpointMismatch):
