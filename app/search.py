@@ -65,11 +65,8 @@ class Hit:
         return f"{self.title}{where}"
 
     def to_json(self) -> dict:
-        out = {"rank": self.rank, "id": self.id, "path": self.path, "page": self.page,
-               "score": round(self.score, 5), "kind": self.kind}
-        if self.collection is not None:
-            out["collection"] = self.collection
-        return out
+        """The CLI's JSON entry (the app's API adds the collection and the kind: app/ui/api.py)."""
+        return {"rank": self.rank, "id": self.id, "path": self.path, "page": self.page, "score": self.score}
 
 
 @dataclass

@@ -4,6 +4,7 @@
     collection.py  Collection: a folder of files and its index per checkpoint
     sessions.py    private per-visitor folders with expiry, upload limits, safe file names
     thumbnails.py  gallery pictures (text passages get a card)
+    uploads.py     changing a collection: add uploads, remove, clear, re-sync a folder with its index
     studio.py      Studio: the sample collection plus the visitor's, and everything the UI and API call
 """
 

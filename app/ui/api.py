@@ -10,9 +10,17 @@ import json
 
 import gradio as gr
 
+from app.search import Hit
 from app.service import Studio
 from app.ui.collection_tab import index_upload
 from app.ui.common import gpu, session_of
+
+
+def api_entry(hit: Hit) -> dict:
+    """One result as the `search` endpoint returns it: which collection it came from and its kind, and a
+    score rounded to what bf16 vectors can tell apart."""
+    return {"rank": hit.rank, "id": hit.id, "path": hit.path, "page": hit.page, "score": round(hit.score, 5),
+            "collection": hit.collection, "kind": hit.kind}
 
 
 def build_and_wire(studio: Studio) -> None:
@@ -41,7 +49,7 @@ def build_and_wire(studio: Studio) -> None:
         except ValueError as e:
             raise gr.Error(str(e)) from e
         hits = studio.search(encoded, session_of(request), r_q, r_c, k=k, include_samples=bool(include_samples))
-        return json.dumps([h.to_json() for h in hits], ensure_ascii=False)
+        return json.dumps([api_entry(h) for h in hits], ensure_ascii=False)
 
     @gpu
     def api_index(files, request: gr.Request) -> str:

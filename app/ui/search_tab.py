@@ -121,13 +121,6 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
     select_outputs = [s.selected_state, s.why_md, s.why_row, s.why_image, s.heatmap, s.bars, s.why_text,
                       s.table_col, s.why_table]
 
-    def rank_outputs(query: QueryState, rq: int, rc: int, with_samples: bool, session: str | None):
-        query = studio.ensure_current(query)
-        t0 = time.perf_counter()
-        hits = studio.search(query, session, rq, rc, k=RESULTS, include_samples=with_samples)
-        ms = (time.perf_counter() - t0) * 1000
-        return (query, hits, gallery_value(studio, hits, session), results_caption(query, hits, (rq, rc), ms))
-
     @gpu
     def do_search(text, image, rq, rc, with_samples, request: gr.Request):
         session = session_of(request)
@@ -135,7 +128,7 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
             query = studio.encode_query(text, image)
         except ValueError as e:
             return mistake(str(e), len(rank_outs) + len(reset_outs))
-        return rank_outputs(query, int(rq), int(rc), with_samples, session) + (
+        return rank_outputs(studio, query, int(rq), int(rc), with_samples, session) + (
             None, gr.update(value=NO_SELECTION), gr.update(visible=False), gr.update(visible=False))
 
     def at_budget(query, rq: int, rc: int, with_samples: bool, selected, session: str | None) -> tuple:
@@ -144,10 +137,10 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
         keep = (gr.skip(),) * (len(select_outputs) - 1)
         if query is None:
             return (query, gr.skip(), gr.skip(), gr.skip()) + keep
-        ranked = rank_outputs(query, rq, rc, with_samples, session)
+        ranked = rank_outputs(studio, query, rq, rc, with_samples, session)
         if selected is None:
             return ranked + keep
-        main, table = explain_outputs(selected[0], selected[1], ranked[0], rq, rc, session)
+        main, table = explain_panel(studio, selected[0], selected[1], ranked[0], rq, rc, session)
         return ranked + main + (table,)
 
     def on_preset(index, query, with_samples, selected, request: gr.Request):
@@ -160,45 +153,11 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
         return (budget_readout(studio, rq, rc),) + at_budget(query, rq, rc, with_samples, selected,
                                                              session_of(request))
 
-    def explain_outputs(coll_key: str, item_id: str, query: QueryState, rq, rc, session: str | None):
-        rq, rc = studio.check_budget(rq, rc)
-        query = studio.ensure_current(query)
-        try:
-            coll, item, c_vectors = studio.item(coll_key, item_id, session)
-        except KeyError:
-            return (gr.update(value="That item is no longer in the collection."), gr.update(visible=False),
-                    None, None, None, "", gr.update(visible=False)), ""
-        q_insp = studio.inspect_query(query)
-        try:
-            c_insp, source = studio.inspect_item(coll, item)
-        except (FileNotFoundError, ValueError) as e:
-            c_insp, source = None, None
-            gr.Warning(f"Showing scores only: {e}")
-        ex = ui_explain.explain_match(query.vectors, c_vectors, (rq, rc), q_insp, c_insp)
-        q_labels = _vector_labels(ex.q_unit_attention, ex.q_units, rq)
-        c_labels = _vector_labels(ex.c_unit_attention, ex.c_units, rc)
-        heat = plots.similarity_heatmap(ex.sim, ex.argmax, (rq, rc), q_labels, c_labels)
-        bar = plots.contribution_bars(ex.contributions, ex.argmax, ex.score, q_labels)
-        image = None
-        if source is not None and source.image is not None:
-            image = plots.overlay(source.image, ui_explain.overlay_marks(ex, item.kind, source))
-        where = f", page {item.page}" if item.page else ""
-        title = (f"### “{item.title}”{where} for {query.label}\nScore **{ex.score:.3f}** at budget **({rq}, {rc})**"
-                 f" — the sum of the best similarity of each of the {rq} query vectors. ")
-        top = ui_explain.summary_units(ex)
-        if top:
-            title += "Mostly because of: " + ", ".join(f"{_kind_mark(k)}{lab} ({100 * s:.0f}%)" for lab, k, s in top)
-        read = ui_explain.highlighted_text_html(ex)
-        if read:
-            read = "<p class='me-caption'>What the model read for this result, shaded by relevance:</p>" + read
-        return (title, gr.update(visible=True), gr.update(value=image, visible=image is not None), heat, bar, read,
-                gr.update(visible=True)), ui_explain.match_table_html(ex)
-
     def select_handler(evt: gr.SelectData, hits, query, rq, rc, request: gr.Request):
         if not hits or evt.index is None or query is None:
             return (gr.skip(),) * len(select_outputs)
         hit = hits[int(evt.index)]
-        main, table = explain_outputs(hit.collection, hit.id, query, rq, rc, session_of(request))
+        main, table = explain_panel(studio, hit.collection, hit.id, query, rq, rc, session_of(request))
         return ((hit.collection, hit.id),) + main + (table,)
 
     def more_like_this(selected, rq, rc, with_samples, request: gr.Request):
@@ -213,7 +172,7 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
         image = source.image
         text = None if image is not None else (source.text or "")[:500]
         query = studio.encode_query(text, image)
-        return (gr.update(value=text or ""), image) + rank_outputs(query, int(rq), int(rc), with_samples, session)
+        return (gr.update(value=text or ""), image) + rank_outputs(studio, query, int(rq), int(rc), with_samples, session)
 
     search_inputs = [s.query_box, s.query_image, s.r_q, s.r_c, s.include_samples]
     for trigger in (s.search_btn.click, s.query_box.submit, s.examples.load_input_event.then):
@@ -231,6 +190,53 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
     s.gallery.select(gpu(select_handler), [s.hits_state, s.query_state, s.r_q, s.r_c], select_outputs, **PRIVATE)
     s.more_btn.click(more_like_this, [s.selected_state, s.r_q, s.r_c, s.include_samples],
                      [s.query_box, s.query_image] + rank_outs, **PRIVATE)
+
+
+def rank_outputs(studio: Studio, query: QueryState, rq: int, rc: int, with_samples: bool,
+                 session: str | None) -> tuple:
+    """The query state, hits, gallery and caption of one search at budget (rq, rc)."""
+    query = studio.ensure_current(query)
+    t0 = time.perf_counter()
+    hits = studio.search(query, session, rq, rc, k=RESULTS, include_samples=with_samples)
+    ms = (time.perf_counter() - t0) * 1000
+    return (query, hits, gallery_value(studio, hits, session), results_caption(query, hits, (rq, rc), ms))
+
+
+def explain_panel(studio: Studio, coll_key: str, item_id: str, query: QueryState, rq, rc,
+                  session: str | None) -> tuple[tuple, str]:
+    """The "Why it matched" outputs for one result at budget (rq, rc): (panel outputs, per-vector table)."""
+    rq, rc = studio.check_budget(rq, rc)
+    query = studio.ensure_current(query)
+    try:
+        coll, item, c_vectors = studio.item(coll_key, item_id, session)
+    except KeyError:
+        return (gr.update(value="That item is no longer in the collection."), gr.update(visible=False),
+                None, None, None, "", gr.update(visible=False)), ""
+    q_insp = studio.inspect_query(query)
+    try:
+        c_insp, source = studio.inspect_item(coll, item)
+    except (FileNotFoundError, ValueError) as e:
+        c_insp, source = None, None
+        gr.Warning(f"Showing scores only: {e}")
+    ex = ui_explain.explain_match(query.vectors, c_vectors, (rq, rc), q_insp, c_insp)
+    q_labels = _vector_labels(ex.q_unit_attention, ex.q_units, rq)
+    c_labels = _vector_labels(ex.c_unit_attention, ex.c_units, rc)
+    heat = plots.similarity_heatmap(ex.sim, ex.argmax, (rq, rc), q_labels, c_labels)
+    bar = plots.contribution_bars(ex.contributions, ex.argmax, ex.score, q_labels)
+    image = None
+    if source is not None and source.image is not None:
+        image = plots.overlay(source.image, ui_explain.overlay_marks(ex, item.kind, source))
+    where = f", page {item.page}" if item.page else ""
+    title = (f"### “{item.title}”{where} for {query.label}\nScore **{ex.score:.3f}** at budget **({rq}, {rc})**"
+             f" — the sum of the best similarity of each of the {rq} query vectors. ")
+    top = ui_explain.summary_units(ex)
+    if top:
+        title += "Mostly because of: " + ", ".join(f"{_kind_mark(k)}{lab} ({100 * s:.0f}%)" for lab, k, s in top)
+    read = ui_explain.highlighted_text_html(ex)
+    if read:
+        read = "<p class='me-caption'>What the model read for this result, shaded by relevance:</p>" + read
+    return (title, gr.update(visible=True), gr.update(value=image, visible=image is not None), heat, bar, read,
+            gr.update(visible=True)), ui_explain.match_table_html(ex)
 
 
 def _vector_labels(att: np.ndarray | None, units: list, n: int) -> list[str]:

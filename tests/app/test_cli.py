@@ -70,7 +70,7 @@ def test_index_search_info_list_remove_json(tmp_path, ckpt, capsys):
     assert result["query"] == "quarterly revenue report" and result["budget"] == [16, 64]
     assert [r["rank"] for r in result["results"]] == [1, 2, 3]
     for r in result["results"]:
-        assert set(r) == {"rank", "id", "path", "page", "score", "kind"} and r["kind"] in {"text", "pdf_page", "image"}
+        assert set(r) == {"rank", "id", "path", "page", "score"}
         assert os.path.isabs(r["path"].split("!/")[0]) and isinstance(r["score"], float)
         assert r["page"] is None or r["page"] >= 1
     scores = [r["score"] for r in result["results"]]

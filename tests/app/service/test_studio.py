@@ -18,6 +18,7 @@ from PIL import Image
 
 from app.service import SAMPLE_DIR, Engine, Studio
 from app.service.sessions import UploadLimits
+from app.ui.api import api_entry
 
 DIM = 32
 R_Q, R_C = 4, 8
@@ -85,7 +86,7 @@ def test_indexed_files_are_found_with_paths_relative_to_the_collection(studio, t
     hits = studio.search(studio.encode_query("kitten whiskers"), None, 4, 8, k=2)
     assert [h.path for h in hits] == ["cats.txt", "ships.txt"]
     assert hits[0].collection == "yours" and hits[0].kind == "text" and hits[0].score > hits[1].score
-    assert hits[0].to_json()["collection"] == "yours"
+    assert api_entry(hits[0])["collection"] == "yours" and api_entry(hits[0])["kind"] == "text"
     # The upload was copied into the collection's own folder.
     assert (studio.local.files_dir / "cats.txt").is_file()
 
