@@ -61,6 +61,16 @@ def build(studio: Studio) -> SimpleNamespace:
                                  "looking for, e.g. “a red panda” or “how do I install Debian”", scale=6,
                                  lines=1, max_lines=2, elem_id="me-query", container=False)
         s.search_btn = gr.Button("Search", variant="primary", scale=1, min_width=120, elem_id="me-search")
+    # The image in the query, shown where the query is (issue 17.2: hidden in a collapsed accordion, it joined
+    # every later search without the user knowing).
+    with gr.Row(visible=False, equal_height=True, elem_id="me-query-chip") as s.chip:
+        s.chip_image = gr.Image(show_label=False, interactive=False, height=64, width=64, container=False,
+                                buttons=[], scale=0, min_width=72, elem_id="me-chip-image")
+        gr.Markdown("**Searching with this image** (and your words, if any). A new search with other words "
+                    "leaves it out unless you keep it.", elem_classes="me-caption")
+        s.keep_image = gr.Checkbox(value=False, label="Keep it", scale=0, min_width=110, elem_id="me-chip-keep")
+        s.remove_image = gr.Button("✕ Remove image", size="sm", scale=0, min_width=140, elem_id="me-chip-remove")
+    s.image_words = gr.State(None)  # the words last searched with the current image (None: not searched yet)
     with gr.Accordion("More like this: search with an image", open=False):
         with gr.Row():
             s.query_image = gr.Image(label="Query image (combined with the text above, if any)",
@@ -122,14 +132,20 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
                       s.table_col, s.why_table]
 
     @gpu
-    def do_search(text, image, rq, rc, with_samples, request: gr.Request):
+    def do_search(text, image, keep, image_words, rq, rc, with_samples, request: gr.Request):
         session = session_of(request)
+        words = (text or "").strip()
+        # New words after an image search start a text search, unless the user keeps the image.
+        drop = image is not None and image_words is not None and not keep and words and words != image_words
+        if drop:
+            image = None
         try:
             query = studio.encode_query(text, image)
         except ValueError as e:
-            return mistake(str(e), len(rank_outs) + len(reset_outs))
+            return mistake(str(e), len(rank_outs) + len(reset_outs) + 2)
         return rank_outputs(studio, query, int(rq), int(rc), with_samples, session) + (
-            None, gr.update(value=NO_SELECTION), gr.update(visible=False), gr.update(visible=False))
+            None, gr.update(value=NO_SELECTION), gr.update(visible=False), gr.update(visible=False),
+            None if drop else gr.skip(), words if image is not None else None)
 
     def at_budget(query, rq: int, rc: int, with_samples: bool, selected, session: str | None) -> tuple:
         """The results and the open explanation at one budget, from one event. As two chained events they
@@ -162,7 +178,7 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
 
     def more_like_this(selected, rq, rc, with_samples, request: gr.Request):
         if selected is None:
-            return mistake("select a result first", 2 + len(rank_outs))
+            return mistake("select a result first", 3 + len(rank_outs))
         session = session_of(request)
         coll, item, _ = studio.item(selected[0], selected[1], session)
         try:
@@ -172,11 +188,19 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
         image = source.image
         text = None if image is not None else (source.text or "")[:500]
         query = studio.encode_query(text, image)
-        return (gr.update(value=text or ""), image) + rank_outputs(studio, query, int(rq), int(rc), with_samples, session)
+        return (gr.update(value=text or ""), image, "" if image is not None else None) + rank_outputs(
+            studio, query, int(rq), int(rc), with_samples, session)
 
-    search_inputs = [s.query_box, s.query_image, s.r_q, s.r_c, s.include_samples]
+    def show_chip(image):
+        return gr.update(visible=image is not None), image, gr.update(value=False) if image is None else gr.skip()
+
+    search_inputs = [s.query_box, s.query_image, s.keep_image, s.image_words, s.r_q, s.r_c, s.include_samples]
     for trigger in (s.search_btn.click, s.query_box.submit, s.examples.load_input_event.then):
-        trigger(do_search, search_inputs, rank_outs + reset_outs, **PRIVATE)
+        trigger(do_search, search_inputs, rank_outs + reset_outs + [s.query_image, s.image_words], **PRIVATE)
+    s.query_image.change(show_chip, s.query_image, [s.chip, s.chip_image, s.keep_image], show_progress="hidden",
+                         **PRIVATE)
+    s.query_image.upload(lambda: None, None, s.image_words, **PRIVATE)  # a new image, not searched yet
+    s.remove_image.click(lambda: (None, None), None, [s.query_image, s.image_words], **PRIVATE)
     explained = select_outputs[1:]
     s.preset.input(on_preset, [s.preset, s.query_state, s.include_samples, s.selected_state],
                    [s.r_q, s.r_c, s.readout] + rank_outs + explained, trigger_mode="always_last",
@@ -189,7 +213,7 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
                             **PRIVATE)
     s.gallery.select(gpu(select_handler), [s.hits_state, s.query_state, s.r_q, s.r_c], select_outputs, **PRIVATE)
     s.more_btn.click(more_like_this, [s.selected_state, s.r_q, s.r_c, s.include_samples],
-                     [s.query_box, s.query_image] + rank_outs, **PRIVATE)
+                     [s.query_box, s.query_image, s.image_words] + rank_outs, **PRIVATE)
 
 
 def rank_outputs(studio: Studio, query: QueryState, rq: int, rc: int, with_samples: bool,

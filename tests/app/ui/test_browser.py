@@ -251,6 +251,28 @@ def test_open_a_result_shows_why_it_matched(server, browser_page):
     assert last in page.inner_text("#me-why-title") and last in page.inner_text("#me-results-caption")
 
 
+def test_more_like_this_shows_its_image_and_new_words_leave_it_out(server, browser_page):
+    """Issue 17.2: the query image is shown beside the query, can be removed, and does not join a later
+    search with other words unless the user keeps it."""
+    page = browser_page.page
+    photos = [i for i, c in enumerate(captions(page)) if c.endswith(".jpg")]
+    page.locator("#me-results .thumbnail-item").nth(photos[0] if photos else 0).click()
+    page.wait_for_selector("#me-why-table table", state="visible")
+    before = captions(page)
+    page.get_by_role("button", name="Search for more like this result").click()
+    page.wait_for_selector("#me-query-chip", state="visible")
+    page.wait_for_function("document.querySelector('#me-results-caption').innerText.includes('your image')")
+    assert page.locator("#me-chip-image img").count() == 1
+    wait_for_new_captions(page, before)
+    # New words: a text search; the image leaves the query and its chip goes.
+    page.fill("#me-query textarea", "hot air balloon over hills")
+    page.click("#me-search")
+    page.wait_for_function(
+        "document.querySelector('#me-results-caption').innerText.includes('hot air balloon over hills')")
+    assert "your image" not in page.inner_text("#me-results-caption")
+    page.wait_for_selector("#me-query-chip", state="hidden")
+
+
 def test_scaling_tab_measures_every_budget(server, browser_page):
     page = browser_page.page
     open_tab(page, "Scaling")
