@@ -41,13 +41,19 @@ def gallery_value(studio: Studio, hits: list[Hit], session: str | None) -> list[
     return [(studio.thumbnail(h, session), f"{h.score:.2f} · {h.label}") for h in hits]
 
 
-def results_caption(query: QueryState, hits: list[Hit], budget: tuple[int, int], rank_ms: float) -> str:
+def results_caption(query: QueryState, hits: list[Hit], budget: tuple[int, int], rank_ms: float,
+                    indexing: tuple[float, str] | None = None) -> str:
+    # While files are still being indexed (the samples on first start), results are partial: say so.
+    partial = (f"⏳ **Still indexing** ({indexing[1]}, {100 * indexing[0]:.0f}%): these results cover only what "
+               "is indexed so far.\n\n") if indexing is not None else ""
     if not hits:
+        if partial:
+            return partial + f"Nothing indexed yet matches {query.label}."
         return (f"No results for {query.label}: the collection is empty. Add files in the **Collection** tab, or "
                 "tick *Include the sample collection*.")
     encoded = f"encoded once, in {query.encode_ms:.0f} ms" if query.encode_ms else "encoded earlier"
-    return (f"**{len(hits)} results** for {query.label} at budget **{budget}** · ranked in {rank_ms:.0f} ms from "
-            f"the cached query vectors (the query was {encoded}). Click a result to see why it matched.")
+    return (partial + f"**{len(hits)} results** for {query.label} at budget **{budget}** · ranked in {rank_ms:.0f} "
+            f"ms from the cached query vectors (the query was {encoded}). Click a result to see why it matched.")
 
 
 def build(studio: Studio) -> SimpleNamespace:
@@ -223,7 +229,8 @@ def rank_outputs(studio: Studio, query: QueryState, rq: int, rc: int, with_sampl
     t0 = time.perf_counter()
     hits = studio.search(query, session, rq, rc, k=RESULTS, include_samples=with_samples)
     ms = (time.perf_counter() - t0) * 1000
-    return (query, hits, gallery_value(studio, hits, session), results_caption(query, hits, (rq, rc), ms))
+    caption = results_caption(query, hits, (rq, rc), ms, studio.indexing_progress)
+    return (query, hits, gallery_value(studio, hits, session), caption)
 
 
 def explain_panel(studio: Studio, coll_key: str, item_id: str, query: QueryState, rq, rc,

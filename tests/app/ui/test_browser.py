@@ -302,3 +302,51 @@ def test_model_tab_and_no_external_requests(server, browser_page):
     assert server.studio.engine.checkpoint_id in info and "trained budgets" in info
     shot(page, "model", docs_height=760)
     assert browser_page.external == []
+
+
+def test_searching_during_first_start_says_the_results_are_partial(test_checkpoint, tmp_path, monkeypatch):
+    """Issue 17.4: a search while the samples are still being indexed used to return a few unrelated results
+    with no warning. Indexing is held at its start here, so the browser sees that state for sure."""
+    import threading
+
+    from playwright.sync_api import sync_playwright
+
+    from app.server import create_app, launch
+    from app.service import Studio
+
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    for name in UPLOADS[:3]:
+        shutil.copy(EXAMPLES / name, samples / name)
+    gate = threading.Event()
+    sync = Studio.sync_files
+
+    def held_sync(self, coll, progress=None):
+        gate.wait(60)
+        return sync(self, coll, progress) if progress is not None else sync(self, coll)
+
+    monkeypatch.setattr(Studio, "sync_files", held_sync)
+    studio, demo = create_app(model_checkpoint(test_checkpoint), tmp_path / "data", sample_dir=samples,
+                              log=lambda *a: None)
+    port = free_port()
+    launch(studio, demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
+            page.set_default_timeout(TIMEOUT)
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.fill("#me-query textarea", "a red panda")
+            page.click("#me-search")
+            page.wait_for_function("document.querySelector('#me-results-caption').innerText.includes('Still indexing')")
+            gate.set()
+            assert studio.wait_for_samples(120)
+            page.fill("#me-query textarea", "a kitten")
+            page.click("#me-search")
+            page.wait_for_function("document.querySelector('#me-results-caption').innerText.includes('results for')")
+            assert "Still indexing" not in page.inner_text("#me-results-caption")
+            browser.close()
+    finally:
+        gate.set()
+        demo.close()
+        studio.close()
