@@ -2,7 +2,7 @@
 
 Layout of an index folder::
 
-    index.sqlite          metadata: items, segments, the checkpoint that made the vectors
+    index.sqlite          metadata: items, segments, the checkpoint that made the vectors (app.store.db)
     segments/seg-N.npy    vectors of a batch of items (app.store.segments)
     first_stage.R.faiss   optional IVF over the items' first vectors, covering items up to rowid R
     write.lock            serialises writers (flock); readers never take it
@@ -12,32 +12,52 @@ atomically and only then commits its rows in SQLite, so a process killed at any 
 holding exactly the batches committed before the kill (unreferenced files are swept by the next writer).
 Small segments are merged with a binary-counter policy (O(log n) segments, each row rewritten O(log n)
 times) up to `MAX_SEGMENT_BYTES`; removed items are dropped from SQLite at once and their vectors when
-their segment is rewritten.
+their segment is rewritten (both in app.store.compaction).
+
+This module holds the `Index` that ties these together (opening, reading, writing under the lock, search)
+and the search's exact/first-stage switch-over; item rows are app.store.items.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
-import hashlib
-import json
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from model.files import atomic_path
 from model.scoring import near_top
 
+from . import compaction
+from .db import (
+    DB_NAME,
+    check_format,
+    connect,
+    create_database,
+    file_lock,
+    param_chunks,
+    record_file_versions,
+    transaction,
+)
+from .errors import REBUILD_HINT, CheckpointMismatch, IndexError_
 from .first_stage import FirstStage
+from .items import (
+    ITEM_COLUMNS,
+    IndexedItem,
+    delete_items,
+    hashes_present,
+    insert_item,
+    match,
+    new_id,
+    row_to_item,
+)
 from .segments import (
     SEGMENT_DIR,
     Segment,
@@ -45,21 +65,14 @@ from .segments import (
     open_segment,
     segment_file,
     stored_bytes,
-    sweep_uncommitted,
     to_bf16_bits,
-    write_live,
     write_segment,
 )
 
-FORMAT_VERSION = 2
-DB_NAME = "index.sqlite"
-LOCK_NAME = "write.lock"
-# Largest segment a merge produces: 1 GiB is 65,536 items at R_c=64, D=128; big enough that a million
-# items live in ~16 files, small enough that a merge never needs much memory or time.
-MAX_SEGMENT_BYTES = 1 << 30
-# Removing items leaves dead rows in their segment; rewrite a segment once this share of it is dead.
-REWRITE_DEAD_FRACTION = 0.5
-ID_LENGTH = 16  # hex characters of the content hash that form an item id (64 bits)
+# Re-exported: callers import the store's public names from here.
+__all__ = ["DB_NAME", "EXACT_ROWS", "FIRST_STAGE_DEPTH", "REBUILD_HINT", "CheckpointMismatch", "Index",
+           "IndexError_", "IndexedItem", "uses_exact"]
+
 # Search: exact MaxSim costs about the same per candidate vector read whatever r_q (~45-50 ns per
 # item-vector on one core), so a query is scored exactly while items x r_c <= EXACT_ROWS (10,000 items
 # at r_c=64, ~30 ms; 640,000 at r_c=1); above, the first stage (app.store.first_stage) picks FIRST_STAGE_DEPTH
@@ -72,96 +85,6 @@ FIRST_STAGE_DEPTH = 1_000
 def uses_exact(count: int, r_c: int) -> bool:
     """Whether a collection of `count` items is scored exactly at candidate budget r_c."""
     return count * r_c <= EXACT_ROWS
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS segments (
-    id INTEGER PRIMARY KEY, file TEXT NOT NULL UNIQUE, rows INTEGER NOT NULL, created REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS items (
-    rowid INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    content_hash TEXT NOT NULL UNIQUE,
-    segment INTEGER NOT NULL REFERENCES segments(id),
-    slot INTEGER NOT NULL,
-    path TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    title TEXT NOT NULL,
-    page INTEGER,
-    passage INTEGER,
-    char_start INTEGER,
-    char_end INTEGER,
-    size_bytes INTEGER NOT NULL,
-    added REAL NOT NULL,
-    thumbnail TEXT,
-    text TEXT,
-    words TEXT NOT NULL,
-    file_sha256 TEXT
-);
-CREATE INDEX IF NOT EXISTS items_path ON items(path);
-CREATE INDEX IF NOT EXISTS items_segment ON items(segment, slot);
-CREATE INDEX IF NOT EXISTS items_thumbnail ON items(thumbnail);
--- Content-addressed (sha256 of the JPEG): a PDF page and its passages share one stored thumbnail.
-CREATE TABLE IF NOT EXISTS thumbnails (sha256 TEXT PRIMARY KEY, jpeg BLOB NOT NULL);
-"""
-_ITEM_COLUMNS = ("rowid, id, content_hash, path, kind, title, page, passage, char_start, char_end, "
-                 "size_bytes, added, text, words")
-
-
-# What to do about a damaged index: the index holds only derived data, so it is rebuilt from the files.
-REBUILD_HINT = ("Your files are not affected: move the index folder away and run `index` on the same files "
-                "again to rebuild it")
-
-
-class IndexError_(ValueError):  # noqa: N801 - avoids shadowing the builtin IndexError
-    """A problem with an index folder, in plain words."""
-
-
-class CheckpointMismatch(IndexError_):
-    """The index was built by another checkpoint: its vectors must not be mixed with this model's."""
-
-
-# ------------------------------------------------------------------------------------------------ items
-
-
-@dataclass
-class IndexedItem:
-    """Metadata of one indexed item (its vectors are fetched with `Index.vectors`)."""
-
-    id: str
-    path: str  # the source as ingested: an absolute path, or "<abs zip path>!/<member>"
-    kind: str  # "image" | "pdf_page" | "text"
-    title: str
-    content_hash: str
-    page: int | None
-    passage: int | None
-    char_span: tuple[int, int] | None
-    size_bytes: int
-    added: float  # unix time
-    text: str | None
-    words: list[tuple[str, tuple[float, float, float, float]]] = field(default_factory=list, repr=False)
-    rowid: int = field(default=0, repr=False)
-
-
-def _words_json(words: Sequence[tuple[str, Sequence[float]]] | None) -> str:
-    # Boxes to 1e-4 of the page (0.12 px on a 1200 px page render), compact separators: pages carry
-    # hundreds of words, and this roughly halves what they cost in the database.
-    return json.dumps([[w, [round(float(v), 4) for v in box]] for w, box in (words or [])],
-                      separators=(",", ":"), ensure_ascii=False)
-
-
-def _row_to_item(row: sqlite3.Row) -> IndexedItem:
-    span = (row["char_start"], row["char_end"]) if row["char_start"] is not None else None
-    words = [(w, tuple(box)) for w, box in json.loads(row["words"])]
-    return IndexedItem(
-        id=row["id"], path=row["path"], kind=row["kind"], title=row["title"], content_hash=row["content_hash"],
-        page=row["page"], passage=row["passage"], char_span=span, size_bytes=row["size_bytes"],
-        added=row["added"], text=row["text"], words=words, rowid=row["rowid"],
-    )
-
-
-# -------------------------------------------------------------------------------------------- the index
 
 
 def _locked(method):
@@ -197,20 +120,8 @@ class Index:
         self._open_segments: dict[str, np.ndarray] = {}
         self._first_stage = None  # FirstStage, built on demand
         self._writes = 0  # our own commits, which PRAGMA data_version does not count
-        self._versioned = self._record_versions()
+        self._versioned = record_file_versions(conn)  # False: no version is ever called stale
         self._lock = threading.RLock()
-
-    def _record_versions(self) -> bool:
-        """Indexes made before file versions were recorded get the column; False where that cannot be
-        written (a read-only index), and then no version is ever called stale."""
-        columns = {r["name"] for r in self._conn.execute("PRAGMA table_info(items)")}
-        if "file_sha256" in columns:
-            return True
-        try:
-            self._conn.execute("ALTER TABLE items ADD COLUMN file_sha256 TEXT")
-        except sqlite3.OperationalError:  # read-only, or another process added it a moment ago
-            return "file_sha256" in {r["name"] for r in self._conn.execute("PRAGMA table_info(items)")}
-        return True
 
     # ---- opening ------------------------------------------------------------------------------------
     @classmethod
@@ -227,16 +138,7 @@ class Index:
         if num_vectors < 1 or dim < 1:
             raise ValueError(f"num_vectors and dim must be positive, got {num_vectors} and {dim}")
         (directory / SEGMENT_DIR).mkdir(parents=True, exist_ok=True)
-        # Build the database under a temp name and rename it in, so a half-created index never exists.
-        with atomic_path(directory / DB_NAME) as tmp:
-            conn = sqlite3.connect(tmp)
-            conn.executescript(_SCHEMA)
-            meta = {"format_version": str(FORMAT_VERSION), "checkpoint_id": checkpoint_id,
-                    "checkpoint_source": checkpoint_source or "", "num_vectors": str(num_vectors),
-                    "dim": str(dim), "created": repr(time.time())}
-            conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", meta.items())
-            conn.commit()
-            conn.close()
+        create_database(directory / DB_NAME, checkpoint_id, num_vectors, dim, checkpoint_source)
         return cls.open(directory)
 
     @classmethod
@@ -248,16 +150,8 @@ class Index:
             if directory.is_dir():
                 raise FileNotFoundError(f"{directory} holds no index ({DB_NAME} is missing)")
             raise FileNotFoundError(f"index folder {directory} does not exist")
-        conn, read_only = _connect(db)
-        try:
-            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        except sqlite3.DatabaseError as e:
-            conn.close()
-            raise IndexError_(f"{db} is not a readable index database ({e}). {REBUILD_HINT}") from e
-        version = meta.get("format_version")
-        if version != str(FORMAT_VERSION):
-            conn.close()
-            raise IndexError_(f"{directory} has index format {version!r}; this version reads {FORMAT_VERSION}")
+        conn, read_only = connect(db)
+        check_format(conn, db)
         index = cls(directory, conn, read_only)
         if checkpoint_id is not None and checkpoint_id != index.checkpoint_id:
             index.close()
@@ -306,10 +200,10 @@ class Index:
     def items(self, path: str | None = None) -> list[IndexedItem]:
         """All items in the order they were added (or those of one source path)."""
         if path is None:
-            rows = self._conn.execute(f"SELECT {_ITEM_COLUMNS} FROM items ORDER BY rowid")
+            rows = self._conn.execute(f"SELECT {ITEM_COLUMNS} FROM items ORDER BY rowid")
         else:
-            rows = self._conn.execute(f"SELECT {_ITEM_COLUMNS} FROM items WHERE path = ? ORDER BY rowid", (path,))
-        return [_row_to_item(r) for r in rows]
+            rows = self._conn.execute(f"SELECT {ITEM_COLUMNS} FROM items WHERE path = ? ORDER BY rowid", (path,))
+        return [row_to_item(r) for r in rows]
 
     @_locked
     def paths_of_file(self, file_hash: str) -> list[str]:
@@ -323,7 +217,7 @@ class Index:
     def move(self, old_path: str, new_path: str, title: str) -> int:
         """Point the items of `old_path` at `new_path` (a file that was renamed or moved); returns how many."""
         with self._write_lock():
-            with self._txn("IMMEDIATE"):
+            with transaction(self._conn, "IMMEDIATE"):
                 cur = self._conn.execute("UPDATE items SET path = ?, title = ? WHERE path = ?",
                                          (new_path, title, old_path))
         return cur.rowcount
@@ -340,20 +234,17 @@ class Index:
 
     @_locked
     def get(self, item_id: str) -> IndexedItem:
-        row = self._conn.execute(f"SELECT {_ITEM_COLUMNS} FROM items WHERE id = ?", (item_id,)).fetchone()
+        row = self._conn.execute(f"SELECT {ITEM_COLUMNS} FROM items WHERE id = ?", (item_id,)).fetchone()
         if row is None:
             raise KeyError(f"no item {item_id!r} in index {self.directory}")
-        return _row_to_item(row)
+        return row_to_item(row)
 
     @_locked
     def get_many(self, rowids: Sequence[int]) -> dict[int, IndexedItem]:
         out: dict[int, IndexedItem] = {}
-        ids = [int(r) for r in rowids]
-        for start in range(0, len(ids), 500):  # SQLite caps the number of bound parameters
-            chunk = ids[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            for row in self._conn.execute(f"SELECT {_ITEM_COLUMNS} FROM items WHERE rowid IN ({marks})", chunk):
-                out[row["rowid"]] = _row_to_item(row)
+        for chunk, marks in param_chunks([int(r) for r in rowids]):
+            for row in self._conn.execute(f"SELECT {ITEM_COLUMNS} FROM items WHERE rowid IN ({marks})", chunk):
+                out[row["rowid"]] = row_to_item(row)
         return out
 
     @_locked
@@ -424,7 +315,7 @@ class Index:
         raise AssertionError("unreachable")
 
     def _load_view(self) -> View:
-        with self._txn():
+        with transaction(self._conn):
             version = self._data_version()
             seg_rows = self._conn.execute("SELECT id, file, rows FROM segments ORDER BY id").fetchall()
             items = np.array(self._conn.execute("SELECT rowid, segment, slot FROM items ORDER BY rowid").fetchall(),
@@ -442,17 +333,6 @@ class Index:
             segments.append(Segment(seg_id, bits))
         self._open_segments = opened
         return View.build(segments, items, version, self.dim)
-
-    @contextlib.contextmanager
-    def _txn(self, mode: str = "") -> Iterator[None]:
-        """One SQLite transaction: committed when the block ends, rolled back if it raises."""
-        self._conn.execute(f"BEGIN {mode}")
-        try:
-            yield
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
 
     # ---- scoring ------------------------------------------------------------------------------------
     @_locked
@@ -515,15 +395,9 @@ class Index:
     def _save_first_stage(self, stage: FirstStage) -> None:
         # Only a cache: skip it when another process is writing, or the folder is read-only.
         try:
-            with open(self.directory / LOCK_NAME, "a+") as lock:
-                try:
-                    fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    return
-                try:
+            with file_lock(self.directory, wait=False) as held:
+                if held:
                     stage.save(self.directory)
-                finally:
-                    fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
         except OSError:
             return
 
@@ -533,34 +407,12 @@ class Index:
         if self.read_only:
             raise IndexError_(f"index {self.directory} is read-only (its files or disk cannot be written): it "
                               "can be searched but not changed; copy the folder somewhere writable to change it")
-        with open(self.directory / LOCK_NAME, "a+") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        with file_lock(self.directory):
             try:
-                self._sweep()
+                compaction.sweep(self._conn, self.directory)
                 yield
             finally:
                 self._writes += 1
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
-
-    def _sweep(self) -> None:
-        """Delete files a killed writer left behind: temp files and segments SQLite never committed."""
-        referenced = {f for (f,) in self._conn.execute("SELECT file FROM segments")}
-        sweep_uncommitted(self.directory / SEGMENT_DIR, referenced)
-        for path in self.directory.glob(".*.tmp"):
-            path.unlink(missing_ok=True)
-
-    def _next_segment_id(self) -> int:
-        # Never reuse the id (= file name) of a segment that was ever committed: a reader may still hold
-        # the old file mapped under that name. An id whose file was never committed may be reused.
-        (last,) = self._conn.execute("SELECT COALESCE(MAX(id), 0) FROM segments").fetchone()
-        row = self._conn.execute("SELECT value FROM meta WHERE key = 'next_segment'").fetchone()
-        return max(int(last) + 1, int(row[0]) if row else 1)
-
-    def _insert_segment(self, seg_id: int, file: str, rows: int) -> None:
-        """Inside a write transaction: record a segment and consume its id."""
-        self._conn.execute("INSERT INTO segments(id, file, rows, created) VALUES (?, ?, ?, ?)",
-                           (seg_id, file, rows, time.time()))
-        self._conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('next_segment', ?)", (str(seg_id + 1),))
 
     @_locked
     def add(self, items: Sequence[Any], vectors: torch.Tensor | np.ndarray) -> list[str | None]:
@@ -578,7 +430,7 @@ class Index:
             raise ValueError(f"add: vectors have shape {tuple(vectors.shape)}, this index stores "
                              f"[B, {self.num_vectors}, {self.dim}]")
         with self._write_lock():
-            known = self._hashes_present([it.content_hash for it in items])
+            known = hashes_present(self._conn, [it.content_hash for it in items])
             keep, seen = [], set()
             for i, it in enumerate(items):
                 if it.content_hash not in known and it.content_hash not in seen:
@@ -587,50 +439,21 @@ class Index:
             if not keep:
                 return [None] * len(items)
             bits = to_bf16_bits(vectors[keep] if len(keep) < len(items) else vectors)
-            seg_id = self._next_segment_id()
+            seg_id = compaction.next_segment_id(self._conn)
             file = segment_file(seg_id)
             write_segment(self.directory / SEGMENT_DIR / file, self.num_vectors, self.dim, [bits], len(keep))
             now = time.time()
             ids: list[str | None] = [None] * len(items)
-            with self._txn("IMMEDIATE"):
-                self._insert_segment(seg_id, file, len(keep))
+            with transaction(self._conn, "IMMEDIATE"):
+                compaction.insert_segment(self._conn, seg_id, file, len(keep))
                 for slot, i in enumerate(keep):
-                    it = items[i]
-                    item_id = self._new_id(it.content_hash)
-                    ids[i] = item_id
-                    span = it.char_span or (None, None)
-                    thumb = None
-                    if it.thumbnail:
-                        thumb = hashlib.sha256(it.thumbnail).hexdigest()
-                        self._conn.execute("INSERT OR IGNORE INTO thumbnails(sha256, jpeg) VALUES (?, ?)",
-                                           (thumb, sqlite3.Binary(it.thumbnail)))
-                    self._conn.execute(
-                        "INSERT INTO items(id, content_hash, segment, slot, path, kind, title, page, passage, "
-                        "char_start, char_end, size_bytes, added, thumbnail, text, words, file_sha256) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (item_id, it.content_hash, seg_id, slot, it.source, it.kind, it.title, it.page,
-                         it.passage, span[0], span[1], int(it.size_bytes), now, thumb, it.text,
-                         _words_json(it.words), getattr(it, "file_hash", "") or None),
-                    )
-            self._merge_tail()
+                    ids[i] = self._new_id(items[i].content_hash)
+                    insert_item(self._conn, items[i], ids[i], seg_id, slot, now)
+            compaction.merge_tail(self._conn, self.directory, self.num_vectors, self.dim)
         return ids
 
-    def _hashes_present(self, hashes: Sequence[str]) -> set[str]:
-        present: set[str] = set()
-        for start in range(0, len(hashes), 500):
-            chunk = list(hashes[start:start + 500])
-            marks = ",".join("?" * len(chunk))
-            present.update(h for (h,) in self._conn.execute(
-                f"SELECT content_hash FROM items WHERE content_hash IN ({marks})", chunk))
-        return present
-
     def _new_id(self, content_hash: str) -> str:
-        # Ids are prefixes of the content hash: stable across re-indexing; lengthened on a (rare) clash.
-        for length in range(ID_LENGTH, len(content_hash) + 1, 4):
-            candidate = content_hash[:length]
-            if self._conn.execute("SELECT 1 FROM items WHERE id = ?", (candidate,)).fetchone() is None:
-                return candidate
-        raise IndexError_(f"content hash {content_hash} is already indexed")
+        return new_id(self._conn, content_hash)
 
     @_locked
     def remove(self, targets: Iterable[str]) -> list[str]:
@@ -643,142 +466,25 @@ class Index:
             rowids: dict[int, str] = {}
             missing = []
             for target in targets:
-                found = self._match(target)
+                found = match(self._conn, target)
                 if not found:
                     missing.append(target)
                 rowids.update(found)
             if missing:
                 raise KeyError(f"nothing in index {self.directory} matches {', '.join(map(repr, missing))} "
                                "(give item ids or indexed paths)")
-            with self._txn("IMMEDIATE"):
-                for start in range(0, len(rowids), 500):
-                    chunk = list(rowids)[start:start + 500]
-                    marks = ",".join("?" * len(chunk))
-                    self._conn.execute(f"DELETE FROM items WHERE rowid IN ({marks})", chunk)
-                self._conn.execute("DELETE FROM thumbnails WHERE sha256 NOT IN "
-                                   "(SELECT thumbnail FROM items WHERE thumbnail IS NOT NULL)")
-            self._rewrite_sparse()
+            with transaction(self._conn, "IMMEDIATE"):
+                delete_items(self._conn, list(rowids))
+            compaction.rewrite_sparse(self._conn, self.directory, self.num_vectors, self.dim)
         return sorted(rowids.values())
 
-    def _match(self, target: str) -> dict[int, str]:
-        rows = self._conn.execute("SELECT rowid, id FROM items WHERE id = ?", (target,)).fetchall()
-        if rows:
-            return dict(rows)
-        path = str(Path(target).expanduser().absolute()) if not target.startswith("<") else target
-        candidates = {path, target}
-        with contextlib.suppress(OSError):
-            candidates.add(str(Path(target).expanduser().resolve()))
-        out: dict[int, str] = {}
-        for p in candidates:
-            prefix = p.rstrip("/")
-            like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            out.update(self._conn.execute(
-                "SELECT rowid, id FROM items WHERE path = ? OR path LIKE ? ESCAPE '\\' OR path LIKE ? ESCAPE '\\'",
-                (p, like + "/%", like + "!/%"),
-            ).fetchall())
-        return out
-
-    # ---- segment maintenance ------------------------------------------------------------------------
-    def _segment_live(self) -> list[tuple[int, str, int, int]]:
-        return self._conn.execute(
-            "SELECT s.id, s.file, s.rows, COUNT(i.rowid) FROM segments s LEFT JOIN items i ON i.segment = s.id "
-            "GROUP BY s.id ORDER BY s.id"
-        ).fetchall()
-
+    # ---- segment maintenance (app.store.compaction) -------------------------------------------------
     @property
     def max_segment_rows(self) -> int:
-        return max(1, MAX_SEGMENT_BYTES // (self.num_vectors * self.dim * 2))
-
-    def _merge_tail(self) -> None:
-        """Binary-counter merging: merge the two newest segments while the older is not the larger."""
-        while True:
-            segs = self._segment_live()
-            if len(segs) < 2:
-                return
-            (a, _, _, live_a), (b, _, _, live_b) = segs[-2], segs[-1]
-            if live_a > live_b or live_a + live_b > self.max_segment_rows:
-                return
-            self._rewrite([a, b])
-
-    def _rewrite_sparse(self) -> None:
-        for seg_id, _file, rows, live in self._segment_live():
-            if rows and (rows - live) / rows >= REWRITE_DEAD_FRACTION:
-                self._rewrite([seg_id])
+        return compaction.max_segment_rows(self.num_vectors, self.dim)
 
     @_locked
     def compact(self) -> None:
         """Rewrite every segment without dead rows and merge small ones (up to MAX_SEGMENT_BYTES each)."""
         with self._write_lock():
-            segs = self._segment_live()
-            groups: list[list[tuple[int, int, int]]] = [[]]
-            size = 0
-            for seg_id, _file, rows, live in segs:
-                if size + live > self.max_segment_rows and groups[-1]:
-                    groups.append([])
-                    size = 0
-                groups[-1].append((seg_id, rows, live))
-                size += live
-            for group in groups:
-                if len(group) > 1 or any(rows != live for _s, rows, live in group):
-                    self._rewrite([seg_id for seg_id, _r, _l in group])
-
-    def _rewrite(self, seg_ids: list[int]) -> None:
-        """Replace segments by one holding their live rows; commit, then delete the old files."""
-        marks = ",".join("?" * len(seg_ids))
-        old = self._conn.execute(f"SELECT id, file FROM segments WHERE id IN ({marks}) ORDER BY id",
-                                 seg_ids).fetchall()
-        live = self._conn.execute(
-            f"SELECT rowid, segment, slot FROM items WHERE segment IN ({marks}) ORDER BY segment, slot", seg_ids
-        ).fetchall()
-        files = {seg_id: file for seg_id, file in old}
-        new_id = self._next_segment_id()
-        new_file = segment_file(new_id)
-        folder = self.directory / SEGMENT_DIR
-        if live:
-            # `live` is ordered by segment, then slot: the order the new segment's slots are given below.
-            parts = [(folder / files[seg_id], np.array([slot for _r, s, slot in live if s == seg_id], dtype=np.int64))
-                     for seg_id in sorted(files)]
-            write_live(folder / new_file, self.num_vectors, self.dim, parts)
-        with self._txn("IMMEDIATE"):
-            if live:
-                self._insert_segment(new_id, new_file, len(live))
-                self._conn.executemany("UPDATE items SET segment = ?, slot = ? WHERE rowid = ?",
-                                       [(new_id, slot, rowid) for slot, (rowid, _s, _o) in enumerate(live)])
-            self._conn.execute(f"DELETE FROM segments WHERE id IN ({marks})", seg_ids)
-        for file in files.values():
-            (folder / file).unlink(missing_ok=True)
-
-
-def _connect(db: Path) -> tuple[sqlite3.Connection, bool]:
-    """(connection, read_only). An index whose files or disk cannot be written opens read-only."""
-    if os.access(db, os.W_OK) and os.access(db.parent, os.W_OK):
-        # Autocommit mode: transactions are opened explicitly (see Index._txn), never implicitly.
-        conn = sqlite3.connect(db, timeout=60.0, isolation_level=None, check_same_thread=False)
-        conn.row_factory = sqlite3.Row
-        try:
-            # WAL: readers (the app) never block the writer (the CLI) and vice versa; NORMAL sync is still
-            # atomic and consistent when the process is killed (only an OS crash may drop the last commits).
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            return conn, False
-        except sqlite3.OperationalError as e:  # a read-only mount reports itself only here
-            conn.close()
-            if "readonly" not in str(e) and "read-only" not in str(e):
-                raise
-    return _connect_read_only(db), True
-
-
-def _connect_read_only(db: Path) -> sqlite3.Connection:
-    # mode=ro still needs the WAL's shared-memory file, which a read-only folder may lack; immutable=1
-    # reads the file as it is (right for a read-only disk, where no writer can change it meanwhile).
-    for flags in ("mode=ro", "immutable=1"):
-        conn = sqlite3.connect(f"{db.as_uri()}?{flags}", uri=True, timeout=60.0, isolation_level=None,
-                               check_same_thread=False)
-        conn.row_factory = sqlite3.Row
-        try:
-            conn.execute("SELECT COUNT(*) FROM meta").fetchone()
-            return conn
-        except sqlite3.OperationalError:
-            conn.close()
-    raise IndexError_(f"{db} cannot be opened for reading (its folder or disk refuses even read-only access)")
+            compaction.compact(self._conn, self.directory, self.num_vectors, self.dim)

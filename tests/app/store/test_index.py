@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from app.indexing import encoder_input, index_paths, read_ahead
 from app.ingest import ingest
+from app.store import db as db_module
 from app.store import index as index_module
 from app.store import segments as segments_module
 from app.store.index import CheckpointMismatch, Index, IndexError_
@@ -425,9 +426,9 @@ def test_a_read_only_index_searches_and_refuses_changes_clearly(tmp_path, monkey
     index.add(fake_items(4), vecs)
     expected = index.search(vecs[2, :2], (2, 8), k=1)
     index.close()
-    real_access = index_module.os.access
-    monkeypatch.setattr(index_module.os, "access",
-                        lambda path, mode: False if mode == index_module.os.W_OK else real_access(path, mode))
+    real_access = db_module.os.access
+    monkeypatch.setattr(db_module.os, "access",
+                        lambda path, mode: False if mode == db_module.os.W_OK else real_access(path, mode))
     with Index.open(tmp_path / "idx", "ckpt") as ro:
         assert ro.read_only and len(ro) == 4 and ro.info()["items"] == 4
         with pytest.raises(sqlite3.OperationalError, match="readonly"):  # SQLite itself refuses writes
