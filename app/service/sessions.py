@@ -194,6 +194,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
+BROWSER_KEY = re.compile(r"[A-Za-z0-9_-]{22,64}")  # what secrets.token_urlsafe(16..48) makes
+
+
 class SessionStore:
     """Creates, finds and removes private session folders under one process-private root."""
 
@@ -215,12 +218,33 @@ class SessionStore:
         self.max_sessions = max_sessions
         self.on_end = on_end  # called before a session's folder is removed (to close what uses it)
         self._sessions: dict[str, PrivateSession] = {}
+        self._tabs: dict[str, str] = {}  # Gradio session hash of an open page -> its browser's key
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep_loop, args=(sweep_every_s,), daemon=True,
                                          name="session-sweeper")
         self._sweeper.start()
         atexit.register(self.close)
+
+    def bind(self, tab: str, browser_key: str | None) -> str:
+        """Tie an open page (its Gradio session hash) to its browser's key, which the page keeps in local
+        storage, so a reload finds the same collection. A missing or malformed key gets a fresh random one
+        (never derived from input). Returns the key the page should keep."""
+        if not browser_key or not BROWSER_KEY.fullmatch(browser_key):
+            browser_key = secrets.token_urlsafe(24)
+        with self._lock:
+            self._tabs[tab] = browser_key
+        return browser_key
+
+    def resolve(self, key: str) -> str:
+        """The session key for a page's session hash: its browser's key when bound, else the hash itself."""
+        with self._lock:
+            return self._tabs.get(key, key)
+
+    def unbind(self, tab: str) -> bool:
+        """The page closed or reloaded: forget the tie (the session stays until it idles out)."""
+        with self._lock:
+            return self._tabs.pop(tab, None) is not None
 
     def get(self, key: str) -> PrivateSession:
         """The session for Gradio session hash `key`, created on first use."""

@@ -131,6 +131,7 @@ class Studio:
             return self.local
         if not session_key:
             return None
+        session_key = self.sessions.resolve(session_key)
         if not create:
             session = self.sessions.peek(session_key)
             if session is None:
@@ -144,9 +145,17 @@ class Studio:
                 self._session_collections[session.id] = coll
         return coll
 
+    def bind_browser(self, tab: str | None, browser_key: str | None) -> str | None:
+        """Private sessions: tie an open page to its browser's key (see SessionStore.bind); None otherwise."""
+        if self.sessions is None or not tab:
+            return None
+        return self.sessions.bind(tab, browser_key)
+
     def end_session(self, session_key: str | None) -> None:
-        """The visitor left (or idled out): their folder, index and thumbnails go."""
-        if self.sessions is not None and session_key:
+        """The visitor's page closed. A page tied to its browser's key keeps the collection for a reload or a
+        later visit, until it idles out; an untied one (an API client) has its folder, index and thumbnails
+        removed now."""
+        if self.sessions is not None and session_key and not self.sessions.unbind(session_key):
             self.sessions.end(session_key)
 
     def _session_ended(self, session) -> None:

@@ -45,16 +45,32 @@ def build_demo(studio: Studio) -> gr.Blocks:
                 model = model_tab.build(studio)
         api.build_and_wire(studio)
 
+        started = _wire_session(studio, demo)
         search_tab.wire(studio, search)
-        collection_tab.wire(studio, collection, demo, status)
+        collection_tab.wire(studio, collection, started, status)
         scaling_tab.wire(studio, scaling)
         how_it_works.wire(studio, how)
         model_tab.wire(studio, model, search, status)
-        _wire_status(studio, demo, status)
+        _wire_status(studio, started, status)
     return demo
 
 
-def _wire_status(studio: Studio, demo: gr.Blocks, status: gr.Markdown) -> None:
+def _wire_session(studio: Studio, demo: gr.Blocks):
+    """The page's first event. With private sessions it ties the page to a key kept in the browser's local
+    storage, so a reload (F5) finds the visitor's collection again; what reads the collection runs after it."""
+    browser_key = gr.BrowserState(None, storage_key="metaembed-studio-session")
+
+    def bind(key: str | None, request: gr.Request) -> str | None:
+        return studio.bind_browser(session_of(request), key)
+
+    def end_session(request: gr.Request) -> None:
+        studio.end_session(session_of(request))
+
+    demo.unload(end_session)
+    return demo.load(bind, browser_key, browser_key, **PRIVATE)
+
+
+def _wire_status(studio: Studio, started, status: gr.Markdown) -> None:
     def show(request: gr.Request) -> str:
         return status_line(studio, session_of(request))
 
@@ -64,9 +80,5 @@ def _wire_status(studio: Studio, demo: gr.Blocks, status: gr.Markdown) -> None:
     def tick(request: gr.Request):
         return show(request), gr.Timer(active=studio.indexing_progress is not None)
 
-    def end_session(request: gr.Request) -> None:
-        studio.end_session(session_of(request))
-
-    demo.load(show, None, status, **PRIVATE)
+    started.then(show, None, status, **PRIVATE)
     timer.tick(tick, None, [status, timer], show_progress="hidden", **PRIVATE)
-    demo.unload(end_session)

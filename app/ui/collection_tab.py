@@ -55,7 +55,8 @@ def index_upload(studio: Studio, files, request: gr.Request, progress=None) -> d
     return report
 
 
-def wire(studio: Studio, c: SimpleNamespace, demo: gr.Blocks, status: gr.Markdown) -> None:
+def wire(studio: Studio, c: SimpleNamespace, started, status: gr.Markdown) -> None:
+    """`started`: the page's first event (the collection is listed once the page knows its session)."""
     view_outs = [c.items_df, c.remove_sel, c.stats_md, status]
 
     def collection_view(request: gr.Request):
@@ -94,7 +95,7 @@ def wire(studio: Studio, c: SimpleNamespace, demo: gr.Blocks, status: gr.Markdow
         n = studio.clear(coll) if coll is not None else 0
         return (f"Cleared your collection ({n} item(s) removed).",) + collection_view(request)
 
-    demo.load(collection_view, None, view_outs, **PRIVATE)
+    started.then(collection_view, None, view_outs, **PRIVATE)
     # One progress display, on the report, not repeated over every output of the event.
     c.index_btn.click(do_index, [c.upload], [c.report_md, c.upload] + view_outs, show_progress_on=[c.report_md],
                       **PRIVATE)
@@ -115,9 +116,8 @@ def _intro(studio: Studio) -> str:
             caps.append(f"{lim.max_session_items} items in all")
         hours = studio.sessions.ttl_s / 3600 if studio.sessions is not None else 2
         limits = ("Limits on this shared server: " + ", ".join(caps) + ".") if caps else ""
-        return ("## Your private collection\nFiles you add here are visible to you only, in this browser tab, and "
-                f"are deleted when you close it (or after {hours:g} idle hour{'s' if hours != 1 else ''}). "
-                + limits)
+        return ("## Your private collection\nFiles you add here are visible to you only, in this browser (a reload "
+                f"keeps them), and are deleted after {hours:g} idle hour{'s' if hours != 1 else ''}. " + limits)
     return (f"## Your collection\nFiles you add are copied to `{studio.local.files_dir}` and indexed once; "
             "every budget is then served from the same index.")
 

@@ -20,7 +20,7 @@ except ImportError:  # everywhere else the decorator does nothing
 
 
 def session_of(request: gr.Request | None) -> str | None:
-    """The visitor's key: Gradio's session hash (one per browser tab)."""
+    """The page's key: Gradio's session hash (Studio maps it to its browser's key in private sessions)."""
     return getattr(request, "session_hash", None) if request is not None else None
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -144,6 +145,26 @@ def test_private_sessions_keep_visitors_apart_and_end_with_their_files(tmp_path)
         assert not folder.exists() and bob.root.exists()
         with pytest.raises(PermissionError):
             studio.switch_model(None)  # a shared deployment keeps its model
+    finally:
+        studio.close()
+
+
+def test_a_reloaded_page_finds_its_browsers_collection_until_it_idles_out(tmp_path):
+    """Issue 17.5: each page load is a new Gradio session; the browser's key ties them to one collection."""
+    studio = Studio(Engine(model=FakeModel(), checkpoint_id="fake-0001", source="a fake"), tmp_path / "data",
+                    private_sessions=True, sample_dir=None, limits=UploadLimits(), thumb_root=tmp_path / "t")
+    try:
+        key = studio.bind_browser("page-1", None)  # first visit: a fresh random key for the browser to keep
+        assert key and studio.bind_browser("page-x", "../../etc") != "../../etc"  # never a key made of input
+        studio.index_files(studio.user_collection("page-1"), [_write(tmp_path / "a", "mine.txt", "quiet lake")])
+        studio.end_session("page-1")  # F5: the old page unloads...
+        assert studio.bind_browser("page-2", key) == key  # ...and the new one brings the key back
+        assert [it.title for it in studio.items(studio.user_collection("page-2"))] == ["mine.txt"]
+        assert studio.items(studio.user_collection("page-x")) == []  # another browser sees nothing of it
+        studio.sessions.ttl_s = 0.001  # idling out still removes it
+        time.sleep(0.01)
+        studio.sessions.sweep()
+        assert studio.items(studio.user_collection("page-2")) == []
     finally:
         studio.close()
 

@@ -350,3 +350,42 @@ def test_searching_during_first_start_says_the_results_are_partial(test_checkpoi
         gate.set()
         demo.close()
         studio.close()
+
+
+def test_a_reload_keeps_a_private_collection(test_checkpoint, tmp_path):
+    """Issue 17.5: on a shared deployment (private sessions), F5 used to drop the visitor's uploads."""
+    from playwright.sync_api import sync_playwright
+
+    from app.server import create_app, launch
+
+    studio, demo = create_app(str(test_checkpoint), tmp_path / "data", private_sessions=True, sample_dir=None,
+                              log=lambda *a: None)
+    port = free_port()
+    launch(studio, demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+    photo = tmp_path / "red-panda.jpg"
+    shutil.copy(EXAMPLES / "red-panda.jpg", photo)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
+            page.set_default_timeout(TIMEOUT)
+            page.goto(f"http://127.0.0.1:{port}/")
+            open_tab(page, "Collection")
+            page.locator("#me-upload input[type=file]").set_input_files([str(photo)])
+            page.wait_for_function("document.querySelector('#me-upload').innerText.includes('red-panda')")
+            page.click("#me-index")
+            page.wait_for_function("document.querySelector('#me-report').innerText.includes('Added 1 item')")
+            page.reload()
+            open_tab(page, "Collection")
+            page.wait_for_function("document.querySelector('#me-items').innerText.includes('red-panda.jpg')")
+            assert "1 items" in page.inner_text("#me-stats")
+            # Another browser (a fresh context: its own local storage) does not see it.
+            other = browser.new_context().new_page()
+            other.set_default_timeout(TIMEOUT)
+            other.goto(f"http://127.0.0.1:{port}/")
+            open_tab(other, "Collection")
+            other.wait_for_function("document.querySelector('#me-stats').innerText.includes('empty')")
+            browser.close()
+    finally:
+        demo.close()
+        studio.close()
