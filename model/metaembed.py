@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 
@@ -14,13 +13,10 @@ from tqdm.auto import tqdm
 from . import checkpoint
 from .backbones import Backbone, load_backbone, parse_items
 from .config import MetaEmbedConfig
+from .device import cpu_has_native_bf16, default_device
 from .readout import SpanReadout
 
 SIDES = ("query", "candidate")
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class MetaEmbed(nn.Module):
@@ -91,7 +87,7 @@ class MetaEmbed(nn.Module):
         # weights, encoding under bf16 autocast (MiniLM: ~2.5x faster, vectors within 1e-5 cosine of fp32,
         # finer than their bf16 storage). Never fp16 on CPU. An explicit dtype is used as given.
         self.cpu_autocast = (dtype is None and device.type == "cpu" and self.backbone.cpu_autocast
-                             and _cpu_has_native_bf16())
+                             and cpu_has_native_bf16())
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         self.to(device=device, dtype=dtype)
@@ -232,16 +228,6 @@ class MetaEmbed(nn.Module):
             "offsets": batch["offsets"][0].tolist() if "offsets" in batch else None,
             "extras": out.extras[0] if out.extras else {},
         }
-
-
-@functools.cache
-def _cpu_has_native_bf16() -> bool:
-    # Without these, bf16 is emulated and slower than fp32.
-    cpu = torch.cpu
-    try:
-        return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def _is_trained(name: str, lora: bool) -> bool:

@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .backbones.minilm import resolve_text_model
 from .config import MetaEmbedConfig
 from .files import atomic_path
 from .losses import mmr_loss
@@ -126,27 +127,16 @@ def train(model: MetaEmbed, rows: list[dict], args: TrainArgs) -> MetaEmbed:
     device = model.device
     use_bf16 = args.bf16 if args.bf16 is not None else device.type == "cuda"
     cfg = model.config
-
-    params = model.trainable_parameters()
-    fresh = [model.query_meta, model.candidate_meta] + (list(model.proj.parameters()) if model.proj else [])
-    fresh += list(model.readout.parameters()) if model.readout is not None else []
-    other = [p for p in params if all(p is not m for m in fresh)]
-    groups = [{"params": other, "lr": args.lr}, {"params": fresh, "lr": args.new_lr or args.lr}]
-    opt = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
+    params, opt = _optimizer(model, args)
 
     per_step = args.batch_size * args.grad_accum
     steps = args.steps or max(1, math.ceil(len(rows) * args.epochs / per_step))
     warmup = max(1, int(steps * args.warmup)) if args.warmup < 1 else int(args.warmup)
     base_lrs = [g["lr"] for g in opt.param_groups]
 
-    start = 0
     order_rng = random.Random(args.seed)
-    if args.resume and (out / STATE_NAME).is_file():
-        state = torch.load(out / STATE_NAME, map_location="cpu", weights_only=False)
-        opt.load_state_dict(state["optimizer"])
-        start = state["step"]
-        order_rng.setstate(state["order_rng"])
-        torch.set_rng_state(state["torch_rng"])
+    state_path = out / STATE_NAME
+    start = _resume(state_path, opt, order_rng) if args.resume and state_path.is_file() else 0
 
     teacher = MeanPoolTeacher(cfg.backbone_id, cfg.backbone_revision, device) if args.distill > 0 else None
     model.train()
@@ -168,20 +158,7 @@ def train(model: MetaEmbed, rows: list[dict], args: TrainArgs) -> MetaEmbed:
         for g, lr in zip(opt.param_groups, base_lrs):
             g["lr"] = lr * scale
         opt.zero_grad(set_to_none=True)
-        parts_sum: dict = {}
-        for _ in range(args.grad_accum):
-            batch_rows = []
-            while len(batch_rows) < args.batch_size:
-                if not order:
-                    order = list(range(len(rows)))
-                    order_rng.shuffle(order)
-                batch_rows.append(rows[order.pop()])
-            ctx = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
-            with ctx:
-                loss, parts = _step_loss(model, batch_rows, cfg, teacher, args)
-            (loss / args.grad_accum).backward()
-            for k, v in parts.items():
-                parts_sum[k] = parts_sum.get(k, 0.0) + v / args.grad_accum
+        parts_sum = _accumulate_gradients(model, rows, order, order_rng, teacher, args, use_bf16)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         bar.update(1)
@@ -198,6 +175,50 @@ def train(model: MetaEmbed, rows: list[dict], args: TrainArgs) -> MetaEmbed:
     log.close()
     model.eval()
     return model
+
+
+def _optimizer(model: MetaEmbed, args: TrainArgs) -> tuple[list[torch.nn.Parameter], torch.optim.AdamW]:
+    """The trainable parameters and their AdamW: what starts from scratch (meta tokens, projection, readout)
+    learns at args.new_lr (default args.lr), the rest (LoRA adapters) at args.lr."""
+    params = model.trainable_parameters()
+    fresh = [model.query_meta, model.candidate_meta] + (list(model.proj.parameters()) if model.proj else [])
+    fresh += list(model.readout.parameters()) if model.readout is not None else []
+    other = [p for p in params if all(p is not m for m in fresh)]
+    groups = [{"params": other, "lr": args.lr}, {"params": fresh, "lr": args.new_lr or args.lr}]
+    return params, torch.optim.AdamW(groups, weight_decay=args.weight_decay)
+
+
+def _resume(state_path: Path, opt: torch.optim.Optimizer, order_rng: random.Random) -> int:
+    """Restore the optimizer, the row order's RNG and torch's RNG saved by `_save`; returns the step to go on from."""
+    state = torch.load(state_path, map_location="cpu", weights_only=False)
+    opt.load_state_dict(state["optimizer"])
+    order_rng.setstate(state["order_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    return state["step"]
+
+
+def _accumulate_gradients(model: MetaEmbed, rows: list[dict], order: list[int], order_rng: random.Random,
+                          teacher, args: TrainArgs, use_bf16: bool) -> dict:
+    """Forward and backward passes over args.grad_accum batches of args.batch_size rows; returns the loss of
+    each (query, candidate) group averaged over them. The forward passes run under bf16 autocast if
+    `use_bf16`. Rows are drawn from `order`, which is refilled with a fresh shuffle of all rows whenever it
+    runs out (so every row is seen once per epoch)."""
+    device = model.device
+    parts_sum: dict = {}
+    for _ in range(args.grad_accum):
+        batch_rows = []
+        while len(batch_rows) < args.batch_size:
+            if not order:
+                order.extend(range(len(rows)))
+                order_rng.shuffle(order)
+            batch_rows.append(rows[order.pop()])
+        ctx = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+        with ctx:
+            loss, parts = _step_loss(model, batch_rows, model.config, teacher, args)
+        (loss / args.grad_accum).backward()
+        for k, v in parts.items():
+            parts_sum[k] = parts_sum.get(k, 0.0) + v / args.grad_accum
+    return parts_sum
 
 
 def _step_loss(model: MetaEmbed, batch_rows: list[dict], cfg: MetaEmbedConfig, teacher=None,
@@ -225,9 +246,7 @@ class MeanPoolTeacher:
     all-MiniLM-L6-v2 embed): its in-batch scores are the optional distillation target."""
 
     def __init__(self, backbone_id: str, revision: str | None, device: torch.device):
-        from transformers import AutoModel, AutoTokenizer
-
-        from .backbones.minilm import resolve_text_model
+        from transformers import AutoModel, AutoTokenizer  # deferred: only a distillation run needs it
 
         path = resolve_text_model(backbone_id)
         self.tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)

@@ -40,6 +40,8 @@ class LazyFrontEnd:
 
     def tokenize(self, images):
         if self._impl is None:
+            # Deferred: the visual tokenizer pulls in the image classifier (and its weights), OCR and the
+            # face detector, which text-only runs never need.
             from ..visual import VisualTokenizer
 
             self._impl = VisualTokenizer()

@@ -11,7 +11,7 @@ _EXPORTS = {
     "VisualTokenizer": "tokenizer",
     "VisualDoc": "tokenizer",
     "VisualToken": "tokenizer",
-    "render_doc": "tokenizer",
+    "render_doc": "render",
     "image_class_probabilities": "tokenizer",
     "ImageNetVocab": "vocab",
     "load_vocab": "vocab",

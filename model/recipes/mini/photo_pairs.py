@@ -3,10 +3,10 @@
 A synthetic photo is one or two true ImageNet concepts plus the classifier's typical confusions (classes
 whose output-layer rows are most similar to the true class's), with probabilities drawn from what the
 classifier really outputs on photos, dominant colours, and sometimes text. It is rendered with the
-tokenizer's own `render_doc`, so training sees exactly the format the app indexes. Queries are written the
-ways people search photos: a name or synonym, a more general word (dog -> animal), a colour plus a thing,
-two things together, a phrase from the WordNet gloss. Hard negatives are a sibling concept (same
-parent, so the query's specific word decides) or the same thing in other colours.
+tokenizer's own `render_doc` (model/visual/render.py), so training sees exactly the format the app indexes.
+Queries are written the ways people search photos: a name or synonym, a more general word (dog -> animal), a
+colour plus a thing, two things together, a phrase from the WordNet gloss. Hard negatives are a sibling
+concept (same parent, so the query's specific word decides) or the same thing in other colours.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ TEMPLATES_TEXT = ["{w}", "sign that says {w}", "text {w}", "{w} written on it", 
 class PhotoSim:
     vocab: ImageNetVocab
     neighbours: np.ndarray  # [1000, K] most similar classes by classifier weight rows
-    render: object  # model.visual.tokenizer.render_doc
+    render: object  # model.visual.render.render_doc
     class_weights: np.ndarray  # sampling weights over classes (flattens the 120 dog breeds)
     words: list[str]  # a lexicon for synthetic OCR text
     min_prob: float = 0.08  # the tokenizer's threshold for emitting a concept (CONCEPT_MIN_PROB_OTHERS)

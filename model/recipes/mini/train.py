@@ -31,6 +31,9 @@ from ...config import MetaEmbedConfig
 from ...metaembed import MetaEmbed
 from ...train import MeanPoolTeacher
 from ...train_readout import ReadoutArgs, train_readout
+from ...visual.classifier import load_package_model
+from ...visual.render import render_doc
+from ...visual.vocab import load_vocab
 from .open_queries import open_query_rows
 from .photo_pairs import PhotoSim
 from .text_pairs import gloss_pairs, ict_pairs, stdlib_passages
@@ -39,10 +42,6 @@ from .text_pairs import gloss_pairs, ict_pairs, stdlib_passages
 def build_pairs(n: int, seed: int, photo_share: float = 0.55, open_share: float = 0.15) -> list[dict]:
     """The whole training set, deterministic for a seed: generated photo pairs, distillation-only queries
     in open vocabulary, and passage pairs from offline prose (the rest, half inverse-cloze, half glosses)."""
-    from ...visual.classifier import load_package_model
-    from ...visual.tokenizer import render_doc
-    from ...visual.vocab import load_vocab
-
     rng = random.Random(seed)
     vocab = load_vocab()
     fc = load_package_model()._fc.weight.detach().float().numpy()

@@ -16,6 +16,7 @@ from model.visual import classifier as classifier_mod
 from model.visual import colours as colours_mod
 from model.visual import ocr as ocr_mod
 from model.visual import people as people_mod
+from model.visual import render as render_mod
 from model.visual import tokenizer as tok_mod
 from model.visual.classifier import (
     FEATURE_GRID,
@@ -257,9 +258,9 @@ def _check_spans(doc):
 def test_render_doc_is_deterministic_and_order_independent(vocab):
     concepts = [(281, 0.6), (285, 0.2), (620, 0.07), (1, 0.01)]
     colours = [("gray", 0.5), ("white", 0.3)]
-    text, spans = tok_mod.render_doc(concepts, colours, ["Hello", "world"])
-    again = tok_mod.render_doc(list(reversed(concepts)), list(reversed(colours)), ["Hello", "world"])[0]
-    assert text == again == tok_mod.render_doc(concepts, colours, ["Hello", "world"])[0]
+    text, spans = render_mod.render_doc(concepts, colours, ["Hello", "world"])
+    again = render_mod.render_doc(list(reversed(concepts)), list(reversed(colours)), ["Hello", "world"])[0]
+    assert text == again == render_mod.render_doc(concepts, colours, ["Hello", "world"])[0]
     assert text.startswith("tabby, tabby cat")
     assert "laptop" not in text and "goldfish" not in text  # below the runner-up threshold
     assert text.index("tabby") < text.index("Egyptian cat") < text.index("gray") < text.index("Hello")
@@ -269,12 +270,12 @@ def test_render_doc_is_deterministic_and_order_independent(vocab):
 
 
 def test_render_doc_never_empty_and_validates(vocab):
-    assert tok_mod.render_doc([], [], [])[0]
-    assert tok_mod.render_doc([(3, 0.01)], [], [" "])[0]
+    assert render_mod.render_doc([], [], [])[0]
+    assert render_mod.render_doc([(3, 0.01)], [], [" "])[0]
     with pytest.raises(ValueError, match="class index"):
-        tok_mod.render_doc([(1000, 0.5)], [], [])
+        render_mod.render_doc([(1000, 0.5)], [], [])
     with pytest.raises(ValueError, match="probability"):
-        tok_mod.render_doc([(1, float("nan"))], [], [])
+        render_mod.render_doc([(1, float("nan"))], [], [])
 
 
 def test_render_doc_respects_the_word_piece_budget(vocab):
@@ -282,8 +283,8 @@ def test_render_doc_respects_the_word_piece_budget(vocab):
     long_phrases = sorted(range(1000), key=lambda i: -len(", ".join(vocab.concept_terms(i))))[:5]
     concepts = [(i, 0.5 - 0.05 * n) for n, i in enumerate(long_phrases)]
     words = ["".join(rng.choice("qxzj0123456789") for _ in range(12)) for _ in range(200)]
-    text, spans = tok_mod.render_doc(concepts, [("dark blue", 0.4), ("light green", 0.3), ("gray", 0.2)], words)
-    assert tok_mod.count_pieces(text) <= tok_mod.MAX_DOC_PIECES
+    text, spans = render_mod.render_doc(concepts, [("dark blue", 0.4), ("light green", 0.3), ("gray", 0.2)], words)
+    assert render_mod.count_pieces(text) <= render_mod.MAX_DOC_PIECES
     assert sum(s.kind == "concept" for s in spans) == 5 and any(s.kind == "ocr" for s in spans)
 
 
@@ -339,7 +340,7 @@ def test_scene_doc_has_concept_regions_over_the_whole_frame(tokenizer):
     concepts = [t for t in doc.tokens if t.kind == "concept"]
     assert concepts  # the generated scene reads as something (balloon / ball) to the classifier
     for token in concepts:
-        assert token.weight >= tok_mod.CONCEPT_MIN_PROB and token.class_index is not None
+        assert token.weight >= render_mod.CONCEPT_MIN_PROB and token.class_index is not None
         assert float(token.region.max()) > 0.9  # the surest crop's peak (resampled onto the frame grid)
 
 
@@ -528,10 +529,10 @@ def test_people_tokens_carry_boxes_in_the_doc(classifier):
 
 def test_render_doc_without_people_is_unchanged(vocab):
     concepts, colours = [(281, 0.6)], [("gray", 0.5)]
-    assert tok_mod.render_doc(concepts, colours, [], vocab=vocab) == tok_mod.render_doc(
+    assert render_mod.render_doc(concepts, colours, [], vocab=vocab) == render_mod.render_doc(
         concepts, colours, [], vocab=vocab, people=[]
     )
-    text, spans = tok_mod.render_doc([], colours, [], vocab=vocab, people=["person", "face"])
+    text, spans = render_mod.render_doc([], colours, [], vocab=vocab, people=["person", "face"])
     assert text == "person, face. colors: gray"
     assert [(s.kind, text[s.start:s.end]) for s in spans][:2] == [("people", "person"), ("people", "face")]
 
