@@ -98,7 +98,7 @@ def browser_page(server):
         page.route("**/*", guard)
         page.goto(server.url)
         page.wait_for_selector("#me-query textarea")
-        yield SimpleNamespace(page=page, external=external)
+        yield SimpleNamespace(page=page, external=external, browser=browser)
         browser.close()
 
 
@@ -304,12 +304,11 @@ def test_model_tab_and_no_external_requests(server, browser_page):
     assert browser_page.external == []
 
 
-def test_searching_during_first_start_says_the_results_are_partial(test_checkpoint, tmp_path, monkeypatch):
+def test_searching_during_first_start_says_the_results_are_partial(test_checkpoint, tmp_path, monkeypatch,
+                                                                   browser_page):
     """Issue 17.4: a search while the samples are still being indexed used to return a few unrelated results
     with no warning. Indexing is held at its start here, so the browser sees that state for sure."""
     import threading
-
-    from playwright.sync_api import sync_playwright
 
     from app.server import create_app, launch
     from app.service import Studio
@@ -322,7 +321,7 @@ def test_searching_during_first_start_says_the_results_are_partial(test_checkpoi
     sync = Studio.sync_files
 
     def held_sync(self, coll, progress=None):
-        gate.wait(60)
+        gate.wait(600)  # released by the test (a bound, in case it fails first)
         return sync(self, coll, progress) if progress is not None else sync(self, coll)
 
     monkeypatch.setattr(Studio, "sync_files", held_sync)
@@ -330,32 +329,29 @@ def test_searching_during_first_start_says_the_results_are_partial(test_checkpoi
                               log=lambda *a: None)
     port = free_port()
     launch(studio, demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+    context = browser_page.browser.new_context(viewport={"width": 1440, "height": 900})
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-            page = browser.new_page(viewport={"width": 1440, "height": 900})
-            page.set_default_timeout(TIMEOUT)
-            page.goto(f"http://127.0.0.1:{port}/")
-            page.fill("#me-query textarea", "a red panda")
-            page.click("#me-search")
-            page.wait_for_function("document.querySelector('#me-results-caption').innerText.includes('Still indexing')")
-            gate.set()
-            assert studio.wait_for_samples(120)
-            page.fill("#me-query textarea", "a kitten")
-            page.click("#me-search")
-            page.wait_for_function("document.querySelector('#me-results-caption').innerText.includes('results for')")
-            assert "Still indexing" not in page.inner_text("#me-results-caption")
-            browser.close()
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT)
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.fill("#me-query textarea", "a red panda")
+        page.click("#me-search")
+        page.wait_for_function("document.querySelector('#me-results-caption').innerText.includes('Still indexing')")
+        gate.set()
+        assert studio.wait_for_samples(120)
+        page.fill("#me-query textarea", "a kitten")
+        page.click("#me-search")
+        page.wait_for_function("document.querySelector('#me-results-caption').innerText.includes('results for')")
+        assert "Still indexing" not in page.inner_text("#me-results-caption")
     finally:
+        context.close()
         gate.set()
         demo.close()
         studio.close()
 
 
-def test_a_reload_keeps_a_private_collection(test_checkpoint, tmp_path):
+def test_a_reload_keeps_a_private_collection(test_checkpoint, tmp_path, browser_page):
     """Issue 17.5: on a shared deployment (private sessions), F5 used to drop the visitor's uploads."""
-    from playwright.sync_api import sync_playwright
-
     from app.server import create_app, launch
 
     studio, demo = create_app(str(test_checkpoint), tmp_path / "data", private_sessions=True, sample_dir=None,
@@ -364,28 +360,28 @@ def test_a_reload_keeps_a_private_collection(test_checkpoint, tmp_path):
     launch(studio, demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
     photo = tmp_path / "red-panda.jpg"
     shutil.copy(EXAMPLES / "red-panda.jpg", photo)
+    context = browser_page.browser.new_context(viewport={"width": 1440, "height": 900})
+    other_browser = browser_page.browser.new_context()  # its own local storage: another visitor
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-            page = browser.new_page(viewport={"width": 1440, "height": 900})
-            page.set_default_timeout(TIMEOUT)
-            page.goto(f"http://127.0.0.1:{port}/")
-            open_tab(page, "Collection")
-            page.locator("#me-upload input[type=file]").set_input_files([str(photo)])
-            page.wait_for_function("document.querySelector('#me-upload').innerText.includes('red-panda')")
-            page.click("#me-index")
-            page.wait_for_function("document.querySelector('#me-report').innerText.includes('Added 1 item')")
-            page.reload()
-            open_tab(page, "Collection")
-            page.wait_for_function("document.querySelector('#me-items').innerText.includes('red-panda.jpg')")
-            assert "1 items" in page.inner_text("#me-stats")
-            # Another browser (a fresh context: its own local storage) does not see it.
-            other = browser.new_context().new_page()
-            other.set_default_timeout(TIMEOUT)
-            other.goto(f"http://127.0.0.1:{port}/")
-            open_tab(other, "Collection")
-            other.wait_for_function("document.querySelector('#me-stats').innerText.includes('empty')")
-            browser.close()
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT)
+        page.goto(f"http://127.0.0.1:{port}/")
+        open_tab(page, "Collection")
+        page.locator("#me-upload input[type=file]").set_input_files([str(photo)])
+        page.wait_for_function("document.querySelector('#me-upload').innerText.includes('red-panda')")
+        page.click("#me-index")
+        page.wait_for_function("document.querySelector('#me-report').innerText.includes('Added 1 item')")
+        page.reload()
+        open_tab(page, "Collection")
+        page.wait_for_function("document.querySelector('#me-items').innerText.includes('red-panda.jpg')")
+        assert "1 items" in page.inner_text("#me-stats")
+        other = other_browser.new_page()
+        other.set_default_timeout(TIMEOUT)
+        other.goto(f"http://127.0.0.1:{port}/")
+        open_tab(other, "Collection")
+        other.wait_for_function("document.querySelector('#me-stats').innerText.includes('empty')")
     finally:
+        context.close()
+        other_browser.close()
         demo.close()
         studio.close()
