@@ -13,10 +13,13 @@ cached query vectors without running the model again (the point of MetaEmbed's n
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +33,7 @@ from .store.index import CheckpointMismatch, Index, IndexedItem
 
 Query = str | Image.Image | dict  # text, an image, or {"image": ..., "text": ...}
 DEFAULT_CACHE_SIZE = 256
+CALIBRATION_NAME = "calibration.json"  # a checkpoint's weak-match thresholds (bench/weak_match.py --write)
 
 
 # ------------------------------------------------------------------------------------------------ results
@@ -155,6 +159,32 @@ def check_budget(budget: Any, num_query_vectors: int, num_candidate_vectors: int
                              f"(budget is (r_q, r_c) with r_q in 1..{num_query_vectors} and "
                              f"r_c in 1..{num_candidate_vectors})")
     return int(r_q), int(r_c)
+
+
+def load_calibration(folder: str | os.PathLike | None, ckpt_id: str) -> dict[tuple[int, int], float]:
+    """A checkpoint's weak-match thresholds per preset (comparable score = MaxSim / r_q), if it has them for
+    exactly these weights; {} otherwise (then no result is flagged)."""
+    path = Path(folder) / CALIBRATION_NAME if folder else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("checkpoint_id") != ckpt_id:
+            return {}  # made for other weights: its thresholds say nothing about these
+        return {tuple(int(x) for x in k.split(",")): float(v) for k, v in data["weak_match"].items()}
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+        return {}
+
+
+def weak_threshold(calibration: dict[tuple[int, int], float], budget: tuple[int, int]) -> float | None:
+    """The weak-match threshold at `budget`: its preset's, else that of the preset with the largest r_c not
+    above the budget's (the best score grows with r_c, so this errs towards flagging less)."""
+    if not calibration:
+        return None
+    if budget in calibration:
+        return calibration[budget]
+    below = [p for p in calibration if p[1] <= budget[1]]
+    return calibration[max(below, key=lambda p: (p[1], p[0]))] if below else min(calibration.values())
 
 
 # ------------------------------------------------------------------------------------------------ ranking

@@ -130,7 +130,7 @@ def bench_rerank(n: int, moves: int) -> None:
                 t = time.perf_counter()
                 hits = studio.search(query, None, *preset, k=24)
                 rank.append((time.perf_counter() - t) * 1000)
-                gallery_value(studio, hits, None)
+                gallery_value(studio, hits, None, preset[0])
                 full.append((time.perf_counter() - t) * 1000)
             print(f"  {preset}: {statistics.median(rank):6.1f} ms | {statistics.median(full):6.1f} ms")
         # A new text search: encode the query (never seen before, so no cache) and rank at the largest budget.

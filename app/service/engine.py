@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from app.search import load_calibration, weak_threshold
 from model import MetaEmbed
 from model.checkpoint import checkpoint_id
 
@@ -62,6 +63,12 @@ class Engine:
     # borrowed"), and concurrent forwards only thrash the shared CPU. Indexing takes it per small chunk
     # and yields to waiting interactive calls, so a visitor's query waits for at most one chunk.
     lock: ModelLock = field(default_factory=lambda: ModelLock(), repr=False)
+    # Weak-match thresholds per preset, from the checkpoint's calibration.json ({}: results are never flagged).
+    calibration: dict = field(default_factory=dict, repr=False)
+
+    def weak_threshold(self, budget: tuple[int, int]) -> float | None:
+        """Below this comparable score (MaxSim / r_q) a top result is a weak match (None: not calibrated)."""
+        return weak_threshold(self.calibration, budget)
 
     @property
     def config(self):
@@ -106,7 +113,9 @@ def load_engine(source: str | None) -> Engine:
     text = (source or "").strip() or None
     model = MetaEmbed.from_pretrained(text)
     label = text or "bundled MetaEmbed-Mini"
-    return Engine(model=model, checkpoint_id=checkpoint_id(model), source=label)
+    ckpt = checkpoint_id(model)
+    calibration = load_calibration(getattr(model, "checkpoint_path", None), ckpt)
+    return Engine(model=model, checkpoint_id=ckpt, source=label, calibration=calibration)
 
 
 class LockedModel:

@@ -36,13 +36,14 @@ def preset_of(studio: Studio, index: float) -> tuple[int, int]:
     return presets[int(np.clip(round(index), 0, len(presets) - 1))]
 
 
-def gallery_value(studio: Studio, hits: list[Hit], session: str | None) -> list[tuple[str, str]]:
-    # Score first: long file names are cut off at the end of the caption.
-    return [(studio.thumbnail(h, session), f"{h.score:.2f} · {h.label}") for h in hits]
+def gallery_value(studio: Studio, hits: list[Hit], session: str | None, r_q: int) -> list[tuple[str, str]]:
+    # The comparable score (MaxSim / r_q, the mean best similarity of the query's vectors) reads the same at
+    # every budget; score first: long file names are cut off at the end of the caption.
+    return [(studio.thumbnail(h, session), f"{h.score / r_q:.2f} · {h.label}") for h in hits]
 
 
 def results_caption(query: QueryState, hits: list[Hit], budget: tuple[int, int], rank_ms: float,
-                    indexing: tuple[float, str] | None = None) -> str:
+                    indexing: tuple[float, str] | None = None, weak_below: float | None = None) -> str:
     # While files are still being indexed (the samples on first start), results are partial: say so.
     partial = (f"⏳ **Still indexing** ({indexing[1]}, {100 * indexing[0]:.0f}%): these results cover only what "
                "is indexed so far.\n\n") if indexing is not None else ""
@@ -51,9 +52,17 @@ def results_caption(query: QueryState, hits: list[Hit], budget: tuple[int, int],
             return partial + f"Nothing indexed yet matches {query.label}."
         return (f"No results for {query.label}: the collection is empty. Add files in the **Collection** tab, or "
                 "tick *Include the sample collection*.")
+    best = hits[0].score / budget[0]
+    weak = ""
+    if weak_below is not None and best < weak_below:
+        weak = (f"**No close match in your collection** for {query.label}: the best result scores {best:.2f}, and "
+                f"at this budget searches whose answer is there usually score {weak_below:.2f} or more. Try other "
+                "words, or add files.\n\n")
     encoded = f"encoded once, in {query.encode_ms:.0f} ms" if query.encode_ms else "encoded earlier"
-    return (partial + f"**{len(hits)} results** for {query.label} at budget **{budget}** · ranked in {rank_ms:.0f} "
-            f"ms from the cached query vectors (the query was {encoded}). Click a result to see why it matched.")
+    return (partial + weak + f"**{len(hits)} results** for {query.label} at budget **{budget}** · ranked in "
+            f"{rank_ms:.0f} ms from the cached query vectors (the query was {encoded}). Scores are the mean best "
+            "similarity of the query's vectors (0-1, comparable across budgets). Click a result to see why it "
+            "matched.")
 
 
 def build(studio: Studio) -> SimpleNamespace:
@@ -229,8 +238,9 @@ def rank_outputs(studio: Studio, query: QueryState, rq: int, rc: int, with_sampl
     t0 = time.perf_counter()
     hits = studio.search(query, session, rq, rc, k=RESULTS, include_samples=with_samples)
     ms = (time.perf_counter() - t0) * 1000
-    caption = results_caption(query, hits, (rq, rc), ms, studio.indexing_progress)
-    return (query, hits, gallery_value(studio, hits, session), caption)
+    caption = results_caption(query, hits, (rq, rc), ms, studio.indexing_progress,
+                              studio.engine.weak_threshold((rq, rc)))
+    return (query, hits, gallery_value(studio, hits, session, rq), caption)
 
 
 def explain_panel(studio: Studio, coll_key: str, item_id: str, query: QueryState, rq, rc,
@@ -258,8 +268,8 @@ def explain_panel(studio: Studio, coll_key: str, item_id: str, query: QueryState
     if source is not None and source.image is not None:
         image = plots.overlay(source.image, ui_explain.overlay_marks(ex, item.kind, source))
     where = f", page {item.page}" if item.page else ""
-    title = (f"### “{item.title}”{where} for {query.label}\nScore **{ex.score:.3f}** at budget **({rq}, {rc})**"
-             f" — the sum of the best similarity of each of the {rq} query vectors. ")
+    title = (f"### “{item.title}”{where} for {query.label}\nScore **{ex.score / rq:.2f}** at budget **({rq}, {rc})**"
+             f": the mean of the best similarities of the {rq} query vectors (MaxSim {ex.score:.3f}, their sum). ")
     top = ui_explain.summary_units(ex)
     if top:
         title += "Mostly because of: " + ", ".join(f"{_kind_mark(k)}{lab} ({100 * s:.0f}%)" for lab, k, s in top)
