@@ -48,8 +48,14 @@ SAMPLE_DIR = REPO_ROOT / "assets" / "examples"
 SAMPLE_EXTENSIONS = ingest_mod.IMAGE_EXTENSIONS | ingest_mod.PDF_EXTENSIONS  # not the licence notes next to them
 
 
+SPACES_BUCKET = Path("/data")  # where a Hugging Face Space mounts its persistent storage bucket
+
+
 def default_data_dir() -> Path:
-    """$XDG_DATA_HOME/metaembed-studio (usually ~/.local/share/metaembed-studio)."""
+    """$XDG_DATA_HOME/metaembed-studio (usually ~/.local/share/metaembed-studio); on a Hugging Face Space
+    with a storage bucket mounted at /data, /data/metaembed-studio (a Space's own disk is wiped on restart)."""
+    if os.environ.get("SPACE_ID") and SPACES_BUCKET.is_dir() and os.access(SPACES_BUCKET, os.W_OK):
+        return SPACES_BUCKET / "metaembed-studio"
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "metaembed-studio"
 

@@ -172,3 +172,17 @@ def test_a_reloaded_page_finds_its_browsers_collection_until_it_idles_out(tmp_pa
 def test_the_bundled_sample_collection_is_found():
     photos = [p for p in SAMPLE_DIR.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"}]
     assert SAMPLE_DIR.name == "examples" and SAMPLE_DIR.parent.name == "assets" and len(photos) >= 5
+
+
+def test_a_space_keeps_its_data_on_a_mounted_bucket(tmp_path, monkeypatch):
+    from app.service import studio as studio_mod
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    assert studio_mod.default_data_dir() == tmp_path / "xdg" / "metaembed-studio"
+    monkeypatch.setenv("SPACE_ID", "someone/metaembed")
+    monkeypatch.setattr(studio_mod, "SPACES_BUCKET", tmp_path / "no-bucket")
+    assert studio_mod.default_data_dir() == tmp_path / "xdg" / "metaembed-studio"  # no bucket: the Space's disk
+    (tmp_path / "bucket").mkdir()
+    monkeypatch.setattr(studio_mod, "SPACES_BUCKET", tmp_path / "bucket")
+    assert studio_mod.default_data_dir() == tmp_path / "bucket" / "metaembed-studio"
