@@ -33,6 +33,7 @@ from .store.index import CheckpointMismatch, Index, IndexedItem
 
 Query = str | Image.Image | dict  # text, an image, or {"image": ..., "text": ...}
 DEFAULT_CACHE_SIZE = 256
+PAGE_DEPTH = 4  # one_per_page: items fetched per result wanted (a page has its page item plus a few passages)
 CALIBRATION_NAME = "calibration.json"  # a checkpoint's weak-match thresholds (bench/weak_match.py --write)
 
 
@@ -65,8 +66,8 @@ class Hit:
 
     @property
     def label(self) -> str:
-        where = f" · p. {self.page}" if self.page else ""
-        return f"{self.title}{where}"
+        """What a person reads first: the page, then the file."""
+        return f"p. {self.page} · {self.title}" if self.page else self.title
 
     def to_json(self) -> dict:
         """The CLI's JSON entry (the app's API adds the collection and the kind: app/ui/api.py)."""
@@ -191,21 +192,33 @@ def weak_threshold(calibration: dict[tuple[int, int], float], budget: tuple[int,
 
 
 def rank(sources: Sequence[tuple[str | None, Index]], vectors: torch.Tensor, budget: tuple[int, int], k: int,
-         exact: bool | None = None) -> list[Hit]:
+         exact: bool | None = None, one_per_page: bool = False) -> list[Hit]:
     """The `k` best items over one or more indexes for one query's vectors [R_q, D] at `budget`.
 
     `sources` are (collection key or None, index). Each index scores its own items (exactly, or first
     stage + exact re-rank above its size threshold, unless `exact` forces one); the lists are merged by score.
+    `one_per_page`: a PDF page (its page item and its passages) or a text file (its passages) is one result,
+    at its best item's score, as a person reads results.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
+    depth = k * PAGE_DEPTH if one_per_page else k
     found: list[tuple[float, str | None, IndexedItem]] = []
     for key, index in sources:
-        ranked = index.search(vectors, budget, k, exact=exact)
+        ranked = index.search(vectors, budget, depth, exact=exact)
         items = index.get_many([rowid for rowid, _ in ranked])
         # An item removed by another process between scoring and fetching is skipped.
         found += [(score, key, items[rowid]) for rowid, score in ranked if rowid in items]
     found.sort(key=lambda t: -t[0])
+    if one_per_page:
+        seen: set[tuple] = set()
+        best = []
+        for score, key, item in found:
+            unit = (key, item.path, item.page)
+            if unit not in seen:
+                seen.add(unit)
+                best.append((score, key, item))
+        found = best
     return [Hit(n, item.id, item.path, item.page, score, item, key)
             for n, (score, key, item) in enumerate(found[:k], start=1)]
 

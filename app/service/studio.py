@@ -216,12 +216,12 @@ class Studio:
 
     def search(self, query: QueryState, session_key: str | None, r_q: int, r_c: int, k: int = 24,
                include_samples: bool = True) -> list[Hit]:
-        """The k best items over the visitor's collections at budget (r_q, r_c) (app.search.rank); paths
-        are shown relative to each collection's folder, never as server paths."""
+        """The k best results over the visitor's collections at budget (r_q, r_c) (app.search.rank), one per
+        PDF page or text file; paths are shown relative to each collection's folder, never as server paths."""
         budget = self.check_budget(r_q, r_c)
         colls = {c.key: c for c in self.collections(session_key, include_samples)}
         sources = [(key, idx) for key, c in colls.items() if (idx := c.index(self.engine, create=False)) is not None]
-        hits = rank(sources, query.vectors, budget, k)
+        hits = rank(sources, query.vectors, budget, k, one_per_page=True)
         return [dataclasses.replace(h, path=colls[h.collection].display_path(h.path)) for h in hits]
 
     def thumbnail(self, hit: Hit, session_key: str | None) -> str:

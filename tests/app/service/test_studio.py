@@ -20,6 +20,7 @@ from PIL import Image
 from app.service import SAMPLE_DIR, Engine, Studio
 from app.service.sessions import UploadLimits
 from app.ui.api import api_entry
+from tests.helpers import make_pdf
 
 DIM = 32
 R_Q, R_C = 4, 8
@@ -90,6 +91,20 @@ def test_indexed_files_are_found_with_paths_relative_to_the_collection(studio, t
     assert api_entry(hits[0])["collection"] == "yours" and api_entry(hits[0])["kind"] == "text"
     # The upload was copied into the collection's own folder.
     assert (studio.local.files_dir / "cats.txt").is_file()
+
+
+def test_a_pdf_page_is_one_result_labelled_by_its_page(studio, tmp_path):
+    """Issue 17.6: a page used to appear two or three times (as the page and as its passages)."""
+    pdf = tmp_path / "u" / "guide.pdf"
+    pdf.parent.mkdir(parents=True)
+    lines = [(72, 700 - 16 * i, 11, "harbour lantern ferry quay boats evening tide " * 2) for i in range(30)]
+    pdf.write_bytes(make_pdf([lines, [(72, 700, 12, "granite meadow orchard violin")]]))
+    studio.index_files(studio.local, [pdf])
+    kinds = [(it.page, it.kind, it.passage) for it in studio.items(studio.local)]
+    assert len([k for k in kinds if k[0] == 1]) >= 2  # page 1 is indexed as its page item and its passages
+    hits = studio.search(studio.encode_query("harbour lantern ferry"), None, 4, 8, k=10)
+    assert [(h.path, h.page) for h in hits] == [("guide.pdf", 1), ("guide.pdf", 2)]
+    assert hits[0].label == "p. 1 · guide.pdf"
 
 
 def test_a_query_is_encoded_once_for_every_budget(studio, tmp_path):

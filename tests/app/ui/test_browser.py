@@ -200,6 +200,8 @@ def test_search_then_budget_slider_reranks(server, browser_page):
     full = wait_for_new_captions(page, [])
     assert len(full) == 7
     assert scores(full) == sorted(scores(full), reverse=True)
+    # Issue 17.6: one row per page, labelled page first.
+    assert [c.split(" · ", 1)[1] for c in full if "harbour-guide.pdf" in c] == ["p. 1 · harbour-guide.pdf"]
     wait_for_images(page, "#me-results")  # every thumbnail is served (and shown in the screenshot)
     shot(page, "search")
     # Budget preset 0, the smallest (1, 1): re-ranked from cached vectors, the scores (and usually the order)
