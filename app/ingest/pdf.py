@@ -59,7 +59,7 @@ def _looks_like_pdf(data: bytes) -> bool:
 
 
 def _pdf_items(src: _Source, data: bytes, file_hash: str, limits: IngestLimits, known: AbstractSet[str],
-               ocr: _Ocr) -> Iterator[IngestEvent]:
+               ocr: _Ocr, on_page: Callable[[int, int], None] | None = None) -> Iterator[IngestEvent]:
     import pypdfium2 as pdfium
 
     try:
@@ -76,6 +76,8 @@ def _pdf_items(src: _Source, data: bytes, file_hash: str, limits: IngestLimits, 
         wanted_ocr_but_unavailable = False
         for index in range(n_pages):
             page_no = index + 1
+            if on_page is not None and n_pages > 1:
+                on_page(page_no, n_pages)
             page_hash = _derive_hash(file_hash, "page", page_no)
             if page_hash in known:
                 skipped.append(page_no)

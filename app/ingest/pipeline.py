@@ -4,6 +4,7 @@ by content to pdf.py, text.py or images.py; any file-level failure becomes that 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -19,6 +20,7 @@ from .text import _text_items
 
 ProgressFn = Callable[[int, int, str], None]
 """progress(files_done, files_total, name): before each file with the name of the file about to be read,
+before each page of a PDF of several pages with "name, page N of M" (a long PDF takes minutes with OCR),
 and once at the end with files_done == files_total and name ""."""
 
 
@@ -64,9 +66,10 @@ def iter_ingest(
         entries = list(_expand(paths, limits, archives))
         state = _BatchState(limits=limits, ocr=_Ocr(ocr), known=known_hashes)
         for done, entry in enumerate(entries):
+            name = entry.path if isinstance(entry, (IngestError, IngestNote)) else entry.display
             if progress is not None:
-                progress(done, len(entries),
-                         entry.path if isinstance(entry, (IngestError, IngestNote)) else entry.display)
+                progress(done, len(entries), name)
+                state.on_page = functools.partial(_page_progress, progress, done, len(entries), name)
             if isinstance(entry, (IngestError, IngestNote)):
                 yield entry
             else:
@@ -81,6 +84,11 @@ class _BatchState:
     ocr: _Ocr
     known: AbstractSet[str]
     seen_files: dict[str, str] = field(default_factory=dict)  # file sha256 -> first source
+    on_page: Callable[[int, int], None] | None = None  # (page, pages) inside the current file
+
+
+def _page_progress(progress: ProgressFn, done: int, total: int, name: str, page: int, pages: int) -> None:
+    progress(done, total, f"{name}, page {page} of {pages}")
 
 
 def _ingest_source(src: _Source, state: _BatchState) -> Iterator[IngestEvent]:
@@ -108,7 +116,7 @@ def _dispatch(src: _Source, data: bytes, file_hash: str, state: _BatchState) -> 
     if src.ext in TEXT_EXTENSIONS:
         yield from _text_items(src, data, file_hash, state.limits, state.known)
     elif _looks_like_pdf(data):  # by content, so a PDF under a picture's name still works
-        yield from _pdf_items(src, data, file_hash, state.limits, state.known, state.ocr)
+        yield from _pdf_items(src, data, file_hash, state.limits, state.known, state.ocr, state.on_page)
     elif src.ext in PDF_EXTENSIONS:
         # Named .pdf but not a PDF: a picture under the wrong name still gets indexed.
         try:

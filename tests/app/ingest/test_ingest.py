@@ -703,6 +703,16 @@ def test_iter_ingest_streams_and_reports_progress(tmp_path):
     assert first.exists()
 
 
+def test_a_pdf_of_several_pages_reports_each_page(tmp_path):
+    """Issue 17.9: a long PDF (minutes with OCR) used to show one unchanging line until it was done."""
+    (tmp_path / "a.png").write_bytes(_encoded_png((9, 9, 9)))
+    (tmp_path / "b.pdf").write_bytes(make_pdf([[(72, 700, 12, f"page {n} of the guide")] for n in range(1, 4)]))
+    calls = []
+    list(iter_ingest(tmp_path, ocr=no_ocr, progress=lambda d, t, name: calls.append((d, t, name))))
+    assert calls == [(0, 2, "a.png"), (1, 2, "b.pdf"), (1, 2, "b.pdf, page 1 of 3"), (1, 2, "b.pdf, page 2 of 3"),
+                     (1, 2, "b.pdf, page 3 of 3"), (2, 2, "")]
+
+
 def test_limits_are_validated():
     with pytest.raises(ValueError, match="max_megapixels"):
         IngestLimits(max_megapixels=0)
