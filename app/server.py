@@ -44,6 +44,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="give every browser session its own temporary collection (on automatically on Spaces)")
     p.add_argument("--no-samples", action="store_true", help="do not index or show the sample collection")
     p.add_argument("--session-ttl", type=float, default=2.0, help="hours before an idle private session is removed")
+    p.add_argument("--mcp", action="store_true",
+                   help="also serve the search and index endpoints as MCP tools for agents, at "
+                        "/gradio_api/mcp/ (Gradio's own MCP server; needs gradio[mcp])")
     args = p.parse_args(argv)
     if args.port is not None and not 1 <= args.port <= 65535:
         p.error(f"--port must be between 1 and 65535, got {args.port}")
@@ -77,8 +80,9 @@ def create_app(checkpoint: str | None = None, data_dir: str | os.PathLike | None
 
 
 def launch(studio: Studio, demo: gr.Blocks, host: str | None = None, port: int | None = None, share: bool = False,
-           prevent_thread_lock: bool = False, quiet: bool = False):
-    """Serve `demo`; the data and session folders are never served as files."""
+           prevent_thread_lock: bool = False, quiet: bool = False, mcp: bool = False):
+    """Serve `demo`; the data and session folders are never served as files. `mcp`: the named API endpoints
+    are MCP tools too (streamable HTTP at /gradio_api/mcp/, SSE at /gradio_api/mcp/sse)."""
     blocked = [str(studio.data_dir)]
     if studio.sessions is not None:
         blocked.append(str(studio.sessions.root))
@@ -87,7 +91,7 @@ def launch(studio: Studio, demo: gr.Blocks, host: str | None = None, port: int |
     return demo.launch(
         server_name=host, server_port=port, share=share, prevent_thread_lock=prevent_thread_lock, quiet=quiet,
         show_error=True, blocked_paths=blocked, max_file_size=max_file, ssr_mode=False, theme=gr.themes.Default(),
-        css=CSS, favicon_path=None, footer_links=["api", "gradio"], run_history=False,
+        css=CSS, favicon_path=None, footer_links=["api", "gradio"], run_history=False, mcp_server=mcp,
     )
 
 
@@ -107,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # uploads are removed; by default Python would exit without running any cleanup.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        launch(studio, demo, host=args.host, port=args.port, share=args.share)
+        launch(studio, demo, host=args.host, port=args.port, share=args.share, mcp=args.mcp)
     finally:
         studio.close()
     return 0

@@ -41,6 +41,17 @@ def build_and_wire(studio: Studio) -> None:
 
     @gpu
     def api_search(query, r_q, r_c, k, include_samples, request: gr.Request) -> str:
+        """Search the user's photos and documents (and the sample collection) with MetaEmbed multi-vector
+        late interaction. Returns JSON text (use json.loads): a list of {rank, id, path, page, score, collection,
+        kind}, best first; score is MaxSim, the sum of r_q cosine similarities (divide by r_q for 0-1).
+
+        Args:
+            query: what to look for, in words (e.g. "a red panda in a tree", "how to install Debian").
+            r_q: query vectors used, 1-16 (with r_c: the budget; the trained presets are 1,1 2,4 4,8 8,16 16,64).
+            r_c: vectors per item used, 1-64; smaller budgets are faster and coarser.
+            k: how many results, 1-1000.
+            include_samples: also search the bundled sample collection.
+        """
         # The parameter names are the API's keyword arguments (client.predict(query=..., r_q=...)).
         try:
             encoded = studio.encode_query(query, None)
@@ -53,13 +64,15 @@ def build_and_wire(studio: Studio) -> None:
 
     @gpu
     def api_index(files, request: gr.Request) -> str:
+        """Add files (photos, PDFs, text files or zip archives) to the user's collection so that search finds
+        them. Returns JSON text (use json.loads): {indexed: [{id, path, page, kind}], skipped_duplicates,
+        replaced, errors: [{path, error}], notes}.
+
+        Args:
+            files: the files to add.
+        """
         return json.dumps(index_upload(studio, files, request), ensure_ascii=False)
 
-    search_btn.click(api_search, [query, r_q, r_c, k, samples], results,
-                     api_name="search", api_description="Search your collection and the samples: query "
-                     "text, budget r_q and r_c, k results -> JSON text of a list of {rank, id, path, page, "
-                     "score, collection, kind} (use json.loads)")
-    index_btn.click(api_index, [files], report, api_name="index",
-                    api_description="Add files (photos, PDFs, text, zip) to your collection -> JSON text "
-                    "of {indexed: [{id, path, page, kind}], skipped_duplicates, replaced, errors: [{path, error}], "
-                    "notes} (use json.loads)")
+    # The functions' docstrings are the endpoints' descriptions: in the API page, and as MCP tool descriptions.
+    search_btn.click(api_search, [query, r_q, r_c, k, samples], results, api_name="search")
+    index_btn.click(api_index, [files], report, api_name="index")

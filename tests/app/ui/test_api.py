@@ -57,7 +57,7 @@ def server(test_checkpoint, tmp_path_factory):
     studio, demo = create_app(str(test_checkpoint), root / "data", private_sessions=True,
                               sample_dir=samples, limits=limits, wait_for_samples=True, log=lambda *a: None)
     port = free_port()
-    launch(studio, demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+    launch(studio, demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True, mcp=True)
     yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", studio=studio, files=files, root=root)
     demo.close()
     studio.close()
@@ -462,3 +462,28 @@ def test_sigterm_cleans_up_private_sessions_like_ctrl_c(tmp_path):
         proc.wait()
         proc.stdout.close()
     assert not root.exists()
+
+
+def test_agents_find_the_search_and_index_tools_over_mcp(server, alice_report):
+    """Issue 17.12: `python app.py --mcp` serves the named endpoints as MCP tools (Gradio's own MCP server)."""
+    import asyncio
+
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamablehttp_client
+
+    async def use_tools():
+        async with streamablehttp_client(server.url + "gradio_api/mcp/") as (read, write, _):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                tools = {t.name: t for t in (await session.list_tools()).tools}
+                search = next(t for name, t in tools.items() if name.endswith("search"))
+                result = await session.call_tool(search.name, {"query": "a kitten", "r_q": 4, "r_c": 8, "k": 3,
+                                                               "include_samples": True})
+                return tools, search, result
+
+    tools, search, result = asyncio.run(use_tools())
+    assert any(name.endswith("index") for name in tools)
+    assert "late interaction" in search.description and "query" in search.inputSchema["properties"]
+    hits = json.loads(result.content[0].text)
+    assert not result.isError and 1 <= len(hits) <= 3 and hits[0]["rank"] == 1
+    assert hits[0]["path"] == "kitten.jpg" and hits[0]["collection"] == "samples"  # the only sample photo
