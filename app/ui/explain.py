@@ -252,7 +252,7 @@ def match_table_html(ex: Explanation, shown: int = 6) -> str:
     if len(rows) > shown:  # the strongest matches tell the story; the rest are one click away
         table += (f"<details><summary class='me-caption'>Show the other {len(rows) - shown} query vectors</summary>"
                   f"<table class='me-table'>{head}<tbody>{''.join(rows[shown:])}</tbody></table></details>")
-    return note + table
+    return note + f"<div class='me-scroll'>{table}</div>"  # scrolls inside its box on a phone
 
 
 def highlighted_text_html(ex: Explanation, max_chars: int = 1500) -> str:

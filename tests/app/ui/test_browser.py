@@ -402,3 +402,34 @@ def test_a_reload_keeps_a_private_collection(test_checkpoint, tmp_path, browser_
         other_browser.close()
         demo.close()
         studio.close()
+
+
+def test_a_phone_screen_keeps_captions_heatmap_and_table_readable(server, browser_page):
+    """Issue 17.10 at 390 px: captions keep score, page and file readable, the heatmap's axis labels do not
+    collide, and the per-vector table scrolls inside its box instead of widening the page."""
+    context = browser_page.browser.new_context(viewport={"width": 390, "height": 844})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT)
+        page.goto(server.url)
+        page.fill("#me-query textarea", "boats in a harbour at sunset")
+        page.click("#me-search")
+        wait_for_new_captions(page, [])
+        page.locator("#me-results .thumbnail-item").nth(0).click()
+        page.wait_for_selector("#me-heatmap .js-plotly-plot", state="visible")
+        page.wait_for_selector("#me-why-table .me-scroll", state="visible")
+        layout = page.evaluate("""() => {
+            const ticks = [...document.querySelectorAll('#me-heatmap .xtick text')].map(e => e.getBoundingClientRect());
+            const overlaps = ticks.slice(1).filter((b, i) => b.left < ticks[i].right).length;
+            const table = document.querySelector('#me-why-table .me-scroll');
+            const caps = [...document.querySelectorAll('#me-results .caption-label')];
+            return {page: document.documentElement.scrollWidth, ticks: ticks.length, overlaps,
+                    tableScrolls: getComputedStyle(table).overflowX, tableFits: table.clientWidth <= 390,
+                    cut: caps.filter(c => c.scrollWidth > c.clientWidth + 1).length, caps: caps.length};
+        }""")
+        assert layout["page"] <= 390, layout
+        assert layout["ticks"] >= 2 and layout["overlaps"] == 0, layout
+        assert layout["tableScrolls"] == "auto" and layout["tableFits"], layout
+        assert layout["caps"] > 0 and layout["cut"] == 0, layout
+    finally:
+        context.close()
