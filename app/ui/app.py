@@ -52,6 +52,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
         how_it_works.wire(studio, how)
         model_tab.wire(studio, model, search, status)
         _wire_status(studio, started, status)
+        _wire_samples_default(studio, started, search.include_samples)
     return demo
 
 
@@ -68,6 +69,16 @@ def _wire_session(studio: Studio, demo: gr.Blocks):
 
     demo.unload(end_session)
     return demo.load(bind, browser_key, browser_key, **PRIVATE)
+
+
+def _wire_samples_default(studio: Studio, started, include_samples: gr.Checkbox) -> None:
+    """The sample collection joins searches until the visitor has files of their own (issue 17.8)."""
+
+    def samples_by_default(request: gr.Request):
+        coll = studio.user_collection(session_of(request), create=False)
+        return gr.update(value=not (coll is not None and studio.items(coll)))
+
+    started.then(samples_by_default, None, include_samples, **PRIVATE)
 
 
 def _wire_status(studio: Studio, started, status: gr.Markdown) -> None:

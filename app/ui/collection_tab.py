@@ -9,6 +9,7 @@ import gradio as gr
 
 from app.humanize import human_bytes
 from app.ingest import SUPPORTED_EXTENSIONS
+from app.search import Hit
 from app.service import Studio
 from app.ui.common import PRIVATE, gpu, kind_name, mistake, session_of, status_line
 
@@ -26,12 +27,16 @@ def build(studio: Studio) -> SimpleNamespace:
             c.report_md = gr.Markdown(elem_id="me-report")
         with gr.Column(scale=1):
             c.stats_md = gr.Markdown(elem_id="me-stats")
-    c.items_df = gr.Dataframe(headers=["file", "kind", "page", "id"], datatype=["str", "str", "number", "str"],
-                              interactive=False, label="Your items", max_height=320, wrap=True, elem_id="me-items")
+    # One picture per file (a PDF's first page, a text file's card): click one to pick it for removal.
+    c.grid = gr.Gallery(label="Your files (click one to pick it for removal)", columns=6, height=280,
+                        allow_preview=False, object_fit="cover", elem_id="me-files")
+    c.items_df = gr.Dataframe(headers=["file", "kind", "searchable parts"], datatype=["str", "str", "str"],
+                              interactive=False, label="Your files", max_height=320, wrap=True, elem_id="me-items")
     with gr.Row():
-        c.remove_sel = gr.Dropdown(choices=[], multiselect=True, label="Files to remove", scale=4)
+        c.remove_sel = gr.Dropdown(choices=[], multiselect=True, label="Files to remove", scale=4,
+                                   elem_id="me-remove-sel")
         with gr.Column(scale=1, min_width=180):
-            c.remove_btn = gr.Button("Remove selected")
+            c.remove_btn = gr.Button("Remove selected", elem_id="me-remove")
             c.clear_btn = gr.Button("Clear my collection", variant="stop")
     c.clear_ok = gr.Checkbox(value=False, visible=False)  # the confirmation dialog's answer
     return c
@@ -57,19 +62,23 @@ def index_upload(studio: Studio, files, request: gr.Request, progress=None) -> d
 
 def wire(studio: Studio, c: SimpleNamespace, started, status: gr.Markdown) -> None:
     """`started`: the page's first event (the collection is listed once the page knows its session)."""
-    view_outs = [c.items_df, c.remove_sel, c.stats_md, status]
+    view_outs = [c.grid, c.items_df, c.remove_sel, c.stats_md, status]
 
     def collection_view(request: gr.Request):
         session = session_of(request)
         coll = studio.user_collection(session, create=False)
-        items = studio.items(coll) if coll is not None else []
-        # The table shows the newest items first, capped so a large collection still loads quickly.
-        rows = [[coll.display_path(it.path), kind_name(it.kind), it.page, it.id]
-                for it in reversed(items[-MAX_TABLE_ROWS:])]
-        files = sorted({coll.display_path(it.path).partition("!/")[0] for it in items}) if coll else []
-        if len(files) > MAX_TABLE_ROWS:
-            files = files[:MAX_TABLE_ROWS]
-        return rows, gr.update(choices=files, value=[]), _stats_md(studio, coll), status_line(studio, session)
+        files = _files(studio, coll)[:MAX_TABLE_ROWS]  # newest first, capped so a large collection loads quickly
+        grid = [(studio.thumbnail(Hit(0, f["first"].id, f["name"], f["first"].page, 0.0, f["first"], coll.key),
+                                  session), f["name"]) for f in files]
+        rows = [[f["name"], f["kind"], f["parts"]] for f in files]
+        choices = sorted({f["name"].partition("!/")[0] for f in files})
+        return grid, rows, gr.update(choices=choices, value=[]), _stats_md(studio, coll), status_line(studio, session)
+
+    def pick(evt: gr.SelectData, chosen):
+        name = str(evt.value["caption"]).partition("!/")[0] if isinstance(evt.value, dict) else None
+        if not name:
+            return gr.skip()
+        return gr.update(value=sorted(set(chosen or []) | {name}))
 
     @gpu
     def do_index(files, request: gr.Request, progress=gr.Progress()):  # noqa: B008 - how Gradio injects progress
@@ -99,6 +108,7 @@ def wire(studio: Studio, c: SimpleNamespace, started, status: gr.Markdown) -> No
     # One progress display, on the report, not repeated over every output of the event.
     c.index_btn.click(do_index, [c.upload], [c.report_md, c.upload] + view_outs, show_progress_on=[c.report_md],
                       **PRIVATE)
+    c.grid.select(pick, [c.remove_sel], c.remove_sel, **PRIVATE)
     c.remove_btn.click(do_remove, [c.remove_sel], [c.report_md] + view_outs, **PRIVATE)
     c.clear_btn.click(do_clear, c.clear_ok, [c.report_md] + view_outs,
                       js="(ok) => confirm('Remove every item from your collection?')", **PRIVATE)
@@ -122,14 +132,37 @@ def _intro(studio: Studio) -> str:
             "every budget is then served from the same index.")
 
 
+def _files(studio: Studio, coll) -> list[dict]:
+    """The collection as a person sees it: one entry per file (a PDF's pages and passages, a text file's
+    passages together), newest first, with the item whose picture stands for it."""
+    if coll is None:
+        return []
+    by_file: dict[str, list] = {}
+    for it in studio.items(coll):
+        by_file.setdefault(coll.display_path(it.path), []).append(it)
+    out = []
+    for name, items in reversed(by_file.items()):
+        pages = {it.page for it in items if it.page is not None}
+        kind = "PDF" if pages else kind_name(items[0].kind)
+        parts = f"{len(pages)} page{'s' if len(pages) != 1 else ''}" if pages else (
+            "1 photo" if items[0].kind == "image" else f"{len(items)} passage{'s' if len(items) != 1 else ''}")
+        first = min(items, key=lambda it: (it.page or 0, it.passage if it.passage is not None else -1))
+        out.append({"name": name, "kind": kind, "parts": parts, "first": first})
+    return out
+
+
 def _stats_md(studio: Studio, coll) -> str:
     stats = studio.stats(coll)
     if not stats["items"]:
         return "### Statistics\nYour collection is empty."
-    kinds = ", ".join(f"{n} {kind_name(k)}{'s' if n != 1 else ''}" for k, n in sorted(stats["kinds"].items()))
+    files = _files(studio, coll)
+    counts: dict[str, int] = {}
+    for f in files:
+        counts[f["kind"]] = counts.get(f["kind"], 0) + 1
+    kinds = ", ".join(f"{n} {k}{'s' if n != 1 else ''}" for k, n in sorted(counts.items()))
     rows = "\n".join(f"| {b['budget']} | {b['vectors']:,} | {b['size']} |" for b in stats["budgets"])
-    return (f"### Statistics\n**{stats['items']} items** from {stats['files']} file(s): {kinds}. On disk: "
-            f"{stats['on_disk']}.\n\n| budget (r_q, r_c) | vectors read per query | bytes read per query |\n"
+    return (f"### Statistics\n**{len(files)} file{'s' if len(files) != 1 else ''}**: {kinds} "
+            f"({stats['items']} searchable items: pages and passages count one each). On disk: {stats['on_disk']}.\n\n| budget (r_q, r_c) | vectors read per query | bytes read per query |\n"
             f"|---|---|---|\n{rows}\n\nOne index stores all {studio.engine.num_candidate_vectors} vectors per item; "
             "a budget reads only the first r_c of them.")
 

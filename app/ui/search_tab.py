@@ -39,7 +39,8 @@ def preset_of(studio: Studio, index: float) -> tuple[int, int]:
 def gallery_value(studio: Studio, hits: list[Hit], session: str | None, r_q: int) -> list[tuple[str, str]]:
     # The comparable score (MaxSim / r_q, the mean best similarity of the query's vectors) reads the same at
     # every budget; score first: long file names are cut off at the end of the caption.
-    return [(studio.thumbnail(h, session), f"{h.score / r_q:.2f} · {h.label}") for h in hits]
+    return [(studio.thumbnail(h, session),
+             f"{h.score / r_q:.2f} · {h.label}" + (" · sample" if h.collection == "samples" else "")) for h in hits]
 
 
 def results_caption(query: QueryState, hits: list[Hit], budget: tuple[int, int], rank_ms: float,

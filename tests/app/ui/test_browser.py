@@ -166,7 +166,7 @@ def test_upload_photos_and_a_pdf(server, browser_page):
     items = page.inner_text("#me-items")
     for name in UPLOADS:
         assert name in items
-    assert "7 items" in page.inner_text("#me-stats")
+    assert "7 files" in page.inner_text("#me-stats")
     shot(page, "collection")
 
 
@@ -179,7 +179,7 @@ def test_cancelled_clear_and_empty_query_are_calm(server, browser_page):
     page.once("dialog", lambda dialog: dialog.dismiss())  # the visitor presses Cancel
     page.get_by_role("button", name="Clear my collection").click()
     page.wait_for_timeout(1500)
-    assert "7 items" in page.inner_text("#me-stats")
+    assert "7 files" in page.inner_text("#me-stats")
     assert page.inner_text("#me-items") == before_items
     assert "Error" not in page.inner_text("body")
 
@@ -189,7 +189,7 @@ def test_cancelled_clear_and_empty_query_are_calm(server, browser_page):
     page.wait_for_function("document.body.innerText.includes('Warning')")  # one calm notice
     assert "Error" not in page.inner_text("body")
     open_tab(page, "Collection")
-    assert "7 items" in page.inner_text("#me-stats")
+    assert "7 files" in page.inner_text("#me-stats")
 
 
 def test_search_then_budget_slider_reranks(server, browser_page):
@@ -391,7 +391,7 @@ def test_a_reload_keeps_a_private_collection(test_checkpoint, tmp_path, browser_
         page.reload()
         open_tab(page, "Collection")
         page.wait_for_function("document.querySelector('#me-items').innerText.includes('red-panda.jpg')")
-        assert "1 items" in page.inner_text("#me-stats")
+        assert "1 file" in page.inner_text("#me-stats")
         other = other_browser.new_page()
         other.set_default_timeout(TIMEOUT)
         other.goto(f"http://127.0.0.1:{port}/")
@@ -433,3 +433,20 @@ def test_a_phone_screen_keeps_captions_heatmap_and_table_readable(server, browse
         assert layout["caps"] > 0 and layout["cut"] == 0, layout
     finally:
         context.close()
+
+
+def test_the_collection_shows_one_picture_per_file_and_removes_the_one_clicked(server, browser_page):
+    """Issue 17.8: files, not internal passages or hex ids; a picture grid to pick a file to remove."""
+    page = browser_page.page
+    page.goto(server.url)
+    open_tab(page, "Collection")
+    page.wait_for_function("document.querySelectorAll('#me-files .thumbnail-item').length === 7")
+    table = page.inner_text("#me-items")
+    assert "harbour-guide.pdf" in table and "1 page" in table
+    assert not re.search(r"\b[0-9a-f]{16}\b", table)  # no internal ids
+    names = [c.strip() for c in page.locator("#me-files .caption-label").all_inner_texts()]
+    page.locator("#me-files .thumbnail-item").nth(0).click()
+    page.wait_for_function(f"document.querySelector('#me-remove-sel').innerText.includes({names[0]!r})")
+    page.click("#me-remove")
+    page.wait_for_function("document.querySelector('#me-stats').innerText.includes('6 files')")
+    assert names[0] not in page.inner_text("#me-items")
