@@ -25,9 +25,10 @@ _HEAT = np.array([[255, 255, 255], [253, 224, 71], [249, 115, 22], [220, 38, 38]
 
 
 def _layout(fig: go.Figure, title: str, height: int = 340, **kw) -> go.Figure:
+    kw.setdefault("margin", dict(l=60, r=20, t=56, b=50))
     fig.update_layout(
         title=dict(text=title, x=0.0, xanchor="left", font=dict(size=15)), font=FONT, height=height,
-        margin=dict(l=60, r=20, t=56, b=50), paper_bgcolor="white", plot_bgcolor="white", **kw,
+        paper_bgcolor="white", plot_bgcolor="white", **kw,
     )
     return fig
 
@@ -244,6 +245,29 @@ def agreement_figure(presets: Sequence[tuple[int, int]], agreement: Sequence[flo
     fig.update_xaxes(title_text="budget (r_q, r_c)", type="category")
     fig.update_yaxes(title_text=f"shared top-{k} results (%)", range=[0, 110])
     return _layout(fig, f"Top-{k} agreement with the largest budget ({n_queries} queries)", height=320)
+
+
+def quality_figure(presets: Sequence[tuple[int, int]], lines: dict[str, Sequence[float]],
+                   baselines: dict[str, float], title: str) -> go.Figure:
+    """MRR against budget, one line per judged split and kind of query, each with its single-vector baseline
+    dotted: the paper's quality-vs-cost trade-off measured on this checkpoint."""
+    labels = budget_labels(presets)
+    fig = go.Figure()
+    palette = [ACCENT, BUDGET, "#16a34a", "#9333ea"]
+    for n, (name, mrr) in enumerate(lines.items()):
+        colour = palette[n % len(palette)]
+        fig.add_trace(go.Scatter(x=labels, y=list(mrr), mode="lines+markers", name=name,
+                                 line=dict(color=colour), marker=dict(size=8, color=colour),
+                                 hovertemplate=name + " at %{x}: MRR %{y:.3f}<extra></extra>"))
+        if name in baselines:
+            fig.add_trace(go.Scatter(x=[labels[0], labels[-1]], y=[baselines[name]] * 2, mode="lines",
+                                     line=dict(color=colour, dash="dot", width=1), showlegend=False,
+                                     hovertemplate=f"{name}: one mean-pooled vector, MRR {baselines[name]:.3f}"
+                                                   "<extra></extra>"))
+    fig.update_xaxes(title_text="budget (r_q, r_c)", type="category")
+    fig.update_yaxes(title_text="MRR (dotted: one mean-pooled vector)", range=[0, 1])
+    # The legend sits under the axis title, never on it, whatever the budget labels.
+    return _layout(fig, title, height=360, legend=dict(orientation="h", y=-0.35, x=0), margin=dict(l=60, r=20, t=56, b=110))
 
 
 # ------------------------------------------------------------------------------------------ how it works

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import gradio as gr
 import numpy as np
 
+from app.evaluation import load_quality
 from app.humanize import human_bytes
 from app.search import rank
 from app.service import Studio
@@ -32,6 +33,10 @@ def build(studio: Studio) -> SimpleNamespace:
             m.samples = gr.Checkbox(value=True, label="Include the sample collection",
                                     visible=studio.samples is not None)
     m.summary = gr.Markdown()
+    # Quality against budget, measured once per checkpoint on judged queries (its quality.json, from
+    # `python -m app.cli eval`): the other half of the paper's trade-off, beside cost measured live below.
+    m.quality = gr.Plot(quality_plot(studio), show_label=False, elem_id="me-quality",
+                        visible=bool(quality_lines(studio)[0]))
     with gr.Row():
         m.size_plot = gr.Plot(show_label=False, elem_id="me-size")
         m.latency_plot = gr.Plot(show_label=False, elem_id="me-latency")
@@ -106,3 +111,27 @@ def measure_scaling(studio: Studio, queries: list[str], session: str | None, inc
                       f"|---|---|---|---|\n{rows}")
     progress(1.0, "done")
     return out
+
+
+def quality_lines(studio: Studio) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """MRR per preset of each judged split and kind of query of the loaded checkpoint, and the baselines."""
+    engine = studio.engine
+    reports = load_quality(getattr(engine.model, "checkpoint_path", None), engine.checkpoint_id)
+    lines: dict[str, list[float]] = {}
+    baselines: dict[str, float] = {}
+    for split, report in reports.items():
+        for kind, table in report["results"].items():
+            if kind == "all" or not table:
+                continue
+            name = f"{kind}s, {split.split(' (')[0]}"
+            lines[name] = [table[f"{q},{c}"]["mrr"] for q, c in engine.presets]
+            baselines[name] = table["baseline"]["mrr"]
+    return lines, baselines
+
+
+def quality_plot(studio: Studio):
+    lines, baselines = quality_lines(studio)
+    if not lines:
+        return None
+    return plots.quality_figure(studio.engine.presets, lines, baselines,
+                                f"Quality against budget: {studio.engine.config.name} on judged queries")

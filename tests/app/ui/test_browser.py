@@ -108,6 +108,7 @@ def shot(page, name: str, full_page: bool = True, docs_height: int | None = None
     from PIL import Image
 
     path = ARTIFACTS / f"{name}.png"
+    page.add_style_tag(content=".toast-wrap {display: none !important;}")  # an earlier test's notices
     page.screenshot(path=str(path), full_page=full_page)
     img = Image.open(path).convert("RGB")
     if docs_height and img.height > docs_height:
@@ -298,6 +299,17 @@ def test_scaling_tab_measures_every_budget(server, browser_page):
         page.wait_for_selector(f"{plot} .js-plotly-plot", state="visible")
     assert page.locator("#me-agreement .js-plotly-plot .scatterlayer .point").count() == len(
         server.studio.engine.presets)
+    if server.studio.engine.model.checkpoint_path and (Path(server.studio.engine.model.checkpoint_path)
+                                                         / "quality.json").is_file():
+        # Issue 17.11: quality against budget, from the checkpoint's judged evaluation, beside the costs.
+        page.wait_for_selector("#me-quality .js-plotly-plot", state="visible")
+        boxes = page.evaluate("""() => {
+            const r = s => document.querySelector('#me-quality ' + s).getBoundingClientRect();
+            return {legend: r('.legend'), xtitle: r('.xtitle'), lines: document.querySelectorAll(
+                '#me-quality .scatterlayer .trace').length};
+        }""")
+        assert boxes["lines"] >= 2
+        assert boxes["legend"]["top"] >= boxes["xtitle"]["bottom"], boxes  # the legend never covers the axis title
     shot(page, "scaling")
 
 
