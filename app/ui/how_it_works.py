@@ -15,6 +15,7 @@ from app.ui.common import PRIVATE, gpu, mistake, session_of
 from model.scoring import explain as maxsim_explain
 
 DEFAULT_QUERY = "a red panda resting in a tree"
+RANK_DEPTH = 50  # ranks beyond this read as "> 50"
 
 
 def build(studio: Studio) -> SimpleNamespace:
@@ -101,21 +102,21 @@ def walkthrough(studio: Studio, text: str, session: str | None) -> tuple:
 
     # Step 4: MaxSim with the best result at the largest budget.
     full = presets[-1]
-    hits = studio.search(query, session, *full, k=1, include_samples=True)
+    hits = studio.search(query, session, *full, k=2, include_samples=True)
     if hits:
         _, item, c = studio.item(hits[0].collection, hits[0].id, session)
         sim = (query.vectors.float() @ c.float().T).numpy()
-        scores = [float(maxsim_explain(query.vectors, c, p)["score"]) for p in presets]
         label = f"“{hits[0].label}”"
         matrix = plots.prefix_matrix_figure(sim, presets)
-        budgets = plots.budget_scores_figure(presets, scores, label)
+        budgets = _top_two_at_every_budget(studio, query, session, hits, presets)
         per_item = engine.num_candidate_vectors * engine.dim * 2
         matrix_md = (f"The similarity of all {rq_full} query vectors with all {engine.num_candidate_vectors} vectors "
                      f"of the top result, {label}. A budget (r_q, r_c) is the top-left r_q × r_c block: MaxSim takes "
                      "the maximum of each row inside the block and adds the rows up. The index stores every item's "
                      f"vectors once ({human_bytes(per_item)} per item); a small budget just reads fewer of them, so "
-                     "nothing is re-encoded or re-indexed when you move the budget slider. Scores grow with r_q "
-                     "(more terms are added), so compare rankings within a budget, not raw scores across budgets.")
+                     "nothing is re-encoded or re-indexed when you move the budget slider. The second chart follows this "
+                     "search's top two results across the budgets: their comparable scores (MaxSim / r_q) and "
+                     "where the first one ranks at each budget.")
     else:
         matrix = plots.empty_figure("Add files to your collection (or include the samples) to see step 4.")
         budgets = plots.empty_figure("")
@@ -125,3 +126,19 @@ def walkthrough(studio: Studio, text: str, session: str | None) -> tuple:
                                    f"Attention of the {rq_full} meta tokens over the words of “{text}”"),
             plots.vectors_figure(query.vectors.numpy(), presets, "query"),
             prefix_md, matrix, budgets, matrix_md)
+
+
+def _top_two_at_every_budget(studio: Studio, query, session: str | None, hits: list, presets) -> object:
+    """Step 4's second chart: the largest budget's #1 and #2, scored and ranked at every budget. It differs
+    from query to query (where a small budget already separates them, or ranks them the other way)."""
+    comparable: dict[str, list[float]] = {h.id: [] for h in hits[:2]}
+    ranks = []
+    for r_q, r_c in presets:
+        for h in hits[:2]:
+            _, _, c = studio.item(h.collection, h.id, session)
+            comparable[h.id].append(float(maxsim_explain(query.vectors, c, (r_q, r_c))["score"]) / r_q)
+        ranked = studio.search(query, session, r_q, r_c, k=RANK_DEPTH, include_samples=True)
+        ranks.append(next((h.rank for h in ranked if h.id == hits[0].id), RANK_DEPTH + 1))
+    second = comparable[hits[1].id] if len(hits) > 1 else [0.0] * len(presets)
+    return plots.budget_race_figure(presets, comparable[hits[0].id], second, ranks, hits[0].label,
+                                    hits[1].label if len(hits) > 1 else "(none)")

@@ -332,10 +332,21 @@ def prefix_matrix_figure(sim: np.ndarray, presets: Sequence[tuple[int, int]]) ->
     return _layout(fig, "One matrix, every budget: a budget is its top-left corner", height=380)
 
 
-def budget_scores_figure(presets: Sequence[tuple[int, int]], scores: Sequence[float], label: str) -> go.Figure:
+def budget_race_figure(presets: Sequence[tuple[int, int]], first: Sequence[float], second: Sequence[float],
+                       ranks: Sequence[int], first_label: str, second_label: str) -> go.Figure:
+    """The two best results of the largest budget, at every budget: comparable scores (MaxSim / r_q) and the
+    first one's rank, so the chart shows where a small budget already separates them, or swaps them."""
     labels = budget_labels(presets)
-    fig = go.Figure(go.Bar(x=labels, y=list(scores), marker_color=BUDGET, text=[f"{s:.2f}" for s in scores],
-                           textposition="outside", cliponaxis=False))
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=labels, y=list(first), mode="lines+markers+text", name=f"#1 {first_label}",
+                             line=dict(color=ACCENT), marker=dict(size=9, color=ACCENT), cliponaxis=False,
+                             text=[f"rank {r}" for r in ranks], textposition="top center",
+                             hovertemplate="%{x}: %{y:.3f} (%{text})<extra></extra>"))
+    fig.add_trace(go.Scatter(x=labels, y=list(second), mode="lines+markers", name=f"#2 {second_label}",
+                             line=dict(color=BUDGET, dash="dash"), marker=dict(size=8, color=BUDGET),
+                             hovertemplate="%{x}: %{y:.3f}<extra></extra>"))
     fig.update_xaxes(title_text="budget (r_q, r_c)", type="category")
-    fig.update_yaxes(title_text="MaxSim score", rangemode="tozero")
-    return _layout(fig, f"MaxSim of the query with {label} at each budget", height=300)
+    top = max(list(first) + list(second) + [0.1])
+    fig.update_yaxes(title_text="score (MaxSim / r_q)", range=[0, min(1.0, top * 1.25)])
+    return _layout(fig, "The top two results at every budget (label: #1's rank there)", height=340,
+                   legend=dict(orientation="h", y=-0.35, x=0), margin=dict(l=60, r=20, t=56, b=110))

@@ -320,6 +320,17 @@ def test_how_it_works_walks_through_a_query(server, browser_page):
     for plot in ("#me-teach-attention", "#me-teach-vectors", "#me-teach-matrix"):
         page.wait_for_selector(f"{plot} .js-plotly-plot", state="visible")
     assert page.locator(".me-meta").count() == server.studio.engine.num_query_vectors  # meta tokens M1..M16
+    # Issue 17.11: the top two results followed across the budgets, #1's rank at each; different queries
+    # give different charts.
+    page.wait_for_selector("#me-teach-budgets .js-plotly-plot", state="visible")
+    ranks = page.evaluate("[...document.querySelectorAll('#me-teach-budgets .textpoint')].map(e => e.textContent)")
+    assert len(ranks) == len(server.studio.engine.presets) and all(r.startswith("rank ") for r in ranks)
+    assert ranks[-1] == "rank 1"  # at the largest budget it is #1 by definition
+    first = page.inner_html("#me-teach-budgets .scatterlayer")
+    page.fill("#me-teach-query textarea", "a kitten")
+    page.click("#me-teach-go")
+    page.wait_for_function("(old) => document.querySelector('#me-teach-budgets .scatterlayer') && "
+                           "document.querySelector('#me-teach-budgets .scatterlayer').innerHTML !== old", arg=first)
     shot(page, "how-it-works", docs_height=1700)
 
 
