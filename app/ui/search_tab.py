@@ -195,28 +195,12 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
     def more_like_this(selected, rq, rc, with_samples, request: gr.Request):
         if selected is None:
             return mistake("select a result first", 3 + len(rank_outs))
-        session = session_of(request)
-        coll, item, _ = studio.item(selected[0], selected[1], session)
-        try:
-            source = studio.load_source_item(item)
-        except FileNotFoundError as e:
-            raise gr.Error(str(e)) from e
-        image = source.image
-        text = None if image is not None else (source.text or "")[:500]
-        query = studio.encode_query(text, image)
-        return (gr.update(value=text or ""), image, "" if image is not None else None) + rank_outputs(
-            studio, query, int(rq), int(rc), with_samples, session)
-
-    def show_chip(image):
-        return gr.update(visible=image is not None), image, gr.update(value=False) if image is None else gr.skip()
+        return more_like(studio, selected, int(rq), int(rc), with_samples, session_of(request))
 
     search_inputs = [s.query_box, s.query_image, s.keep_image, s.image_words, s.r_q, s.r_c, s.include_samples]
     for trigger in (s.search_btn.click, s.query_box.submit, s.examples.load_input_event.then):
         trigger(do_search, search_inputs, rank_outs + reset_outs + [s.query_image, s.image_words], **PRIVATE)
-    s.query_image.change(show_chip, s.query_image, [s.chip, s.chip_image, s.keep_image], show_progress="hidden",
-                         **PRIVATE)
-    s.query_image.upload(lambda: None, None, s.image_words, **PRIVATE)  # a new image, not searched yet
-    s.remove_image.click(lambda: (None, None), None, [s.query_image, s.image_words], **PRIVATE)
+    _wire_query_image(s)
     explained = select_outputs[1:]
     s.preset.input(on_preset, [s.preset, s.query_state, s.include_samples, s.selected_state],
                    [s.r_q, s.r_c, s.readout] + rank_outs + explained, trigger_mode="always_last",
@@ -230,6 +214,34 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
     s.gallery.select(gpu(select_handler), [s.hits_state, s.query_state, s.r_q, s.r_c], select_outputs, **PRIVATE)
     s.more_btn.click(more_like_this, [s.selected_state, s.r_q, s.r_c, s.include_samples],
                      [s.query_box, s.query_image, s.image_words] + rank_outs, **PRIVATE)
+
+
+def more_like(studio: Studio, selected: tuple[str, str], rq: int, rc: int, with_samples: bool,
+              session: str | None) -> tuple:
+    """Search with the selected result itself (its photo, or its text): the query box, the query image, the
+    words searched with it, then the ranking."""
+    coll, item, _ = studio.item(selected[0], selected[1], session)
+    try:
+        source = studio.load_source_item(item)
+    except FileNotFoundError as e:
+        raise gr.Error(str(e)) from e
+    image = source.image
+    text = None if image is not None else (source.text or "")[:500]
+    query = studio.encode_query(text, image)
+    return (gr.update(value=text or ""), image, "" if image is not None else None) + rank_outputs(
+        studio, query, rq, rc, with_samples, session)
+
+
+def _wire_query_image(s: SimpleNamespace) -> None:
+    """The chip that shows the image in the query, with its Keep and Remove controls."""
+
+    def show_chip(image):
+        return gr.update(visible=image is not None), image, gr.update(value=False) if image is None else gr.skip()
+
+    s.query_image.change(show_chip, s.query_image, [s.chip, s.chip_image, s.keep_image], show_progress="hidden",
+                         **PRIVATE)
+    s.query_image.upload(lambda: None, None, s.image_words, **PRIVATE)  # a new image, not searched yet
+    s.remove_image.click(lambda: (None, None), None, [s.query_image, s.image_words], **PRIVATE)
 
 
 def rank_outputs(studio: Studio, query: QueryState, rq: int, rc: int, with_samples: bool,
