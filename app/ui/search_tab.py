@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 import time
 from types import SimpleNamespace
 
@@ -66,6 +68,36 @@ def results_caption(query: QueryState, hits: list[Hit], budget: tuple[int, int],
             "matched.")
 
 
+SNIPPET_WORDS = 28
+_STOP = frozenset("the a an and or of to in on at for with from by is are be how do does what which my your this "
+                  "that it its as into".split())
+
+
+def snippets_html(hits: list[Hit], query_text: str | None, r_q: int, limit: int = 5) -> str:
+    """The best pages and passages among the results, each as "p. N · file" and the stretch of its text that
+    holds most of the query's words, those words highlighted (photos are shown by their pictures)."""
+    words = {w for w in re.findall(r"\w+", (query_text or "").lower()) if len(w) > 1 and w not in _STOP}
+    rows = []
+    for h in hits:
+        if h.kind == "image" or not (h.item.text or "").strip() or not words:
+            continue
+        rows.append(f"<li><span class='me-caption'>{h.score / r_q:.2f}</span> <b>{html.escape(h.label)}</b>"
+                    f"{' · sample' if h.collection == 'samples' else ''} — {_best_stretch(h.item.text, words)}</li>")
+        if len(rows) == limit:
+            break
+    return f"<ul class='me-snippets'>{''.join(rows)}</ul>" if rows else ""
+
+
+def _best_stretch(text: str, words: set[str]) -> str:
+    tokens = text.split()
+    hit = [bool(set(re.findall(r"\w+", t.lower())) & words) for t in tokens]
+    n = min(SNIPPET_WORDS, len(tokens))
+    best = max(range(len(tokens) - n + 1), key=lambda i: (sum(hit[i:i + n]), -i))
+    shown = [f"<mark>{html.escape(t)}</mark>" if hit[i] else html.escape(t) for i, t in enumerate(tokens[best:best + n],
+                                                                                                  start=best)]
+    return ("… " if best > 0 else "") + " ".join(shown) + (" …" if best + n < len(tokens) else "")
+
+
 def build(studio: Studio) -> SimpleNamespace:
     engine = studio.engine
     presets = engine.presets
@@ -113,6 +145,7 @@ def build(studio: Studio) -> SimpleNamespace:
     s.results_md = gr.Markdown("Type a query and press **Search** (or Enter).", elem_id="me-results-caption")
     s.gallery = gr.Gallery(label="Results", columns=6, height=430, allow_preview=False, object_fit="cover",
                            show_label=False, elem_id="me-results")
+    s.snippets = gr.HTML(elem_id="me-snippets")  # the pages and passages among the results, words highlighted
 
     gr.Markdown("## Why it matched")
     s.why_md = gr.Markdown(NO_SELECTION, elem_id="me-why-title")
@@ -142,7 +175,7 @@ def build(studio: Studio) -> SimpleNamespace:
 
 
 def wire(studio: Studio, s: SimpleNamespace) -> None:
-    rank_outs = [s.query_state, s.hits_state, s.gallery, s.results_md]
+    rank_outs = [s.query_state, s.hits_state, s.gallery, s.results_md, s.snippets]
     reset_outs = [s.selected_state, s.why_md, s.why_row, s.table_col]
     select_outputs = [s.selected_state, s.why_md, s.why_row, s.why_image, s.heatmap, s.bars, s.why_text,
                       s.table_col, s.why_table]
@@ -168,7 +201,7 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
         could finish out of order when the slider moved quickly, leaving the panel at an older budget."""
         keep = (gr.skip(),) * (len(select_outputs) - 1)
         if query is None:
-            return (query, gr.skip(), gr.skip(), gr.skip()) + keep
+            return (query, gr.skip(), gr.skip(), gr.skip(), gr.skip()) + keep
         ranked = rank_outputs(studio, query, rq, rc, with_samples, session)
         if selected is None:
             return ranked + keep
@@ -253,7 +286,7 @@ def rank_outputs(studio: Studio, query: QueryState, rq: int, rc: int, with_sampl
     ms = (time.perf_counter() - t0) * 1000
     caption = results_caption(query, hits, (rq, rc), ms, studio.indexing_progress,
                               studio.engine.weak_threshold((rq, rc)))
-    return (query, hits, gallery_value(studio, hits, session, rq), caption)
+    return (query, hits, gallery_value(studio, hits, session, rq), caption, snippets_html(hits, query.text, rq))
 
 
 def explain_panel(studio: Studio, coll_key: str, item_id: str, query: QueryState, rq, rc,

@@ -34,16 +34,16 @@ pytestmark = [
 ]
 
 
-def model_checkpoint(test_checkpoint: Path) -> str:
-    """$METAEMBED_CHECKPOINT, else the bundled MetaEmbed-Mini when it is there (real rankings in the
-    screenshots), else the untrained test checkpoint."""
+def model_checkpoint(test_checkpoint: Path) -> str | None:
+    """$METAEMBED_CHECKPOINT, else the bundled MetaEmbed-Mini when it is there (None: real rankings in the
+    screenshots, shown as users see it), else the untrained test checkpoint."""
     from model.checkpoint import DEFAULT_CHECKPOINT
     from model.config import CONFIG_NAME
 
     if os.environ.get("METAEMBED_CHECKPOINT"):
         return os.environ["METAEMBED_CHECKPOINT"]
     if (DEFAULT_CHECKPOINT / CONFIG_NAME).is_file():
-        return str(DEFAULT_CHECKPOINT)
+        return None
     return str(test_checkpoint)
 
 
@@ -203,6 +203,8 @@ def test_search_then_budget_slider_reranks(server, browser_page):
     assert scores(full) == sorted(scores(full), reverse=True)
     # Issue 17.6: one row per page, labelled page first.
     assert [c.split(" · ", 1)[1] for c in full if "harbour-guide.pdf" in c] == ["p. 1 · harbour-guide.pdf"]
+    snippets = page.inner_html("#me-snippets")  # the page's text, the query's words highlighted
+    assert "p. 1 · harbour-guide.pdf" in snippets and "<mark>harbour</mark>" in snippets.replace("Harbour", "harbour")
     wait_for_images(page, "#me-results")  # every thumbnail is served (and shown in the screenshot)
     shot(page, "search")
     # Budget preset 0, the smallest (1, 1): re-ranked from cached vectors, the scores (and usually the order)

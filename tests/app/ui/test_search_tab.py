@@ -1,0 +1,33 @@
+"""app.ui.search_tab's pure helpers: the highlighted snippets of text results (issue 17.6)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from app.search import Hit
+from app.ui.search_tab import snippets_html
+
+
+def _hit(rank: int, kind: str, text: str, page: int | None = None, collection: str | None = "yours") -> Hit:
+    item = SimpleNamespace(id=f"id{rank}", kind=kind, title="guide.pdf" if page else "notes.txt", passage=0, text=text)
+    return Hit(rank, item.id, item.title, page, 8.0 - rank, item, collection)
+
+
+def test_snippets_show_the_stretch_with_most_query_words_highlighted_and_skip_photos():
+    filler = " ".join(f"word{i}" for i in range(60))
+    hits = [_hit(1, "image", "tabby kitten"),
+            _hit(2, "pdf_page", f"{filler} the ferry to the harbour leaves at eight {filler}", page=3),
+            _hit(3, "text", "nothing relevant here", collection="samples")]
+    out = snippets_html(hits, "When does the ferry leave the harbour?", 8)
+    assert out.count("<li>") == 2  # the photo is shown by its picture, not a snippet
+    first = out.split("</li>")[0]
+    assert "p. 3 · guide.pdf" in first and "<mark>ferry</mark>" in first and "<mark>harbour</mark>" in first
+    assert "<mark>the</mark>" not in first  # common words are not what matched
+    assert first.count("…") == 2  # cut from a longer page on both sides
+    assert "sample" in out.split("</li>")[1]
+    assert snippets_html(hits, None, 8) == ""  # an image-only query has no words to show
+
+
+def test_snippets_escape_the_text():
+    out = snippets_html([_hit(1, "text", "<script>alert(1)</script> harbour")], "harbour", 4)
+    assert "<script>" not in out and "&lt;script&gt;" in out
