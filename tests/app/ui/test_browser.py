@@ -108,8 +108,9 @@ def shot(page, name: str, full_page: bool = True, docs_height: int | None = None
     from PIL import Image
 
     path = ARTIFACTS / f"{name}.png"
-    page.add_style_tag(content=".toast-wrap {display: none !important;}")  # an earlier test's notices
+    hide = page.add_style_tag(content=".toast-wrap {display: none !important;}")  # an earlier test's notices
     page.screenshot(path=str(path), full_page=full_page)
+    hide.evaluate("style => style.remove()")  # later tests look for notices
     img = Image.open(path).convert("RGB")
     if docs_height and img.height > docs_height:
         img = img.crop((0, 0, img.width, docs_height))
