@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.evaluation import QUERIES_NAME, index_folder, load_queries  # noqa: E402
+from app.ingest import IMAGE_EXTENSIONS  # noqa: E402
 from app.search import CALIBRATION_NAME  # noqa: E402
 from model import MetaEmbed  # noqa: E402
 from model.checkpoint import checkpoint_id, resolve  # noqa: E402
@@ -37,7 +38,6 @@ from model.scoring import CandidateStore  # noqa: E402
 
 SPLITS = {"dev": ROOT / "tests" / "data" / "devset", "held-out": ROOT / "tests" / "data" / "heldout"}
 REAL_FLAGGED = 0.10  # the share of real dev searches flagged: the threshold is their 10th percentile
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
 
 def gibberish(n: int = 100, seed: int = 0) -> list[str]:
@@ -59,7 +59,7 @@ def split_scores(model, folder: Path, cache: Path | None) -> dict[str, dict[str,
             cached.parent.mkdir(parents=True, exist_ok=True)
             torch.save(coll, cached)
     units = coll["units"]
-    photo = torch.tensor([u.lower().endswith(PHOTO_SUFFIXES) for u in units])
+    photo = torch.tensor([u.lower().endswith(tuple(IMAGE_EXTENSIONS)) for u in units])
     queries = load_queries(folder / QUERIES_NAME)
     qvec = model.encode_queries([q.text for q in queries])
     gvec = model.encode_queries(gibberish())

@@ -67,6 +67,13 @@ def _no_progress(fraction: float, what: str) -> None:
 # --------------------------------------------------------------------------------------------- queries
 
 
+def query_content(text: str | None, image: Image.Image | None):
+    """What the model encodes for a query: the image and its words together, or whichever is given."""
+    if image is not None and text:
+        return {"image": image, "text": text}
+    return image if image is not None else text
+
+
 @dataclass
 class QueryState:
     """A query encoded once at full R_q: every budget re-ranks from these vectors."""
@@ -80,9 +87,7 @@ class QueryState:
 
     @property
     def content(self):
-        if self.image is not None and self.text:
-            return {"image": self.image, "text": self.text}
-        return self.image if self.image is not None else self.text
+        return query_content(self.text, self.image)
 
     @property
     def label(self) -> str:
@@ -198,10 +203,8 @@ class Studio:
         if text is None and image is None:
             raise ValueError("type a query or drop an image to search with")
         engine = self.engine
-        content = {"image": image, "text": text} if (image is not None and text) else (image if image is not None
-                                                                                         else text)
         t0 = time.perf_counter()
-        vectors = self.queries.vectors(content, engine.checkpoint_id, lambda items: engine.encode(items, "query"))
+        vectors = self.queries.vectors(query_content(text, image), engine.checkpoint_id, lambda items: engine.encode(items, "query"))
         return QueryState(engine.checkpoint_id, text, image, vectors, encode_ms=(time.perf_counter() - t0) * 1000)
 
     def ensure_current(self, query: QueryState) -> QueryState:

@@ -76,7 +76,7 @@ def _wire_samples_default(studio: Studio, started, include_samples: gr.Checkbox)
 
     def samples_by_default(request: gr.Request):
         coll = studio.user_collection(session_of(request), create=False)
-        return gr.update(value=not (coll is not None and studio.items(coll)))
+        return gr.update(value=not (coll is not None and studio.stats(coll)["items"]))
 
     started.then(samples_by_default, None, include_samples, **PRIVATE)
 

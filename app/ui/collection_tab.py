@@ -67,12 +67,14 @@ def wire(studio: Studio, c: SimpleNamespace, started, status: gr.Markdown) -> No
     def collection_view(request: gr.Request):
         session = session_of(request)
         coll = studio.user_collection(session, create=False)
-        files = _files(studio, coll)[:MAX_TABLE_ROWS]  # newest first, capped so a large collection loads quickly
+        every = _files(studio, coll)
+        files = every[:MAX_TABLE_ROWS]  # newest first, capped so a large collection loads quickly
         grid = [(studio.thumbnail(Hit(0, f["first"].id, f["name"], f["first"].page, 0.0, f["first"], coll.key),
                                   session), f["name"]) for f in files]
         rows = [[f["name"], f["kind"], f["parts"]] for f in files]
         choices = sorted({f["name"].partition("!/")[0] for f in files})
-        return grid, rows, gr.update(choices=choices, value=[]), _stats_md(studio, coll), status_line(studio, session)
+        return (grid, rows, gr.update(choices=choices, value=[]), _stats_md(studio, coll, every),
+                status_line(studio, session))
 
     def pick(evt: gr.SelectData, chosen):
         name = str(evt.value["caption"]).partition("!/")[0] if isinstance(evt.value, dict) else None
@@ -151,18 +153,19 @@ def _files(studio: Studio, coll) -> list[dict]:
     return out
 
 
-def _stats_md(studio: Studio, coll) -> str:
+def _stats_md(studio: Studio, coll, files: list[dict]) -> str:
+    """`files`: the collection's `_files`, read once per view for the table, the grid and these counts."""
     stats = studio.stats(coll)
     if not stats["items"]:
         return "### Statistics\nYour collection is empty."
-    files = _files(studio, coll)
     counts: dict[str, int] = {}
     for f in files:
         counts[f["kind"]] = counts.get(f["kind"], 0) + 1
     kinds = ", ".join(f"{n} {k}{'s' if n != 1 else ''}" for k, n in sorted(counts.items()))
     rows = "\n".join(f"| {b['budget']} | {b['vectors']:,} | {b['size']} |" for b in stats["budgets"])
     return (f"### Statistics\n**{len(files)} file{'s' if len(files) != 1 else ''}**: {kinds} "
-            f"({stats['items']} searchable items: pages and passages count one each). On disk: {stats['on_disk']}.\n\n| budget (r_q, r_c) | vectors read per query | bytes read per query |\n"
+            f"({stats['items']} searchable items: pages and passages count one each). On disk: {stats['on_disk']}."
+            "\n\n| budget (r_q, r_c) | vectors read per query | bytes read per query |\n"
             f"|---|---|---|\n{rows}\n\nOne index stores all {studio.engine.num_candidate_vectors} vectors per item; "
             "a budget reads only the first r_c of them.")
 

@@ -131,14 +131,16 @@ def walkthrough(studio: Studio, text: str, session: str | None) -> tuple:
 def _top_two_at_every_budget(studio: Studio, query, session: str | None, hits: list, presets) -> object:
     """Step 4's second chart: the largest budget's #1 and #2, scored and ranked at every budget. It differs
     from query to query (where a small budget already separates them, or ranks them the other way)."""
-    comparable: dict[str, list[float]] = {h.id: [] for h in hits[:2]}
+    top = hits[:2]
+    vectors = [studio.item(h.collection, h.id, session)[2] for h in top]
+    comparable: list[list[float]] = [[] for _ in top]
     ranks = []
     for r_q, r_c in presets:
-        for h in hits[:2]:
-            _, _, c = studio.item(h.collection, h.id, session)
-            comparable[h.id].append(float(maxsim_explain(query.vectors, c, (r_q, r_c))["score"]) / r_q)
+        for scores, c in zip(comparable, vectors):
+            scores.append(float(maxsim_explain(query.vectors, c, (r_q, r_c))["score"]) / r_q)
         ranked = studio.search(query, session, r_q, r_c, k=RANK_DEPTH, include_samples=True)
-        ranks.append(next((h.rank for h in ranked if h.id == hits[0].id), RANK_DEPTH + 1))
-    second = comparable[hits[1].id] if len(hits) > 1 else [0.0] * len(presets)
-    return plots.budget_race_figure(presets, comparable[hits[0].id], second, ranks, hits[0].label,
-                                    hits[1].label if len(hits) > 1 else "(none)")
+        ranks.append(next((h.rank for h in ranked if (h.collection, h.id) == (top[0].collection, top[0].id)),
+                          RANK_DEPTH + 1))
+    second = comparable[1] if len(top) > 1 else [0.0] * len(presets)
+    return plots.budget_race_figure(presets, comparable[0], second, ranks, top[0].label,
+                                    top[1].label if len(top) > 1 else "(none)")

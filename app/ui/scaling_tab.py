@@ -35,8 +35,8 @@ def build(studio: Studio) -> SimpleNamespace:
     m.summary = gr.Markdown()
     # Quality against budget, measured once per checkpoint on judged queries (its quality.json, from
     # `python -m app.cli eval`): the other half of the paper's trade-off, beside cost measured live below.
-    m.quality = gr.Plot(quality_plot(studio), show_label=False, elem_id="me-quality",
-                        visible=bool(quality_lines(studio)[0]))
+    quality = quality_plot(studio)
+    m.quality = gr.Plot(quality, show_label=False, elem_id="me-quality", visible=quality is not None)
     with gr.Row():
         m.size_plot = gr.Plot(show_label=False, elem_id="me-size")
         m.latency_plot = gr.Plot(show_label=False, elem_id="me-latency")
