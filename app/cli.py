@@ -1,4 +1,5 @@
-"""Command line: `python -m app.cli index|search|info|list|remove|compact ... --index DIR`, and
+"""Command line: `python -m app.cli index|search|info|list|remove|compact ... --index DIR` (the embedded
+index) or `--store SPEC` (Qdrant: qdrant://HOST:PORT/COLLECTION or qdrant-local:DIR), and
 `python -m app.cli eval DIR` (retrieval quality on a folder with judged queries; see app.evaluation).
 
 The checkpoint that made an index is recorded in it: later commands load that one unless
@@ -25,7 +26,8 @@ from .evaluation import QUERIES_NAME, EvalInputError, evaluate, load_queries, ma
 from .indexing import index_paths
 from .ingest import default_ocr, load_image
 from .search import Searcher
-from .store.index import DB_NAME, REBUILD_HINT, Index
+from .store import open_store, open_store_for
+from .store.index import REBUILD_HINT
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -41,16 +43,19 @@ class UsageError(CliError):
 # ------------------------------------------------------------------------------------------- checkpoints
 
 
-def resolve_checkpoint(arg: str | None, index_dir: Path | None) -> tuple[Path, str, str]:
-    """(checkpoint folder, source to record in the index, checkpoint id) for a command on `index_dir`.
+def resolve_checkpoint(arg: str | None, where: str | None) -> tuple[Path, str, str]:
+    """(checkpoint folder, source to record in the store, checkpoint id) for a command on store `where`.
 
-    No --checkpoint: the one recorded in an existing index (none: `index_dir` None), else the bundled
+    No --checkpoint: the one recorded in an existing store (none: `where` None), else the bundled
     MetaEmbed-Mini.
     """
     source: str | None = arg
-    if arg is None and index_dir is not None and (index_dir / DB_NAME).is_file():
-        with Index.open(index_dir) as index:
-            source = index.checkpoint_source
+    if arg is None and where is not None:
+        try:
+            with open_store(where) as index:
+                source = index.checkpoint_source
+        except FileNotFoundError:
+            pass  # a new store
     folder = checkpoint.resolve(source)
     if source is None:
         recorded = ""  # the bundled default: found again wherever the package is installed
@@ -69,13 +74,15 @@ def load_model(folder: Path) -> Any:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    index_dir = Path(args.index).expanduser()
-    folder, source, ckpt_id = resolve_checkpoint(args.checkpoint, index_dir)
-    if (index_dir / DB_NAME).is_file():
-        Index.open(index_dir, ckpt_id).close()  # refuse a mismatch before spending time on the model
+    where = store_of(args)
+    folder, source, ckpt_id = resolve_checkpoint(args.checkpoint, where)
+    try:
+        open_store(where, ckpt_id).close()  # refuse a mismatch before spending time on the model
+    except FileNotFoundError:
+        pass  # created below
     model = load_model(folder)
     start = time.perf_counter()
-    with Index.open_for(index_dir, ckpt_id, model.config.num_candidate_tokens, model.dim, source) as index:
+    with open_store_for(where, ckpt_id, model.config.num_candidate_tokens, model.dim, source) as index:
         bar = _progress_bar(args)
         committed = [0]
 
@@ -117,13 +124,13 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    index_dir = Path(args.index).expanduser()
+    where = store_of(args)
     budget = parse_budget(args.budget) if args.budget else None
     if args.k < 1:
         raise CliError(f"--k must be at least 1, got {args.k}")
-    Index.open(index_dir).close()  # a missing index is the first thing to report
-    folder, _source, ckpt_id = resolve_checkpoint(args.checkpoint, index_dir)
-    with Index.open(index_dir, ckpt_id) as index:
+    open_store(where).close()  # a missing index is the first thing to report
+    folder, _source, ckpt_id = resolve_checkpoint(args.checkpoint, where)
+    with open_store(where, ckpt_id) as index:
         model = load_model(folder)
         searcher = Searcher(model, index)
         budget = searcher.check_budget(budget)
@@ -137,13 +144,15 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
     else:
         print(f"{len(results.hits)} results for {args.query!r} at budget {budget}:")
+        if index.scored_budget(budget) != budget:
+            print(f"  (scored at {index.scored_budget(budget)}: this store keeps the presets' r_c only)")
         for hit in results.hits:
             print(f"{hit.rank:3d}. {hit.score:8.4f}  {hit.path}{_where(hit.page, hit.item.passage)}  [{hit.id}]")
     return EXIT_OK
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    with Index.open(args.index) as index:
+    with open_store(store_of(args)) as index:
         info = index.info()
     if args.json:
         print(json.dumps(info, indent=2))
@@ -155,7 +164,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    with Index.open(args.index) as index:
+    with open_store(store_of(args)) as index:
         items = index.items()
     rows = [{"id": it.id, "path": it.path, "page": it.page, "kind": it.kind, "passage": it.passage}
             for it in items]
@@ -168,7 +177,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    with Index.open(args.index) as index:
+    with open_store(store_of(args)) as index:
         try:
             removed = index.remove(args.targets)
         except KeyError as e:
@@ -181,10 +190,13 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
-    with Index.open(args.index) as index:
+    with open_store(store_of(args)) as index:
         before = index.info()
         index.compact()
         after = index.info()
+    if "segments" not in before:  # Qdrant compacts by itself
+        print(f"Nothing to do: {before['location']} reclaims the space of removed items itself.")
+        return EXIT_OK
     print(f"Compacted: {before['segments']} -> {after['segments']} segments, "
           f"{before['vector_bytes']} -> {after['vector_bytes']} bytes of vectors.")
     return EXIT_OK
@@ -224,6 +236,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------ helpers
 
 
+def store_of(args: argparse.Namespace) -> str:
+    """The store a command works on: --index DIR or --store SPEC."""
+    return args.store if args.store else str(Path(args.index).expanduser())
+
+
 def _where(page: int | None, passage: int | None) -> str:
     parts = ([f"page {page}"] if page is not None else []) + ([f"passage {passage + 1}"] if passage is not None else [])
     return f" ({', '.join(parts)})" if parts else ""
@@ -261,7 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
-        p.add_argument("--index", required=True, metavar="DIR", help="index folder (created by `index`)")
+        where = p.add_mutually_exclusive_group(required=True)
+        where.add_argument("--index", metavar="DIR", help="index folder (created by `index`)")
+        where.add_argument("--store", metavar="SPEC", help="a Qdrant collection instead: qdrant://HOST:PORT/"
+                           "COLLECTION (server or cluster; API key from $QDRANT_API_KEY) or qdrant-local:DIR")
         if json_flag:
             p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 

@@ -28,8 +28,8 @@ from PIL import Image
 from model.checkpoint import checkpoint_id
 from model.scoring import explain
 
-from .store import index as index_module
-from .store.index import CheckpointMismatch, Index, IndexedItem
+from .store import Store
+from .store.index import CheckpointMismatch, IndexedItem
 
 Query = str | Image.Image | dict  # text, an image, or {"image": ..., "text": ...}
 DEFAULT_CACHE_SIZE = 256
@@ -191,7 +191,7 @@ def weak_threshold(calibration: dict[tuple[int, int], float], budget: tuple[int,
 # ------------------------------------------------------------------------------------------------ ranking
 
 
-def rank(sources: Sequence[tuple[str | None, Index]], vectors: torch.Tensor, budget: tuple[int, int], k: int,
+def rank(sources: Sequence[tuple[str | None, Store]], vectors: torch.Tensor, budget: tuple[int, int], k: int,
          exact: bool | None = None, one_per_page: bool = False) -> list[Hit]:
     """The `k` best items over one or more indexes for one query's vectors [R_q, D] at `budget`.
 
@@ -229,18 +229,18 @@ def rank(sources: Sequence[tuple[str | None, Index]], vectors: torch.Tensor, bud
 class Searcher:
     """Search `index` with `model`. The model must be the checkpoint that made the index's vectors."""
 
-    def __init__(self, model: Any, index: Index, cache_size: int = DEFAULT_CACHE_SIZE,
+    def __init__(self, model: Any, index: Store, cache_size: int = DEFAULT_CACHE_SIZE,
                  verify_checkpoint: bool = True):
         self.checkpoint_id = checkpoint_id(model)
         if verify_checkpoint and self.checkpoint_id != index.checkpoint_id:
             raise CheckpointMismatch(
-                f"index {index.directory} was built with checkpoint {index.checkpoint_id!r} but the "
+                f"index {index.location} was built with checkpoint {index.checkpoint_id!r} but the "
                 f"model is {self.checkpoint_id!r}; load the index's checkpoint or index the files again"
             )
         made = (model.config.num_candidate_tokens, model.dim)
         if made != (index.num_vectors, index.dim):
             raise CheckpointMismatch(
-                f"index {index.directory} stores {index.num_vectors}x{index.dim} vectors per item, the model "
+                f"index {index.location} stores {index.num_vectors}x{index.dim} vectors per item, the model "
                 f"makes {made[0]}x{made[1]}"
             )
         self.model = model
@@ -267,7 +267,7 @@ class Searcher:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         vecs = self.query_vectors(query)
         if exact is None:
-            exact = index_module.uses_exact(self.index.view().count, budget[1])
+            exact = self.index.exact_for(budget[1])
         hits = rank([(None, self.index)], vecs, budget, k, exact=exact)
         return SearchResults(query, budget, hits, exact, vecs)
 

@@ -37,6 +37,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--share", action="store_true", help="create a temporary public gradio.live link (needs internet)")
     p.add_argument("--data-dir", default=None,
                    help=f"where your collection and the sample index live (default: {default_data_dir()})")
+    p.add_argument("--store", default=None, metavar="SPEC",
+                   help="keep your collection's vectors in Qdrant: qdrant://HOST:PORT/COLLECTION (a server or "
+                        "cluster; API key from $QDRANT_API_KEY) or qdrant-local:DIR (default: the embedded index "
+                        "under --data-dir)")
     p.add_argument("--checkpoint", default=None,
                    help="MetaEmbed checkpoint folder or Hub id (default: $METAEMBED_CHECKPOINT or the bundled "
                         "MetaEmbed-Mini)")
@@ -58,7 +62,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def create_app(checkpoint: str | None = None, data_dir: str | os.PathLike | None = None,
                private_sessions: bool = False, sample_dir: str | os.PathLike | None = SAMPLE_DIR,
                limits: UploadLimits | None = None, session_ttl_s: float = 2 * 3600,
-               wait_for_samples: bool = False, log=print) -> tuple[Studio, gr.Blocks]:
+               wait_for_samples: bool = False, log=print, store: str | None = None) -> tuple[Studio, gr.Blocks]:
     """Load the model and build the UI. Files not indexed yet (the samples on first start, everything after
     a model or index-format change) are indexed in the background, or before returning with
     `wait_for_samples`; later starts reuse the indexes."""
@@ -68,7 +72,9 @@ def create_app(checkpoint: str | None = None, data_dir: str | os.PathLike | None
     log(f"model {engine.config.name} from {engine.source} on {engine.model.device} "
         f"({time.perf_counter() - t0:.1f} s)")
     studio = Studio(engine, data_dir or default_data_dir(), private_sessions=private_sessions, sample_dir=sample_dir,
-                    limits=limits, session_ttl_s=session_ttl_s)
+                    limits=limits, session_ttl_s=session_ttl_s, store=store)
+    if store is not None and studio.local is not None:
+        studio.local.index(engine)  # an unreachable Qdrant or another checkpoint's collection: say so now
     if wait_for_samples:
         for coll in (studio.samples, studio.local):
             if coll is not None:
@@ -101,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         studio, demo = create_app(args.checkpoint, args.data_dir, private_sessions=private,
                                   sample_dir=None if args.no_samples else SAMPLE_DIR,
-                                  session_ttl_s=args.session_ttl * 3600)
+                                  session_ttl_s=args.session_ttl * 3600, store=args.store)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 
+from app.store import Store, open_store, open_store_for
 from app.store.index import CheckpointMismatch, Index, IndexError_
 
 from .engine import Engine
@@ -17,7 +18,7 @@ class Collection:
     """A folder of files plus its indexes (one per checkpoint), safe to use from several threads."""
 
     def __init__(self, key: str, label: str, root: Path, files_dir: Path, read_only: bool = False,
-                 limits: UploadLimits = UNLIMITED):
+                 limits: UploadLimits = UNLIMITED, store: str | None = None):
         self.key = key
         self.label = label
         self.root = Path(root)
@@ -29,17 +30,22 @@ class Collection:
         # while searches go on (they only wait for the index's own lock, one batch at a time).
         self.writing = threading.RLock()
         self.token = secrets.token_hex(12)  # names this collection's thumbnail folder; never derived from input
-        self._indexes: dict[str, Index] = {}
+        self._indexes: dict[str, Store] = {}
+        # A Qdrant store (app.store.qdrant) instead of the index folders under `root`: one collection, made
+        # by one checkpoint; loading another model then says so instead of mixing vectors.
+        self.store = store
 
     def index_dir(self, ckpt: str) -> Path:
         return self.root / "index" / ckpt
 
-    def index(self, engine: Engine, create: bool = True) -> Index | None:
+    def index(self, engine: Engine, create: bool = True) -> Store | None:
         """This collection's index for `engine`'s checkpoint (None if there is none and create=False)."""
         with self.lock:
             idx = self._indexes.get(engine.checkpoint_id)
             if idx is not None:
                 return idx
+            if self.store is not None:
+                return self._open_store(engine, create)
             folder = self.index_dir(engine.checkpoint_id)
             if not create and not (folder / "index.sqlite").is_file():
                 return None
@@ -57,6 +63,18 @@ class Collection:
                                      checkpoint_source=engine.source)
             self._indexes[engine.checkpoint_id] = idx
             return idx
+
+    def _open_store(self, engine: Engine, create: bool) -> Store | None:
+        try:
+            if create:
+                idx = open_store_for(self.store, engine.checkpoint_id, engine.num_candidate_vectors, engine.dim,
+                                     checkpoint_source=engine.source)
+            else:
+                idx = open_store(self.store, engine.checkpoint_id)
+        except FileNotFoundError:
+            return None
+        self._indexes[engine.checkpoint_id] = idx
+        return idx
 
     def close(self) -> None:
         with self.lock:

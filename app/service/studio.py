@@ -105,7 +105,10 @@ class Studio:
     def __init__(self, engine: Engine, data_dir: str | os.PathLike, private_sessions: bool = False,
                  sample_dir: str | os.PathLike | None = SAMPLE_DIR, limits: UploadLimits | None = None,
                  session_ttl_s: float = 2 * 3600, allow_model_switch: bool | None = None,
-                 thumb_root: str | os.PathLike | None = None):
+                 thumb_root: str | os.PathLike | None = None, store: str | None = None):
+        if store is not None and private_sessions:
+            raise ValueError("--store keeps one shared collection in Qdrant; private sessions (one temporary "
+                             "collection per visitor) keep theirs on this machine: use one or the other")
         self.engine = engine
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -128,7 +131,7 @@ class Studio:
         self.local: Collection | None = None
         if not private_sessions:
             root = self.data_dir / "collection"
-            self.local = Collection("yours", "Your collection", root, root / "files")
+            self.local = Collection("yours", "Your collection", root, root / "files", store=store)
         self._inspect_cache: dict[tuple, dict] = {}
         self.queries = QueryCache()
         self._cache_lock = threading.Lock()

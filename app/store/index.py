@@ -187,6 +187,8 @@ class Index:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    location = property(lambda self: str(self.directory), doc="Where the index is, for messages.")
+
     # ---- reading ------------------------------------------------------------------------------------
     @_locked
     def __len__(self) -> int:
@@ -335,6 +337,13 @@ class Index:
         return View.build(segments, items, version, self.dim)
 
     # ---- scoring ------------------------------------------------------------------------------------
+    def scored_budget(self, budget: tuple[int, int]) -> tuple[int, int]:
+        return budget  # every budget is scored as asked: a prefix of the stored vectors is a slice
+
+    def exact_for(self, r_c: int) -> bool:
+        """Whether a search at candidate budget r_c scores every item (else first stage, then MaxSim)."""
+        return uses_exact(self.view().count, r_c)
+
     @_locked
     def search(self, q: torch.Tensor, budget: tuple[int, int], k: int = 10, *, exact: bool | None = None,
                depth: int = FIRST_STAGE_DEPTH) -> list[tuple[int, float]]:

@@ -28,9 +28,14 @@ def budget_readout(studio: Studio, r_q: int, r_c: int) -> str:
     per_item = r_c * engine.dim * 2
     preset = (r_q, r_c) in engine.presets
     kind = "a trained preset" if preset else "a custom budget (between the trained presets)"
+    note = ""
+    store = studio.local.index(engine, create=False) if studio.local is not None and studio.local.store else None
+    if store is not None and store.scored_budget((r_q, r_c)) != (r_q, r_c):
+        note = (f" Your collection lives in Qdrant, which keeps the presets' r_c only: it is scored at "
+                f"{store.scored_budget((r_q, r_c))}.")
     return (f"**Budget ({r_q}, {r_c})** — {kind}: the first {r_q} of {engine.num_query_vectors} query vectors "
             f"against the first {r_c} of {engine.num_candidate_vectors} vectors per item "
-            f"({per_item:,} of {full:,} bytes per item read).")
+            f"({per_item:,} of {full:,} bytes per item read).{note}")
 
 
 def preset_of(studio: Studio, index: float) -> tuple[int, int]:

@@ -49,11 +49,13 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_index_search_info_list_remove_json(tmp_path, ckpt, capsys):
+@pytest.mark.parametrize("flag", ["--index", "--store"])
+def test_index_search_info_list_remove_json(tmp_path, ckpt, capsys, flag):
+    """Every command on the embedded index (--index DIR) and on Qdrant (--store qdrant-local:DIR)."""
     files = write_mixed_corpus(tmp_path / "in", images=True)
     (tmp_path / "in" / "broken.png").write_bytes(b"not a png")
-    idx = tmp_path / "idx"
-    code, out, _ = run(capsys, "index", tmp_path / "in", "--index", idx, "--checkpoint", ckpt, "--json", "--no-ocr")
+    idx = tmp_path / "idx" if flag == "--index" else f"qdrant-local:{tmp_path / 'idx'}"
+    code, out, _ = run(capsys, "index", tmp_path / "in", flag, idx, "--checkpoint", ckpt, "--json", "--no-ocr")
     assert code == 0
     report = json.loads(out)
     assert set(report) >= {"indexed", "skipped_duplicates", "errors"}
@@ -64,7 +66,7 @@ def test_index_search_info_list_remove_json(tmp_path, ckpt, capsys):
     assert pages == [1, 2]
 
     # Later commands use the checkpoint recorded in the index.
-    code, out, _ = run(capsys, "search", "quarterly revenue report", "--index", idx, "--json", "--k", "3")
+    code, out, _ = run(capsys, "search", "quarterly revenue report", flag, idx, "--json", "--k", "3")
     assert code == 0
     result = json.loads(out)
     assert result["query"] == "quarterly revenue report" and result["budget"] == [16, 64]
@@ -76,24 +78,24 @@ def test_index_search_info_list_remove_json(tmp_path, ckpt, capsys):
     scores = [r["score"] for r in result["results"]]
     assert scores == sorted(scores, reverse=True)
 
-    code, out, _ = run(capsys, "search", "quarterly revenue report", "--index", idx, "--json", "--budget", "2,4")
+    code, out, _ = run(capsys, "search", "quarterly revenue report", flag, idx, "--json", "--budget", "2,4")
     assert code == 0 and json.loads(out)["budget"] == [2, 4]
 
-    code, out, _ = run(capsys, "info", "--index", idx, "--json")
+    code, out, _ = run(capsys, "info", flag, idx, "--json")
     info = json.loads(out)
     assert code == 0 and info["items"] == len(report["indexed"]) and info["checkpoint_source"] == str(ckpt.resolve())
 
-    code, out, _ = run(capsys, "list", "--index", idx, "--json")
+    code, out, _ = run(capsys, "list", flag, idx, "--json")
     listed = json.loads(out)
     assert sorted(r["id"] for r in listed) == sorted(e["id"] for e in report["indexed"])
 
-    code, out, _ = run(capsys, "remove", files["pdf"], "--index", idx, "--json")
+    code, out, _ = run(capsys, "remove", files["pdf"], flag, idx, "--json")
     assert code == 0 and len(json.loads(out)["removed"]) == 2
-    code, out, _ = run(capsys, "info", "--index", idx, "--json")
+    code, out, _ = run(capsys, "info", flag, idx, "--json")
     assert json.loads(out)["items"] == info["items"] - 2
 
     # Indexing the same folder again: everything is already there.
-    code, out, _ = run(capsys, "index", tmp_path / "in", "--index", idx, "--json", "--no-ocr")
+    code, out, _ = run(capsys, "index", tmp_path / "in", flag, idx, "--json", "--no-ocr")
     again = json.loads(out)
     assert code == 0 and [e["page"] for e in again["indexed"]] == [1, 2]  # only the removed PDF comes back
     assert len(again["skipped_duplicates"]) >= 1
@@ -123,6 +125,23 @@ def test_human_output_and_errors(other_checkpoint, tmp_path, ckpt, capsys):
     assert code == 1 and "no such file" in out  # nothing could be done
     code, out, _ = run(capsys, "search", "note", "--index", idx, "--k", "1")
     assert code == 0 and out.splitlines()[1].startswith("  1. ")
+
+
+def test_qdrant_store_says_how_a_budget_is_scored_and_what_it_cannot_reach(tmp_path, ckpt, capsys):
+    write_texts(tmp_path / "in", 2)
+    store = f"qdrant-local:{tmp_path / 'q'}"
+    code, out, _ = run(capsys, "index", tmp_path / "in", "--store", store, "--checkpoint", ckpt, "--quiet")
+    assert code == 0 and "Indexed 2 items" in out
+    code, out, _ = run(capsys, "search", "note", "--store", store, "--budget", "2,5")
+    assert code == 0 and "(scored at (2, 8): this store keeps the presets' r_c only)" in out
+    code, out, _ = run(capsys, "compact", "--store", store)
+    assert code == 0 and "reclaims the space of removed items itself" in out
+    code, out, err = run(capsys, "search", "note", "--store", "qdrant://127.0.0.1:9/photos")
+    assert code == 1 and "cannot reach Qdrant at qdrant://127.0.0.1:9/photos" in err
+    code, out, err = run(capsys, "info", "--store", f"qdrant-local:{tmp_path / 'typo'}")
+    assert code == 1 and "does not exist" in err and not (tmp_path / "typo").exists()
+    with pytest.raises(SystemExit):
+        cli.main(["info", "--store", store, "--index", str(tmp_path / "idx")])  # one or the other
 
 
 def test_a_full_disk_and_a_damaged_database_are_clear_messages(tmp_path, ckpt, capsys, monkeypatch):

@@ -61,12 +61,28 @@ class FakeModel:
         return self.encode(items, "candidate")
 
 
-@pytest.fixture
-def studio(tmp_path):
+@pytest.fixture(params=["index", "qdrant-local"])
+def studio(tmp_path, request):
+    """A Studio whose collection is the embedded index, or (`python app.py --store ...`) a Qdrant store."""
     model = FakeModel()
+    store = f"qdrant-local:{tmp_path / 'qdrant'}" if request.param == "qdrant-local" else None
     s = Studio(Engine(model=model, checkpoint_id="fake-0001", source="a fake"), tmp_path / "data", sample_dir=None,
-               thumb_root=tmp_path / "thumbs")
+               thumb_root=tmp_path / "thumbs", store=store)
     yield s
+    s.close()
+
+
+def test_a_qdrant_store_is_one_shared_collection(tmp_path):
+    engine = Engine(model=FakeModel(), checkpoint_id="fake-0001", source="a fake")
+    with pytest.raises(ValueError, match="use one or the other"):
+        Studio(engine, tmp_path / "data", sample_dir=None, private_sessions=True, store=f"qdrant-local:{tmp_path}")
+    s = Studio(engine, tmp_path / "data", sample_dir=None, store=f"qdrant-local:{tmp_path / 'q'}")
+    s.local.index(engine)
+    s.close()
+    other = Engine(model=FakeModel(), checkpoint_id="fake-0002", source="another fake")
+    s = Studio(other, tmp_path / "data", sample_dir=None, store=f"qdrant-local:{tmp_path / 'q'}")
+    with pytest.raises(ValueError, match="made by checkpoint 'fake-0001', not 'fake-0002'"):
+        s.local.index(other)  # loading another model says so instead of mixing vectors
     s.close()
 
 

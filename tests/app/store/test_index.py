@@ -1,7 +1,13 @@
-"""app.store.index + app.indexing: storage, ingest of every kind, duplicates, remove, reload, atomicity."""
+"""app.store + app.indexing: storage, ingest of every kind, duplicates, remove, reload, atomicity.
+
+Tests marked with the `kind` parameter run against every store: the embedded index and Qdrant (through
+qdrant-client's local mode, offline); the rest test the embedded index's own files.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import sqlite3
 import threading
 
@@ -14,6 +20,7 @@ from app.indexing import encoder_input, index_paths, read_ahead
 from app.ingest import ingest
 from app.store import db as db_module
 from app.store import index as index_module
+from app.store import open_store, open_store_for
 from app.store import segments as segments_module
 from app.store.index import CheckpointMismatch, Index, IndexError_
 from model.checkpoint import checkpoint_id, checkpoint_id_of_folder
@@ -25,8 +32,28 @@ def model(test_model):
     return test_model
 
 
-def new_index(path, model) -> Index:
-    return Index.create(path, checkpoint_id(model), model.config.num_candidate_tokens, model.config.embed_dim)
+# A Qdrant server joins the suite when QDRANT_URL is set (e.g. http://localhost:6333).
+QDRANT_URL = os.environ.get("QDRANT_URL", "")
+STORES = ["index", "qdrant-local",
+          pytest.param("qdrant-server", marks=[pytest.mark.qdrant_server,
+                                               pytest.mark.skipif(not QDRANT_URL, reason="QDRANT_URL is not set")])]
+every_store = pytest.mark.parametrize("kind", STORES)
+
+
+def spec(path, kind: str = "index") -> str:
+    """What a user passes for a store of this kind at `path` (--index DIR or --store qdrant-local:DIR)."""
+    if kind == "qdrant-server":  # one fresh collection per test folder
+        host = QDRANT_URL.split("://", 1)[-1].rstrip("/")
+        scheme = "qdrants://" if QDRANT_URL.startswith("https") else "qdrant://"
+        return f"{scheme}{host}/metaembed-test-{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
+    return str(path) if kind == "index" else f"qdrant-local:{path}"
+
+
+def new_index(path, model, kind: str = "index"):
+    if kind == "index":
+        return Index.create(path, checkpoint_id(model), model.config.num_candidate_tokens, model.config.embed_dim)
+    return open_store_for(spec(path, kind), checkpoint_id(model), model.config.num_candidate_tokens,
+                          model.config.embed_dim)
 
 
 def unit(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -36,10 +63,11 @@ def unit(*shape: int, seed: int = 0) -> torch.Tensor:
 # -------------------------------------------------------------------------------------- with the model
 
 
-def test_every_input_kind_is_indexed_through_ingest(tmp_path, model):
+@every_store
+def test_every_input_kind_is_indexed_through_ingest(tmp_path, model, kind):
     images = has_visual_tokenizer()
     files = write_mixed_corpus(tmp_path / "in", images=images)
-    index = new_index(tmp_path / "idx", model)
+    index = new_index(tmp_path / "idx", model, kind)
     run = index_paths(model, index, [tmp_path / "in"], ocr=None, batch_size=3)
     assert run.errors == []
     items = index.items()
@@ -68,11 +96,12 @@ def test_every_input_kind_is_indexed_through_ingest(tmp_path, model):
         torch.testing.assert_close(stored.float(), vec.bfloat16().float(), atol=2e-2, rtol=0)
 
 
-def test_duplicates_are_indexed_once_and_reruns_skip_everything(tmp_path, model):
+@every_store
+def test_duplicates_are_indexed_once_and_reruns_skip_everything(tmp_path, model, kind):
     folder = tmp_path / "in"
     write_texts(folder, 3)
     (folder / "copy-of-0.txt").write_bytes((folder / "note-000.txt").read_bytes())
-    index = new_index(tmp_path / "idx", model)
+    index = new_index(tmp_path / "idx", model, kind)
     first = index_paths(model, index, [folder], ocr=None)
     assert len(first.indexed) == 3 and len(first.skipped_duplicates) == 1
     assert first.skipped_duplicates[0].endswith("note-000.txt") or first.skipped_duplicates[0].endswith("copy-of-0.txt")
@@ -81,10 +110,11 @@ def test_duplicates_are_indexed_once_and_reruns_skip_everything(tmp_path, model)
     assert len(index) == 3 and len(index.known_hashes()) == 3
 
 
-def test_an_edited_file_replaces_its_old_version(tmp_path, model):
+@every_store
+def test_an_edited_file_replaces_its_old_version(tmp_path, model, kind):
     folder = tmp_path / "in"
     edited, other = write_texts(folder, 2)
-    index = new_index(tmp_path / "idx", model)
+    index = new_index(tmp_path / "idx", model, kind)
     index_paths(model, index, [folder], ocr=None)
     other_ids = [it.id for it in index.items(str(other.resolve()))]
     edited.write_text("Completely rewritten: the lighthouse keeper's logbook for the winter storms.\n")
@@ -97,12 +127,13 @@ def test_an_edited_file_replaces_its_old_version(tmp_path, model):
     assert again.replaced == [] and again.indexed == [] and len(index) == 2
 
 
-def test_a_copy_of_an_edited_files_old_version_keeps_an_item(tmp_path, model):
+@every_store
+def test_a_copy_of_an_edited_files_old_version_keeps_an_item(tmp_path, model, kind):
     """Issue 19.2: `cp a.txt copy.txt`, edit a.txt, index both: copy.txt was reported "already indexed" while
     the item it matched (a.txt's old version) was being removed, so its text could not be found."""
     folder = tmp_path / "in"
     [original] = write_texts(folder, 1)
-    index = new_index(tmp_path / "idx", model)
+    index = new_index(tmp_path / "idx", model, kind)
     index_paths(model, index, [original], ocr=None)
     old_text = original.read_text().strip()
     copy = folder / "copy.txt"
@@ -116,12 +147,13 @@ def test_a_copy_of_an_edited_files_old_version_keeps_an_item(tmp_path, model):
     assert len(index) == 2
 
 
-def test_a_renamed_file_takes_its_items_along(tmp_path, model):
+@every_store
+def test_a_renamed_file_takes_its_items_along(tmp_path, model, kind):
     """Issue 19.13: after `mv a.txt b.txt`, indexing b.txt said "already indexed" and results kept pointing at
     the deleted a.txt. A copy (old path still there) stays a plain duplicate."""
     folder = tmp_path / "in"
     first, second = write_texts(folder, 2)
-    index = new_index(tmp_path / "idx", model)
+    index = new_index(tmp_path / "idx", model, kind)
     index_paths(model, index, [folder], ocr=None)
     ids = [it.id for it in index.items(str(first.resolve()))]
     renamed = folder / "renamed.txt"
@@ -137,9 +169,10 @@ def test_a_renamed_file_takes_its_items_along(tmp_path, model):
     assert run.to_json()["moved"] == [{"from": str(first.resolve()), "to": str(renamed.resolve())}]
 
 
-def test_an_edited_file_that_fails_keeps_its_old_version(tmp_path, model):
+@every_store
+def test_an_edited_file_that_fails_keeps_its_old_version(tmp_path, model, kind):
     (path,) = write_texts(tmp_path / "in", 1)
-    index = new_index(tmp_path / "idx", model)
+    index = new_index(tmp_path / "idx", model, kind)
     index_paths(model, index, [path], ocr=None)
     before = index.items()
     path.write_bytes(b"binary\x00junk")
@@ -148,9 +181,10 @@ def test_an_edited_file_that_fails_keeps_its_old_version(tmp_path, model):
     assert [it.id for it in index.items()] == [it.id for it in before]
 
 
-def test_an_interrupted_replacement_finishes_on_the_next_run(tmp_path, model):
+@every_store
+def test_an_interrupted_replacement_finishes_on_the_next_run(tmp_path, model, kind):
     (path,) = write_texts(tmp_path / "in", 1)
-    index = new_index(tmp_path / "idx", model)
+    index = new_index(tmp_path / "idx", model, kind)
     index_paths(model, index, [path], ocr=None)
     old_ids = [it.id for it in index.items()]
     path.write_text("The second version of this note talks about sourdough bread.\n")
@@ -183,10 +217,11 @@ def test_an_index_from_before_file_versions_opens_and_keeps_everything(tmp_path,
     assert run.replaced == [str(path.resolve())] and len(index) == 2
 
 
-def test_remove_by_id_file_and_folder_then_reload(tmp_path, model):
+@every_store
+def test_remove_by_id_file_and_folder_then_reload(tmp_path, model, kind):
     write_texts(tmp_path / "a", 3)
     write_texts(tmp_path / "b", 2, start=10)
-    index = new_index(tmp_path / "idx", model)
+    index = new_index(tmp_path / "idx", model, kind)
     index_paths(model, index, [tmp_path / "a", tmp_path / "b"], ocr=None, batch_size=2)
     items = index.items()
     keep_vectors = {it.id: index.vectors(it.id) for it in items}
@@ -195,32 +230,40 @@ def test_remove_by_id_file_and_folder_then_reload(tmp_path, model):
     removed = index.remove([str(tmp_path / "a" / "note-001.txt")])
     assert len(removed) == 1
     assert sorted(index.remove([str(tmp_path / "b")])) == sorted(it.id for it in items if "/b/" in it.path)
-    with pytest.raises(KeyError, match="nothing in index"):
+    with pytest.raises(KeyError, match="nothing in .* matches 'no-such-id'"):
         index.remove(["no-such-id"])
     index.compact()
     index.close()
 
-    reopened = Index.open(tmp_path / "idx", checkpoint_id(model))
+    reopened = open_store(spec(tmp_path / "idx", kind), checkpoint_id(model))
     left = reopened.items()
     assert [it.path for it in left] == [str((tmp_path / "a" / "note-002.txt").resolve())]
     assert torch.equal(reopened.vectors(left[0].id), keep_vectors[left[0].id])
-    assert reopened.info()["dead_rows"] == 0
+    assert reopened.info()["items"] == 1 and reopened.info().get("dead_rows", 0) == 0
     hits = reopened.search(model.encode_queries(["note"])[0], (16, 64), k=10)
     assert [rowid for rowid, _ in hits] == [left[0].rowid]
 
 
-def test_checkpoint_mismatch_is_a_clear_error(test_checkpoint, tmp_path, model):
-    index = new_index(tmp_path / "idx", model)
+@every_store
+def test_checkpoint_mismatch_is_a_clear_error(test_checkpoint, tmp_path, model, kind):
+    index = new_index(tmp_path / "idx", model, kind)
     index.close()
     assert checkpoint_id(model) == checkpoint_id_of_folder(test_checkpoint)
+    where = spec(tmp_path / "idx", kind)
     with pytest.raises(CheckpointMismatch, match="vectors of different checkpoints cannot be compared"):
-        Index.open(tmp_path / "idx", "another-checkpoint-0123")
+        open_store(where, "another-checkpoint-0123")
     with pytest.raises(CheckpointMismatch):
-        Index.open_for(tmp_path / "idx", "another-checkpoint-0123", 64, 128)
-    with pytest.raises(IndexError_, match="already holds an index"):
-        new_index(tmp_path / "idx", model)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        Index.open(tmp_path / "missing")
+        open_store_for(where, "another-checkpoint-0123", 64, 128)
+    r_c, dim = model.config.num_candidate_tokens, model.config.embed_dim
+    with pytest.raises(IndexError_, match=f"stores {r_c}x{dim} vectors per item, the model makes {r_c}x{dim + 1}"):
+        open_store_for(where, checkpoint_id(model), r_c, dim + 1)
+    with pytest.raises(FileNotFoundError, match="does not exist|holds no collection"):
+        open_store(spec(tmp_path / "missing", kind))
+    with open_store(where, checkpoint_id(model)) as store:  # the failures above left it as it was
+        assert (store.num_vectors, store.dim) == (r_c, dim)
+    if kind == "index":
+        with pytest.raises(IndexError_, match="already holds an index"):
+            new_index(tmp_path / "idx", model)
 
 
 # --------------------------------------------------------------------------------- storage, no model
@@ -250,8 +293,9 @@ def test_add_is_atomic_when_a_write_fails(tmp_path, monkeypatch):
     assert len(reopened) == 5
 
 
-def test_add_rejects_bad_shapes_and_skips_known_hashes(tmp_path):
-    index = Index.create(tmp_path / "idx", "ck", 8, 16)
+@every_store
+def test_add_rejects_bad_shapes_and_skips_known_hashes(tmp_path, kind):
+    index = open_store_for(spec(tmp_path / "idx", kind), "ck", 8, 16)
     with pytest.raises(ValueError, match=r"stores \[B, 8, 16\]"):
         index.add(fake_items(2), unit(2, 4, 16))
     with pytest.raises(ValueError, match="2 items but 3"):
