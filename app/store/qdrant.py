@@ -21,8 +21,9 @@ The checkpoint that made the vectors, R_c and D are the collection's metadata, s
 another checkpoint is refused, as the embedded index refuses one. Point ids derive from the item id (a prefix
 of the content hash), so re-adding an item overwrites it rather than duplicating it.
 
-Where: `qdrant://HOST:PORT/COLLECTION` (`qdrants://` for TLS; the API key from $QDRANT_API_KEY) or
-`qdrant-local:DIR` (local mode: one process at a time, everything in memory, exact scoring in Python).
+Where: `qdrant://HOST:PORT/COLLECTION` (`qdrants://` for TLS; the API key from $QDRANT_API_KEY; a new
+collection on a cluster takes `?shards=N&replicas=M`) or `qdrant-local:DIR` (local mode: one process at a
+time, everything in memory, exact scoring in Python).
 """
 
 from __future__ import annotations
@@ -171,6 +172,7 @@ class QdrantStore:
             except RuntimeError as e:  # local mode's lock: another process has the folder open
                 raise IndexError_(f"{location} is open in another process ({e}); local mode serves one process "
                                   "at a time: close it, or run a Qdrant server for shared access") from None
+        spec, _layout = split_layout(spec)
         scheme = next((s for s in URL_SCHEMES if spec.startswith(s)), None)
         rest = spec[len(scheme):] if scheme else ""
         host, _, collection = rest.partition("/")
@@ -210,7 +212,8 @@ class QdrantStore:
         try:
             with _transport_errors(location):
                 if not client.collection_exists(collection):
-                    _create(client, collection, checkpoint_id, num_vectors, dim, checkpoint_source)
+                    _create(client, collection, checkpoint_id, num_vectors, dim, checkpoint_source,
+                            **split_layout(spec)[1])
         except BaseException:
             client.close()
             raise
@@ -464,8 +467,24 @@ def _where(**conditions: Any) -> Any:
     return models.Filter(must=must)
 
 
+def split_layout(spec: str) -> tuple[str, dict[str, int]]:
+    """A server spec's cluster layout for a new collection: qdrant://H:P/C?shards=N&replicas=M ->
+    ("qdrant://H:P/C", {"shard_number": N, "replication_factor": M}). An existing collection keeps its own."""
+    from urllib.parse import parse_qsl
+
+    base, _, query = spec.partition("?")
+    names = {"shards": "shard_number", "replicas": "replication_factor"}
+    layout = {}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key not in names or not value.isdigit() or int(value) < 1:
+            raise IndexError_(f"--store {spec!r}: {key}={value!r} is not a setting here; a new collection takes "
+                              "shards=N and replicas=M (positive integers)")
+        layout[names[key]] = int(value)
+    return base, layout
+
+
 def _create(client: Any, collection: str, checkpoint_id: str, num_vectors: int, dim: int,
-            source: str | None) -> None:
+            source: str | None, shard_number: int | None = None, replication_factor: int | None = None) -> None:
     from qdrant_client import models
 
     fields = stored_fields(num_vectors)
@@ -480,7 +499,8 @@ def _create(client: Any, collection: str, checkpoint_id: str, num_vectors: int, 
                     type=models.ScalarType.INT8, always_ram=True)))
     meta = {"checkpoint_id": checkpoint_id, "checkpoint_source": source or "", "num_vectors": num_vectors,
             "dim": dim, "created": time.time(), "fields": fields}
-    client.create_collection(collection, vectors_config=config, metadata={META_KEY: meta})
+    layout = {} if local else {"shard_number": shard_number, "replication_factor": replication_factor}
+    client.create_collection(collection, vectors_config=config, metadata={META_KEY: meta}, **layout)
     if not local:  # local mode has no payload indexes (and warns about them)
         for key in ("id", "content_hash", "path", "under", "file_sha256"):
             client.create_payload_index(collection, key, models.PayloadSchemaType.KEYWORD)

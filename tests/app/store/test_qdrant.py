@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from app.store import IndexError_, QdrantStore, is_qdrant, open_store, open_store_for
-from app.store.qdrant import point_id, stored_fields, under
+from app.store.qdrant import point_id, split_layout, stored_fields, under
 from model.scoring import maxsim_dense
 from tests.helpers import fake_items
 
@@ -35,6 +35,10 @@ def test_specs_and_fields():
     assert stored_fields(64) == [1, 4, 8, 16, 64] and stored_fields(10) == [1, 4, 8, 10]
     assert under("/a/b.zip!/c/d.jpg") == ["/a", "/a/b.zip", "/a/b.zip!/c"]
     assert 0 <= point_id("0123456789abcdef") < 2**63 and point_id("a") != point_id("b")
+    assert split_layout("qdrant://h:6333/c?shards=4&replicas=2") == ("qdrant://h:6333/c", {
+        "shard_number": 4, "replication_factor": 2})
+    with pytest.raises(IndexError_, match="shards=N and replicas=M"):
+        split_layout("qdrant://h:6333/c?shard=4")
 
 
 def test_search_equals_exact_maxsim_at_every_stored_budget(store):
