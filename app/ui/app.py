@@ -50,7 +50,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
         collection_tab.wire(studio, collection, started, status)
         scaling_tab.wire(studio, scaling)
         how_it_works.wire(studio, how)
-        model_tab.wire(studio, model, search, status)
+        model_tab.wire(studio, model, search, scaling, status, started)
         _wire_status(studio, started, status)
         _wire_samples_default(studio, started, search.include_samples)
     return demo

@@ -9,6 +9,7 @@ import gradio as gr
 from app.evaluation import budget_table, load_quality
 from app.service import Studio
 from app.ui.common import PRIVATE, preset_info, session_of, status_line
+from app.ui.scaling_tab import quality_plot
 
 
 def build(studio: Studio) -> SimpleNamespace:
@@ -26,8 +27,20 @@ def build(studio: Studio) -> SimpleNamespace:
     return m
 
 
-def wire(studio: Studio, m: SimpleNamespace, search: SimpleNamespace, status: gr.Markdown) -> None:
-    """Loading a checkpoint also resets the Search tab's budget sliders to the new model's presets."""
+def wire(studio: Studio, m: SimpleNamespace, search: SimpleNamespace, scaling: SimpleNamespace,
+         status: gr.Markdown, started) -> None:
+    """Loading a checkpoint resets the Search tab's budget sliders to the new model's presets and redraws the
+    views that describe the model; every page load redraws them too, since the page built at start-up
+    still describes the model loaded then."""
+    views = [m.info, scaling.quality, search.preset, search.r_q, search.r_c]
+
+    def model_views() -> tuple:
+        ps = studio.engine.presets
+        quality = quality_plot(studio)
+        return (model_info(studio), gr.update(value=quality, visible=quality is not None),
+                gr.update(maximum=len(ps) - 1, value=len(ps) - 1, info=preset_info(ps)),
+                gr.update(maximum=studio.engine.num_query_vectors, value=ps[-1][0]),
+                gr.update(maximum=studio.engine.num_candidate_vectors, value=ps[-1][1]))
 
     def do_load_model(source, progress=gr.Progress()):  # noqa: B008 - how Gradio injects progress
         try:
@@ -35,19 +48,16 @@ def wire(studio: Studio, m: SimpleNamespace, search: SimpleNamespace, status: gr
         except PermissionError as e:
             raise gr.Error(str(e)) from e
         except (OSError, ValueError, RuntimeError) as e:
-            return (f"**Could not load {source or 'the bundled model'}:** {e}", gr.skip(), gr.skip(), gr.skip(),
-                    gr.skip())
-        ps = new.presets
-        return (f"Loaded **{new.source}**. Queries are re-encoded with it on the next search.", model_info(studio),
-                gr.update(maximum=len(ps) - 1, value=len(ps) - 1, info=preset_info(ps)),
-                gr.update(maximum=new.num_query_vectors, value=ps[-1][0]),
-                gr.update(maximum=new.num_candidate_vectors, value=ps[-1][1]))
+            return (f"**Could not load {source or 'the bundled model'}:** {e}",) + (gr.skip(),) * len(views)
+        return (f"Loaded **{new.source}**. Queries are re-encoded with it on the next search.",) + model_views()
 
     def refresh_status(request: gr.Request) -> str:
         return status_line(studio, session_of(request))
 
-    m.button.click(do_load_model, [m.source], [m.status, m.info, search.preset, search.r_q, search.r_c],
-                   **PRIVATE).then(refresh_status, None, status, **PRIVATE)
+    m.button.click(do_load_model, [m.source], [m.status] + views, **PRIVATE).then(refresh_status, None, status,
+                                                                                   **PRIVATE)
+    if studio.allow_model_switch:  # otherwise the model never changes
+        started.then(model_views, None, views, **PRIVATE)
 
 
 def model_info(studio: Studio) -> str:

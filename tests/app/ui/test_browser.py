@@ -347,6 +347,32 @@ def test_model_tab_and_no_external_requests(server, browser_page):
     assert browser_page.external == []
 
 
+def test_a_page_loaded_after_a_model_switch_describes_the_new_model(server, browser_page, test_checkpoint,
+                                                                    other_checkpoint):
+    """Issue 17.11: the Model tab and the quality chart of a page (re)loaded after another checkpoint was
+    loaded still described the model of start-up (their contents were fixed when the page was built)."""
+    from app.ui.scaling_tab import quality_plot
+
+    studio = server.studio
+    started_with = studio.engine.checkpoint_id
+    studio.switch_model(str(other_checkpoint))
+    context = browser_page.browser.new_context(viewport={"width": 1440, "height": 900})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT)
+        page.goto(server.url)
+        open_tab(page, "Model")
+        page.wait_for_function("(id) => document.querySelector('#me-model').innerText.includes(id)",
+                               arg=studio.engine.checkpoint_id)
+        assert started_with not in page.inner_text("#me-model")
+        open_tab(page, "Scaling")
+        assert page.locator("#me-quality").is_visible() == (quality_plot(studio) is not None)
+    finally:
+        context.close()
+        studio.switch_model(model_checkpoint(test_checkpoint))
+    assert studio.engine.checkpoint_id == started_with
+
+
 def test_searching_during_first_start_says_the_results_are_partial(test_checkpoint, tmp_path, monkeypatch,
                                                                    browser_page):
     """Issue 17.4: a search while the samples are still being indexed used to return a few unrelated results
