@@ -161,7 +161,10 @@ def sync_folder(engine: Engine, coll: Collection, extensions: AbstractSet[str], 
                        key=lambda p: (p.suffix.lower() not in IMAGE_EXTENSIONS, p.name))
         wanted = {str(p.resolve()) for p in files}
         items = idx.items()
-        stale = [it.id for it in items if it.path.partition("!/")[0] not in wanted]
+        # Items of files that are gone. A file elsewhere that still exists stays: a Qdrant store (--store) may
+        # also hold what the CLI indexed from other folders, which must survive the app's start.
+        stale = [it.id for it in items if (path := it.path.partition("!/")[0]) not in wanted
+                 and (_inside(Path(path), coll.files_dir) or not Path(path).is_file())]
         if stale:  # e.g. a file that was renamed or deleted since the last start
             idx.remove(stale)
         have = {it.path.partition("!/")[0] for it in items}

@@ -20,7 +20,7 @@ from PIL import Image
 from app.service import SAMPLE_DIR, Engine, Studio
 from app.service.sessions import UploadLimits
 from app.ui.api import api_entry
-from tests.helpers import make_pdf
+from tests.helpers import FakeItem, make_pdf
 
 DIM = 32
 R_Q, R_C = 4, 8
@@ -77,7 +77,14 @@ def test_a_qdrant_store_is_one_shared_collection(tmp_path):
     with pytest.raises(ValueError, match="use one or the other"):
         Studio(engine, tmp_path / "data", sample_dir=None, private_sessions=True, store=f"qdrant-local:{tmp_path}")
     s = Studio(engine, tmp_path / "data", sample_dir=None, store=f"qdrant-local:{tmp_path / 'q'}")
-    s.local.index(engine)
+    # The CLI indexed two files elsewhere into the same store; one of them was deleted since.
+    kept, gone = _write(tmp_path / "elsewhere", "kept.txt", "kept"), tmp_path / "elsewhere" / "gone.txt"
+    items = [FakeItem(str(p), hashlib.sha256(str(p).encode()).hexdigest()) for p in (kept, gone)]
+    s.local.index(engine).add(items, torch.stack([engine.model._vectors("kept", R_C)] * 2))
+    _write(s.local.files_dir, "mine.txt", "uploaded words")
+    s.sync_files(s.local)  # the app's start: indexes its own folder, drops what is gone, keeps the rest
+    assert sorted(it.title for it in s.local.index(engine).items()) == ["fake.txt", "mine.txt"]
+    assert [it.path for it in s.local.index(engine).items() if it.title == "fake.txt"] == [str(kept)]
     s.close()
     other = Engine(model=FakeModel(), checkpoint_id="fake-0002", source="another fake")
     s = Studio(other, tmp_path / "data", sample_dir=None, store=f"qdrant-local:{tmp_path / 'q'}")
