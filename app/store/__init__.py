@@ -4,7 +4,8 @@
   embedded index for a folder or a Qdrant store for a `qdrant://` / `qdrant-local:` spec.
 - `index`: the embedded `Index` (the default): opening, reading, writing under the lock and their crash
   safety, search.
-- `qdrant`: `QdrantStore`, the same interface over a Qdrant collection (a server or cluster, or local mode).
+- `qdrant`: `QdrantStore`, the same interface over a Qdrant collection (a server or cluster, or local mode);
+  `qdrant_schema`: how its items become points (ids, payloads, fields, filters, the collection's schema).
 - `errors`: what goes wrong with a store, in plain words (`IndexError_`, `CheckpointMismatch`).
 - `db`: the embedded index's SQLite database: schema, format version, connecting (read-only where it must),
   transactions, the writers' lock file.

@@ -32,7 +32,6 @@ import atexit
 import base64
 import contextlib
 import functools
-import hashlib
 import os
 import threading
 import time
@@ -44,10 +43,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.config import DEFAULT_GROUPS
-
 from .errors import CheckpointMismatch, IndexError_
 from .items import ID_LENGTH, IndexedItem
+from .qdrant_schema import (
+    ITEM_FIELDS,
+    META_KEY,
+    create_collection,
+    item_of,
+    payload_of,
+    point_id,
+    split_layout,
+    transport_errors,
+    under,
+    where,
+)
 
 LOCAL_PREFIX = "qdrant-local:"
 URL_SCHEMES = {"qdrant://": "http://", "qdrants://": "https://"}
@@ -55,60 +64,12 @@ LOCAL_COLLECTION = "metaembed"  # the one collection of a local-mode folder
 FIRST_STAGE_DEPTH = 1_000
 UPSERT_BATCH = 64  # points per request: 64 items x ~100 vectors x 384 floats stays well under request limits
 SCROLL_PAGE = 1_000
-META_KEY = "metaembed"  # collection metadata key that marks a collection as ours
-
-# Payload fields every listing needs; the thumbnail and the vectors are fetched only when asked for.
-ITEM_FIELDS = ["id", "content_hash", "path", "kind", "title", "page", "passage", "char_start", "char_end",
-               "size_bytes", "added", "text", "words", "seq"]
 
 
 def is_qdrant(spec: str | os.PathLike) -> bool:
     """Whether a --store value names a Qdrant store (else it is an embedded index folder)."""
     text = str(spec)
     return text.startswith(LOCAL_PREFIX) or any(text.startswith(s) for s in URL_SCHEMES)
-
-
-def stored_fields(num_vectors: int) -> list[int]:
-    """The candidate budgets r_c kept as fields: the presets' r_c up to R_c, and R_c itself."""
-    return sorted({rc for _, rc in DEFAULT_GROUPS if rc <= num_vectors} | {1, num_vectors})
-
-
-def point_id(item_id: str) -> int:
-    """Qdrant point id of an item id: 63 bits of its sha256 (Qdrant ids are unsigned 64-bit integers)."""
-    return int.from_bytes(hashlib.sha256(item_id.encode()).digest()[:8], "big") >> 1
-
-
-def under(path: str) -> list[str]:
-    """Every folder and zip archive `path` lies in ("/a/b.zip!/c/d.jpg": /a, /a/b.zip, /a/b.zip!/c)."""
-    out = []
-    for i, ch in enumerate(path):
-        if ch == "/" and i > 0:
-            out.append(path[:i].rstrip("!") if path[i - 1] == "!" else path[:i])
-    return list(dict.fromkeys(out))
-
-
-def _item(record: Any) -> IndexedItem:
-    p = record.payload
-    span = (p["char_start"], p["char_end"]) if p.get("char_start") is not None else None
-    return IndexedItem(
-        id=p["id"], path=p["path"], kind=p["kind"], title=p["title"], content_hash=p["content_hash"],
-        page=p.get("page"), passage=p.get("passage"), char_span=span, size_bytes=p["size_bytes"],
-        added=p["added"], text=p.get("text"), words=[(w, tuple(box)) for w, box in p.get("words") or []],
-        rowid=int(record.id),
-    )
-
-
-def _payload(item: Any, item_id: str, added: float, seq: int) -> dict:
-    span = item.char_span or (None, None)
-    return {
-        "id": item_id, "content_hash": item.content_hash, "path": item.source, "under": under(item.source),
-        "kind": item.kind, "title": item.title, "page": item.page, "passage": item.passage,
-        "char_start": span[0], "char_end": span[1], "size_bytes": int(item.size_bytes), "added": added,
-        "seq": seq, "text": item.text,
-        "words": [[w, [round(float(v), 4) for v in box]] for w, box in (item.words or [])],
-        "file_sha256": getattr(item, "file_hash", "") or None,
-        "thumbnail": base64.b64encode(item.thumbnail).decode() if item.thumbnail else None,
-    }
 
 
 # Closed at exit: qdrant-client's own finaliser fails once the interpreter is shutting down.
@@ -188,7 +149,7 @@ class QdrantStore:
         """Open an existing collection; with `checkpoint_id`, refuse one that another checkpoint made."""
         client, collection, location = cls.connect(spec)
         try:
-            with _transport_errors(location):
+            with transport_errors(location):
                 exists = client.collection_exists(collection)
             if not exists:
                 raise FileNotFoundError(f"{location} holds no collection {collection!r} (create it with `index`)")
@@ -210,9 +171,9 @@ class QdrantStore:
         """Open the collection made by `checkpoint_id`, creating it if there is none."""
         client, collection, location = cls.connect(spec, create=True)
         try:
-            with _transport_errors(location):
+            with transport_errors(location):
                 if not client.collection_exists(collection):
-                    _create(client, collection, checkpoint_id, num_vectors, dim, checkpoint_source,
+                    create_collection(client, collection, checkpoint_id, num_vectors, dim, checkpoint_source,
                             **split_layout(spec)[1])
         except BaseException:
             client.close()
@@ -237,7 +198,7 @@ class QdrantStore:
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
-        with _transport_errors(self.location):
+        with transport_errors(self.location):
             yield
 
     # ---- reading ------------------------------------------------------------------------------------
@@ -261,18 +222,18 @@ class QdrantStore:
     @_guarded
     def items(self, path: str | None = None) -> list[IndexedItem]:
         """All items in the order they were added (or those of one source path)."""
-        records = self._scroll(_where(path=path) if path is not None else None, ITEM_FIELDS)
-        return [_item(r) for r in sorted(records, key=lambda r: r.payload["seq"])]
+        records = self._scroll(where(path=path) if path is not None else None, ITEM_FIELDS)
+        return [item_of(r) for r in sorted(records, key=lambda r: r.payload["seq"])]
 
     @_guarded
     def paths_of_file(self, file_hash: str) -> list[str]:
         """Source paths of the items that came from a file with this sha256."""
-        return sorted({r.payload["path"] for r in self._scroll(_where(file_sha256=file_hash), ["path"])})
+        return sorted({r.payload["path"] for r in self._scroll(where(file_sha256=file_hash), ["path"])})
 
     @_guarded
     def move(self, old_path: str, new_path: str, title: str) -> int:
         """Point the items of `old_path` at `new_path` (a file that was renamed or moved); returns how many."""
-        flt = _where(path=old_path)
+        flt = where(path=old_path)
         count = int(self._client.count(self.collection, count_filter=flt, exact=True).count)
         if count:
             self._client.set_payload(self.collection, {"path": new_path, "title": title, "under": under(new_path)},
@@ -282,7 +243,7 @@ class QdrantStore:
     @_guarded
     def stale_ids(self, path: str, file_hash: str) -> list[str]:
         """Ids of the items of `path` that came from another version of the file than `file_hash`."""
-        return [r.payload["id"] for r in self._scroll(_where(path=path), ["id", "file_sha256"])
+        return [r.payload["id"] for r in self._scroll(where(path=path), ["id", "file_sha256"])
                 if r.payload.get("file_sha256") not in (None, file_hash)]
 
     def _record(self, item_id: str, fields: Sequence[str] | bool, vectors: Sequence[str] | bool = False) -> Any:
@@ -294,12 +255,12 @@ class QdrantStore:
 
     @_guarded
     def get(self, item_id: str) -> IndexedItem:
-        return _item(self._record(item_id, ITEM_FIELDS))
+        return item_of(self._record(item_id, ITEM_FIELDS))
 
     @_guarded
     def get_many(self, rowids: Sequence[int]) -> dict[int, IndexedItem]:
         records = self._client.retrieve(self.collection, [int(r) for r in rowids], with_payload=ITEM_FIELDS)
-        return {int(r.id): _item(r) for r in records}
+        return {int(r.id): item_of(r) for r in records}
 
     @_guarded
     def thumbnail(self, item_id: str) -> bytes:
@@ -350,7 +311,7 @@ class QdrantStore:
         """Best `k` items for one query's vectors q [R_q, D] at budget (r_q, r_c): [(point id, score)]."""
         from qdrant_client import models
 
-        r_q, r_c = _check_search(q, budget, k, self.dim, self.num_vectors)
+        r_q, r_c = check_search(q, budget, k, self.dim, self.num_vectors)
         r_c = self.scored_budget((r_q, r_c))[1]
         qf = q[:r_q].float()
         if exact is None:
@@ -386,7 +347,7 @@ class QdrantStore:
         # Rounded to bf16 as the embedded index stores them, so both stores score the same vectors.
         vecs = torch.as_tensor(vectors).to(torch.bfloat16).float().numpy()
         hashes = [it.content_hash for it in items]
-        known = {r.payload["content_hash"] for r in self._scroll(_where(content_hash=hashes), ["content_hash"])}
+        known = {r.payload["content_hash"] for r in self._scroll(where(content_hash=hashes), ["content_hash"])}
         ids: list[str | None] = [None] * len(items)
         points, now, seq = [], time.time(), time.time_ns()
         for i, it in enumerate(items):
@@ -397,7 +358,7 @@ class QdrantStore:
             vector: dict[str, Any] = {"first": vecs[i, 0].tolist()}
             vector.update({f"c{rc}": vecs[i, :rc].tolist() for rc in self.fields if rc > 1})
             points.append(models.PointStruct(id=point_id(ids[i]), vector=vector,
-                                             payload=_payload(it, ids[i], now, seq + i)))
+                                             payload=payload_of(it, ids[i], now, seq + i)))
         for s in range(0, len(points), UPSERT_BATCH):
             self._client.upsert(self.collection, points=points[s : s + UPSERT_BATCH], wait=True)
         return ids
@@ -446,67 +407,14 @@ class QdrantStore:
         for p in candidates:
             p = p.rstrip("/") or p
             for field in ("path", "under"):
-                out.update({int(r.id): r.payload["id"] for r in self._scroll(_where(**{field: p}), ["id"])})
+                out.update({int(r.id): r.payload["id"] for r in self._scroll(where(**{field: p}), ["id"])})
         return out
 
     def compact(self) -> None:
         """Nothing to do: Qdrant's optimizer merges segments and drops deleted points itself."""
 
 
-# ---- helpers --------------------------------------------------------------------------------------------
-
-
-def _where(**conditions: Any) -> Any:
-    """A filter on exact payload values (a list matches any of its values)."""
-    from qdrant_client import models
-
-    must = []
-    for key, value in conditions.items():
-        match = models.MatchAny(any=list(value)) if isinstance(value, list) else models.MatchValue(value=value)
-        must.append(models.FieldCondition(key=key, match=match))
-    return models.Filter(must=must)
-
-
-def split_layout(spec: str) -> tuple[str, dict[str, int]]:
-    """A server spec's cluster layout for a new collection: qdrant://H:P/C?shards=N&replicas=M ->
-    ("qdrant://H:P/C", {"shard_number": N, "replication_factor": M}). An existing collection keeps its own."""
-    from urllib.parse import parse_qsl
-
-    base, _, query = spec.partition("?")
-    names = {"shards": "shard_number", "replicas": "replication_factor"}
-    layout = {}
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        if key not in names or not value.isdigit() or int(value) < 1:
-            raise IndexError_(f"--store {spec!r}: {key}={value!r} is not a setting here; a new collection takes "
-                              "shards=N and replicas=M (positive integers)")
-        layout[names[key]] = int(value)
-    return base, layout
-
-
-def _create(client: Any, collection: str, checkpoint_id: str, num_vectors: int, dim: int,
-            source: str | None, shard_number: int | None = None, replication_factor: int | None = None) -> None:
-    from qdrant_client import models
-
-    fields = stored_fields(num_vectors)
-    local = type(client._client).__name__ == "QdrantLocal"
-    config = {"first": models.VectorParams(size=dim, distance=models.Distance.DOT)}
-    for rc in fields:
-        if rc > 1:
-            config[f"c{rc}"] = models.VectorParams(
-                size=dim, distance=models.Distance.DOT, on_disk=True, hnsw_config=models.HnswConfigDiff(m=0),
-                multivector_config=models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM),
-                quantization_config=models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
-                    type=models.ScalarType.INT8, always_ram=True)))
-    meta = {"checkpoint_id": checkpoint_id, "checkpoint_source": source or "", "num_vectors": num_vectors,
-            "dim": dim, "created": time.time(), "fields": fields}
-    layout = {} if local else {"shard_number": shard_number, "replication_factor": replication_factor}
-    client.create_collection(collection, vectors_config=config, metadata={META_KEY: meta}, **layout)
-    if not local:  # local mode has no payload indexes (and warns about them)
-        for key in ("id", "content_hash", "path", "under", "file_sha256"):
-            client.create_payload_index(collection, key, models.PayloadSchemaType.KEYWORD)
-
-
-def _check_search(q: torch.Tensor, budget: tuple[int, int], k: int, dim: int, num_vectors: int) -> tuple[int, int]:
+def check_search(q: torch.Tensor, budget: tuple[int, int], k: int, dim: int, num_vectors: int) -> tuple[int, int]:
     if q.ndim != 2 or q.shape[1] != dim:
         raise ValueError(f"search: q must be one query [R_q, {dim}], got shape {tuple(q.shape)}")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -519,19 +427,3 @@ def _check_search(q: torch.Tensor, budget: tuple[int, int], k: int, dim: int, nu
         raise ValueError(f"search: budget ({r_q}, {r_c}) is out of range: allowed r_q 1..{q.shape[0]} "
                          f"and r_c 1..{num_vectors}")
     return r_q, r_c
-
-
-@contextlib.contextmanager
-def _transport_errors(location: str) -> Iterator[None]:
-    """Qdrant's connection and server errors as IndexError_ naming the store."""
-    from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
-
-    try:
-        yield
-    except UnexpectedResponse as e:
-        raise IndexError_(f"Qdrant at {location} answered {e.status_code}: {e.reason_phrase} "
-                          f"({(e.content or b'').decode(errors='replace')[:200]})") from None
-    except ResponseHandlingException as e:
-        cause = e.source if getattr(e, "source", None) is not None else e
-        raise IndexError_(f"cannot reach Qdrant at {location} ({cause}): is the server running, and is the "
-                          "address right?") from None

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from app.store import IndexError_, QdrantStore, is_qdrant, open_store, open_store_for
-from app.store.qdrant import point_id, split_layout, stored_fields, under
+from app.store.qdrant_schema import point_id, split_layout, stored_fields, under
 from model.scoring import maxsim_dense
 from tests.helpers import fake_items
 
