@@ -6,6 +6,10 @@
     python bench/search.py indexing [--n 64]            ingest+encode+commit vs the encoder alone
     python bench/search.py devset [--depths 10 20 50]   the dev collection with the bundled model: recall@10
                                                         of the forced two-stage search against exact search
+    python bench/search.py switch --cache DIR [--n 10000] real vectors of the bundled model (dev + held-out
+                                                        collections, replicated with noise up to --n items):
+                                                        recall@10 of the two-stage path against exact MaxSim
+                                                        per preset and depth, and latency of both paths
 
 `--threads 1` pins torch to one thread (steadier on a shared machine); `large --keep DIR` builds the
 synthetic index (16 GiB at a million items) once into DIR and reuses it, with its exact ground truth;
@@ -298,25 +302,162 @@ def bench_devset(args: argparse.Namespace) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def real_collection(model, cache: Path | None) -> tuple[torch.Tensor, list]:
+    """([N, R_c, D] bf16 candidate vectors, eval queries) of the dev and held-out collections.
+
+    The vectors are read from `cache` when bench/weak_match.py (or this bench) left them there for this
+    checkpoint, else indexed from tests/data (minutes) and, with `cache`, saved for the next run."""
+    from app.evaluation import QUERIES_NAME, index_folder, load_queries
+    from model.checkpoint import checkpoint_id
+
+    data = Path(__file__).resolve().parent.parent / "tests" / "data"
+    vectors, queries = [], []
+    for folder in (data / "devset", data / "heldout"):
+        cached = cache / f"{folder.name}-{checkpoint_id(model)}.pt" if cache else None
+        if cached is not None and cached.is_file():
+            coll = torch.load(cached, weights_only=False)
+        else:
+            c = index_folder(model, checkpoint_id(model), folder)
+            coll = {"units": c.units, "vectors": c.vectors}
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(coll, cached)
+        vectors.append(coll["vectors"])
+        queries += load_queries(folder / QUERIES_NAME)
+    return torch.cat(vectors), queries
+
+
+def replicate(vectors: torch.Tensor, n: int, noise: float, seed: int = 0) -> torch.Tensor:
+    """`vectors` followed by noisy copies of them (cycled) up to n items: each copy vector is the original
+    plus a random vector of norm `noise`, renormalised (cosine to the original ~1 / sqrt(1 + noise^2))."""
+    extra = n - len(vectors)
+    if extra <= 0:
+        return vectors[:n]
+    g = torch.Generator().manual_seed(seed)
+    parts = [vectors]
+    for at in range(0, extra, 1024):
+        src = vectors[torch.arange(at, min(extra, at + 1024)) % len(vectors)].float()
+        parts.append(F.normalize(src + noise * F.normalize(torch.randn(src.shape, generator=g), dim=-1),
+                                 dim=-1).to(torch.bfloat16))
+    return torch.cat(parts)
+
+
+def fp32_truth(vectors: torch.Tensor, queries: torch.Tensor, presets: list, k: int = 10) -> dict:
+    """Per preset, each query's exact top-k positions by fp32 MaxSim over all items (one pass: every
+    preset is a prefix of the full query x candidate similarities)."""
+    r_q, r_c = max(b[0] for b in presets), max(b[1] for b in presets)
+    rows = queries[:, :r_q].reshape(-1, queries.shape[2]).float()
+    scores = {b: [] for b in presets}
+    for s in range(0, len(vectors), 128):
+        c = vectors[s:s + 128, :r_c].float()
+        sim = (c.reshape(-1, c.shape[2]) @ rows.T).view(len(c), r_c, len(queries), r_q)
+        for bq, bc in presets:
+            scores[(bq, bc)].append(sim[:, :bc, :, :bq].amax(dim=1).sum(dim=-1).T)
+    return {b: torch.cat(v, dim=1).topk(k, dim=1).indices for b, v in scores.items()}
+
+
+def bench_switch(args: argparse.Namespace) -> None:
+    from model import MetaEmbed
+    from model.checkpoint import checkpoint_id
+
+    model = MetaEmbed.from_pretrained(device="cpu")
+    presets = [tuple(b) for b in model.config.presets]
+    base, queries = real_collection(model, Path(args.cache) if args.cache else None)
+    n = args.n[0] or len(base)
+    vectors = replicate(base, n, args.noise)
+    rng = np.random.default_rng(0)
+    picked = sorted(rng.choice(len(queries), size=min(args.queries, len(queries)), replace=False).tolist())
+    qv = model.encode_queries([queries[i].text for i in picked])
+    cos = (vectors[len(base):].float() * vectors[torch.arange(n - len(base)) % len(base)].float()).sum(-1)
+    print(f"{len(base):,} real items (dev + held-out, {tuple(base.shape[1:])} bf16) -> {n:,} items"
+          + (f" with noisy copies (noise {args.noise}: mean cosine copy vs original {cos.mean():.3f})"
+             if n > len(base) else "")
+          + f"; {len(picked)} of the {len(queries)} eval queries, encoded by {checkpoint_id(model)}")
+    root = Path(tempfile.mkdtemp(prefix="bench-switch-", dir=args.tmp))
+    try:
+        index = Index.create(root / "idx", checkpoint_id(model), vectors.shape[1], vectors.shape[2])
+        for at in range(0, n, 4096):
+            metas = [Meta(f"/real/{i}.jpg", hashlib.sha256(f"switch:{i}".encode()).hexdigest())
+                     for i in range(at, min(n, at + 4096))]
+            index.add(metas, vectors[at:at + 4096])
+        rowids = torch.from_numpy(index.view().rowids)
+        t = time.perf_counter()
+        truth = {b: rowids[top] for b, top in fp32_truth(vectors, qv, presets).items()}
+        print(f"fp32 exact top-10 of {len(picked)} queries x {len(presets)} presets: "
+              f"{time.perf_counter() - t:.0f} s; first stage built in {timed(index.first_stage, 1)[0]:.0f} ms")
+        switch_recall(index, qv, truth, args.depths)
+        switch_latency(index, qv[:args.latency_queries], presets, args.repeat)
+        index.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def switch_recall(index: Index, qv: torch.Tensor, truth: dict, depths: list[int]) -> None:
+    print(f"recall@10 of the two-stage path against fp32 exact MaxSim, load average {loadavg()}:")
+    print("| depth | " + " | ".join(str(b) for b in truth) + " |")
+    print("| --- |" + " --- |" * len(truth))
+    for depth in depths:
+        cells = []
+        for budget, top in truth.items():
+            hits = [len({r for r, _ in index.search(q, budget, 10, exact=False, depth=depth)}
+                        & set(t.tolist())) / 10 for q, t in zip(qv, top)]
+            cells.append(f"{statistics.mean(hits):.3f} (min {min(hits):.1f})")
+        print(f"| {depth:,} | " + " | ".join(cells) + " |", flush=True)
+    print(f"load average after: {loadavg()}")
+
+
+def switch_latency(index: Index, qv: torch.Tensor, presets: list, repeat: int) -> None:
+    """Exact and two-stage (depth FIRST_STAGE_DEPTH) alternated query by query, so both see the same load."""
+    print(f"latency over {index.view().count:,} items, median of {repeat} rounds x {len(qv)} queries, torch "
+          f"threads {torch.get_num_threads()}, load average before {loadavg()}:")
+    print("| budget | exact | two-stage | exact / two-stage | ns per item-vector, exact | switch picks |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    count = index.view().count
+    for budget in presets:
+        times: dict[bool, list[float]] = {True: [], False: []}
+        for _ in range(repeat):
+            for q in qv:
+                for exact in (True, False):
+                    times[exact].append(timed(lambda q=q, b=budget, e=exact: index.search(q, b, 10, exact=e), 1)[0])
+        ex, two = statistics.median(times[True]), statistics.median(times[False])
+        picks = "exact" if index_module.uses_exact(count, budget[1]) else "two-stage"
+        print(f"| {budget} | {ex:.1f} ms | {two:.1f} ms | {ex / two:.1f}x | {ex * 1e6 / (count * budget[1]):,.0f} "
+              f"| {picks} |", flush=True)
+    print(f"load average after: {loadavg()}")
+
+
+def loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["exact", "large", "indexing", "devset"])
+    parser.add_argument("what", choices=["exact", "large", "indexing", "devset", "switch"])
     parser.add_argument("--n", type=int, nargs="+", default=None)
     parser.add_argument("--chunk", type=int, default=65536, help="items per add (large)")
-    parser.add_argument("--queries", type=int, default=30)
+    parser.add_argument("--queries", type=int, default=None, help="large: 30, switch: 300")
     parser.add_argument("--depths", type=int, nargs="+", default=[index_module.FIRST_STAGE_DEPTH])
     parser.add_argument("--repeat", type=int, default=9)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--keep", default=None, help="large: build the index here once and reuse it")
     parser.add_argument("--tmp", default=None, help="folder for the temporary index (default: system temp)")
+    parser.add_argument("--cache", default=None, help="switch: the collections' vectors (bench/weak_match.py --cache)")
+    parser.add_argument("--noise", type=float, default=0.2, help="switch: norm of the noise added to copies")
+    parser.add_argument("--latency-queries", type=int, default=4, help="switch: queries timed per preset")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch threads {torch.get_num_threads()}, load average before: {os.getloadavg()[0]:.1f} "
           f"(other processes share the {os.cpu_count()} cores)")
     if args.n is None:
-        args.n = {"exact": [10_000], "large": [1_000_000], "indexing": [64], "devset": [0]}[args.what]
-    {"exact": bench_exact, "large": bench_large, "indexing": bench_indexing, "devset": bench_devset}[args.what](args)
+        args.n = {"exact": [10_000], "large": [1_000_000], "indexing": [64], "devset": [0],
+                  "switch": [10_000]}[args.what]
+    if args.queries is None:
+        args.queries = 300 if args.what == "switch" else 30
+    if args.what == "switch" and args.depths == [index_module.FIRST_STAGE_DEPTH]:
+        args.depths = [500, 1_000, 2_000]
+    {"exact": bench_exact, "large": bench_large, "indexing": bench_indexing, "devset": bench_devset,
+     "switch": bench_switch}[args.what](args)
 
 
 if __name__ == "__main__":
