@@ -46,6 +46,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.store import index as index_module  # noqa: E402
+from app.store.first_stage import probes  # noqa: E402
 from app.store.index import Index  # noqa: E402
 from app.store.segments import SEGMENT_DIR  # noqa: E402
 from model.scoring import near_top  # noqa: E402
@@ -176,7 +177,7 @@ def bench_large(args: argparse.Namespace) -> None:
         t = time.perf_counter()
         stage = index.first_stage()
         print(f"first stage built in {time.perf_counter() - t:.1f} s ({stage.size:,} vectors, "
-              f"nlist {stage.index.nlist}, nprobe {stage.index.nprobe}); "
+              f"nlist {stage.index.nlist}, nprobe {probes(stage.index.nlist, stage.size)}); "
               f"saved {info['first_stage_bytes'] or index.info()['first_stage_bytes']:,} bytes")
         index.close()
         t = time.perf_counter()

@@ -22,6 +22,7 @@ from app.store import db as db_module
 from app.store import index as index_module
 from app.store import open_store, open_store_for
 from app.store import segments as segments_module
+from app.store.first_stage import NPROBE, probes
 from app.store.index import CheckpointMismatch, Index, IndexError_
 from model.checkpoint import checkpoint_id, checkpoint_id_of_folder
 from tests.helpers import fake_items, has_visual_tokenizer, write_mixed_corpus, write_texts
@@ -360,6 +361,13 @@ def test_removed_items_never_come_back_from_the_first_stage(tmp_path, monkeypatc
     assert best not in [r for r, _ in after] and len(after) == 5
     with pytest.raises(KeyError):
         index.vectors(victim.id)
+
+
+def test_small_collections_are_scanned_whole_by_the_first_stage():
+    assert probes(100, 10_000) == 100  # 10,000 items: every list
+    assert probes(16, 300) == 16
+    assert probes(1_000, 1_000_000) == NPROBE  # a million: 32 of 1,000 lists, as measured
+    assert NPROBE < probes(316, 100_000) < 316
 
 
 def test_segment_names_are_never_reused_and_budgets_are_checked(tmp_path):
