@@ -421,7 +421,7 @@ def switch_latency(index: Index, qv: torch.Tensor, presets: list, repeat: int) -
                 for exact in (True, False):
                     times[exact].append(timed(lambda q=q, b=budget, e=exact: index.search(q, b, 10, exact=e), 1)[0])
         ex, two = statistics.median(times[True]), statistics.median(times[False])
-        picks = "exact" if index_module.uses_exact(count, budget[1]) else "two-stage"
+        picks = "exact" if index_module.uses_exact(count, budget[1], index.dim) else "two-stage"
         print(f"| {budget} | {ex:.1f} ms | {two:.1f} ms | {ex / two:.1f}x | {ex * 1e6 / (count * budget[1]):,.0f} "
               f"| {picks} |", flush=True)
     print(f"load average after: {loadavg()}")

@@ -13,6 +13,8 @@
 - `compaction`: which segment files are kept: their SQLite records, merging, rewriting, sweeping leftovers.
 - `segments`: the bf16 vector files, the consistent view of them a search reads, and how they are scored.
 - `first_stage`: the faiss IVF over first vectors that narrows large collections before exact scoring.
+- `planner`: when a search of the embedded index scores every item exactly and when it goes through the
+  first stage.
 """
 
 from .base import Store, open_store, open_store_for

@@ -14,8 +14,8 @@ Small segments are merged with a binary-counter policy (O(log n) segments, each 
 times) up to `MAX_SEGMENT_BYTES`; removed items are dropped from SQLite at once and their vectors when
 their segment is rewritten (both in app.store.compaction).
 
-This module holds the `Index` that ties these together (opening, reading, writing under the lock, search)
-and the search's exact/first-stage switch-over; item rows are app.store.items.
+This module holds the `Index` that ties these together (opening, reading, writing under the lock, search);
+item rows are app.store.items, and the search's exact/first-stage switch-over is app.store.planner.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ from .items import (
     new_id,
     row_to_item,
 )
+from .planner import EXACT_MS, FIRST_STAGE_DEPTH, uses_exact
 from .segments import (
     SEGMENT_DIR,
     Segment,
@@ -69,23 +70,9 @@ from .segments import (
     write_segment,
 )
 
-# Re-exported: callers import the store's public names from here.
-__all__ = ["DB_NAME", "EXACT_ROWS", "FIRST_STAGE_DEPTH", "REBUILD_HINT", "CheckpointMismatch", "Index",
+# Re-exported: callers import the store's public names from here (the switch-over's from app.store.planner).
+__all__ = ["DB_NAME", "EXACT_MS", "FIRST_STAGE_DEPTH", "REBUILD_HINT", "CheckpointMismatch", "Index",
            "IndexError_", "IndexedItem", "uses_exact"]
-
-# Search: exact MaxSim costs about the same per candidate vector read whatever r_q (~45-50 ns per
-# item-vector on one core), so a query is scored exactly while items x r_c <= EXACT_ROWS (10,000 items
-# at r_c=64, ~30 ms; 640,000 at r_c=1); above, the first stage (app.store.first_stage) picks FIRST_STAGE_DEPTH
-# items that are re-scored exactly (recall@10 0.99 on the synthetic million). Measured in bench/search.py,
-# see docs/benchmarks.md ("Index and search").
-EXACT_ROWS = 640_000
-FIRST_STAGE_DEPTH = 1_000
-
-
-def uses_exact(count: int, r_c: int) -> bool:
-    """Whether a collection of `count` items is scored exactly at candidate budget r_c."""
-    return count * r_c <= EXACT_ROWS
-
 
 def _locked(method):
     """Serialise a method on the index's lock: the app calls one Index from several threads."""
@@ -341,16 +328,17 @@ class Index:
         return budget  # every budget is scored as asked: a prefix of the stored vectors is a slice
 
     def exact_for(self, r_c: int) -> bool:
-        """Whether a search at candidate budget r_c scores every item (else first stage, then MaxSim)."""
-        return uses_exact(self.view().count, r_c)
+        """Whether a search at candidate budget r_c scores every item (else first stage, then MaxSim); the
+        rule, counting items x r_c x D and this CPU's bf16 class, is app.store.planner.uses_exact."""
+        return uses_exact(self.view().count, r_c, self.dim)
 
     @_locked
     def search(self, q: torch.Tensor, budget: tuple[int, int], k: int = 10, *, exact: bool | None = None,
                depth: int = FIRST_STAGE_DEPTH) -> list[tuple[int, float]]:
         """Best `k` items for one query's vectors q [R_q, D] at budget (r_q, r_c): [(rowid, score)].
 
-        exact=None scores exactly while items x r_c <= EXACT_ROWS and uses the first stage (top `depth`
-        by first vectors, then exact MaxSim) above; True/False force either path.
+        exact=None lets `uses_exact` (app.store.planner) choose: exact while items x r_c x D fits this CPU's
+        budget, else the first stage (top `depth` by first vectors, then exact MaxSim); True/False force either.
         """
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ValueError(f"search: q must be one query [R_q, {self.dim}], got shape {tuple(q.shape)}")
@@ -369,7 +357,7 @@ class Index:
             return []
         qb = q.unsqueeze(0)
         if exact is None:
-            exact = uses_exact(view.count, r_c)
+            exact = uses_exact(view.count, r_c, self.dim, depth=max(depth, k))
         if exact:
             rowids, scores = view.score_all(qb, budget)
         else:

@@ -140,7 +140,11 @@ def test_large_budgets_switch_to_the_first_stage_with_the_same_results(model, in
     searcher = Searcher(model, index)
     exact = {b: searcher.search("copper tunnel", b, k=5) for b in [(2, 4), (16, 64)]}
     assert all(r.exact for r in exact.values())
-    monkeypatch.setattr(index_module, "EXACT_ROWS", len(index) * 8)  # pretend the collection is large
+    def planner(count, r_c, dim):  # pretend the collection is large; the real rule: tests/app/store/test_planner.py
+        assert (count, dim) == (len(index), index.dim)
+        return r_c <= 8
+
+    monkeypatch.setattr(index_module, "uses_exact", planner)
     for budget, ref in exact.items():
         results = searcher.search("copper tunnel", budget, k=5)
         assert results.exact == (budget[1] <= 8)

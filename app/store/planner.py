@@ -1,0 +1,50 @@
+"""The search's switch-over: when a query scores every item exactly, and when it takes the two-stage path
+(app.store.first_stage picks FIRST_STAGE_DEPTH items by their first vector, which are re-scored exactly).
+
+Exact MaxSim costs about items x r_c x D "units" (every candidate vector of the budget, every dimension),
+at a price per unit that depends on the CPU far more than on anything else we know: with native bf16
+(AVX512-bf16 or AMX) ~0.39 ns (~50 ns per 128-d item-vector, memory-bound, whatever r_q); without it torch
+emulates the bf16 GEMMs and a unit costs 1-2.6 ns at r_q <= 16 (0.9-1.3 ns at the small presets, 2.1-2.6 at
+(8, 16) and (16, 64), two-thread medians on the 2-core AVX2 machine). A collection is scored exactly while
+that estimate stays within EXACT_MS; above, the first stage costs a fraction of it: at 10,000 items of the
+bundled model's 384-d vectors on the AVX2 machine, (16, 64) took 86 ms against 629 ms exact, (8, 16) 23
+against 131 ms, at recall@10 0.98 and 0.99 of exact with the first stage's full scan. See
+docs/benchmarks.md ("Index and search") and bench/search.py switch.
+
+The CPU is classed by its bf16 capability rather than by timing a GEMM when the process starts: on the
+shared machine the same exact search swung 1.8x between runs with the load, which a one-off measurement
+would freeze into the switch for the process's life (and make the path, hence the results, depend on what
+ran at start-up), while the two classes differ 2-7x per unit at every preset.
+"""
+
+from __future__ import annotations
+
+from model.device import cpu_has_native_bf16
+
+FIRST_STAGE_DEPTH = 1_000  # items the first stage hands to the exact re-rank (recall@10 0.98+ at 10,000)
+EXACT_MS = 32.0  # what an exact search may cost before the first stage takes over
+# Nanoseconds per unit of exact work (item x candidate vector x dimension), per CPU class. Native: 50 ns per
+# 128-d item-vector, which keeps the switch where it was (640,000 item-vectors of 128-d: 10,000 items at
+# (16, 64)); emulated: the middle of the 1-2.6 ns measured, so that at 10,000 384-d items (2, 4) (~15-24 ms
+# here) stays exact and (4, 8) (39-80 ms) does not.
+NS_PER_UNIT_NATIVE_BF16 = 50 / 128
+NS_PER_UNIT_EMULATED_BF16 = 2.0
+
+
+def exact_work_budget(native_bf16: bool | None = None) -> int:
+    """The most items x r_c x D an exact search may score on this CPU (or on one with/without native bf16)."""
+    if native_bf16 is None:
+        native_bf16 = cpu_has_native_bf16()
+    ns = NS_PER_UNIT_NATIVE_BF16 if native_bf16 else NS_PER_UNIT_EMULATED_BF16
+    return int(EXACT_MS * 1e6 / ns)
+
+
+def uses_exact(count: int, r_c: int, dim: int, *, depth: int | None = None,
+               native_bf16: bool | None = None) -> bool:
+    """Whether `count` items of r_c x `dim` vectors per budget are scored exactly rather than two-stage.
+
+    Exact while the first stage would hand all of them to the re-rank anyway (count <= depth: the same work
+    plus an IVF to build), or while items x r_c x dim fits this CPU's exact work budget.
+    """
+    depth = FIRST_STAGE_DEPTH if depth is None else depth
+    return count <= depth or count * r_c * dim <= exact_work_budget(native_bf16)
