@@ -4,17 +4,16 @@
 Exact MaxSim costs about items x r_c x D "units" (every candidate vector of the budget, every dimension),
 at a price per unit that depends on the CPU far more than on anything else we know: with native bf16
 (AVX512-bf16 or AMX) ~0.39 ns (~50 ns per 128-d item-vector, memory-bound, whatever r_q); without it torch
-emulates the bf16 GEMMs and a unit costs 1-2.6 ns at r_q <= 16 (0.9-1.3 ns at the small presets, 2.1-2.6 at
-(8, 16) and (16, 64), two-thread medians on the 2-core AVX2 machine). A collection is scored exactly while
-that estimate stays within EXACT_MS; above, the first stage costs a fraction of it: at 10,000 items of the
-bundled model's 384-d vectors on the AVX2 machine, (16, 64) took 86 ms against 629 ms exact, (8, 16) 23
-against 131 ms, at recall@10 0.98 and 0.99 of exact with the first stage's full scan. See
-docs/benchmarks.md ("Index and search") and bench/search.py switch.
+emulates the bf16 GEMMs and a unit costs 0.9-2.6 ns on the 2-core AVX2 machine (two threads, load 3.5; more
+at the larger r_q, up to 3.7 ns at load 10). A collection is scored exactly while that estimate stays within
+EXACT_MS; above, the first stage costs a fraction of it: at 10,000 items of the bundled model's 384-d
+vectors on the AVX2 machine, (16, 64) took 86 ms against 629 ms exact and (8, 16) 23 against 131 ms, at
+recall@10 0.983 and 0.995 of exact. See docs/benchmarks.md ("Index and search") and bench/search.py switch.
 
 The CPU is classed by its bf16 capability rather than by timing a GEMM when the process starts: on the
-shared machine the same exact search swung 1.8x between runs with the load, which a one-off measurement
+shared machine the same exact search swung 1.3-2.2x between runs with the load, which a one-off measurement
 would freeze into the switch for the process's life (and make the path, hence the results, depend on what
-ran at start-up), while the two classes differ 2-7x per unit at every preset.
+ran at start-up), while the two classes differ 2.3-6.6x per unit.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ FIRST_STAGE_DEPTH = 1_000  # items the first stage hands to the exact re-rank (r
 EXACT_MS = 32.0  # what an exact search may cost before the first stage takes over
 # Nanoseconds per unit of exact work (item x candidate vector x dimension), per CPU class. Native: 50 ns per
 # 128-d item-vector, which keeps the switch where it was (640,000 item-vectors of 128-d: 10,000 items at
-# (16, 64)); emulated: the middle of the 1-2.6 ns measured, so that at 10,000 384-d items (2, 4) (~15-24 ms
+# (16, 64)); emulated: the middle of the 0.9-2.6 ns measured, so that at 10,000 384-d items (2, 4) (14-24 ms
 # here) stays exact and (4, 8) (39-80 ms) does not.
 NS_PER_UNIT_NATIVE_BF16 = 50 / 128
 NS_PER_UNIT_EMULATED_BF16 = 2.0
