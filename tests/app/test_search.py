@@ -140,6 +140,7 @@ def test_large_budgets_switch_to_the_first_stage_with_the_same_results(model, in
     searcher = Searcher(model, index)
     exact = {b: searcher.search("copper tunnel", b, k=5) for b in [(2, 4), (16, 64)]}
     assert all(r.exact for r in exact.values())
+
     def planner(count, r_c, dim):  # pretend the collection is large; the real rule: tests/app/store/test_planner.py
         assert (count, dim) == (len(index), index.dim)
         return r_c <= 8
