@@ -1,10 +1,12 @@
-"""The errors an index folder raises, in words a user can act on.
+"""The errors a store raises, in words a user can act on, and the one check of a search's arguments.
 
 Every store module raises them (opening the database, reading segments, adding items), so they sit in a
 module of their own that imports nothing of the store's, which keeps the store free of import cycles.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 # What to do about a damaged index: the index holds only derived data, so it is rebuilt from the files.
 REBUILD_HINT = ("Your files are not affected: move the index folder away and run `index` on the same files "
@@ -17,3 +19,20 @@ class IndexError_(ValueError):  # noqa: N801 - avoids shadowing the builtin Inde
 
 class CheckpointMismatch(IndexError_):
     """The index was built by another checkpoint: its vectors must not be mixed with this model's."""
+
+
+def check_search(q: Any, budget: Any, k: Any, dim: int, num_vectors: int) -> tuple[int, int]:
+    """A store's search arguments checked (q one query [R_q, dim], k a positive int, budget in range): the
+    budget as (r_q, r_c) ints; ValueError in plain words otherwise."""
+    if q.ndim != 2 or q.shape[1] != dim:
+        raise ValueError(f"search: q must be one query [R_q, {dim}], got shape {tuple(q.shape)}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"search: k must be a positive integer, got {k!r}")
+    try:
+        r_q, r_c = (int(b) for b in budget)
+    except (TypeError, ValueError):
+        raise ValueError(f"search: budget must be a pair (r_q, r_c), got {budget!r}") from None
+    if not (1 <= r_q <= q.shape[0] and 1 <= r_c <= num_vectors):
+        raise ValueError(f"search: budget ({r_q}, {r_c}) is out of range: allowed r_q 1..{q.shape[0]} "
+                         f"and r_c 1..{num_vectors}")
+    return r_q, r_c

@@ -46,7 +46,7 @@ from .db import (
     record_file_versions,
     transaction,
 )
-from .errors import REBUILD_HINT, CheckpointMismatch, IndexError_
+from .errors import REBUILD_HINT, CheckpointMismatch, IndexError_, check_search
 from .first_stage import FirstStage
 from .items import (
     ITEM_COLUMNS,
@@ -340,17 +340,7 @@ class Index:
         exact=None lets `uses_exact` (app.store.planner) choose: exact while items x r_c x D fits this CPU's
         budget, else the first stage (top `depth` by first vectors, then exact MaxSim); True/False force either.
         """
-        if q.ndim != 2 or q.shape[1] != self.dim:
-            raise ValueError(f"search: q must be one query [R_q, {self.dim}], got shape {tuple(q.shape)}")
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"search: k must be a positive integer, got {k!r}")
-        try:
-            r_q, r_c = (int(b) for b in budget)
-        except (TypeError, ValueError):
-            raise ValueError(f"search: budget must be a pair (r_q, r_c), got {budget!r}") from None
-        if not (1 <= r_q <= q.shape[0] and 1 <= r_c <= self.num_vectors):
-            raise ValueError(f"search: budget ({r_q}, {r_c}) is out of range: allowed r_q 1..{q.shape[0]} "
-                             f"and r_c 1..{self.num_vectors}")
+        r_q, r_c = check_search(q, budget, k, self.dim, self.num_vectors)
         budget = (r_q, r_c)
         view = self.view()
         if view.count == 0:

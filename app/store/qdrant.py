@@ -43,8 +43,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import CheckpointMismatch, IndexError_
+from .errors import CheckpointMismatch, IndexError_, check_search
 from .items import ID_LENGTH, IndexedItem
+from .planner import FIRST_STAGE_DEPTH
 from .qdrant_schema import (
     ITEM_FIELDS,
     META_KEY,
@@ -61,7 +62,6 @@ from .qdrant_schema import (
 LOCAL_PREFIX = "qdrant-local:"
 URL_SCHEMES = {"qdrant://": "http://", "qdrants://": "https://"}
 LOCAL_COLLECTION = "metaembed"  # the one collection of a local-mode folder
-FIRST_STAGE_DEPTH = 1_000
 UPSERT_BATCH = 64  # points per request: 64 items x ~100 vectors x 384 floats stays well under request limits
 SCROLL_PAGE = 1_000
 
@@ -412,18 +412,3 @@ class QdrantStore:
 
     def compact(self) -> None:
         """Nothing to do: Qdrant's optimizer merges segments and drops deleted points itself."""
-
-
-def check_search(q: torch.Tensor, budget: tuple[int, int], k: int, dim: int, num_vectors: int) -> tuple[int, int]:
-    if q.ndim != 2 or q.shape[1] != dim:
-        raise ValueError(f"search: q must be one query [R_q, {dim}], got shape {tuple(q.shape)}")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"search: k must be a positive integer, got {k!r}")
-    try:
-        r_q, r_c = (int(b) for b in budget)
-    except (TypeError, ValueError):
-        raise ValueError(f"search: budget must be a pair (r_q, r_c), got {budget!r}") from None
-    if not (1 <= r_q <= q.shape[0] and 1 <= r_c <= num_vectors):
-        raise ValueError(f"search: budget ({r_q}, {r_c}) is out of range: allowed r_q 1..{q.shape[0]} "
-                         f"and r_c 1..{num_vectors}")
-    return r_q, r_c
