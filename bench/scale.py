@@ -13,17 +13,20 @@ copy of base item i mod B, with Gaussian noise of std `--noise` per coordinate o
 first N items of it (each store has its own N: qdrant-client's local mode keeps every field in RAM as
 numpy and ingests through Python lists, so it gets a smaller N by default).
 
-Per store, in a process of its own (so its memory is freed after it, and its peak RSS is its own):
-ingest time (the add calls), the time to get ready to search (the embedded index's faiss first stage,
-qdrant-edge's flush + optimize: HNSW on `first`), bytes on disk per item, and per preset recall@10 of its
-default search path against exact MaxSim over all its N items (torch, fp32 on the bf16-rounded vectors)
-with p50/p95 latency per query. The load average is printed beside every timing: the machine is shared.
+Per store, in a process of its own (so its memory is freed after it and its peak is its own): ingest
+time (the add calls), the time to get ready to search (the embedded index's faiss first stage, qdrant-edge's
+flush + optimize: HNSW on `first`), bytes on disk per item, private memory (RssAnon: pages mapped from the
+store's files are page cache, not counted) after ingest and at peak, and per preset recall@10 against exact
+MaxSim over all its N items (torch, fp32 on the bf16-rounded vectors) with p50/p95 latency per query, for
+its default search path (and, where that is exact, the two-stage path forced). The load average is printed
+beside every timing: the machine is shared.
 
-qdrant-edge (pip `qdrant-edge-py`, Qdrant's Rust engine in-process, beta) is bench-only and optional: it
-mirrors QdrantStore's data model (`first` dense + HNSW, one MAX_SIM multi-vector field per preset r_c with
-originals on disk and int8 in RAM, prefetch 1000 on `first` then MaxSim) and is skipped with a note when it
-is not installed. Its write-ahead log is disabled (edge 0.9 keeps the whole log after a flush, which would
-double its disk use); it is flushed before it is measured.
+qdrant-edge (pip `qdrant-edge-py`, Qdrant's Rust engine in-process, beta) is bench-only and optional
+(bench/scale_stores.py): it mirrors QdrantStore's data model (`first` dense + HNSW, one MAX_SIM multi-vector
+field per preset r_c with originals on disk and int8 in RAM, prefetch 1000 on `first` then MaxSim, no
+search parameters, as QdrantStore sends a server), measured also with the MaxSim stage re-scored by the
+originals; it is skipped with a note when it is not installed. Its write-ahead log is disabled (edge 0.9
+keeps the whole log after a flush, which would double its disk use); it is flushed before it is measured.
 
 Output: markdown tables for docs/benchmarks.md ("Stores at scale"). Not a test: numbers depend on the
 machine and on what else runs on it.
@@ -32,7 +35,6 @@ machine and on what else runs on it.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import multiprocessing as mp
 import os
 import platform
@@ -40,6 +42,7 @@ import resource
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,13 +56,10 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.search import Meta  # noqa: E402  (the fields a store's add reads from an ingest Item)
+from bench.scale_stores import BenchStore, K, edge_missing, open_bench_store  # noqa: E402
 
 PRESETS = [(1, 1), (2, 4), (4, 8), (8, 16), (16, 64)]
 STORES = ["embedded", "qdrant-edge", "qdrant-local"]
-K = 10
-PREFETCH = 1_000  # as app.store.qdrant.FIRST_STAGE_DEPTH and app.store.index.FIRST_STAGE_DEPTH
-CHECKPOINT = "bench-scale"
 GENERIC_QUERIES = ["a photo of a dog", "people on a beach", "a city street at night", "snow on the mountains",
                    "a bowl of soup", "an old building", "a bicycle", "a bird on a branch", "a page of text",
                    "a table of numbers", "how to configure the network", "a chart", "the sea", "a red car",
@@ -184,137 +184,6 @@ def copy_stats(base: torch.Tensor, noise: float) -> str:
             f"vector has median cosine {sims.max(1).values.median():.2f} with its nearest other base item's")
 
 
-# ---- the stores ---------------------------------------------------------------------------------------
-
-
-def content_hash(i: int) -> str:
-    return hashlib.sha256(f"scale:{i}".encode()).hexdigest()
-
-
-def metas(start: int, stop: int) -> list[Meta]:
-    return [Meta(f"/scale/item-{i:06d}.jpg", content_hash(i), title=f"item-{i:06d}.jpg", size_bytes=100_000)
-            for i in range(start, stop)]
-
-
-class AppStore:
-    """The embedded `Index` or QdrantStore (local mode), opened as the app opens them."""
-
-    def __init__(self, kind: str, directory: Path, num_vectors: int, dim: int):
-        from app.store import open_store_for
-
-        self.kind = kind
-        spec = str(directory) if kind == "embedded" else f"qdrant-local:{directory}"
-        self.store: Any = open_store_for(spec, CHECKPOINT, num_vectors, dim)
-        self.position: dict[str, int] = {}
-
-    def add(self, start: int, vectors: torch.Tensor) -> None:
-        self.store.add(metas(start, start + len(vectors)), vectors)
-
-    def prepare(self, n: int) -> None:
-        self.position = {content_hash(i): i for i in range(n)}
-
-    def ready(self) -> None:
-        if self.kind == "embedded":
-            self.store.first_stage()  # built on the first two-stage search otherwise
-
-    def variants(self, budget: tuple[int, int]) -> list[tuple[str, dict]]:
-        r_c = budget[1]
-        if self.kind != "embedded":
-            exact = "dense sum" if r_c == 1 else "exact MaxSim"
-            return [(exact if self.store.exact_for(r_c) else f"prefetch {PREFETCH} + MaxSim", {})]
-        if not self.store.exact_for(r_c):
-            return [(f"IVF {PREFETCH} + MaxSim", {})]
-        return [("exact (default)", {}), (f"IVF {PREFETCH} + MaxSim (forced)", {"exact": False})]
-
-    def search(self, q: torch.Tensor, budget: tuple[int, int], opts: dict) -> list[int]:
-        return [r for r, _ in self.store.search(q, budget, K, **opts)]
-
-    def positions(self, ids: list[int]) -> list[int]:
-        found = self.store.get_many(ids)
-        return [self.position[found[i].content_hash] for i in ids]
-
-    def close(self) -> None:
-        self.store.close()
-
-
-class EdgeStore:
-    """qdrant-edge with QdrantStore's data model (bench only: not a store of the app)."""
-
-    def __init__(self, directory: Path, num_vectors: int, dim: int):
-        import qdrant_edge as qe
-
-        from app.store.qdrant import stored_fields
-
-        self.qe = qe
-        self.fields = stored_fields(num_vectors)
-        multi = {f"c{rc}": qe.EdgeVectorParams(  # as app.store.qdrant._create, field by field
-            size=dim, distance=qe.Distance.Dot, on_disk=True,
-            hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000),
-            multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim),
-            quantization_config=qe.ScalarQuantizationConfig(qe.ScalarType.Int8, always_ram=True))
-            for rc in self.fields if rc > 1}
-        config = qe.EdgeConfig(vectors={"first": qe.EdgeVectorParams(size=dim, distance=qe.Distance.Dot), **multi},
-                               wal_enabled=False)
-        self.shard = qe.EdgeShard.create(str(directory), config)
-        self.rescored = qe.SearchParams(quantization=qe.QuantizationSearchParams(rescore=True))
-
-    def add(self, start: int, vectors: torch.Tensor) -> None:
-        from app.store.qdrant import _payload
-
-        qe, now = self.qe, time.time()
-        v = vectors.float().numpy()
-        points = []
-        for j, meta in enumerate(metas(start, start + len(v))):
-            vector = {"first": v[j, 0].tolist(), **{f"c{rc}": v[j, :rc].tolist() for rc in self.fields if rc > 1}}
-            points.append(qe.Point(start + j, vector, _payload(meta, meta.content_hash[:16], now, start + j)))
-        self.shard.update(qe.UpdateOperation.upsert_points(points))
-
-    def prepare(self, n: int) -> None:
-        pass
-
-    def ready(self) -> None:
-        self.shard.flush()
-        self.shard.optimize()
-        self.shard.flush()
-
-    def variants(self, budget: tuple[int, int]) -> list[tuple[str, dict]]:
-        if budget[1] == 1:
-            return [("dense sum, HNSW", {})]
-        return [(f"prefetch {PREFETCH} + MaxSim, int8 (as QdrantStore)", {}),
-                (f"prefetch {PREFETCH} + MaxSim, rescore=True", {"params": self.rescored})]
-
-    def search(self, q: torch.Tensor, budget: tuple[int, int], opts: dict) -> list[int]:
-        qe = self.qe
-        r_q, r_c = budget
-        if r_c == 1:
-            request = qe.QueryRequest(limit=K, query=qe.Query.Nearest(q[:r_q].sum(0).tolist(), using="first"))
-        else:
-            prefetch = qe.Prefetch(limit=PREFETCH, query=qe.Query.Nearest(q[0].tolist(), using="first"))
-            request = qe.QueryRequest(limit=K, query=qe.Query.Nearest(q[:r_q].tolist(), using=f"c{r_c}"),
-                                      prefetches=[prefetch], params=opts.get("params"))
-        return [int(p.id) for p in self.shard.query(request)]
-
-    def positions(self, ids: list[int]) -> list[int]:
-        return ids
-
-    def close(self) -> None:
-        self.shard.close()
-
-
-def edge_missing() -> str | None:
-    """Why qdrant-edge cannot run here (None when it can)."""
-    try:
-        import qdrant_edge as qe
-    except ImportError as e:
-        return f"qdrant-edge skipped: not installed ({e}); `pip install qdrant-edge-py` to include it"
-    needed = ["EdgeShard", "EdgeConfig", "EdgeVectorParams", "MultiVectorConfig", "Prefetch", "QueryRequest",
-              "ScalarQuantizationConfig", "QuantizationSearchParams"]
-    missing = [name for name in needed if not hasattr(qe, name)]
-    if missing or not hasattr(qe.MultiVectorComparator, "MaxSim"):
-        return f"qdrant-edge skipped: its API lacks {', '.join(missing) or 'MultiVectorComparator.MaxSim'}"
-    return None
-
-
 # ---- one store's run ----------------------------------------------------------------------------------
 
 
@@ -331,22 +200,39 @@ class Job:
     result: dict = field(default_factory=dict)
 
 
-def rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def anon_mib() -> float:
+    """This process's private resident memory (RssAnon): file pages mapped from disk are not counted, since
+    the kernel can drop them (ru_maxrss counts them, so memory-mapped stores would look as big as their files)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(ln.split()[1]) for ln in f if ln.startswith("RssAnon:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class PeakMemory(threading.Thread):
+    """Samples anon_mib() every 50 ms until stopped; `peak` is the largest sample."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak, self._stop_event = anon_mib(), threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(0.05):
+            self.peak = max(self.peak, anon_mib())
+
+    def stop(self) -> float:
+        self._stop_event.set()
+        self.join()
+        return max(self.peak, anon_mib())
 
 
 def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def open_store(job: Job, num_vectors: int, dim: int) -> AppStore | EdgeStore:
-    if job.kind == "qdrant-edge":
-        return EdgeStore(job.directory, num_vectors, dim)
-    return AppStore(job.kind, job.directory, num_vectors, dim)
-
-
-def ingest(job: Job, store: AppStore | EdgeStore, data: np.ndarray) -> float:
+def ingest(job: Job, store: BenchStore, data: np.ndarray) -> float:
     spent, step, shown = 0.0, job.chunk if job.kind != "qdrant-edge" else min(job.chunk, 250), 0
     for start in range(0, job.n, step):
         vectors = bf16(data[start : min(job.n, start + step)])
@@ -360,7 +246,7 @@ def ingest(job: Job, store: AppStore | EdgeStore, data: np.ndarray) -> float:
     return spent
 
 
-def time_queries(job: Job, store: AppStore | EdgeStore, budget: tuple[int, int], opts: dict) -> tuple[list, list]:
+def time_queries(job: Job, store: BenchStore, budget: tuple[int, int], opts: dict) -> tuple[list, list]:
     for q in job.queries[:2]:  # warm up
         store.search(q, budget, opts)
     times, found = [], []
@@ -375,14 +261,15 @@ def time_queries(job: Job, store: AppStore | EdgeStore, budget: tuple[int, int],
 def run_store(job: Job) -> dict:
     """Ingest, get ready, measure disk and every preset's searches: one store's results."""
     data = np.load(job.data, mmap_mode="r")
-    store = open_store(job, data.shape[1], data.shape[2])
+    store = open_bench_store(job.kind, job.directory, data.shape[1], data.shape[2])
     res: dict[str, Any] = {"store": job.kind, "n": job.n, "rows": []}
+    memory = PeakMemory()
     try:
         res["ingest_s"], res["ingest_load"] = ingest(job, store, data), load()
         t = time.perf_counter()
         store.ready()
         res["ready_s"], res["ready_load"] = time.perf_counter() - t, load()
-        res["rss_mib"], res["disk_bytes"] = rss_mib(), dir_bytes(job.directory)
+        res["rss_mib"], res["disk_bytes"] = anon_mib(), dir_bytes(job.directory)
         store.prepare(job.n)
         for budget in PRESETS:
             for path, opts in store.variants(budget):
@@ -397,7 +284,7 @@ def run_store(job: Job) -> dict:
                           f"p95 {r['p95']:.1f} ms (load {load()})", flush=True)
     finally:
         store.close()
-    res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        res["peak_rss_mib"] = memory.stop()
     return res
 
 
@@ -452,7 +339,7 @@ def header(base: Base, ns: dict[str, int], args: argparse.Namespace, notes: list
 
 
 def ingest_table(results: list[dict]) -> list[str]:
-    out = ["| store | N | ingest | items/s | ready to search | disk per item | RSS after ingest | peak RSS |",
+    out = ["| store | N | ingest | items/s | ready to search | disk per item | memory after ingest | peak memory |",
            "|---|---|---|---|---|---|---|---|"]
     for r in results:
         if "error" in r and "ingest_s" not in r:
