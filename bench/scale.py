@@ -327,10 +327,10 @@ def cpu_name() -> str:
     return f"{name or platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
-def header(base: Base, ns: dict[str, int], args: argparse.Namespace, notes: list[str]) -> list[str]:
+def header(base: Base, ns: dict[str, int], args: argparse.Namespace, notes: list[str], started: str) -> list[str]:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    lines = [f"Run {time.strftime('%Y-%m-%d %H:%M')}; CPU: {cpu_name()}, {mem:.0f} GiB RAM; torch threads "
-             f"{torch.get_num_threads()}; load average at start {load()} (1/5/15 min).",
+    lines = [f"Run {started}; CPU: {cpu_name()}, {mem:.0f} GiB RAM; torch threads {torch.get_num_threads()}; "
+             f"load average at the end {load()} (1/5/15 min).",
              f"Vectors: {base.label}; {tuple(base.vectors.shape[1:])} per item, replicated to "
              f"{max(ns.values()):,} with Gaussian noise std {args.noise} per coordinate "
              f"({copy_stats(base.vectors, args.noise)}).",
@@ -395,7 +395,8 @@ def main(argv: Sequence[str] | None = None, emit: Callable[[str], None] = print)
         notes.append(f"qdrant-local is run at {ns['qdrant-local']:,} items: local mode keeps every field "
                      "(1+4+8+16+64 = 93 vectors per item) in RAM as float32 numpy and ingests through Python "
                      "lists, so it would not fit or finish at the others' N here.")
-    print(f"load average {load()}; torch threads {torch.get_num_threads()}", flush=True)
+    started = f"{time.strftime('%Y-%m-%d %H:%M')} (load average {load()})"
+    print(f"started {started}; torch threads {torch.get_num_threads()}", flush=True)
     base = load_base(args)
     root = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=args.tmp))
     try:
@@ -418,7 +419,7 @@ def main(argv: Sequence[str] | None = None, emit: Callable[[str], None] = print)
             shutil.rmtree(job.directory, ignore_errors=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    report = header(base, ns, args, notes) + [""] + ingest_table(results) + [""] + search_table(results)
+    report = header(base, ns, args, notes, started) + [""] + ingest_table(results) + [""] + search_table(results)
     emit("\n".join(report))
     return results
 

@@ -104,11 +104,10 @@ class EdgeStore:
         config = qe.EdgeConfig(vectors={"first": qe.EdgeVectorParams(size=dim, distance=qe.Distance.Dot), **multi},
                                wal_enabled=False)
         self.shard = qe.EdgeShard.create(str(directory), config)
-        # The MaxSim stage scores the int8 copy by default; rescore=True re-scores only the top `limit` x
-        # oversampling of those with the originals, ignore=True scores every prefetched item with the originals.
-        self.params = {"rescored": qe.SearchParams(quantization=qe.QuantizationSearchParams(rescore=True,
-                                                                                             oversampling=4.0)),
-                       "originals": qe.SearchParams(quantization=qe.QuantizationSearchParams(ignore=True))}
+        # The MaxSim stage scores the int8 copy unless told to ignore it (rescore=True re-scores only the top
+        # `limit` x oversampling of the int8 ranking); the prefetch walks the HNSW graph unless told exact=True.
+        self.originals = qe.SearchParams(quantization=qe.QuantizationSearchParams(ignore=True))
+        self.exact = qe.SearchParams(exact=True)
 
     def add(self, start: int, vectors: torch.Tensor) -> None:
         from app.store.qdrant import _payload
@@ -131,18 +130,20 @@ class EdgeStore:
 
     def variants(self, budget: tuple[int, int]) -> list[tuple[str, dict]]:
         if budget[1] == 1:
-            return [("dense sum, HNSW", {})]
-        return [(f"prefetch {PREFETCH} + MaxSim on int8 (as QdrantStore)", {}),
-                ("... int8, originals rescore the top 4k", {"params": self.params["rescored"]}),
-                ("... originals (quantization ignored)", {"params": self.params["originals"]})]
+            return [("dense sum, HNSW (as QdrantStore)", {}), ("dense sum, exact", {"first": self.exact})]
+        return [(f"HNSW prefetch {PREFETCH} + MaxSim on int8 (as QdrantStore)", {}),
+                ("... MaxSim on the originals", {"params": self.originals}),
+                ("... exact prefetch, MaxSim on the originals", {"first": self.exact, "params": self.originals})]
 
     def search(self, q: torch.Tensor, budget: tuple[int, int], opts: dict) -> list[int]:
         qe = self.qe
         r_q, r_c = budget
         if r_c == 1:
-            request = qe.QueryRequest(limit=K, query=qe.Query.Nearest(q[:r_q].sum(0).tolist(), using="first"))
+            request = qe.QueryRequest(limit=K, query=qe.Query.Nearest(q[:r_q].sum(0).tolist(), using="first"),
+                                      params=opts.get("first"))
         else:
-            prefetch = qe.Prefetch(limit=PREFETCH, query=qe.Query.Nearest(q[0].tolist(), using="first"))
+            prefetch = qe.Prefetch(limit=PREFETCH, query=qe.Query.Nearest(q[0].tolist(), using="first"),
+                                   params=opts.get("first"))
             request = qe.QueryRequest(limit=K, query=qe.Query.Nearest(q[:r_q].tolist(), using=f"c{r_c}"),
                                       prefetches=[prefetch], params=opts.get("params"))
         return [int(p.id) for p in self.shard.query(request)]
