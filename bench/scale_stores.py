@@ -12,10 +12,11 @@ from typing import Any, Protocol
 
 import torch
 
+from app.store.planner import FIRST_STAGE_DEPTH
 from bench.search import Meta  # the fields a store's add reads from an ingest Item
 
 K = 10
-PREFETCH = 1_000  # as app.store.qdrant.FIRST_STAGE_DEPTH and app.store.index.FIRST_STAGE_DEPTH
+PREFETCH = FIRST_STAGE_DEPTH  # both app stores prefetch this many items by first vector
 CHECKPOINT = "bench-scale"
 
 
@@ -91,11 +92,11 @@ class EdgeStore:
     def __init__(self, directory: Path, num_vectors: int, dim: int):
         import qdrant_edge as qe
 
-        from app.store.qdrant import stored_fields
+        from app.store.qdrant_schema import stored_fields
 
         self.qe = qe
         self.fields = stored_fields(num_vectors)
-        multi = {f"c{rc}": qe.EdgeVectorParams(  # as app.store.qdrant._create, field by field
+        multi = {f"c{rc}": qe.EdgeVectorParams(  # as app.store.qdrant_schema.create_collection
             size=dim, distance=qe.Distance.Dot, on_disk=True,
             hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000),
             multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim),
@@ -110,14 +111,14 @@ class EdgeStore:
         self.exact = qe.SearchParams(exact=True)
 
     def add(self, start: int, vectors: torch.Tensor) -> None:
-        from app.store.qdrant import _payload
+        from app.store.qdrant_schema import payload_of
 
         qe, now = self.qe, time.time()
         v = vectors.float().numpy()
         points = []
         for j, meta in enumerate(metas(start, start + len(v))):
             vector = {"first": v[j, 0].tolist(), **{f"c{rc}": v[j, :rc].tolist() for rc in self.fields if rc > 1}}
-            points.append(qe.Point(start + j, vector, _payload(meta, meta.content_hash[:16], now, start + j)))
+            points.append(qe.Point(start + j, vector, payload_of(meta, meta.content_hash[:16], now, start + j)))
         self.shard.update(qe.UpdateOperation.upsert_points(points))
 
     def prepare(self, n: int) -> None:
