@@ -131,7 +131,7 @@ class EdgeStore:
 
     def variants(self, budget: tuple[int, int]) -> list[tuple[str, dict]]:
         if budget[1] == 1:
-            return [("dense sum, HNSW (as QdrantStore)", {}), ("dense sum, exact", {"first": self.exact})]
+            return [("dense sum, exact (as QdrantStore)", {"first": self.exact}), ("dense sum, HNSW", {})]
         return [(f"HNSW prefetch {PREFETCH} + MaxSim on int8 (as QdrantStore)", {}),
                 ("... MaxSim on the originals", {"params": self.originals}),
                 ("... exact prefetch, MaxSim on the originals", {"first": self.exact, "params": self.originals})]
