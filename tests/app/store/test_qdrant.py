@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from app.store import IndexError_, QdrantStore, is_qdrant, open_store, open_store_for
+from app.store.qdrant import EXACT_PREFETCH_ITEMS
 from app.store.qdrant_schema import point_id, split_layout, stored_fields, under
 from model.scoring import maxsim_dense
 from tests.helpers import fake_items
@@ -56,7 +57,15 @@ def test_search_equals_exact_maxsim_at_every_stored_budget(store):
         torch.testing.assert_close(torch.tensor([s for _, s in hits]), want.values, atol=1e-4, rtol=0)
     # The prefetch path (narrowing by first vectors) finds the item whose own vectors are the query.
     hits = store.search(stored[7, :16], (16, 64), k=3, exact=False, depth=5)
-    assert hits[0][0] == point_id(ids[7]) and store.exact_for(64) and not store.exact_for(64, depth=10)
+    assert hits[0][0] == point_id(ids[7])
+    # Local mode's prefetch saves no work, so it always scores exactly; a server prefetches on large
+    # collections, scanning every first vector up to EXACT_PREFETCH_ITEMS, then by HNSW with a wide beam.
+    assert store.exact_for(64, depth=10)
+    store._local = False
+    assert store.exact_for(64) and not store.exact_for(64, depth=10) and store.exact_for(1, depth=10)
+    assert store._prefetch_params(1000).exact is True
+    store._approximate_count = lambda: EXACT_PREFETCH_ITEMS + 1
+    assert store._prefetch_params(1000).hnsw_ef == 4000 and not store._prefetch_params(1000).exact
 
 
 def test_a_budget_between_fields_is_scored_at_the_next_field_up(store):
@@ -82,6 +91,15 @@ def test_items_under_a_folder_or_zip_are_removed_and_moves_follow(store):
     assert len(store) == 0
     with pytest.raises(KeyError, match="nothing in qdrant-local:.* matches '/photos'"):
         store.remove(["/photos"])
+
+
+def test_ids_are_content_hash_prefixes_lengthened_on_a_clash(store):
+    a, b = fake_items(2)
+    a.content_hash, b.content_hash = "ab" * 8 + "1" * 48, "ab" * 8 + "2" * 48  # the same first 16 characters
+    [first] = store.add([a], unit(1, R_C, D, seed=8))
+    [second] = store.add([b], unit(1, R_C, D, seed=9))
+    assert (first, second) == ("ab" * 8, "ab" * 8 + "2222")
+    assert store.get(second).content_hash == b.content_hash and store.get(first).content_hash == a.content_hash
 
 
 def test_metadata_thumbnails_and_vectors_round_trip(store):
