@@ -308,22 +308,13 @@ def real_collection(model, cache: Path | None) -> tuple[torch.Tensor, list]:
 
     The vectors are read from `cache` when bench/weak_match.py (or this bench) left them there for this
     checkpoint, else indexed from tests/data (minutes) and, with `cache`, saved for the next run."""
-    from app.evaluation import QUERIES_NAME, index_folder, load_queries
-    from model.checkpoint import checkpoint_id
+    from app.evaluation import QUERIES_NAME, load_queries
+    from bench.weak_match import indexed_collection
 
     data = Path(__file__).resolve().parent.parent / "tests" / "data"
     vectors, queries = [], []
     for folder in (data / "devset", data / "heldout"):
-        cached = cache / f"{folder.name}-{checkpoint_id(model)}.pt" if cache else None
-        if cached is not None and cached.is_file():
-            coll = torch.load(cached, weights_only=False)
-        else:
-            c = index_folder(model, checkpoint_id(model), folder)
-            coll = {"units": c.units, "vectors": c.vectors}
-            if cached is not None:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                torch.save(coll, cached)
-        vectors.append(coll["vectors"])
+        vectors.append(indexed_collection(model, folder, cache)["vectors"])
         queries += load_queries(folder / QUERIES_NAME)
     return torch.cat(vectors), queries
 

@@ -46,18 +46,24 @@ def gibberish(n: int = 100, seed: int = 0) -> list[str]:
     return [f"{word()} {word()}" for _ in range(n)]
 
 
+def indexed_collection(model, folder: Path, cache: Path | None) -> dict:
+    """{"units", "vectors"} of an eval split indexed by `model`: from `cache` (DIR/<split>-<checkpoint>.pt)
+    when it is there, else indexed now (minutes) and saved there."""
+    cached = cache / f"{folder.name}-{checkpoint_id(model)}.pt" if cache else None
+    if cached is not None and cached.is_file():
+        return torch.load(cached, weights_only=False)
+    c = index_folder(model, checkpoint_id(model), folder)
+    coll = {"units": c.units, "vectors": c.vectors}
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(coll, cached)
+    return coll
+
+
 def split_scores(model, folder: Path, cache: Path | None) -> dict[str, dict[str, list]]:
     """Per preset: comparable top scores of real, other-kind and gibberish queries, and whether each real
     query's top unit is relevant."""
-    cached = cache / f"{folder.name}-{checkpoint_id(model)}.pt" if cache else None
-    if cached is not None and cached.is_file():
-        coll = torch.load(cached, weights_only=False)
-    else:
-        c = index_folder(model, checkpoint_id(model), folder)
-        coll = {"units": c.units, "vectors": c.vectors}
-        if cached is not None:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(coll, cached)
+    coll = indexed_collection(model, folder, cache)
     units = coll["units"]
     photo = torch.tensor([u.lower().endswith(tuple(IMAGE_EXTENSIONS)) for u in units])
     queries = load_queries(folder / QUERIES_NAME)

@@ -107,18 +107,23 @@ def new_id(conn: sqlite3.Connection, content_hash: str) -> str:
     raise IndexError_(f"content hash {content_hash} is already indexed")
 
 
+def target_paths(target: str) -> set[str]:
+    """The paths a user's remove target may name an indexed source by: as given, absolute, and resolved."""
+    path = str(Path(target).expanduser().absolute()) if not target.startswith("<") else target
+    candidates = {path, target}
+    with contextlib.suppress(OSError):
+        candidates.add(str(Path(target).expanduser().resolve()))
+    return candidates
+
+
 def match(conn: sqlite3.Connection, target: str) -> dict[int, str]:
     """{rowid: id} of the items `target` names: an item id, or a source path (a file, a zip archive or a
     folder, as given or resolved) and everything indexed under it."""
     rows = conn.execute("SELECT rowid, id FROM items WHERE id = ?", (target,)).fetchall()
     if rows:
         return dict(rows)
-    path = str(Path(target).expanduser().absolute()) if not target.startswith("<") else target
-    candidates = {path, target}
-    with contextlib.suppress(OSError):
-        candidates.add(str(Path(target).expanduser().resolve()))
     out: dict[int, str] = {}
-    for p in candidates:
+    for p in target_paths(target):
         prefix = p.rstrip("/")
         like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         out.update(conn.execute(

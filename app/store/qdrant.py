@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from .errors import CheckpointMismatch, IndexError_, check_search
-from .items import ID_LENGTH, IndexedItem
+from .items import ID_LENGTH, IndexedItem, target_paths
 from .planner import FIRST_STAGE_DEPTH
 from .qdrant_schema import (
     ITEM_FIELDS,
@@ -436,12 +436,8 @@ class QdrantStore:
         records = self._client.retrieve(self.collection, [point_id(target)], with_payload=["id"])
         if records and records[0].payload.get("id") == target:
             return {int(records[0].id): target}
-        path = str(Path(target).expanduser().absolute()) if not target.startswith("<") else target
-        candidates = {path, target}
-        with contextlib.suppress(OSError):
-            candidates.add(str(Path(target).expanduser().resolve()))
         out: dict[int, str] = {}
-        for p in candidates:
+        for p in target_paths(target):
             p = p.rstrip("/") or p
             for field in ("path", "under"):
                 out.update({int(r.id): r.payload["id"] for r in self._scroll(where(**{field: p}), ["id"])})
