@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .scoring_threads import run_ranges
+
 __all__ = ["CandidateStore", "explain", "maxsim", "maxsim_dense", "near_top"]
 
 _STORE_DTYPE = torch.bfloat16
@@ -132,7 +134,9 @@ def _query_rows(q: Tensor, r_q: int, dtype: torch.dtype = _STORE_DTYPE) -> Tenso
     return q[:, :r_q].detach().to(device="cpu", dtype=dtype).reshape(-1, q.shape[2]).contiguous()
 
 
-def _score_vector_major(rows: Tensor, vm: Tensor, bq: int, r_q: int, r_c: int) -> Tensor:
+def _score_vector_major(
+    rows: Tensor, vm: Tensor, bq: int, r_q: int, r_c: int, out: Tensor | None = None
+) -> Tensor:
     """MaxSim of query rows [Bq*r_q, D] against vector-major candidates vm [>=r_c, n, D] -> [Bq, n] fp32.
 
     Running max over the candidate vectors: S = max_j rows @ vm[j].T, then each query sums its r_q rows.
@@ -142,9 +146,11 @@ def _score_vector_major(rows: Tensor, vm: Tensor, bq: int, r_q: int, r_c: int) -
     - candidates are taken in chunks of up to _BLOCK_ELEMENTS // rows (usually all of them at once);
     - when a chunk is the whole set and the vectors lie back to back (no spare capacity), vm[j0:j1] is
       one [k*n, D] matrix, so one GEMM covers k vectors and one amax folds them.
+    out: optional [Bq, n] float32 tensor (may be a column slice of a larger one) to write the scores into.
     """
     n, d = vm.shape[1], vm.shape[2]
-    out = torch.empty(bq, n, dtype=torch.float32)
+    if out is None:
+        out = torch.empty(bq, n, dtype=torch.float32)
     if n == 0:
         return out
     n_rows = rows.shape[0]
@@ -184,18 +190,20 @@ def _score_vector_major(rows: Tensor, vm: Tensor, bq: int, r_q: int, r_c: int) -
 
 
 def _score_in_slices(
-    rows: Tensor, bq: int, r_q: int, r_c: int, n: int, block: Callable[[int, int], Tensor]
+    rows: Tensor, bq: int, r_q: int, r_c: int, n: int, block: Callable[[int, int], Tensor], copies: bool = True
 ) -> Tensor:
-    """Score candidates that first need copying into the fast layout, one bounded slice at a time.
-
-    block(s, e) returns candidates s..e as a vector-major [r_c, e - s, D] bf16 tensor; slices hold at most
-    _GATHER_ELEMENTS values so converting or gathering never copies more than one slice at once.
+    """Score n candidates slice by slice; block(s, e) returns candidates s..e as a vector-major
+    [r_c, e - s, D] tensor in the scoring dtype. Slices run on one-thread lanes, several at once (see
+    model/scoring_threads.py for why). copies: block converts or gathers, so a slice holds at most
+    _GATHER_ELEMENTS values and memory stays bounded; without it block returns views of a store.
     """
     out = torch.empty(bq, n, dtype=torch.float32)
-    step = max(256, _GATHER_ELEMENTS // (r_c * rows.shape[1]))
-    for s in range(0, n, step):
-        e = min(n, s + step)
-        out[:, s:e] = _score_vector_major(rows, block(s, e), bq, r_q, r_c)
+
+    def score(s: int, e: int) -> None:
+        _score_vector_major(rows, block(s, e), bq, r_q, r_c, out=out[:, s:e])
+
+    step = max(256, _GATHER_ELEMENTS // (r_c * rows.shape[1])) if copies else None
+    run_ranges(n, rows.shape[0] * r_c * rows.shape[1], score, step)
     return out
 
 
@@ -418,7 +426,8 @@ class CandidateStore:
         bq = q.shape[0]
         vm = self._data[:r_c, : self._n]
         if indices is None and not precise:
-            return _score_vector_major(rows, vm, bq, r_q, r_c)
+            # Views: one slice when scored in the calling thread, so back-to-back vectors share GEMMs.
+            return _score_in_slices(rows, bq, r_q, r_c, self._n, lambda s, e: vm[:, s:e], copies=False)
         idx = None if indices is None else _check_indices(indices, self._n, "maxsim")
 
         def block(s: int, e: int) -> Tensor:
