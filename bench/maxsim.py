@@ -10,9 +10,9 @@ and sum over r_q (for Bq > 1, one query at a time so its [N, r_q, r_c] intermedi
 When the optional `fast-maxsim` package is installed (mixedbread's Rust CPU MaxSim, fp32; not a project
 dependency: `pip install fast-maxsim`), it is timed too, one query per call (its API), on a contiguous fp32
 [N, r_c, D] array made before timing. Repeats alternate the contenders so background load hits them alike;
-the median of the repeats is reported after one warm-up. --threads also times our scorer in the calling
-thread at 1 and at torch's default thread count (the behaviour before model/scoring_threads.py) beside
-the library's own choice; --variants the other formulations that were tried (see docs/benchmarks.md).
+the median of the repeats is reported after one warm-up. --threads also times our scorer forced to 1
+thread and to torch's default thread count beside the thread count the library chooses on this CPU
+(model/scoring_threads.py); --variants the other formulations that were tried (see docs/benchmarks.md).
 Prints markdown tables ready to paste, with the load average beside them.
 """
 
@@ -203,8 +203,6 @@ def run_variants(q: torch.Tensor, vm: torch.Tensor, repeats: int) -> None:
     ]
     scored = [n] * len(sizes) + [n, n - n % chunk, n, n, n]
     results: dict[str, list[str]] = {name: [] for name in names}
-    # Formulations compared as they run in the calling thread (the alternatives have no lanes).
-    scoring_threads._INLINE = True
     try:
         for r_q, r_c in budgets:
             fns = variant_fns(q, vm, r_q, r_c, sizes, chunk)
@@ -217,7 +215,6 @@ def run_variants(q: torch.Tensor, vm: torch.Tensor, repeats: int) -> None:
                 results[name].append(f"{count / sec:,.0f}")
     finally:
         scoring._BLOCK_ELEMENTS = default
-        scoring_threads._INLINE = False
     print(f"\nFormulations, one query, candidates/s (median), load average now {os.getloadavg()[0]:.2f}:\n")
     print("| formulation | " + " | ".join(f"({a}, {b})" for a, b in budgets) + " |")
     print("|---|" + "---:|" * len(budgets))
@@ -282,22 +279,22 @@ def threads_table(
     default = torch.get_num_threads()
     q = qs[:1]
 
-    def inline(threads: int, budget: tuple[int, int]) -> object:
-        scoring_threads._INLINE = True
-        torch.set_num_threads(threads)
+    def forced(threads: int, budget: tuple[int, int]) -> object:
+        scoring_threads._FORCE = threads  # 1: one thread; 0: the caller's count
         try:
             return store.maxsim(q, budget)
         finally:
-            torch.set_num_threads(default)
-            scoring_threads._INLINE = False
+            scoring_threads._FORCE = None
 
-    names = ["library (lanes)", "torch 1 thread", f"torch {default} threads"] + (["fast-maxsim"] if fm else [])
+    chosen = scoring_threads.scoring_thread_count()
+    names = [f"library ({chosen} thread{'s' if chosen > 1 else ''})", "torch 1 thread", f"torch {default} threads"]
+    names += ["fast-maxsim"] if fm else []
     print(f"\nThreading, one query, ms (median of {args.repeats}); load average before {loadavg()}:\n")
     print("| budget (r_q, r_c) | " + " | ".join(names) + " |" + (" fast-maxsim / each |" if fm else "") + " load |")
     print("|---|" + "---:|" * len(names) + ("---|" if fm else "") + "---|")
     for r_q, r_c in budgets:
         b = (r_q, r_c)
-        fns = [lambda b=b: store.maxsim(q, b), lambda b=b: inline(1, b), lambda b=b: inline(default, b)]
+        fns = [lambda b=b: store.maxsim(q, b), lambda b=b: forced(1, b), lambda b=b: forced(0, b)]
         want = fns[0]()
         for fn in fns[1:]:
             torch.testing.assert_close(fn(), want, rtol=0, atol=4e-3 * r_q)

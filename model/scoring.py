@@ -9,6 +9,7 @@ in bf16, so the j-th vector of every candidate is one contiguous ``[N, D]`` matr
 ``[:r_c]`` is a contiguous block. Scoring is then plain bf16 GEMMs of the query rows against those
 matrices (several vectors per GEMM when they lie back to back), folded with a running max; see
 `_score_vector_major`, bench/maxsim.py and docs/benchmarks.md for the formulations measured against it.
+The torch thread count scoring runs at is chosen per CPU in model/scoring_threads.py.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .scoring_threads import run_ranges
+from .scoring_threads import run_scoring
 
 __all__ = ["CandidateStore", "explain", "maxsim", "maxsim_dense", "near_top"]
 
@@ -134,9 +135,7 @@ def _query_rows(q: Tensor, r_q: int, dtype: torch.dtype = _STORE_DTYPE) -> Tenso
     return q[:, :r_q].detach().to(device="cpu", dtype=dtype).reshape(-1, q.shape[2]).contiguous()
 
 
-def _score_vector_major(
-    rows: Tensor, vm: Tensor, bq: int, r_q: int, r_c: int, out: Tensor | None = None
-) -> Tensor:
+def _score_vector_major(rows: Tensor, vm: Tensor, bq: int, r_q: int, r_c: int) -> Tensor:
     """MaxSim of query rows [Bq*r_q, D] against vector-major candidates vm [>=r_c, n, D] -> [Bq, n] fp32.
 
     Running max over the candidate vectors: S = max_j rows @ vm[j].T, then each query sums its r_q rows.
@@ -146,11 +145,9 @@ def _score_vector_major(
     - candidates are taken in chunks of up to _BLOCK_ELEMENTS // rows (usually all of them at once);
     - when a chunk is the whole set and the vectors lie back to back (no spare capacity), vm[j0:j1] is
       one [k*n, D] matrix, so one GEMM covers k vectors and one amax folds them.
-    out: optional [Bq, n] float32 tensor (may be a column slice of a larger one) to write the scores into.
     """
     n, d = vm.shape[1], vm.shape[2]
-    if out is None:
-        out = torch.empty(bq, n, dtype=torch.float32)
+    out = torch.empty(bq, n, dtype=torch.float32)
     if n == 0:
         return out
     n_rows = rows.shape[0]
@@ -190,20 +187,18 @@ def _score_vector_major(
 
 
 def _score_in_slices(
-    rows: Tensor, bq: int, r_q: int, r_c: int, n: int, block: Callable[[int, int], Tensor], copies: bool = True
+    rows: Tensor, bq: int, r_q: int, r_c: int, n: int, block: Callable[[int, int], Tensor]
 ) -> Tensor:
-    """Score n candidates slice by slice; block(s, e) returns candidates s..e as a vector-major
-    [r_c, e - s, D] tensor in the scoring dtype. Slices run on one-thread lanes, several at once (see
-    model/scoring_threads.py for why). copies: block converts or gathers, so a slice holds at most
-    _GATHER_ELEMENTS values and memory stays bounded; without it block returns views of a store.
+    """Score candidates that first need copying into the fast layout, one bounded slice at a time.
+
+    block(s, e) returns candidates s..e as a vector-major [r_c, e - s, D] bf16 tensor; slices hold at most
+    _GATHER_ELEMENTS values so converting or gathering never copies more than one slice at once.
     """
     out = torch.empty(bq, n, dtype=torch.float32)
-
-    def score(s: int, e: int) -> None:
-        _score_vector_major(rows, block(s, e), bq, r_q, r_c, out=out[:, s:e])
-
-    step = max(256, _GATHER_ELEMENTS // (r_c * rows.shape[1])) if copies else None
-    run_ranges(n, rows.shape[0] * r_c * rows.shape[1], score, step)
+    step = max(256, _GATHER_ELEMENTS // (r_c * rows.shape[1]))
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        out[:, s:e] = _score_vector_major(rows, block(s, e), bq, r_q, r_c)
     return out
 
 
@@ -221,14 +216,13 @@ def maxsim(q: Tensor, c: Tensor, budget: tuple[int, int] | None = None) -> Tenso
     _check_dims(q.shape[2], c.shape[2])
     r_q, r_c = _resolve_budget(budget, q.shape[1], c.shape[1])
     c = c[:, :r_c].detach()
-    return _score_in_slices(
-        _query_rows(q, r_q),
-        q.shape[0],
-        r_q,
-        r_c,
-        c.shape[0],
-        lambda s, e: c[s:e].to(device="cpu", dtype=_STORE_DTYPE).transpose(0, 1).contiguous(),
-    )
+    rows = _query_rows(q, r_q)
+
+    def block(s: int, e: int) -> Tensor:
+        return c[s:e].to(device="cpu", dtype=_STORE_DTYPE).transpose(0, 1).contiguous()
+
+    # At the thread count measured fastest on this CPU (model/scoring_threads.py).
+    return run_scoring(lambda: _score_in_slices(rows, q.shape[0], r_q, r_c, c.shape[0], block))
 
 
 def maxsim_dense(q: Tensor, c: Tensor) -> Tensor:
@@ -425,16 +419,18 @@ class CandidateStore:
         rows = _query_rows(q, r_q, torch.float32 if precise else _STORE_DTYPE)
         bq = q.shape[0]
         vm = self._data[:r_c, : self._n]
-        if indices is None and not precise:
-            # Views: one slice when scored in the calling thread, so back-to-back vectors share GEMMs.
-            return _score_in_slices(rows, bq, r_q, r_c, self._n, lambda s, e: vm[:, s:e], copies=False)
         idx = None if indices is None else _check_indices(indices, self._n, "maxsim")
 
         def block(s: int, e: int) -> Tensor:
             part = vm[:, s:e] if idx is None else vm.index_select(1, idx[s:e])
             return part.float() if precise else part
 
-        return _score_in_slices(rows, bq, r_q, r_c, self._n if idx is None else idx.numel(), block)
+        def score() -> Tensor:
+            if idx is None and not precise:
+                return _score_vector_major(rows, vm, bq, r_q, r_c)
+            return _score_in_slices(rows, bq, r_q, r_c, self._n if idx is None else idx.numel(), block)
+
+        return run_scoring(score, rows.dtype)  # at the thread count measured fastest on this CPU
 
     def subset(self, indices: object) -> CandidateStore:
         """New store with copies of the given candidates, in the given order."""

@@ -1,18 +1,24 @@
-"""How MaxSim scoring uses the CPU's threads: candidate ranges spread over one-thread worker lanes.
+"""How many torch threads MaxSim scoring runs on: chosen per CPU from measurements, applied per call.
 
-torch's own intra-op threading runs every op as one parallel region that waits for all of its threads.
-Scoring is many short ops (a GEMM, a max, a sum per candidate vector), so when anything else runs on the
-machine each op waits for a thread the OS has parked: on a busy 2-core machine torch's default 2 threads
-scored slower than 1 thread, while with the cores to itself 2 threads win. Candidates are scored
-independently, so scoring splits into pieces (ranges of candidates) that worker threads ("lanes") take one
-at a time, each running torch at one thread: no op waits on another thread, a lane that the OS parks
-leaves the remaining pieces to the others, and on an idle machine the lanes run side by side.
+Scoring is a chain of GEMMs, maxima and sums, and torch runs each op as one parallel region over all its
+intra-op threads. Which thread count is fastest depends on how long each op takes, and that depends above
+all on whether the CPU multiplies bf16 natively:
+- With native bf16 GEMMs (oneDNN: AVX512-bf16 / AMX; `torch.ops.mkldnn._is_mkldnn_bf16_supported()`) the
+  ops are short, and each parallel region spends its time waiting for the other thread. Issue 18, on the
+  project's 2-core AVX512-bf16 EPYC (N = 20,000 x 64 x 128, load ~2.4): at 1 thread `CandidateStore.maxsim`
+  was 2.0-27x faster than fast-maxsim at every preset; at torch's default 2 threads it fell to 0.4x at
+  (4, 8) and 0.7x at (8, 16), and (16, 64) took 148 ms instead of 84. There, bf16 scoring runs at 1 thread.
+- Without them (bf16 emulated, e.g. an AVX2-only CPU) the ops are long, and the caller's 2 threads were the
+  fastest, or within noise of it, at every preset, idle and under load, on the 2-core AVX2 EPYC measured in
+  docs/benchmarks.md ("MaxSim scoring", bench/maxsim.py --threads). There, scoring keeps the caller's count.
+The choice never raises the count: a caller at `torch.set_num_threads(1)` stays at one thread.
 
-The choice is made here so that every caller (`CandidateStore.maxsim`, `maxsim`, the index's search) gets
-it without touching torch's settings. Lanes never exceed the caller's torch.get_num_threads(), so
-`torch.set_num_threads(1)` still means one thread; each candidate's score comes from the same ops whatever
-the split (one GEMM per vector instead of several vectors per GEMM: equal up to a bf16 rounding).
-Measurements behind it: docs/benchmarks.md, "MaxSim scoring" (bench/maxsim.py --threads).
+How it is applied: torch.set_num_threads is per OS thread in torch's OpenMP builds, but it also sets the
+count that every thread which has not run torch yet starts with. Lowering it around a call would hand one
+thread, for life, to any thread (a web server's new request thread, say) that first runs torch during that
+call. So one-thread scoring runs on worker threads that were set to one thread once, when they started
+(the default for new threads is put back at once): callers hand the call over and wait (~50 us), several
+callers run side by side on as many workers as their own thread count, and nobody's count changes.
 """
 
 from __future__ import annotations
@@ -21,24 +27,50 @@ import os
 import queue
 import threading
 from collections.abc import Callable
+from functools import cache
+from typing import TypeVar
 
 import torch
 
-__all__ = ["run_ranges"]
+__all__ = ["run_scoring", "scoring_thread_count"]
 
-# Multiply-adds below which scoring stays in the calling thread (too little work to hand off), and the
-# least each lane gets: see docs/benchmarks.md, "MaxSim scoring", for the measurement behind the value.
-_MIN_LANE_MACS = 1 << 21
-# Pieces per lane: small enough that a lane the OS parks holds back little of the work, large enough
-# that the ops of one piece stay few.
-_PIECES_PER_LANE = 4
-# Run every range in the calling thread at its own torch thread count (the behaviour before lanes);
-# bench/maxsim.py sets it to time that behaviour against the lanes.
-_INLINE = False
+T = TypeVar("T")
+
+# Force the thread count (None: the choice above; 1: one thread; 0: the caller's count). bench/maxsim.py
+# sets it to time both beside the library's choice; tests set it to reach the one-thread path on any CPU.
+_FORCE: int | None = None
 
 
-class _Lanes:
-    """Daemon worker threads, each running torch at one intra-op thread, fed by one job queue."""
+@cache
+def _native_bf16_gemm() -> bool:
+    """Whether torch multiplies bf16 matrices natively (with oneDNN) on this CPU."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def scoring_thread_count(dtype: torch.dtype = torch.bfloat16) -> int:
+    """torch threads for MaxSim scoring in `dtype` from the calling thread (see the module docstring).
+
+    Only bf16 scoring was measured; other dtypes (the precise fp32 path) keep the caller's count.
+    """
+    have = torch.get_num_threads()
+    if _FORCE is not None:
+        return min(have, _FORCE or have)
+    return 1 if dtype == torch.bfloat16 and _native_bf16_gemm() else have
+
+
+def _in_new_thread(fn: Callable[[], T]) -> T:
+    out: list[T] = []
+    t = threading.Thread(target=lambda: out.append(fn()))
+    t.start()
+    t.join()
+    return out[0]
+
+
+class _OneThreadWorkers:
+    """Daemon threads running torch at one intra-op thread each, fed by one job queue."""
 
     def __init__(self) -> None:
         self.jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
@@ -46,91 +78,65 @@ class _Lanes:
         self.lock = threading.Lock()
 
     def ensure(self, count: int) -> None:
-        """Start workers until there are `count`."""
+        """Start workers until there are `count`; the default count of new threads ends as it was."""
         with self.lock:
             new = count - self.size
             if new <= 0:
                 return
-            # torch.set_num_threads is per OS thread for OpenMP and MKL, but it also sets the default a
-            # thread gets the first time it runs torch: workers set 1 for themselves, then the default is
-            # put back to the calling thread's count once they all have.
-            caller_threads = torch.get_num_threads()
+            default = _in_new_thread(torch.get_num_threads)
             ready = threading.Barrier(new + 1)
             for _ in range(new):
-                threading.Thread(target=self._work, args=(ready,), name="maxsim-lane", daemon=True).start()
+                threading.Thread(target=self._work, args=(ready,), name="maxsim-1-thread", daemon=True).start()
             ready.wait()
-            torch.set_num_threads(caller_threads)
+            # Put the default back from a throwaway thread, so that no running thread's own count changes.
+            _in_new_thread(lambda: torch.set_num_threads(default))
             self.size = count
 
     def _work(self, ready: threading.Barrier) -> None:
+        torch.get_num_threads()  # torch's first-use set-up of this thread, before the count is set
         torch.set_num_threads(1)
         ready.wait()
         while True:
             self.jobs.get()()
 
 
-_lanes = _Lanes()
+_workers = _OneThreadWorkers()
 
 
 def _reset_after_fork() -> None:
-    global _lanes
-    _lanes = _Lanes()  # a forked child has none of the parent's worker threads
+    global _workers
+    _workers = _OneThreadWorkers()  # a forked child has none of the parent's worker threads
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-def lane_count(n: int, macs_per_item: int) -> int:
-    """Lanes for n candidates of macs_per_item multiply-adds each; 0 means in the calling thread."""
-    threads = torch.get_num_threads()
-    work = n * macs_per_item
-    if _INLINE or threads == 1 or work < _MIN_LANE_MACS:
-        return 0  # told to, already one thread, or too little work to hand off
-    return max(1, min(threads, work // _MIN_LANE_MACS))
+def run_scoring(fn: Callable[[], T], dtype: torch.dtype = torch.bfloat16) -> T:
+    """fn() at `scoring_thread_count(dtype)` torch threads: here, or on a one-thread worker.
 
-
-def run_ranges(n: int, macs_per_item: int, fn: Callable[[int, int], None], max_piece: int | None = None) -> None:
-    """Call fn(s, e) for ranges s..e that cover 0..n once each, spread over one-thread lanes.
-
-    fn must write only its own range of the output (ranges may run at the same time in different
-    threads). max_piece bounds a range's length (memory per call of fn). The first exception raised by fn
-    is re-raised here after every lane has stopped.
+    fn's exception, if any, is raised here; fn runs with the caller's grad mode (thread-local in torch).
+    fn must not itself call run_scoring with a one-thread choice.
     """
-    if n <= 0:
-        return
-    lanes = lane_count(n, macs_per_item)
-    piece = -(-n // max(1, lanes * _PIECES_PER_LANE))
-    piece = max(piece, -(-_MIN_LANE_MACS // (_PIECES_PER_LANE * max(1, macs_per_item))))
-    if max_piece is not None:
-        piece = max(1, min(piece, max_piece))
-    starts = list(range(0, n, piece))
-    if lanes == 0:
-        for s in starts:
-            fn(s, min(n, s + piece))
-        return
-    lanes = min(lanes, len(starts))
-    _lanes.ensure(lanes)
-    taken = iter(starts)
-    take_lock = threading.Lock()
-    errors: list[BaseException] = []
-    done = threading.Semaphore(0)
+    have = torch.get_num_threads()
+    if scoring_thread_count(dtype) >= have:
+        return fn()
+    _workers.ensure(have)
+    grad = torch.is_grad_enabled()
+    result: list[T] = []
+    error: list[BaseException] = []
+    done = threading.Event()
 
-    def lane() -> None:
+    def job() -> None:
         try:
-            while not errors:
-                with take_lock:
-                    s = next(taken, None)
-                if s is None:
-                    return
-                fn(s, min(n, s + piece))
-        except BaseException as err:  # noqa: BLE001 - handed to the caller below
-            errors.append(err)
+            with torch.set_grad_enabled(grad):
+                result.append(fn())
+        except BaseException as err:  # noqa: BLE001 - raised in the caller below
+            error.append(err)
         finally:
-            done.release()
+            done.set()
 
-    for _ in range(lanes):
-        _lanes.jobs.put(lane)
-    for _ in range(lanes):
-        done.acquire()
-    if errors:
-        raise errors[0]
+    _workers.jobs.put(job)
+    done.wait()
+    if error:
+        raise error[0]
+    return result[0]

@@ -1,11 +1,12 @@
-"""MaxSim's threading (model/scoring_threads.py): same scores as scoring in the calling thread, torch's
-thread count left as it was, errors and concurrent callers handled. No timing here: see bench/maxsim.py."""
+"""MaxSim's thread count (model/scoring_threads.py): chosen per CPU, applied per call without changing any
+thread's torch thread count; the scores do not change. No timing here: see bench/maxsim.py --threads."""
 
 import threading
 
 import pytest
 import torch
 
+import model.scoring as scoring
 import model.scoring_threads as scoring_threads
 from model.scoring import CandidateStore, maxsim
 
@@ -19,7 +20,7 @@ def _unit(*shape: int, seed: int) -> torch.Tensor:
 
 
 def _thread_count_of_a_new_thread() -> int:
-    """What a thread that has not run torch yet gets: torch's process-wide default."""
+    """What a thread that has not run torch yet starts with: torch's process-wide default."""
     seen: list[int] = []
     t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
     t.start()
@@ -28,25 +29,46 @@ def _thread_count_of_a_new_thread() -> int:
 
 
 @pytest.fixture
-def lanes(monkeypatch):
-    """Two fresh lanes, engaged for any amount of work, with the caller at 2 torch threads."""
+def two_threads(monkeypatch):
+    """The caller at 2 torch threads, and one-thread workers started afresh by the test."""
+    monkeypatch.setattr(scoring_threads, "_workers", scoring_threads._OneThreadWorkers())
     before = torch.get_num_threads()
     torch.set_num_threads(2)
-    monkeypatch.setattr(scoring_threads, "_lanes", scoring_threads._Lanes())
-    monkeypatch.setattr(scoring_threads, "_MIN_LANE_MACS", 1)
-    monkeypatch.setattr(scoring_threads, "_PIECES_PER_LANE", 8)  # many small pieces per call
     yield
     torch.set_num_threads(before)
 
 
-def _inline(monkeypatch, fn):
-    with monkeypatch.context() as m:
-        m.setattr(scoring_threads, "_INLINE", True)
-        return fn()
+@pytest.fixture
+def record_threads(monkeypatch) -> list[tuple[int, int]]:
+    """Each time the scoring core runs: torch's thread count there, and the one a new thread would get."""
+    seen: list[tuple[int, int]] = []
+    core = scoring._score_vector_major
+
+    def spy(*args, **kwargs):
+        seen.append((torch.get_num_threads(), _thread_count_of_a_new_thread()))
+        return core(*args, **kwargs)
+
+    monkeypatch.setattr(scoring, "_score_vector_major", spy)
+    return seen
+
+
+def test_the_choice_follows_the_cpu_and_never_raises_the_count(monkeypatch, two_threads):
+    monkeypatch.setattr(scoring_threads, "_native_bf16_gemm", lambda: True)
+    assert scoring_threads.scoring_thread_count(torch.bfloat16) == 1
+    assert scoring_threads.scoring_thread_count(torch.float32) == 2  # precise path: not measured, kept
+    monkeypatch.setattr(scoring_threads, "_FORCE", 0)
+    assert scoring_threads.scoring_thread_count(torch.bfloat16) == 2
+    monkeypatch.setattr(scoring_threads, "_FORCE", None)
+    monkeypatch.setattr(scoring_threads, "_native_bf16_gemm", lambda: False)
+    assert scoring_threads.scoring_thread_count(torch.bfloat16) == 2
+    torch.set_num_threads(1)
+    assert scoring_threads.scoring_thread_count(torch.bfloat16) == 1
 
 
 @pytest.mark.parametrize("budget", BUDGETS)
-def test_lanes_give_the_scores_of_the_calling_thread_and_restore_the_thread_count(lanes, monkeypatch, budget):
+def test_one_thread_scoring_gives_the_same_scores_and_leaves_the_thread_count(
+    monkeypatch, two_threads, record_threads, budget
+):
     q, c = _unit(3, 4, 16, seed=1), _unit(700, 8, 16, seed=2)
     store = CandidateStore(c)
     idx = torch.arange(699, -1, -2)
@@ -54,71 +76,56 @@ def test_lanes_give_the_scores_of_the_calling_thread_and_restore_the_thread_coun
         "store": lambda: store.maxsim(q, budget),
         "functional": lambda: maxsim(q, c, budget),
         "indices": lambda: store.maxsim(q, budget, indices=idx),
-        "precise": lambda: store.maxsim(q, budget, precise=True),
     }
     for name, call in calls.items():
-        want = _inline(monkeypatch, call)
-        assert scoring_threads.lane_count(700, 3 * budget[0] * budget[1] * 16) == 2
+        want = call()  # this CPU's own choice
+        monkeypatch.setattr(scoring_threads, "_FORCE", 1)
+        record_threads.clear()
         got = call()
-        # One GEMM per vector in lanes, several vectors per GEMM in one piece: a bf16 ulp per query vector.
+        monkeypatch.setattr(scoring_threads, "_FORCE", None)
+        # Scored at one thread, while a thread starting meanwhile would still get torch's default.
+        assert record_threads and set(record_threads) == {(1, 2)}, name
+        # Same ops, another thread split of the GEMMs: equal up to one bf16 rounding per query vector.
         torch.testing.assert_close(got, want, rtol=0, atol=4e-3 * budget[0], msg=name)
         assert torch.get_num_threads() == 2, name
         assert _thread_count_of_a_new_thread() == 2, name
-    assert scoring_threads._lanes.size == 2
 
 
-def test_one_thread_callers_and_small_work_stay_in_the_calling_thread(monkeypatch):
-    monkeypatch.setattr(scoring_threads, "_lanes", scoring_threads._Lanes())
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        assert scoring_threads.lane_count(100_000, 1 << 20) == 0
-        torch.set_num_threads(2)
-        assert scoring_threads.lane_count(10, 16) == 0
-        assert scoring_threads.lane_count(100_000, 16 * 64 * 128) == 2
-        CandidateStore(_unit(10, 2, 8, seed=3)).maxsim(_unit(1, 2, 8, seed=4))
-        assert scoring_threads._lanes.size == 0
-    finally:
-        torch.set_num_threads(before)
-
-
-def test_ranges_cover_every_candidate_once_and_errors_reach_the_caller(lanes):
-    seen = torch.zeros(1000, dtype=torch.int64)
-    longest = []
-
-    def mark(s: int, e: int) -> None:
-        longest.append(e - s)
-        seen[s:e] += 1
-
-    scoring_threads.run_ranges(1000, 1, mark, max_piece=7)
-    assert torch.equal(seen, torch.ones(1000, dtype=torch.int64))
-    assert max(longest) == 7
-
-    def fail(s: int, e: int) -> None:
-        if s >= 500:
-            raise ValueError("piece failed")
-
-    with pytest.raises(ValueError, match="piece failed"):
-        scoring_threads.run_ranges(1000, 1, fail)
-    scoring_threads.run_ranges(1000, 1, mark)  # the lanes still work after an error
-    assert torch.equal(seen, torch.full((1000,), 2, dtype=torch.int64))
-
-
-def test_concurrent_callers_get_their_own_scores(lanes, monkeypatch):
-    stores = [CandidateStore(_unit(600, 6, 16, seed=10 + i)) for i in range(4)]
-    qs = [_unit(2, 4, 16, seed=20 + i) for i in range(4)]
-    want = [_inline(monkeypatch, lambda i=i: stores[i].maxsim(qs[i], (4, 6))) for i in range(4)]
+def test_one_thread_scoring_leaves_other_threads_at_their_count(monkeypatch, two_threads):
+    """Scoring at one thread in several threads at once: each gets its scores back and its count, and a
+    thread doing other torch work meanwhile keeps its own count throughout."""
+    monkeypatch.setattr(scoring_threads, "_FORCE", 1)
+    stores = [CandidateStore(_unit(600, 6, 16, seed=10 + i)) for i in range(3)]
+    qs = [_unit(2, 4, 16, seed=20 + i) for i in range(3)]
+    want = [stores[i].maxsim(qs[i], (4, 6)) for i in range(3)]
     got: dict[int, torch.Tensor] = {}
+    after: dict[int, int] = {}
+    stop = threading.Event()
+    bystander: list[int] = []
 
-    def call(i: int) -> None:
-        for _ in range(5):
+    def score(i: int) -> None:
+        torch.set_num_threads(2)
+        for _ in range(20):
             got[i] = stores[i].maxsim(qs[i], (4, 6))
+        after[i] = torch.get_num_threads()
 
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
-    for t in threads:
+    def watch() -> None:
+        torch.set_num_threads(2)
+        while not stop.is_set():
+            torch.ones(64).sum()
+            bystander.append(torch.get_num_threads())
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    workers = [threading.Thread(target=score, args=(i,)) for i in range(3)]
+    for t in workers:
         t.start()
-    for t in threads:
+    for t in workers:
         t.join()
-    for i in range(4):
+    stop.set()
+    watcher.join()
+    for i in range(3):
         torch.testing.assert_close(got[i], want[i], rtol=0, atol=4e-3 * 4)
+    assert after == {0: 2, 1: 2, 2: 2}
+    assert bystander and set(bystander) == {2}
     assert torch.get_num_threads() == 2
