@@ -8,9 +8,10 @@ all on whether the CPU multiplies bf16 natively:
   project's 2-core AVX512-bf16 EPYC (N = 20,000 x 64 x 128, load ~2.4): at 1 thread `CandidateStore.maxsim`
   was 2.0-27x faster than fast-maxsim at every preset; at torch's default 2 threads it fell to 0.4x at
   (4, 8) and 0.7x at (8, 16), and (16, 64) took 148 ms instead of 84. There, bf16 scoring runs at 1 thread.
-- Without them (bf16 emulated, e.g. an AVX2-only CPU) the ops are long, and the caller's 2 threads were the
-  fastest, or within noise of it, at every preset, idle and under load, on the 2-core AVX2 EPYC measured in
-  docs/benchmarks.md ("MaxSim scoring", bench/maxsim.py --threads). There, scoring keeps the caller's count.
+- Without them (bf16 emulated, e.g. an AVX2-only CPU) the ops are long. On the 2-core AVX2 EPYC in
+  docs/benchmarks.md ("MaxSim scoring", bench/maxsim.py --threads; N = 20,000 and 100,000, D = 128 and 384)
+  2 threads were 1.5-2.0x faster than 1 at every preset when idle, and ahead or level in five bench runs
+  under load (one scratch run at load 3.3-5 had 1 thread ahead). There, scoring keeps the caller's count.
 The choice never raises the count: a caller at `torch.set_num_threads(1)` stays at one thread.
 
 How it is applied: torch.set_num_threads is per OS thread in torch's OpenMP builds, but it also sets the
@@ -50,12 +51,21 @@ def _native_bf16_gemm() -> bool:
         return False
 
 
+@cache
+def _per_thread_setting() -> bool:
+    """Whether torch's thread count is per OS thread (its OpenMP backend; the native pool is process-wide
+    and cannot change once work has started, so nothing is changed there)."""
+    return "parallel backend: OpenMP" in torch.__config__.parallel_info()
+
+
 def scoring_thread_count(dtype: torch.dtype = torch.bfloat16) -> int:
     """torch threads for MaxSim scoring in `dtype` from the calling thread (see the module docstring).
 
     Only bf16 scoring was measured; other dtypes (the precise fp32 path) keep the caller's count.
     """
     have = torch.get_num_threads()
+    if not _per_thread_setting():
+        return have
     if _FORCE is not None:
         return min(have, _FORCE or have)
     return 1 if dtype == torch.bfloat16 and _native_bf16_gemm() else have

@@ -12,6 +12,9 @@ from model.scoring import CandidateStore, maxsim
 
 BUDGETS = [(1, 1), (2, 4), (3, 5), (4, 8)]
 
+# Built without OpenMP, torch's thread count is process-wide and the library leaves it alone.
+pytestmark = pytest.mark.skipif(not scoring_threads._per_thread_setting(), reason="torch without OpenMP")
+
 
 def _unit(*shape: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
