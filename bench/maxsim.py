@@ -1,14 +1,19 @@
-"""Speed of MaxSim scoring: CandidateStore.maxsim against a naive einsum reference, at every preset budget.
+"""Speed of MaxSim scoring: CandidateStore.maxsim against naive einsum and fast-maxsim, at every preset budget.
 
-    .venv/bin/python bench/maxsim.py [--n 100000] [--repeats 7] [--batches 1 8] [--variants]
+    .venv/bin/python bench/maxsim.py [--n 100000] [--dim 128] [--repeats 7] [--batches 1 8] [--threads]
+        [--variants]
 
 Candidates are random L2-normalised [N, 64, 128] vectors, queries [Bq, 16, 128]. For each budget the script
 times our store (vector-major bf16, one GEMM per candidate vector folded by a running max) and, in the same
 run, the naive reference: fp32 `torch.einsum` over the slice c[:, :r_c] of an [N, 64, D] array, max over r_c
 and sum over r_q (for Bq > 1, one query at a time so its [N, r_q, r_c] intermediate stays affordable).
-Repeats alternate ours/naive so background load hits both alike; the median of the repeats is reported
-after one warm-up. --variants also times the other formulations that were tried (see docs/benchmarks.md).
-Prints markdown tables ready to paste.
+When the optional `fast-maxsim` package is installed (mixedbread's Rust CPU MaxSim, fp32; not a project
+dependency: `pip install fast-maxsim`), it is timed too, one query per call (its API), on a contiguous fp32
+[N, r_c, D] array made before timing. Repeats alternate the contenders so background load hits them alike;
+the median of the repeats is reported after one warm-up. --threads also times our scorer forced to 1
+thread and to torch's default thread count beside the thread count the library chooses on this CPU
+(model/scoring_threads.py); --variants the other formulations that were tried (see docs/benchmarks.md).
+Prints markdown tables ready to paste, with the load average beside them.
 """
 
 from __future__ import annotations
@@ -26,14 +31,38 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import model.scoring as scoring  # noqa: E402
+import model.scoring_threads as scoring_threads  # noqa: E402
 from model.config import DEFAULT_GROUPS  # noqa: E402
 from model.scoring import CandidateStore  # noqa: E402
 
 # Targets for one query on the 2-core reference machine (see docs/benchmarks.md).
 MIN_SPEEDUP, MIN_SPEEDUP_FULL, MIN_RATE_FULL = 2.0, 1.5, 300_000
+MIN_VS_FAST_MAXSIM = 2.0  # issue 18: ours >= 2x fast-maxsim at every preset
+
+
+def load_fast_maxsim() -> object | None:
+    """The fast_maxsim module, or None (with a note) when it is not installed."""
+    try:
+        import fast_maxsim
+    except ImportError:
+        print("(fast-maxsim is not installed: its columns are left out; `pip install fast-maxsim` adds them)\n")
+        return None
+    return fast_maxsim
+
+
+def fast_maxsim_fn(fm: object, q: torch.Tensor, c32: torch.Tensor, r_q: int, r_c: int) -> Callable[[], object]:
+    """fast-maxsim over the budget, one query per call; its inputs are made here, outside the timing."""
+    docs = np.ascontiguousarray(c32[:, :r_c].numpy())
+    queries = [np.ascontiguousarray(one[:r_q].numpy()) for one in q]
+    return lambda: np.stack([fm.maxsim_scores(one, docs) for one in queries])
+
+
+def loadavg() -> str:
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def cpu_name() -> str:
@@ -193,6 +222,92 @@ def run_variants(q: torch.Tensor, vm: torch.Tensor, repeats: int) -> None:
         print(f"| {name} | " + " | ".join(results[name]) + " |")
 
 
+def main_table(
+    args: argparse.Namespace, store: CandidateStore, c32: torch.Tensor, qs: torch.Tensor, fm: object | None,
+    budgets: list[tuple[int, int]],
+) -> list[str]:
+    """Ours (library defaults), naive and fast-maxsim at every batch and budget; returns missed targets."""
+    head = "| batch | budget (r_q, r_c) | ours (ms) | ours candidates/s | naive (ms) | naive candidates/s | speedup |"
+    print(head + (" fast-maxsim (ms) | ours vs fast-maxsim | load |" if fm else " load |"))
+    print("|---:|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if fm else "") + "---|")
+    misses = []
+    for bq in args.batches:
+        q = qs[:bq]
+        for r_q, r_c in budgets:
+            ours = store.maxsim(q, (r_q, r_c))
+            ref = naive(q, c32, r_q, r_c)
+            err = float(((ours - ref).abs() / ref.abs().clamp_min(1.0)).max())
+            if err > 1e-2:
+                raise SystemExit(f"scores disagree with the naive reference at {(r_q, r_c)}: {err:.3g}")
+            fns = [lambda q=q, b=(r_q, r_c): store.maxsim(q, b), lambda q=q, a=r_q, b=r_c: naive(q, c32, a, b)]
+            if fm:
+                fns.append(fast_maxsim_fn(fm, q, c32, r_q, r_c))
+                err = float((torch.from_numpy(fns[-1]()) - ref).abs().max())
+                if err > 1e-3 * r_q:
+                    raise SystemExit(f"fast-maxsim disagrees with the naive reference at {(r_q, r_c)}: {err:.3g}")
+            secs = time_pair(fns, args.repeats if bq == 1 else args.batch_repeats)
+            del fns
+            t_ours, t_naive = secs[0], secs[1]
+            # Per query: batch b scores b*N query-candidate pairs.
+            rate, rate_naive = bq * args.n / t_ours, bq * args.n / t_naive
+            speedup = t_naive / t_ours
+            row = (
+                f"| {bq} | ({r_q}, {r_c}) | {t_ours * 1e3:.1f} | {rate:,.0f} | {t_naive * 1e3:.1f} | "
+                f"{rate_naive:,.0f} | {speedup:.2f}x |"
+            )
+            if fm:
+                row += f" {secs[2] * 1e3:.1f} | {secs[2] / t_ours:.2f}x |"
+            print(row + f" {os.getloadavg()[0]:.2f} |", flush=True)
+            if bq == 1:
+                full = (r_q, r_c) == (args.rq, args.rc)
+                need = MIN_SPEEDUP_FULL if full else MIN_SPEEDUP
+                if speedup < need:
+                    misses.append(f"({r_q}, {r_c}): speedup {speedup:.2f}x < {need}x")
+                if full and rate < MIN_RATE_FULL:
+                    misses.append(f"({r_q}, {r_c}): {rate:,.0f} candidates/s < {MIN_RATE_FULL:,}")
+                if fm and secs[2] / t_ours < MIN_VS_FAST_MAXSIM:
+                    misses.append(f"({r_q}, {r_c}): {secs[2] / t_ours:.2f}x fast-maxsim < {MIN_VS_FAST_MAXSIM}x")
+    return misses
+
+
+def threads_table(
+    args: argparse.Namespace, store: CandidateStore, c32: torch.Tensor, qs: torch.Tensor, fm: object | None,
+    budgets: list[tuple[int, int]],
+) -> None:
+    """One query: the library's threading against scoring in the calling thread at 1 and at torch's
+    default thread count, and fast-maxsim; all alternating in one loop."""
+    default = torch.get_num_threads()
+    q = qs[:1]
+
+    def forced(threads: int, budget: tuple[int, int]) -> object:
+        scoring_threads._FORCE = threads  # 1: one thread; 0: the caller's count
+        try:
+            return store.maxsim(q, budget)
+        finally:
+            scoring_threads._FORCE = None
+
+    chosen = scoring_threads.scoring_thread_count()
+    names = [f"library ({chosen} thread{'s' if chosen > 1 else ''})", "torch 1 thread", f"torch {default} threads"]
+    names += ["fast-maxsim"] if fm else []
+    print(f"\nThreading, one query, ms (median of {args.repeats}); load average before {loadavg()}:\n")
+    print("| budget (r_q, r_c) | " + " | ".join(names) + " |" + (" fast-maxsim / each |" if fm else "") + " load |")
+    print("|---|" + "---:|" * len(names) + ("---|" if fm else "") + "---|")
+    for r_q, r_c in budgets:
+        b = (r_q, r_c)
+        fns = [lambda b=b: store.maxsim(q, b), lambda b=b: forced(1, b), lambda b=b: forced(0, b)]
+        want = fns[0]()
+        for fn in fns[1:]:
+            torch.testing.assert_close(fn(), want, rtol=0, atol=4e-3 * r_q)
+        if fm:
+            fns.append(fast_maxsim_fn(fm, q, c32, r_q, r_c))
+        secs = time_pair(fns, args.repeats)
+        del fns
+        row = f"| {b} | " + " | ".join(f"{t * 1e3:.1f}" for t in secs) + " |"
+        if fm:
+            row += " " + " / ".join(f"{secs[-1] / t:.2f}x" for t in secs[:3]) + " |"
+        print(row + f" {os.getloadavg()[0]:.2f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=100_000, help="number of candidates")
@@ -204,10 +319,11 @@ def main() -> None:
     ap.add_argument(
         "--batch-repeats", type=int, default=3, help="repeats for batches > 1 (the naive loop is slow there)"
     )
+    ap.add_argument("--threads", action="store_true", help="also time scoring at fixed torch thread counts")
     ap.add_argument("--variants", action="store_true", help="also time the alternative formulations")
     args = ap.parse_args()
 
-    load_before = os.getloadavg()
+    load_before = loadavg()
     c32 = make_candidates(args.n, args.rc, args.dim, seed=0)
     store = CandidateStore.from_vector_major(vector_major_bf16(c32))
     qs = torch.randn(max(args.batches), args.rq, args.dim, generator=torch.Generator().manual_seed(1))
@@ -216,45 +332,18 @@ def main() -> None:
 
     print(f"# MaxSim speed, {datetime.date.today().isoformat()}")
     print(
-        f"CPU: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"CPU: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} threads "
+        f"(CPU capability {torch.backends.cpu.get_cpu_capability()}); "
         f"N={args.n:,}, D={args.dim}, R_q={args.rq}, R_c={args.rc}; median of {args.repeats} after 1 warm-up"
     )
-    print(f"load average before: {load_before[0]:.2f}\n")
-    print(
-        "| batch | budget (r_q, r_c) | ours (ms) | ours candidates/s | naive (ms) | naive candidates/s | speedup |"
-    )
-    print("|---:|---|---:|---:|---:|---:|---:|")
-    misses = []
-    for bq in args.batches:
-        q = qs[:bq]
-        for r_q, r_c in budgets:
-            ours = store.maxsim(q, (r_q, r_c))
-            ref = naive(q, c32, r_q, r_c)
-            err = float(((ours - ref).abs() / ref.abs().clamp_min(1.0)).max())
-            if err > 1e-2:
-                raise SystemExit(f"scores disagree with the naive reference at {(r_q, r_c)}: {err:.3g}")
-            t_ours, t_naive = time_pair(
-                [lambda q=q, b=(r_q, r_c): store.maxsim(q, b), lambda q=q, a=r_q, b=r_c: naive(q, c32, a, b)],
-                args.repeats if bq == 1 else args.batch_repeats,
-            )
-            # Per query: batch b scores b*N query-candidate pairs.
-            rate, rate_naive = bq * args.n / t_ours, bq * args.n / t_naive
-            speedup = t_naive / t_ours
-            print(
-                f"| {bq} | ({r_q}, {r_c}) | {t_ours * 1e3:.1f} | {rate:,.0f} | {t_naive * 1e3:.1f} | "
-                f"{rate_naive:,.0f} | {speedup:.2f}x |",
-                flush=True,
-            )
-            if bq == 1:
-                full = (r_q, r_c) == (args.rq, args.rc)
-                need = MIN_SPEEDUP_FULL if full else MIN_SPEEDUP
-                if speedup < need:
-                    misses.append(f"({r_q}, {r_c}): speedup {speedup:.2f}x < {need}x")
-                if full and rate < MIN_RATE_FULL:
-                    misses.append(f"({r_q}, {r_c}): {rate:,.0f} candidates/s < {MIN_RATE_FULL:,}")
-    print("\n(batch b: candidates/s counts b x N query-candidate pairs per second)")
-    print(f"\nload average after: {os.getloadavg()[0]:.2f}")
+    print(f"load average (1 / 5 / 15 min) before: {load_before}\n")
+    fm = load_fast_maxsim()
+    misses = main_table(args, store, c32, qs, fm, budgets)
+    print("\n(batch b: candidates/s counts b x N query-candidate pairs per second; load: 1-minute load average)")
+    print(f"\nload average after: {loadavg()}")
     print("targets (batch 1): " + ("all met" if not misses else "MISSED: " + "; ".join(misses)))
+    if args.threads:
+        threads_table(args, store, c32, qs, fm, budgets)
     if args.variants:
         del c32
         run_variants(qs, store.vector_major(), args.repeats)

@@ -9,6 +9,7 @@ in bf16, so the j-th vector of every candidate is one contiguous ``[N, D]`` matr
 ``[:r_c]`` is a contiguous block. Scoring is then plain bf16 GEMMs of the query rows against those
 matrices (several vectors per GEMM when they lie back to back), folded with a running max; see
 `_score_vector_major`, bench/maxsim.py and docs/benchmarks.md for the formulations measured against it.
+The torch thread count scoring runs at is chosen per CPU in model/scoring_threads.py.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 from torch import Tensor
+
+from .scoring_threads import run_scoring
 
 __all__ = ["CandidateStore", "explain", "maxsim", "maxsim_dense", "near_top"]
 
@@ -213,14 +216,13 @@ def maxsim(q: Tensor, c: Tensor, budget: tuple[int, int] | None = None) -> Tenso
     _check_dims(q.shape[2], c.shape[2])
     r_q, r_c = _resolve_budget(budget, q.shape[1], c.shape[1])
     c = c[:, :r_c].detach()
-    return _score_in_slices(
-        _query_rows(q, r_q),
-        q.shape[0],
-        r_q,
-        r_c,
-        c.shape[0],
-        lambda s, e: c[s:e].to(device="cpu", dtype=_STORE_DTYPE).transpose(0, 1).contiguous(),
-    )
+    rows = _query_rows(q, r_q)
+
+    def block(s: int, e: int) -> Tensor:
+        return c[s:e].to(device="cpu", dtype=_STORE_DTYPE).transpose(0, 1).contiguous()
+
+    # At the thread count measured fastest on this CPU (model/scoring_threads.py).
+    return run_scoring(lambda: _score_in_slices(rows, q.shape[0], r_q, r_c, c.shape[0], block))
 
 
 def maxsim_dense(q: Tensor, c: Tensor) -> Tensor:
@@ -417,15 +419,18 @@ class CandidateStore:
         rows = _query_rows(q, r_q, torch.float32 if precise else _STORE_DTYPE)
         bq = q.shape[0]
         vm = self._data[:r_c, : self._n]
-        if indices is None and not precise:
-            return _score_vector_major(rows, vm, bq, r_q, r_c)
         idx = None if indices is None else _check_indices(indices, self._n, "maxsim")
 
         def block(s: int, e: int) -> Tensor:
             part = vm[:, s:e] if idx is None else vm.index_select(1, idx[s:e])
             return part.float() if precise else part
 
-        return _score_in_slices(rows, bq, r_q, r_c, self._n if idx is None else idx.numel(), block)
+        def score() -> Tensor:
+            if idx is None and not precise:
+                return _score_vector_major(rows, vm, bq, r_q, r_c)
+            return _score_in_slices(rows, bq, r_q, r_c, self._n if idx is None else idx.numel(), block)
+
+        return run_scoring(score, rows.dtype)  # at the thread count measured fastest on this CPU
 
     def subset(self, indices: object) -> CandidateStore:
         """New store with copies of the given candidates, in the given order."""

@@ -1,0 +1,152 @@
+"""How many torch threads MaxSim scoring runs on: chosen per CPU from measurements, applied per call.
+
+Scoring is a chain of GEMMs, maxima and sums, and torch runs each op as one parallel region over all its
+intra-op threads. Which thread count is fastest depends on how long each op takes, and that depends above
+all on whether the CPU multiplies bf16 natively:
+- With native bf16 GEMMs (oneDNN: AVX512-bf16 / AMX; `torch.ops.mkldnn._is_mkldnn_bf16_supported()`) the
+  ops are short, and each parallel region spends its time waiting for the other thread. Issue 18, on the
+  project's 2-core AVX512-bf16 EPYC (N = 20,000 x 64 x 128, load ~2.4): at 1 thread `CandidateStore.maxsim`
+  was 2.0-27x faster than fast-maxsim at every preset; at torch's default 2 threads it fell to 0.4x at
+  (4, 8) and 0.7x at (8, 16), and (16, 64) took 148 ms instead of 84. There, bf16 scoring runs at 1 thread.
+- Without them (bf16 emulated, e.g. an AVX2-only CPU) the ops are long. On the 2-core AVX2 EPYC in
+  docs/benchmarks.md ("MaxSim scoring", bench/maxsim.py --threads; N = 20,000 and 100,000, D = 128 and 384)
+  2 threads were 1.5-2.0x faster than 1 at every preset when idle, and ahead or level in five bench runs
+  under load (one scratch run at load 3.3-5 had 1 thread ahead). There, scoring keeps the caller's count.
+The choice never raises the count: a caller at `torch.set_num_threads(1)` stays at one thread.
+
+How it is applied: torch.set_num_threads is per OS thread in torch's OpenMP builds, but it also sets the
+count that every thread which has not run torch yet starts with. Lowering it around a call would hand one
+thread, for life, to any thread (a web server's new request thread, say) that first runs torch during that
+call. So one-thread scoring runs on worker threads that were set to one thread once, when they started
+(the default for new threads is put back at once): callers hand the call over and wait (~50 us), several
+callers run side by side on as many workers as their own thread count, and nobody's count changes.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable
+from functools import cache
+from typing import TypeVar
+
+import torch
+
+__all__ = ["run_scoring", "scoring_thread_count"]
+
+T = TypeVar("T")
+
+# Force the thread count (None: the choice above; 1: one thread; 0: the caller's count). bench/maxsim.py
+# sets it to time both beside the library's choice; tests set it to reach the one-thread path on any CPU.
+_FORCE: int | None = None
+
+
+@cache
+def _native_bf16_gemm() -> bool:
+    """Whether torch multiplies bf16 matrices natively (with oneDNN) on this CPU."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@cache
+def _per_thread_setting() -> bool:
+    """Whether torch's thread count is per OS thread (its OpenMP backend; the native pool is process-wide
+    and cannot change once work has started, so nothing is changed there)."""
+    return "parallel backend: OpenMP" in torch.__config__.parallel_info()
+
+
+def scoring_thread_count(dtype: torch.dtype = torch.bfloat16) -> int:
+    """torch threads for MaxSim scoring in `dtype` from the calling thread (see the module docstring).
+
+    Only bf16 scoring was measured; other dtypes (the precise fp32 path) keep the caller's count.
+    """
+    have = torch.get_num_threads()
+    if not _per_thread_setting():
+        return have
+    if _FORCE is not None:
+        return min(have, _FORCE or have)
+    return 1 if dtype == torch.bfloat16 and _native_bf16_gemm() else have
+
+
+def _in_new_thread(fn: Callable[[], T]) -> T:
+    out: list[T] = []
+    t = threading.Thread(target=lambda: out.append(fn()))
+    t.start()
+    t.join()
+    return out[0]
+
+
+class _OneThreadWorkers:
+    """Daemon threads running torch at one intra-op thread each, fed by one job queue."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self.size = 0
+        self.lock = threading.Lock()
+
+    def ensure(self, count: int) -> None:
+        """Start workers until there are `count`; the default count of new threads ends as it was."""
+        with self.lock:
+            new = count - self.size
+            if new <= 0:
+                return
+            default = _in_new_thread(torch.get_num_threads)
+            ready = threading.Barrier(new + 1)
+            for _ in range(new):
+                threading.Thread(target=self._work, args=(ready,), name="maxsim-1-thread", daemon=True).start()
+            ready.wait()
+            # Put the default back from a throwaway thread, so that no running thread's own count changes.
+            _in_new_thread(lambda: torch.set_num_threads(default))
+            self.size = count
+
+    def _work(self, ready: threading.Barrier) -> None:
+        torch.get_num_threads()  # torch's first-use set-up of this thread, before the count is set
+        torch.set_num_threads(1)
+        ready.wait()
+        while True:
+            self.jobs.get()()
+
+
+_workers = _OneThreadWorkers()
+
+
+def _reset_after_fork() -> None:
+    global _workers
+    _workers = _OneThreadWorkers()  # a forked child has none of the parent's worker threads
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def run_scoring(fn: Callable[[], T], dtype: torch.dtype = torch.bfloat16) -> T:
+    """fn() at `scoring_thread_count(dtype)` torch threads: here, or on a one-thread worker.
+
+    fn's exception, if any, is raised here; fn runs with the caller's grad mode (thread-local in torch).
+    fn must not itself call run_scoring with a one-thread choice.
+    """
+    have = torch.get_num_threads()
+    if scoring_thread_count(dtype) >= have:
+        return fn()
+    _workers.ensure(have)
+    grad = torch.is_grad_enabled()
+    result: list[T] = []
+    error: list[BaseException] = []
+    done = threading.Event()
+
+    def job() -> None:
+        try:
+            with torch.set_grad_enabled(grad):
+                result.append(fn())
+        except BaseException as err:  # noqa: BLE001 - raised in the caller below
+            error.append(err)
+        finally:
+            done.set()
+
+    _workers.jobs.put(job)
+    done.wait()
+    if error:
+        raise error[0]
+    return result[0]
