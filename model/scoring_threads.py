@@ -3,10 +3,10 @@
 Scoring is a chain of GEMMs, maxima and sums, and torch runs each op as one parallel region over all its
 intra-op threads. Which thread count is fastest depends on how long each op takes, and that depends above
 all on whether the CPU multiplies bf16 natively:
-- With native bf16 GEMMs (oneDNN: AVX512-bf16 / AMX; `torch.ops.mkldnn._is_mkldnn_bf16_supported()`) the
-  ops are short, and each parallel region spends its time waiting for the other thread. Issue 18, on the
-  project's 2-core AVX512-bf16 EPYC (N = 20,000 x 64 x 128, load ~2.4): at 1 thread `CandidateStore.maxsim`
-  was 2.0-27x faster than fast-maxsim at every preset; at torch's default 2 threads it fell to 0.4x at
+- With native bf16 GEMMs (AVX512-bf16 / AMX: `model.device.cpu_has_native_bf16`, the one check the encoder
+  and the store's planner use too) the ops are short, and each parallel region spends its time waiting for
+  the other thread. Issue 18, on the project's 2-core AVX512-bf16 EPYC (N = 20,000 x 64 x 128, load ~2.4):
+  at 1 thread `CandidateStore.maxsim` was 2.0-27x faster than fast-maxsim at every preset; at torch's default 2 threads it fell to 0.4x at
   (4, 8) and 0.7x at (8, 16), and (16, 64) took 148 ms instead of 84. There, bf16 scoring runs at 1 thread.
 - Without them (bf16 emulated, e.g. an AVX2-only CPU) the ops are long. On the 2-core AVX2 EPYC in
   docs/benchmarks.md ("MaxSim scoring", bench/maxsim.py --threads; N = 20,000 and 100,000, D = 128 and 384)
@@ -33,6 +33,8 @@ from typing import TypeVar
 
 import torch
 
+from .device import cpu_has_native_bf16
+
 __all__ = ["run_scoring", "scoring_thread_count"]
 
 T = TypeVar("T")
@@ -40,15 +42,6 @@ T = TypeVar("T")
 # Force the thread count (None: the choice above; 1: one thread; 0: the caller's count). bench/maxsim.py
 # sets it to time both beside the library's choice; tests set it to reach the one-thread path on any CPU.
 _FORCE: int | None = None
-
-
-@cache
-def _native_bf16_gemm() -> bool:
-    """Whether torch multiplies bf16 matrices natively (with oneDNN) on this CPU."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 @cache
@@ -68,7 +61,7 @@ def scoring_thread_count(dtype: torch.dtype = torch.bfloat16) -> int:
         return have
     if _FORCE is not None:
         return min(have, _FORCE or have)
-    return 1 if dtype == torch.bfloat16 and _native_bf16_gemm() else have
+    return 1 if dtype == torch.bfloat16 and cpu_has_native_bf16() else have
 
 
 def _in_new_thread(fn: Callable[[], T]) -> T:

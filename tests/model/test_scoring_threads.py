@@ -56,13 +56,13 @@ def record_threads(monkeypatch) -> list[tuple[int, int]]:
 
 
 def test_the_choice_follows_the_cpu_and_never_raises_the_count(monkeypatch, two_threads):
-    monkeypatch.setattr(scoring_threads, "_native_bf16_gemm", lambda: True)
+    monkeypatch.setattr(scoring_threads, "cpu_has_native_bf16", lambda: True)
     assert scoring_threads.scoring_thread_count(torch.bfloat16) == 1
     assert scoring_threads.scoring_thread_count(torch.float32) == 2  # precise path: not measured, kept
     monkeypatch.setattr(scoring_threads, "_FORCE", 0)
     assert scoring_threads.scoring_thread_count(torch.bfloat16) == 2
     monkeypatch.setattr(scoring_threads, "_FORCE", None)
-    monkeypatch.setattr(scoring_threads, "_native_bf16_gemm", lambda: False)
+    monkeypatch.setattr(scoring_threads, "cpu_has_native_bf16", lambda: False)
     assert scoring_threads.scoring_thread_count(torch.bfloat16) == 2
     torch.set_num_threads(1)
     assert scoring_threads.scoring_thread_count(torch.bfloat16) == 1
