@@ -7,7 +7,8 @@ all on whether the CPU multiplies bf16 natively:
   and the store's planner use too) the ops are short, and each parallel region spends its time waiting for
   the other thread. Issue 18, on the project's 2-core AVX512-bf16 EPYC (N = 20,000 x 64 x 128, load ~2.4):
   at 1 thread `CandidateStore.maxsim` was 2.0-27x faster than fast-maxsim at every preset; at torch's
-  default 2 threads it fell to 0.4x at (4, 8) and 0.7x at (8, 16), and (16, 64) took 148 ms instead of 84. There, bf16 scoring runs at 1 thread.
+  default 2 threads it fell to 0.4x at (4, 8) and 0.7x at (8, 16), and (16, 64) took 148 ms instead of 84.
+  There, bf16 scoring runs at 1 thread.
 - Without them (bf16 emulated, e.g. an AVX2-only CPU) the ops are long. On the 2-core AVX2 EPYC in
   docs/benchmarks.md ("MaxSim scoring", bench/maxsim.py --threads; N = 20,000 and 100,000, D = 128 and 384)
   2 threads were 1.5-2.0x faster than 1 at every preset when idle, and ahead or level in five bench runs
