@@ -1,4 +1,4 @@
-"""The errors a store raises, in words a user can act on, and the one check of a search's arguments.
+"""The errors a store raises, in words a user can act on, and the checks shared by both stores.
 
 Every store module raises them (opening the database, reading segments, adding items), so they sit in a
 module of their own that imports nothing of the store's, which keeps the store free of import cycles.
@@ -19,6 +19,14 @@ class IndexError_(ValueError):  # noqa: N801 - avoids shadowing the builtin Inde
 
 class CheckpointMismatch(IndexError_):
     """The index was built by another checkpoint: its vectors must not be mixed with this model's."""
+
+
+def check_layout(store: Any, num_vectors: int, dim: int, where: str) -> None:
+    """Refuse (and close) a store whose items hold other than num_vectors x dim vectors: the model's."""
+    if (store.num_vectors, store.dim) != (num_vectors, dim):
+        store.close()
+        raise IndexError_(f"{where} stores {store.num_vectors}x{store.dim} vectors per item, the model makes "
+                          f"{num_vectors}x{dim}")
 
 
 def check_search(q: Any, budget: Any, k: Any, dim: int, num_vectors: int) -> tuple[int, int]:

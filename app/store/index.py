@@ -46,7 +46,7 @@ from .db import (
     record_file_versions,
     transaction,
 )
-from .errors import REBUILD_HINT, CheckpointMismatch, IndexError_, check_search
+from .errors import REBUILD_HINT, CheckpointMismatch, IndexError_, check_layout, check_search
 from .first_stage import FirstStage
 from .items import (
     ITEM_COLUMNS,
@@ -155,10 +155,7 @@ class Index:
         """Open the index at `directory` made by `checkpoint_id`, creating it if there is none."""
         if (Path(directory).expanduser() / DB_NAME).is_file():
             index = cls.open(directory, checkpoint_id)
-            if (index.num_vectors, index.dim) != (num_vectors, dim):
-                index.close()
-                raise IndexError_(f"index {directory} stores {index.num_vectors}x{index.dim} vectors per "
-                                  f"item, the model makes {num_vectors}x{dim}")
+            check_layout(index, num_vectors, dim, f"index {directory}")
             return index
         return cls.create(directory, checkpoint_id, num_vectors, dim, checkpoint_source)
 

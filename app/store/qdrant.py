@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import CheckpointMismatch, IndexError_, check_search
+from .errors import CheckpointMismatch, IndexError_, check_layout, check_search
 from .items import ID_LENGTH, IndexedItem, target_paths
 from .planner import FIRST_STAGE_DEPTH
 from .qdrant_schema import (
@@ -148,10 +148,29 @@ class QdrantStore:
     @classmethod
     def open(cls, spec: str, checkpoint_id: str | None = None) -> QdrantStore:
         """Open an existing collection; with `checkpoint_id`, refuse one that another checkpoint made."""
-        client, collection, location = cls.connect(spec)
+        return cls._attach(*cls.connect(spec), checkpoint_id)
+
+    @classmethod
+    def open_for(cls, spec: str, checkpoint_id: str, num_vectors: int, dim: int,
+                 checkpoint_source: str | None = None) -> QdrantStore:
+        """Open the collection made by `checkpoint_id`, creating it if there is none."""
+        client, collection, location = cls.connect(spec, create=True)
+        store = cls._attach(client, collection, location, checkpoint_id, create=lambda: create_collection(
+            client, collection, checkpoint_id, num_vectors, dim, checkpoint_source, **split_layout(spec)[1]))
+        check_layout(store, num_vectors, dim, location)
+        return store
+
+    @classmethod
+    def _attach(cls, client: Any, collection: str, location: str, checkpoint_id: str | None,
+                create: Any = None) -> QdrantStore:
+        """The store over `client`'s `collection` (made first by `create()` when missing and given); the
+        client is closed on any failure."""
         try:
             with transport_errors(location):
                 exists = client.collection_exists(collection)
+                if not exists and create is not None:
+                    create()
+                    exists = True
             if not exists:
                 raise FileNotFoundError(f"{location} holds no collection {collection!r} (create it with `index`)")
             store = cls(client, collection, location)
@@ -164,27 +183,6 @@ class QdrantStore:
                 f"{location} holds vectors made by checkpoint {store.checkpoint_id!r}, not {checkpoint_id!r}; "
                 f"vectors of different checkpoints cannot be compared. Use the collection's checkpoint "
                 f"({store.checkpoint_source or 'the bundled MetaEmbed-Mini'}) or a new collection")
-        return store
-
-    @classmethod
-    def open_for(cls, spec: str, checkpoint_id: str, num_vectors: int, dim: int,
-                 checkpoint_source: str | None = None) -> QdrantStore:
-        """Open the collection made by `checkpoint_id`, creating it if there is none."""
-        client, collection, location = cls.connect(spec, create=True)
-        try:
-            with transport_errors(location):
-                if not client.collection_exists(collection):
-                    create_collection(client, collection, checkpoint_id, num_vectors, dim, checkpoint_source,
-                            **split_layout(spec)[1])
-        except BaseException:
-            client.close()
-            raise
-        client.close()
-        store = cls.open(spec, checkpoint_id)
-        if (store.num_vectors, store.dim) != (num_vectors, dim):
-            store.close()
-            raise IndexError_(f"{location} stores {store.num_vectors}x{store.dim} vectors per item, the model "
-                              f"makes {num_vectors}x{dim}")
         return store
 
     def close(self) -> None:
