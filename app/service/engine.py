@@ -7,12 +7,14 @@ checkpoint's vectors) and a `ModelLock`: one model call at a time, interactive c
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 
+from app.evaluation import load_quality
 from app.search import load_calibration, weak_threshold
 from model import MetaEmbed
 from model.checkpoint import checkpoint_id
@@ -69,6 +71,12 @@ class Engine:
     def weak_threshold(self, budget: tuple[int, int]) -> float | None:
         """Below this comparable score (MaxSim / r_q) a top result is a weak match (None: not calibrated)."""
         return weak_threshold(self.calibration, budget)
+
+    @functools.cached_property
+    def quality(self) -> dict[str, dict]:
+        """The checkpoint's own eval reports (its quality.json; {} when it has none), read once per engine:
+        the Model and Scaling tabs draw them at every page load."""
+        return load_quality(getattr(self.model, "checkpoint_path", None), self.checkpoint_id)
 
     @property
     def config(self):

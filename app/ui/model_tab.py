@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from app.evaluation import budget_table, load_quality
+from app.evaluation import budget_table
 from app.service import Studio
 from app.ui.common import PRIVATE, preset_info, session_of, status_line
 from app.ui.scaling_tab import quality_plot
@@ -75,7 +75,7 @@ def model_info(studio: Studio) -> str:
 
 def quality_info(studio: Studio) -> str:
     """The checkpoint's own quality-vs-budget table (its quality.json, written from `python -m app.cli eval`)."""
-    reports = load_quality(getattr(studio.engine.model, "checkpoint_path", None), studio.engine.checkpoint_id)
+    reports = studio.engine.quality
     if not reports:
         return ""
     return ("\n\n### Quality against budget\nMRR (mean reciprocal rank of the first relevant result) of this "

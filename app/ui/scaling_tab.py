@@ -10,7 +10,6 @@ from types import SimpleNamespace
 import gradio as gr
 import numpy as np
 
-from app.evaluation import load_quality
 from app.humanize import human_bytes
 from app.search import rank
 from app.service import Studio
@@ -116,7 +115,7 @@ def measure_scaling(studio: Studio, queries: list[str], session: str | None, inc
 def quality_lines(studio: Studio) -> tuple[dict[str, list[float]], dict[str, float]]:
     """MRR per preset of each judged split and kind of query of the loaded checkpoint, and the baselines."""
     engine = studio.engine
-    reports = load_quality(getattr(engine.model, "checkpoint_path", None), engine.checkpoint_id)
+    reports = engine.quality
     lines: dict[str, list[float]] = {}
     baselines: dict[str, float] = {}
     for split, report in reports.items():
