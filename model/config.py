@@ -13,7 +13,8 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "metaembed_config.json"
 
 # How meta tokens read the content: all of it (the paper), or one part each (granular; text backbones).
-META_ATTENTION = ("full", "spans")
+META_ATTENTION = ("full", "spans", "phrases")
+GRANULAR = ("spans", "phrases")  # layouts in which each meta token reads only its part of the content
 # The paper's Matryoshka groups (r_q, r_c): nested prefixes trained jointly.
 DEFAULT_GROUPS: tuple[tuple[int, int], ...] = ((1, 1), (2, 4), (4, 8), (8, 16), (16, 64))
 
@@ -44,7 +45,9 @@ class MetaEmbedConfig:
     front_end: str | None = None
     max_length: int = 256
     # "full": every meta token reads all the content (the paper's layout). "spans": granular meta tokens, each
-    # Matryoshka level splits the content into as many parts as it adds tokens (text backbones only).
+    # Matryoshka level splits the content into as many equal parts as it adds tokens (text backbones only).
+    # "phrases": granular too, but the parts follow the content's sentences, clauses and words, photos' concepts,
+    # and leave punctuation out (model/parts.py).
     meta_attention: str = "full"
     name: str = "metaembed"
     format_version: int = FORMAT_VERSION

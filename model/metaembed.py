@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint
 from .backbones import Backbone, load_backbone, parse_items
-from .config import MetaEmbedConfig
+from .config import GRANULAR, MetaEmbedConfig
 from .device import cpu_has_native_bf16, default_device
 from .readout import SpanReadout
 
@@ -32,7 +32,7 @@ class MetaEmbed(nn.Module):
         self.candidate_meta = nn.Parameter(backbone.meta_init(config.num_candidate_tokens, gen))
         hidden = backbone.hidden_size
         # Granular meta tokens read their spans once more after the last layer (model/readout.py).
-        self.readout = SpanReadout(hidden) if config.meta_attention == "spans" else None
+        self.readout = SpanReadout(hidden) if config.meta_attention in GRANULAR else None
         self.proj = nn.Linear(hidden, config.embed_dim, bias=config.embed_bias) if config.embed_dim else None
         if self.proj is not None:
             # A seeded random projection scaled by 1/sqrt(hidden): it roughly preserves inner products, so the
@@ -172,8 +172,8 @@ class MetaEmbed(nn.Module):
         num = total if num_tokens is None else num_tokens
         if not 1 <= num <= total:
             raise ValueError(f"num_tokens={num} is out of range for {side}s: allowed 1..{total}")
-        if self.config.meta_attention == "spans":
-            batch = {**batch, "meta_levels": self.config.meta_levels(side)}
+        if self.config.meta_attention in GRANULAR:
+            batch = {**batch, "meta_levels": self.config.meta_levels(side), "meta_layout": self.config.meta_attention}
         out = self.backbone(batch, meta[:num], output_attention=output_attention and self.readout is None)
         vecs = out.meta
         if self.readout is not None:

