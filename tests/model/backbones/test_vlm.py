@@ -372,6 +372,21 @@ def test_missing_folder_wrong_family_broken_checkpoint_and_offline_hub_id_give_c
         MetaEmbed.from_config(make_config("qwen2-vl", "nobody/no-vlm"))
 
 
+@pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl"])
+def test_qwen_backbones_group_their_vision_attention_by_default_and_can_switch_it_off(family, backbone_dirs,
+                                                                                      monkeypatch):
+    model = load(family, backbone_dirs)
+    backbone = model.backbone
+    assert backbone.grouped_vision_attention
+    items = mixed_items()
+    grouped = model.encode_candidates(items, batch_size=len(items))
+    assert backbone.set_grouped_vision_attention(False) is False
+    torch.testing.assert_close(model.encode_candidates(items, batch_size=len(items)), grouped, atol=1e-6, rtol=1e-5)
+    assert backbone.set_grouped_vision_attention(True) is True
+    monkeypatch.setenv("METAEMBED_GROUPED_VISION_ATTENTION", "0")
+    assert not load(family, backbone_dirs).backbone.grouped_vision_attention
+
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
