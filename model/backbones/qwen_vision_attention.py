@@ -41,8 +41,9 @@ SEGMENTS = "metaembed_segments"  # keyword argument that carries a SegmentPlan f
 class SegmentPlan:
     """How one `cu_seqlens` splits the packed sequence into groups of equal-length segments.
 
-    Built once per `cu_seqlens` tensor: the tower passes the same tensor to every block of a kind, so one host
-    sync here serves all of them (the stock path syncs in every block)."""
+    Built once per `cu_seqlens` tensor (the tower passes the same tensor to every block of a kind), so its host
+    sync and index building are paid twice per forward pass, not in every block. `whole` stays on the device of
+    `cu_seqlens`, as the module expects, although its split of that one segment costs a small sync per block."""
 
     def __init__(self, cu_seqlens: torch.Tensor):
         bounds = [int(b) for b in cu_seqlens.tolist()]
