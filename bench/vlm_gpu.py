@@ -599,12 +599,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=None, help="training steps, default 6 (tiny: 3)")
     p.add_argument("--train-batch", type=int, default=None, help="rows per step, default 32 (tiny: 2)")
     p.add_argument("--train-minutes", type=float, default=None,
-                   help="stop training after this long (the steps done so far are reported); default 1.5 "
+                   help="stop training after this long (the steps done so far are reported); default 1.25 "
                         "(tiny: none)")
     p.add_argument("--input-grad-steps", type=int, default=2,
                    help="then this many steps the previous bench's way, transformers' input-grad hooks kept "
                         "(the frozen vision tower under autograd), for the memory comparison; 0: skip")
-    p.add_argument("--input-grad-models", default="smolvlm-256m",
+    p.add_argument("--input-grad-models", default=",".join(SPECS),
                    help="comma-separated models that get the --input-grad-steps comparison")
     args = p.parse_args(argv)
     args.phases = set(args.phases.split(","))
@@ -614,7 +614,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.queries = args.queries or (6 if tiny else 256)
     args.steps = args.steps or (3 if tiny else 6)
     if args.train_minutes is None and not tiny:
-        args.train_minutes = 1.5
+        args.train_minutes = 1.25
     args.train_batch = args.train_batch or (2 if tiny else 32)
     if tiny:
         args.image_batch, args.query_batch = min(args.image_batch, 3), min(args.query_batch, 4)
