@@ -1,6 +1,6 @@
 """Vision-language MetaEmbed at real size on a GPU: encoding throughput, peak memory and MMR training steps.
 
-    PYTHONUNBUFFERED=1 python bench/vlm_gpu.py --out vlm.json          # real sizes, needs CUDA
+    PYTHONUNBUFFERED=1 python bench/vlm_gpu.py --out vlm.json          # real sizes, needs CUDA (~5-6 min, H200)
     nice -n 19 .venv/bin/python bench/vlm_gpu.py --tiny --out /tmp/vlm-tiny.json   # same code path, tiny, CPU
 
 Nothing is downloaded: each backbone is built from its published config (Qwen2.5-VL-3B-Instruct,
@@ -10,17 +10,24 @@ patches, SmolVLM: upscale to 2048 px, 512 px tiles + a global view; the PIL proc
 torchvision-free install gets them). The backbone then goes through the project's own adapters
 (`QwenVLBackbone`, `Idefics3Backbone`), MetaEmbed (16 query / 64 candidate meta tokens, 128-d projection,
 LoRA r=32 on the language model) and `model.train.train` (MMR loss over the paper's five groups), as
-`python -m model.train` would run it on a GPU: fp32 weights under bf16 autocast, here with the backbone's
-gradient checkpointing switched on.
+`python -m model.train --gradient-checkpointing` would run it on a GPU: fp32 weights under bf16 autocast, the
+backbone's layers checkpointed (`TrainArgs.gradient_checkpointing`).
 
 Per model: images/s (`encode_candidates`, 448x448 photos, CPU preprocessing included and also given
 separately, with the image processor spread over --threads threads: see `ThreadedImages`; the stock serial
-processor's ms per photo is reported beside it), the vision tower's share of one batch's forward pass,
-queries/s (`encode_queries`), peak GPU memory of each phase, and the time of each training step (query text +
-positive photo + hard-negative photo per row). Random weights give the same FLOPs and memory as trained
-ones, but the numbers say nothing about quality. Each model runs in its own try/except, and the JSON (also
-printed) is rewritten after every phase, so a failure or a timeout still reports the rest.
-`--models`, `--phases` and `--train-minutes` cut a run down to fit a short GPU lease.
+processor's ms per photo is reported beside it), the vision tower's share of one batch's forward pass and its
+`scaled_dot_product_attention` calls, queries/s (`encode_queries`), peak GPU memory of each phase, and the time
+of each training step (query text + positive photo + hard-negative photo per row). Qwen's photos are encoded
+twice, first with transformers' stock vision attention (one sdpa call per window) and then with the adapter's
+grouped one (one call per window size, `model/backbones/qwen_vision_attention.py`, the default). Training runs
+--steps steps (at most --train-minutes), and the second step's GPU memory is traced through the step
+(`StepMemory`: after each vision-tower and language-model forward pass, the backward pass, the optimizer
+step). For the models in --input-grad-models, --input-grad-steps more steps then run the way the previous
+bench did, with transformers' input-grad hooks kept, which put the frozen vision tower under autograd.
+Random weights give the same FLOPs and memory as trained ones, but the numbers say nothing about quality.
+Each model and each phase runs in its own try/except, and the JSON (also printed) is rewritten after every
+phase, so a failure or a timeout still reports the rest. `--models`, `--phases`, `--steps` and
+`--train-minutes` cut a run down to fit a short GPU lease.
 """
 
 from __future__ import annotations
@@ -47,7 +54,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
-from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
+from torch.optim.optimizer import (  # noqa: E402
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
 
 from model.config import MetaEmbedConfig  # noqa: E402
 from model.metaembed import MetaEmbed  # noqa: E402
@@ -354,7 +364,96 @@ def vision_breakdown(model: MetaEmbed, items: list, device: torch.device) -> dic
             "vision_sdpa_calls_per_batch": calls[0]}
 
 
-def train_phase(model: MetaEmbed, images: list, queries: list, args, device: torch.device) -> dict:
+class StepMemory:
+    """GPU memory through one training step, read at each boundary: after every vision-tower forward pass, every
+    language-model forward pass (the queries' first, then each chunk of photos: `model.train` embeds candidates
+    16 at a time), before the optimizer step (the backward pass's peak) and after it. Each reading gives the
+    memory still allocated and the peak since the previous reading (the peak counter is reset at each)."""
+
+    def __init__(self, model: MetaEmbed, device: torch.device):
+        self.device = device
+        self.events: list[dict] = []
+        self.active = False
+        self.overall = 0  # peak bytes over the whole phase, across the resets
+        backbone = model.backbone
+        vision = getattr(backbone.model, "visual", None) or getattr(backbone.model, "vision_model", None)
+        self.handles = [backbone.language_model.register_forward_hook(lambda *_: self.mark("language model forward")),
+                        register_optimizer_step_pre_hook(lambda *_: self.mark("backward + grad clipping"))]
+        if vision is not None:
+            self.handles.append(vision.register_forward_hook(self._vision_done))
+        self.photo_chunks = 0
+        # Whether autograd records the frozen vision tower (it should not: nothing in it is trained).
+        self.vision_requires_grad: bool | None = None
+
+    def _vision_done(self, module, args, out) -> None:
+        hidden = getattr(out, "last_hidden_state", None)
+        if hidden is not None and module.training and torch.is_grad_enabled():
+            self.vision_requires_grad = bool(self.vision_requires_grad) or hidden.requires_grad
+        self.mark("vision tower forward")
+
+    def _read(self) -> dict:
+        if self.device.type != "cuda":
+            return {}
+        torch.cuda.synchronize(self.device)
+        peak_bytes = torch.cuda.max_memory_allocated(self.device)
+        self.overall = max(self.overall, peak_bytes)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        return {"allocated_gib": gib(torch.cuda.memory_allocated(self.device)), "peak_gib": gib(peak_bytes)}
+
+    def start(self) -> None:
+        self.events, self.active, self.photo_chunks = [], True, 0
+        self.events.append({"at": "step start", **self._read()})
+
+    def mark(self, what: str) -> None:
+        if not self.active:
+            return
+        if what == "vision tower forward":
+            self.photo_chunks += 1
+        if what in ("vision tower forward", "language model forward"):
+            what = f"photos {self.photo_chunks}: {what}" if self.photo_chunks else f"queries: {what}"
+        self.events.append({"at": what, **self._read()})
+
+    def stop(self) -> None:
+        if self.active:
+            self.mark("optimizer step")
+            self.active = False
+
+    def phase_peak(self) -> float | None:
+        if self.device.type != "cuda":
+            return None
+        torch.cuda.synchronize(self.device)
+        return gib(max(self.overall, torch.cuda.max_memory_allocated(self.device)))
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def input_grad_hooks_kept(backbone):
+    """The previous bench's training setup, for comparison: gradient checkpointing with transformers' input-grad
+    hooks left on (`Backbone.set_gradient_checkpointing` removes them), so the frozen vision tower's patch
+    embedding requires grad and autograd records, keeps and back-propagates through the whole tower."""
+    real = backbone.set_gradient_checkpointing
+
+    def keeping_hooks(enabled: bool) -> int:
+        n = real(enabled)
+        if enabled:
+            backbone.model.enable_input_require_grads()
+        return n
+
+    backbone.set_gradient_checkpointing = keeping_hooks
+    try:
+        yield
+    finally:
+        del backbone.set_gradient_checkpointing
+        backbone.model.disable_input_require_grads()
+
+
+def train_phase(model: MetaEmbed, images: list, queries: list, args, device: torch.device, steps: int,
+                minutes: float | None) -> dict:
+    """`steps` MMR training steps through `model.train.train` with TrainArgs.gradient_checkpointing; the second
+    step's memory is traced by `StepMemory` (the first also allocates the optimizer state)."""
     folder = Path(tempfile.mkdtemp(prefix="vlm-bench-"))
     need = min(len(images), 2 * args.train_batch)
     for i in range(need):
@@ -363,19 +462,24 @@ def train_phase(model: MetaEmbed, images: list, queries: list, args, device: tor
              "negative": {"image": str(folder / f"img{(i + 1) % need:04d}.png")}} for i in range(need)]
     model.to(torch.float32)  # what `python -m model.train` trains: fp32 weights, bf16 autocast on a GPU
     hf = model.backbone.model
-    # transformers >= 5.2x calls it activation checkpointing (the old name is a deprecated alias).
-    enable = getattr(hf, "activation_checkpointing_enable", None) or hf.gradient_checkpointing_enable
-    disable = getattr(hf, "activation_checkpointing_disable", None) or hf.gradient_checkpointing_disable
-    enable({"use_reentrant": False})
-    checkpointed = [m for m in hf.modules() if getattr(m, "gradient_checkpointing", False)]
     prep = model.prepare if isinstance(model.prepare, PrepareTimer) else PrepareTimer(model)
     prep.seconds = 0.0
     clock = Clock(device)
     ends: list[float] = []
+    checkpointed = [0, 0]  # checkpointed modules, input-grad hooks
+    trace_after = 1 if steps > 1 else 0  # steps done before the traced one
+    memory = StepMemory(model, device)
 
     def on_step(opt, *_):
         clock.sync()
         ends.append(time.perf_counter())
+        if len(ends) == 1:  # what train() switched on, while it is on
+            checkpointed[0] = sum(1 for m in hf.modules() if getattr(m, "gradient_checkpointing", False) is True)
+            checkpointed[1] = len(getattr(hf, "_require_grads_hooks", None) or [])
+        if len(ends) == trace_after + 1:
+            memory.stop()
+        elif len(ends) == trace_after:
+            memory.start()
 
     # Under checkpointing each decoder layer's insides run twice per forward pass (again in the backward pass).
     calls = [0]
@@ -384,30 +488,48 @@ def train_phase(model: MetaEmbed, images: list, queries: list, args, device: tor
     reset_peak(device)
     handle = register_optimizer_step_post_hook(on_step)
     try:
+        if trace_after == 0:
+            memory.start()
         clock.sync()
         start = time.perf_counter()
-        train(model, rows, TrainArgs(out=str(folder / "run"), steps=args.steps, batch_size=args.train_batch,
-                                     lr=1e-4, warmup=2, save_every=10**9, log_every=1, progress=False,
-                                     max_minutes=args.train_minutes))
+        train(model, rows, TrainArgs(out=str(folder / "run"), steps=steps, batch_size=args.train_batch, lr=1e-4,
+                                     warmup=2, save_every=10**9, log_every=1, progress=False, max_minutes=minutes,
+                                     gradient_checkpointing=True))
     finally:
         handle.remove()
         counter.remove()
-        disable()
+        memory.remove()
         log = [json.loads(x) for x in (folder / "run" / "train_log.jsonl").read_text().splitlines()]
         shutil.rmtree(folder, ignore_errors=True)
-    mem = peak(device)
-    steps = [b - a for a, b in zip([start] + ends[:-1], ends)]
-    later = steps[2:] or steps
+    step_s = [b - a for a, b in zip([start] + ends[:-1], ends)]
+    later = step_s[2:] or step_s[1:] or step_s
     losses = [r["loss"] for r in log]
-    return {"steps": len(steps), "batch": f"{args.train_batch} x (query text, positive photo, negative photo)",
-            "first_step_s": round(steps[0], 3), "step_s_median": round(statistics.median(later), 3),
-            "step_s_mean": round(statistics.fmean(later), 3), "step_s_max": round(max(later), 3),
-            "prepare_s_per_step": round(prep.seconds / max(len(steps), 1), 3),
-            "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4),
-            "losses_finite": all(math.isfinite(x) for x in losses),
-            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "checkpointed_modules": len(checkpointed), "layer0_mlp_calls_per_step": round(calls[0] / len(steps), 1),
-            **mem}
+    res = {"steps": len(step_s), "batch": f"{args.train_batch} x (query text, positive photo, negative photo)",
+           "step_s": [round(x, 3) for x in step_s], "step_s_median": round(statistics.median(later), 3),
+           "step_s_median_over": f"steps {len(step_s) - len(later) + 1}-{len(step_s)}",
+           "prepare_s_per_step": round(prep.seconds / max(len(step_s), 1), 3),
+           "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4),
+           "losses_finite": all(math.isfinite(x) for x in losses),
+           "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+           "checkpointed_modules": checkpointed[0],
+           "layer0_mlp_calls_per_step": round(calls[0] / max(len(step_s), 1), 1),
+           "input_grad_hooks": checkpointed[1], "vision_tower_under_autograd": memory.vision_requires_grad}
+    if device.type == "cuda":
+        res.update(peak_gib=memory.phase_peak(), peak_reserved_gib=gib(torch.cuda.max_memory_reserved(device)))
+    res["memory_step"] = trace_after + 1
+    res["memory_trace"] = memory.events
+    return res
+
+
+def guarded(name: str, phase: str, res: dict, report, fn) -> None:
+    """Run one phase into res[phase]; a failure is reported there and the run goes on."""
+    try:
+        res[phase] = fn()
+        print(f"[{name}] {phase}: {json.dumps(res[phase])}", flush=True)
+    except Exception as e:  # noqa: BLE001 - report and go on with the next phase
+        res[phase] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
+        print(f"[{name}] {phase} FAILED:\n{traceback.format_exc()}", flush=True)
+    report(name, res)
 
 
 def run_model(name: str, args, device: torch.device, dtype: torch.dtype, images: list, queries: list,
@@ -429,29 +551,34 @@ def run_model(name: str, args, device: torch.device, dtype: torch.dtype, images:
     res["params_m"] = round(sum(p.numel() for p in model.backbone.model.parameters()) / 1e6, 1)
     res["weights_gib"] = gib(sum(p.numel() * p.element_size() for p in model.parameters()))
     res["build"] = peak(device)
+    grouped = getattr(backbone, "set_grouped_vision_attention", None)
+    if grouped is not None:
+        # On by default; False here means the installed transformers did not pass its checks (see the log).
+        res["grouped_vision_attention"] = backbone.grouped_vision_attention
     images_proc = thread_images(model.backbone, args.threads)
     print(f"[{name}] built in {res['build_s']} s: {res['params_m']} M params", flush=True)
     report(name, res)
-    for phase, items, side, bs in (("images", images, "candidate", args.image_batch),
-                                   ("queries", queries, "query", args.query_batch)):
-        if phase not in args.phases:
-            continue
-        try:
-            res[phase] = encode_phase(model, items, side, bs, device, images_proc)
-            print(f"[{name}] {phase}: {res[phase]}", flush=True)
-        except Exception as e:  # noqa: BLE001 - report and go on with the next phase
-            res[phase] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
-            print(f"[{name}] {phase} FAILED:\n{traceback.format_exc()}", flush=True)
-        report(name, res)
-    if "train" not in args.phases:
-        return res
-    try:
-        res["train"] = train_phase(model, images, queries, args, device)
-        print(f"[{name}] train: {res['train']}", flush=True)
-    except Exception as e:  # noqa: BLE001
-        res["train"] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
-        print(f"[{name}] train FAILED:\n{traceback.format_exc()}", flush=True)
-    report(name, res)
+    if "images" in args.phases:
+        if grouped is not None and res["grouped_vision_attention"]:
+            # transformers' own per-window attention first, on the same photos, then the grouped one (the default).
+            grouped(False)
+            guarded(name, "images_stock_attention", res, report,
+                    lambda: encode_phase(model, images, "candidate", args.image_batch, device, images_proc))
+            grouped(True)
+        guarded(name, "images", res, report,
+                lambda: encode_phase(model, images, "candidate", args.image_batch, device, images_proc))
+    if "queries" in args.phases:
+        guarded(name, "queries", res, report,
+                lambda: encode_phase(model, queries, "query", args.query_batch, device, images_proc))
+    if "train" in args.phases:
+        guarded(name, "train", res, report,
+                lambda: train_phase(model, images, queries, args, device, args.steps, args.train_minutes))
+    if "train" in args.phases and name in args.input_grad_models and args.input_grad_steps:
+        def legacy() -> dict:
+            with input_grad_hooks_kept(model.backbone):
+                return train_phase(model, images, queries, args, device, args.input_grad_steps, None)
+
+        guarded(name, "train_input_grad_hooks_kept", res, report, legacy)
     return res
 
 
@@ -469,16 +596,25 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--query-batch", type=int, default=64, help="encode_queries batch (its default)")
     p.add_argument("--threads", type=int, default=min(16, os.cpu_count() or 1),
                    help="threads for the image processor (1: the stock serial call)")
-    p.add_argument("--steps", type=int, default=None, help="training steps, default 20 (tiny: 3)")
+    p.add_argument("--steps", type=int, default=None, help="training steps, default 6 (tiny: 3)")
     p.add_argument("--train-batch", type=int, default=None, help="rows per step, default 32 (tiny: 2)")
     p.add_argument("--train-minutes", type=float, default=None,
-                   help="stop training after this long (the steps done so far are reported)")
+                   help="stop training after this long (the steps done so far are reported); default 1.25 "
+                        "(tiny: none)")
+    p.add_argument("--input-grad-steps", type=int, default=2,
+                   help="then this many steps the previous bench's way, transformers' input-grad hooks kept "
+                        "(the frozen vision tower under autograd), for the memory comparison; 0: skip")
+    p.add_argument("--input-grad-models", default=",".join(SPECS),
+                   help="comma-separated models that get the --input-grad-steps comparison")
     args = p.parse_args(argv)
     args.phases = set(args.phases.split(","))
+    args.input_grad_models = set(args.input_grad_models.split(","))
     tiny = args.tiny
     args.images = args.images or (6 if tiny else 256)
     args.queries = args.queries or (6 if tiny else 256)
-    args.steps = args.steps or (3 if tiny else 20)
+    args.steps = args.steps or (3 if tiny else 6)
+    if args.train_minutes is None and not tiny:
+        args.train_minutes = 1.25
     args.train_batch = args.train_batch or (2 if tiny else 32)
     if tiny:
         args.image_batch, args.query_batch = min(args.image_batch, 3), min(args.query_batch, 4)
@@ -493,7 +629,8 @@ def main(argv: list[str] | None = None) -> dict:
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
         "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
         "dtype": "bf16 (encoding); fp32 weights + bf16 autocast (training)",
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "models", "device", "phases")},
+        "settings": {k: sorted(v) if isinstance(v, set) else v for k, v in vars(args).items()
+                     if k not in ("out", "models", "device", "phases")},
         "models": {},
     }
 

@@ -59,6 +59,9 @@ class TrainArgs:
     max_minutes: float | None = None  # wall-clock budget: the LR schedule anneals by time, then training stops
     distill: float = 0.0  # weight of the optional teacher-score distillation term (text backbones only)
     distill_temperature: float = 0.05
+    # Recompute each backbone layer in the backward pass instead of keeping its activations (Backbone.
+    # set_gradient_checkpointing): far less memory for big VLM batches on a GPU, about a third more compute.
+    gradient_checkpointing: bool = False
 
 
 def load_rows(path: str | os.PathLike) -> list[dict]:
@@ -140,39 +143,45 @@ def train(model: MetaEmbed, rows: list[dict], args: TrainArgs) -> MetaEmbed:
 
     teacher = MeanPoolTeacher(cfg.backbone_id, cfg.backbone_revision, device) if args.distill > 0 else None
     model.train()
+    if args.gradient_checkpointing:
+        model.backbone.set_gradient_checkpointing(True)
     order: list[int] = []
     bar = tqdm(total=steps, initial=start, desc="training", unit="step", disable=not args.progress)
     log = (out / "train_log.jsonl").open("a")
     t0 = time.time()
     budget_s = 60 * args.max_minutes if args.max_minutes else None
-    for step in range(start, steps):
-        # With a time budget the schedule follows whichever runs out first, steps or time, so a slower
-        # machine still anneals the learning rate instead of stopping mid-schedule.
-        frac = step / steps if budget_s is None else max(step / steps, (time.time() - t0) / budget_s)
-        if frac >= 1.0:
-            print(f"stopping after {step} of {steps} steps: the {args.max_minutes} minute budget is spent")
-            _save(model, opt, step, order_rng, out)
-            break
-        warm = (step + 1) / warmup if budget_s is None else max((step + 1) / warmup, frac / max(args.warmup, 1e-9))
-        scale = min(1.0, warm) * 0.5 * (1 + math.cos(math.pi * frac))
-        for g, lr in zip(opt.param_groups, base_lrs):
-            g["lr"] = lr * scale
-        opt.zero_grad(set_to_none=True)
-        parts_sum = _accumulate_gradients(model, rows, order, order_rng, teacher, args, use_bf16)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        bar.update(1)
-        if (step + 1) % args.log_every == 0 or step + 1 == steps:
-            total = sum(w * parts_sum[tuple(g)] for g, w in zip(cfg.groups, cfg.weights))
-            bar.set_postfix(loss=f"{total:.3f}")
-            record = {"step": step + 1, "loss": total, "groups": {f"{a},{b}": v for (a, b), v in parts_sum.items()},
-                      "lr": opt.param_groups[0]["lr"], "elapsed_s": round(time.time() - t0, 1)}
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-        if (step + 1) % args.save_every == 0 or step + 1 == steps:
-            _save(model, opt, step + 1, order_rng, out)
-    bar.close()
-    log.close()
+    try:
+        for step in range(start, steps):
+            # With a time budget the schedule follows whichever runs out first, steps or time, so a slower
+            # machine still anneals the learning rate instead of stopping mid-schedule.
+            frac = step / steps if budget_s is None else max(step / steps, (time.time() - t0) / budget_s)
+            if frac >= 1.0:
+                print(f"stopping after {step} of {steps} steps: the {args.max_minutes} minute budget is spent")
+                _save(model, opt, step, order_rng, out)
+                break
+            warm = (step + 1) / warmup if budget_s is None else max((step + 1) / warmup, frac / max(args.warmup, 1e-9))
+            scale = min(1.0, warm) * 0.5 * (1 + math.cos(math.pi * frac))
+            for g, lr in zip(opt.param_groups, base_lrs):
+                g["lr"] = lr * scale
+            opt.zero_grad(set_to_none=True)
+            parts_sum = _accumulate_gradients(model, rows, order, order_rng, teacher, args, use_bf16)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            bar.update(1)
+            if (step + 1) % args.log_every == 0 or step + 1 == steps:
+                total = sum(w * parts_sum[tuple(g)] for g, w in zip(cfg.groups, cfg.weights))
+                bar.set_postfix(loss=f"{total:.3f}")
+                record = {"step": step + 1, "loss": total, "groups": {f"{a},{b}": v for (a, b), v in parts_sum.items()},
+                          "lr": opt.param_groups[0]["lr"], "elapsed_s": round(time.time() - t0, 1)}
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+            if (step + 1) % args.save_every == 0 or step + 1 == steps:
+                _save(model, opt, step + 1, order_rng, out)
+    finally:
+        bar.close()
+        log.close()
+        if args.gradient_checkpointing:
+            model.backbone.set_gradient_checkpointing(False)
     model.eval()
     return model
 
@@ -336,6 +345,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, default=None, help="stop early (and save) after this long")
     p.add_argument("--distill", type=float, default=0.0,
                    help="weight of teacher-score distillation from the mean-pooled base encoder (text only)")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute each backbone layer in the backward pass instead of keeping its activations: "
+                        "much less memory (big VLM batches on a GPU) for about a third more compute")
     p.add_argument("--warmup", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=200)
@@ -354,7 +366,8 @@ def main(argv: list[str] | None = None) -> None:
     args = TrainArgs(out=opts.out, steps=opts.steps, epochs=opts.epochs, batch_size=opts.batch_size,
                      grad_accum=opts.grad_accum, lr=opts.lr, new_lr=opts.new_lr, warmup=opts.warmup,
                      seed=opts.seed, save_every=opts.save_every, bf16=opts.bf16, resume=opts.resume,
-                     progress=not opts.no_progress, max_minutes=opts.max_minutes, distill=opts.distill)
+                     progress=not opts.no_progress, max_minutes=opts.max_minutes, distill=opts.distill,
+                     gradient_checkpointing=opts.gradient_checkpointing)
     train(model, rows, args)
     print(f"saved MetaEmbed checkpoint to {opts.out}")
 

@@ -107,6 +107,30 @@ class Backbone(nn.Module):
     def input_embeddings(self) -> nn.Embedding:
         raise NotImplementedError
 
+    def set_gradient_checkpointing(self, enabled: bool) -> int:
+        """Switch activation (gradient) checkpointing of the backbone's transformers model (`self.model`) on or off:
+        each layer keeps only its input in the forward pass and runs again in the backward pass, so training holds
+        far fewer activations for about a third more compute. Returns how many modules now checkpoint.
+
+        Non-reentrant checkpointing, the kind that needs no input to require grad: transformers' enable call also
+        hooks every input embedding (the vision tower's patch embedding included) to make its output require grad,
+        which the reentrant kind needs, and those hooks are removed again. Kept, they would make autograd record
+        the whole frozen vision tower and run its backward pass, with no trainable parameter in it."""
+        model = getattr(self, "model", None)
+        if not hasattr(model, "gradient_checkpointing_disable"):
+            raise ValueError(f"{type(self).__name__} has no transformers model whose layers could be checkpointed")
+        # transformers >= 5.2x calls it activation checkpointing; the old name stays as a deprecated alias.
+        if enabled:
+            if not getattr(model, "supports_gradient_checkpointing", False):
+                raise ValueError(f"{type(model).__name__} does not support gradient checkpointing")
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable({"use_reentrant": False})
+        else:
+            disable = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
+            disable()
+        model.disable_input_require_grads()
+        return sum(1 for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True)
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device

@@ -8,14 +8,19 @@ none. The format is Qwen's fixed ChatML, and the image expands to one `<|image_p
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
 from .base import Parsed
+from .qwen_vision_attention import GroupedVisionAttention
 from .vlm import VLMBackbone
 
 VISION_START, IMAGE_PAD, VISION_END = "<|vision_start|>", "<|image_pad|>", "<|vision_end|>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+# Set to 0 to keep transformers' stock vision attention (one sdpa call per window / image) in every Qwen backbone.
+GROUPED_ATTENTION_ENV = "METAEMBED_GROUPED_VISION_ATTENTION"
 
 
 class QwenVLBackbone(VLMBackbone):
@@ -28,7 +33,8 @@ class QwenVLBackbone(VLMBackbone):
     # Cap on visual tokens per image: the stock processors allow up to 16k for a large photo.
     max_image_tokens: int = 1024
 
-    def __init__(self, model: nn.Module, tokenizer, image_processor, family: str = "qwen2-vl", max_length: int = 256):
+    def __init__(self, model: nn.Module, tokenizer, image_processor, family: str = "qwen2-vl", max_length: int = 256,
+                 grouped_vision_attention: bool | None = None):
         super().__init__(model, tokenizer, family=family, max_length=max_length)
         self.image_processor = image_processor
         vocab = tokenizer.get_vocab()
@@ -45,6 +51,30 @@ class QwenVLBackbone(VLMBackbone):
         # smart_resize budget in pixels (shortest_edge/longest_edge are min/max pixel counts for Qwen).
         self.min_pixels = int(size["shortest_edge"])
         self.max_pixels = min(int(size["longest_edge"]), self.max_image_tokens * (patch * self.merge) ** 2)
+        self._grouped: GroupedVisionAttention | None = None
+        self._grouped_tried = False  # install once: a failed attempt logs its reason once
+        if grouped_vision_attention is None:
+            setting = os.environ.get(GROUPED_ATTENTION_ENV, "1").strip().lower()
+            grouped_vision_attention = setting not in ("0", "false", "no", "off")
+        self.set_grouped_vision_attention(grouped_vision_attention)
+
+    def set_grouped_vision_attention(self, enabled: bool) -> bool:
+        """Attend the vision tower's equal-length windows (and images) in one sdpa call per length instead of one
+        per window (qwen_vision_attention.py): the same result, far fewer kernel launches on a GPU. On by default
+        (off: `grouped_vision_attention=False` or the environment variable METAEMBED_GROUPED_VISION_ATTENTION=0).
+        Returns whether it is on: it stays off where the installed transformers does not have the structure it
+        relies on (logged once, at the first attempt)."""
+        if enabled and not self._grouped_tried:
+            self._grouped_tried = True
+            self._grouped = GroupedVisionAttention.install(self.model)
+        if self._grouped is not None:
+            self._grouped.enabled = enabled
+        return self.grouped_vision_attention
+
+    @property
+    def grouped_vision_attention(self) -> bool:
+        """Whether the grouped vision attention is on (e.g. `model.set_attn_implementation` switches it off)."""
+        return self._grouped is not None and self._grouped.enabled
 
     @classmethod
     def load_processing(cls, model_id: str, revision: str | None) -> tuple:

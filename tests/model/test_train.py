@@ -93,7 +93,12 @@ def test_train_cli_rejects_too_few_meta_tokens(tmp_path):
               "--num-candidate-tokens", "4", "--steps", "1", "--no-progress"])
 
 
-def test_train_cli_end_to_end(tmp_path):
+def test_train_cli_end_to_end(tmp_path, monkeypatch):
+    import model.train as train_module
+
+    real_train, checkpointing = train_module.train, []
+    monkeypatch.setattr(train_module, "train",
+                        lambda m, rows, a: checkpointing.append(a.gradient_checkpointing) or real_train(m, rows, a))
     data = tmp_path / "pairs.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in _toy_rows()))
     out = tmp_path / "run"
@@ -102,7 +107,9 @@ def test_train_cli_end_to_end(tmp_path):
     main(args + ["--steps", "2"])
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 2
-    main(args + ["--steps", "4", "--resume"])
+    # The resumed run with the text backbone's layers checkpointed (recomputed in the backward pass).
+    main(args + ["--steps", "4", "--resume", "--gradient-checkpointing"])
+    assert checkpointing == [False, True]
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log][-1] == 4 and log[-1]["step"] > 2
     model = MetaEmbed.from_pretrained(out, device="cpu")

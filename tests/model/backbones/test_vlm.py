@@ -23,7 +23,7 @@ from model.backbones.base import parse_items
 from model.backbones.vlm import VLMBackbone
 from model.config import MetaEmbedConfig
 from model.metaembed import MetaEmbed
-from model.train import TrainArgs, load_rows, train
+from model.train import TrainArgs, _step_loss, load_rows, train
 
 FAMILIES = ("qwen2-vl", "qwen2.5-vl", "idefics3")
 WORDS = ("a photo of the red blue green cat dog house tree car on in with and what is user assistant "
@@ -370,6 +370,76 @@ def test_missing_folder_wrong_family_broken_checkpoint_and_offline_hub_id_give_c
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ValueError, match=r"not available offline: download it with `hf download nobody/no-vlm`"):
         MetaEmbed.from_config(make_config("qwen2-vl", "nobody/no-vlm"))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gradient_checkpointing_recomputes_the_decoder_layers_and_changes_no_gradient(family, backbone_dirs,
+                                                                                     tmp_path):
+    model = load(family, backbone_dirs)
+    perturb_trained(model)  # LoRA B away from zero, so the LoRA A gradients are not trivially zero
+    backbone = model.backbone
+    for i in range(2):
+        picture(48, 36, 20 + i).save(tmp_path / f"img{i}.png")
+    rows = [{"query": "a red cat", "positive": {"image": str(tmp_path / "img0.png"), "text": None},
+             "negative": "a blue house"},
+            {"query": "the green tree", "positive": "a dog in the car",
+             "negative": {"image": str(tmp_path / "img1.png"), "text": "tree"}}]
+    params = model.trainable_parameters()
+    mlp = backbone.language_model.layers[0].mlp  # inside the layer: runs again when the layer is recomputed
+    calls = [0]
+    counter = mlp.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+
+    def step(checkpointing: bool):
+        assert (backbone.set_gradient_checkpointing(checkpointing) > 0) == checkpointing
+        model.train()
+        model.zero_grad(set_to_none=True)
+        calls[0] = 0
+        torch.manual_seed(0)  # the same LoRA dropout masks both times (a recomputation replays its forward's)
+        loss, _ = _step_loss(model, rows, model.config)
+        forward_calls = calls[0]
+        loss.backward()
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in params]
+        return loss.detach(), grads, forward_calls, calls[0]
+
+    try:
+        loss, grads, forward_calls, calls_off = step(False)
+        assert calls_off == forward_calls == 2  # the queries' forward pass and the candidates'
+        loss_gc, grads_gc, forward_gc, calls_on = step(True)
+        assert forward_gc == forward_calls and calls_on == 2 * forward_calls  # each layer ran again in backward
+        # transformers' input-grad hooks are gone: the frozen vision tower's output is no part of the graph.
+        assert not getattr(backbone.model, "_require_grads_hooks", None)
+        batch = model.prepare([picture(48, 36, 20)], "candidate")
+        assert not backbone.image_features(batch, backbone.device).requires_grad
+    finally:
+        backbone.set_gradient_checkpointing(False)
+        model.eval()
+    torch.testing.assert_close(loss_gc, loss, atol=1e-5, rtol=1e-5)
+    assert any(g.abs().sum() > 0 for g in grads)
+    for g_on, g_off in zip(grads_gc, grads):
+        torch.testing.assert_close(g_on, g_off, atol=1e-5, rtol=1e-4)
+
+    # train() switches it on for the run (the layers run twice per forward pass) and off again afterwards.
+    calls[0] = 0
+    train(model, rows, TrainArgs(out=str(tmp_path / "run"), steps=1, batch_size=2, warmup=1, progress=False,
+                                 gradient_checkpointing=True))
+    counter.remove()
+    assert calls[0] == 2 * forward_calls
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in backbone.modules())
+
+
+@pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl"])
+def test_qwen_backbones_group_their_vision_attention_by_default_and_can_switch_it_off(family, backbone_dirs,
+                                                                                      monkeypatch):
+    model = load(family, backbone_dirs)
+    backbone = model.backbone
+    assert backbone.grouped_vision_attention
+    items = mixed_items()
+    grouped = model.encode_candidates(items, batch_size=len(items))
+    assert backbone.set_grouped_vision_attention(False) is False
+    torch.testing.assert_close(model.encode_candidates(items, batch_size=len(items)), grouped, atol=1e-6, rtol=1e-5)
+    assert backbone.set_grouped_vision_attention(True) is True
+    monkeypatch.setenv("METAEMBED_GROUPED_VISION_ATTENTION", "0")
+    assert not load(family, backbone_dirs).backbone.grouped_vision_attention
 
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
