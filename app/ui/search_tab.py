@@ -6,10 +6,13 @@ import html
 import itertools
 import re
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
 import numpy as np
+from gradio.components.gallery import GalleryData, GalleryImage
+from gradio.data_classes import ImageData
 
 from app.search import Hit
 from app.service import QueryState, Studio
@@ -49,6 +52,15 @@ def gallery_value(studio: Studio, hits: list[Hit], session: str | None, r_q: int
     # every budget; score first: long file names are cut off at the end of the caption.
     return [(studio.thumbnail(h, session),
              f"{h.score / r_q:.2f} · {h.label}" + (" · sample" if h.collection == "samples" else "")) for h in hits]
+
+
+def gallery_payload(items: list[tuple[str, str]]) -> list[dict]:
+    """`items` (thumbnail file, caption) as Gallery.postprocess would send them, for the slider's events, which
+    skip Gradio's postprocessing: that starts a thread pool for the 24 thumbnails and checks each file against
+    the static paths twice (once would do), 20-35 ms of a move's server time on the 2-core machine at load 4-6."""
+    return GalleryData(root=[GalleryImage(image=ImageData(path=path, orig_name=Path(path).name,
+                                                          mime_type="image/jpeg"), caption=caption)
+                             for path, caption in items]).model_dump()
 
 
 def results_caption(query: QueryState, hits: list[Hit], budget: tuple[int, int], rank_ms: float,
@@ -154,7 +166,9 @@ def build(studio: Studio) -> SimpleNamespace:
     s.gallery = gr.Gallery(label="Results", columns=6, height=430, allow_preview=False, object_fit="cover",
                            show_label=False, elem_id="me-results")
     s.snippets = gr.HTML(elem_id="me-snippets")  # the pages and passages among the results, words highlighted
-    # explain_request's n: its change event redraws the open explanation once a re-rank's results are out.
+    # explain_request's n: its change event redraws the open explanation once a re-rank's results are out. (A
+    # State's own change event would not fire: the slider's events skip the queue, and only queued events
+    # report changed States to the page.)
     s.explain_trigger = gr.Number(visible=False, precision=0)
 
     gr.Markdown("## Why it matched")
@@ -210,17 +224,18 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
     requests = itertools.count(1)  # numbers the explanation requests: each one changes explain_trigger
 
     def at_budget(query, rq: int, rc: int, with_samples: bool, selected, session: str | None) -> tuple:
-        """The results at one budget and, while a result is open, the request to redraw its explanation at
-        that budget: explain_trigger's change event draws it once the results are out. Drawn here, the heatmap
-        and bars held the new gallery back (~70 ms on the server, then a Plotly redraw of 300-500 ms in the
-        browser before anything painted)."""
+        """The results at one budget, with the gallery in its wire format (these events skip Gradio's
+        postprocessing, see gallery_payload), and, while a result is open, the request to redraw its
+        explanation at that budget: explain_trigger's change event draws it once the results are out. Drawn
+        here, the heatmap and bars held the new gallery back (~70 ms on the server, then a Plotly redraw of
+        300-500 ms in the browser before anything painted)."""
         if query is None:
             return (gr.skip(),) * (len(rank_outs) + 2)
         query, hits, gallery, caption, snippets = rank_outputs(studio, query, rq, rc, with_samples, session)
         if selected is None:
-            return query, hits, gallery, caption, snippets, gr.skip(), gr.skip()
+            return query, hits, gallery_payload(gallery), caption, snippets, gr.skip(), gr.skip()
         n = next(requests)
-        return query, hits, gallery, caption, snippets, (n, rq, rc, tuple(selected)), n
+        return query, hits, gallery_payload(gallery), caption, snippets, (n, rq, rc, tuple(selected)), n
 
     def on_preset(index, query, with_samples, selected, request: gr.Request):
         rq, rc = preset_of(studio, index)
@@ -260,8 +275,11 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
     for trigger in (s.search_btn.click, s.query_box.submit, s.examples.load_input_event.then):
         trigger(do_search, search_inputs, rank_outs + reset_outs + [s.query_image, s.image_words], **PRIVATE)
     _wire_query_image(s)
-    # The slider's events send only the results (explain_latest follows while a result is open).
-    rerank = dict(show_progress="hidden", **PRIVATE)
+    # The slider's events send only the results (explain_latest follows while a result is open) and skip
+    # Gradio's postprocessing (their values are sent as they are) and its queue: one HTTP request instead of
+    # joining the queue and waiting for its messages. (The queue's concurrency limit is not needed for them:
+    # `always_last` keeps at most one re-rank per page in flight, and it reads only cached query vectors.)
+    rerank = dict(show_progress="hidden", postprocess=False, queue=False, **PRIVATE)
     explain_outs = [s.explain_request, s.explain_trigger]
     s.preset.input(on_preset, [s.preset, s.query_state, s.include_samples, s.selected_state],
                    [s.r_q, s.r_c, s.readout] + rank_outs + explain_outs, trigger_mode="always_last", **rerank)
@@ -270,7 +288,7 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
     for slider in (s.r_q, s.r_c):
         slider.input(on_budget, budget_inputs, budget_outputs, trigger_mode="always_last", **rerank)
     s.include_samples.input(on_budget, budget_inputs, budget_outputs, **rerank)
-    # A small timer on the panel while it catches up with the results.
+    # Queued (it runs the model, and its notices need the queue); a small timer on the panel while it catches up.
     s.explain_trigger.change(gpu(explain_latest), [s.explain_request, s.selected_state, s.query_state], explained,
                              trigger_mode="always_last", show_progress="minimal", **PRIVATE)
     s.gallery.select(gpu(select_handler), [s.hits_state, s.query_state, s.r_q, s.r_c], select_outputs, **PRIVATE)
