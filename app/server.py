@@ -89,8 +89,8 @@ def create_app(checkpoint: str | None = None, data_dir: str | os.PathLike | None
 
 class CacheThumbnails:
     """ASGI middleware: the browser may keep the gallery's thumbnails. Gradio serves files without a
-    Cache-Control header, and Chromium fetched every thumbnail again whenever the gallery showed it anew:
-    ~20 requests after each slider move, which the server answered while the next move waited (issue 17).
+    Cache-Control header, and Chromium fetched thumbnails again when the gallery showed them anew: up to 24
+    requests after a slider move, which the server answered while the next move waited (issue 17).
     A thumbnail's file never changes: it is written once per item (its id a prefix of its content hash), in
     a folder named afresh by each server process (Studio.thumb_dir)."""
 

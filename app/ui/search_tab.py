@@ -227,8 +227,8 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
         """The results at one budget, with the gallery in its wire format (these events skip Gradio's
         postprocessing, see gallery_payload), and, while a result is open, the request to redraw its
         explanation at that budget: explain_trigger's change event draws it once the results are out. Drawn
-        here, the heatmap and bars held the new gallery back (~70 ms on the server, then a Plotly redraw of
-        300-500 ms in the browser before anything painted)."""
+        here, the explanation held the new gallery back (70-200 ms on the server, then a Plotly redraw of
+        300-570 ms in the browser before anything painted)."""
         if query is None:
             return (gr.skip(),) * (len(rank_outs) + 2)
         query, hits, gallery, caption, snippets = rank_outputs(studio, query, rq, rc, with_samples, session)
