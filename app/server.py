@@ -16,6 +16,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # never phone home, 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import gradio as gr  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
+from starlette.types import ASGIApp, Message, Receive, Scope, Send  # noqa: E402
 
 from app.service import SAMPLE_DIR, Studio, UploadLimits, default_data_dir, load_engine  # noqa: E402
 from app.ui.app import CSS, build_demo  # noqa: E402
@@ -85,6 +87,32 @@ def create_app(checkpoint: str | None = None, data_dir: str | os.PathLike | None
     return studio, demo
 
 
+class CacheThumbnails:
+    """ASGI middleware: the browser may keep the gallery's thumbnails. Gradio serves files without a
+    Cache-Control header, and Chromium fetched thumbnails again when the gallery showed them anew: up to 24
+    requests after a slider move, which the server answered while the next move waited (issue 17).
+    A thumbnail's file never changes: it is written once per item (its id a prefix of its content hash), in
+    a folder named afresh by each server process (Studio.thumb_dir)."""
+
+    HEADER = (b"cache-control", b"private, max-age=86400, immutable")
+
+    def __init__(self, app: ASGIApp, folder: str) -> None:
+        self.app = app
+        self.marker = f"/file={folder.rstrip('/')}/"  # in the decoded path of a thumbnail's URL
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.marker not in scope.get("path", ""):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_cacheable(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 200:
+                message = {**message, "headers": [*message.get("headers", []), self.HEADER]}
+            await send(message)
+
+        await self.app(scope, receive, send_cacheable)
+
+
 def launch(studio: Studio, demo: gr.Blocks, host: str | None = None, port: int | None = None, share: bool = False,
            prevent_thread_lock: bool = False, quiet: bool = False, mcp: bool = False):
     """Serve `demo`; the data and session folders are never served as files. `mcp`: the named API endpoints
@@ -98,6 +126,7 @@ def launch(studio: Studio, demo: gr.Blocks, host: str | None = None, port: int |
         server_name=host, server_port=port, share=share, prevent_thread_lock=prevent_thread_lock, quiet=quiet,
         show_error=True, blocked_paths=blocked, max_file_size=max_file, ssr_mode=False, theme=gr.themes.Default(),
         css=CSS, favicon_path=None, footer_links=["api", "gradio"], run_history=False, mcp_server=mcp,
+        app_kwargs={"middleware": [Middleware(CacheThumbnails, folder=str(studio.thumb_dir))]},
     )
 
 

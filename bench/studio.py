@@ -1,7 +1,7 @@
 """Speed of the app (MetaEmbed Studio) as users feel it: budget-slider re-ranking end to end, cold start, and
 indexing uploads. (Not named app.py: with bench/ on sys.path that would shadow the `app` package.)
 
-    python bench/studio.py rerank [--n 10000] [--moves 20]   slider move -> new gallery in Chromium, 10,000 items
+    python bench/studio.py rerank [--n 10000] [--moves 20] [--open]   slider move -> new gallery in Chromium
     python bench/studio.py coldstart                         `python app.py` -> page served (first and second start)
     python bench/studio.py index [--size 4032x3024] [--n 96]  photos uploaded -> searchable, photos/s
 
@@ -12,7 +12,9 @@ the app's local collection, a server is launched in-process, and Chromium (Playw
 moves the budget slider across the presets. Each move is timed inside the page, from the slider's input
 event to the moment the gallery shows the new ranking (so it includes the browser, the connection, Gradio's
 queue, the MaxSim re-rank from the cached query vectors, thumbnails and rendering). The server-side part is
-timed separately.
+timed separately. With `--open`, one real photo (assets/examples/red-panda.jpg) joins the collection and its
+"Why it matched" panel is open during the moves: each move is then also timed until the panel shows the new
+budget (heatmap, bars, overlay and table redrawn).
 """
 
 from __future__ import annotations
@@ -47,16 +49,29 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
         "--disable-component-update", "--disable-sync"]
 
 
-MOVE_JS = """(step) => new Promise((resolve) => {
+MOVE_JS = """([step, budget]) => new Promise((resolve) => {
+    // budget: "(r_q, r_c)" of the step when an explanation is open (then also timed until its title shows
+    // it), else null.
     const captions = () => [...document.querySelectorAll('#me-results .caption-label')].map(e => e.innerText);
     const before = JSON.stringify(captions());
     const slider = document.querySelector('#me-preset input[type=range]');
+    const why = document.querySelector('#me-why-title');
     const t0 = performance.now();
-    const observer = new MutationObserver(() => {
-        const now = captions();
-        if (now.length && JSON.stringify(now) !== before) { observer.disconnect(); resolve(performance.now() - t0); }
-    });
+    let gallery = null, explained = null;
+    const check = () => {
+        if (gallery === null) {
+            const now = captions();
+            if (now.length && JSON.stringify(now) !== before) gallery = performance.now() - t0;
+        }
+        if (budget !== null && explained === null && why.innerText.includes(budget)) explained = performance.now() - t0;
+        if (gallery !== null && (budget === null || explained !== null)) {
+            observer.disconnect();
+            resolve([gallery, explained]);
+        }
+    };
+    const observer = new MutationObserver(check);
     observer.observe(document.querySelector('#me-results'), {subtree: true, childList: true, characterData: true});
+    if (budget !== null) observer.observe(why, {subtree: true, childList: true, characterData: true});
     slider.value = String(step);
     slider.dispatchEvent(new Event('input', {bubbles: true}));
     slider.dispatchEvent(new Event('change', {bubbles: true}));
@@ -104,7 +119,7 @@ def fill_collection(studio, n: int, seed: int = 0) -> None:
         idx.add(items, vecs)
 
 
-def bench_rerank(n: int, moves: int) -> None:
+def bench_rerank(n: int, moves: int, open_result: bool = False) -> None:
     from playwright.sync_api import sync_playwright
 
     from app.server import create_app, launch
@@ -116,6 +131,10 @@ def bench_rerank(n: int, moves: int) -> None:
         studio, demo = create_app(ckpt, tmp / "data", sample_dir=None, log=lambda *a: None)
         t0 = time.perf_counter()
         fill_collection(studio, n)
+        if open_result:  # a real photo, so that its explanation has a source to draw on
+            report = studio.index_files(studio.local, [ROOT / "assets" / "examples" / "red-panda.jpg"])
+            if len(report["indexed"]) != 1:
+                raise RuntimeError(f"could not index the photo to open: {report}")
         print(f"checkpoint: {label}; {n} items written in {time.perf_counter() - t0:.1f} s; "
               f"torch threads {torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f}")
 
@@ -156,23 +175,36 @@ def bench_rerank(n: int, moves: int) -> None:
             page.click("#me-search")
             page.wait_for_selector("#me-results .caption-label")
             presets = studio.engine.presets
+            if open_result:
+                page.locator("#me-results .thumbnail-item", has_text="red-panda.jpg").first.click()
+                page.wait_for_selector("#me-heatmap .js-plotly-plot", state="visible")
             # The slider starts at the largest preset; moves go 0, 1, ..., largest, 0, ... (each one a change).
             order = [i % len(presets) for i in range(moves)]
             times: dict[int, list[float]] = {i: [] for i in range(len(presets))}
+            why: dict[int, list[float]] = {i: [] for i in range(len(presets))}
             for step in order:
                 # Timed inside the page: from the slider's input event to the gallery's captions changing
                 # (a MutationObserver), so Playwright's own round trips are not counted.
-                elapsed = page.evaluate(MOVE_JS, step)
-                times[step].append(elapsed)
-                page.wait_for_timeout(100)  # let the chained explanation update finish before the next move
+                budget = f"({presets[step][0]}, {presets[step][1]})" if open_result else None
+                gallery, explained = page.evaluate(MOVE_JS, [step, budget])
+                times[step].append(gallery)
+                if explained is not None:
+                    why[step].append(explained)
+                page.wait_for_timeout(100)  # let a chained update finish before the next move
             browser.close()
         everything = [v for vs in times.values() for v in vs]
-        print(f"end to end in Chromium, slider move -> new gallery ({len(everything)} moves over {n} items):")
+        panel = [v for vs in why.values() for v in vs]
+        opened = " with the red panda's explanation open" if open_result else ""
+        print(f"end to end in Chromium, slider move -> new gallery{' | -> explanation at the new budget' * open_result}"
+              f" ({len(everything)} moves over {n} items{opened}):")
         for i, preset in enumerate(presets):
             if times[i]:
-                print(f"  to {preset}: median {statistics.median(times[i]):6.1f} ms (n={len(times[i])})")
+                extra = f" | {statistics.median(why[i]):6.1f} ms" if why[i] else ""
+                print(f"  to {preset}: median {statistics.median(times[i]):6.1f} ms{extra} (n={len(times[i])})")
         print(f"  all moves: median {statistics.median(everything):.1f} ms, max {max(everything):.1f} ms "
               f"(load average {os.getloadavg()[0]:.1f})")
+        if panel:
+            print(f"  explanation at the new budget: median {statistics.median(panel):.1f} ms, max {max(panel):.1f} ms")
         demo.close()
         studio.close()
     finally:
@@ -261,6 +293,7 @@ def main() -> None:
     r = sub.add_parser("rerank")
     r.add_argument("--n", type=int, default=10_000)
     r.add_argument("--moves", type=int, default=20)
+    r.add_argument("--open", action="store_true", help="keep a result's explanation open during the moves")
     sub.add_parser("coldstart")
     x = sub.add_parser("index")
     x.add_argument("--n", type=int, default=96)
@@ -268,7 +301,7 @@ def main() -> None:
     x.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
     if args.cmd == "rerank":
-        bench_rerank(args.n, args.moves)
+        bench_rerank(args.n, args.moves, args.open)
     elif args.cmd == "index":
         if args.n < 1 or args.rounds < 1:
             p.error(f"--n and --rounds must be positive, got {args.n} and {args.rounds}")

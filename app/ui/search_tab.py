@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import html
+import itertools
 import re
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
 import numpy as np
+from gradio.components.gallery import GalleryData, GalleryImage
+from gradio.data_classes import ImageData
 
 from app.search import Hit
 from app.service import QueryState, Studio
@@ -48,6 +52,15 @@ def gallery_value(studio: Studio, hits: list[Hit], session: str | None, r_q: int
     # every budget; score first: long file names are cut off at the end of the caption.
     return [(studio.thumbnail(h, session),
              f"{h.score / r_q:.2f} · {h.label}" + (" · sample" if h.collection == "samples" else "")) for h in hits]
+
+
+def gallery_payload(items: list[tuple[str, str]]) -> list[dict]:
+    """`items` (thumbnail file, caption) as Gallery.postprocess would send them, for the slider's events, which
+    skip Gradio's postprocessing: that starts a thread pool for the 24 thumbnails and checks each file against
+    the static paths twice (once would do), 20-35 ms of a move's server time on the 2-core machine at load 4-6."""
+    return GalleryData(root=[GalleryImage(image=ImageData(path=path, orig_name=Path(path).name,
+                                                          mime_type="image/jpeg"), caption=caption)
+                             for path, caption in items]).model_dump()
 
 
 def results_caption(query: QueryState, hits: list[Hit], budget: tuple[int, int], rank_ms: float,
@@ -108,7 +121,9 @@ def build(studio: Studio) -> SimpleNamespace:
     presets = engine.presets
     full_idx = len(presets) - 1
     s = SimpleNamespace(query_state=gr.State(None), hits_state=gr.State([]),
-                        selected_state=gr.State(None))  # selected: (collection key, item id)
+                        selected_state=gr.State(None),  # selected: (collection key, item id)
+                        # (n, r_q, r_c, selected) of the latest re-rank while a result is open, n numbering them
+                        explain_request=gr.State(None))
     with gr.Row(equal_height=True):
         s.query_box = gr.Textbox(label="Search", show_label=False, placeholder="Describe what you are "
                                  "looking for, e.g. “a red panda” or “how do I install Debian”", scale=6,
@@ -151,6 +166,10 @@ def build(studio: Studio) -> SimpleNamespace:
     s.gallery = gr.Gallery(label="Results", columns=6, height=430, allow_preview=False, object_fit="cover",
                            show_label=False, elem_id="me-results")
     s.snippets = gr.HTML(elem_id="me-snippets")  # the pages and passages among the results, words highlighted
+    # explain_request's n: its change event redraws the open explanation once a re-rank's results are out. (A
+    # State's own change event would not fire: the slider's events skip the queue, and only queued events
+    # report changed States to the page.)
+    s.explain_trigger = gr.Number(visible=False, precision=0)
 
     gr.Markdown("## Why it matched")
     s.why_md = gr.Markdown(NO_SELECTION, elem_id="me-why-title")
@@ -184,6 +203,7 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
     reset_outs = [s.selected_state, s.why_md, s.why_row, s.table_col]
     select_outputs = [s.selected_state, s.why_md, s.why_row, s.why_image, s.heatmap, s.bars, s.why_text,
                       s.table_col, s.why_table]
+    explained = select_outputs[1:]
 
     @gpu
     def do_search(text, image, keep, image_words, rq, rc, with_samples, request: gr.Request):
@@ -201,27 +221,43 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
             None, gr.update(value=NO_SELECTION), gr.update(visible=False), gr.update(visible=False),
             None if drop else gr.skip(), words if image is not None else None)
 
+    requests = itertools.count(1)  # numbers the explanation requests: each one changes explain_trigger
+
     def at_budget(query, rq: int, rc: int, with_samples: bool, selected, session: str | None) -> tuple:
-        """The results and the open explanation at one budget, from one event. As two chained events they
-        could finish out of order when the slider moved quickly, leaving the panel at an older budget."""
-        keep = (gr.skip(),) * (len(select_outputs) - 1)
+        """The results at one budget, with the gallery in its wire format (these events skip Gradio's
+        postprocessing, see gallery_payload), and, while a result is open, the request to redraw its
+        explanation at that budget: explain_trigger's change event draws it once the results are out. Drawn
+        here, the explanation held the new gallery back (70-200 ms on the server, then a Plotly redraw of
+        300-570 ms in the browser before anything painted)."""
         if query is None:
-            return (query, gr.skip(), gr.skip(), gr.skip(), gr.skip()) + keep
-        ranked = rank_outputs(studio, query, rq, rc, with_samples, session)
+            return (gr.skip(),) * (len(rank_outs) + 2)
+        query, hits, gallery, caption, snippets = rank_outputs(studio, query, rq, rc, with_samples, session)
         if selected is None:
-            return ranked + keep
-        main, table = explain_panel(studio, selected[0], selected[1], ranked[0], rq, rc, session)
-        return ranked + main + (table,)
+            return query, hits, gallery_payload(gallery), caption, snippets, gr.skip(), gr.skip()
+        n = next(requests)
+        return query, hits, gallery_payload(gallery), caption, snippets, (n, rq, rc, tuple(selected)), n
 
     def on_preset(index, query, with_samples, selected, request: gr.Request):
         rq, rc = preset_of(studio, index)
-        head = (gr.update(value=rq), gr.update(value=rc), budget_readout(studio, rq, rc))
-        return head + at_budget(query, rq, rc, with_samples, selected, session_of(request))
+        return (rq, rc, budget_readout(studio, rq, rc)) + at_budget(query, rq, rc, with_samples, selected,
+                                                                    session_of(request))
 
     def on_budget(rq, rc, query, with_samples, selected, request: gr.Request):
         rq, rc = int(rq), int(rc)
         return (budget_readout(studio, rq, rc),) + at_budget(query, rq, rc, with_samples, selected,
                                                              session_of(request))
+
+    def explain_latest(wanted, selected, query, request: gr.Request):
+        """The open explanation at the budget of the latest re-rank (issue 17.1: it must end at the budget the
+        results show). The State inputs are read on the server when this runs, not when it was triggered, and
+        the event is `always_last`, so the last redraw is at the last re-rank's budget however fast the slider
+        moves."""
+        still = standing_request(wanted, selected)
+        if still is None or query is None:
+            return (gr.skip(),) * len(explained)
+        rq, rc, coll, item = still
+        main, table = explain_panel(studio, coll, item, query, rq, rc, session_of(request))
+        return main + (table,)
 
     def select_handler(evt: gr.SelectData, hits, query, rq, rc, request: gr.Request):
         if not hits or evt.index is None or query is None:
@@ -239,19 +275,35 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
     for trigger in (s.search_btn.click, s.query_box.submit, s.examples.load_input_event.then):
         trigger(do_search, search_inputs, rank_outs + reset_outs + [s.query_image, s.image_words], **PRIVATE)
     _wire_query_image(s)
-    explained = select_outputs[1:]
+    # The slider's events send only the results (explain_latest follows while a result is open) and skip
+    # Gradio's postprocessing (their values are sent as they are) and its queue: one HTTP request instead of
+    # joining the queue and waiting for its messages. (The queue's concurrency limit is not needed for them:
+    # `always_last` keeps at most one re-rank per page in flight, and it reads only cached query vectors.)
+    rerank = dict(show_progress="hidden", postprocess=False, queue=False, **PRIVATE)
+    explain_outs = [s.explain_request, s.explain_trigger]
     s.preset.input(on_preset, [s.preset, s.query_state, s.include_samples, s.selected_state],
-                   [s.r_q, s.r_c, s.readout] + rank_outs + explained, trigger_mode="always_last",
-                   show_progress="hidden", **PRIVATE)
+                   [s.r_q, s.r_c, s.readout] + rank_outs + explain_outs, trigger_mode="always_last", **rerank)
     budget_inputs = [s.r_q, s.r_c, s.query_state, s.include_samples, s.selected_state]
+    budget_outputs = [s.readout] + rank_outs + explain_outs
     for slider in (s.r_q, s.r_c):
-        slider.input(on_budget, budget_inputs, [s.readout] + rank_outs + explained, trigger_mode="always_last",
-                     show_progress="hidden", **PRIVATE)
-    s.include_samples.input(on_budget, budget_inputs, [s.readout] + rank_outs + explained, show_progress="hidden",
-                            **PRIVATE)
+        slider.input(on_budget, budget_inputs, budget_outputs, trigger_mode="always_last", **rerank)
+    s.include_samples.input(on_budget, budget_inputs, budget_outputs, **rerank)
+    # Queued (it runs the model, and its notices need the queue); a small timer on the panel while it catches up.
+    s.explain_trigger.change(gpu(explain_latest), [s.explain_request, s.selected_state, s.query_state], explained,
+                             trigger_mode="always_last", show_progress="minimal", **PRIVATE)
     s.gallery.select(gpu(select_handler), [s.hits_state, s.query_state, s.r_q, s.r_c], select_outputs, **PRIVATE)
     s.more_btn.click(more_like_this, [s.selected_state, s.r_q, s.r_c, s.include_samples],
                      [s.query_box, s.query_image, s.image_words] + rank_outs, **PRIVATE)
+
+
+def standing_request(wanted: tuple | None, selected: tuple[str, str] | None) -> tuple[int, int, str, str] | None:
+    """(r_q, r_c, collection key, item id) of an explanation request (n, r_q, r_c, selected) made by a re-rank,
+    or None when it no longer stands: the panel was closed (a new search) or another result was opened since,
+    and the redraw would bring back a stale panel."""
+    if wanted is None or selected is None or tuple(wanted[3]) != tuple(selected):
+        return None
+    _, rq, rc, (coll, item) = wanted
+    return rq, rc, coll, item
 
 
 def more_like(studio: Studio, selected: tuple[str, str], rq: int, rc: int, with_samples: bool,

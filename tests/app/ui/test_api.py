@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
@@ -215,6 +216,23 @@ def test_file_route_refuses_another_sessions_files(server, alice, alice_report):
         # Nor can a path climb out of the upload folder into the sessions.
         r = http.get(f"{server.url}gradio_api/file={session.folder}/../{session.folder.name}/files/harbour.pdf")
         assert r.status_code in (403, 404)
+
+
+def test_thumbnails_may_be_cached_by_the_browser_and_nothing_else(server, alice, alice_report):
+    """Issue 17: Chromium fetched the gallery's thumbnails again at every slider move; they never change."""
+    studio = server.studio
+    hits = studio.search(studio.encode_query("boats at sunset"), alice.session_hash, 16, 64, k=3)
+    thumb = studio.thumbnail(hits[0], alice.session_hash)
+    with httpx.Client(timeout=10) as http:
+        r = http.get(f"{server.url}gradio_api/file={thumb}")
+        assert r.status_code == 200 and r.content == Path(thumb).read_bytes()
+        assert "max-age" in r.headers.get("cache-control", "")
+        # Other files Gradio serves keep its headers: an upload, and a refusal inside the thumbnails' folder.
+        up = http.post(f"{server.url}gradio_api/upload", files={"files": ("notes.txt", b"meadow notes")})
+        other = http.get(f"{server.url}gradio_api/file={up.json()[0]}")
+        assert other.status_code == 200 and "max-age" not in other.headers.get("cache-control", "")
+        missing = http.get(f"{server.url}gradio_api/file={Path(thumb).parent / 'missing.jpg'}")
+        assert missing.status_code in (403, 404) and "max-age" not in missing.headers.get("cache-control", "")
 
 
 def test_session_folder_is_removed_when_the_session_ends(server):

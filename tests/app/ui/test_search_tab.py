@@ -1,11 +1,13 @@
-"""app.ui.search_tab's pure helpers: the highlighted snippets of text results (issue 17.6)."""
+"""app.ui.search_tab's pure helpers: the highlighted snippets of text results (issue 17.6), the gallery's wire
+format and the explanation requests of the slider's events."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 from app.search import Hit
-from app.ui.search_tab import snippets_html
+from app.ui.search_tab import gallery_payload, snippets_html, standing_request
 
 
 def _hit(rank: int, kind: str, text: str, page: int | None = None, collection: str | None = "yours") -> Hit:
@@ -31,3 +33,25 @@ def test_snippets_show_the_stretch_with_most_query_words_highlighted_and_skip_ph
 def test_snippets_escape_the_text():
     out = snippets_html([_hit(1, "text", "<script>alert(1)</script> harbour")], "harbour", 4)
     assert "<script>" not in out and "&lt;script&gt;" in out
+
+
+def test_gallery_payload_is_what_the_gallery_would_send(tmp_path):
+    """The slider's events skip Gradio's postprocessing and send gallery_payload's value instead: it must stay
+    what Gallery.postprocess makes of the same (thumbnail, caption) pairs."""
+    import gradio as gr
+
+    items = [(str(tmp_path / f"{i}.jpg"), f"0.{i}1 · photo-{i}.jpg") for i in range(3)]
+    for path, _ in items:
+        Path(path).write_bytes(b"\xff\xd8\xff\xd9")
+    expected = gr.Gallery().postprocess(items).model_dump()
+    assert gallery_payload(items) == expected
+    assert [e["caption"] for e in expected] == [c for _, c in items]
+
+
+def test_a_request_stands_only_while_its_result_is_open():
+    wanted = (7, 4, 8, ("yours", "abc"))
+    assert standing_request(wanted, ("yours", "abc")) == (4, 8, "yours", "abc")
+    assert standing_request(wanted, ["yours", "abc"]) == (4, 8, "yours", "abc")  # as a State may hold it
+    assert standing_request(wanted, ("yours", "other")) is None  # another result was opened since
+    assert standing_request(wanted, None) is None  # a new search closed the panel
+    assert standing_request(None, ("yours", "abc")) is None
