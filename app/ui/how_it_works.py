@@ -36,7 +36,8 @@ def build(studio: Studio) -> SimpleNamespace:
     gr.Markdown("The backbone reads the query's tokens followed by the meta tokens (orange). Content tokens never "
                 "look at the meta tokens. In the paper's layout (the vision-language backbones) meta token *i* "
                 "looks at all content and at meta tokens 1…*i*; in MetaEmbed-Mini's granular layout meta token 1 "
-                "reads the whole text and each later level splits it into ever smaller parts, one per meta token.",
+                "reads the whole text and each later level splits it into ever smaller parts, one per meta token: "
+                "at sentence ends first, then at commas, then between words.",
                 elem_classes="me-caption")
     gr.Markdown("### 2 · Each meta token reads the content")
     t.attention = gr.Plot(show_label=False, elem_id="me-teach-attention")

@@ -142,8 +142,7 @@ class TextEncoderBackbone(Backbone):
         else:
             # Granular meta tokens: meta i sees only its own part of the content, and itself.
             if batch.get("meta_layout") == "phrases":
-                photo = ["visual" in e for e in batch["extras"]]
-                span = part_mask(batch["tokens"], photo, levels, num, length).to(device)
+                span = part_mask(batch["tokens"], levels, num, length).to(device)
             else:
                 span = span_mask(valid.sum(1), levels, num, length)
             allowed[:, length:, :length] = span

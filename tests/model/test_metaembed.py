@@ -190,9 +190,9 @@ def test_span_bounds_split_the_text_into_nested_parts():
     assert end[1].max() <= 2
 
 
-@pytest.fixture(scope="module")
-def span_model():
-    return MetaEmbed.from_config(MetaEmbedConfig(name="test-spans", meta_attention="spans"), device="cpu")
+@pytest.fixture(scope="module", params=["spans", "phrases"])
+def span_model(request):
+    return MetaEmbed.from_config(MetaEmbedConfig(name="test-spans", meta_attention=request.param), device="cpu")
 
 
 @pytest.mark.parametrize("side, r", [("query", 4), ("candidate", 8)])
@@ -224,6 +224,7 @@ def test_untrained_readout_is_the_mean_of_each_span(span_model):
     """With its query weights and gate at zero, the span readout's state for meta token i is the plain mean of
     the frozen base's last-layer states over token i's span: the structure the readout starts from."""
     from model.backbones.minilm import span_mask
+    from model.parts import part_mask
 
     model = span_model
     batch = model.prepare(TEXTS, "candidate")
@@ -232,7 +233,11 @@ def test_untrained_readout_is_the_mean_of_each_span(span_model):
         states, _ = model.readout(out.meta, out.content, out.span)
         base = model.backbone.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     lengths = batch["attention_mask"].sum(1)
-    inside = span_mask(lengths, model.config.meta_levels("candidate"), 64, lengths.max()).float()
+    levels = model.config.meta_levels("candidate")
+    if model.config.meta_attention == "spans":
+        inside = span_mask(lengths, levels, 64, lengths.max()).float()
+    else:
+        inside = part_mask(batch["tokens"], levels, 64, int(lengths.max())).float()
     expected = inside @ base.last_hidden_state / inside.sum(-1, keepdim=True)
     torch.testing.assert_close(states, expected, atol=2e-5, rtol=1e-4)
     # Its attention is what the app shows as "what this vector reads": uniform over the span, zero outside.

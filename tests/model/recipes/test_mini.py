@@ -28,8 +28,8 @@ def test_default_checkpoint_is_small_and_loads_offline(mini):
 
 def test_a_candidates_own_vectors_differ(mini):
     """The 64 vectors of one candidate are not near-copies (v1's mean cosine between them was 0.95, so the
-    budget slider changed nothing). v2 measured 0.55 on dev-split pages and 0.51 on dev photos; the model
-    issue's goal is 0.5, so this asserts the looser bound that v1 failed and v2 keeps."""
+    budget slider changed nothing; v2's 0.51-0.56). The model issue's goal is 0.5: v3 measured 0.44 / 0.45 on
+    held-out photos / pages."""
     photos = [Image.open(p).convert("RGB") for p in sorted(EXAMPLES.glob("*.jpg"))[:6]]
     passages = [
         "To add a package repository, edit /etc/apt/sources.list and run apt update to refresh the lists. "
@@ -42,7 +42,7 @@ def test_a_candidates_own_vectors_differ(mini):
         gram = c @ c.transpose(1, 2)
         n = c.shape[1]
         own = ((gram.sum((1, 2)) - gram.diagonal(dim1=1, dim2=2).sum(1)) / (n * n - n)).mean()
-        assert own < 0.7, float(own)
+        assert own <= 0.5, float(own)
 
 
 def test_mini_ranks_obvious_photos(mini):
