@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import heapq
 
+import numpy as np
 import torch
 
 # Boundary strength of a cut before a token, from what precedes it.
@@ -88,11 +89,11 @@ def nested_parts(tokens: list[str], levels: list[int], num: int) -> list[tuple[i
 
 def part_mask(tokens: list[list[str]], levels: list[int], num: int, width: int) -> torch.Tensor:
     """[B, num, width] bool: which content positions each granular meta token reads."""
-    mask = torch.zeros(len(tokens), num, width, dtype=torch.bool)
+    # numpy, not torch, for the per-row work: a query's 16 rows of tiny tensor ops cost more than its encoding.
+    mask = np.zeros((len(tokens), num, width), dtype=bool)
     for b, toks in enumerate(tokens):
-        readable = torch.tensor([t not in PUNCTUATION for t in toks] + [False] * (width - len(toks)))
+        readable = np.zeros(width, dtype=bool)
+        readable[: len(toks)] = [t not in PUNCTUATION for t in toks]
         for r, (a, e) in enumerate(nested_parts(toks, levels, num)):
-            mask[b, r, a:e] = True
-            if readable[a:e].any():
-                mask[b, r] &= readable
-    return mask
+            mask[b, r, a:e] = readable[a:e] if readable[a:e].any() else True
+    return torch.from_numpy(mask)
