@@ -12,6 +12,19 @@ from .files import write_atomic
 FORMAT_VERSION = 1
 CONFIG_NAME = "metaembed_config.json"
 
+def env_switch(name: str) -> bool | None:
+    """An on/off switch from the environment: True for 1/true/on/yes, False for 0/false/off/no, None when unset
+    or empty; anything else is refused with the variable's name."""
+    setting = os.environ.get(name, "").strip().lower()
+    if setting in ("1", "true", "on", "yes"):
+        return True
+    if setting in ("0", "false", "off", "no"):
+        return False
+    if setting:
+        raise ValueError(f"${name} must be 0 or 1, got {setting!r}")
+    return None
+
+
 # How meta tokens read the content: all of it (the paper), or one part each (granular; text backbones).
 META_ATTENTION = ("full", "spans", "phrases")
 GRANULAR = ("spans", "phrases")  # layouts in which each meta token reads only its part of the content

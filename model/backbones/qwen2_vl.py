@@ -8,11 +8,10 @@ none. The format is Qwen's fixed ChatML, and the image expands to one `<|image_p
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import nn
 
+from ..config import env_switch
 from .base import Parsed
 from .qwen_vision_attention import GroupedVisionAttention
 from .vlm import VLMBackbone
@@ -54,8 +53,7 @@ class QwenVLBackbone(VLMBackbone):
         self._grouped: GroupedVisionAttention | None = None
         self._grouped_tried = False  # install once: a failed attempt logs its reason once
         if grouped_vision_attention is None:
-            setting = os.environ.get(GROUPED_ATTENTION_ENV, "1").strip().lower()
-            grouped_vision_attention = setting not in ("0", "false", "no", "off")
+            grouped_vision_attention = env_switch(GROUPED_ATTENTION_ENV) is not False  # unset: on
         self.set_grouped_vision_attention(grouped_vision_attention)
 
     def set_grouped_vision_attention(self, enabled: bool) -> bool:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
@@ -27,6 +26,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+from ..config import env_switch
 from .classifier import INPUT_SIZE, get_classifier, predict_crops, preprocess
 from .colours import MASK_SIZE, dominant_colours
 from .images import to_rgb
@@ -154,13 +154,7 @@ PEOPLE_ENV = "METAEMBED_PEOPLE"
 def _people_detector(people: bool | None):
     """The face detector the tokenizer uses (see VisualTokenizer's `people`), or None when people are off."""
     if people is None:
-        setting = os.environ.get(PEOPLE_ENV, "").strip().lower()
-        if setting in ("0", "false", "off", "no"):
-            return None
-        if setting in ("1", "true", "on", "yes"):
-            people = True
-        elif setting:
-            raise ValueError(f"${PEOPLE_ENV} must be 0 or 1 (unset: on when installed), got {setting!r}")
+        people = env_switch(PEOPLE_ENV)  # unset: on when installed
     if people is False:
         return None
     try:

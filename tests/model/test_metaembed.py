@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from model import MetaEmbed, MetaEmbedConfig
-from model.config import CONFIG_NAME
+from model.config import CONFIG_NAME, env_switch
 
 TEXTS = ["a dog running on the beach", "red sports car", "how to configure apt sources on Debian"]
 
@@ -256,3 +256,14 @@ def test_readout_weights_are_saved_and_loaded(tmp_path):
     loaded = MetaEmbed.from_pretrained(tmp_path / "ck", device="cpu")
     torch.testing.assert_close(loaded.readout.query.weight, model.readout.query.weight)
     torch.testing.assert_close(loaded.encode_candidates(TEXTS), model.encode_candidates(TEXTS))
+
+
+def test_env_switch(monkeypatch):
+    monkeypatch.delenv("METAEMBED_TEST_SWITCH", raising=False)
+    assert env_switch("METAEMBED_TEST_SWITCH") is None
+    for value, expected in (("1", True), (" Yes ", True), ("off", False), ("0", False), ("", None)):
+        monkeypatch.setenv("METAEMBED_TEST_SWITCH", value)
+        assert env_switch("METAEMBED_TEST_SWITCH") is expected
+    monkeypatch.setenv("METAEMBED_TEST_SWITCH", "maybe")
+    with pytest.raises(ValueError, match="METAEMBED_TEST_SWITCH"):
+        env_switch("METAEMBED_TEST_SWITCH")
