@@ -28,6 +28,11 @@ Metrics, per query, then averaged over the queries (photo, document, all):
 - nDCG@10: binary relevance, DCG = sum over the top 10 of rel_i / log2(i + 1) (i from 1), divided by the
   ideal DCG: all the query's relevant units ranked first (at most 10 of them counted).
 
+Own kind. `results` ranks every query over everything indexed (photos and pages together, as in a mixed
+collection). `own_kind` ranks each kind's queries over the units of that kind only, as in a collection of
+photos alone or of documents alone (the setting of single-kind evaluation sets); same scores, same metrics.
+A relevant unit of the other kind then counts as not found.
+
 Diagnostic: `self_similarity`, per kind of unit, the mean cosine similarity between an item's own R_c
 stored vectors (off-diagonal mean of its R_c x R_c Gram matrix, averaged over the items): near 1 means the
 multi-vectors all say the same thing.
@@ -39,6 +44,7 @@ JSON (`--json`), one object::
      "items": int, "units": {"photo": int, "document": int}, "queries": {"photo": int, "document": int, "all": int},
      "results": {"photo" | "document" | "all": null (no queries of that kind) | {
          "r_q,r_c" (every preset) | "baseline": {"mrr": float, "recall@K" (each K): float, "ndcg@10": float}}},
+     "own_kind": {"photo" | "document": null | {the same per-budget metrics, over units of that kind only}},
      "self_similarity": {"photo" | "document": float | null},
      "warnings": [{"path": str, "error": str}], "seconds": float}
 
@@ -365,6 +371,22 @@ def check_relevance(queries: Sequence[Query], coll: Collection, queries_path: Pa
 
 
 def _evaluate_scores(scores: torch.Tensor, units: Sequence[str], queries: Sequence[Query],
+                     recall_k: Sequence[int], unit_kinds: dict[str, str] | None = None,
+                     ) -> tuple[dict[str, dict[str, float] | None], dict[str, dict[str, float] | None]]:
+    """Metrics per kind of query over all units, and (given `unit_kinds`) over units of the query's kind only."""
+    mixed = _metrics_by_kind(scores, units, queries, recall_k)
+    own: dict[str, dict[str, float] | None] = {kind: None for kind in KINDS}
+    if unit_kinds is not None:
+        for kind in KINDS:
+            qi = [i for i, q in enumerate(queries) if q.kind == kind]
+            ui = [j for j, u in enumerate(units) if unit_kinds[u] == kind]
+            if qi and ui:
+                sub = scores[qi][:, ui]
+                own[kind] = _metrics_by_kind(sub, [units[j] for j in ui], [queries[i] for i in qi], recall_k)[kind]
+    return mixed, own
+
+
+def _metrics_by_kind(scores: torch.Tensor, units: Sequence[str], queries: Sequence[Query],
                      recall_k: Sequence[int]) -> dict[str, dict[str, float] | None]:
     per_query = []
     unit_list = list(units)
@@ -401,19 +423,23 @@ def evaluate(model: Any, checkpoint_id: str, folder: str | Path, *, recall_k: Se
     qvec = model.encode_queries([q.text for q in queries])
     store = CandidateStore(coll.vectors)
     results: dict[str, dict] = {"photo": {}, "document": {}, "all": {}}
-    runs: dict[str, dict] = {}
+    own_kind: dict[str, dict] = {"photo": {}, "document": {}}
+    runs: dict[str, tuple[dict, dict]] = {}
     for r_q, r_c in presets:
         runs[f"{r_q},{r_c}"] = _evaluate_scores(store.maxsim(qvec, (r_q, r_c), precise=True), coll.units,
-                                                queries, recall_k)
+                                                queries, recall_k, coll.unit_kinds)
     if all(t is not None for t in coll.texts):
         runs["baseline"] = _evaluate_scores(baseline_scores(coll.texts, [q.text for q in queries]),  # type: ignore[arg-type]
-                                            coll.units, queries, recall_k)
-    for name, by_kind in runs.items():
-        for kind, metrics in by_kind.items():
+                                            coll.units, queries, recall_k, coll.unit_kinds)
+    for name, (mixed, own) in runs.items():
+        for kind, metrics in mixed.items():
             results[kind][name] = metrics
-    for kind in results:
-        if any(v is None for v in results[kind].values()):
-            results[kind] = None  # type: ignore[assignment]
+        for kind, metrics in own.items():
+            own_kind[kind][name] = metrics
+    for table in (results, own_kind):
+        for kind in table:
+            if any(v is None for v in table[kind].values()):
+                table[kind] = None  # type: ignore[assignment]
 
     similarity: dict[str, float | None] = {}
     for kind in KINDS:
@@ -427,6 +453,7 @@ def evaluate(model: Any, checkpoint_id: str, folder: str | Path, *, recall_k: Se
         "units": {kind: sum(k == kind for k in coll.unit_kinds.values()) for kind in KINDS},
         "queries": {**counts, "all": len(queries)},
         "results": results,
+        "own_kind": own_kind,
         "self_similarity": similarity,
         "warnings": coll.warnings,
         "seconds": round(time.perf_counter() - start, 1),
@@ -443,11 +470,13 @@ def markdown(report: dict) -> str:
              f"units), {report['queries']['all']} queries; model {report['model']} ({report['checkpoint_id']}). "
              "Recall@k: the share of a query's relevant units in its top k; nDCG@10 with binary relevance."]
     titles = {"photo": "Photo queries", "document": "Document queries", "all": "All queries"}
-    for kind in (*KINDS, "all"):
-        table = report["results"][kind]
+    own_titles = {"photo": "Photo queries over the photos only", "document": "Document queries over the documents only"}
+    tables = [(titles[kind], kind, report["results"][kind]) for kind in (*KINDS, "all")]
+    tables += [(own_titles[kind], kind, report.get("own_kind", {}).get(kind)) for kind in KINDS]
+    for title, kind, table in tables:
         if table is None:
             continue
-        lines += ["", f"**{titles[kind]}** ({report['queries'][kind]})", "", header,
+        lines += ["", f"**{title}** ({report['queries'][kind]})", "", header,
                   "|---|---|---|" + "---|" * (len(ks) + 1)]
         for name, m in table.items():
             label = ("| MiniLM-L6 mean-pooled, single vector | 1 vector" if name == "baseline"
@@ -479,19 +508,22 @@ def load_quality(folder: str | os.PathLike | None, checkpoint_id: str) -> dict[s
 
 
 def budget_table(reports: dict[str, dict]) -> str:
-    """Quality against budget: MRR at every preset per split and kind of query, beside the single-vector
-    baseline over the same content (what the app's Model tab shows for the loaded checkpoint)."""
+    """Quality against budget: MRR at every preset per split and kind of query (ranked over everything, then,
+    where the report has them, over that kind's units only), beside the single-vector baseline over the same
+    content (what the app's Model tab shows for the loaded checkpoint)."""
     if not reports:
         return ""
     presets = next(iter(reports.values()))["presets"]
     head = "| split, queries | " + " | ".join(f"({q},{c})" for q, c in presets) + " | baseline |"
     lines = [head, "|---|" + "---|" * (len(presets) + 1)]
+    own = {"photo": "over the photos only", "document": "over the documents only"}
     for name, r in reports.items():
-        for kind in KINDS:
-            table = r["results"].get(kind)
+        rows = [(kind, "", r["results"].get(kind)) for kind in KINDS]
+        rows += [(kind, f" {own[kind]}", (r.get("own_kind") or {}).get(kind)) for kind in KINDS]
+        for kind, where, table in rows:
             if not table:
                 continue
             cells = [f"{table[f'{q},{c}']['mrr']:.3f}" for q, c in presets] + [f"{table['baseline']['mrr']:.3f}"]
-            lines.append(f"| {name}, {r['queries'][kind]} {kind} | " + " | ".join(cells) + " |")
+            lines.append(f"| {name}, {r['queries'][kind]} {kind}{where} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

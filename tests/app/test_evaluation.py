@@ -12,7 +12,16 @@ import torch
 from PIL import Image
 
 from app import cli
-from app.evaluation import mrr, ndcg_at_k, rank_units, recall_at_k, self_similarity, unit_name
+from app.evaluation import (
+    Query,
+    _evaluate_scores,
+    mrr,
+    ndcg_at_k,
+    rank_units,
+    recall_at_k,
+    self_similarity,
+    unit_name,
+)
 from tests.helpers import REPO, make_pdf
 
 # ------------------------------------------------------------------------------------------- metrics
@@ -50,6 +59,25 @@ def test_rank_units_scores_a_page_at_its_best_item():
     assert mrr(rank_units(scores, units), {"doc.pdf#page=1"}) == 1.0
     # Each unit appears once; ties are broken by name.
     assert rank_units([0.5, 0.5, 0.5], ["b", "a", "c"]) == ["a", "b", "c"]
+
+
+def test_own_kind_ranks_each_kind_among_its_own_units():
+    units = ["cat.jpg", "dog.jpg", "guide.pdf#page=1", "notes.txt"]
+    kinds = {"cat.jpg": "photo", "dog.jpg": "photo", "guide.pdf#page=1": "document", "notes.txt": "document"}
+    queries = [Query("cat", frozenset({"cat.jpg"}), "photo"), Query("apt", frozenset({"notes.txt"}), "document")]
+    # The photo query's best unit is a page, the document query's a photo: each relevant unit ranks second
+    # over everything, first among its own kind.
+    scores = torch.tensor([[0.8, 0.1, 0.9, 0.2], [0.9, 0.1, 0.3, 0.7]])
+    mixed, own = _evaluate_scores(scores, units, queries, [1])
+    assert mixed["photo"]["mrr"] == 0.5 and mixed["document"]["mrr"] == 0.5 and mixed["all"]["mrr"] == 0.5
+    assert own == {"photo": None, "document": None}  # not asked for
+    mixed2, own = _evaluate_scores(scores, units, queries, [1], kinds)
+    assert mixed2 == mixed
+    assert own["photo"]["mrr"] == 1.0 and own["document"]["mrr"] == 1.0 and own["photo"]["recall@1"] == 1.0
+    # A relevant unit of the other kind is not found among the query's own kind.
+    other = [Query("cat", frozenset({"guide.pdf#page=1"}), "photo")]
+    _, own = _evaluate_scores(scores[:1], units, other, [1], kinds)
+    assert own["photo"]["mrr"] == 0.0 and own["document"] is None
 
 
 def test_unit_names_and_self_similarity():
@@ -124,6 +152,10 @@ def test_end_to_end_json(tmp_path, ckpt, capsys, shared_model):
         for metrics in table.values():
             assert set(metrics) == {"mrr", "recall@1", "recall@5", "ndcg@10"}
             assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    for kind in ("photo", "document"):
+        assert list(report["own_kind"][kind]) == [*presets, "baseline"]
+        # Two photos / three document units: every relevant unit is in the top 5 of its own kind.
+        assert report["own_kind"][kind]["baseline"]["recall@5"] == 1.0
     # Five units: every relevant unit is in the top 5.
     assert report["results"]["all"]["baseline"]["recall@5"] == 1.0
     assert set(report["self_similarity"]) == {"photo", "document"}
@@ -134,6 +166,7 @@ def test_end_to_end_json(tmp_path, ckpt, capsys, shared_model):
     code, out, _ = run(capsys, "eval", folder, "--checkpoint", ckpt, "--quiet", "--k", "1", "3")
     assert code == 0
     assert "**Photo queries** (2)" in out and "**Document queries** (3)" in out and "**All queries** (5)" in out
+    assert "**Photo queries over the photos only** (2)" in out and "**Document queries over the documents only** (3)" in out
     assert "| MRR | Recall@1 | Recall@3 | nDCG@10 |" in out and "| MiniLM-L6 mean-pooled, single vector |" in out
     assert f"({presets[-1]})" in out
 
@@ -216,7 +249,8 @@ def test_the_bundled_checkpoint_carries_its_own_quality_table():
     assert len(reports) == 2 and any("held-out" in name for name in reports)
     table = budget_table(reports)
     rows = [line for line in table.splitlines() if line.startswith("| dev") or line.startswith("| held-out")]
-    assert len(rows) == 4  # photo and document rows of both splits
+    assert len(rows) == 8  # photo and document rows of both splits, over everything and over their own kind
+    assert sum(" only |" in row for row in rows) == 4
     for row in rows:
         cells = [float(c) for c in row.strip("|").split("|")[1:]]
         assert len(cells) == 6 and all(0 < c <= 1 for c in cells)  # five presets and the baseline
