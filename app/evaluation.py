@@ -80,6 +80,7 @@ NDCG_K = 10
 DEFAULT_RECALL_K = (1, 5)
 QUERIES_NAME = "queries.json"
 SUBFOLDERS = ("photos", "documents")
+OWN_KIND = {"photo": "over the photos only", "document": "over the documents only"}  # how own_kind is labelled
 
 
 class EvalInputError(ValueError):
@@ -470,9 +471,8 @@ def markdown(report: dict) -> str:
              f"units), {report['queries']['all']} queries; model {report['model']} ({report['checkpoint_id']}). "
              "Recall@k: the share of a query's relevant units in its top k; nDCG@10 with binary relevance."]
     titles = {"photo": "Photo queries", "document": "Document queries", "all": "All queries"}
-    own_titles = {"photo": "Photo queries over the photos only", "document": "Document queries over the documents only"}
     tables = [(titles[kind], kind, report["results"][kind]) for kind in (*KINDS, "all")]
-    tables += [(own_titles[kind], kind, report.get("own_kind", {}).get(kind)) for kind in KINDS]
+    tables += [(f"{titles[kind]} {OWN_KIND[kind]}", kind, report.get("own_kind", {}).get(kind)) for kind in KINDS]
     for title, kind, table in tables:
         if table is None:
             continue
@@ -516,10 +516,9 @@ def budget_table(reports: dict[str, dict]) -> str:
     presets = next(iter(reports.values()))["presets"]
     head = "| split, queries | " + " | ".join(f"({q},{c})" for q, c in presets) + " | baseline |"
     lines = [head, "|---|" + "---|" * (len(presets) + 1)]
-    own = {"photo": "over the photos only", "document": "over the documents only"}
     for name, r in reports.items():
         rows = [(kind, "", r["results"].get(kind)) for kind in KINDS]
-        rows += [(kind, f" {own[kind]}", (r.get("own_kind") or {}).get(kind)) for kind in KINDS]
+        rows += [(kind, f" {OWN_KIND[kind]}", (r.get("own_kind") or {}).get(kind)) for kind in KINDS]
         for kind, where, table in rows:
             if not table:
                 continue
