@@ -12,6 +12,7 @@ from .files import write_atomic
 FORMAT_VERSION = 1
 CONFIG_NAME = "metaembed_config.json"
 
+
 def env_switch(name: str) -> bool | None:
     """An on/off switch from the environment: True for 1/true/on/yes, False for 0/false/off/no, None when unset
     or empty; anything else is refused with the variable's name."""

@@ -80,12 +80,11 @@ def cache_states(model: MetaEmbed, texts: list[str], side: str, batch_size: int 
 def _stack(cached: list[Cached]) -> tuple[torch.Tensor, ...]:
     lengths = torch.tensor([c.content.shape[0] for c in cached])
     width = int(lengths.max())
-    content = torch.zeros(len(cached), width, cached[0].content.shape[1])
-    for i, c in enumerate(cached):
-        content[i, : c.content.shape[0]] = c.content.float()
     meta = torch.stack([c.meta.float() for c in cached])
+    content = torch.zeros(len(cached), width, cached[0].content.shape[1])
     span = torch.zeros(len(cached), meta.shape[1], width, dtype=torch.bool)
     for i, c in enumerate(cached):
+        content[i, : c.content.shape[0]] = c.content.float()
         span[i, :, : c.span.shape[1]] = c.span
     valid = (torch.arange(width) < lengths[:, None]).float()
     mean = (content * valid[..., None]).sum(1) / lengths[:, None]
