@@ -9,7 +9,10 @@ in bf16, so the j-th vector of every candidate is one contiguous ``[N, D]`` matr
 ``[:r_c]`` is a contiguous block. Scoring is then plain bf16 GEMMs of the query rows against those
 matrices (several vectors per GEMM when they lie back to back), folded with a running max; see
 `_score_vector_major`, bench/maxsim.py and docs/benchmarks.md for the formulations measured against it.
-The torch thread count scoring runs at is chosen per CPU in model/scoring_threads.py.
+On a CPU that only emulates bf16 (e.g. AVX2 without AVX512-bf16) those GEMMs are slower than fp32 ones, so
+there the stored vectors are converted to fp32 block by block and scored in fp32 (`_score_fp32_blocks`),
+which is also how the precise path scores everywhere. The torch thread count scoring runs at is chosen per
+CPU in model/scoring_threads.py.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .scoring_threads import run_scoring
+from .device import cpu_has_native_bf16
+from .scoring_threads import lane_count, run_lanes, run_scoring
 
 __all__ = ["CandidateStore", "explain", "maxsim", "maxsim_dense", "near_top"]
 
@@ -33,6 +37,16 @@ _BLOCK_ELEMENTS = 1 << 24
 # Elements of one converted or gathered [r_c, k, D] slice (16M = 32 MiB of bf16): functional maxsim and
 # scoring by indices copy candidates into the fast layout slice by slice, so memory stays bounded.
 _GATHER_ELEMENTS = 1 << 24
+# The fp32 path (`_score_fp32_blocks`): candidate vectors converted per block (512K values = 2 MiB of fp32,
+# so a block is still in cache when its GEMM reads it, with two lanes sharing the cache) and per GEMM (8
+# vectors of the same candidates); the query rows from which a CPU without native bf16 takes it over the
+# bf16 GEMMs, and from which its GEMMs put candidates first. Measured with bench/maxsim.py on the 2-core
+# AVX2 EPYC (docs/benchmarks.md, "MaxSim scoring").
+_FP32_BLOCK_ELEMENTS = 1 << 19
+_FP32_GROUP = 8
+_FP32_MIN_ROWS = 4
+_FP32_CANDIDATES_FIRST_ROWS = 16
+_FP32_LANE_MIN = 256  # candidates below which another lane costs more (a hand-off) than it saves
 _GROWTH = 1.5  # capacity factor on append: amortised O(1) per row without doubling a large store
 
 
@@ -186,19 +200,103 @@ def _score_vector_major(rows: Tensor, vm: Tensor, bq: int, r_q: int, r_c: int) -
     return out
 
 
+def _score_fp32_blocks(rows: Tensor, vm: Tensor, bq: int, r_q: int, r_c: int,
+                       idx: Tensor | None = None) -> Tensor:
+    """`_score_fp32_lane` on one-thread lanes (model.scoring_threads.run_lanes), the candidates split into one
+    contiguous range per lane: as many lanes as the caller has torch threads, each of _FP32_LANE_MIN or more."""
+    n = vm.shape[1] if idx is None else idx.numel()
+    lanes = max(1, min(lane_count(), n // _FP32_LANE_MIN))
+    bounds = [n * i // lanes for i in range(lanes + 1)]
+    parts = run_lanes([
+        (lambda s=s, e=e: _score_fp32_lane(rows, vm[:, s:e] if idx is None else vm, bq, r_q, r_c,
+                                           None if idx is None else idx[s:e]))
+        for s, e in zip(bounds, bounds[1:], strict=False)
+    ])
+    return torch.cat(parts, dim=1)
+
+
+def _score_fp32_lane(rows: Tensor, vm: Tensor, bq: int, r_q: int, r_c: int,
+                     idx: Tensor | None = None) -> Tensor:
+    """MaxSim of fp32 query rows [Bq*r_q, D] against vector-major candidates vm [>=r_c, n, D] (bf16 or
+    fp32; only the candidates `idx` when given, in that order), in fp32 throughout -> [Bq, n] fp32.
+
+    Blocks of candidates are converted (and gathered) into one fp32 buffer small enough to stay in cache and
+    multiplied with the query rows, k vectors per GEMM, folded by a running max. The GEMM's orientation
+    follows the row count: MKL's sgemm ran rows @ block.T 3-4x faster than block @ rows.T for 2-8 rows, and
+    the other way round about 1.1-1.2x faster from 16 rows (one thread, AVX2; docs/benchmarks.md).
+    """
+    n = vm.shape[1] if idx is None else idx.numel()
+    d, n_rows = vm.shape[2], rows.shape[0]
+    if n == 0:
+        return torch.empty(bq, 0, dtype=torch.float32)
+    group = min(r_c, _FP32_GROUP)
+    m = min(n, max(64, _FP32_BLOCK_ELEMENTS // (group * max(d, n_rows))))
+    rows_first = n_rows < _FP32_CANDIDATES_FIRST_ROWS
+    # The similarities of one block as [rows, k, m] (rows first) or [k, m, rows] (candidates first).
+    k_dim = 1 if rows_first else 0
+    rows_t = rows.T.contiguous()
+    out = torch.empty((bq, n) if rows_first else (n, bq), dtype=torch.float32)
+    buf = torch.empty(group * m * d, dtype=torch.float32)
+    sim_buf = torch.empty(group * m * n_rows, dtype=torch.float32)
+    run_buf = torch.empty(m * n_rows, dtype=torch.float32)
+    best_buf = torch.empty(m * n_rows, dtype=torch.float32) if r_c > group else None
+    for s in range(0, n, m):
+        e = min(n, s + m)
+        w = e - s
+        shape = (n_rows, w) if rows_first else (w, n_rows)
+        run = run_buf[: w * n_rows].view(shape)
+        for j0 in range(0, r_c, group):
+            j1 = min(r_c, j0 + group)
+            k = j1 - j0
+            block = buf[: k * w * d].view(k, w, d)
+            block.copy_(vm[j0:j1, s:e] if idx is None else vm[j0:j1].index_select(1, idx[s:e]))
+            flat = block.view(k * w, d)
+            sim = run if j0 == 0 and k == 1 else sim_buf[: k * w * n_rows].view(
+                (n_rows, k * w) if rows_first else (k * w, n_rows))
+            if rows_first:
+                torch.mm(rows, flat.T, out=sim)
+            else:
+                torch.mm(flat, rows_t, out=sim)
+            if sim is run:
+                continue
+            best = run if j0 == 0 else best_buf[: w * n_rows].view(shape)
+            if k > 1:
+                folded = (n_rows, k, w) if rows_first else (k, w, n_rows)
+                torch.amax(sim.view(folded), dim=k_dim, out=best)
+            else:
+                best = sim
+            if j0 > 0:
+                torch.maximum(run, best, out=run)
+        if rows_first:
+            torch.sum(run.view(bq, r_q, w), dim=1, out=out[:, s:e])
+        else:
+            torch.sum(run.view(w, bq, r_q), dim=2, out=out[s:e])
+    return out if rows_first else out.T.contiguous()
+
+
+def _compute_dtype(n_rows: int, precise: bool) -> torch.dtype:
+    """fp32 for the precise path, and where the CPU emulates bf16 and there are enough query rows for the
+    GEMMs rather than the reading of the vectors to dominate (below that, reading half the bytes wins)."""
+    if precise or (n_rows >= _FP32_MIN_ROWS and not cpu_has_native_bf16()):
+        return torch.float32
+    return _STORE_DTYPE
+
+
 def _score_in_slices(
     rows: Tensor, bq: int, r_q: int, r_c: int, n: int, block: Callable[[int, int], Tensor]
 ) -> Tensor:
     """Score candidates that first need copying into the fast layout, one bounded slice at a time.
 
     block(s, e) returns candidates s..e as a vector-major [r_c, e - s, D] bf16 tensor; slices hold at most
-    _GATHER_ELEMENTS values so converting or gathering never copies more than one slice at once.
+    _GATHER_ELEMENTS values so converting or gathering never copies more than one slice at once. fp32 rows
+    score each slice in fp32 (`_score_fp32_blocks`), bf16 rows with bf16 GEMMs.
     """
     out = torch.empty(bq, n, dtype=torch.float32)
     step = max(256, _GATHER_ELEMENTS // (r_c * rows.shape[1]))
+    score = _score_fp32_blocks if rows.dtype == torch.float32 else _score_vector_major
     for s in range(0, n, step):
         e = min(n, s + step)
-        out[:, s:e] = _score_vector_major(rows, block(s, e), bq, r_q, r_c)
+        out[:, s:e] = score(rows, block(s, e), bq, r_q, r_c)
     return out
 
 
@@ -207,22 +305,23 @@ def maxsim(q: Tensor, c: Tensor, budget: tuple[int, int] | None = None) -> Tenso
     """MaxSim scores of every query against every candidate.
 
     q: [Bq, R_q, D] queries; c: [N, R_c, D] candidates (any float dtype). budget=(r_q, r_c) scores with the
-    first r_q query vectors and first r_c candidate vectors; None uses all of them. Computed in bf16 with
-    fp32 accumulation; returns [Bq, N] float32. c is converted to the vector-major bf16 layout on every
-    call: to score the same candidates repeatedly, build a `CandidateStore` once.
+    first r_q query vectors and first r_c candidate vectors; None uses all of them. Candidates are rounded to
+    bf16 (the store's layout) and scored like `CandidateStore.maxsim`; returns [Bq, N] float32. c is converted
+    to the vector-major bf16 layout on every call: to score the same candidates repeatedly, build a
+    `CandidateStore` once.
     """
     q = _check_queries(q)
     c = _check_candidates(c)
     _check_dims(q.shape[2], c.shape[2])
     r_q, r_c = _resolve_budget(budget, q.shape[1], c.shape[1])
     c = c[:, :r_c].detach()
-    rows = _query_rows(q, r_q)
+    rows = _query_rows(q, r_q, _compute_dtype(q.shape[0] * r_q, precise=False))
 
     def block(s: int, e: int) -> Tensor:
         return c[s:e].to(device="cpu", dtype=_STORE_DTYPE).transpose(0, 1).contiguous()
 
     # At the thread count measured fastest on this CPU (model/scoring_threads.py).
-    return run_scoring(lambda: _score_in_slices(rows, q.shape[0], r_q, r_c, c.shape[0], block))
+    return run_scoring(lambda: _score_in_slices(rows, q.shape[0], r_q, r_c, c.shape[0], block), rows.dtype)
 
 
 def maxsim_dense(q: Tensor, c: Tensor) -> Tensor:
@@ -408,27 +507,30 @@ class CandidateStore:
 
         indices: optional 1-D ints; scores only those candidates, in that order -> [Bq, len(indices)]
         (the rerank step of a two-stage search).
-        precise: fp32 queries, products and maxima over the stored (bf16) vectors, about 4x slower. The fast
-          path rounds the query to bf16 and each query vector's best product to bf16 (about 3 significant
-          digits), which reorders candidates whose scores differ by less than about r_q / 256; rank the
-          final shortlist with precise=True (see `near_top`).
+        precise: fp32 queries, products and maxima over the stored (bf16) vectors. Where the CPU computes
+          bf16 natively the fast path is bf16 and about 4x faster: it rounds the query to bf16 and each query
+          vector's best product to bf16 (about 3 significant digits), which reorders candidates whose scores
+          differ by less than about r_q / 256; rank the final shortlist with precise=True (see `near_top`).
+          Where bf16 is emulated, fp32 is the faster path from a few query rows (Bq * r_q >= 4) up, and the
+          fast path then takes it too.
         """
         q = _check_queries(q)
         _check_dims(q.shape[2], self.dim)
         r_q, r_c = _resolve_budget(budget, q.shape[1], self.num_vectors)
-        rows = _query_rows(q, r_q, torch.float32 if precise else _STORE_DTYPE)
         bq = q.shape[0]
+        rows = _query_rows(q, r_q, _compute_dtype(bq * r_q, precise))
         vm = self._data[:r_c, : self._n]
         idx = None if indices is None else _check_indices(indices, self._n, "maxsim")
 
         def block(s: int, e: int) -> Tensor:
-            part = vm[:, s:e] if idx is None else vm.index_select(1, idx[s:e])
-            return part.float() if precise else part
+            return vm.index_select(1, idx[s:e])
 
         def score() -> Tensor:
-            if idx is None and not precise:
+            if rows.dtype == torch.float32:
+                return _score_fp32_blocks(rows, vm, bq, r_q, r_c, idx)
+            if idx is None:
                 return _score_vector_major(rows, vm, bq, r_q, r_c)
-            return _score_in_slices(rows, bq, r_q, r_c, self._n if idx is None else idx.numel(), block)
+            return _score_in_slices(rows, bq, r_q, r_c, idx.numel(), block)
 
         return run_scoring(score, rows.dtype)  # at the thread count measured fastest on this CPU
 

@@ -14,6 +14,9 @@ all on whether the CPU multiplies bf16 natively:
   2 threads were 1.5-2.0x faster than 1 at every preset when idle, and ahead or level in five bench runs
   under load (one scratch run at load 3.3-5 had 1 thread ahead). There, scoring keeps the caller's count.
 The choice never raises the count: a caller at `torch.set_num_threads(1)` stays at one thread.
+The fp32 path (model/scoring.py, where bf16 is emulated, and the precise path) splits its candidates into
+independent ranges instead, one per thread of the caller, each scored on a one-thread worker (`run_lanes`):
+no op waits for a second thread, which under load stalled short GEMMs for a scheduler tick.
 
 How it is applied: torch.set_num_threads is per OS thread in torch's OpenMP builds, but it also sets the
 count that every thread which has not run torch yet starts with. Lowering it around a call would hand one
@@ -36,7 +39,7 @@ import torch
 
 from .device import cpu_has_native_bf16
 
-__all__ = ["run_scoring", "scoring_thread_count"]
+__all__ = ["lane_count", "run_lanes", "run_scoring", "scoring_thread_count"]
 
 T = TypeVar("T")
 
@@ -99,12 +102,14 @@ class _OneThreadWorkers:
     def _work(self, ready: threading.Barrier) -> None:
         torch.get_num_threads()  # torch's first-use set-up of this thread, before the count is set
         torch.set_num_threads(1)
+        _on_worker.flag = True
         ready.wait()
         while True:
             self.jobs.get()()
 
 
 _workers = _OneThreadWorkers()
+_on_worker = threading.local()  # flag set on the workers: work they start runs there, not on other workers
 
 
 def _reset_after_fork() -> None:
@@ -144,3 +149,50 @@ def run_scoring(fn: Callable[[], T], dtype: torch.dtype = torch.bfloat16) -> T:
     if error:
         raise error[0]
     return result[0]
+
+
+def lane_count() -> int:
+    """How many one-thread lanes split a scoring call made from this thread (the fp32 path's parallelism):
+    the caller's torch thread count, or 1 where that count is process-wide (see `_per_thread_setting`)."""
+    have = torch.get_num_threads()
+    if not _per_thread_setting():
+        return 1
+    if _FORCE is not None:
+        return min(have, _FORCE or have)
+    return have
+
+
+def run_lanes(jobs: list[Callable[[], T]]) -> list[T]:
+    """Run each job on its own one-thread worker, side by side, and return their results in order.
+
+    For work that splits into independent parts (the fp32 path's candidate ranges): the parts never wait
+    for each other op by op, as one op's two torch threads do, which on a shared machine stalled a short
+    GEMM for a whole scheduler tick (~16 ms) whenever the other core was busy (docs/benchmarks.md).
+    Jobs run in the caller instead when it is at one thread already, or is itself a worker.
+    """
+    if torch.get_num_threads() == 1 or getattr(_on_worker, "flag", False) or not _per_thread_setting():
+        return [job() for job in jobs]
+    _workers.ensure(max(len(jobs), torch.get_num_threads()))
+    grad = torch.is_grad_enabled()
+    results: list[list[T]] = [[] for _ in jobs]
+    errors: list[BaseException] = []
+    left = threading.Semaphore(0)
+
+    def wrap(i: int, job: Callable[[], T]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                with torch.set_grad_enabled(grad):
+                    results[i].append(job())
+            except BaseException as err:  # noqa: BLE001 - raised in the caller below
+                errors.append(err)
+            finally:
+                left.release()
+        return run
+
+    for i, job in enumerate(jobs):
+        _workers.jobs.put(wrap(i, job))
+    for _ in jobs:
+        left.acquire()
+    if errors:
+        raise errors[0]
+    return [r[0] for r in results]

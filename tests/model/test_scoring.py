@@ -194,8 +194,47 @@ def test_precise_scores_are_fp32_maxsim_of_the_stored_vectors(data, budget):
                                rtol=0, atol=1e-5)
 
 
-def test_precise_scores_order_near_ties_that_the_fast_path_rounds_together():
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_the_fast_path_scores_in_fp32_where_bf16_is_emulated_and_enough_rows(monkeypatch, native_bf16):
+    import model.scoring as scoring
+
+    monkeypatch.setattr(scoring, "cpu_has_native_bf16", lambda: native_bf16)
+    assert scoring._compute_dtype(1, precise=True) == torch.float32
+    few, many = scoring._FP32_MIN_ROWS - 1, scoring._FP32_MIN_ROWS
+    assert scoring._compute_dtype(few, precise=False) == torch.bfloat16
+    assert scoring._compute_dtype(many, precise=False) == (torch.bfloat16 if native_bf16 else torch.float32)
+    # The fp32 choice gives the precise scores; the bf16 one rounds them.
+    q, c = _unit(1, many, 16, seed=6), _unit(50, 9, 16, seed=7)
+    store = CandidateStore(c)
+    exact = torch.equal(store.maxsim(q, (many, 9)), store.maxsim(q, (many, 9), precise=True))
+    assert exact == (not native_bf16)
+
+
+# The fp32 core's blocking: candidates per block (from its element bound) and vectors per GEMM, both with a
+# shorter last block/group, and both GEMM orientations; each gives the fp32 MaxSim of the stored vectors.
+@pytest.mark.parametrize("group", [1, 2, 3, 8])
+@pytest.mark.parametrize("elements", [1, 16 * 3 * 100, 1 << 20])
+@pytest.mark.parametrize("candidates_first_from", [1, 1 << 20])
+def test_fp32_scores_do_not_depend_on_blocking(monkeypatch, group, elements, candidates_first_from):
+    import model.scoring as scoring
+
+    monkeypatch.setattr(scoring, "_FP32_GROUP", group)
+    monkeypatch.setattr(scoring, "_FP32_BLOCK_ELEMENTS", elements)
+    monkeypatch.setattr(scoring, "_FP32_CANDIDATES_FIRST_ROWS", candidates_first_from)
+    q, c = _unit(2, 4, 16, seed=8), _unit(300, 7, 16, seed=9)
+    want = _reference(q, c.bfloat16().float(), 3, 7)
+    store = CandidateStore(c)
+    torch.testing.assert_close(store.maxsim(q, (3, 7), precise=True).double(), want, rtol=0, atol=1e-5)
+    idx = torch.arange(299, -1, -3)
+    torch.testing.assert_close(store.maxsim(q, (3, 7), indices=idx, precise=True).double(), want[:, idx],
+                               rtol=0, atol=1e-5)
+
+
+def test_precise_scores_order_near_ties_that_the_fast_path_rounds_together(monkeypatch):
+    import model.scoring as scoring
+
     # Candidates that differ by far less than bf16 resolves: the fast path ties some, the precise path not.
+    monkeypatch.setattr(scoring, "cpu_has_native_bf16", lambda: True)  # the bf16 fast path on any CPU
     base = _unit(1, 4, 64, seed=3)[0]
     g = torch.Generator().manual_seed(4)
     c = torch.stack([base + 1e-3 * torch.randn(4, 64, generator=g) for _ in range(40)])

@@ -45,13 +45,15 @@ def two_threads(monkeypatch):
 def record_threads(monkeypatch) -> list[tuple[int, int]]:
     """Each time the scoring core runs: torch's thread count there, and the one a new thread would get."""
     seen: list[tuple[int, int]] = []
-    core = scoring._score_vector_major
 
-    def spy(*args, **kwargs):
-        seen.append((torch.get_num_threads(), _thread_count_of_a_new_thread()))
-        return core(*args, **kwargs)
+    def spying_on(core):
+        def spy(*args, **kwargs):
+            seen.append((torch.get_num_threads(), _thread_count_of_a_new_thread()))
+            return core(*args, **kwargs)
+        return spy
 
-    monkeypatch.setattr(scoring, "_score_vector_major", spy)
+    for name in ("_score_vector_major", "_score_fp32_blocks"):  # the bf16 and the fp32 cores
+        monkeypatch.setattr(scoring, name, spying_on(getattr(scoring, name)))
     return seen
 
 
