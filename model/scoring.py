@@ -27,7 +27,7 @@ from torch import Tensor
 from .device import cpu_has_native_bf16
 from .scoring_threads import lane_count, run_lanes, run_scoring
 
-__all__ = ["CandidateStore", "explain", "maxsim", "maxsim_dense", "near_top"]
+__all__ = ["CandidateStore", "explain", "fast_path_is_precise", "maxsim", "maxsim_dense", "near_top"]
 
 _STORE_DTYPE = torch.bfloat16
 # Bound on each scoring buffer (query rows x candidates [x grouped vectors]): 16M bf16 elements = 32 MiB.
@@ -44,7 +44,7 @@ _GATHER_ELEMENTS = 1 << 24
 # AVX2 EPYC (docs/benchmarks.md, "MaxSim scoring").
 _FP32_BLOCK_ELEMENTS = 1 << 19
 _FP32_GROUP = 8
-_FP32_MIN_ROWS = 4
+_FP32_MIN_ROWS = 8
 _FP32_CANDIDATES_FIRST_ROWS = 16
 _FP32_LANE_MIN = 256  # candidates below which another lane costs more (a hand-off) than it saves
 _GROWTH = 1.5  # capacity factor on append: amortised O(1) per row without doubling a large store
@@ -272,6 +272,12 @@ def _score_fp32_lane(rows: Tensor, vm: Tensor, bq: int, r_q: int, r_c: int,
         else:
             torch.sum(run.view(w, bq, r_q), dim=2, out=out[s:e])
     return out if rows_first else out.T.contiguous()
+
+
+def fast_path_is_precise(n_rows: int) -> bool:
+    """Whether `CandidateStore.maxsim` (and `maxsim`) score `n_rows` query rows (Bq * r_q) in fp32 on this
+    CPU, so that their scores are already the precise ones and a `near_top` re-scoring changes nothing."""
+    return _compute_dtype(n_rows, precise=False) == torch.float32
 
 
 def _compute_dtype(n_rows: int, precise: bool) -> torch.dtype:
@@ -511,7 +517,7 @@ class CandidateStore:
           bf16 natively the fast path is bf16 and about 4x faster: it rounds the query to bf16 and each query
           vector's best product to bf16 (about 3 significant digits), which reorders candidates whose scores
           differ by less than about r_q / 256; rank the final shortlist with precise=True (see `near_top`).
-          Where bf16 is emulated, fp32 is the faster path from a few query rows (Bq * r_q >= 4) up, and the
+          Where bf16 is emulated, fp32 is the faster path from 8 query rows (Bq * r_q) up, and the
           fast path then takes it too.
         """
         q = _check_queries(q)

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.scoring import near_top
+from model.scoring import fast_path_is_precise, near_top
 
 from . import compaction
 from .db import (
@@ -352,9 +352,11 @@ class Index:
                 q[0].float().numpy(), max(depth, k)))
         if not scores.numel():
             return []
-        # The fast bf16 scores can misorder near-ties; the few that may reach the top k are ranked in fp32.
-        shortlist = rowids[near_top(scores, k, r_q)].numpy()
-        rowids, scores = view.score_rows(qb, budget, shortlist, precise=True)
+        # Fast bf16 scores can misorder near-ties; the few that may reach the top k are ranked in fp32 (where
+        # the fast path was fp32 already, as from 8 query vectors on a CPU without native bf16, they are).
+        if not fast_path_is_precise(r_q):
+            shortlist = rowids[near_top(scores, k, r_q)].numpy()
+            rowids, scores = view.score_rows(qb, budget, shortlist, precise=True)
         top = torch.topk(scores, min(k, scores.numel()))
         return [(int(rowids[i]), float(s)) for s, i in zip(top.values, top.indices)]
 

@@ -307,7 +307,21 @@ def test_add_rejects_bad_shapes_and_skips_known_hashes(tmp_path, kind):
     assert ids[:2] == [None, None] and ids[2] is not None and len(index) == 4
 
 
-def test_segments_stay_few_and_search_matches_exact_scoring(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fast_path", ["bf16", "fp32"])
+def test_segments_stay_few_and_search_matches_exact_scoring(tmp_path, monkeypatch, fast_path):
+    import model.scoring as scoring
+
+    # Both fast paths on any CPU: bf16 (then a precise re-scoring of the near-ties) or fp32 (none needed).
+    monkeypatch.setattr(scoring, "cpu_has_native_bf16", lambda: fast_path == "bf16")
+    monkeypatch.setattr(scoring, "_FP32_MIN_ROWS", 1)
+    precise_calls = []
+    score_rows = segments_module.View.score_rows
+
+    def spy(self, qb, budget, candidates, precise=False):
+        precise_calls.append(precise)
+        return score_rows(self, qb, budget, candidates, precise)
+
+    monkeypatch.setattr(segments_module.View, "score_rows", spy)
     index = Index.create(tmp_path / "idx", "ck", 8, 16)
     vectors = unit(700, 8, 16, seed=4)
     items = fake_items(700)
@@ -333,6 +347,7 @@ def test_segments_stay_few_and_search_matches_exact_scoring(tmp_path, monkeypatc
         assert index.search(query, budget, k=20, exact=False, depth=700) == full
         monkeypatch.setattr(segments_module, "_GATHER_MIN_ROWS", 8192)
     assert list((tmp_path / "idx").glob("first_stage.*.faiss"))
+    assert any(precise_calls) == (fast_path == "bf16")
 
 
 def _small_build(build):
