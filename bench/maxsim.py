@@ -10,9 +10,9 @@ and sum over r_q (for Bq > 1, one query at a time so its [N, r_q, r_c] intermedi
 When the optional `fast-maxsim` package is installed (mixedbread's Rust CPU MaxSim, fp32; not a project
 dependency: `pip install fast-maxsim`), it is timed too, one query per call (its API), on a contiguous fp32
 [N, r_c, D] array made before timing. Repeats alternate the contenders so background load hits them alike;
-the median of the repeats is reported after one warm-up. --threads also times our scorer forced to 1
-thread and to torch's default thread count beside the thread count the library chooses on this CPU
-(model/scoring_threads.py); --variants the other formulations that were tried (see docs/benchmarks.md).
+the median of the repeats is reported after one warm-up. --threads also times our scorer with each of
+its two paths forced (bf16 GEMMs; fp32 blocks, model/scoring.py) and at 1 thread and torch's default
+thread count, beside what the library chooses on this CPU (model/scoring_threads.py); --variants the other formulations that were tried (see docs/benchmarks.md).
 Prints markdown tables ready to paste, with the load average beside them.
 """
 
@@ -274,27 +274,37 @@ def threads_table(
     args: argparse.Namespace, store: CandidateStore, c32: torch.Tensor, qs: torch.Tensor, fm: object | None,
     budgets: list[tuple[int, int]],
 ) -> None:
-    """One query: the library's threading against scoring in the calling thread at 1 and at torch's
-    default thread count, and fast-maxsim; all alternating in one loop."""
+    """One query: the library's choice against each path forced (bf16 GEMMs, fp32 blocks: see
+    model/scoring.py) and against torch at 1 and at its default thread count, and fast-maxsim; all
+    alternating in one loop."""
     default = torch.get_num_threads()
     q = qs[:1]
 
-    def forced(threads: int, budget: tuple[int, int]) -> object:
+    def forced(budget: tuple[int, int], threads: int | None = None, path: str | None = None) -> object:
         scoring_threads._FORCE = threads  # 1: one thread; 0: the caller's count
+        native, min_rows = scoring.cpu_has_native_bf16, scoring._FP32_MIN_ROWS
+        if path == "bf16":
+            scoring._FP32_MIN_ROWS = 1 << 30
+        elif path == "fp32":
+            scoring.cpu_has_native_bf16, scoring._FP32_MIN_ROWS = (lambda: False), 1
         try:
             return store.maxsim(q, budget)
         finally:
             scoring_threads._FORCE = None
+            scoring.cpu_has_native_bf16, scoring._FP32_MIN_ROWS = native, min_rows
 
-    chosen = scoring_threads.scoring_thread_count()
-    names = [f"library ({chosen} thread{'s' if chosen > 1 else ''})", "torch 1 thread", f"torch {default} threads"]
+    names = ["library", "bf16 GEMMs", "fp32 blocks", "torch 1 thread", f"torch {default} threads"]
     names += ["fast-maxsim"] if fm else []
-    print(f"\nThreading, one query, ms (median of {args.repeats}); load average before {loadavg()}:\n")
-    print("| budget (r_q, r_c) | " + " | ".join(names) + " |" + (" fast-maxsim / each |" if fm else "") + " load |")
-    print("|---|" + "---:|" * len(names) + ("---|" if fm else "") + "---|")
+    print(f"\nPath and threading, one query, ms (median of {args.repeats}); the library's path at each budget"
+          f" in brackets; load average before {loadavg()}:\n")
+    print("| budget (r_q, r_c) | " + " | ".join(names) + " |" + (" fast-maxsim / library |" if fm else "")
+          + " load |")
+    print("|---|" + "---:|" * len(names) + ("---:|" if fm else "") + "---|")
     for r_q, r_c in budgets:
         b = (r_q, r_c)
-        fns = [lambda b=b: store.maxsim(q, b), lambda b=b: forced(1, b), lambda b=b: forced(0, b)]
+        fns = [lambda b=b: store.maxsim(q, b), lambda b=b: forced(b, path="bf16"),
+               lambda b=b: forced(b, path="fp32"), lambda b=b: forced(b, threads=1),
+               lambda b=b: forced(b, threads=0)]
         want = fns[0]()
         for fn in fns[1:]:
             torch.testing.assert_close(fn(), want, rtol=0, atol=4e-3 * r_q)
@@ -302,9 +312,10 @@ def threads_table(
             fns.append(fast_maxsim_fn(fm, q, c32, r_q, r_c))
         secs = time_pair(fns, args.repeats)
         del fns
-        row = f"| {b} | " + " | ".join(f"{t * 1e3:.1f}" for t in secs) + " |"
+        path = "fp32" if scoring.fast_path_is_precise(r_q) else "bf16"
+        row = f"| {b} [{path}] | " + " | ".join(f"{t * 1e3:.1f}" for t in secs) + " |"
         if fm:
-            row += " " + " / ".join(f"{secs[-1] / t:.2f}x" for t in secs[:3]) + " |"
+            row += f" {secs[-1] / secs[0]:.2f}x |"
         print(row + f" {os.getloadavg()[0]:.2f} |", flush=True)
 
 
