@@ -5,7 +5,9 @@ Exact MaxSim costs about items x r_c x D "units" (every candidate vector of the 
 at a price per unit that depends on the CPU far more than on anything else we know: with native bf16
 (AVX512-bf16 or AMX) ~0.39 ns (~50 ns per 128-d item-vector, memory-bound, whatever r_q); without it torch
 emulates the bf16 GEMMs and a unit costs 0.9-2.6 ns on the 2-core AVX2 machine (two threads, load 3.5; more
-at the larger r_q, up to 3.7 ns at load 10). A collection is scored exactly while that estimate stays within
+at the larger r_q, up to 3.7 ns at load 10). From 8 query vectors that CPU scores in fp32 blocks instead
+(model/scoring.py): 0.8-1.5 ns per unit at (8, 16) and (16, 64) over 10,000 384-d items at load 3-4, so the
+same price class. A collection is scored exactly while that estimate stays within
 EXACT_MS; above, the first stage costs a fraction of it: at 10,000 items of the bundled model's 384-d
 vectors on the AVX2 machine, (16, 64) took 86 ms against 629 ms exact and (8, 16) 23 against 131 ms, at
 recall@10 0.983 and 0.995 of exact. See docs/benchmarks.md ("Index and search") and bench/search.py switch.
