@@ -22,7 +22,7 @@ CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO / "tests" / "artifacts"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
-UPLOADS = ("red-panda.jpg", "kitten.jpg", "boats-at-sunset.jpg", "hot-air-balloon.jpg", "fig-in-a-red-bowl.jpg",
+UPLOADS = ("owl.jpg", "tabby-cat.jpg", "boats-at-sunset.jpg", "hot-air-balloon-in-the-sky.jpg", "pancakes.jpg",
            "marigold.jpg")
 TIMEOUT = 120_000  # ms: indexing on a busy 2-core machine
 
@@ -330,7 +330,7 @@ def test_how_it_works_walks_through_a_query(server, browser_page):
     assert len(ranks) == len(server.studio.engine.presets) and all(r.startswith("rank ") for r in ranks)
     assert ranks[-1] == "rank 1"  # at the largest budget it is #1 by definition
     first = page.inner_html("#me-teach-budgets .scatterlayer")
-    page.fill("#me-teach-query textarea", "a kitten")
+    page.fill("#me-teach-query textarea", "a golden retriever")
     page.click("#me-teach-go")
     page.wait_for_function("(old) => document.querySelector('#me-teach-budgets .scatterlayer') && "
                            "document.querySelector('#me-teach-budgets .scatterlayer').innerHTML !== old", arg=first)
@@ -403,12 +403,12 @@ def test_searching_during_first_start_says_the_results_are_partial(test_checkpoi
         page = context.new_page()
         page.set_default_timeout(TIMEOUT)
         page.goto(f"http://127.0.0.1:{port}/")
-        page.fill("#me-query textarea", "a red panda")
+        page.fill("#me-query textarea", "an owl")
         page.click("#me-search")
         page.wait_for_function("document.querySelector('#me-results-caption').innerText.includes('Still indexing')")
         gate.set()
         assert studio.wait_for_samples(120)
-        page.fill("#me-query textarea", "a kitten")
+        page.fill("#me-query textarea", "a cat")
         page.click("#me-search")
         page.wait_for_function("document.querySelector('#me-results-caption').innerText.includes('results for')")
         assert "Still indexing" not in page.inner_text("#me-results-caption")
@@ -427,8 +427,8 @@ def test_a_reload_keeps_a_private_collection(test_checkpoint, tmp_path, browser_
                               log=lambda *a: None)
     port = free_port()
     launch(studio, demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
-    photo = tmp_path / "red-panda.jpg"
-    shutil.copy(EXAMPLES / "red-panda.jpg", photo)
+    photo = tmp_path / "owl.jpg"
+    shutil.copy(EXAMPLES / "owl.jpg", photo)
     context = browser_page.browser.new_context(viewport={"width": 1440, "height": 900})
     other_browser = browser_page.browser.new_context()  # its own local storage: another visitor
     try:
@@ -437,12 +437,12 @@ def test_a_reload_keeps_a_private_collection(test_checkpoint, tmp_path, browser_
         page.goto(f"http://127.0.0.1:{port}/")
         open_tab(page, "Collection")
         page.locator("#me-upload input[type=file]").set_input_files([str(photo)])
-        page.wait_for_function("document.querySelector('#me-upload').innerText.includes('red-panda')")
+        page.wait_for_function("document.querySelector('#me-upload').innerText.includes('owl.jpg')")
         page.click("#me-index")
         page.wait_for_function("document.querySelector('#me-report').innerText.includes('Added 1 item')")
         page.reload()
         open_tab(page, "Collection")
-        page.wait_for_function("document.querySelector('#me-items').innerText.includes('red-panda.jpg')")
+        page.wait_for_function("document.querySelector('#me-items').innerText.includes('owl.jpg')")
         assert "1 file" in page.inner_text("#me-stats")
         other = other_browser.new_page()
         other.set_default_timeout(TIMEOUT)

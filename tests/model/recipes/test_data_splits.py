@@ -12,11 +12,32 @@ DATA = REPO / "tests" / "data"
 SPLITS = json.loads((DATA / "splits.json").read_text())
 
 
+def reserved(pkg: str) -> bool:
+    return any(fnmatch.fnmatch(pkg, pat) for pat in SPLITS["reserved"])
+
+
 def test_dev_and_test_splits_share_no_package_and_use_no_reserved_one():
     dev, test = set(SPLITS["dev"]), set(SPLITS["test"])
     assert not dev & test
     for pkg in dev | test:
-        assert not any(fnmatch.fnmatch(pkg, pat) for pat in SPLITS["reserved"]), pkg
+        assert not reserved(pkg), pkg
+
+
+def test_the_sample_collections_packages_are_its_own():
+    """The packages first used by the app's sample collection (assets/examples) are in no split and not
+    reserved; every package its LICENSES.md names is one of them or a dev package (other files of it), never
+    a held-out or reserved one."""
+    samples = set(SPLITS["samples"])
+    assert samples and not samples & (set(SPLITS["dev"]) | set(SPLITS["test"]))
+    assert not [pkg for pkg in samples if reserved(pkg)]
+    notes = (REPO / "assets" / "examples" / "LICENSES.md").read_text()
+    rows = [line.split("|") for line in notes.splitlines() if line.startswith("| `")]
+    named = {cells[3].strip().strip("`") for cells in rows}
+    files = {p.name for p in (REPO / "assets" / "examples").iterdir()} - {"LICENSES.md", "queries.json"}
+    assert {cells[1].strip().strip("`") for cells in rows} == files
+    assert named <= samples | set(SPLITS["dev"]), named - samples - set(SPLITS["dev"])
+    assert samples <= named
+    assert not [pkg for pkg in named if reserved(pkg) or pkg in SPLITS["test"]]
 
 
 @pytest.mark.parametrize("split, min_photo, min_doc", [("devset", 80, 70), ("heldout", 150, 300)])
