@@ -4,7 +4,8 @@
 
 The folder is indexed the way the app indexes uploads (`app.indexing.index_paths`, default OCR) into a
 temporary index that is removed afterwards: its `photos/` and `documents/` subfolders when it has either,
-else every supported file under it. `DIR/queries.json` lists the judged queries::
+else every supported file under it but the folder's own notes (README, LICENSE(S), LICENCE(S) or COPYING at
+its top level, as in `assets/examples/`). `DIR/queries.json` lists the judged queries::
 
     [{"query": "cat", "relevant": ["IMG_1175.jpg"], "kind": "photo"},
      {"query": "apt sources", "relevant": ["guide.pdf#page=3", "notes.txt"], "kind": "document"}]
@@ -80,6 +81,7 @@ NDCG_K = 10
 DEFAULT_RECALL_K = (1, 5)
 QUERIES_NAME = "queries.json"
 SUBFOLDERS = ("photos", "documents")
+NOTES = ("readme", "license", "licenses", "licence", "licences", "copying")  # a flat folder's notes, not judged
 OWN_KIND = {"photo": "over the photos only", "document": "over the documents only"}  # how own_kind is labelled
 
 
@@ -228,13 +230,19 @@ def load_queries(path: Path) -> list[Query]:
 
 def files_to_index(folder: Path) -> list[Path]:
     """photos/ and documents/ when the folder has either; else every supported file under it except
-    queries.json (hidden files and folders skipped)."""
+    queries.json and the folder's own notes (README.md, LICENSES.md... at its top level; hidden files and
+    folders skipped)."""
     subfolders = [folder / name for name in SUBFOLDERS if (folder / name).is_dir()]
     if subfolders:
         return subfolders
-    return sorted(p for p in folder.rglob("*")
-                  if p.is_file() and p.name != QUERIES_NAME and p.suffix.lower() in SUPPORTED_EXTENSIONS
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+    def judged(p: Path) -> bool:
+        rel = p.relative_to(folder).parts
+        return (p.name != QUERIES_NAME and p.suffix.lower() in SUPPORTED_EXTENSIONS
+                and not (len(rel) == 1 and p.stem.lower() in NOTES)
+                and not any(part.startswith(".") for part in rel))
+
+    return sorted(p for p in folder.rglob("*") if p.is_file() and judged(p))
 
 
 def unit_name(path: str, page: int | None) -> str:

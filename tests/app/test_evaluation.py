@@ -15,6 +15,7 @@ from app import cli
 from app.evaluation import (
     Query,
     _evaluate_scores,
+    files_to_index,
     mrr,
     ndcg_at_k,
     rank_units,
@@ -90,6 +91,19 @@ def test_unit_names_and_self_similarity():
     # Two opposite and two orthogonal vectors: off-diagonal pairs (1,2) = -1, all others 0 -> -2 / 12.
     v = torch.tensor([[1.0, 0], [-1.0, 0], [0, 1.0], [0, 1.0]])
     assert self_similarity(v) == pytest.approx((2 * -1 + 2 * 1) / 12)
+
+
+def test_a_flat_folder_is_indexed_without_its_notes(tmp_path):
+    """A folder without photos/ and documents/ (the app's sample collection is one) is indexed whole, but its own
+    README / LICENSES notes at the top and queries.json are not judged material."""
+    for name in ("a.jpg", "b.pdf", "notes.txt", "README.md", "LICENSES.md", "Copying.txt", "queries.json",
+                 "sub/README.md", ".hidden/c.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    assert [p.relative_to(tmp_path).as_posix() for p in files_to_index(tmp_path)] == [
+        "a.jpg", "b.pdf", "notes.txt", "sub/README.md"]
+    (tmp_path / "photos").mkdir()
+    assert files_to_index(tmp_path) == [tmp_path / "photos"]
 
 
 # ------------------------------------------------------------------------------------------------ CLI
