@@ -313,6 +313,8 @@ def test_scaling_tab_measures_every_budget(server, browser_page):
         }""")
         assert boxes["lines"] >= 2
         assert boxes["legend"]["top"] >= boxes["xtitle"]["bottom"], boxes  # the legend never covers the axis title
+        if "sample collection (assets/examples)" in server.studio.engine.quality:  # its own, labelled lines
+            assert "written by the team — small, for illustration" in page.locator("#me-quality .legend").text_content()
     shot(page, "scaling")
 
 
@@ -370,6 +372,50 @@ def test_a_page_loaded_after_a_model_switch_describes_the_new_model(server, brow
     finally:
         context.close()
         studio.switch_model(model_checkpoint(test_checkpoint))
+    assert studio.engine.checkpoint_id == started_with
+
+
+def test_loading_another_checkpoint_redraws_the_quality_chart_in_the_same_page(server, browser_page, test_checkpoint,
+                                                                              other_checkpoint):
+    """Issue 17.11: loading a checkpoint from the Model tab redraws the Scaling tab's quality chart (and its
+    sample-collection line) in the page that loaded it, with no reload: hidden for a checkpoint without
+    quality.json, back with the bundled one's reports."""
+    from app.ui.scaling_tab import quality_plot
+    from model.checkpoint import checkpoint_id_of_folder
+
+    studio = server.studio
+    started_with = studio.engine.checkpoint_id
+    context = browser_page.browser.new_context(viewport={"width": 1440, "height": 900})
+
+    def load(page, source: str, checkpoint_id: str) -> None:
+        open_tab(page, "Model")
+        page.get_by_label("Load another checkpoint").fill(source)
+        page.get_by_role("button", name="Load", exact=True).click()
+        page.wait_for_function("(id) => document.querySelector('#me-model').innerText.includes(id)",
+                               arg=checkpoint_id, timeout=4 * TIMEOUT)
+        open_tab(page, "Scaling")
+
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT)
+        page.goto(server.url)
+        bundled = quality_plot(studio) is not None
+        if bundled:
+            open_tab(page, "Scaling")
+            page.wait_for_selector("#me-quality .js-plotly-plot", state="visible")
+            assert "sample collection: " in page.locator("#me-quality .legend").text_content()
+        load(page, str(other_checkpoint), checkpoint_id_of_folder(other_checkpoint))
+        assert quality_plot(studio) is None  # the other checkpoint has no quality.json
+        page.wait_for_selector("#me-quality", state="hidden")
+        if bundled:
+            load(page, "", started_with)  # empty: the bundled MetaEmbed-Mini
+            page.wait_for_selector("#me-quality .js-plotly-plot", state="visible")
+            legend = page.locator("#me-quality .legend").text_content()
+            assert "held-out split" in legend and "sample collection: " in legend, legend
+    finally:
+        context.close()
+        if studio.engine.checkpoint_id != started_with:
+            studio.switch_model(model_checkpoint(test_checkpoint))
     assert studio.engine.checkpoint_id == started_with
 
 
