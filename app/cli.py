@@ -22,7 +22,15 @@ from typing import Any
 from model import MetaEmbed, checkpoint
 from model.checkpoint import checkpoint_id_of_folder
 
-from .evaluation import QUERIES_NAME, EvalInputError, evaluate, load_queries, markdown
+from .evaluation import (
+    QUERIES_NAME,
+    EvalInputError,
+    evaluate,
+    load_queries,
+    markdown,
+    record_quality,
+    recorded_quality,
+)
 from .indexing import index_paths
 from .ingest import default_ocr, load_image
 from .search import Searcher
@@ -211,7 +219,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if not folder.is_dir():
             raise EvalInputError(f"{folder}: no such folder" if not folder.exists() else f"{folder}: not a folder")
         load_queries(folder / QUERIES_NAME)
-        model_folder, _source, ckpt_id = resolve_checkpoint(args.checkpoint, None)
+        model_folder, source, ckpt_id = resolve_checkpoint(args.checkpoint, None)
+        if args.record is not None:
+            if not args.record.strip():
+                raise UsageError("--record needs a split name, e.g. 'dev split (tests/data/devset)'")
+            if source and not Path(source).exists():
+                raise UsageError(f"--record writes into the checkpoint's folder: {source} is a Hub id, not a "
+                                 "local checkpoint folder")
+            recorded_quality(model_folder)  # a folder it cannot write or a damaged file: say so before the work
         model = load_model(model_folder)
         bar = None if args.json or args.quiet else _progress_bar(args)
 
@@ -230,6 +245,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for warning in report["warnings"]:
         print(f"warning: {warning['error']}  [{warning['path']}]", file=sys.stderr)
     print(json.dumps(report, indent=2) if args.json else markdown(report))
+    if args.record is not None:
+        try:
+            path = record_quality(model_folder, args.record.strip(), report)
+        except EvalInputError as e:
+            raise CliError(str(e)) from None
+        except OSError as e:
+            raise CliError(f"{model_folder}: cannot write {e.filename or 'quality.json'} ({e.strerror or e})") from None
+        print(f"Recorded as {args.record.strip()!r} in {path} (the app's Model and Scaling tabs show it).",
+              file=sys.stderr)
     return EXIT_OK
 
 
@@ -331,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of Markdown tables")
     p.add_argument("--k", type=int, nargs="+", default=[1, 5], metavar="K", help="Recall@K cutoffs (default 1 5)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--record", metavar="SPLIT", help="also store the report in the checkpoint folder's "
+                   "quality.json under SPLIT (e.g. 'sample collection (assets/examples)'), replacing only that "
+                   "split's report; the app shows the checkpoint's reports against budget")
     p.set_defaults(func=cmd_eval)
     return parser
 

@@ -1,10 +1,11 @@
 """Retrieval quality of a checkpoint on a folder of photos and documents with judged queries.
 
-    python -m app.cli eval DIR [--checkpoint X] [--json] [--k 1 5]
+    python -m app.cli eval DIR [--checkpoint X] [--json] [--k 1 5] [--record SPLIT]
 
 The folder is indexed the way the app indexes uploads (`app.indexing.index_paths`, default OCR) into a
 temporary index that is removed afterwards: its `photos/` and `documents/` subfolders when it has either,
-else every supported file under it. `DIR/queries.json` lists the judged queries::
+else every supported file under it but the folder's own notes (README, LICENSE(S), LICENCE(S) or COPYING at
+its top level, as in `assets/examples/`). `DIR/queries.json` lists the judged queries::
 
     [{"query": "cat", "relevant": ["IMG_1175.jpg"], "kind": "photo"},
      {"query": "apt sources", "relevant": ["guide.pdf#page=3", "notes.txt"], "kind": "document"}]
@@ -48,6 +49,10 @@ JSON (`--json`), one object::
      "self_similarity": {"photo" | "document": float | null},
      "warnings": [{"path": str, "error": str}], "seconds": float}
 
+`--record SPLIT` also stores the report in the checkpoint folder's quality.json under SPLIT ("<what> (<folder>)"),
+replacing only that split's report (`record_quality`): the app's Model and Scaling tabs draw the reports of the
+loaded checkpoint, the sample collection's (`SAMPLE_SPLIT`) apart from the evaluation splits.
+
 Bad input (a missing folder or queries.json, malformed queries, relevance to a file or page that is not
 indexed) raises `EvalInputError` with a one-line message naming the file; files that cannot be read are
 returned as warnings and their queries still counted.
@@ -80,6 +85,7 @@ NDCG_K = 10
 DEFAULT_RECALL_K = (1, 5)
 QUERIES_NAME = "queries.json"
 SUBFOLDERS = ("photos", "documents")
+NOTES = ("readme", "license", "licenses", "licence", "licences", "copying")  # a flat folder's notes, not judged
 OWN_KIND = {"photo": "over the photos only", "document": "over the documents only"}  # how own_kind is labelled
 
 
@@ -228,13 +234,19 @@ def load_queries(path: Path) -> list[Query]:
 
 def files_to_index(folder: Path) -> list[Path]:
     """photos/ and documents/ when the folder has either; else every supported file under it except
-    queries.json (hidden files and folders skipped)."""
+    queries.json and the folder's own notes (README.md, LICENSES.md... at its top level; hidden files and
+    folders skipped)."""
     subfolders = [folder / name for name in SUBFOLDERS if (folder / name).is_dir()]
     if subfolders:
         return subfolders
-    return sorted(p for p in folder.rglob("*")
-                  if p.is_file() and p.name != QUERIES_NAME and p.suffix.lower() in SUPPORTED_EXTENSIONS
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+    def judged(p: Path) -> bool:
+        rel = p.relative_to(folder).parts
+        return (p.name != QUERIES_NAME and p.suffix.lower() in SUPPORTED_EXTENSIONS
+                and not (len(rel) == 1 and p.stem.lower() in NOTES)
+                and not any(part.startswith(".") for part in rel))
+
+    return sorted(p for p in folder.rglob("*") if p.is_file() and judged(p))
 
 
 def unit_name(path: str, page: int | None) -> str:
@@ -488,8 +500,54 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-# A checkpoint folder may carry the eval command's JSON reports for itself: {"<split name>": report, ...}.
+# A checkpoint folder may carry the eval command's JSON reports for itself: {"<split name>": report, ...}, the
+# name "<what> (<folder>)", e.g. "dev split (tests/data/devset)" (`python -m app.cli eval DIR --record NAME`).
 QUALITY_FILE = "quality.json"
+# The report on the app's own sample collection (assets/examples and its queries.json): shown apart from the
+# evaluation splits, as an illustration on the photos and pages a visitor sees first, never as a measurement.
+SAMPLE_SPLIT = "sample collection (assets/examples)"
+
+
+def split_title(name: str, report: dict | None = None) -> str:
+    """How the app names a split of quality.json: its name without the folder; the sample collection says what
+    its numbers are worth."""
+    short = name.split(" (")[0]
+    if is_sample_split(name) and report is not None:
+        return f"{short}: {report['queries']['all']} queries written by the team — small, for illustration"
+    return short
+
+
+def is_sample_split(name: str) -> bool:
+    return name.split(" (")[0] == SAMPLE_SPLIT.split(" (")[0]
+
+
+def recorded_quality(folder: str | os.PathLike) -> dict:
+    """Every report in `folder`/quality.json ({} when there is none), for `record_quality`; raises
+    EvalInputError when the file is there but is not a JSON object or the folder cannot be written."""
+    path = Path(folder) / QUALITY_FILE
+    if not os.access(folder, os.W_OK):
+        raise EvalInputError(f"{folder}: the checkpoint folder cannot be written, so no {QUALITY_FILE} there")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise EvalInputError(f"{path}: cannot be read ({e}); not overwritten") from None
+    if not isinstance(data, dict):
+        raise EvalInputError(f"{path}: not a JSON object of reports; not overwritten")
+    return data
+
+
+def record_quality(folder: str | os.PathLike, name: str, report: dict) -> Path:
+    """Store `report` in `folder`/quality.json under `name`, replacing that split's report only: the other
+    splits' reports (and their order) stay as they are. Returns the file's path."""
+    path = Path(folder) / QUALITY_FILE
+    data = recorded_quality(folder)
+    data[name] = report
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
 
 
 def load_quality(folder: str | os.PathLike | None, checkpoint_id: str) -> dict[str, dict]:

@@ -12,7 +12,7 @@ the app's local collection, a server is launched in-process, and Chromium (Playw
 moves the budget slider across the presets. Each move is timed inside the page, from the slider's input
 event to the moment the gallery shows the new ranking (so it includes the browser, the connection, Gradio's
 queue, the MaxSim re-rank from the cached query vectors, thumbnails and rendering). The server-side part is
-timed separately. With `--open`, one real photo (assets/examples/red-panda.jpg) joins the collection and its
+timed separately. With `--open`, one real photo (assets/examples/owl.jpg) joins the collection and its
 "Why it matched" panel is open during the moves: each move is then also timed until the panel shows the new
 budget (heatmap, bars, overlay and table redrawn).
 """
@@ -132,14 +132,14 @@ def bench_rerank(n: int, moves: int, open_result: bool = False) -> None:
         t0 = time.perf_counter()
         fill_collection(studio, n)
         if open_result:  # a real photo, so that its explanation has a source to draw on
-            report = studio.index_files(studio.local, [ROOT / "assets" / "examples" / "red-panda.jpg"])
+            report = studio.index_files(studio.local, [ROOT / "assets" / "examples" / "owl.jpg"])
             if len(report["indexed"]) != 1:
                 raise RuntimeError(f"could not index the photo to open: {report}")
         print(f"checkpoint: {label}; {n} items written in {time.perf_counter() - t0:.1f} s; "
               f"torch threads {torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f}")
 
         # Server side: what one slider move costs before Gradio and the browser.
-        query = studio.encode_query("a red panda climbing a tree")
+        query = studio.encode_query("an owl hiding in a tree")
         for _ in range(3):
             studio.search(query, None, 16, 64, k=24)
         print("server side, per preset (median of 20): MaxSim top-24 over all items | + gallery files")
@@ -171,12 +171,12 @@ def bench_rerank(n: int, moves: int, open_result: bool = False) -> None:
             page = browser.new_page(viewport={"width": 1440, "height": 900})
             page.goto(url)
             page.wait_for_selector("#me-query textarea")
-            page.fill("#me-query textarea", "a red panda climbing a tree")
+            page.fill("#me-query textarea", "an owl hiding in a tree")
             page.click("#me-search")
             page.wait_for_selector("#me-results .caption-label")
             presets = studio.engine.presets
             if open_result:
-                page.locator("#me-results .thumbnail-item", has_text="red-panda.jpg").first.click()
+                page.locator("#me-results .thumbnail-item", has_text="owl.jpg").first.click()
                 page.wait_for_selector("#me-heatmap .js-plotly-plot", state="visible")
             # The slider starts at the largest preset; moves go 0, 1, ..., largest, 0, ... (each one a change).
             order = [i % len(presets) for i in range(moves)]
@@ -194,7 +194,7 @@ def bench_rerank(n: int, moves: int, open_result: bool = False) -> None:
             browser.close()
         everything = [v for vs in times.values() for v in vs]
         panel = [v for vs in why.values() for v in vs]
-        opened = " with the red panda's explanation open" if open_result else ""
+        opened = " with the owl's explanation open" if open_result else ""
         print(f"end to end in Chromium, slider move -> new gallery{' | -> explanation at the new budget' * open_result}"
               f" ({len(everything)} moves over {n} items{opened}):")
         for i, preset in enumerate(presets):

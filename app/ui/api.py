@@ -46,7 +46,7 @@ def build_and_wire(studio: Studio) -> None:
         kind}, best first; score is MaxSim, the sum of r_q cosine similarities (divide by r_q for 0-1).
 
         Args:
-            query: what to look for, in words (e.g. "a red panda in a tree", "how to install Debian").
+            query: what to look for, in words (e.g. "an owl in a tree", "how to install Debian").
             r_q: query vectors used, 1-16 (with r_c: the budget; the trained presets are 1,1 2,4 4,8 8,16 16,64).
             r_c: vectors per item used, 1-64; smaller budgets are faster and coarser.
             k: how many results, 1-1000.

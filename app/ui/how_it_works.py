@@ -14,7 +14,7 @@ from app.ui import plots
 from app.ui.common import PRIVATE, gpu, mistake, session_of
 from model.scoring import explain as maxsim_explain
 
-DEFAULT_QUERY = "a red panda resting in a tree"
+DEFAULT_QUERY = "an owl hiding in a tree"
 RANK_DEPTH = 50  # ranks beyond this read as "> 50"
 
 

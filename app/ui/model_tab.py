@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from app.evaluation import budget_table
+from app.evaluation import budget_table, is_sample_split, split_title
 from app.service import Studio
 from app.ui.common import PRIVATE, preset_info, session_of, status_line
 from app.ui.scaling_tab import quality_plot
@@ -74,10 +74,21 @@ def model_info(studio: Studio) -> str:
 
 
 def quality_info(studio: Studio) -> str:
-    """The checkpoint's own quality-vs-budget table (its quality.json, written from `python -m app.cli eval`)."""
+    """The checkpoint's own quality-vs-budget tables (its quality.json, written by `python -m app.cli eval
+    --record`): the evaluation splits, then the sample collection's small set in a table of its own."""
     reports = studio.engine.quality
     if not reports:
         return ""
-    return ("\n\n### Quality against budget\nMRR (mean reciprocal rank of the first relevant result) of this "
-            "checkpoint at each trained budget, measured with `python -m app.cli eval` on its evaluation splits, "
-            "beside one mean-pooled vector of the base model over the same content:\n\n" + budget_table(reports))
+    splits = {name: r for name, r in reports.items() if not is_sample_split(name)}
+    samples = {name: r for name, r in reports.items() if is_sample_split(name)}
+    out = ("\n\n### Quality against budget\nMRR (mean reciprocal rank of the first relevant result) of this "
+           "checkpoint at each trained budget, measured with `python -m app.cli eval`, beside one mean-pooled "
+           "vector of the base model over the same content")
+    out += " — on its evaluation splits:\n\n" + budget_table(splits) if splits else "."
+    for name, report in samples.items():
+        title = split_title(name, report)
+        out += (f"\n\n**{title[:1].upper() + title[1:]}**: the photos and pages this app opens with "
+                f"({report['units']['photo']} photos, {report['units']['document']} pages), too few to compare "
+                "checkpoints by" + ("; the evaluation splits above are what counts" if splits else "") + ".\n\n"
+                + budget_table({name: report}))
+    return out

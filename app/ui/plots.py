@@ -247,27 +247,48 @@ def agreement_figure(presets: Sequence[tuple[int, int]], agreement: Sequence[flo
     return _layout(fig, f"Top-{k} agreement with the largest budget ({n_queries} queries)", height=320)
 
 
-def quality_figure(presets: Sequence[tuple[int, int]], lines: dict[str, Sequence[float]],
-                   baselines: dict[str, float], title: str) -> go.Figure:
+@dataclass(frozen=True)
+class QualityLine:
+    """One line of `quality_figure`: MRR per preset of one kind of query on one judged split."""
+    split: str  # the legend's group title, e.g. "held-out split (839 queries)"
+    kind: str  # "photos" or "documents"
+    mrr: Sequence[float]
+    baseline: float | None = None  # one mean-pooled vector over the same content
+    illustrative: bool = False  # a small set shown for illustration (dashed, open markers), not an evaluation
+
+
+def quality_figure(presets: Sequence[tuple[int, int]], lines: Sequence[QualityLine], title: str) -> go.Figure:
     """MRR against budget, one line per judged split and kind of query, each with its single-vector baseline
-    dotted: the paper's quality-vs-cost trade-off measured on this checkpoint."""
+    dotted: the paper's quality-vs-cost trade-off measured on this checkpoint. The legend groups the lines by
+    split under the split's title; an illustrative split's lines are dashed, with open markers."""
     labels = budget_labels(presets)
     fig = go.Figure()
     palette = [ACCENT, BUDGET, "#16a34a", "#9333ea"]
-    for n, (name, mrr) in enumerate(lines.items()):
-        colour = palette[n % len(palette)]
-        fig.add_trace(go.Scatter(x=labels, y=list(mrr), mode="lines+markers", name=name,
-                                 line=dict(color=colour), marker=dict(size=8, color=colour),
-                                 hovertemplate=name + " at %{x}: MRR %{y:.3f}<extra></extra>"))
-        if name in baselines:
-            fig.add_trace(go.Scatter(x=[labels[0], labels[-1]], y=[baselines[name]] * 2, mode="lines",
+    extra = ["#0891b2", "#a16207", "#db2777", "#475569"]  # the illustrative splits' colours
+    used = {False: 0, True: 0}
+    for line in lines:
+        colours = extra if line.illustrative else palette
+        colour = colours[used[line.illustrative] % len(colours)]
+        used[line.illustrative] += 1
+        name = f"{line.kind}, {line.split}"
+        fig.add_trace(go.Scatter(
+            x=labels, y=list(line.mrr), mode="lines+markers", name=line.kind, legendgroup=line.split,
+            legendgrouptitle_text=line.split,
+            line=dict(color=colour, dash="dash" if line.illustrative else "solid"),
+            marker=dict(size=8, color=colour, symbol="circle-open" if line.illustrative else "circle"),
+            hovertemplate=name + " at %{x}: MRR %{y:.3f}<extra></extra>"))
+        if line.baseline is not None:
+            fig.add_trace(go.Scatter(x=[labels[0], labels[-1]], y=[line.baseline] * 2, mode="lines",
                                      line=dict(color=colour, dash="dot", width=1), showlegend=False,
-                                     hovertemplate=f"{name}: one mean-pooled vector, MRR {baselines[name]:.3f}"
+                                     legendgroup=line.split,
+                                     hovertemplate=f"{name}: one mean-pooled vector, MRR {line.baseline:.3f}"
                                                    "<extra></extra>"))
     fig.update_xaxes(title_text="budget (r_q, r_c)", type="category")
     fig.update_yaxes(title_text="MRR (dotted: one mean-pooled vector)", range=[0, 1])
-    # The legend sits under the axis title, never on it, whatever the budget labels.
-    return _layout(fig, title, height=360, legend=dict(orientation="h", y=-0.35, x=0), margin=dict(l=60, r=20, t=56, b=110))
+    # The legend sits under the axis title, never on it, whatever the budget labels: the splits side by side,
+    # each its title over its kinds of query.
+    return _layout(fig, title, height=460, legend=dict(orientation="h", y=-0.24, x=0, groupclick="toggleitem"),
+                   margin=dict(l=60, r=20, t=56, b=150))
 
 
 # ------------------------------------------------------------------------------------------ how it works

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import gradio as gr
 import numpy as np
 
+from app.evaluation import is_sample_split, split_title
 from app.humanize import human_bytes
 from app.search import rank
 from app.service import Studio
@@ -112,25 +113,26 @@ def measure_scaling(studio: Studio, queries: list[str], session: str | None, inc
     return out
 
 
-def quality_lines(studio: Studio) -> tuple[dict[str, list[float]], dict[str, float]]:
-    """MRR per preset of each judged split and kind of query of the loaded checkpoint, and the baselines."""
+def quality_lines(studio: Studio) -> list[plots.QualityLine]:
+    """MRR per preset of each judged split and kind of query of the loaded checkpoint, with its baseline: the
+    evaluation splits (dev, held-out) first, then the sample collection's small set, marked as an illustration."""
     engine = studio.engine
     reports = engine.quality
-    lines: dict[str, list[float]] = {}
-    baselines: dict[str, float] = {}
-    for split, report in reports.items():
+    out: list[plots.QualityLine] = []
+    for split, report in sorted(reports.items(), key=lambda kv: is_sample_split(kv[0])):
+        sample = is_sample_split(split)
+        title = split_title(split, report) if sample else f"{split_title(split)} ({report['queries']['all']} queries)"
         for kind, table in report["results"].items():
             if kind == "all" or not table:
                 continue
-            name = f"{kind}s, {split.split(' (')[0]}"
-            lines[name] = [table[f"{q},{c}"]["mrr"] for q, c in engine.presets]
-            baselines[name] = table["baseline"]["mrr"]
-    return lines, baselines
+            out.append(plots.QualityLine(title, f"{kind}s", [table[f"{q},{c}"]["mrr"] for q, c in engine.presets],
+                                         table["baseline"]["mrr"], illustrative=sample))
+    return out
 
 
 def quality_plot(studio: Studio):
-    lines, baselines = quality_lines(studio)
+    lines = quality_lines(studio)
     if not lines:
         return None
-    return plots.quality_figure(studio.engine.presets, lines, baselines,
+    return plots.quality_figure(studio.engine.presets, lines,
                                 f"Quality against budget: {studio.engine.config.name} on judged queries")

@@ -21,8 +21,8 @@ from app.ui import plots
 from app.ui.common import PRIVATE, gpu, mistake, preset_info, session_of
 
 RESULTS = 24
-EXAMPLE_QUERIES = ["a red panda", "a kitten", "boats at sunset", "autumn mountains", "hot air balloon",
-                   "how do I install Debian", "fruit in a bowl", "an orange flower"]
+EXAMPLE_QUERIES = ["a cat", "a colourful parrot", "boats at sunset", "a mountain lake", "hot air balloon",
+                   "how do I install Debian", "pancakes for breakfast", "an orange flower"]
 NO_SELECTION = "Click a result above to open its explanation."
 
 
@@ -126,7 +126,7 @@ def build(studio: Studio) -> SimpleNamespace:
                         explain_request=gr.State(None))
     with gr.Row(equal_height=True):
         s.query_box = gr.Textbox(label="Search", show_label=False, placeholder="Describe what you are "
-                                 "looking for, e.g. “a red panda” or “how do I install Debian”", scale=6,
+                                 "looking for, e.g. “an owl in a tree” or “how do I install Debian”", scale=6,
                                  lines=1, max_lines=2, elem_id="me-query", container=False)
         s.search_btn = gr.Button("Search", variant="primary", scale=1, min_width=120, elem_id="me-search")
     # The image in the query, shown where the query is (issue 17.2: hidden in a collapsed accordion, it joined

@@ -15,6 +15,7 @@ from app import cli
 from app.evaluation import (
     Query,
     _evaluate_scores,
+    files_to_index,
     mrr,
     ndcg_at_k,
     rank_units,
@@ -90,6 +91,19 @@ def test_unit_names_and_self_similarity():
     # Two opposite and two orthogonal vectors: off-diagonal pairs (1,2) = -1, all others 0 -> -2 / 12.
     v = torch.tensor([[1.0, 0], [-1.0, 0], [0, 1.0], [0, 1.0]])
     assert self_similarity(v) == pytest.approx((2 * -1 + 2 * 1) / 12)
+
+
+def test_a_flat_folder_is_indexed_without_its_notes(tmp_path):
+    """A folder without photos/ and documents/ (the app's sample collection is one) is indexed whole, but its own
+    README / LICENSES notes at the top and queries.json are not judged material."""
+    for name in ("a.jpg", "b.pdf", "notes.txt", "README.md", "LICENSES.md", "Copying.txt", "queries.json",
+                 "sub/README.md", ".hidden/c.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    assert [p.relative_to(tmp_path).as_posix() for p in files_to_index(tmp_path)] == [
+        "a.jpg", "b.pdf", "notes.txt", "sub/README.md"]
+    (tmp_path / "photos").mkdir()
+    assert files_to_index(tmp_path) == [tmp_path / "photos"]
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -171,6 +185,37 @@ def test_end_to_end_json(tmp_path, ckpt, capsys, shared_model):
     assert f"({presets[-1]})" in out
 
 
+def test_record_stores_the_report_in_the_checkpoints_quality_file(tmp_path, ckpt, capsys):
+    """`--record SPLIT` puts the report into the checkpoint folder's quality.json under SPLIT, replacing that split
+    only: the other splits' reports stay byte for byte (they take 10-25 minutes to make)."""
+    import shutil
+
+    from app.evaluation import SAMPLE_SPLIT, load_quality, split_title
+    from model.checkpoint import checkpoint_id_of_folder
+
+    folder = write_folder(tmp_path / "set")
+    own = tmp_path / "ckpt"
+    shutil.copytree(ckpt, own)
+    other = {"dir": "elsewhere", "checkpoint_id": "x", "results": {}, "note": "kept as it is"}
+    (own / "quality.json").write_text(json.dumps({"dev split (elsewhere)": other}, indent=2) + "\n")
+    for _ in range(2):  # the second run replaces the first's report
+        code, out, err = run(capsys, "eval", folder, "--checkpoint", own, "--quiet", "--record", SAMPLE_SPLIT)
+        assert code == 0, err
+        assert SAMPLE_SPLIT in err and "quality.json" in err
+    data = json.loads((own / "quality.json").read_text())
+    assert list(data) == ["dev split (elsewhere)", SAMPLE_SPLIT] and data["dev split (elsewhere)"] == other
+    reports = load_quality(own, checkpoint_id_of_folder(own))
+    assert list(reports) == [SAMPLE_SPLIT] and reports[SAMPLE_SPLIT]["queries"]["all"] == 5
+    assert split_title(SAMPLE_SPLIT, reports[SAMPLE_SPLIT]) == ("sample collection: 5 queries written by the team "
+                                                                "— small, for illustration")
+    assert split_title("dev split (tests/data/devset)", other) == "dev split"
+    # A file it would have to overwrite blindly is refused before any work.
+    (own / "quality.json").write_text("[1, 2]")
+    expect_usage_error(capsys, [folder, "--checkpoint", own, "--record", SAMPLE_SPLIT], "not a JSON object")
+    assert (own / "quality.json").read_text() == "[1, 2]"
+    expect_usage_error(capsys, [folder, "--checkpoint", own, "--record", " "], "--record needs a split name")
+
+
 def expect_usage_error(capsys, argv: list, *fragments: str) -> str:
     code, out, err = run(capsys, "eval", *argv, "--quiet")
     assert code == 2, (out, err)
@@ -242,15 +287,17 @@ def test_makefile_and_readme_point_at_the_cli():
 def test_the_bundled_checkpoint_carries_its_own_quality_table():
     """assets/metaembed-mini/quality.json holds the eval command's reports for exactly the shipped weights (a
     retrained checkpoint without a new evaluation fails here), and the Model tab's table is built from them."""
-    from app.evaluation import budget_table, load_quality
+    from app.evaluation import SAMPLE_SPLIT, budget_table, load_quality
     from model.checkpoint import DEFAULT_CHECKPOINT, checkpoint_id_of_folder
 
     reports = load_quality(DEFAULT_CHECKPOINT, checkpoint_id_of_folder(DEFAULT_CHECKPOINT))
-    assert len(reports) == 2 and any("held-out" in name for name in reports)
+    assert list(reports) == ["dev split (tests/data/devset)", "held-out split (tests/data/heldout)", SAMPLE_SPLIT]
+    assert reports[SAMPLE_SPLIT]["dir"] == "assets/examples"  # `eval assets/examples --record ...` from the repo
+    assert reports[SAMPLE_SPLIT]["units"] == {"photo": 12, "document": 5}
     table = budget_table(reports)
-    rows = [line for line in table.splitlines() if line.startswith("| dev") or line.startswith("| held-out")]
-    assert len(rows) == 8  # photo and document rows of both splits, over everything and over their own kind
-    assert sum(" only |" in row for row in rows) == 4
+    rows = [line for line in table.splitlines() if line.startswith(("| dev", "| held-out", "| sample"))]
+    assert len(rows) == 12  # photo and document rows of the three, over everything and over their own kind
+    assert sum(" only |" in row for row in rows) == 6
     for row in rows:
         cells = [float(c) for c in row.strip("|").split("|")[1:]]
         assert len(cells) == 6 and all(0 < c <= 1 for c in cells)  # five presets and the baseline

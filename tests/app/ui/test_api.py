@@ -44,10 +44,10 @@ def server(test_checkpoint, tmp_path_factory):
     root = tmp_path_factory.mktemp("app-api")
     samples = root / "samples"
     samples.mkdir()
-    shutil.copy(EXAMPLES / "kitten.jpg", samples / "kitten.jpg")
+    shutil.copy(EXAMPLES / "tabby-cat.jpg", samples / "tabby-cat.jpg")
     files = root / "files"
     files.mkdir()
-    for name in ("red-panda.jpg", "boats-at-sunset.jpg"):
+    for name in ("owl.jpg", "boats-at-sunset.jpg"):
         shutil.copy(EXAMPLES / name, files / name)
     (files / "harbour.pdf").write_bytes(make_pdf([(72, 700, 28, "Harbour lanterns at night"),
                                                   (72, 650, 14, "Boats rest in the harbour while lanterns glow.")]))
@@ -79,7 +79,7 @@ def alice(server):
 
 @pytest.fixture(scope="module")
 def alice_report(server, alice):
-    paths = [server.files / n for n in ("red-panda.jpg", "boats-at-sunset.jpg", "harbour.pdf", "broken.jpg",
+    paths = [server.files / n for n in ("owl.jpg", "boats-at-sunset.jpg", "harbour.pdf", "broken.jpg",
                                         "notes.txt")]
     return index(alice, paths)
 
@@ -99,7 +99,7 @@ def index(c, paths) -> dict:
 
 def test_index_reports_items_duplicates_and_plain_errors(server, alice, alice_report):
     indexed = {e["path"] for e in alice_report["indexed"]}
-    assert {"red-panda.jpg", "boats-at-sunset.jpg", "harbour.pdf", "notes.txt"} <= indexed
+    assert {"owl.jpg", "boats-at-sunset.jpg", "harbour.pdf", "notes.txt"} <= indexed
     assert all(set(e) >= {"id", "path", "page", "kind"} for e in alice_report["indexed"])
     pdf = [e for e in alice_report["indexed"] if e["path"] == "harbour.pdf"]
     assert pdf and pdf[0]["page"] == 1
@@ -108,16 +108,16 @@ def test_index_reports_items_duplicates_and_plain_errors(server, alice, alice_re
     assert "broken.jpg" in errors and "broken.jpg" in errors["broken.jpg"]
     for entry in alice_report["indexed"] + alice_report["errors"]:
         assert not entry["path"].startswith("/"), entry
-    again = index(alice, [server.files / "red-panda.jpg"])
+    again = index(alice, [server.files / "owl.jpg"])
     assert again["indexed"] == []
-    assert again["skipped_duplicates"] == ["red-panda.jpg"]
+    assert again["skipped_duplicates"] == ["owl.jpg"]
 
 
 def test_upload_count_limit_has_a_clear_message(server, alice_report):
     c = client(server)
     try:
-        report = index(c, [EXAMPLES / n for n in ("autumn-mountain.jpg", "eiffel-tower.jpg", "green-hills.jpg",
-                                                    "kingfisher.jpg", "marigold.jpg", "meerkats.jpg")])
+        report = index(c, [EXAMPLES / n for n in ("mountain-lake.jpg", "niagara-falls.jpg", "green-hills.jpg",
+                                                    "lorikeet.jpg", "marigold.jpg", "golden-retriever.jpg")])
     finally:
         c.close()
     assert report["indexed"] == []
@@ -177,13 +177,13 @@ def test_other_session_sees_samples_but_not_my_items(server, alice, alice_report
     bob = client(server)
     try:
         mine = {e["id"] for e in alice_report["indexed"]}
-        results = search(bob, "red panda", 16, 64, k=50)
+        results = search(bob, "owl", 16, 64, k=50)
         assert results, "the shared sample collection is searchable by everyone"
         assert {r["collection"] for r in results} == {"samples"}
         assert not mine & {r["id"] for r in results}
         # Bob's own upload is his alone.
-        own = index(bob, [EXAMPLES / "kingfisher.jpg"])
-        assert [e["path"] for e in own["indexed"]] == ["kingfisher.jpg"]
+        own = index(bob, [EXAMPLES / "lorikeet.jpg"])
+        assert [e["path"] for e in own["indexed"]] == ["lorikeet.jpg"]
         bob_ids = {e["id"] for e in own["indexed"]}
         assert bob_ids <= {r["id"] for r in search(bob, "bird", 16, 64, k=50)}
         assert not bob_ids & {r["id"] for r in search(alice, "bird", 16, 64, k=50)}
@@ -196,7 +196,7 @@ def test_file_route_refuses_another_sessions_files(server, alice, alice_report):
     session = studio.sessions.peek(alice.session_hash)
     assert session is not None
     stored = sorted(p for p in session.files_dir.iterdir() if p.is_file())
-    assert {p.name for p in stored} >= {"red-panda.jpg", "harbour.pdf"}
+    assert {p.name for p in stored} >= {"owl.jpg", "harbour.pdf"}
     with httpx.Client(timeout=10) as http:
         for path in stored:
             r = http.get(f"{server.url}gradio_api/file={path}")
@@ -291,16 +291,16 @@ def test_local_collection_persists_and_model_switch_reindexes(other_checkpoint, 
 
     samples = tmp_path / "samples"
     samples.mkdir()
-    shutil.copy(EXAMPLES / "kitten.jpg", samples / "kitten.jpg")
+    shutil.copy(EXAMPLES / "tabby-cat.jpg", samples / "tabby-cat.jpg")
     (samples / "LICENSES.md").write_text("not a sample: licence notes are never indexed")
     data = tmp_path / "data"
     first = load_engine(str(test_checkpoint))
     studio = Studio(first, data, sample_dir=samples)
     try:
         assert studio.prepare_samples() is not None
-        assert [it.title for it in studio.items(studio.samples)] == ["kitten.jpg"]
-        report = studio.index_files(studio.local, [EXAMPLES / "red-panda.jpg"])
-        assert [e["path"] for e in report["indexed"]] == ["red-panda.jpg"]
+        assert [it.title for it in studio.items(studio.samples)] == ["tabby-cat.jpg"]
+        report = studio.index_files(studio.local, [EXAMPLES / "owl.jpg"])
+        assert [e["path"] for e in report["indexed"]] == ["owl.jpg"]
     finally:
         studio.close()
 
@@ -308,19 +308,19 @@ def test_local_collection_persists_and_model_switch_reindexes(other_checkpoint, 
     try:
         assert again.prepare_samples() is None
         assert again.sync_files(again.local) is None
-        assert [it.title for it in again.items(again.local)] == ["red-panda.jpg"]
+        assert [it.title for it in again.items(again.local)] == ["owl.jpg"]
         with pytest.raises(FileNotFoundError, match="does not exist"):
             again.switch_model(str(tmp_path / "no-such-checkpoint"))
         assert again.engine is first
         second = again.switch_model(str(other_checkpoint))
         assert second.checkpoint_id != first.checkpoint_id
-        assert [it.title for it in again.items(again.local)] == ["red-panda.jpg"]  # re-indexed for the new model
-        assert [it.title for it in again.items(again.samples)] == ["kitten.jpg"]
+        assert [it.title for it in again.items(again.local)] == ["owl.jpg"]  # re-indexed for the new model
+        assert [it.title for it in again.items(again.samples)] == ["tabby-cat.jpg"]
         folders = sorted(p.name for p in (data / "collection" / "index").iterdir())
         assert folders == sorted([first.checkpoint_id, second.checkpoint_id])
         q = again.encode_query("a small cat")
         hits = again.search(q, None, 16, 64)
-        assert {h.path for h in hits} == {"kitten.jpg", "red-panda.jpg"}
+        assert {h.path for h in hits} == {"tabby-cat.jpg", "owl.jpg"}
     finally:
         again.close()
 
@@ -335,7 +335,7 @@ def test_local_collection_persists_and_model_switch_reindexes(other_checkpoint, 
     third = Studio(first, data, sample_dir=samples)
     try:
         report = third.sync_files(third.local)
-        assert report is not None and [e["path"] for e in report["indexed"]] == ["red-panda.jpg"]
+        assert report is not None and [e["path"] for e in report["indexed"]] == ["owl.jpg"]
         assert [p.name for p in (data / "collection" / "index").iterdir() if ".unreadable-" in p.name]
     finally:
         third.close()
@@ -495,7 +495,7 @@ def test_agents_find_the_search_and_index_tools_over_mcp(server, alice_report):
                 await session.initialize()
                 tools = {t.name: t for t in (await session.list_tools()).tools}
                 search = next(t for name, t in tools.items() if name.endswith("search"))
-                result = await session.call_tool(search.name, {"query": "a kitten", "r_q": 4, "r_c": 8, "k": 3,
+                result = await session.call_tool(search.name, {"query": "a cat", "r_q": 4, "r_c": 8, "k": 3,
                                                                "include_samples": True})
                 return tools, search, result
 
@@ -504,4 +504,4 @@ def test_agents_find_the_search_and_index_tools_over_mcp(server, alice_report):
     assert "late interaction" in search.description and "query" in search.inputSchema["properties"]
     hits = json.loads(result.content[0].text)
     assert not result.isError and 1 <= len(hits) <= 3 and hits[0]["rank"] == 1
-    assert hits[0]["path"] == "kitten.jpg" and hits[0]["collection"] == "samples"  # the only sample photo
+    assert hits[0]["path"] == "tabby-cat.jpg" and hits[0]["collection"] == "samples"  # the only sample photo

@@ -22,7 +22,7 @@ CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO / "tests" / "artifacts"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
-UPLOADS = ("red-panda.jpg", "kitten.jpg", "boats-at-sunset.jpg", "hot-air-balloon.jpg", "fig-in-a-red-bowl.jpg",
+UPLOADS = ("owl.jpg", "tabby-cat.jpg", "boats-at-sunset.jpg", "hot-air-balloon-in-the-sky.jpg", "pancakes.jpg",
            "marigold.jpg")
 TIMEOUT = 120_000  # ms: indexing on a busy 2-core machine
 
@@ -313,6 +313,8 @@ def test_scaling_tab_measures_every_budget(server, browser_page):
         }""")
         assert boxes["lines"] >= 2
         assert boxes["legend"]["top"] >= boxes["xtitle"]["bottom"], boxes  # the legend never covers the axis title
+        if "sample collection (assets/examples)" in server.studio.engine.quality:  # its own, labelled lines
+            assert "written by the team — small, for illustration" in page.locator("#me-quality .legend").text_content()
     shot(page, "scaling")
 
 
@@ -330,7 +332,7 @@ def test_how_it_works_walks_through_a_query(server, browser_page):
     assert len(ranks) == len(server.studio.engine.presets) and all(r.startswith("rank ") for r in ranks)
     assert ranks[-1] == "rank 1"  # at the largest budget it is #1 by definition
     first = page.inner_html("#me-teach-budgets .scatterlayer")
-    page.fill("#me-teach-query textarea", "a kitten")
+    page.fill("#me-teach-query textarea", "a golden retriever")
     page.click("#me-teach-go")
     page.wait_for_function("(old) => document.querySelector('#me-teach-budgets .scatterlayer') && "
                            "document.querySelector('#me-teach-budgets .scatterlayer').innerHTML !== old", arg=first)
@@ -373,6 +375,50 @@ def test_a_page_loaded_after_a_model_switch_describes_the_new_model(server, brow
     assert studio.engine.checkpoint_id == started_with
 
 
+def test_loading_another_checkpoint_redraws_the_quality_chart_in_the_same_page(server, browser_page, test_checkpoint,
+                                                                              other_checkpoint):
+    """Issue 17.11: loading a checkpoint from the Model tab redraws the Scaling tab's quality chart (and its
+    sample-collection line) in the page that loaded it, with no reload: hidden for a checkpoint without
+    quality.json, back with the bundled one's reports."""
+    from app.ui.scaling_tab import quality_plot
+    from model.checkpoint import checkpoint_id_of_folder
+
+    studio = server.studio
+    started_with = studio.engine.checkpoint_id
+    context = browser_page.browser.new_context(viewport={"width": 1440, "height": 900})
+
+    def load(page, source: str, checkpoint_id: str) -> None:
+        open_tab(page, "Model")
+        page.get_by_label("Load another checkpoint").fill(source)
+        page.get_by_role("button", name="Load", exact=True).click()
+        page.wait_for_function("(id) => document.querySelector('#me-model').innerText.includes(id)",
+                               arg=checkpoint_id, timeout=4 * TIMEOUT)
+        open_tab(page, "Scaling")
+
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT)
+        page.goto(server.url)
+        bundled = quality_plot(studio) is not None
+        if bundled:
+            open_tab(page, "Scaling")
+            page.wait_for_selector("#me-quality .js-plotly-plot", state="visible")
+            assert "sample collection: " in page.locator("#me-quality .legend").text_content()
+        load(page, str(other_checkpoint), checkpoint_id_of_folder(other_checkpoint))
+        assert quality_plot(studio) is None  # the other checkpoint has no quality.json
+        page.wait_for_selector("#me-quality", state="hidden")
+        if bundled:
+            load(page, "", started_with)  # empty: the bundled MetaEmbed-Mini
+            page.wait_for_selector("#me-quality .js-plotly-plot", state="visible")
+            legend = page.locator("#me-quality .legend").text_content()
+            assert "held-out split" in legend and "sample collection: " in legend, legend
+    finally:
+        context.close()
+        if studio.engine.checkpoint_id != started_with:
+            studio.switch_model(model_checkpoint(test_checkpoint))
+    assert studio.engine.checkpoint_id == started_with
+
+
 def test_searching_during_first_start_says_the_results_are_partial(test_checkpoint, tmp_path, monkeypatch,
                                                                    browser_page):
     """Issue 17.4: a search while the samples are still being indexed used to return a few unrelated results
@@ -403,12 +449,12 @@ def test_searching_during_first_start_says_the_results_are_partial(test_checkpoi
         page = context.new_page()
         page.set_default_timeout(TIMEOUT)
         page.goto(f"http://127.0.0.1:{port}/")
-        page.fill("#me-query textarea", "a red panda")
+        page.fill("#me-query textarea", "an owl")
         page.click("#me-search")
         page.wait_for_function("document.querySelector('#me-results-caption').innerText.includes('Still indexing')")
         gate.set()
         assert studio.wait_for_samples(120)
-        page.fill("#me-query textarea", "a kitten")
+        page.fill("#me-query textarea", "a cat")
         page.click("#me-search")
         page.wait_for_function("document.querySelector('#me-results-caption').innerText.includes('results for')")
         assert "Still indexing" not in page.inner_text("#me-results-caption")
@@ -427,8 +473,8 @@ def test_a_reload_keeps_a_private_collection(test_checkpoint, tmp_path, browser_
                               log=lambda *a: None)
     port = free_port()
     launch(studio, demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
-    photo = tmp_path / "red-panda.jpg"
-    shutil.copy(EXAMPLES / "red-panda.jpg", photo)
+    photo = tmp_path / "owl.jpg"
+    shutil.copy(EXAMPLES / "owl.jpg", photo)
     context = browser_page.browser.new_context(viewport={"width": 1440, "height": 900})
     other_browser = browser_page.browser.new_context()  # its own local storage: another visitor
     try:
@@ -437,12 +483,12 @@ def test_a_reload_keeps_a_private_collection(test_checkpoint, tmp_path, browser_
         page.goto(f"http://127.0.0.1:{port}/")
         open_tab(page, "Collection")
         page.locator("#me-upload input[type=file]").set_input_files([str(photo)])
-        page.wait_for_function("document.querySelector('#me-upload').innerText.includes('red-panda')")
+        page.wait_for_function("document.querySelector('#me-upload').innerText.includes('owl')")  # stem, ext apart
         page.click("#me-index")
         page.wait_for_function("document.querySelector('#me-report').innerText.includes('Added 1 item')")
         page.reload()
         open_tab(page, "Collection")
-        page.wait_for_function("document.querySelector('#me-items').innerText.includes('red-panda.jpg')")
+        page.wait_for_function("document.querySelector('#me-items').innerText.includes('owl.jpg')")
         assert "1 file" in page.inner_text("#me-stats")
         other = other_browser.new_page()
         other.set_default_timeout(TIMEOUT)

@@ -55,3 +55,15 @@ def test_a_request_stands_only_while_its_result_is_open():
     assert standing_request(wanted, ("yours", "other")) is None  # another result was opened since
     assert standing_request(wanted, None) is None  # a new search closed the panel
     assert standing_request(None, ("yours", "abc")) is None
+
+
+def test_the_example_queries_are_judged_on_the_sample_collection():
+    """The Search tab's "Try" queries are among the sample collection's judged queries, so the eval command
+    measures them on the photos they are meant to find."""
+    import json
+
+    from app.ui.search_tab import EXAMPLE_QUERIES
+    from tests.helpers import EXAMPLES
+
+    judged = {q["query"]: q["relevant"] for q in json.loads((EXAMPLES / "queries.json").read_text())}
+    assert [q for q in EXAMPLE_QUERIES if q not in judged] == []
