@@ -13,6 +13,7 @@ Which item sits in which slot of which segment is recorded by the index's SQLite
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from model.files import atomic_path
-from model.scoring import CandidateStore
+from model.scoring import CandidateStore, fast_path_is_precise
 
 SEGMENT_DIR = "segments"
 _SEGMENT_FILE = re.compile(r"^seg-(\d+)\.npy$")
@@ -188,10 +189,16 @@ class View:
             parts_rowids.append(torch.from_numpy(seg.slot_rowids[live]))
         return torch.cat(parts_rowids), torch.cat(parts_scores)
 
+    @property
+    def bytes(self) -> int:
+        """Size of the segments' vectors (what a search may read)."""
+        return sum(seg.bits.nbytes for seg in self.segments)
+
     def score_rows(self, qb: torch.Tensor, budget: tuple[int, int], candidates: np.ndarray,
                    precise: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(rowids, MaxSim scores) of the given rowids (first-stage candidates or a shortlist) that are
-        live: their r_c prefixes are gathered, then scored at once (in fp32 when `precise`)."""
+        live: their r_c prefixes are gathered, then scored at once (in fp32 when `precise`); or, where
+        scoring is fp32 and the index fits the page cache, scored in place, segment by segment."""
         found, seg_pos, slots = self.locate(candidates)
         candidates, seg_pos, slots = candidates[found], seg_pos[found], slots[found]
         if not len(candidates):
@@ -199,6 +206,18 @@ class View:
         r_q, r_c = budget
         order = np.lexsort((slots, seg_pos))  # by segment, then slot: reads move forward through each file
         candidates, seg_pos, slots = candidates[order], seg_pos[order], slots[order]
+        if (precise or fast_path_is_precise(r_q)) and self.bytes <= page_cache_bytes():
+            # fp32 scoring reads each block of candidates straight from the segment into its cache-sized
+            # buffer, so no gathered copy is made: 1.8x faster at (16, 64), 1,000 of 10,000 items, warm (34-38
+            # against 65-68 ms, load 2.5). Not for an index too big to stay in the page cache: there the
+            # gather's threads keep many cold reads in flight, which the scorer's lanes would not.
+            scores = torch.empty(len(candidates))
+            for pos in np.unique(seg_pos):
+                where = np.flatnonzero(seg_pos == pos)
+                store = CandidateStore.from_vector_major(self.segments[int(pos)].bits[:r_c])
+                scores[where[0]:where[-1] + 1] = store.maxsim(
+                    qb, (r_q, r_c), indices=torch.from_numpy(slots[where]), precise=True)[0]
+            return torch.from_numpy(candidates), scores
         gathered = torch.empty(r_c, len(candidates), self.dim, dtype=torch.bfloat16)
         jobs = []
         for pos in np.unique(seg_pos):
@@ -212,6 +231,14 @@ class View:
         # One store over all candidates: r_c GEMMs in total instead of r_c per segment.
         store = CandidateStore.from_vector_major(gathered)
         return torch.from_numpy(candidates), store.maxsim(qb, (r_q, r_c), precise=precise)[0]
+
+
+def page_cache_bytes() -> int:
+    """What an index may hold and still be expected to stay in the page cache: a quarter of the RAM."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    except (ValueError, OSError, AttributeError):
+        return 1 << 30
 
 
 # Threads that gather re-rank candidates. Vector-major storage puts a candidate's r_c vectors in r_c

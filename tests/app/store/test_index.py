@@ -346,6 +346,13 @@ def test_segments_stay_few_and_search_matches_exact_scoring(tmp_path, monkeypatc
         monkeypatch.setattr(segments_module, "_GATHER_MIN_ROWS", 0)  # the threaded gather gives the same
         assert index.search(query, budget, k=20, exact=False, depth=700) == full
         monkeypatch.setattr(segments_module, "_GATHER_MIN_ROWS", 8192)
+        # An index too big for the page cache gathers first, then scores: the same results (the scores up to
+        # fp32 rounding, the blocks being others).
+        monkeypatch.setattr(segments_module, "page_cache_bytes", lambda: 0)
+        gathered = index.search(query, budget, k=20, exact=False, depth=700)
+        assert [r for r, _ in gathered] == [r for r, _ in full]
+        np.testing.assert_allclose([s for _, s in gathered], [s for _, s in full], rtol=0, atol=1e-5)
+        monkeypatch.setattr(segments_module, "page_cache_bytes", lambda: 1 << 40)
     assert list((tmp_path / "idx").glob("first_stage.*.faiss"))
     assert any(precise_calls) == (fast_path == "bf16")
 
