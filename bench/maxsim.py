@@ -12,7 +12,9 @@ dependency: `pip install fast-maxsim`), it is timed too, one query per call (its
 [N, r_c, D] array made before timing. Repeats alternate the contenders so background load hits them alike;
 the median of the repeats is reported after one warm-up. --threads also times our scorer with each of
 its two paths forced (bf16 GEMMs; fp32 blocks, model/scoring.py) and at 1 thread and torch's default
-thread count, beside what the library chooses on this CPU (model/scoring_threads.py); --variants the other formulations that were tried (see docs/benchmarks.md).
+thread count (on the fp32 path: that many one-thread lanes), beside what the library chooses on this CPU
+(model/scoring_threads.py); --variants the bf16 path's block sizes and the other formulations that were
+tried (see docs/benchmarks.md).
 Prints markdown tables ready to paste, with the load average beside them.
 """
 
@@ -174,8 +176,12 @@ def variant_fns(q: torch.Tensor, vm: torch.Tensor, r_q: int, r_c: int, sizes: li
     vm32 = vm[:r_c].float()
 
     def ours(size: int) -> object:
-        scoring._BLOCK_ELEMENTS = size
-        return store.maxsim(q[:1], (r_q, r_c))
+        # The bf16 GEMMs (the path these block sizes belong to), even where the library would score in fp32.
+        scoring._BLOCK_ELEMENTS, min_rows, scoring._FP32_MIN_ROWS = size, scoring._FP32_MIN_ROWS, 1 << 30
+        try:
+            return store.maxsim(q[:1], (r_q, r_c))
+        finally:
+            scoring._FP32_MIN_ROWS = min_rows
 
     return [lambda size=size: ours(size) for size in sizes] + [
         lambda: alt_per_vector(rows, vm, r_q, r_c),

@@ -203,7 +203,8 @@ def _score_vector_major(rows: Tensor, vm: Tensor, bq: int, r_q: int, r_c: int) -
 def _score_fp32_blocks(rows: Tensor, vm: Tensor, bq: int, r_q: int, r_c: int,
                        idx: Tensor | None = None) -> Tensor:
     """`_score_fp32_lane` on one-thread lanes (model.scoring_threads.run_lanes), the candidates split into one
-    contiguous range per lane: as many lanes as the caller has torch threads, each of _FP32_LANE_MIN or more."""
+    contiguous range per lane: as many lanes as the caller has torch threads (`lane_count`: one where torch's
+    count is process-wide), each of _FP32_LANE_MIN candidates or more."""
     n = vm.shape[1] if idx is None else idx.numel()
     lanes = max(1, min(lane_count(), n // _FP32_LANE_MIN))
     bounds = [n * i // lanes for i in range(lanes + 1)]
@@ -469,7 +470,8 @@ class CandidateStore:
         return self._n
 
     def __repr__(self) -> str:
-        return f"CandidateStore(n={self._n}, num_vectors={self.num_vectors}, dim={self.dim}, capacity={self.capacity})"
+        return (f"CandidateStore(n={self._n}, num_vectors={self.num_vectors}, dim={self.dim}, "
+                f"capacity={self.capacity})")
 
     @property
     def num_vectors(self) -> int:

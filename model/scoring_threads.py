@@ -58,7 +58,8 @@ def _per_thread_setting() -> bool:
 def scoring_thread_count(dtype: torch.dtype = torch.bfloat16) -> int:
     """torch threads for MaxSim scoring in `dtype` from the calling thread (see the module docstring).
 
-    Only bf16 scoring was measured; other dtypes (the precise fp32 path) keep the caller's count.
+    For fp32 (the precise path, and the fast path where bf16 is emulated) the caller's count is kept: that
+    scoring splits itself into one-thread lanes (`lane_count`, `run_lanes`), so the count only sizes them.
     """
     have = torch.get_num_threads()
     if not _per_thread_setting():
@@ -168,7 +169,8 @@ def run_lanes(jobs: list[Callable[[], T]]) -> list[T]:
     For work that splits into independent parts (the fp32 path's candidate ranges): the parts never wait
     for each other op by op, as one op's two torch threads do, which on a shared machine stalled a short
     GEMM for a whole scheduler tick (~16 ms) whenever the other core was busy (docs/benchmarks.md).
-    Jobs run in the caller instead when it is at one thread already, or is itself a worker.
+    Jobs run in the caller instead, one after another, when it is at one thread already, is itself a
+    worker, or torch's thread count is process-wide (no per-thread setting to give a worker).
     """
     if torch.get_num_threads() == 1 or getattr(_on_worker, "flag", False) or not _per_thread_setting():
         return [job() for job in jobs]

@@ -180,7 +180,8 @@ class View:
         return np.concatenate(rowids), np.concatenate(firsts)
 
     def score_all(self, qb: torch.Tensor, budget: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rowids, bf16 MaxSim scores) of every live item for one query qb [1, R_q, D]."""
+        """(rowids, MaxSim scores) of every live item for one query qb [1, R_q, D] (the fast path's: bf16, or
+        fp32 where `model.scoring.fast_path_is_precise`)."""
         parts_scores, parts_rowids = [], []
         for seg in self.segments:
             scores = seg.store().maxsim(qb, budget)[0]

@@ -134,3 +134,47 @@ def test_one_thread_scoring_leaves_other_threads_at_their_count(monkeypatch, two
     assert after == {0: 2, 1: 2, 2: 2}
     assert bystander and set(bystander) == {2}
     assert torch.get_num_threads() == 2
+
+
+def test_lanes_run_on_one_thread_workers_in_order_and_raise_in_the_caller(two_threads):
+    seen = []
+
+    def job(i):
+        def run():
+            seen.append(torch.get_num_threads())
+            # Work a lane starts runs in that lane, not on another worker (which could all be busy).
+            assert scoring_threads.run_lanes([lambda: i * 10]) == [i * 10]
+            return i, torch.is_grad_enabled()
+        return run
+
+    with torch.no_grad():
+        assert scoring_threads.run_lanes([job(i) for i in range(5)]) == [(i, False) for i in range(5)]
+    assert seen == [1] * 5 and torch.get_num_threads() == 2
+
+    def fails():
+        raise KeyError("lane 1")
+
+    with pytest.raises(KeyError, match="lane 1"):
+        scoring_threads.run_lanes([lambda: 0, fails, lambda: 2])
+    torch.set_num_threads(1)  # a one-thread caller runs its lanes itself
+    assert scoring_threads.run_lanes([threading.current_thread, threading.current_thread]) == \
+        [threading.current_thread()] * 2
+
+
+def test_fp32_lanes_split_the_candidates_without_changing_the_scores(monkeypatch, two_threads):
+    monkeypatch.setattr(scoring, "cpu_has_native_bf16", lambda: False)
+    q, c = _unit(2, 8, 16, seed=11), _unit(1200, 9, 16, seed=12)  # 16 rows: the fp32 path, candidates first
+    store = CandidateStore(c)
+    idx = torch.arange(1199, -1, -1)
+    want = torch.einsum("bqd,ncd->bnqc", q.double(), c.bfloat16().double()).amax(-1).sum(-1)
+    assert scoring_threads.lane_count() == 2
+    for r_q in (4, 8):  # 8 rows: rows first; 16: candidates first
+        two = store.maxsim(q, (r_q, 9))
+        torch.testing.assert_close(two.double(), torch.einsum(
+            "bqd,ncd->bnqc", q[:, :r_q].double(), c.bfloat16().double()).amax(-1).sum(-1), rtol=0, atol=1e-5)
+    two = store.maxsim(q, (8, 9), indices=idx)
+    monkeypatch.setattr(scoring_threads, "_FORCE", 1)
+    assert scoring_threads.lane_count() == 1
+    one = store.maxsim(q, (8, 9), indices=idx)
+    torch.testing.assert_close(two, one, rtol=0, atol=1e-5)
+    torch.testing.assert_close(two.double(), want[:, idx], rtol=0, atol=1e-5)

@@ -322,6 +322,9 @@ def test_segments_stay_few_and_search_matches_exact_scoring(tmp_path, monkeypatc
         return score_rows(self, qb, budget, candidates, precise)
 
     monkeypatch.setattr(segments_module.View, "score_rows", spy)
+    gather_calls = []
+    gather = segments_module._gather
+    monkeypatch.setattr(segments_module, "_gather", lambda jobs: gather_calls.append(len(jobs)) or gather(jobs))
     index = Index.create(tmp_path / "idx", "ck", 8, 16)
     vectors = unit(700, 8, 16, seed=4)
     items = fake_items(700)
@@ -343,15 +346,16 @@ def test_segments_stay_few_and_search_matches_exact_scoring(tmp_path, monkeypatc
         # Two-stage with a depth covering everything is exact; the first stage is persisted and reused.
         full = index.search(query, budget, k=20, exact=False, depth=700)
         assert [s for _, s in full] == [s for _, s in exact]
-        monkeypatch.setattr(segments_module, "_GATHER_MIN_ROWS", 0)  # the threaded gather gives the same
-        assert index.search(query, budget, k=20, exact=False, depth=700) == full
-        monkeypatch.setattr(segments_module, "_GATHER_MIN_ROWS", 8192)
-        # An index too big for the page cache gathers first, then scores: the same results (the scores up to
-        # fp32 rounding, the blocks being others).
+        # An index too big for the page cache gathers first (threaded or not), then scores: the same results
+        # (on the fp32 path the scores up to fp32 rounding, the blocks being others).
         monkeypatch.setattr(segments_module, "page_cache_bytes", lambda: 0)
-        gathered = index.search(query, budget, k=20, exact=False, depth=700)
-        assert [r for r, _ in gathered] == [r for r, _ in full]
-        np.testing.assert_allclose([s for _, s in gathered], [s for _, s in full], rtol=0, atol=1e-5)
+        for min_rows in (0, 8192):
+            monkeypatch.setattr(segments_module, "_GATHER_MIN_ROWS", min_rows)
+            gathers = len(gather_calls)
+            gathered = index.search(query, budget, k=20, exact=False, depth=700)
+            assert len(gather_calls) > gathers
+            assert [r for r, _ in gathered] == [r for r, _ in full]
+            np.testing.assert_allclose([s for _, s in gathered], [s for _, s in full], rtol=0, atol=1e-5)
         monkeypatch.setattr(segments_module, "page_cache_bytes", lambda: 1 << 40)
     assert list((tmp_path / "idx").glob("first_stage.*.faiss"))
     assert any(precise_calls) == (fast_path == "bf16")
