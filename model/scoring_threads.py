@@ -125,31 +125,11 @@ def run_scoring(fn: Callable[[], T], dtype: torch.dtype = torch.bfloat16) -> T:
     """fn() at `scoring_thread_count(dtype)` torch threads: here, or on a one-thread worker.
 
     fn's exception, if any, is raised here; fn runs with the caller's grad mode (thread-local in torch).
-    fn must not itself call run_scoring with a one-thread choice.
+    A one-thread choice is a lane of its own (`run_lanes`); work that fn starts there stays on its worker.
     """
-    have = torch.get_num_threads()
-    if scoring_thread_count(dtype) >= have:
+    if scoring_thread_count(dtype) >= torch.get_num_threads():
         return fn()
-    _workers.ensure(have)
-    grad = torch.is_grad_enabled()
-    result: list[T] = []
-    error: list[BaseException] = []
-    done = threading.Event()
-
-    def job() -> None:
-        try:
-            with torch.set_grad_enabled(grad):
-                result.append(fn())
-        except BaseException as err:  # noqa: BLE001 - raised in the caller below
-            error.append(err)
-        finally:
-            done.set()
-
-    _workers.jobs.put(job)
-    done.wait()
-    if error:
-        raise error[0]
-    return result[0]
+    return run_lanes([fn])[0]
 
 
 def lane_count() -> int:
