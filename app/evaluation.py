@@ -74,6 +74,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from model.files import write_atomic
 from model.scoring import CandidateStore
 
 from .indexing import index_paths
@@ -544,9 +545,7 @@ def record_quality(folder: str | os.PathLike, name: str, report: dict) -> Path:
     path = Path(folder) / QUALITY_FILE
     data = recorded_quality(folder)
     data[name] = report
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
     return path
 
 
