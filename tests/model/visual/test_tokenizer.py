@@ -169,6 +169,35 @@ def test_bfloat16_path_stays_close_to_float32(classifier):
     assert np.corrcoef(ref.ravel(), fast.ravel())[0, 1] > 0.99
 
 
+def test_onnx_backend_matches_the_torch_network():
+    """The fp32 network exported to ONNX Runtime (the default where bf16 is not native) gives the torch
+    network's features, and the tokenizer writes the same text with either."""
+    pytest.importorskip("onnx", reason="onnx not installed: the torch network runs")
+    fast = ImageClassifier(dtype=torch.float32, backend="onnx")
+    slow = ImageClassifier(dtype=torch.float32, backend="torch")
+    assert (fast.backend, slow.backend) == ("onnx", "torch")
+    batch = np.concatenate([preprocess(_scene(seed=s))[0] for s in range(3)])
+    np.testing.assert_allclose(fast.features_of_batch(batch), slow.features_of_batch(batch), atol=1e-3, rtol=1e-3)
+    images = [_scene(seed=s) for s in range(3)]
+    docs = [tok_mod.VisualTokenizer(classifier=c, people=False).tokenize(images, ocr=False) for c in (fast, slow)]
+    assert [d.text for d in docs[0]] == [d.text for d in docs[1]]
+
+
+def test_classifier_backend_choice(monkeypatch):
+    monkeypatch.delenv(classifier_mod.BACKEND_ENV, raising=False)
+    assert classifier_mod._backend_choice(None, torch.float32) == "onnx"
+    assert classifier_mod._backend_choice(None, torch.bfloat16) == "torch"
+    monkeypatch.setenv(classifier_mod.BACKEND_ENV, "Torch")
+    assert classifier_mod._backend_choice(None, torch.float32) == "torch"
+    with pytest.raises(ValueError, match="backend must be one of auto, torch, onnx"):
+        classifier_mod._backend_choice("tensorrt", torch.float32)
+    with pytest.raises(ValueError, match="float32 only"):
+        classifier_mod._backend_choice("onnx", torch.bfloat16)
+    # Without the exporter's package the torch network runs, and says so in the log.
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    assert ImageClassifier(dtype=torch.float32, backend="onnx").backend == "torch"
+
+
 def test_cams_have_grid_shape_and_unit_range(classifier):
     out = classifier.classify([_scene(500, 500)])
     top = list(np.argsort(-out.probs[0])[:3])
