@@ -27,6 +27,19 @@ class SpanReadout(nn.Module):
         self.gate = nn.Parameter(torch.zeros(hidden))
         nn.init.zeros_(self.query.weight)  # uniform attention over the span: its mean, at the start
 
+    def is_span_mean(self) -> bool:
+        """Whether the query weights and the gate are all zero (as initialised; MetaEmbed-Mini v2 and v3 ship
+        so): each output is then its span's plain mean, whatever the meta states are."""
+        return not (bool(self.query.weight.any()) or bool(self.gate.any()))
+
+    def span_mean(self, content: torch.Tensor, span: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward` of a readout that `is_span_mean`, without the meta states: content [B, L, H], span
+        [B, R, L] bool -> (each span's mean [B, R, H], the uniform attention [B, R, L])."""
+        content = content.to(self.query.weight.dtype)
+        attention = span.to(content.dtype)
+        attention = attention / attention.sum(-1, keepdim=True)
+        return attention @ content, attention
+
     def forward(self, meta: torch.Tensor, content: torch.Tensor, span: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """meta [B, R, H], content [B, L, H], span [B, R, L] bool -> (states [B, R, H], attention [B, R, L])."""

@@ -66,7 +66,7 @@ def cache_states(model: MetaEmbed, texts: list[str], side: str, batch_size: int 
     for start in range(0, len(unique), batch_size):
         chunk = unique[start:start + batch_size]
         batch = model.prepare(chunk, side)
-        _, res = model.embed(batch, side)  # the backbone's output carries the content and meta states
+        _, res = model.embed(batch, side, meta_states=True)  # the output carries the content and meta states
         lengths = batch["attention_mask"].sum(1)
         for i, text in enumerate(chunk):
             n = int(lengths[i])

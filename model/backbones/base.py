@@ -64,7 +64,7 @@ def parse_items(items: list[Content], what: str = "input") -> list[Parsed]:
 
 @dataclass
 class BackboneOutput:
-    meta: torch.Tensor  # [B, R, H] last-layer states at the meta positions
+    meta: torch.Tensor | None  # [B, R, H] last-layer states at the meta positions (None: not computed)
     attention: torch.Tensor | None = None  # [B, R, L] last-layer attention of each meta token over content
     tokens: list[list[str]] | None = None  # the content tokens each row of `attention` refers to
     extras: list[dict] = field(default_factory=list)  # per item: front-end details (e.g. visual tokens)

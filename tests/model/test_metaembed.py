@@ -229,7 +229,7 @@ def test_untrained_readout_is_the_mean_of_each_span(span_model):
     model = span_model
     batch = model.prepare(TEXTS, "candidate")
     with torch.no_grad():
-        _, out = model.embed(batch, "candidate")
+        _, out = model.embed(batch, "candidate", meta_states=True)
         states, _ = model.readout(out.meta, out.content, out.span)
         base = model.backbone.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     lengths = batch["attention_mask"].sum(1)
@@ -243,6 +243,36 @@ def test_untrained_readout_is_the_mean_of_each_span(span_model):
     # Its attention is what the app shows as "what this vector reads": uniform over the span, zero outside.
     _, att = model.readout(out.meta, out.content, out.span)
     torch.testing.assert_close(att, inside / inside.sum(-1, keepdim=True))
+
+
+@pytest.mark.parametrize("side", ["query", "candidate"])
+def test_span_mean_readout_skips_the_meta_states_with_the_same_vectors(span_model, side):
+    """Outside training, a readout at its plain span mean never runs the meta tokens through the backbone
+    (queries: 2-3x less work) and gives the vectors and attention of the full path."""
+    batch = span_model.prepare(TEXTS, side)
+    with torch.inference_mode():
+        full, full_out = span_model.embed(batch, side, meta_states=True)
+        fast, fast_out = span_model.embed(batch, side, output_attention=True)
+    assert full_out.meta is not None and fast_out.meta is None
+    torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(fast_out.attention, full_out.attention)
+    grad, grad_out = span_model.embed(batch, side)  # training: the meta states are computed
+    assert grad_out.meta is not None
+
+
+def test_a_trained_readout_reads_the_meta_states():
+    model = MetaEmbed.from_config(MetaEmbedConfig(name="t", meta_attention="phrases", embed_dim=None), device="cpu")
+    assert model.readout.is_span_mean()
+    with torch.no_grad():
+        model.readout.gate.fill_(0.3)
+    assert not model.readout.is_span_mean()
+    with torch.inference_mode():
+        vecs, out = model.embed(model.prepare(TEXTS, "candidate"), "candidate")
+        mean, _ = model.readout.span_mean(out.content, out.span)
+    assert out.meta is not None  # computed: the gate adds them to each vector
+    assert not torch.allclose(vecs, torch.nn.functional.normalize(mean, dim=-1), atol=1e-3)
+    with pytest.raises(ValueError, match="granular"):
+        model.backbone(model.prepare(TEXTS, "query"), model.query_meta, meta_states=False)
 
 
 def test_readout_weights_are_saved_and_loaded(tmp_path):
