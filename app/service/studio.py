@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from app import ingest as ingest_mod
-from app.humanize import human_bytes
+from app.humanize import echoed, human_bytes
 from app.indexing import encoder_input
 from app.search import Hit, QueryCache, check_budget, rank
 from app.store.index import IndexedItem
@@ -82,7 +82,7 @@ class QueryState:
     text: str | None
     image: Image.Image | None
     vectors: torch.Tensor  # [R_q, D] float32
-    encode_ms: float = 0.0
+    encode_ms: float = 0.0  # 0: the vectors came from the query cache (an earlier search encoded them)
     inspected: dict | None = field(default=None, repr=False)
 
     @property
@@ -91,9 +91,11 @@ class QueryState:
 
     @property
     def label(self) -> str:
+        """How captions name the query, as Markdown: the visitor's words shortened and escaped (humanize.echoed)."""
+        words = f"“{echoed(self.text)}”" if self.text else ""
         if self.image is not None:
-            return f"your image + “{self.text}”" if self.text else "your image"
-        return f"“{self.text}”"
+            return f"your image + {words}" if words else "your image"
+        return words
 
 
 # ----------------------------------------------------------------------------------------------- studio
@@ -206,9 +208,17 @@ class Studio:
         if text is None and image is None:
             raise ValueError("type a query or drop an image to search with")
         engine = self.engine
+        ran = []  # whether the model ran: a query served from the cache has encode_ms 0 ("encoded earlier")
+
+        def encode(items: list) -> torch.Tensor:
+            ran.append(True)
+            return engine.encode(items, "query")
+
         t0 = time.perf_counter()
-        vectors = self.queries.vectors(query_content(text, image), engine.checkpoint_id, lambda items: engine.encode(items, "query"))
-        return QueryState(engine.checkpoint_id, text, image, vectors, encode_ms=(time.perf_counter() - t0) * 1000)
+        vectors = self.queries.vectors(query_content(text, image), engine.checkpoint_id, encode)
+        # Not the time of the cache look-up itself: a few microseconds, which read "encoded once, in 0 ms".
+        ms = (time.perf_counter() - t0) * 1000 if ran else 0.0
+        return QueryState(engine.checkpoint_id, text, image, vectors, encode_ms=ms)
 
     def ensure_current(self, query: QueryState) -> QueryState:
         """Re-encode a cached query if the model changed since it was encoded."""

@@ -245,12 +245,15 @@ def match_table_html(ex: Explanation, shown: int = 6) -> str:
         )
     head = ("<thead><tr><th>query<br>vector</th><th>reads mostly (query tokens, attention)</th><th>best<br>similarity"
             "</th><th>matched<br>result vector</th><th>reads mostly (result tokens, attention)</th></tr></thead>")
-    note = (f"<p class='me-caption'>Each of the {r_q} query vectors is the state of one meta token; it keeps only its "
+    each = f"Each of the {r_q} query vectors is" if r_q > 1 else "The one query vector is"
+    note = (f"<p class='me-caption'>{each} the state of one meta token; it keeps only its "
             "best match among the result's vectors. Chips show the content tokens each meta token attended to "
             "most in the last layer (◆ concept seen in a photo, ● colour, ✎ text read in the image).</p>")
     table = f"<table class='me-table'>{head}<tbody>{''.join(rows[:shown])}</tbody></table>"
     if len(rows) > shown:  # the strongest matches tell the story; the rest are one click away
-        table += (f"<details><summary class='me-caption'>Show the other {len(rows) - shown} query vectors</summary>"
+        rest = len(rows) - shown
+        table += (f"<details><summary class='me-caption'>Show the other {rest} query vector{'s' if rest > 1 else ''}"
+                  "</summary>"
                   f"<table class='me-table'>{head}<tbody>{''.join(rows[shown:])}</tbody></table></details>")
     return note + f"<div class='me-scroll'>{table}</div>"  # scrolls inside its box on a phone
 

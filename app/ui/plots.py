@@ -45,6 +45,13 @@ def empty_figure(message: str, height: int = 280) -> go.Figure:
 
 # ------------------------------------------------------------------------------------------ why it matched
 
+# The similarity heatmap's frame, in pixels: the plot is at least 320 - 56 - 100 = 164 px high, room for its
+# y title (about 160 px at 13 px); the legend starts 62 px under the plot, below the x tick labels and title
+# (about 50 px), and its one row (about 22 px) ends inside the 100 px bottom margin.
+HEATMAP_MARGIN = dict(l=60, r=20, t=56, b=100)
+HEATMAP_MIN_HEIGHT = 320
+HEATMAP_LEGEND_DROP = 62
+
 
 def similarity_heatmap(sim: np.ndarray, argmax: np.ndarray, budget: tuple[int, int],
                        q_labels: Sequence[str] | None = None, c_labels: Sequence[str] | None = None) -> go.Figure:
@@ -71,11 +78,17 @@ def similarity_heatmap(sim: np.ndarray, argmax: np.ndarray, budget: tuple[int, i
     fig.update_xaxes(title_text=f"result's meta vectors (first r_c = {r_c})",
                      dtick=1 if r_c <= 16 else 4 if r_c <= 32 else 8, tickangle=0,
                      range=[0.5, r_c + 0.5], showgrid=False, zeroline=False)
-    fig.update_yaxes(title_text=f"query meta vectors (first r_q = {r_q})", range=[r_q + 0.5, 0.5],
+    # The y title is short enough for the smallest plot (r_q is in the chart's title): "query meta vectors
+    # (first r_q = 1)" ran past a one-row plot into the title and was cut off.
+    fig.update_yaxes(title_text="query meta vectors", range=[r_q + 0.5, 0.5],
                      dtick=1 if r_q <= 16 else 2, showgrid=False, zeroline=False)
-    return _layout(fig, f"Query × result vectors at ({r_q}, {r_c})",
-                   height=max(260, min(460, 120 + 22 * r_q)), showlegend=True,
-                   legend=dict(orientation="h", y=-0.22, x=0))
+    # The legend hangs a fixed distance under the plot, in the bottom margin, below the x-axis title: a
+    # fraction of the plot's height (y=-0.22) put it on that title when a small budget made the plot short.
+    height = max(HEATMAP_MIN_HEIGHT, min(520, 166 + 22 * r_q))
+    plot = height - HEATMAP_MARGIN["t"] - HEATMAP_MARGIN["b"]
+    return _layout(fig, f"Query × result vectors at ({r_q}, {r_c})", height=height, showlegend=True,
+                   legend=dict(orientation="h", x=0, y=-HEATMAP_LEGEND_DROP / plot, yanchor="top"),
+                   margin=dict(HEATMAP_MARGIN))
 
 
 def contribution_bars(contributions: np.ndarray, argmax: np.ndarray, score: float,
@@ -94,7 +107,8 @@ def contribution_bars(contributions: np.ndarray, argmax: np.ndarray, score: floa
     ))
     fig.update_yaxes(autorange="reversed", title_text="query vector")
     fig.update_xaxes(title_text="best similarity = its share of the score", rangemode="tozero")
-    return _layout(fig, f"Score {score:.3f} = sum of these {r_q} bar{'s' if r_q > 1 else ''}",
+    title = f"Score {score:.3f} = sum of these {r_q} bars" if r_q > 1 else f"Score {score:.3f} = this one bar"
+    return _layout(fig, title,
                    height=max(220, min(460, 100 + 22 * r_q)), showlegend=False)
 
 

@@ -13,7 +13,10 @@ import gradio as gr
 import numpy as np
 from gradio.components.gallery import GalleryData, GalleryImage
 from gradio.data_classes import ImageData
+from PIL import Image
 
+from app.humanize import echoed
+from app.ingest.images import load_image
 from app.search import Hit
 from app.service import QueryState, Studio
 from app.ui import explain as ui_explain
@@ -42,9 +45,44 @@ def budget_readout(studio: Studio, r_q: int, r_c: int) -> str:
             f"({per_item:,} of {full:,} bytes per item read).{note}")
 
 
-def preset_of(studio: Studio, index: float) -> tuple[int, int]:
-    presets = studio.engine.presets
-    return presets[int(np.clip(round(index), 0, len(presets) - 1))]
+def clamped(value: object, low: int, high: int) -> int:
+    """A slider's value as the page sent it, unprocessed (the slider events skip Gradio's preprocessing, which
+    answered 0 or 99 typed into a slider's number box with a traceback and "Error" over the outputs), brought
+    into low..high; `high` when the box holds no number (it was emptied)."""
+    try:
+        return int(np.clip(round(float(value)), low, high))
+    except (TypeError, ValueError, OverflowError):  # None, "", NaN, inf
+        return high
+
+
+def position_of(hits: list[Hit], selected: tuple[str, str] | list | None) -> int | None:
+    """Where the open result `selected` (collection key, item id) is among `hits`, for the gallery's highlight,
+    which must follow the item, not its old place; None when it is not among them."""
+    if selected is None:
+        return None
+    key = tuple(selected)
+    return next((i for i, h in enumerate(hits) if (h.collection, h.id) == key), None)
+
+
+def query_picture(value: dict | None) -> Image.Image | None:
+    """The query image as the page sent it (its file in Gradio's cache: the events that read it skip Gradio's
+    preprocessing, which met a broken file with an internal error and a server traceback), opened as the
+    collection's photos are (app.ingest.images.load_image: only the listed decoders, a pixel cap). ValueError,
+    in plain words naming the file, when it is not a usable image."""
+    if not value:
+        return None
+    path = value.get("path")
+    name = value.get("orig_name") or (Path(path).name if path else "the image")
+    try:
+        data = Path(path).read_bytes() if path else None
+    except OSError:
+        data = None
+    if data is None:
+        raise ValueError(f"{name} could not be read: drop it again")
+    try:
+        return load_image(data)
+    except ValueError as e:  # the reason in plain words, e.g. "not a readable image (...)"
+        raise ValueError(f"{name} is {e}") from None
 
 
 def gallery_value(studio: Studio, hits: list[Hit], session: str | None, r_q: int) -> list[tuple[str, str]]:
@@ -79,9 +117,10 @@ def results_caption(query: QueryState, hits: list[Hit], budget: tuple[int, int],
         weak = (f"**No close match in your collection** for {query.label}: the best result scores {best:.2f}, and "
                 f"at this budget searches whose answer is there usually score {weak_below:.2f} or more. Try other "
                 "words, or add files.\n\n")
-    encoded = f"encoded once, in {query.encode_ms:.0f} ms" if query.encode_ms else "encoded earlier"
+    encoded = (f"the query was encoded once, in {query.encode_ms:.0f} ms" if query.encode_ms else
+               "reused from the cache: an earlier search encoded this query")
     return (partial + weak + f"**{len(hits)} results** for {query.label} at budget **{budget}** · ranked in "
-            f"{rank_ms:.0f} ms from the cached query vectors (the query was {encoded}). Scores are the mean best "
+            f"{rank_ms:.0f} ms from the cached query vectors ({encoded}). Scores are the mean best "
             "similarity of the query's vectors (0-1, comparable across budgets). Click a result to see why it "
             "matched.")
 
@@ -141,8 +180,9 @@ def build(studio: Studio) -> SimpleNamespace:
     s.image_words = gr.State(None)  # the words last searched with the current image (None: not searched yet)
     with gr.Accordion("More like this: search with an image", open=False):
         with gr.Row():
+            # Its events skip Gradio's preprocessing and open the file with query_picture.
             s.query_image = gr.Image(label="Query image (combined with the text above, if any)",
-                                     type="pil", height=180, sources=["upload", "clipboard"],
+                                     type="filepath", height=180, sources=["upload", "clipboard"],
                                      elem_id="me-query-image", scale=1)
             gr.Markdown("Drop a photo here and press **Search** to find similar photos and pages. "
                         "After opening a result, **Search for more like this result** does the same "
@@ -207,6 +247,7 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
 
     @gpu
     def do_search(text, image, keep, image_words, rq, rc, with_samples, request: gr.Request):
+        """Its inputs come unprocessed (see query_picture): the image as its file, the sliders as sent."""
         session = session_of(request)
         words = (text or "").strip()
         # New words after an image search start a text search, unless the user keeps the image.
@@ -214,13 +255,16 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
         if drop:
             image = None
         try:
-            query = studio.encode_query(text, image)
+            query = studio.encode_query(text, query_picture(image))
         except ValueError as e:
             return mistake(str(e), len(rank_outs) + len(reset_outs) + 2)
-        return rank_outputs(studio, query, int(rq), int(rc), with_samples, session) + (
+        rq, rc = clamped(rq, 1, engine.num_query_vectors), clamped(rc, 1, engine.num_candidate_vectors)
+        return rank_outputs(studio, query, rq, rc, bool(with_samples), session) + (
             None, gr.update(value=NO_SELECTION), gr.update(visible=False), gr.update(visible=False),
             None if drop else gr.skip(), words if image is not None else None)
 
+    engine = studio.engine
+    presets = engine.presets
     requests = itertools.count(1)  # numbers the explanation requests: each one changes explain_trigger
 
     def at_budget(query, rq: int, rc: int, with_samples: bool, selected, session: str | None) -> tuple:
@@ -231,33 +275,46 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
         300-570 ms in the browser before anything painted)."""
         if query is None:
             return (gr.skip(),) * (len(rank_outs) + 2)
-        query, hits, gallery, caption, snippets = rank_outputs(studio, query, rq, rc, with_samples, session)
+        query, hits, gallery, caption, snippets = rank_outputs(studio, query, rq, rc, bool(with_samples), session)
         if selected is None:
             return query, hits, gallery_payload(gallery), caption, snippets, gr.skip(), gr.skip()
+        # The highlight follows the open result to its new place (the gallery keeps its old index otherwise);
+        # when it left the page, explain_latest clears the highlight.
+        where = position_of(hits, selected)
+        shown = (gr.update(value=gallery_payload(gallery), selected_index=where) if where is not None
+                 else gallery_payload(gallery))
         n = next(requests)
-        return query, hits, gallery_payload(gallery), caption, snippets, (n, rq, rc, tuple(selected)), n
+        return query, hits, shown, caption, snippets, (n, rq, rc, tuple(selected)), n
 
     def on_preset(index, query, with_samples, selected, request: gr.Request):
-        rq, rc = preset_of(studio, index)
-        return (rq, rc, budget_readout(studio, rq, rc)) + at_budget(query, rq, rc, with_samples, selected,
-                                                                    session_of(request))
+        i = clamped(index, 0, len(presets) - 1)
+        rq, rc = presets[i]
+        return (i if i != index else gr.skip(), rq, rc, budget_readout(studio, rq, rc)) + at_budget(
+            query, rq, rc, with_samples, selected, session_of(request))
 
     def on_budget(rq, rc, query, with_samples, selected, request: gr.Request):
-        rq, rc = int(rq), int(rc)
-        return (budget_readout(studio, rq, rc),) + at_budget(query, rq, rc, with_samples, selected,
-                                                             session_of(request))
+        sent = rq, rc
+        rq, rc = clamped(rq, 1, engine.num_query_vectors), clamped(rc, 1, engine.num_candidate_vectors)
+        # A value brought into range goes back to its box; one in range is not sent back, or a reply that lags
+        # behind a drag would pull the handle back. A trained preset moves the main slider to it.
+        fixed = tuple(v if v != s else gr.skip() for v, s in zip((rq, rc), sent))
+        preset = presets.index((rq, rc)) if (rq, rc) in presets else gr.skip()
+        return fixed + (preset, budget_readout(studio, rq, rc)) + at_budget(query, rq, rc, with_samples, selected,
+                                                                            session_of(request))
 
-    def explain_latest(wanted, selected, query, request: gr.Request):
+    def explain_latest(wanted, selected, query, hits, request: gr.Request):
         """The open explanation at the budget of the latest re-rank (issue 17.1: it must end at the budget the
         results show). The State inputs are read on the server when this runs, not when it was triggered, and
         the event is `always_last`, so the last redraw is at the last re-rank's budget however fast the slider
         moves."""
         still = standing_request(wanted, selected)
         if still is None or query is None:
-            return (gr.skip(),) * len(explained)
+            return (gr.skip(),) * (len(explained) + 1)
         rq, rc, coll, item = still
         main, table = explain_panel(studio, coll, item, query, rq, rc, session_of(request))
-        return main + (table,)
+        # The highlight on the open result's place, or none when it left the page: a returned component
+        # keeps selected_index=None, which Gradio drops from a gr.update.
+        return main + (table, gr.Gallery(selected_index=position_of(hits, selected)))
 
     def select_handler(evt: gr.SelectData, hits, query, rq, rc, request: gr.Request):
         if not hits or evt.index is None or query is None:
@@ -268,32 +325,44 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
 
     def more_like_this(selected, rq, rc, with_samples, request: gr.Request):
         if selected is None:
-            return mistake("select a result first", 3 + len(rank_outs))
-        return more_like(studio, selected, int(rq), int(rc), with_samples, session_of(request))
+            return mistake("select a result first", 3 + len(rank_outs) + len(reset_outs))
+        # A new query: the open explanation (of the old one) closes, as after any search.
+        return more_like(studio, selected, int(rq), int(rc), with_samples, session_of(request)) + (
+            None, gr.update(value=NO_SELECTION), gr.update(visible=False), gr.update(visible=False))
 
     search_inputs = [s.query_box, s.query_image, s.keep_image, s.image_words, s.r_q, s.r_c, s.include_samples]
-    for trigger in (s.search_btn.click, s.query_box.submit, s.examples.load_input_event.then):
-        trigger(do_search, search_inputs, rank_outs + reset_outs + [s.query_image, s.image_words], **PRIVATE)
+    # The examples are queries judged on the sample collection (test_the_example_queries_are_judged_on_the_
+    # sample_collection), so clicking one includes the samples again: the checkbox turns itself off once the
+    # visitor has files of their own (app._wire_samples_default), and "a mountain lake" then found "no close
+    # match in your collection".
+    with_samples = s.examples.load_input_event.then(lambda: True, None, s.include_samples, queue=False,
+                                                    show_progress="hidden", **PRIVATE)
+    for trigger in (s.search_btn.click, s.query_box.submit, with_samples.then):
+        trigger(do_search, search_inputs, rank_outs + reset_outs + [s.query_image, s.image_words],
+                preprocess=False, **PRIVATE)
     _wire_query_image(s)
     # The slider's events send only the results (explain_latest follows while a result is open) and skip
     # Gradio's postprocessing (their values are sent as they are) and its queue: one HTTP request instead of
     # joining the queue and waiting for its messages. (The queue's concurrency limit is not needed for them:
     # `always_last` keeps at most one re-rank per page in flight, and it reads only cached query vectors.)
-    rerank = dict(show_progress="hidden", postprocess=False, queue=False, **PRIVATE)
+    # They skip its preprocessing too: the values are brought into range (`clamped`) instead of refused.
+    rerank = dict(show_progress="hidden", preprocess=False, postprocess=False, queue=False, **PRIVATE)
     explain_outs = [s.explain_request, s.explain_trigger]
     s.preset.input(on_preset, [s.preset, s.query_state, s.include_samples, s.selected_state],
-                   [s.r_q, s.r_c, s.readout] + rank_outs + explain_outs, trigger_mode="always_last", **rerank)
+                   [s.preset, s.r_q, s.r_c, s.readout] + rank_outs + explain_outs, trigger_mode="always_last",
+                   **rerank)
     budget_inputs = [s.r_q, s.r_c, s.query_state, s.include_samples, s.selected_state]
-    budget_outputs = [s.readout] + rank_outs + explain_outs
+    budget_outputs = [s.r_q, s.r_c, s.preset, s.readout] + rank_outs + explain_outs
     for slider in (s.r_q, s.r_c):
         slider.input(on_budget, budget_inputs, budget_outputs, trigger_mode="always_last", **rerank)
     s.include_samples.input(on_budget, budget_inputs, budget_outputs, **rerank)
     # Queued (it runs the model, and its notices need the queue); a small timer on the panel while it catches up.
-    s.explain_trigger.change(gpu(explain_latest), [s.explain_request, s.selected_state, s.query_state], explained,
-                             trigger_mode="always_last", show_progress="minimal", **PRIVATE)
+    s.explain_trigger.change(gpu(explain_latest), [s.explain_request, s.selected_state, s.query_state, s.hits_state],
+                             explained + [s.gallery], trigger_mode="always_last", show_progress="minimal",
+                             **PRIVATE)
     s.gallery.select(gpu(select_handler), [s.hits_state, s.query_state, s.r_q, s.r_c], select_outputs, **PRIVATE)
     s.more_btn.click(more_like_this, [s.selected_state, s.r_q, s.r_c, s.include_samples],
-                     [s.query_box, s.query_image, s.image_words] + rank_outs, **PRIVATE)
+                     [s.query_box, s.query_image, s.image_words] + rank_outs + reset_outs, **PRIVATE)
 
 
 def standing_request(wanted: tuple | None, selected: tuple[str, str] | None) -> tuple[int, int, str, str] | None:
@@ -326,11 +395,23 @@ def _wire_query_image(s: SimpleNamespace) -> None:
     """The chip that shows the image in the query, with its Keep and Remove controls."""
 
     def show_chip(image):
+        # The query image's own file (unprocessed, see query_picture), shown as it is: not decoded and saved
+        # again.
         return gr.update(visible=image is not None), image, gr.update(value=False) if image is None else gr.skip()
 
+    def check_upload(image):
+        """A new image, not searched yet; one that is not a usable image is named in a calm notice and taken
+        out of the query."""
+        try:
+            query_picture(image)
+        except ValueError as e:
+            gr.Warning(str(e))
+            return None, None
+        return None, gr.skip()
+
     s.query_image.change(show_chip, s.query_image, [s.chip, s.chip_image, s.keep_image], show_progress="hidden",
-                         **PRIVATE)
-    s.query_image.upload(lambda: None, None, s.image_words, **PRIVATE)  # a new image, not searched yet
+                         preprocess=False, postprocess=False, **PRIVATE)
+    s.query_image.upload(check_upload, s.query_image, [s.image_words, s.query_image], preprocess=False, **PRIVATE)
     s.remove_image.click(lambda: (None, None), None, [s.query_image, s.image_words], **PRIVATE)
 
 
@@ -371,8 +452,10 @@ def explain_panel(studio: Studio, coll_key: str, item_id: str, query: QueryState
     if source is not None and source.image is not None:
         image = plots.overlay(source.image, ui_explain.overlay_marks(ex, item.kind, source))
     where = f", page {item.page}" if item.page else ""
-    title = (f"### “{item.title}”{where} for {query.label}\nScore **{ex.score / rq:.2f}** at budget **({rq}, {rc})**"
-             f": the mean of the best similarities of the {rq} query vectors (MaxSim {ex.score:.3f}, their sum). ")
+    of = (f"the mean of the best similarities of the {rq} query vectors (MaxSim {ex.score:.3f}, their sum)" if rq > 1
+          else f"the best similarity of the one query vector (MaxSim {ex.score:.3f})")
+    title = (f"### “{echoed(item.title, 120)}”{where} for {query.label}\nScore **{ex.score / rq:.2f}** at budget "
+             f"**({rq}, {rc})**: {of}. ")
     top = ui_explain.summary_units(ex)
     if top:
         title += "Mostly because of: " + ", ".join(f"{_kind_mark(k)}{lab} ({100 * s:.0f}%)" for lab, k, s in top)

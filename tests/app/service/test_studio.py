@@ -224,3 +224,14 @@ def test_a_space_keeps_its_data_on_a_mounted_bucket(tmp_path, monkeypatch):
     (tmp_path / "bucket").mkdir()
     monkeypatch.setattr(studio_mod, "SPACES_BUCKET", tmp_path / "bucket")
     assert studio_mod.default_data_dir() == tmp_path / "bucket" / "metaembed-studio"
+
+
+def test_a_query_from_the_cache_reports_no_encoding_time(studio):
+    """A repeated query's caption said "encoded once, in 0 ms": the cache look-up's microseconds counted as an
+    encode. Its encode_ms is 0 when the cache served it; the first one's is the model's time."""
+    first = studio.encode_query("red panda")
+    again = studio.encode_query("red panda")
+    assert first.encode_ms > 0
+    assert again.encode_ms == 0.0
+    assert "“red panda”" == again.label
+    assert studio.encode_query("<i>x</i>").label == "“&lt;i&gt;x&lt;/i&gt;”"

@@ -67,3 +67,76 @@ def test_the_example_queries_are_judged_on_the_sample_collection():
 
     judged = {q["query"]: q["relevant"] for q in json.loads((EXAMPLES / "queries.json").read_text())}
     assert [q for q in EXAMPLE_QUERIES if q not in judged] == []
+
+
+def _query(text: str | None, encode_ms: float = 0.0):
+    import torch
+
+    from app.service import QueryState
+
+    return QueryState("ckpt", text, None, torch.zeros(4, 8), encode_ms=encode_ms)
+
+
+def test_captions_echo_the_query_escaped_and_shortened():
+    """The query "<b>bold</b>" was shown in bold, and a 900-word query was repeated in full, twice."""
+    from app.ui.search_tab import results_caption
+
+    hits = [_hit(1, "text", "bold")]
+    caption = results_caption(_query("<b>bold</b> **x** [a](b)"), hits, (4, 8), 3.0, weak_below=99.0)
+    assert "<b>" not in caption and "&lt;b&gt;bold&lt;/b&gt;" in caption
+    assert "\\*\\*x\\*\\*" in caption and "\\[a\\]\\(b\\)" in caption  # Markdown shown as typed
+    long = "a dog on the beach at sunset " * 130
+    caption = results_caption(_query(long), hits, (4, 8), 3.0, weak_below=99.0)
+    assert caption.count("a dog on the beach") == 2 * 3  # the no-close-match line and the count line
+    assert caption.count("…”") == 2 and len(caption) < 1000
+
+
+def test_a_cached_query_says_it_was_reused():
+    from app.ui.search_tab import results_caption
+
+    hits = [_hit(1, "text", "cat")]
+    assert "encoded once, in 12 ms" in results_caption(_query("cat", encode_ms=12.3), hits, (4, 8), 3.0)
+    reused = results_caption(_query("cat", encode_ms=0.0), hits, (4, 8), 3.0)
+    assert "reused from the cache" in reused and "in 0 ms" not in reused
+
+
+def test_slider_values_are_brought_into_range():
+    """0 or 99 typed into the r_q box used to fail in Gradio's preprocessing ("Error" and a traceback)."""
+    from app.ui.search_tab import clamped
+
+    assert clamped(99, 1, 16) == 16 and clamped(0, 1, 16) == 1 and clamped(-3.0, 0, 4) == 0
+    assert clamped(7.0, 1, 16) == 7 and clamped("5", 1, 16) == 5
+    assert clamped(None, 1, 16) == 16 and clamped("", 1, 64) == 64 and clamped(float("nan"), 1, 8) == 8
+
+
+def test_the_highlight_follows_the_open_result_to_its_new_place():
+    from app.ui.search_tab import position_of
+
+    hits = [_hit(1, "text", "a"), _hit(2, "text", "b", collection="samples"), _hit(3, "text", "c")]
+    assert position_of(hits, ("samples", "id2")) == 1
+    assert position_of(hits, ["yours", "id3"]) == 2  # as a State may hold it
+    assert position_of(hits, ("yours", "id2")) is None  # same id, another collection
+    assert position_of(hits, ("yours", "gone")) is None  # it left the page
+    assert position_of(hits, None) is None
+
+
+def test_a_broken_query_image_is_named_in_plain_words(tmp_path):
+    """A text file named broken.jpg dropped as the query image used to reach Gradio's preprocessing
+    ("Could not preprocess input component ... UnidentifiedImageError") and log a traceback."""
+    import pytest
+    from PIL import Image
+
+    from app.ui.search_tab import query_picture
+
+    broken = tmp_path / "0123abcd" / "broken.jpg"
+    broken.parent.mkdir()
+    broken.write_text("not a picture")
+    with pytest.raises(ValueError, match=r"^broken\.jpg is not a readable image"):
+        query_picture({"path": str(broken), "orig_name": "broken.jpg"})
+    with pytest.raises(ValueError, match=r"^gone\.png could not be read"):
+        query_picture({"path": str(tmp_path / "gone.png"), "orig_name": "gone.png"})
+    photo = tmp_path / "red.png"
+    Image.new("RGB", (40, 30), (200, 0, 0)).save(photo)
+    image = query_picture({"path": str(photo), "orig_name": "red.png"})
+    assert image.size == (40, 30) and image.mode == "RGB"
+    assert query_picture(None) is None

@@ -1,0 +1,47 @@
+"""app.ui.plots' figure layouts, checked on their numbers (no browser): the heatmap's titles and legend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.ui import plots
+
+PRESETS = [(1, 1), (2, 4), (4, 8), (8, 16), (16, 64)]
+CHAR_PX = 0.62  # a generous width of one character, as a share of the font size (measured ~0.6 in Chromium)
+
+
+@pytest.mark.parametrize("budget", PRESETS + [(3, 5), (16, 1)])
+def test_heatmap_titles_and_legend_never_overlap(budget):
+    """At (1, 1) and (2, 4) the y title ran into the chart's title and the legend sat on the x title."""
+    r_q, r_c = budget
+    fig = plots.similarity_heatmap(np.random.default_rng(0).random(budget), np.zeros(r_q, dtype=int), budget)
+    layout = fig.layout
+    plot_px = layout.height - layout.margin.t - layout.margin.b
+    # The y title (rotated) fits the plot's height, so it reaches neither the chart's title nor the x axis.
+    y_title_px = len(layout.yaxis.title.text) * CHAR_PX * plots.FONT["size"]
+    assert y_title_px <= plot_px, (y_title_px, plot_px)
+    # The legend hangs from a fixed point under the plot, below the x tick labels (~16 px) and title (~20 px
+    # after a standoff), and its row (~24 px) ends inside the bottom margin.
+    legend = layout.legend
+    assert legend.yanchor == "top" and legend.orientation == "h"
+    drop_px = -legend.y * plot_px
+    assert drop_px >= 55, drop_px
+    assert drop_px + 24 <= layout.margin.b, (drop_px, layout.margin.b)
+
+
+@pytest.mark.parametrize("r_q", [1, 2])
+def test_one_query_vector_reads_in_the_singular(r_q):
+    from app.ui.explain import Explanation, match_table_html
+
+    contributions = np.full(r_q, 0.4, dtype=np.float32)
+    bars = plots.contribution_bars(contributions, np.zeros(r_q, dtype=int), float(contributions.sum()))
+    ex = Explanation(budget=(r_q, 1), sim=np.full((r_q, 1), 0.4), argmax=np.zeros(r_q, dtype=int),
+                     contributions=contributions, score=float(contributions.sum()))
+    note = match_table_html(ex)
+    if r_q == 1:
+        assert bars.layout.title.text.endswith("= this one bar")
+        assert "The one query vector is" in note and "1 query vectors" not in note
+    else:
+        assert bars.layout.title.text.endswith("= sum of these 2 bars")
+        assert "Each of the 2 query vectors is" in note
