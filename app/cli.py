@@ -155,7 +155,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         if index.scored_budget(budget) != budget:
             print(f"  (scored at {index.scored_budget(budget)}: this store keeps the presets' r_c only)")
         for hit in results.hits:
-            print(f"{hit.rank:3d}. {hit.score:8.4f}  {hit.path}{_where(hit.page, hit.item.passage)}  [{hit.id}]")
+            # A result is a whole page or text file (its best passage's score), so no passage number.
+            print(f"{hit.rank:3d}. {hit.score:8.4f}  {hit.path}{_where(hit.page, None)}  [{hit.id}]")
     return EXIT_OK
 
 

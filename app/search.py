@@ -260,15 +260,19 @@ class Searcher:
         return self.queries.vectors(query, self.checkpoint_id, self.model.encode_queries)
 
     def search(self, query: Query, budget: tuple[int, int] | None = None, k: int = 10,
-               exact: bool | None = None) -> SearchResults:
-        """The `k` best items for `query` at `budget` (default: the largest preset)."""
+               exact: bool | None = None, one_per_page: bool = True) -> SearchResults:
+        """The `k` best results for `query` at `budget` (default: the largest preset).
+
+        One result per PDF page or text file, at its best item's score, as the app and its API rank them
+        (`rank(..., one_per_page=True)`); `one_per_page=False` ranks every item (page and passages apart).
+        """
         budget = self.check_budget(budget)
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         vecs = self.query_vectors(query)
         if exact is None:
             exact = self.index.exact_for(budget[1])
-        hits = rank([(None, self.index)], vecs, budget, k, exact=exact)
+        hits = rank([(None, self.index)], vecs, budget, k, exact=exact, one_per_page=one_per_page)
         return SearchResults(query, budget, hits, exact, vecs)
 
     def explain(self, query: Query, item_id: str, budget: tuple[int, int] | None = None) -> dict:
