@@ -151,12 +151,15 @@ def cmd_search(args: argparse.Namespace) -> int:
         out["query"] = args.query
         print(json.dumps(out, indent=2))
     else:
-        print(f"{len(results.hits)} results for {args.query!r} at budget {budget}:")
+        # The comparable score, as the app shows it: a raw MaxSim sum grows with r_q and reads differently at
+        # every budget (--json has both).
+        print(f"{len(results.hits)} results for {args.query!r} at budget {budget} (score: the mean best "
+              "similarity of the query's vectors, 0-1, comparable across budgets):")
         if index.scored_budget(budget) != budget:
             print(f"  (scored at {index.scored_budget(budget)}: this store keeps the presets' r_c only)")
         for hit in results.hits:
             # A result is a whole page or text file (its best passage's score), so no passage number.
-            print(f"{hit.rank:3d}. {hit.score:8.4f}  {hit.path}{_where(hit.page, None)}  [{hit.id}]")
+            print(f"{hit.rank:3d}. {hit.comparable:.3f}  {hit.path}{_where(hit.page, None)}  [{hit.id}]")
     return EXIT_OK
 
 

@@ -51,6 +51,12 @@ class Hit:
     score: float  # MaxSim at the budget: a sum of r_q cosine similarities
     item: IndexedItem = field(repr=False)
     collection: str | None = None  # which collection it came from, when several were searched
+    budget: tuple[int, int] | None = None  # the budget it was scored at (None: not from a search)
+
+    @property
+    def comparable(self) -> float | None:
+        """The score as the app shows it: comparable_score at the budget searched (None: not from a search)."""
+        return comparable_score(self.score, self.budget[0]) if self.budget is not None else None
 
     @property
     def kind(self) -> str:
@@ -71,7 +77,18 @@ class Hit:
 
     def to_json(self) -> dict:
         """The CLI's JSON entry (the app's API adds the collection and the kind: app/ui/api.py)."""
-        return {"rank": self.rank, "id": self.id, "path": self.path, "page": self.page, "score": self.score}
+        return {"rank": self.rank, "id": self.id, "path": self.path, "page": self.page, "score": self.score,
+                "comparable_score": self.comparable}
+
+
+def comparable_score(score: float, r_q: int) -> float:
+    """MaxSim at a budget (r_q, r_c) as the mean best similarity of the query's r_q vectors, 0-1 for a match.
+
+    A raw MaxSim sum grows with r_q (it adds r_q similarities), so scores of different budgets, or a score
+    and the checkpoint's weak-match thresholds (calibration.json), are compared in this form: the one the
+    app shows and the CLI and the API report next to `score`.
+    """
+    return score / r_q
 
 
 @dataclass
@@ -219,7 +236,7 @@ def rank(sources: Sequence[tuple[str | None, Store]], vectors: torch.Tensor, bud
                 seen.add(unit)
                 best.append((score, key, item))
         found = best
-    return [Hit(n, item.id, item.path, item.page, score, item, key)
+    return [Hit(n, item.id, item.path, item.page, score, item, key, budget=tuple(budget))
             for n, (score, key, item) in enumerate(found[:k], start=1)]
 
 

@@ -72,8 +72,9 @@ def test_index_search_info_list_remove_json(tmp_path, ckpt, capsys, flag):
     assert result["query"] == "quarterly revenue report" and result["budget"] == [16, 64]
     assert [r["rank"] for r in result["results"]] == [1, 2, 3]
     for r in result["results"]:
-        assert set(r) == {"rank", "id", "path", "page", "score"}
+        assert set(r) == {"rank", "id", "path", "page", "score", "comparable_score"}
         assert os.path.isabs(r["path"].split("!/")[0]) and isinstance(r["score"], float)
+        assert r["comparable_score"] == pytest.approx(r["score"] / 16)  # MaxSim / r_q, as the app shows it
         assert r["page"] is None or r["page"] >= 1
     scores = [r["score"] for r in result["results"]]
     assert scores == sorted(scores, reverse=True)
@@ -132,6 +133,10 @@ def test_search_gives_one_result_per_page_or_file_as_the_app_does(tmp_path, ckpt
     code, out, _ = run(capsys, "search", "harbour lantern orchard", "--index", idx, "--k", "10")
     lines = out.splitlines()[1:]
     assert code == 0 and len(lines) == 3 and not any("passage" in line for line in lines)
+    # The plain output prints the comparable score (MaxSim / r_q), not the raw sum.
+    shown = [float(line.split()[1]) for line in lines]
+    assert shown == pytest.approx([r["comparable_score"] for r in results], abs=5e-4)
+    assert "0-1, comparable across budgets" in out.splitlines()[0]
 
 
 def test_human_output_and_errors(other_checkpoint, tmp_path, ckpt, capsys):
