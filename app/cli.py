@@ -75,7 +75,21 @@ def resolve_checkpoint(arg: str | None, where: str | None) -> tuple[Path, str, s
 
 
 def load_model(folder: Path) -> Any:
+    quiet_library_progress()
     return MetaEmbed.from_pretrained(folder)
+
+
+def quiet_library_progress() -> None:
+    """Turn off transformers' own progress bars for the rest of this process.
+
+    It draws a "Loading weights: 100%|...| 103/103" bar on stderr each time it loads a model (the MiniLM
+    backbone, eval's baseline), which is noise before every command's output, errors included. Only
+    transformers' bars (and huggingface_hub's, which it switches with them) go: the CLI's own tqdm bar for
+    indexing and eval is separate and stays.
+    """
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 # ---------------------------------------------------------------------------------------------- commands

@@ -20,6 +20,8 @@ from app.store.index import DB_NAME, Index
 from model.scoring import maxsim
 from tests.helpers import REPO, WORDS, make_pdf, write_mixed_corpus, write_texts
 
+REAL_LOAD_MODEL = cli.load_model  # before the autouse fixture below swaps it for the session's model
+
 
 @pytest.fixture(scope="module")
 def ckpt(test_checkpoint) -> Path:
@@ -137,6 +139,20 @@ def test_search_gives_one_result_per_page_or_file_as_the_app_does(tmp_path, ckpt
     shown = [float(line.split()[1]) for line in lines]
     assert shown == pytest.approx([r["comparable_score"] for r in results], abs=5e-4)
     assert "0-1, comparable across budgets" in out.splitlines()[0]
+
+
+def test_loading_the_model_draws_no_transformers_progress_bar(test_checkpoint, capfd):
+    """Tester report: "Loading weights: 100%|...| 103/103" was printed by every command, errors included."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()  # as a fresh process starts
+    try:
+        model = REAL_LOAD_MODEL(test_checkpoint)
+        _, err = capfd.readouterr()
+        assert model.config.name == "test-index"
+        assert "Loading weights" not in err and not hf_logging.is_progress_bar_enabled()
+    finally:
+        hf_logging.enable_progress_bar()
 
 
 def test_human_output_and_errors(other_checkpoint, tmp_path, ckpt, capsys):
