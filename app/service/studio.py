@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from app import ingest as ingest_mod
-from app.humanize import human_bytes
+from app.humanize import describe_files, human_bytes
 from app.indexing import encoder_input
 from app.search import Hit, QueryCache, check_budget, rank
 from app.store.index import IndexedItem
@@ -302,11 +302,13 @@ class Studio:
         """
         return uploads.add_files(self.engine, coll, paths, progress, copy_in, display_names)
 
-    def remove(self, coll: Collection, targets: Sequence[str]) -> list[str]:
-        """Remove items by id or by displayed path; deletes the stored files nothing refers to any more."""
+    def remove(self, coll: Collection, targets: Sequence[str]) -> list[IndexedItem]:
+        """Remove items by id or by displayed path (the removed items); deletes the stored files nothing refers
+        to any more."""
         return uploads.remove(self.engine, coll, targets)
 
-    def clear(self, coll: Collection) -> int:
+    def clear(self, coll: Collection) -> list[IndexedItem]:
+        """Remove every item and stored file of a collection (the removed items)."""
         return uploads.clear(self.engine, coll)
 
     def items(self, coll: Collection) -> list[IndexedItem]:
@@ -356,7 +358,8 @@ class Studio:
                     log(f"could not index the {coll.label.lower()}: {e}")
                     report = None
                 if report is not None:
-                    log(f"indexed the {coll.label.lower()}: {len(report['indexed'])} items, "
+                    added = describe_files((e["path"], e["page"], e["kind"]) for e in report["indexed"])
+                    log(f"indexed the {coll.label.lower()}: {added}, "
                         f"{len(report['errors'])} problems ({time.perf_counter() - t0:.1f} s)")
             self.indexing_progress = None
 

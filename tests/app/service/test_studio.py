@@ -158,9 +158,9 @@ def test_remove_by_displayed_path_and_clear_delete_the_stored_files(studio, tmp_
     up = tmp_path / "u"
     studio.index_files(studio.local, [_write(up, "one.txt", "alpha beta"), _write(up, "two.txt", "gamma delta")])
     removed = studio.remove(studio.local, ["one.txt"])
-    assert len(removed) == 1 and not (studio.local.files_dir / "one.txt").exists()
+    assert [it.title for it in removed] == ["one.txt"] and not (studio.local.files_dir / "one.txt").exists()
     assert [it.title for it in studio.items(studio.local)] == ["two.txt"]
-    assert studio.clear(studio.local) == 1
+    assert [it.title for it in studio.clear(studio.local)] == ["two.txt"]  # what was removed, for the message
     assert studio.items(studio.local) == [] and not any(studio.local.files_dir.iterdir())
 
 
