@@ -133,6 +133,33 @@ def test_a_pdf_page_is_one_result_labelled_by_its_page(studio, tmp_path):
     assert hits[0].label == "p. 1 · guide.pdf"
 
 
+def test_more_like_a_pdf_page_searches_by_its_indexed_text_and_a_photo_by_its_picture(studio, tmp_path,
+                                                                                        monkeypatch):
+    """Tester report: more like this on a PDF page encoded the rendered page as an image (OCR over a page of
+    text: 23 s), emptied the query box and said "for your image"."""
+    pdf = tmp_path / "u" / "guide.pdf"
+    pdf.parent.mkdir(parents=True)
+    pdf.write_bytes(make_pdf([[(72, 700, 12, "harbour lantern ferry quay")], [(72, 700, 12, "granite meadow")]]))
+    photo = tmp_path / "u" / "red.png"
+    Image.new("RGB", (40, 30), (220, 20, 20)).save(photo)
+    studio.index_files(studio.local, [pdf, photo])
+    hit = studio.search(studio.encode_query("granite meadow"), None, 4, 8, k=1)[0]
+    assert (hit.path, hit.page) == ("guide.pdf", 2)
+    real_load = studio.load_source_item
+    read_again = []
+    monkeypatch.setattr(studio, "load_source_item", lambda item: read_again.append(item) or real_load(item))
+
+    query = studio.more_like_this(hit.collection, hit.id, None)
+    assert query.image is None and query.text == "granite meadow" and read_again == []  # the index's text
+    assert query.label == "the text of p. 2 · guide.pdf"
+    assert studio.search(query, None, 4, 8, k=1)[0].id == hit.id
+
+    red = next(it for it in studio.items(studio.local) if it.kind == "image")
+    query = studio.more_like_this("yours", red.id, None)
+    assert query.image is not None and query.text is None and query.label == "your image"  # shown in the chip
+    assert [it.id for it in read_again] == [red.id]
+
+
 def test_a_query_is_encoded_once_for_every_budget(studio, tmp_path):
     studio.index_files(studio.local, [_write(tmp_path / "u", "a.txt", "red panda tree")])
     model = studio.engine.model
