@@ -75,7 +75,21 @@ def resolve_checkpoint(arg: str | None, where: str | None) -> tuple[Path, str, s
 
 
 def load_model(folder: Path) -> Any:
+    quiet_library_progress()
     return MetaEmbed.from_pretrained(folder)
+
+
+def quiet_library_progress() -> None:
+    """Turn off transformers' own progress bars for the rest of this process.
+
+    It draws a "Loading weights: 100%|...| 103/103" bar on stderr each time it loads a model (the MiniLM
+    backbone, eval's baseline), which is noise before every command's output, errors included. Only
+    transformers' bars (and huggingface_hub's, which it switches with them) go: the CLI's own tqdm bar for
+    indexing and eval is separate and stays.
+    """
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 # ---------------------------------------------------------------------------------------------- commands
@@ -151,11 +165,15 @@ def cmd_search(args: argparse.Namespace) -> int:
         out["query"] = args.query
         print(json.dumps(out, indent=2))
     else:
-        print(f"{len(results.hits)} results for {args.query!r} at budget {budget}:")
+        # The comparable score, as the app shows it: a raw MaxSim sum grows with r_q and reads differently at
+        # every budget (--json has both).
+        print(f"{len(results.hits)} results for {args.query!r} at budget {budget} (score: the mean best "
+              "similarity of the query's vectors, 0-1, comparable across budgets):")
         if index.scored_budget(budget) != budget:
             print(f"  (scored at {index.scored_budget(budget)}: this store keeps the presets' r_c only)")
         for hit in results.hits:
-            print(f"{hit.rank:3d}. {hit.score:8.4f}  {hit.path}{_where(hit.page, hit.item.passage)}  [{hit.id}]")
+            # A result is a whole page or text file (its best passage's score), so no passage number.
+            print(f"{hit.rank:3d}. {hit.comparable:.3f}  {hit.path}{_where(hit.page, None)}  [{hit.id}]")
     return EXIT_OK
 
 

@@ -1,9 +1,11 @@
-"""How sizes and the visitor's own words read in messages, reports and charts: one formatter for the whole app."""
+"""How sizes, counts and the visitor's own words read in messages, reports and charts: one formatter for
+the whole app."""
 
 from __future__ import annotations
 
 import html
 import re
+from collections.abc import Iterable
 
 ECHO_CHARS = 80  # how much of a query a caption repeats: enough to recognise it, not a 900-word wall twice
 
@@ -30,3 +32,31 @@ def echoed(text: str, limit: int = ECHO_CHARS) -> str:
     if len(text) > limit:
         text = text[:limit].rstrip() + "…"
     return _MARKDOWN.sub(r"\\\1", html.escape(text, quote=False))
+
+
+def describe_files(items: Iterable[tuple[str, int | None, str]]) -> str:
+    """What indexed items amount to as a person counts them, from their (path, page, kind):
+    '19 files (17 photos, 2 PDFs with 46 pages)', '1 photo', 'no files'.
+
+    A collection stores a PDF page and its passages, and a text file's passages, as separate items; a message
+    that counted those ("Added 191 items" for 19 files) would not match the files the user chose.
+    """
+    pages: dict[str, set[int]] = {}
+    kinds: dict[str, str] = {}
+    for path, page, kind in items:
+        if page is not None:
+            pages.setdefault(path, set()).add(page)
+        kinds.setdefault(path, kind)
+    photos = sum(1 for path, kind in kinds.items() if kind == "image" and path not in pages)
+    texts = len(kinds) - photos - len(pages)
+    n_pages = sum(len(p) for p in pages.values())
+    parts = ([_plural(photos, "photo")] if photos else []) + (
+        [f"{_plural(len(pages), 'PDF')} with {_plural(n_pages, 'page')}"] if pages else []) + (
+        [_plural(texts, "text file")] if texts else [])
+    if not parts:
+        return "no files"
+    return parts[0] if len(parts) == 1 else f"{_plural(len(kinds), 'file')} ({', '.join(parts)})"
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"

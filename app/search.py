@@ -51,6 +51,12 @@ class Hit:
     score: float  # MaxSim at the budget: a sum of r_q cosine similarities
     item: IndexedItem = field(repr=False)
     collection: str | None = None  # which collection it came from, when several were searched
+    budget: tuple[int, int] | None = None  # the budget it was scored at (None: not from a search)
+
+    @property
+    def comparable(self) -> float | None:
+        """The score as the app shows it: comparable_score at the budget searched (None: not from a search)."""
+        return comparable_score(self.score, self.budget[0]) if self.budget is not None else None
 
     @property
     def kind(self) -> str:
@@ -71,7 +77,18 @@ class Hit:
 
     def to_json(self) -> dict:
         """The CLI's JSON entry (the app's API adds the collection and the kind: app/ui/api.py)."""
-        return {"rank": self.rank, "id": self.id, "path": self.path, "page": self.page, "score": self.score}
+        return {"rank": self.rank, "id": self.id, "path": self.path, "page": self.page, "score": self.score,
+                "comparable_score": self.comparable}
+
+
+def comparable_score(score: float, r_q: int) -> float:
+    """MaxSim at a budget (r_q, r_c) as the mean best similarity of the query's r_q vectors, 0-1 for a match.
+
+    A raw MaxSim sum grows with r_q (it adds r_q similarities), so scores of different budgets, or a score
+    and the checkpoint's weak-match thresholds (calibration.json), are compared in this form: the one the
+    app shows and the CLI and the API report next to `score`.
+    """
+    return score / r_q
 
 
 @dataclass
@@ -219,7 +236,7 @@ def rank(sources: Sequence[tuple[str | None, Store]], vectors: torch.Tensor, bud
                 seen.add(unit)
                 best.append((score, key, item))
         found = best
-    return [Hit(n, item.id, item.path, item.page, score, item, key)
+    return [Hit(n, item.id, item.path, item.page, score, item, key, budget=tuple(budget))
             for n, (score, key, item) in enumerate(found[:k], start=1)]
 
 
@@ -260,15 +277,19 @@ class Searcher:
         return self.queries.vectors(query, self.checkpoint_id, self.model.encode_queries)
 
     def search(self, query: Query, budget: tuple[int, int] | None = None, k: int = 10,
-               exact: bool | None = None) -> SearchResults:
-        """The `k` best items for `query` at `budget` (default: the largest preset)."""
+               exact: bool | None = None, one_per_page: bool = True) -> SearchResults:
+        """The `k` best results for `query` at `budget` (default: the largest preset).
+
+        One result per PDF page or text file, at its best item's score, as the app and its API rank them
+        (`rank(..., one_per_page=True)`); `one_per_page=False` ranks every item (page and passages apart).
+        """
         budget = self.check_budget(budget)
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         vecs = self.query_vectors(query)
         if exact is None:
             exact = self.index.exact_for(budget[1])
-        hits = rank([(None, self.index)], vecs, budget, k, exact=exact)
+        hits = rank([(None, self.index)], vecs, budget, k, exact=exact, one_per_page=one_per_page)
         return SearchResults(query, budget, hits, exact, vecs)
 
     def explain(self, query: Query, item_id: str, budget: tuple[int, int] | None = None) -> dict:

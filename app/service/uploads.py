@@ -12,7 +12,7 @@ from pathlib import Path
 
 from app.indexing import index_paths
 from app.ingest import IMAGE_EXTENSIONS
-from app.store.index import Index
+from app.store.index import Index, IndexedItem
 
 from .collection import Collection
 from .engine import Engine, LockedModel
@@ -114,8 +114,11 @@ def _ingest_encode_add(engine: Engine, coll: Collection, idx: Index, files: list
     report["notes"] += [{"path": coll.display_path(n["path"]), "note": n["note"]} for n in rep["notes"]]
 
 
-def remove(engine: Engine, coll: Collection, targets: Sequence[str]) -> list[str]:
-    """Remove items by id or by displayed path; deletes the stored files nothing refers to any more."""
+def remove(engine: Engine, coll: Collection, targets: Sequence[str]) -> list[IndexedItem]:
+    """Remove items by id or by displayed path; deletes the stored files nothing refers to any more.
+
+    Returns the removed items, so that a message can count the files and pages they were (humanize.describe_files)
+    rather than the pages' passages."""
     if coll.read_only:
         raise PermissionError(f"{coll.label} is read-only")
     with coll.writing:
@@ -124,7 +127,8 @@ def remove(engine: Engine, coll: Collection, targets: Sequence[str]) -> list[str
         for t in targets:
             p = coll.files_dir / t
             resolved.append(str(p.resolve()) if (not _looks_like_id(t) and p.exists()) else t)
-        removed = idx.remove(resolved)
+        before = {it.id: it for it in idx.items()}  # what the removed ids were: gone from the index afterwards
+        removed = [before[i] for i in idx.remove(resolved) if i in before]
         for t in resolved:
             p = Path(t)
             if p.is_absolute() and p.is_file() and _inside(p, coll.files_dir) and not idx.items(str(p)) \
@@ -133,20 +137,20 @@ def remove(engine: Engine, coll: Collection, targets: Sequence[str]) -> list[str
     return removed
 
 
-def clear(engine: Engine, coll: Collection) -> int:
-    """Remove every item and stored file of a collection; the number of items removed."""
+def clear(engine: Engine, coll: Collection) -> list[IndexedItem]:
+    """Remove every item and stored file of a collection; the items removed."""
     if coll.read_only:
         raise PermissionError(f"{coll.label} is read-only")
     with coll.writing:
         idx = coll.index(engine)
-        ids = [it.id for it in idx.items()]
-        if ids:
-            idx.remove(ids)
+        items = idx.items()
+        if items:
+            idx.remove([it.id for it in items])
         if coll.files_dir.is_dir():
             for p in coll.files_dir.iterdir():
                 if p.is_file():
                     p.unlink(missing_ok=True)
-    return len(ids)
+    return items
 
 
 def sync_folder(engine: Engine, coll: Collection, extensions: AbstractSet[str], progress: Progress) -> dict | None:

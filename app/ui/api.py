@@ -17,9 +17,11 @@ from app.ui.common import gpu, session_of
 
 
 def api_entry(hit: Hit) -> dict:
-    """One result as the `search` endpoint returns it: which collection it came from and its kind, and a
-    score rounded to what bf16 vectors can tell apart."""
+    """One result as the `search` endpoint returns it: which collection it came from and its kind, and the
+    scores (MaxSim, and comparable_score as the app shows it) rounded to what bf16 vectors can tell apart."""
+    comparable = hit.comparable
     return {"rank": hit.rank, "id": hit.id, "path": hit.path, "page": hit.page, "score": round(hit.score, 5),
+            "comparable_score": round(comparable, 5) if comparable is not None else None,
             "collection": hit.collection, "kind": hit.kind}
 
 
@@ -42,8 +44,10 @@ def build_and_wire(studio: Studio) -> None:
     @gpu
     def api_search(query, r_q, r_c, k, include_samples, request: gr.Request) -> str:
         """Search the user's photos and documents (and the sample collection) with MetaEmbed multi-vector
-        late interaction. Returns JSON text (use json.loads): a list of {rank, id, path, page, score, collection,
-        kind}, best first; score is MaxSim, the sum of r_q cosine similarities (divide by r_q for 0-1).
+        late interaction. Returns JSON text (use json.loads): a list of {rank, id, path, page, score,
+        comparable_score, collection, kind}, best first, one per photo, PDF page or text file; score is MaxSim,
+        the sum of r_q cosine similarities; comparable_score is score / r_q (0-1, comparable across budgets, the
+        score the app shows).
 
         Args:
             query: what to look for, in words (e.g. "an owl in a tree", "how to install Debian").

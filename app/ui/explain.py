@@ -22,6 +22,15 @@ from app.ui.plots import Mark, colour_rgb
 from model.scoring import explain as maxsim_explain
 
 SPECIAL = {"[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>"}
+# Common English words that carry no topic: a page's summary names the content words instead ("Mostly because
+# of: the, and, ..." says nothing). Holds search_tab's snippet list (_STOP) and a few more.
+STOPWORDS = frozenset(
+    "a an the and or but nor of to in on at for with from by as into onto over under about than then so if "
+    "is are was were be been being am do does did done has have had having can could will would shall should "
+    "may might must it its it's this that these those there here which who whom whose what when where why how "
+    "i me my we our us you your he him his she her they them their not no yes also only just very all any "
+    "each some such more most other same own both either neither".split()
+)
 
 
 @dataclass
@@ -287,10 +296,12 @@ def highlighted_text_html(ex: Explanation, max_chars: int = 1500) -> str:
 
 
 def summary_units(ex: Explanation, n: int = 5) -> list[tuple[str, str, float]]:
-    """The most relevant result units: (label, kind, share 0..1)."""
+    """The most relevant result units: (label, kind, share 0..1); content words only, no stopwords or
+    punctuation (a page's "the" and "and" soak up attention without saying why it matched)."""
     if ex.c_relevance is None:
         return []
-    order = [k for k in np.argsort(-ex.c_relevance) if meaningful(ex.c_units[k]) and ex.c_relevance[k] > 0][:n]
+    order = [k for k in np.argsort(-ex.c_relevance) if meaningful(ex.c_units[k]) and ex.c_relevance[k] > 0
+             and not (ex.c_units[k].kind == "word" and short_label(ex.c_units[k]).lower() in STOPWORDS)][:n]
     return [(short_label(ex.c_units[k]), ex.c_units[k].kind, float(ex.c_relevance[k])) for k in order]
 
 

@@ -377,17 +377,14 @@ def standing_request(wanted: tuple | None, selected: tuple[str, str] | None) -> 
 
 def more_like(studio: Studio, selected: tuple[str, str], rq: int, rc: int, with_samples: bool,
               session: str | None) -> tuple:
-    """Search with the selected result itself (its photo, or its text): the query box, the query image, the
-    words searched with it, then the ranking."""
-    coll, item, _ = studio.item(selected[0], selected[1], session)
+    """Search with the selected result itself (Studio.more_like_this: its photo, or its text): the query box,
+    the query image, the words searched with it, then the ranking."""
     try:
-        source = studio.load_source_item(item)
-    except FileNotFoundError as e:
+        query = studio.more_like_this(selected[0], selected[1], session)
+    except (FileNotFoundError, ValueError) as e:
         raise gr.Error(str(e)) from e
-    image = source.image
-    text = None if image is not None else (source.text or "")[:500]
-    query = studio.encode_query(text, image)
-    return (gr.update(value=text or ""), image, "" if image is not None else None) + rank_outputs(
+    image = query.image
+    return (gr.update(value=query.text or ""), image, "" if image is not None else None) + rank_outputs(
         studio, query, rq, rc, with_samples, session)
 
 

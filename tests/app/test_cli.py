@@ -18,7 +18,9 @@ from app import cli
 from app.search import Searcher
 from app.store.index import DB_NAME, Index
 from model.scoring import maxsim
-from tests.helpers import REPO, write_mixed_corpus, write_texts
+from tests.helpers import REPO, WORDS, make_pdf, write_mixed_corpus, write_texts
+
+REAL_LOAD_MODEL = cli.load_model  # before the autouse fixture below swaps it for the session's model
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +74,9 @@ def test_index_search_info_list_remove_json(tmp_path, ckpt, capsys, flag):
     assert result["query"] == "quarterly revenue report" and result["budget"] == [16, 64]
     assert [r["rank"] for r in result["results"]] == [1, 2, 3]
     for r in result["results"]:
-        assert set(r) == {"rank", "id", "path", "page", "score"}
+        assert set(r) == {"rank", "id", "path", "page", "score", "comparable_score"}
         assert os.path.isabs(r["path"].split("!/")[0]) and isinstance(r["score"], float)
+        assert r["comparable_score"] == pytest.approx(r["score"] / 16)  # MaxSim / r_q, as the app shows it
         assert r["page"] is None or r["page"] >= 1
     scores = [r["score"] for r in result["results"]]
     assert scores == sorted(scores, reverse=True)
@@ -99,6 +102,57 @@ def test_index_search_info_list_remove_json(tmp_path, ckpt, capsys, flag):
     again = json.loads(out)
     assert code == 0 and [e["page"] for e in again["indexed"]] == [1, 2]  # only the removed PDF comes back
     assert len(again["skipped_duplicates"]) >= 1
+
+
+def _long_pdf_and_text(folder: Path) -> tuple[Path, Path]:
+    """A two-page PDF and a text file long enough to be split into several passages each."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [" ".join(WORDS[(i * 5 + j) % len(WORDS)] for j in range(10)) + "." for i in range(32)]
+    pdf = folder / "long.pdf"
+    pdf.write_bytes(make_pdf([[(40, 760 - 22 * n, 10, line) for n, line in enumerate(lines)]] * 2))
+    txt = folder / "long.txt"
+    txt.write_text("\n\n".join(lines * 2) + "\n")
+    return pdf, txt
+
+
+def test_search_gives_one_result_per_page_or_file_as_the_app_does(tmp_path, ckpt, capsys):
+    """Tester report: "page 5" and "page 5, passage 1" were separate results; ranks 1-3 all page 4."""
+    pdf, txt = _long_pdf_and_text(tmp_path / "in")
+    idx = tmp_path / "idx"
+    assert run(capsys, "index", tmp_path / "in", "--index", idx, "--checkpoint", ckpt, "--quiet", "--no-ocr")[0] == 0
+    code, out, _ = run(capsys, "list", "--index", idx, "--json")
+    items = json.loads(out)
+    assert len(items) > 3  # pages and text split into passages: more items than the three results below
+
+    code, out, _ = run(capsys, "search", "harbour lantern orchard", "--index", idx, "--json", "--k", "10")
+    assert code == 0
+    results = json.loads(out)["results"]
+    units = [(r["path"], r["page"]) for r in results]
+    assert sorted(units, key=str) == sorted([(str(pdf.resolve()), 1), (str(pdf.resolve()), 2),
+                                             (str(txt.resolve()), None)], key=str)
+    assert [r["rank"] for r in results] == [1, 2, 3]
+
+    code, out, _ = run(capsys, "search", "harbour lantern orchard", "--index", idx, "--k", "10")
+    lines = out.splitlines()[1:]
+    assert code == 0 and len(lines) == 3 and not any("passage" in line for line in lines)
+    # The plain output prints the comparable score (MaxSim / r_q), not the raw sum.
+    shown = [float(line.split()[1]) for line in lines]
+    assert shown == pytest.approx([r["comparable_score"] for r in results], abs=5e-4)
+    assert "0-1, comparable across budgets" in out.splitlines()[0]
+
+
+def test_loading_the_model_draws_no_transformers_progress_bar(test_checkpoint, capfd):
+    """Tester report: "Loading weights: 100%|...| 103/103" was printed by every command, errors included."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()  # as a fresh process starts
+    try:
+        model = REAL_LOAD_MODEL(test_checkpoint)
+        _, err = capfd.readouterr()
+        assert model.config.name == "test-index"
+        assert "Loading weights" not in err and not hf_logging.is_progress_bar_enabled()
+    finally:
+        hf_logging.enable_progress_bar()
 
 
 def test_human_output_and_errors(other_checkpoint, tmp_path, ckpt, capsys):

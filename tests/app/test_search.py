@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from app.indexing import index_paths
-from app.search import Searcher, query_key
+from app.search import Searcher, comparable_score, query_key
 from app.store.index import CheckpointMismatch, Index
 from model import MetaEmbed
 from model.checkpoint import checkpoint_id
@@ -72,7 +72,8 @@ def test_default_budget_is_the_largest_preset_and_hits_carry_metadata(model, ind
     low = searcher.search("harbour lantern", (2, 4), k=20)
     assert abs(explained["score"] - next(h.score for h in low.hits if h.id == hit.id)) < 2e-2
     assert results.to_json()["results"][0] == {"rank": 1, "id": hit.id, "path": hit.path, "page": None,
-                                               "score": hit.score}
+                                               "score": hit.score, "comparable_score": hit.score / 16}
+    assert hit.comparable == comparable_score(hit.score, 16) and low.hits[0].comparable == low.hits[0].score / 2
 
 
 @pytest.mark.parametrize("budget, message", [

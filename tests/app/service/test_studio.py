@@ -112,6 +112,9 @@ def test_indexed_files_are_found_with_paths_relative_to_the_collection(studio, t
     assert [h.path for h in hits] == ["cats.txt", "ships.txt"]
     assert hits[0].collection == "yours" and hits[0].kind == "text" and hits[0].score > hits[1].score
     assert api_entry(hits[0])["collection"] == "yours" and api_entry(hits[0])["kind"] == "text"
+    # The API reports the 0-1 score the app shows (MaxSim / r_q) next to MaxSim itself.
+    assert api_entry(hits[0])["comparable_score"] == pytest.approx(hits[0].score / 4, abs=1e-5)
+    assert 0 < api_entry(hits[0])["comparable_score"] <= 1 + 1e-3  # bf16 vectors: a hair over 1 at most
     # The upload was copied into the collection's own folder.
     assert (studio.local.files_dir / "cats.txt").is_file()
 
@@ -128,6 +131,33 @@ def test_a_pdf_page_is_one_result_labelled_by_its_page(studio, tmp_path):
     hits = studio.search(studio.encode_query("harbour lantern ferry"), None, 4, 8, k=10)
     assert [(h.path, h.page) for h in hits] == [("guide.pdf", 1), ("guide.pdf", 2)]
     assert hits[0].label == "p. 1 · guide.pdf"
+
+
+def test_more_like_a_pdf_page_searches_by_its_indexed_text_and_a_photo_by_its_picture(studio, tmp_path,
+                                                                                        monkeypatch):
+    """Tester report: more like this on a PDF page encoded the rendered page as an image (OCR over a page of
+    text: 23 s), emptied the query box and said "for your image"."""
+    pdf = tmp_path / "u" / "guide.pdf"
+    pdf.parent.mkdir(parents=True)
+    pdf.write_bytes(make_pdf([[(72, 700, 12, "harbour lantern ferry quay")], [(72, 700, 12, "granite meadow")]]))
+    photo = tmp_path / "u" / "red.png"
+    Image.new("RGB", (40, 30), (220, 20, 20)).save(photo)
+    studio.index_files(studio.local, [pdf, photo])
+    hit = studio.search(studio.encode_query("granite meadow"), None, 4, 8, k=1)[0]
+    assert (hit.path, hit.page) == ("guide.pdf", 2)
+    real_load = studio.load_source_item
+    read_again = []
+    monkeypatch.setattr(studio, "load_source_item", lambda item: read_again.append(item) or real_load(item))
+
+    query = studio.more_like_this(hit.collection, hit.id, None)
+    assert query.image is None and query.text == "granite meadow" and read_again == []  # the index's text
+    assert query.label == "the text of p. 2 · guide.pdf"
+    assert studio.search(query, None, 4, 8, k=1)[0].id == hit.id
+
+    red = next(it for it in studio.items(studio.local) if it.kind == "image")
+    query = studio.more_like_this("yours", red.id, None)
+    assert query.image is not None and query.text is None and query.label == "your image"  # shown in the chip
+    assert [it.id for it in read_again] == [red.id]
 
 
 def test_a_query_is_encoded_once_for_every_budget(studio, tmp_path):
@@ -155,9 +185,9 @@ def test_remove_by_displayed_path_and_clear_delete_the_stored_files(studio, tmp_
     up = tmp_path / "u"
     studio.index_files(studio.local, [_write(up, "one.txt", "alpha beta"), _write(up, "two.txt", "gamma delta")])
     removed = studio.remove(studio.local, ["one.txt"])
-    assert len(removed) == 1 and not (studio.local.files_dir / "one.txt").exists()
+    assert [it.title for it in removed] == ["one.txt"] and not (studio.local.files_dir / "one.txt").exists()
     assert [it.title for it in studio.items(studio.local)] == ["two.txt"]
-    assert studio.clear(studio.local) == 1
+    assert [it.title for it in studio.clear(studio.local)] == ["two.txt"]  # what was removed, for the message
     assert studio.items(studio.local) == [] and not any(studio.local.files_dir.iterdir())
 
 

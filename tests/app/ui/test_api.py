@@ -153,6 +153,7 @@ def test_budget_change_reranks_with_scores_of_that_budget(server, alice, alice_r
             expected = float(maxsim(q.unsqueeze(0), c.unsqueeze(0), budget)[0, 0])
             assert r["score"] == pytest.approx(expected, rel=2e-2, abs=2e-2), (budget, r)
             assert r["score"] <= budget[0] + 1e-3  # a sum of r_q cosine similarities
+            assert r["comparable_score"] == pytest.approx(r["score"] / budget[0], abs=1e-4)  # as the app shows it
         assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
     # More candidate vectors can only raise each query vector's best match.
     full = {r["id"]: r["score"] for r in by_budget[(16, 64)]}

@@ -163,7 +163,7 @@ def test_upload_photos_and_a_pdf(server, browser_page):
     assert trackers <= 1, trackers
     page.wait_for_function("document.querySelector('#me-report').innerText.includes('Added')")
     report = page.inner_text("#me-report")
-    assert "Added 7 items" in report, report
+    assert "Added 7 files (6 photos, 1 PDF with 1 page)" in report, report  # files, not stored items
     page.wait_for_function("document.querySelector('#me-items').innerText.includes('harbour-guide.pdf')")
     items = page.inner_text("#me-items")
     for name in UPLOADS:
@@ -485,7 +485,7 @@ def test_a_reload_keeps_a_private_collection(test_checkpoint, tmp_path, browser_
         page.locator("#me-upload input[type=file]").set_input_files([str(photo)])
         page.wait_for_function("document.querySelector('#me-upload').innerText.includes('owl')")  # stem, ext apart
         page.click("#me-index")
-        page.wait_for_function("document.querySelector('#me-report').innerText.includes('Added 1 item')")
+        page.wait_for_function("document.querySelector('#me-report').innerText.includes('Added 1 photo')")
         page.reload()
         open_tab(page, "Collection")
         page.wait_for_function("document.querySelector('#me-items').innerText.includes('owl.jpg')")

@@ -1,0 +1,23 @@
+"""app.humanize: how counts read in messages (files and pages, not the passages a collection stores)."""
+
+from __future__ import annotations
+
+from app.humanize import describe_files
+
+
+def test_items_are_counted_as_files_with_a_pdfs_pages_not_as_passages():
+    """Tester report: 19 files (41 + 5 PDF pages, 17 photos) were announced as "Added 191 items"."""
+    photos = [(f"IMG_{i}.jpg", None, "image") for i in range(17)]
+    guide = [("guide.pdf", p, kind) for p in range(1, 42) for kind in ("pdf_page", "text", "text", "text")]
+    faq = [("faq.pdf", p, "pdf_page") for p in range(1, 6)]
+    assert len(photos + guide + faq) == 186  # what the old message counted
+    assert describe_files(photos + guide + faq) == "19 files (17 photos, 2 PDFs with 46 pages)"
+
+
+def test_one_kind_reads_without_a_total_and_text_files_are_files():
+    assert describe_files([("IMG_1.jpg", None, "image")]) == "1 photo"
+    assert describe_files([("a.pdf", 3, "pdf_page"), ("a.pdf", 3, "text")]) == "1 PDF with 1 page"
+    assert describe_files([("n.txt", None, "text"), ("n.txt", None, "text"), ("z.zip!/m.md", None, "text")]) == \
+        "2 text files"
+    assert describe_files([("n.txt", None, "text"), ("p.png", None, "image")]) == "2 files (1 photo, 1 text file)"
+    assert describe_files([]) == "no files"

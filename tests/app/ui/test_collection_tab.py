@@ -1,0 +1,23 @@
+"""app.ui.collection_tab's messages: they count files (and a PDF's pages), not the passages stored as items."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from app.ui.collection_tab import _files_of, _report_md
+
+
+def test_the_add_report_counts_files_and_pages():
+    indexed = [{"id": f"p{i}", "path": "IMG_4815.jpg", "page": None, "kind": "image"} for i in range(1)]
+    indexed += [{"id": f"g{p}{k}", "path": "guide.pdf", "page": p, "kind": kind}
+                for p in (1, 2) for k, kind in enumerate(("pdf_page", "text", "text"))]
+    report = {"indexed": indexed, "skipped_duplicates": [], "replaced": [], "errors": [], "notes": []}
+    assert _report_md(report).splitlines()[0] == "**Added 2 files (1 photo, 1 PDF with 2 pages).**"
+    assert _report_md(dict(report, indexed=[])).splitlines()[0] == "**Added no new files.**"
+
+
+def test_removal_counts_the_removed_files():
+    """Tester report: removing one photo said "Removed 1 item(s)"; a PDF's passages were counted too."""
+    items = [SimpleNamespace(path="/c/files/guide.pdf", page=p, kind=k) for p in (1, 2) for k in ("pdf_page", "text")]
+    assert _files_of(items) == "1 PDF with 2 pages"
+    assert _files_of([SimpleNamespace(path="/c/files/IMG_1.jpg", page=None, kind="image")]) == "1 photo"
