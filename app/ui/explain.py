@@ -23,7 +23,7 @@ from model.scoring import explain as maxsim_explain
 
 SPECIAL = {"[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>"}
 # Common English words that carry no topic: a page's summary names the content words instead ("Mostly because
-# of: the, and, ..." says nothing). Holds search_tab's snippet list (_STOP) and a few more.
+# of: the, and, ..." says nothing); search_tab's snippets skip them in the query too.
 STOPWORDS = frozenset(
     "a an the and or but nor of to in on at for with from by as into onto over under about than then so if "
     "is are was were be been being am do does did done has have had having can could will would shall should "

@@ -17,7 +17,7 @@ from PIL import Image
 
 from app.humanize import echoed
 from app.ingest.images import load_image
-from app.search import Hit
+from app.search import Hit, comparable_score
 from app.service import QueryState, Studio
 from app.ui import explain as ui_explain
 from app.ui import plots
@@ -89,7 +89,7 @@ def gallery_value(studio: Studio, hits: list[Hit], session: str | None, r_q: int
     # The comparable score (MaxSim / r_q, the mean best similarity of the query's vectors) reads the same at
     # every budget; score first: long file names are cut off at the end of the caption.
     return [(studio.thumbnail(h, session),
-             f"{h.score / r_q:.2f} · {h.label}" + (" · sample" if h.collection == "samples" else "")) for h in hits]
+             f"{comparable_score(h.score, r_q):.2f} · {h.label}" + (" · sample" if h.collection == "samples" else "")) for h in hits]
 
 
 def gallery_payload(items: list[tuple[str, str]]) -> list[dict]:
@@ -111,7 +111,7 @@ def results_caption(query: QueryState, hits: list[Hit], budget: tuple[int, int],
             return partial + f"Nothing indexed yet matches {query.label}."
         return (f"No results for {query.label}: the collection is empty. Add files in the **Collection** tab, or "
                 "tick *Include the sample collection*.")
-    best = hits[0].score / budget[0]
+    best = comparable_score(hits[0].score, budget[0])
     weak = ""
     if weak_below is not None and best < weak_below:
         weak = (f"**No close match in your collection** for {query.label}: the best result scores {best:.2f}, and "
@@ -126,19 +126,17 @@ def results_caption(query: QueryState, hits: list[Hit], budget: tuple[int, int],
 
 
 SNIPPET_WORDS = 28
-_STOP = frozenset("the a an and or of to in on at for with from by is are be how do does what which my your this "
-                  "that it its as into".split())
 
 
 def snippets_html(hits: list[Hit], query_text: str | None, r_q: int, limit: int = 5) -> str:
     """The best pages and passages among the results, each as "p. N · file" and the stretch of its text that
     holds most of the query's words, those words highlighted (photos are shown by their pictures)."""
-    words = {w for w in re.findall(r"\w+", (query_text or "").lower()) if len(w) > 1 and w not in _STOP}
+    words = {w for w in re.findall(r"\w+", (query_text or "").lower()) if len(w) > 1 and w not in ui_explain.STOPWORDS}
     rows = []
     for h in hits:
         if h.kind == "image" or not (h.item.text or "").strip() or not words:
             continue
-        rows.append(f"<li><span class='me-caption'>{h.score / r_q:.2f}</span> <b>{html.escape(h.label)}</b>"
+        rows.append(f"<li><span class='me-caption'>{comparable_score(h.score, r_q):.2f}</span> <b>{html.escape(h.label)}</b>"
                     f"{' · sample' if h.collection == 'samples' else ''} — {_best_stretch(h.item.text, words)}</li>")
         if len(rows) == limit:
             break
@@ -451,7 +449,7 @@ def explain_panel(studio: Studio, coll_key: str, item_id: str, query: QueryState
     where = f", page {item.page}" if item.page else ""
     of = (f"the mean of the best similarities of the {rq} query vectors (MaxSim {ex.score:.3f}, their sum)" if rq > 1
           else f"the best similarity of the one query vector (MaxSim {ex.score:.3f})")
-    title = (f"### “{echoed(item.title, 120)}”{where} for {query.label}\nScore **{ex.score / rq:.2f}** at budget "
+    title = (f"### “{echoed(item.title, 120)}”{where} for {query.label}\nScore **{comparable_score(ex.score, rq):.2f}** at budget "
              f"**({rq}, {rc})**: {of}. ")
     top = ui_explain.summary_units(ex)
     if top:
