@@ -265,7 +265,8 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
     presets = engine.presets
     requests = itertools.count(1)  # numbers the explanation requests: each one changes explain_trigger
 
-    def at_budget(query, rq: int, rc: int, with_samples: bool, selected, session: str | None) -> tuple:
+    def at_budget(query, rq: int, rc: int, with_samples: bool, selected, session: str | None,
+                  before: list[Hit] | None) -> tuple:
         """The results at one budget, with the gallery in its wire format (these events skip Gradio's
         postprocessing, see gallery_payload), and, while a result is open, the request to redraw its
         explanation at that budget: explain_trigger's change event draws it once the results are out. Drawn
@@ -277,20 +278,21 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
         if selected is None:
             return query, hits, gallery_payload(gallery), caption, snippets, gr.skip(), gr.skip()
         # The highlight follows the open result to its new place (the gallery keeps its old index otherwise);
-        # when it left the page, explain_latest clears the highlight.
+        # when it left the page, explain_latest clears the highlight. Sent only when the result moved: a new
+        # selected_index costs the page ~30 ms per move (bench/studio.py rerank --open, 149-159 vs 122-127 ms).
         where = position_of(hits, selected)
-        shown = (gr.update(value=gallery_payload(gallery), selected_index=where) if where is not None
-                 else gallery_payload(gallery))
+        moved = where is not None and where != position_of(before or [], selected)
+        shown = gr.update(value=gallery_payload(gallery), selected_index=where) if moved else gallery_payload(gallery)
         n = next(requests)
         return query, hits, shown, caption, snippets, (n, rq, rc, tuple(selected)), n
 
-    def on_preset(index, query, with_samples, selected, request: gr.Request):
+    def on_preset(index, query, with_samples, selected, before, request: gr.Request):
         i = clamped(index, 0, len(presets) - 1)
         rq, rc = presets[i]
         return (i if i != index else gr.skip(), rq, rc, budget_readout(studio, rq, rc)) + at_budget(
-            query, rq, rc, with_samples, selected, session_of(request))
+            query, rq, rc, with_samples, selected, session_of(request), before)
 
-    def on_budget(rq, rc, query, with_samples, selected, request: gr.Request):
+    def on_budget(rq, rc, query, with_samples, selected, before, request: gr.Request):
         sent = rq, rc
         rq, rc = clamped(rq, 1, engine.num_query_vectors), clamped(rc, 1, engine.num_candidate_vectors)
         # A value brought into range goes back to its box; one in range is not sent back, or a reply that lags
@@ -298,7 +300,7 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
         fixed = tuple(v if v != s else gr.skip() for v, s in zip((rq, rc), sent))
         preset = presets.index((rq, rc)) if (rq, rc) in presets else gr.skip()
         return fixed + (preset, budget_readout(studio, rq, rc)) + at_budget(query, rq, rc, with_samples, selected,
-                                                                            session_of(request))
+                                                                            session_of(request), before)
 
     def explain_latest(wanted, selected, query, hits, request: gr.Request):
         """The open explanation at the budget of the latest re-rank (issue 17.1: it must end at the budget the
@@ -346,10 +348,10 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
     # They skip its preprocessing too: the values are brought into range (`clamped`) instead of refused.
     rerank = dict(show_progress="hidden", preprocess=False, postprocess=False, queue=False, **PRIVATE)
     explain_outs = [s.explain_request, s.explain_trigger]
-    s.preset.input(on_preset, [s.preset, s.query_state, s.include_samples, s.selected_state],
+    s.preset.input(on_preset, [s.preset, s.query_state, s.include_samples, s.selected_state, s.hits_state],
                    [s.preset, s.r_q, s.r_c, s.readout] + rank_outs + explain_outs, trigger_mode="always_last",
                    **rerank)
-    budget_inputs = [s.r_q, s.r_c, s.query_state, s.include_samples, s.selected_state]
+    budget_inputs = [s.r_q, s.r_c, s.query_state, s.include_samples, s.selected_state, s.hits_state]
     budget_outputs = [s.r_q, s.r_c, s.preset, s.readout] + rank_outs + explain_outs
     for slider in (s.r_q, s.r_c):
         slider.input(on_budget, budget_inputs, budget_outputs, trigger_mode="always_last", **rerank)
