@@ -179,8 +179,9 @@ class MetaEmbed(nn.Module):
         if self.config.meta_attention in GRANULAR:
             batch = {**batch, "meta_levels": self.config.meta_levels(side), "meta_layout": self.config.meta_attention}
         if meta_states is None:
-            meta_states = self.readout is None or torch.is_grad_enabled() or not self.readout.is_span_mean()
-        span_mean = self.readout is not None and not meta_states and self.readout.is_span_mean()
+            meta_states = torch.is_grad_enabled()  # training reads them (the readout's query weights and gate)
+        # Without a readout, or with a trained one, the vectors need the meta states whatever was asked.
+        span_mean = not meta_states and self.readout is not None and self.readout.is_span_mean()
         extra = {"meta_states": False} if span_mean else {}
         out = self.backbone(batch, meta[:num], output_attention=output_attention and self.readout is None, **extra)
         vecs = out.meta
