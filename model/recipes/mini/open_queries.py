@@ -39,7 +39,7 @@ def open_query_rows(docs: list[str], embed: Callable[[list[str]], torch.Tensor],
                     words: list[str] | None = None, top: int = 3, weight: float = 4.0) -> list[dict]:
     """`n` distillation-only rows: {"query", "positive" (a doc from `docs` the teacher ranks in its `top`
     for the query), "contrastive": 0, "distill": weight}. `embed` maps texts to L2-normalised teacher
-    vectors (model.train.MeanPoolTeacher)."""
+    vectors (model.backbones.bert.MeanPoolEncoder)."""
     if not docs:
         raise ValueError("open_query_rows needs a pool of docs")
     words = words if words is not None else common_words()

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import torch
 
+from ...backbones.bert import MeanPoolEncoder
 from ...checkpoint import DEFAULT_CHECKPOINT
 from ...config import MetaEmbedConfig
 from ...metaembed import MetaEmbed
-from ...train import MeanPoolTeacher
 from ...train_readout import ReadoutArgs, train_readout
 from ...visual.classifier import load_package_model
 from ...visual.render import render_doc
@@ -54,7 +54,7 @@ def build_pairs(n: int, seed: int, photo_share: float = 0.55, open_share: float 
     rows = [sim.pair(rng) for _ in range(n_photo)]
     passages = stdlib_passages()
     pool = [sim.photo(rng)[0] for _ in range(3000)] + [p for _, p in rng.sample(passages, 1000)]
-    teacher = MeanPoolTeacher(mini_config().backbone_id, None, torch.device("cpu"))
+    teacher = MeanPoolEncoder.load(mini_config().backbone_id)
     rows += open_query_rows(pool, teacher, n_open, rng)
     rows += ict_pairs(passages, n_ict, rng)
     synsets = [{"names": list(c.names), "gloss": c.gloss, "parent": c.hypernym_ids[0] if c.hypernym_ids else ""}
