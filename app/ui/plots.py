@@ -13,7 +13,7 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image, ImageDraw
 
-from app.humanize import human_bytes
+from app.humanize import byte_unit, human_bytes
 
 SIM_SCALE = "Viridis"
 ACCENT = "#f97316"  # orange: winning matches, highlights
@@ -227,9 +227,11 @@ def budget_labels(presets: Sequence[tuple[int, int]]) -> list[str]:
 
 def index_size_figure(presets: Sequence[tuple[int, int]], sizes_bytes: Sequence[int], items: int) -> go.Figure:
     labels = budget_labels(presets)
-    unit, div = ("MiB", 2**20) if max(sizes_bytes, default=0) >= 2**20 else ("KiB", 2**10)
+    # One unit for the axis and every bar's label, both from humanize: the axis said MiB while the labels
+    # read "12 KB" and "1.5 MB" (issue 17).
+    unit, div = byte_unit(max(sizes_bytes, default=0))
     sizes = [b / div for b in sizes_bytes]
-    fig = go.Figure(go.Bar(x=labels, y=sizes, marker_color=BUDGET, text=[human_bytes(b) for b in sizes_bytes],
+    fig = go.Figure(go.Bar(x=labels, y=sizes, marker_color=BUDGET, text=[human_bytes(b, unit) for b in sizes_bytes],
                            textposition="outside", cliponaxis=False,
                            hovertemplate="budget %{x}: %{text}<extra></extra>"))
     fig.update_xaxes(title_text="budget (r_q, r_c)", type="category")

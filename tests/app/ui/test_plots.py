@@ -1,4 +1,5 @@
-"""app.ui.plots' figure layouts, checked on their numbers (no browser): the heatmap's titles and legend."""
+"""app.ui.plots' figure layouts, checked on their numbers (no browser): the heatmap's titles and legend, the
+size chart's units."""
 
 from __future__ import annotations
 
@@ -45,3 +46,15 @@ def test_one_query_vector_reads_in_the_singular(r_q):
     else:
         assert bars.layout.title.text.endswith("= sum of these 2 bars")
         assert "Each of the 2 query vectors is" in note
+
+
+def test_the_size_chart_labels_its_bars_in_its_axis_unit():
+    """Issue 17: the axis said MiB while the bars read "48 KB" and "1.5 MB"."""
+    sizes = [300 * c * 384 * 2 for _, c in PRESETS]  # 225 KB at (1, 1) to 14 MB at (16, 64)
+    fig = plots.index_size_figure(PRESETS, sizes, 300)
+    bar = fig.data[0]
+    unit = fig.layout.yaxis.title.text.rsplit("(", 1)[1].rstrip(")")
+    assert {label.split()[1] for label in bar.text} == {unit}
+    # Each label is its bar's height, in that unit.
+    for label, height in zip(bar.text, bar.y):
+        assert float(label.split()[0]) == pytest.approx(height, rel=0.05)
