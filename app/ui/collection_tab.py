@@ -27,11 +27,14 @@ def build(studio: Studio) -> SimpleNamespace:
             c.report_md = gr.Markdown(elem_id="me-report")
         with gr.Column(scale=1):
             c.stats_md = gr.Markdown(elem_id="me-stats")
-    # One picture per file (a PDF's first page, a text file's card): click one to pick it for removal.
+    # One picture per file (a PDF's first page, a text file's card): click one to pick it for removal. The
+    # table under it lists the same files, so it is named for what it adds (two "Your files" headings, one
+    # over the other, read as a repeat: issue 17).
     c.grid = gr.Gallery(label="Your files (click one to pick it for removal)", columns=6, height=280,
                         allow_preview=False, object_fit="cover", elem_id="me-files")
     c.items_df = gr.Dataframe(headers=["file", "kind", "searchable parts"], datatype=["str", "str", "str"],
-                              interactive=False, label="Your files", max_height=320, wrap=True, elem_id="me-items")
+                              interactive=False, label="What each file adds to the search", max_height=320,
+                              wrap=True, elem_id="me-items")
     with gr.Row():
         c.remove_sel = gr.Dropdown(choices=[], multiselect=True, label="Files to remove", scale=4,
                                    elem_id="me-remove-sel")
