@@ -109,6 +109,10 @@ def test_the_highlight_follows_the_open_result(app):
         seen.add(next((i for i, c in enumerate(captions(page)) if opened in c), None))
     assert seen - {1}, seen  # the re-ranks moved the opened item (or it left the page): the test means something
     assert opened in page.inner_text("#me-why-title")
+    # Issue 17: a new search closes the explanation, and no tile keeps the old outline.
+    search(page, "a mountain lake")
+    page.wait_for_function("document.querySelector('#me-why-title').innerText.includes('Click a result')")
+    assert highlighted() == []
 
 
 def test_typed_budgets_are_clamped_and_a_preset_moves_the_slider(app):
@@ -146,6 +150,7 @@ def test_more_like_this_closes_the_old_explanation(app):
     page.get_by_role("button", name="Search for more like this result").click()
     page.wait_for_function("document.querySelector('#me-results-caption').innerText.includes('your image')")
     page.wait_for_function("document.querySelector('#me-why-title').innerText.includes('Click a result')")
+    assert page.locator("#me-results .thumbnail-item.selected").count() == 0  # issue 17: nor the old outline
     page.wait_for_selector("#me-why-table", state="hidden")
     page.locator("#me-query-chip").scroll_into_view_if_needed()  # the chip's picture loads lazily, on screen
     page.wait_for_function("[...document.querySelectorAll('#me-chip-image img')].some(i => i.complete && "
