@@ -280,9 +280,12 @@ def test_more_like_this_shows_its_image_and_new_words_leave_it_out(server, brows
     page.locator("#me-results .thumbnail-item").nth(photos[0] if photos else 0).click()
     page.wait_for_selector("#me-why-table table", state="visible")
     before = captions(page)
+    photo = before[photos[0] if photos else 0].split(" · ")[1]
     page.get_by_role("button", name="Search for more like this result").click()
     page.wait_for_selector("#me-query-chip", state="visible")
-    page.wait_for_function("document.querySelector('#me-results-caption').innerText.includes('your image')")
+    # Issue 17: named, as a page's text is ("the text of p. 1 · guide.pdf"), not "your image".
+    page.wait_for_function("(t) => document.querySelector('#me-results-caption').innerText.includes(t)",
+                           arg=f"the photo {photo}")
     assert page.locator("#me-chip-image img").count() == 1
     wait_for_new_captions(page, before)
     # New words: a text search; the image leaves the query and its chip goes.
