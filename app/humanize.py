@@ -72,5 +72,11 @@ def describe_files(items: Iterable[tuple[str, int | None, str]]) -> str:
     return parts[0] if len(parts) == 1 else f"{_plural(len(kinds), 'file')} ({', '.join(parts)})"
 
 
+def files_of(items: Iterable) -> str:
+    """describe_files of indexed items or index entries (anything with .path, .page and .kind): the app's and
+    the CLI's messages about what was added or removed."""
+    return describe_files((it.path, it.page, it.kind) for it in items)
+
+
 def _plural(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from app.humanize import describe_files, human_bytes
+from app.humanize import describe_files, files_of, human_bytes
 from app.ingest import SUPPORTED_EXTENSIONS
 from app.search import Hit
 from app.service import Studio
@@ -100,14 +100,14 @@ def wire(studio: Studio, c: SimpleNamespace, started, status: gr.Markdown) -> No
             removed = studio.remove(coll, chosen)
         except KeyError as e:
             raise gr.Error(str(e)) from e
-        return (f"Removed {_files_of(removed)}.",) + collection_view(request)
+        return (f"Removed {files_of(removed)}.",) + collection_view(request)
 
     def do_clear(confirmed, request: gr.Request):
         if not confirmed:  # the visitor pressed Cancel in the confirmation dialog
             return (gr.skip(),) * (1 + len(view_outs))
         coll = studio.user_collection(session_of(request), create=False)
         removed = studio.clear(coll) if coll is not None else []
-        return (f"Cleared your collection ({_files_of(removed)} removed).",) + collection_view(request)
+        return (f"Cleared your collection ({files_of(removed)} removed).",) + collection_view(request)
 
     started.then(collection_view, None, view_outs, **PRIVATE)
     # One progress display, on the report, not repeated over every output of the event.
@@ -171,11 +171,6 @@ def _stats_md(studio: Studio, coll, files: list[dict]) -> str:
             "\n\n| budget (r_q, r_c) | vectors read per query | bytes read per query |\n"
             f"|---|---|---|\n{rows}\n\nOne index stores all {studio.engine.num_candidate_vectors} vectors per item; "
             "a budget reads only the first r_c of them.")
-
-
-def _files_of(items) -> str:
-    """Removed IndexedItems as files and pages ("2 files (1 photo, 1 PDF with 5 pages)"), not passages."""
-    return describe_files((it.path, it.page, it.kind) for it in items)
 
 
 def _report_md(report: dict) -> str:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from app.ui.collection_tab import _files_of, _report_md
+from app.humanize import files_of
+from app.ui.collection_tab import _report_md
 
 
 def test_the_add_report_counts_files_and_pages():
@@ -19,8 +20,8 @@ def test_the_add_report_counts_files_and_pages():
 def test_removal_counts_the_removed_files():
     """Tester report: removing one photo said "Removed 1 item(s)"; a PDF's passages were counted too."""
     items = [SimpleNamespace(path="/c/files/guide.pdf", page=p, kind=k) for p in (1, 2) for k in ("pdf_page", "text")]
-    assert _files_of(items) == "1 PDF with 2 pages"
-    assert _files_of([SimpleNamespace(path="/c/files/IMG_1.jpg", page=None, kind="image")]) == "1 photo"
+    assert files_of(items) == "1 PDF with 2 pages"
+    assert files_of([SimpleNamespace(path="/c/files/IMG_1.jpg", page=None, kind="image")]) == "1 photo"
 
 
 def test_the_tab_names_its_files_once():
