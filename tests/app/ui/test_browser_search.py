@@ -109,10 +109,6 @@ def test_the_highlight_follows_the_open_result(app):
         seen.add(next((i for i, c in enumerate(captions(page)) if opened in c), None))
     assert seen - {1}, seen  # the re-ranks moved the opened item (or it left the page): the test means something
     assert opened in page.inner_text("#me-why-title")
-    # Issue 17: a new search closes the explanation, and no tile keeps the old outline.
-    search(page, "a mountain lake")
-    page.wait_for_function("document.querySelector('#me-why-title').innerText.includes('Click a result')")
-    assert highlighted() == []
 
 
 def test_typed_budgets_are_clamped_and_a_preset_moves_the_slider(app):
@@ -142,7 +138,8 @@ def test_typed_budgets_are_clamped_and_a_preset_moves_the_slider(app):
 
 
 def test_more_like_this_closes_the_old_explanation(app):
-    """Item 1: after "Search for more like this result" the panel still explained the old query's result."""
+    """Item 1: after "Search for more like this result" the panel still explained the old query's result.
+    Issue 17: a new search, or more like this, left the old open result's tile outlined."""
     page = app.page
     photo = search(page, "a hot air balloon")[0].split(" · ")[1]
     page.locator("#me-results .thumbnail-item").nth(0).click()
@@ -159,6 +156,12 @@ def test_more_like_this_closes_the_old_explanation(app):
                            "i.naturalWidth > 0)")
     page.get_by_role("button", name="✕ Remove image").click()
     page.wait_for_selector("#me-query-chip", state="hidden")
+    # Issue 17: a new search, too, leaves no tile outlined where the open result was.
+    page.locator("#me-results .thumbnail-item").nth(0).click()
+    page.wait_for_selector("#me-why-table table", state="visible")
+    search(page, "a mountain lake")
+    page.wait_for_function("document.querySelector('#me-why-title').innerText.includes('Click a result')")
+    assert page.locator("#me-results .thumbnail-item.selected").count() == 0
 
 
 def test_a_broken_query_image_gets_a_calm_message(app, capfd):
