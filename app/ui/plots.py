@@ -24,9 +24,9 @@ MIN_SHARE = 0.1  # marks weaker than this share of the strongest one are not dra
 _HEAT = np.array([[255, 255, 255], [253, 224, 71], [249, 115, 22], [220, 38, 38]], dtype=np.float32)
 
 
-# Plotly does not wrap titles: a title line longer than a phone's plot (about 320 px of a 390 px screen) was cut
-# off (issue 17). Titles stay short; what a chart was measured on goes in a smaller subtitle under the title, which adds
-# SUBTITLE_PX to the top margin and to the figure, so the plot keeps its size (and a legend its place under it).
+# Plotly does not wrap titles: a title longer than a phone's plot (about 320 px of a 390 px screen) was cut off
+# (issue 17). Titles stay short; what a chart was measured on goes in a smaller subtitle under the title, which
+# adds SUBTITLE_PX to the top margin and to the figure, so the plot keeps its size (and a legend its place).
 TITLE_SIZE = 15
 SUBTITLE_SIZE = 12
 SUBTITLE_PX = 16
