@@ -31,6 +31,7 @@ from .evaluation import (
     record_quality,
     recorded_quality,
 )
+from .humanize import files_of
 from .indexing import index_paths
 from .ingest import default_ocr, load_image
 from .search import Searcher
@@ -109,19 +110,19 @@ def cmd_index(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with open_store_for(where, ckpt_id, model.config.num_candidate_tokens, model.dim, source) as index:
         bar = _progress_bar(args)
-        committed = [0]
+        saved: set[str] = set()  # files with something committed: counted as files, as the final message is
 
         def progress(done: int, total: int, name: str) -> None:
             if bar is not None:
                 bar.total = total
                 bar.n = done
-                bar.set_postfix_str(f"{committed[0]} items", refresh=False)
+                bar.set_postfix_str(f"{len(saved)} saved", refresh=False)
                 bar.refresh()
 
         def on_commit(entries: list) -> None:
-            committed[0] += len(entries)
+            saved.update(e.path for e in entries)
             if bar is not None:
-                bar.set_postfix_str(f"{committed[0]} items")
+                bar.set_postfix_str(f"{len(saved)} saved")
 
         try:
             run = index_paths(model, index, args.paths, batch_size=args.batch_size,
@@ -133,9 +134,9 @@ def cmd_index(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(run.to_json(), indent=2))
     else:
-        files = len({e.path for e in run.indexed})
-        print(f"Indexed {len(run.indexed)} items from {files} files in {seconds:.1f} s; "
-              f"{len(run.skipped_duplicates)} already indexed or duplicate; {len(run.errors)} failed.")
+        # Files and pages, as the app counts them: a PDF page's passages are items too ("Indexed 191 items").
+        print(f"Indexed {files_of(run.indexed)} in {seconds:.1f} s; {len(run.skipped_duplicates)} already indexed "
+              f"or duplicate; {len(run.errors)} failed.")
         for source in run.replaced:
             print(f"  replaced the older version of {source}")
         for old, new in run.moved:
@@ -207,6 +208,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_remove(args: argparse.Namespace) -> int:
     with open_store(store_of(args)) as index:
+        # What the removed ids were (gone from the index afterwards), for a message in files and pages.
+        before = {} if args.json else {it.id: it for it in index.items()}
         try:
             removed = index.remove(args.targets)
         except KeyError as e:
@@ -214,7 +217,8 @@ def cmd_remove(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"removed": removed}, indent=2))
     else:
-        print(f"Removed {len(removed)} items.")
+        gone = [before[i] for i in removed if i in before]
+        print(f"Removed {files_of(gone)}.")
     return EXIT_OK
 
 

@@ -14,15 +14,29 @@ ECHO_CHARS = 80  # how much of a query a caption repeats: enough to recognise it
 _MARKDOWN = re.compile(r"([\\`*_\[\]()|~#])")
 
 
-def human_bytes(n: float) -> str:
-    """1536 -> '1.5 KB', 2097152 -> '2 MB' (powers of 1024, as file managers show them)."""
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            if unit == "bytes" or round(n, 1) == int(n):
-                return f"{n:,.0f} {unit}"
-            return f"{n:,.1f} {unit}"
-        n /= 1024
+BYTE_UNITS = ("bytes", "KB", "MB", "GB")  # powers of 1024, as file managers show them
+
+
+def byte_unit(n: float) -> tuple[str, int]:
+    """The unit human_bytes shows `n` bytes in, and its size in bytes: 1536 -> ('KB', 1024)."""
+    for power, unit in enumerate(BYTE_UNITS):
+        if abs(n) < 1024 ** (power + 1) or unit == BYTE_UNITS[-1]:
+            return unit, 1024**power
     raise AssertionError("unreachable")
+
+
+def human_bytes(n: float, unit: str | None = None) -> str:
+    """1536 -> '1.5 KB', 2097152 -> '2 MB' (powers of 1024, as file managers show them).
+
+    `unit` (one of BYTE_UNITS) shows every value in one unit, as labels beside a chart's axis in that unit read:
+    human_bytes(196608, 'MB') -> '0.19 MB', where '192 KB' would not match the axis."""
+    name, size = byte_unit(n) if unit is None else (unit, 1024 ** BYTE_UNITS.index(unit))
+    value = n / size
+    if unit is not None and 0 < abs(value) < 1:  # two significant digits, not "0 MB"
+        return f"{value:.2g} {name}"
+    if name == "bytes" or round(value, 1) == int(value):
+        return f"{value:,.0f} {name}"
+    return f"{value:,.1f} {name}"
 
 
 def echoed(text: str, limit: int = ECHO_CHARS) -> str:
@@ -56,6 +70,12 @@ def describe_files(items: Iterable[tuple[str, int | None, str]]) -> str:
     if not parts:
         return "no files"
     return parts[0] if len(parts) == 1 else f"{_plural(len(kinds), 'file')} ({', '.join(parts)})"
+
+
+def files_of(items: Iterable) -> str:
+    """describe_files of indexed items or index entries (anything with .path, .page and .kind): the app's and
+    the CLI's messages about what was added or removed."""
+    return describe_files((it.path, it.page, it.kind) for it in items)
 
 
 def _plural(n: int, noun: str) -> str:

@@ -248,9 +248,9 @@ class Studio:
         image = self.load_source_item(item).image
         if image is None:
             raise ValueError(f"{name} has neither text nor a picture to search with")
-        query = self.encode_query(None, image)
-        # A photo is shown in the query's image chip, as "your image"; a page's picture is named.
-        return query if item.kind == "image" else dataclasses.replace(query, about=f"the picture of {name}")
+        # Named as the text of a page is: "your image" read as if the visitor had dropped a photo of their own.
+        about = f"the photo {name}" if item.kind == "image" else f"the picture of {name}"
+        return dataclasses.replace(self.encode_query(None, image), about=about)
 
     def check_budget(self, r_q: int, r_c: int) -> tuple[int, int]:
         engine = self.engine

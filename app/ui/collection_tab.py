@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from app.humanize import describe_files, human_bytes
+from app.humanize import describe_files, files_of, human_bytes
 from app.ingest import SUPPORTED_EXTENSIONS
 from app.search import Hit
 from app.service import Studio
@@ -27,11 +27,14 @@ def build(studio: Studio) -> SimpleNamespace:
             c.report_md = gr.Markdown(elem_id="me-report")
         with gr.Column(scale=1):
             c.stats_md = gr.Markdown(elem_id="me-stats")
-    # One picture per file (a PDF's first page, a text file's card): click one to pick it for removal.
+    # One picture per file (a PDF's first page, a text file's card): click one to pick it for removal. The
+    # table under it lists the same files, so it is named for what it adds (two "Your files" headings, one
+    # over the other, read as a repeat: issue 17).
     c.grid = gr.Gallery(label="Your files (click one to pick it for removal)", columns=6, height=280,
                         allow_preview=False, object_fit="cover", elem_id="me-files")
     c.items_df = gr.Dataframe(headers=["file", "kind", "searchable parts"], datatype=["str", "str", "str"],
-                              interactive=False, label="Your files", max_height=320, wrap=True, elem_id="me-items")
+                              interactive=False, label="What each file adds to the search", max_height=320,
+                              wrap=True, elem_id="me-items")
     with gr.Row():
         c.remove_sel = gr.Dropdown(choices=[], multiselect=True, label="Files to remove", scale=4,
                                    elem_id="me-remove-sel")
@@ -97,14 +100,14 @@ def wire(studio: Studio, c: SimpleNamespace, started, status: gr.Markdown) -> No
             removed = studio.remove(coll, chosen)
         except KeyError as e:
             raise gr.Error(str(e)) from e
-        return (f"Removed {_files_of(removed)}.",) + collection_view(request)
+        return (f"Removed {files_of(removed)}.",) + collection_view(request)
 
     def do_clear(confirmed, request: gr.Request):
         if not confirmed:  # the visitor pressed Cancel in the confirmation dialog
             return (gr.skip(),) * (1 + len(view_outs))
         coll = studio.user_collection(session_of(request), create=False)
         removed = studio.clear(coll) if coll is not None else []
-        return (f"Cleared your collection ({_files_of(removed)} removed).",) + collection_view(request)
+        return (f"Cleared your collection ({files_of(removed)} removed).",) + collection_view(request)
 
     started.then(collection_view, None, view_outs, **PRIVATE)
     # One progress display, on the report, not repeated over every output of the event.
@@ -168,11 +171,6 @@ def _stats_md(studio: Studio, coll, files: list[dict]) -> str:
             "\n\n| budget (r_q, r_c) | vectors read per query | bytes read per query |\n"
             f"|---|---|---|\n{rows}\n\nOne index stores all {studio.engine.num_candidate_vectors} vectors per item; "
             "a budget reads only the first r_c of them.")
-
-
-def _files_of(items) -> str:
-    """Removed IndexedItems as files and pages ("2 files (1 photo, 1 PDF with 5 pages)"), not passages."""
-    return describe_files((it.path, it.page, it.kind) for it in items)
 
 
 def _report_md(report: dict) -> str:

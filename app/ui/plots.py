@@ -13,7 +13,7 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image, ImageDraw
 
-from app.humanize import human_bytes
+from app.humanize import byte_unit, human_bytes
 
 SIM_SCALE = "Viridis"
 ACCENT = "#f97316"  # orange: winning matches, highlights
@@ -24,12 +24,23 @@ MIN_SHARE = 0.1  # marks weaker than this share of the strongest one are not dra
 _HEAT = np.array([[255, 255, 255], [253, 224, 71], [249, 115, 22], [220, 38, 38]], dtype=np.float32)
 
 
-def _layout(fig: go.Figure, title: str, height: int = 340, **kw) -> go.Figure:
-    kw.setdefault("margin", dict(l=60, r=20, t=56, b=50))
-    fig.update_layout(
-        title=dict(text=title, x=0.0, xanchor="left", font=dict(size=15)), font=FONT, height=height,
-        paper_bgcolor="white", plot_bgcolor="white", **kw,
-    )
+# Plotly does not wrap titles: a title longer than a phone's plot (about 320 px of a 390 px screen) was cut off
+# (issue 17). Titles stay short; what a chart was measured on goes in a smaller subtitle under the title, which
+# adds SUBTITLE_PX to the top margin and to the figure, so the plot keeps its size (and a legend its place).
+TITLE_SIZE = 15
+SUBTITLE_SIZE = 12
+SUBTITLE_PX = 16
+
+
+def _layout(fig: go.Figure, title: str, height: int = 340, subtitle: str | None = None, **kw) -> go.Figure:
+    margin = kw.pop("margin", dict(l=60, r=20, t=56, b=50))
+    head = dict(text=title, x=0.0, xanchor="left", font=dict(size=TITLE_SIZE))
+    if subtitle:
+        head["subtitle"] = dict(text=subtitle, font=dict(size=SUBTITLE_SIZE, color="#64748b"))
+        margin = dict(margin, t=margin["t"] + SUBTITLE_PX)
+        height += SUBTITLE_PX
+    fig.update_layout(title=head, font=FONT, height=height, margin=margin, paper_bgcolor="white",
+                      plot_bgcolor="white", **kw)
     return fig
 
 
@@ -227,14 +238,16 @@ def budget_labels(presets: Sequence[tuple[int, int]]) -> list[str]:
 
 def index_size_figure(presets: Sequence[tuple[int, int]], sizes_bytes: Sequence[int], items: int) -> go.Figure:
     labels = budget_labels(presets)
-    unit, div = ("MiB", 2**20) if max(sizes_bytes, default=0) >= 2**20 else ("KiB", 2**10)
+    # One unit for the axis and every bar's label, both from humanize: the axis said MiB while the labels
+    # read "12 KB" and "1.5 MB" (issue 17).
+    unit, div = byte_unit(max(sizes_bytes, default=0))
     sizes = [b / div for b in sizes_bytes]
-    fig = go.Figure(go.Bar(x=labels, y=sizes, marker_color=BUDGET, text=[human_bytes(b) for b in sizes_bytes],
+    fig = go.Figure(go.Bar(x=labels, y=sizes, marker_color=BUDGET, text=[human_bytes(b, unit) for b in sizes_bytes],
                            textposition="outside", cliponaxis=False,
                            hovertemplate="budget %{x}: %{text}<extra></extra>"))
     fig.update_xaxes(title_text="budget (r_q, r_c)", type="category")
     fig.update_yaxes(title_text=f"vectors read per query ({unit})", rangemode="tozero")
-    return _layout(fig, f"Vectors a search reads, {items} items: grows with r_c", height=320)
+    return _layout(fig, "Vectors read per query", height=320, subtitle=f"{items:,} items · grows with r_c")
 
 
 def latency_figure(presets: Sequence[tuple[int, int]], ms: Sequence[float], items: int) -> go.Figure:
@@ -245,7 +258,7 @@ def latency_figure(presets: Sequence[tuple[int, int]], ms: Sequence[float], item
                                hovertemplate="budget %{x}: %{y:.2f} ms<extra></extra>"))
     fig.update_xaxes(title_text="budget (r_q, r_c)", type="category")
     fig.update_yaxes(title_text="ms per query (median)", rangemode="tozero")
-    return _layout(fig, f"Scoring time per query over {items} items (measured now)", height=320)
+    return _layout(fig, "Scoring time per query", height=320, subtitle=f"{items:,} items · median, measured now")
 
 
 def agreement_figure(presets: Sequence[tuple[int, int]], agreement: Sequence[float], k: int,
@@ -258,7 +271,8 @@ def agreement_figure(presets: Sequence[tuple[int, int]], agreement: Sequence[flo
                                hovertemplate="budget %{x}: %{y:.1f}% of the top-" + str(k) + "<extra></extra>"))
     fig.update_xaxes(title_text="budget (r_q, r_c)", type="category")
     fig.update_yaxes(title_text=f"shared top-{k} results (%)", range=[0, 110])
-    return _layout(fig, f"Top-{k} agreement with the largest budget ({n_queries} queries)", height=320)
+    return _layout(fig, "Agreement with the largest budget", height=320,
+                   subtitle=f"top-{k} results shared · {n_queries} quer{'y' if n_queries == 1 else 'ies'}")
 
 
 @dataclass(frozen=True)
@@ -271,7 +285,8 @@ class QualityLine:
     illustrative: bool = False  # a small set shown for illustration (dashed, open markers), not an evaluation
 
 
-def quality_figure(presets: Sequence[tuple[int, int]], lines: Sequence[QualityLine], title: str) -> go.Figure:
+def quality_figure(presets: Sequence[tuple[int, int]], lines: Sequence[QualityLine], title: str,
+                   subtitle: str | None = None) -> go.Figure:
     """MRR against budget, one line per judged split and kind of query, each with its single-vector baseline
     dotted: the paper's quality-vs-cost trade-off measured on this checkpoint. The legend groups the lines by
     split under the split's title; an illustrative split's lines are dashed, with open markers."""
@@ -301,7 +316,8 @@ def quality_figure(presets: Sequence[tuple[int, int]], lines: Sequence[QualityLi
     fig.update_yaxes(title_text="MRR (dotted: one mean-pooled vector)", range=[0, 1])
     # The legend sits under the axis title, never on it, whatever the budget labels: the splits side by side,
     # each its title over its kinds of query.
-    return _layout(fig, title, height=460, legend=dict(orientation="h", y=-0.24, x=0, groupclick="toggleitem"),
+    return _layout(fig, title, height=460, subtitle=subtitle,
+                   legend=dict(orientation="h", y=-0.24, x=0, groupclick="toggleitem"),
                    margin=dict(l=60, r=20, t=56, b=150))
 
 

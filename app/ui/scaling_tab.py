@@ -134,5 +134,5 @@ def quality_plot(studio: Studio):
     lines = quality_lines(studio)
     if not lines:
         return None
-    return plots.quality_figure(studio.engine.presets, lines,
-                                f"Quality against budget: {studio.engine.config.name} on judged queries")
+    return plots.quality_figure(studio.engine.presets, lines, "Quality against budget",
+                                f"{studio.engine.config.name} on judged queries")

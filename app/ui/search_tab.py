@@ -244,7 +244,7 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
     explained = select_outputs[1:]
 
     @gpu
-    def do_search(text, image, keep, image_words, rq, rc, with_samples, request: gr.Request):
+    def do_search(text, image, keep, image_words, rq, rc, with_samples, selected, request: gr.Request):
         """Its inputs come unprocessed (see query_picture): the image as its file, the sliders as sent."""
         session = session_of(request)
         words = (text or "").strip()
@@ -257,7 +257,7 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
         except ValueError as e:
             return mistake(str(e), len(rank_outs) + len(reset_outs) + 2)
         rq, rc = clamped(rq, 1, engine.num_query_vectors), clamped(rc, 1, engine.num_candidate_vectors)
-        return rank_outputs(studio, query, rq, rc, bool(with_samples), session) + (
+        return new_results(rank_outputs(studio, query, rq, rc, bool(with_samples), session), selected) + (
             None, gr.update(value=NO_SELECTION), gr.update(visible=False), gr.update(visible=False),
             None if drop else gr.skip(), words if image is not None else None)
 
@@ -330,7 +330,8 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
         return more_like(studio, selected, int(rq), int(rc), with_samples, session_of(request)) + (
             None, gr.update(value=NO_SELECTION), gr.update(visible=False), gr.update(visible=False))
 
-    search_inputs = [s.query_box, s.query_image, s.keep_image, s.image_words, s.r_q, s.r_c, s.include_samples]
+    search_inputs = [s.query_box, s.query_image, s.keep_image, s.image_words, s.r_q, s.r_c, s.include_samples,
+                     s.selected_state]
     # The examples are queries judged on the sample collection (test_the_example_queries_are_judged_on_the_
     # sample_collection), so clicking one includes the samples again: the checkbox turns itself off once the
     # visitor has files of their own (app._wire_samples_default), and "a mountain lake" then found "no close
@@ -384,8 +385,8 @@ def more_like(studio: Studio, selected: tuple[str, str], rq: int, rc: int, with_
     except (FileNotFoundError, ValueError) as e:
         raise gr.Error(str(e)) from e
     image = query.image
-    return (gr.update(value=query.text or ""), image, "" if image is not None else None) + rank_outputs(
-        studio, query, rq, rc, with_samples, session)
+    return (gr.update(value=query.text or ""), image, "" if image is not None else None) + new_results(
+        rank_outputs(studio, query, rq, rc, with_samples, session), selected)
 
 
 def _wire_query_image(s: SimpleNamespace) -> None:
@@ -422,6 +423,19 @@ def rank_outputs(studio: Studio, query: QueryState, rq: int, rc: int, with_sampl
     caption = results_caption(query, hits, (rq, rc), ms, studio.indexing_progress,
                               studio.engine.weak_threshold((rq, rc)))
     return (query, hits, gallery_value(studio, hits, session, rq), caption, snippets_html(hits, query.text, rq))
+
+
+def new_results(outputs: tuple, selected: tuple[str, str] | list | None) -> tuple:
+    """rank_outputs of a new query, with no tile highlighted in its gallery while a result was open (`selected`).
+
+    The page keeps the gallery's selected_index when its value changes, so the tile of the result open before
+    a new search stayed outlined, now on another result (issue 17). A returned component sends
+    selected_index=None (a gr.update would drop it); it is built only then, since building it with a value
+    postprocesses the 24 thumbnails once more (~16 ms)."""
+    if selected is None:
+        return outputs
+    query, hits, gallery, caption, snippets = outputs
+    return query, hits, gr.Gallery(value=gallery, selected_index=None), caption, snippets
 
 
 def explain_panel(studio: Studio, coll_key: str, item_id: str, query: QueryState, rq, rc,

@@ -141,6 +141,21 @@ def test_search_gives_one_result_per_page_or_file_as_the_app_does(tmp_path, ckpt
     assert "0-1, comparable across budgets" in out.splitlines()[0]
 
 
+def test_index_and_remove_count_files_and_pages_not_passages(tmp_path, ckpt, capsys):
+    """Issue 17: the CLI said "Indexed 9 items from 2 files" and "Removed 6 items" for one PDF, as the app
+    once did: a page's passages are items of their own."""
+    pdf, txt = _long_pdf_and_text(tmp_path / "in")
+    idx = tmp_path / "idx"
+    code, out, _ = run(capsys, "index", tmp_path / "in", "--index", idx, "--checkpoint", ckpt, "--quiet", "--no-ocr")
+    assert code == 0 and out.startswith("Indexed 2 files (1 PDF with 2 pages, 1 text file) in "), out
+    items = json.loads(run(capsys, "list", "--index", idx, "--json")[1])
+    assert len([it for it in items if it["path"] == str(pdf.resolve())]) > 2  # more items than pages
+    code, out, _ = run(capsys, "remove", pdf, "--index", idx)
+    assert code == 0 and out == "Removed 1 PDF with 2 pages.\n"
+    code, out, _ = run(capsys, "remove", txt, "--index", idx)
+    assert code == 0 and out == "Removed 1 text file.\n"
+
+
 def test_loading_the_model_draws_no_transformers_progress_bar(test_checkpoint, capfd):
     """Tester report: "Loading weights: 100%|...| 103/103" was printed by every command, errors included."""
     from transformers.utils import logging as hf_logging
@@ -172,7 +187,7 @@ def test_human_output_and_errors(other_checkpoint, tmp_path, ckpt, capsys):
     code, out, err = run(capsys, "index", tmp_path / "in", tmp_path / "missing.txt", "--index", idx,
                          "--checkpoint", ckpt, "--quiet")
     assert code == 0
-    assert "Indexed 2 items from 2 files" in out and "1 failed" in out and "missing.txt: no such file" in out
+    assert "Indexed 2 text files in" in out and "1 failed" in out and "missing.txt: no such file" in out
 
     code, out, err = run(capsys, "search", "note", "--index", idx, "--budget", "16,65")
     assert code == 1 and "r_c=65 is out of range: allowed 1..64" in err
@@ -196,7 +211,7 @@ def test_qdrant_store_says_how_a_budget_is_scored_and_what_it_cannot_reach(tmp_p
     write_texts(tmp_path / "in", 2)
     store = f"qdrant-local:{tmp_path / 'q'}"
     code, out, _ = run(capsys, "index", tmp_path / "in", "--store", store, "--checkpoint", ckpt, "--quiet")
-    assert code == 0 and "Indexed 2 items" in out
+    assert code == 0 and "Indexed 2 text files" in out
     code, out, _ = run(capsys, "search", "note", "--store", store, "--budget", "2,5")
     assert code == 0 and "(scored at (2, 8): this store keeps the presets' r_c only)" in out
     code, out, _ = run(capsys, "compact", "--store", store)

@@ -21,3 +21,14 @@ def test_one_kind_reads_without_a_total_and_text_files_are_files():
         "2 text files"
     assert describe_files([("n.txt", None, "text"), ("p.png", None, "image")]) == "2 files (1 photo, 1 text file)"
     assert describe_files([]) == "no files"
+
+
+def test_sizes_read_in_a_given_unit_as_a_charts_axis_shows_them():
+    """Issue 17: the Scaling tab's size chart said MiB on its axis and "12 KB" or "1.5 MB" on its bars."""
+    from app.humanize import byte_unit, human_bytes
+
+    assert byte_unit(1000) == ("bytes", 1) and byte_unit(1536) == ("KB", 1024) and byte_unit(3 * 2**20) == ("MB", 2**20)
+    assert [human_bytes(n) for n in (1000, 1536, 2**21)] == ["1,000 bytes", "1.5 KB", "2 MB"]
+    assert [human_bytes(n, "MB") for n in (3 * 2**10, 196608, 2**21, 14.06 * 2**20)] == [
+        "0.0029 MB", "0.19 MB", "2 MB", "14.1 MB"]  # a small value keeps two digits, not "0 MB"
+    assert human_bytes(0, "KB") == "0 KB"

@@ -136,7 +136,7 @@ def test_a_pdf_page_is_one_result_labelled_by_its_page(studio, tmp_path):
 def test_more_like_a_pdf_page_searches_by_its_indexed_text_and_a_photo_by_its_picture(studio, tmp_path,
                                                                                         monkeypatch):
     """Tester report: more like this on a PDF page encoded the rendered page as an image (OCR over a page of
-    text: 23 s), emptied the query box and said "for your image"."""
+    text: 23 s), emptied the query box and said "for your image"; issue 17: so did a photo's."""
     pdf = tmp_path / "u" / "guide.pdf"
     pdf.parent.mkdir(parents=True)
     pdf.write_bytes(make_pdf([[(72, 700, 12, "harbour lantern ferry quay")], [(72, 700, 12, "granite meadow")]]))
@@ -156,7 +156,8 @@ def test_more_like_a_pdf_page_searches_by_its_indexed_text_and_a_photo_by_its_pi
 
     red = next(it for it in studio.items(studio.local) if it.kind == "image")
     query = studio.more_like_this("yours", red.id, None)
-    assert query.image is not None and query.text is None and query.label == "your image"  # shown in the chip
+    assert query.image is not None and query.text is None and query.label == f"the photo {red.title}"
+    assert red.title == "red.png"
     assert [it.id for it in read_again] == [red.id]
 
 

@@ -280,9 +280,12 @@ def test_more_like_this_shows_its_image_and_new_words_leave_it_out(server, brows
     page.locator("#me-results .thumbnail-item").nth(photos[0] if photos else 0).click()
     page.wait_for_selector("#me-why-table table", state="visible")
     before = captions(page)
+    photo = before[photos[0] if photos else 0].split(" · ")[1]
     page.get_by_role("button", name="Search for more like this result").click()
     page.wait_for_selector("#me-query-chip", state="visible")
-    page.wait_for_function("document.querySelector('#me-results-caption').innerText.includes('your image')")
+    # Issue 17: named, as a page's text is ("the text of p. 1 · guide.pdf"), not "your image".
+    page.wait_for_function("(t) => document.querySelector('#me-results-caption').innerText.includes(t)",
+                           arg=f"the photo {photo}")
     assert page.locator("#me-chip-image img").count() == 1
     wait_for_new_captions(page, before)
     # New words: a text search; the image leaves the query and its chip goes.
@@ -529,6 +532,56 @@ def test_a_phone_screen_keeps_captions_heatmap_and_table_readable(server, browse
         assert layout["ticks"] >= 2 and layout["overlaps"] == 0, layout
         assert layout["tableScrolls"] == "auto" and layout["tableFits"], layout
         assert layout["caps"] > 0 and layout["cut"] == 0, layout
+    finally:
+        context.close()
+
+
+# Per table header, its words (split at spaces and hyphens) that the browser broke over two lines.
+BROKEN_WORDS = """(sel) => [...document.querySelectorAll(sel)].flatMap(cell => {
+    const broken = [], walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+        for (const m of node.data.matchAll(/[^\\s-]+/g)) {
+            const range = document.createRange();
+            range.setStart(node, m.index);
+            range.setEnd(node, m.index + m[0].length);
+            if (new Set([...range.getClientRects()].map(r => Math.round(r.top))).size > 1) broken.push(m[0]);
+        }
+    }
+    return broken;
+})"""
+
+
+def test_a_phone_screen_keeps_the_scaling_tabs_headers_and_chart_titles_whole(server, browser_page):
+    """Issue 17 at 390 px: the Scaling tab's table headers broke mid-word ("bu / dg / et") and its charts'
+    titles ran past their right edge."""
+    context = browser_page.browser.new_context(viewport={"width": 1440, "height": 900})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT)
+        page.goto(server.url)
+        open_tab(page, "Scaling")  # while it is a tab: on a phone it sits in the tabs' overflow menu
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.click("#me-measure")
+        charts = ["#me-size", "#me-latency", "#me-agreement"] + (["#me-quality"] if page.locator(
+            "#me-quality").is_visible() else [])
+        for chart in charts:
+            page.wait_for_selector(f"{chart} .js-plotly-plot", state="visible")
+        page.wait_for_selector(".md table th")
+        broken = page.evaluate(BROKEN_WORDS, ".md table th")
+        tables = page.evaluate("[...document.querySelectorAll('.md table')].map(t => t.getBoundingClientRect().right"
+                               " <= t.parentElement.getBoundingClientRect().right + 1)")
+        titles = page.evaluate("""(charts) => charts.flatMap(c => {
+            const svg = document.querySelector(c + ' svg.main-svg').getBoundingClientRect();
+            return [...document.querySelectorAll(c + ' .gtitle, ' + c + ' .gtitle-subtitle')].map(t => {
+                const r = t.getBoundingClientRect();
+                return {text: t.textContent, fits: r.left >= svg.left - 1 && r.right <= svg.right + 1};
+            });
+        })""", charts)
+        assert broken == [], broken
+        assert tables and all(tables), tables  # whole words still leave the table inside its box
+        assert len(titles) == 2 * len(charts), titles  # a title and a subtitle each
+        assert [t["text"] for t in titles if not t["fits"]] == [], titles
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
     finally:
         context.close()
 

@@ -138,20 +138,30 @@ def test_typed_budgets_are_clamped_and_a_preset_moves_the_slider(app):
 
 
 def test_more_like_this_closes_the_old_explanation(app):
-    """Item 1: after "Search for more like this result" the panel still explained the old query's result."""
+    """Item 1: after "Search for more like this result" the panel still explained the old query's result.
+    Issue 17: a new search, or more like this, left the old open result's tile outlined."""
     page = app.page
-    search(page, "a hot air balloon")
+    photo = search(page, "a hot air balloon")[0].split(" · ")[1]
     page.locator("#me-results .thumbnail-item").nth(0).click()
     page.wait_for_selector("#me-why-table table", state="visible")
     page.get_by_role("button", name="Search for more like this result").click()
-    page.wait_for_function("document.querySelector('#me-results-caption').innerText.includes('your image')")
+    # Issue 17: the photo is named (it said "your image"), and no tile keeps the old outline.
+    page.wait_for_function("(t) => document.querySelector('#me-results-caption').innerText.includes(t)",
+                           arg=f"the photo {photo}")
     page.wait_for_function("document.querySelector('#me-why-title').innerText.includes('Click a result')")
+    assert page.locator("#me-results .thumbnail-item.selected").count() == 0
     page.wait_for_selector("#me-why-table", state="hidden")
     page.locator("#me-query-chip").scroll_into_view_if_needed()  # the chip's picture loads lazily, on screen
     page.wait_for_function("[...document.querySelectorAll('#me-chip-image img')].some(i => i.complete && "
                            "i.naturalWidth > 0)")
     page.get_by_role("button", name="✕ Remove image").click()
     page.wait_for_selector("#me-query-chip", state="hidden")
+    # Issue 17: a new search, too, leaves no tile outlined where the open result was.
+    page.locator("#me-results .thumbnail-item").nth(0).click()
+    page.wait_for_selector("#me-why-table table", state="visible")
+    search(page, "a mountain lake")
+    page.wait_for_function("document.querySelector('#me-why-title').innerText.includes('Click a result')")
+    assert page.locator("#me-results .thumbnail-item.selected").count() == 0
 
 
 def test_a_broken_query_image_gets_a_calm_message(app, capfd):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from app.ui.collection_tab import _files_of, _report_md
+from app.humanize import files_of
+from app.ui.collection_tab import _report_md
 
 
 def test_the_add_report_counts_files_and_pages():
@@ -19,5 +20,19 @@ def test_the_add_report_counts_files_and_pages():
 def test_removal_counts_the_removed_files():
     """Tester report: removing one photo said "Removed 1 item(s)"; a PDF's passages were counted too."""
     items = [SimpleNamespace(path="/c/files/guide.pdf", page=p, kind=k) for p in (1, 2) for k in ("pdf_page", "text")]
-    assert _files_of(items) == "1 PDF with 2 pages"
-    assert _files_of([SimpleNamespace(path="/c/files/IMG_1.jpg", page=None, kind="image")]) == "1 photo"
+    assert files_of(items) == "1 PDF with 2 pages"
+    assert files_of([SimpleNamespace(path="/c/files/IMG_1.jpg", page=None, kind="image")]) == "1 photo"
+
+
+def test_the_tab_names_its_files_once():
+    """Issue 17: the picture grid and the table under it were both headed "Your files"."""
+    import gradio as gr
+
+    from app.ui import collection_tab
+
+    studio = SimpleNamespace(private_sessions=False, local=SimpleNamespace(files_dir="/data/files"))
+    with gr.Blocks() as demo:
+        tab = collection_tab.build(studio)
+    labels = [b.label for b in demo.blocks.values() if isinstance(b, gr.components.Component) and b.label]
+    assert [label for label in labels if "your files" in label.lower()] == [tab.grid.label]
+    assert len(labels) == len(set(labels)), labels  # no two parts of the tab share a heading

@@ -1,4 +1,5 @@
-"""app.ui.plots' figure layouts, checked on their numbers (no browser): the heatmap's titles and legend."""
+"""app.ui.plots' figure layouts, checked on their numbers (no browser): the heatmap's titles and legend, the
+Scaling tab's titles on a phone and its size chart's units."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from app.ui import plots
 
 PRESETS = [(1, 1), (2, 4), (4, 8), (8, 16), (16, 64)]
 CHAR_PX = 0.62  # a generous width of one character, as a share of the font size (measured ~0.6 in Chromium)
+PHONE_PLOT_PX = 320  # a chart's width on a 390 px screen, without Gradio's padding and borders (measured 324)
 
 
 @pytest.mark.parametrize("budget", PRESETS + [(3, 5), (16, 1)])
@@ -45,3 +47,53 @@ def test_one_query_vector_reads_in_the_singular(r_q):
     else:
         assert bars.layout.title.text.endswith("= sum of these 2 bars")
         assert "Each of the 2 query vectors is" in note
+
+
+def _title_lines_fit_a_phone(fig) -> None:
+    title = fig.layout.title
+    for text, size in ((title.text, title.font.size), (title.subtitle.text, title.subtitle.font.size)):
+        for line in (text or "").split("<br>"):
+            assert len(line) * CHAR_PX * size <= PHONE_PLOT_PX, (line, len(line) * CHAR_PX * size)
+
+
+def test_the_scaling_charts_titles_fit_a_phone():
+    """Issue 17: at 390 px "Scoring time per query over 4 items (measured now)" was cut off (Plotly does not
+    wrap titles); the counts, at their largest, go on a smaller line of their own."""
+    items, k, queries = 1_234_567, 10, 20
+    figures = [plots.index_size_figure(PRESETS, [items * c * 768 for _, c in PRESETS], items),
+               plots.latency_figure(PRESETS, [1.5] * len(PRESETS), items),
+               plots.agreement_figure(PRESETS, [0.9] * len(PRESETS), k, queries)]
+    for fig in figures:
+        _title_lines_fit_a_phone(fig)
+        assert fig.layout.title.subtitle.text  # what it was measured on is still said
+    assert "1,234,567 items" in figures[0].layout.title.subtitle.text
+    assert "top-10" in figures[2].layout.title.subtitle.text and "20 queries" in figures[2].layout.title.subtitle.text
+    # The subtitle's room is added to the figure, so the plot keeps its size.
+    plain = plots.quality_figure(PRESETS, [plots.QualityLine("dev", "photos", [0.5] * len(PRESETS))], "Quality")
+    sub = plots.quality_figure(PRESETS, [plots.QualityLine("dev", "photos", [0.5] * len(PRESETS))], "Quality",
+                               "metaembed-mini on judged queries")
+    assert sub.layout.height - sub.layout.margin.t == plain.layout.height - plain.layout.margin.t
+    assert sub.layout.margin.b == plain.layout.margin.b
+
+
+def test_the_quality_chart_title_fits_a_phone():
+    from app.evaluation import load_quality
+    from app.ui.scaling_tab import quality_plot
+    from model.checkpoint import DEFAULT_CHECKPOINT, checkpoint_id_of_folder
+    from tests.app.ui.test_quality_views import studio_with
+
+    fig = quality_plot(studio_with(load_quality(DEFAULT_CHECKPOINT, checkpoint_id_of_folder(DEFAULT_CHECKPOINT))))
+    _title_lines_fit_a_phone(fig)
+    assert "judged queries" in fig.layout.title.subtitle.text
+
+
+def test_the_size_chart_labels_its_bars_in_its_axis_unit():
+    """Issue 17: the axis said MiB while the bars read "48 KB" and "1.5 MB"."""
+    sizes = [300 * c * 384 * 2 for _, c in PRESETS]  # 225 KB at (1, 1) to 14 MB at (16, 64)
+    fig = plots.index_size_figure(PRESETS, sizes, 300)
+    bar = fig.data[0]
+    unit = fig.layout.yaxis.title.text.rsplit("(", 1)[1].rstrip(")")
+    assert {label.split()[1] for label in bar.text} == {unit}
+    # Each label is its bar's height, in that unit.
+    for label, height in zip(bar.text, bar.y):
+        assert float(label.split()[0]) == pytest.approx(height, rel=0.05)

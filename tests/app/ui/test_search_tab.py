@@ -140,3 +140,20 @@ def test_a_broken_query_image_is_named_in_plain_words(tmp_path):
     image = query_picture({"path": str(photo), "orig_name": "red.png"})
     assert image.size == (40, 30) and image.mode == "RGB"
     assert query_picture(None) is None
+
+
+def test_a_new_search_clears_the_highlight_of_the_result_open_before(tmp_path):
+    """Issue 17: after a new search the gallery kept the old open result's tile outlined, now on another result.
+    The page keeps its selected_index across new values unless one is sent, and None only travels in a returned
+    component (a gr.update drops it)."""
+    import gradio as gr
+
+    from app.ui.search_tab import new_results
+
+    items = [(str(tmp_path / f"{i}.jpg"), f"0.{i}1 · photo-{i}.jpg") for i in range(3)]
+    outputs = ("query", ["hits"], items, "caption", "snippets")
+    query, hits, gallery, caption, snippets = new_results(outputs, ("yours", "id2"))
+    assert (query, hits, caption, snippets) == ("query", ["hits"], "caption", "snippets")
+    assert isinstance(gallery, gr.Gallery)
+    assert gallery.constructor_args == {"value": items, "selected_index": None}  # what Gradio sends as the update
+    assert new_results(outputs, None) == outputs  # nothing was open: nothing to clear, the gallery as it was
