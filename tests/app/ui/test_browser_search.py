@@ -113,16 +113,26 @@ def test_the_highlight_follows_the_open_result(app):
 
 def test_typed_budgets_are_clamped_and_a_preset_moves_the_slider(app):
     """Item 4: 99 or 0 typed into r_q showed "Error" and logged a traceback."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     page = app.page
     engine = app.studio.engine
     search(page, "an owl")
     page.get_by_text("Advanced: any budget").click()
     box = page.locator("#me-rq input[type=number]")
     for typed, expected in (("99", engine.num_query_vectors), ("0", 1)):
-        box.fill(typed)
-        box.press("Enter")
-        page.wait_for_function("(v) => document.querySelector('#me-rq input[type=number]').value === v",
-                               arg=str(expected))
+        # A late update from the search before can put the old value back into the box between the fill and
+        # Enter (seen 1 run in 9), so the typing is retried; the clamped value must still show within 3 tries.
+        for attempt in range(3):
+            box.fill(typed)
+            box.press("Enter")
+            try:
+                page.wait_for_function("(v) => document.querySelector('#me-rq input[type=number]').value === v",
+                                       arg=str(expected), timeout=10_000)
+                break
+            except PlaywrightTimeout:
+                if attempt == 2:
+                    raise
         assert "Error" not in page.inner_text("body")
         assert f"Budget ({expected}," in page.inner_text(".me-budget")
     # A trained preset typed into both boxes moves the main slider's handle to it.
