@@ -312,8 +312,14 @@ def quality_figure(presets: Sequence[tuple[int, int]], lines: Sequence[QualityLi
                                      legendgroup=line.split,
                                      hovertemplate=f"{name}: one mean-pooled vector, MRR {line.baseline:.3f}"
                                                    "<extra></extra>"))
+    if any(line.baseline is not None for line in lines):
+        # What the dotted lines are, said in the legend: as the y-axis title ("MRR (dotted: one mean-pooled
+        # vector)") it ran up into the chart's title on a phone (issue 17).
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name="one mean-pooled vector",
+                                 line=dict(color="#64748b", dash="dot", width=1), legendgroup="baseline",
+                                 legendgrouptitle_text="dotted", hoverinfo="skip"))
     fig.update_xaxes(title_text="budget (r_q, r_c)", type="category")
-    fig.update_yaxes(title_text="MRR (dotted: one mean-pooled vector)", range=[0, 1])
+    fig.update_yaxes(title_text="MRR", range=[0, 1])
     # The legend sits under the axis title, never on it, whatever the budget labels: the splits side by side,
     # each its title over its kinds of query.
     return _layout(fig, title, height=460, subtitle=subtitle,

@@ -581,6 +581,12 @@ def test_a_phone_screen_keeps_the_scaling_tabs_headers_and_chart_titles_whole(se
         assert tables and all(tables), tables  # whole words still leave the table inside its box
         assert len(titles) == 2 * len(charts), titles  # a title and a subtitle each
         assert [t["text"] for t in titles if not t["fits"]] == [], titles
+        # The y-axis titles stay below the titles (the quality chart's long one ran up into them).
+        overlaps = page.evaluate("""(charts) => charts.filter(c => {
+            const y = document.querySelector(c + ' .ytitle'), t = document.querySelector(c + ' .gtitle-subtitle');
+            return y && t && y.getBoundingClientRect().top < t.getBoundingClientRect().bottom;
+        })""", charts)
+        assert overlaps == [], overlaps
         assert page.evaluate("document.documentElement.scrollWidth") <= 390
     finally:
         context.close()

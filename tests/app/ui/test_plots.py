@@ -85,6 +85,11 @@ def test_the_quality_chart_title_fits_a_phone():
     fig = quality_plot(studio_with(load_quality(DEFAULT_CHECKPOINT, checkpoint_id_of_folder(DEFAULT_CHECKPOINT))))
     _title_lines_fit_a_phone(fig)
     assert "judged queries" in fig.layout.title.subtitle.text
+    # The y-axis title is short enough to stay beside a phone's plot; the dotted baselines are named in the legend.
+    assert fig.layout.yaxis.title.text == "MRR"
+    dotted = [t for t in fig.data if t.legendgroup == "baseline"]
+    assert len(dotted) == 1 and dotted[0].line.dash == "dot" and dotted[0].name == "one mean-pooled vector"
+    assert any(t.line.dash == "dot" and t.showlegend is False for t in fig.data)  # the baselines themselves
 
 
 def test_the_size_chart_labels_its_bars_in_its_axis_unit():
