@@ -39,7 +39,8 @@ def test_the_sample_collection_is_its_own_labelled_line(bundled):
     assert lines[5].baseline == samples["document"]["baseline"]["mrr"]
 
     fig = quality_plot(studio)
-    solid = [t for t in fig.data if t.showlegend is not False]
+    solid = [t for t in fig.data if t.showlegend is not False and t.legendgroup != "baseline"]
+    assert [t.name for t in fig.data if t.legendgroup == "baseline"] == ["one mean-pooled vector"]  # the dotted key
     assert [t.legendgrouptitle.text for t in solid][-2:] == [label, label]
     assert {t.line.dash for t in solid[-2:]} == {"dash"} and {t.line.dash for t in solid[:-2]} == {"solid"}
     assert "held-out split (839 queries)" in {t.legendgrouptitle.text for t in solid}
