@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .base import additive_mask
+
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 # Heads that BERT checkpoints may carry beside the encoder; an embedding model reads none of them.
@@ -168,9 +170,7 @@ class BertEncoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """[B, T] ids and 0/1 mask -> [B, T, hidden] last-layer states (padding rows are not meaningful)."""
         hidden = self.embeddings(input_ids=input_ids)
-        mask = torch.zeros(attention_mask.shape, dtype=hidden.dtype, device=hidden.device)
-        mask.masked_fill_(~attention_mask.bool(), torch.finfo(hidden.dtype).min)
-        mask = mask[:, None, None, :]
+        mask = additive_mask(attention_mask.bool()[:, None, :], hidden.dtype)  # [B, 1, 1, T]: keys only
         for layer in self.encoder.layer:
             hidden = layer(hidden, attention_mask=mask)
         return hidden

@@ -105,8 +105,6 @@ class TextEncoderBackbone(Backbone):
         valid = batch["attention_mask"].to(device).bool()
         bsz, length = ids.shape
         num = meta.shape[0]
-        emb = self.model.embeddings
-        content = emb(input_ids=ids)
         levels = batch.get("meta_levels")
         span = None
         if levels is not None:
@@ -117,14 +115,12 @@ class TextEncoderBackbone(Backbone):
                 span = span_mask(valid.sum(1), levels, num, length)
         elif not meta_states:
             raise ValueError("meta_states=False needs granular meta tokens (meta_levels in the batch)")
-        layers = self.model.encoder.layer
-        if not meta_states:
-            hidden = content
-            mask = additive_mask(valid[:, None, :].expand(bsz, length, length), hidden.dtype)
-            for layer in layers:
-                hidden = layer(hidden, attention_mask=mask)
+        if not meta_states:  # the plain encoder over the content
             return BackboneOutput(meta=None, tokens=batch.get("tokens"), extras=batch.get("extras", []),
-                                  content=hidden, span=span)
+                                  content=self.model(ids, valid), span=span)
+        layers = self.model.encoder.layer
+        emb = self.model.embeddings
+        content = emb(input_ids=ids)
         meta_pos = valid.sum(1, keepdim=True) + torch.arange(num, device=device)
         meta_in = meta.to(content.dtype).unsqueeze(0).expand(bsz, -1, -1)
         meta_h = emb(inputs_embeds=meta_in, position_ids=meta_pos)
