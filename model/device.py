@@ -8,8 +8,20 @@ import functools
 import torch
 
 
-def default_device() -> torch.device:
+def target_device(device: str | torch.device | None = None) -> torch.device:
+    """`device`, or by default the GPU when there is one."""
+    if device is not None:
+        return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def run_dtype(device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> torch.dtype:
+    """The dtype weights are kept in on `device`: `dtype` if given, else bf16 on a GPU and fp32 on CPU (CPU
+    bf16 is for storing and scoring vectors; the encoder itself runs fp32 weights, under autocast where bf16
+    is native)."""
+    if dtype is not None:
+        return dtype
+    return torch.bfloat16 if target_device(device).type == "cuda" else torch.float32
 
 
 @functools.cache

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from . import checkpoint
 from .backbones import Backbone, load_backbone, parse_items
 from .config import GRANULAR, MetaEmbedConfig
-from .device import cpu_has_native_bf16, default_device
+from .device import cpu_has_native_bf16, run_dtype, target_device
 from .readout import SpanReadout
 
 SIDES = ("query", "candidate")
@@ -48,7 +48,7 @@ class MetaEmbed(nn.Module):
     def from_config(cls, config: MetaEmbedConfig, device: str | torch.device | None = None,
                     dtype: torch.dtype | None = None, seed: int = 0) -> MetaEmbed:
         """An untrained MetaEmbed on the config's backbone (pretrained backbone weights, fresh meta tokens)."""
-        backbone = load_backbone(config)
+        backbone = load_backbone(config, run_dtype(device, dtype))
         model = cls(config, backbone, seed=seed)
         if config.lora_r:
             model._add_lora()
@@ -62,7 +62,7 @@ class MetaEmbed(nn.Module):
         folder = checkpoint.resolve(path_or_id, revision)
         config = MetaEmbedConfig.load(folder)
         state = checkpoint.load_weights(folder)
-        backbone = load_backbone(config)
+        backbone = load_backbone(config, run_dtype(device, dtype))
         model = cls(config, backbone)
         if config.lora_r:
             model._add_lora()
@@ -82,15 +82,13 @@ class MetaEmbed(nn.Module):
         return directory
 
     def _place(self, device, dtype) -> MetaEmbed:
-        device = torch.device(device) if device is not None else default_device()
+        device = target_device(device)
         # Default on a CPU with native bf16 (AVX512-bf16, AMX), for backbones measured to allow it: fp32
         # weights, encoding under bf16 autocast (MiniLM: ~2.5x faster, vectors within 1e-5 cosine of fp32,
         # finer than their bf16 storage). Never fp16 on CPU. An explicit dtype is used as given.
         self.cpu_autocast = (dtype is None and device.type == "cpu" and self.backbone.cpu_autocast
                              and cpu_has_native_bf16())
-        if dtype is None:
-            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        self.to(device=device, dtype=dtype)
+        self.to(device=device, dtype=run_dtype(device, dtype))
         self.eval()
         return self
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
+
 from .base import Backbone, BackboneOutput, Parsed, parse_items
 from .idefics3 import Idefics3Backbone
 from .minilm import TextEncoderBackbone
@@ -48,8 +50,9 @@ class LazyFrontEnd:
         return self._impl.tokenize(images)
 
 
-def load_backbone(cfg: MetaEmbedConfig) -> Backbone:
-    """Build the adapter for `cfg` with the backbone's pretrained weights."""
+def load_backbone(cfg: MetaEmbedConfig, dtype: torch.dtype = torch.float32) -> Backbone:
+    """Build the adapter for `cfg` with the backbone's pretrained weights (a VLM's in `dtype`; the text
+    encoders load in fp32 and are cast by the caller, which costs them nothing: they are small)."""
     if cfg.backbone in TEXT_FAMILIES:
         front = LazyFrontEnd(cfg.front_end) if cfg.front_end else None
         return TextEncoderBackbone.load(cfg.backbone_id, cfg.backbone_revision, front_end=front,
@@ -59,7 +62,7 @@ def load_backbone(cfg: MetaEmbedConfig) -> Backbone:
             raise ValueError(f"meta_attention={cfg.meta_attention!r} is implemented for text backbones only; "
                              f"{cfg.backbone} checkpoints use 'full'")
         return VLM_FAMILIES[cfg.backbone].load(cfg.backbone_id, cfg.backbone_revision, family=cfg.backbone,
-                                               max_length=cfg.max_length)
+                                               max_length=cfg.max_length, dtype=dtype)
     raise ValueError(
         f"unknown backbone family {cfg.backbone!r}; supported: {[*TEXT_FAMILIES, *VLM_FAMILIES]}"
     )

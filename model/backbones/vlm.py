@@ -22,11 +22,6 @@ from torch import nn
 from .base import Backbone, BackboneOutput, Parsed
 
 
-def load_dtype() -> torch.dtype:
-    """bf16 on a GPU; fp32 on CPU (CPU bf16 is used for storage and scoring, not for running the backbone)."""
-    return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-
-
 def unavailable(model_id: str, revision: str | None, err: Exception) -> ValueError:
     at = f" (revision {revision})" if revision else ""
     return ValueError(
@@ -63,7 +58,10 @@ class VLMBackbone(Backbone):
 
     # ---- loading ------------------------------------------------------------------------------------
     @classmethod
-    def load(cls, model_id: str, revision: str | None = None, family: str = "", max_length: int = 256) -> VLMBackbone:
+    def load(cls, model_id: str, revision: str | None = None, family: str = "", max_length: int = 256,
+             dtype: torch.dtype = torch.float32) -> VLMBackbone:
+        """The adapter around `model_id`'s base model, its weights loaded in `dtype` (the dtype it will run in:
+        loading in another and casting later would round the weights twice)."""
         from transformers import AutoConfig, AutoModel
         from transformers.utils import logging as hf_logging
 
@@ -83,7 +81,7 @@ class VLMBackbone(Backbone):
         try:
             parts = cls.load_processing(model_id, revision)
             # The base model (vision tower + language model), without the LM head we have no use for.
-            model, info = AutoModel.from_pretrained(model_id, revision=revision, dtype=load_dtype(),
+            model, info = AutoModel.from_pretrained(model_id, revision=revision, dtype=dtype,
                                                     attn_implementation="sdpa", output_loading_info=True)
         except OSError as e:
             raise unavailable(model_id, revision, e) from e

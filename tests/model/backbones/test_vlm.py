@@ -19,9 +19,11 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from model.backbones import load_backbone
 from model.backbones.base import parse_items
 from model.backbones.vlm import VLMBackbone
 from model.config import MetaEmbedConfig
+from model.device import run_dtype
 from model.metaembed import MetaEmbed
 from model.train import TrainArgs, _step_loss, load_rows, train
 
@@ -230,6 +232,28 @@ def test_save_and_load_round_trip_gives_identical_embeddings(family, backbone_di
     assert again.config.backbone == family
     torch.testing.assert_close(again.encode_candidates(items), before_c, atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(again.encode_queries(["what is the red car"]), before_q, atol=2e-5, rtol=1e-4)
+
+
+def test_a_backbone_loads_in_the_dtype_it_runs_in_wherever_a_gpu_is(backbone_dirs, monkeypatch, tmp_path):
+    """On a machine with a GPU, a model asked for on the CPU loads its backbone in fp32, not bf16 cast back up.
+    The bf16 load rounded the backbone and the trained LoRA weights, so a checkpoint reloaded on the CPU of a
+    GPU machine encoded differently (by up to 7e-3) from the model that was saved (seen on an H200)."""
+    family = "qwen2.5-vl"
+    model = load(family, backbone_dirs)
+    perturb_trained(model)
+    model.save_pretrained(tmp_path / "ckpt")
+    items = mixed_items()[:3]
+    before = model.encode_candidates(items)
+    # What the load sees on a GPU machine; nothing below touches the GPU, as everything is asked for on the CPU.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert run_dtype(None) == torch.bfloat16 and run_dtype("cpu") == torch.float32
+    assert run_dtype("cuda", torch.float32) == torch.float32
+    again = MetaEmbed.from_pretrained(tmp_path / "ckpt", device="cpu")
+    assert again.backbone.model.dtype == torch.float32
+    torch.testing.assert_close(again.encode_candidates(items), before, atol=2e-5, rtol=1e-4)
+    # Asked for bf16, the backbone is loaded in bf16 directly (a GPU's default; no fp32 copy on the way).
+    cfg = make_config(family, backbone_dirs[family])
+    assert load_backbone(cfg, torch.bfloat16).model.dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("family", FAMILIES)
