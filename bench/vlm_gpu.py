@@ -14,7 +14,7 @@ LoRA r=32 on the language model) and `model.train.train` (MMR loss over the pape
 backbone's layers checkpointed (`TrainArgs.gradient_checkpointing`).
 
 Per model: images/s (`encode_candidates`, 448x448 photos, CPU preprocessing included and also given
-separately, with the image processor spread over --threads threads: see `ThreadedImages`; the stock serial
+separately, with the image processor spread over --threads threads: the library's `ParallelImageProcessor`; the stock serial
 processor's ms per photo is reported beside it), the vision tower's share of one batch's forward pass and its
 `scaled_dot_product_attention` calls, queries/s (`encode_queries`), peak GPU memory of each phase, and the time
 of each training step (query text + positive photo + hard-negative photo per row). Qwen's photos are encoded
@@ -59,6 +59,7 @@ from torch.optim.optimizer import (  # noqa: E402
     register_optimizer_step_pre_hook,
 )
 
+from model.backbones.image_threads import ParallelImageProcessor  # noqa: E402
 from model.config import MetaEmbedConfig  # noqa: E402
 from model.metaembed import MetaEmbed  # noqa: E402
 from model.train import TrainArgs, train  # noqa: E402
@@ -232,64 +233,10 @@ def peak(device: torch.device) -> dict:
             "peak_reserved_gib": gib(torch.cuda.max_memory_reserved(device))}
 
 
-class ThreadedImages:
-    """An image processor run over `threads` slices of each batch at once (bench only).
-
-    The stock PIL processors are single-threaded, and SmolVLM's upscales every photo to 2048 px and cuts 17
-    views of it (~0.5 s of CPU per photo), which would leave the GPU idle most of the time. Slices are processed
-    in threads (PIL and numpy release the GIL) and joined as the processor would have returned them: tensors
-    and arrays concatenated on the batch dimension (views padded with zeros, which Idefics3 drops), lists
-    chained. `threads = 1` is the stock serial call.
-    """
-
-    def __init__(self, inner, threads: int):
-        self.inner = inner
-        self.threads = threads
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def __call__(self, images=None, *args, **kwargs):
-        if images is None and "images" in kwargs:
-            images = kwargs.pop("images")
-        n = len(images) if isinstance(images, (list, tuple)) else 1
-        if self.threads <= 1 or n < 4:
-            return self.inner(images, *args, **kwargs)
-        from concurrent.futures import ThreadPoolExecutor
-
-        step = math.ceil(n / min(self.threads, n // 2))
-        parts = [list(images[i:i + step]) for i in range(0, n, step)]
-        with ThreadPoolExecutor(len(parts)) as pool:
-            outs = list(pool.map(lambda part: self.inner(part, *args, **kwargs), parts))
-        merged = {key: _join([o[key] for o in outs]) for key in outs[0].keys()}
-        return type(outs[0])(data=merged)
-
-
-def _join(values: list):
-    import numpy as np
-
-    first = values[0]
-    if isinstance(first, (torch.Tensor, np.ndarray)):
-        is_torch = isinstance(first, torch.Tensor)
-        if first.ndim >= 4:  # [B, views, ...]: pad the views to the longest
-            most = max(v.shape[1] for v in values)
-            padded = []
-            for v in values:
-                if v.shape[1] < most:
-                    pad_shape = (v.shape[0], most - v.shape[1], *v.shape[2:])
-                    zeros = torch.zeros(pad_shape, dtype=v.dtype) if is_torch else np.zeros(pad_shape, v.dtype)
-                    v = torch.cat([v, zeros], 1) if is_torch else np.concatenate([v, zeros], 1)
-                padded.append(v)
-            values = padded
-        return torch.cat(values) if is_torch else np.concatenate(values)
-    if isinstance(first, list):
-        return [x for v in values for x in v]
-    raise TypeError(f"cannot join image-processor outputs of type {type(first).__name__}")
-
-
-def thread_images(backbone, threads: int) -> ThreadedImages:
+def thread_images(backbone, threads: int) -> ParallelImageProcessor:
+    """The backbone's own threaded image processor (model/backbones/image_threads.py), set to `threads`."""
     owner = backbone.processor if hasattr(backbone, "processor") else backbone
-    owner.image_processor = ThreadedImages(owner.image_processor, threads)
+    owner.image_processor.threads = threads
     return owner.image_processor
 
 
@@ -310,7 +257,7 @@ class PrepareTimer:
 
 
 def encode_phase(model: MetaEmbed, items: list, side: str, batch_size: int, device: torch.device,
-                 images: ThreadedImages) -> dict:
+                 images: ParallelImageProcessor) -> dict:
     encode = model.encode_candidates if side == "candidate" else model.encode_queries
     prep = model.prepare if isinstance(model.prepare, PrepareTimer) else PrepareTimer(model)
     encode(items[:batch_size], batch_size=batch_size)  # warm-up: one full batch, untimed

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .base import Parsed
+from .image_threads import ParallelImageProcessor
 from .vlm import VLMBackbone
 
 IMAGE, FAKE, GLOBAL, END = "<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"
@@ -30,6 +31,8 @@ class Idefics3Backbone(VLMBackbone):
 
     def __init__(self, model: nn.Module, processor, family: str = "idefics3", max_length: int = 256):
         super().__init__(model, processor.tokenizer, family=family, max_length=max_length)
+        # Prepared in threads (image_threads.py): 17 views of a 2048 px upscale cost ~0.3 s of CPU per photo.
+        processor.image_processor = ParallelImageProcessor(processor.image_processor)
         self.processor = processor
         vocab = self.tokenizer.get_vocab()
         missing = [t for t in (IMAGE, FAKE, GLOBAL) if t not in vocab]

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..config import env_switch
 from .base import Parsed
+from .image_threads import ParallelImageProcessor
 from .qwen_vision_attention import GroupedVisionAttention
 from .vlm import VLMBackbone
 
@@ -35,7 +36,8 @@ class QwenVLBackbone(VLMBackbone):
     def __init__(self, model: nn.Module, tokenizer, image_processor, family: str = "qwen2-vl", max_length: int = 256,
                  grouped_vision_attention: bool | None = None):
         super().__init__(model, tokenizer, family=family, max_length=max_length)
-        self.image_processor = image_processor
+        # Prepared in threads (image_threads.py): serial PIL work would keep a GPU waiting.
+        self.image_processor = ParallelImageProcessor(image_processor)
         vocab = tokenizer.get_vocab()
         missing = [t for t in (IM_START, IM_END, VISION_START, IMAGE_PAD, VISION_END) if t not in vocab]
         if missing:
