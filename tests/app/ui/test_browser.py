@@ -76,6 +76,17 @@ def server(tmp_path_factory, test_checkpoint):
     studio.close()
 
 
+@pytest.fixture
+def uploaded(server):
+    """The server with the upload test's 7 files in its collection, indexed here (not through the page) when
+    that test has not run, so a later test also runs alone (`-k`)."""
+    studio = server.studio
+    if not studio.items(studio.local):
+        report = studio.index_files(studio.local, sorted(server.files.iterdir()))
+        assert len(report["indexed"]) >= 7 and not report["errors"], report
+    return server
+
+
 @pytest.fixture(scope="module")
 def browser_page(server):
     from playwright.sync_api import sync_playwright
@@ -194,7 +205,7 @@ def test_cancelled_clear_and_empty_query_are_calm(server, browser_page):
     assert "7 files" in page.inner_text("#me-stats")
 
 
-def test_search_then_budget_slider_reranks(server, browser_page):
+def test_search_then_budget_slider_reranks(uploaded, browser_page):
     page = browser_page.page
     open_tab(page, "Search")
     page.fill("#me-query textarea", "boats in a harbour at sunset")
@@ -210,7 +221,7 @@ def test_search_then_budget_slider_reranks(server, browser_page):
     shot(page, "search")
     # Budget preset 0, the smallest (1, 1): re-ranked from cached vectors, the scores (and usually the order)
     # change.
-    presets = server.studio.engine.presets
+    presets = uploaded.studio.engine.presets
     page.locator("#me-preset input[type=range]").fill("0")
     small = wait_for_new_captions(page, full)
     assert small != full
@@ -297,15 +308,15 @@ def test_more_like_this_shows_its_image_and_new_words_leave_it_out(server, brows
     page.wait_for_selector("#me-query-chip", state="hidden")
 
 
-def test_scaling_tab_measures_every_budget(server, browser_page):
+def test_scaling_tab_measures_every_budget(uploaded, browser_page):
     page = browser_page.page
     open_tab(page, "Scaling")
     page.click("#me-measure")
     for plot in ("#me-size", "#me-latency", "#me-agreement"):
         page.wait_for_selector(f"{plot} .js-plotly-plot", state="visible")
     assert page.locator("#me-agreement .js-plotly-plot .scatterlayer .point").count() == len(
-        server.studio.engine.presets)
-    if server.studio.engine.model.checkpoint_path and (Path(server.studio.engine.model.checkpoint_path)
+        uploaded.studio.engine.presets)
+    if uploaded.studio.engine.model.checkpoint_path and (Path(uploaded.studio.engine.model.checkpoint_path)
                                                          / "quality.json").is_file():
         # Issue 17.11: quality against budget, from the checkpoint's judged evaluation, beside the costs.
         page.wait_for_selector("#me-quality .js-plotly-plot", state="visible")
@@ -316,7 +327,7 @@ def test_scaling_tab_measures_every_budget(server, browser_page):
         }""")
         assert boxes["lines"] >= 2
         assert boxes["legend"]["top"] >= boxes["xtitle"]["bottom"], boxes  # the legend never covers the axis title
-        if "sample collection (assets/examples)" in server.studio.engine.quality:  # its own, labelled lines
+        if "sample collection (assets/examples)" in uploaded.studio.engine.quality:  # its own, labelled lines
             assert "written by the team — small, for illustration" in page.locator("#me-quality .legend").text_content()
     shot(page, "scaling")
 
@@ -505,14 +516,14 @@ def test_a_reload_keeps_a_private_collection(test_checkpoint, tmp_path, browser_
         studio.close()
 
 
-def test_a_phone_screen_keeps_captions_heatmap_and_table_readable(server, browser_page):
+def test_a_phone_screen_keeps_captions_heatmap_and_table_readable(uploaded, browser_page):
     """Issue 17.10 at 390 px: captions keep score, page and file readable, the heatmap's axis labels do not
     collide, and the per-vector table scrolls inside its box instead of widening the page."""
     context = browser_page.browser.new_context(viewport={"width": 390, "height": 844})
     try:
         page = context.new_page()
         page.set_default_timeout(TIMEOUT)
-        page.goto(server.url)
+        page.goto(uploaded.url)
         page.fill("#me-query textarea", "boats in a harbour at sunset")
         page.click("#me-search")
         wait_for_new_captions(page, [])
@@ -551,14 +562,14 @@ BROKEN_WORDS = """(sel) => [...document.querySelectorAll(sel)].flatMap(cell => {
 })"""
 
 
-def test_a_phone_screen_keeps_the_scaling_tabs_headers_and_chart_titles_whole(server, browser_page):
+def test_a_phone_screen_keeps_the_scaling_tabs_headers_and_chart_titles_whole(uploaded, browser_page):
     """Issue 17 at 390 px: the Scaling tab's table headers broke mid-word ("bu / dg / et") and its charts'
     titles ran past their right edge."""
     context = browser_page.browser.new_context(viewport={"width": 1440, "height": 900})
     try:
         page = context.new_page()
         page.set_default_timeout(TIMEOUT)
-        page.goto(server.url)
+        page.goto(uploaded.url)
         open_tab(page, "Scaling")  # while it is a tab: on a phone it sits in the tabs' overflow menu
         page.set_viewport_size({"width": 390, "height": 844})
         page.click("#me-measure")
@@ -592,10 +603,10 @@ def test_a_phone_screen_keeps_the_scaling_tabs_headers_and_chart_titles_whole(se
         context.close()
 
 
-def test_the_collection_shows_one_picture_per_file_and_removes_the_one_clicked(server, browser_page):
+def test_the_collection_shows_one_picture_per_file_and_removes_the_one_clicked(uploaded, browser_page):
     """Issue 17.8: files, not internal passages or hex ids; a picture grid to pick a file to remove."""
     page = browser_page.page
-    page.goto(server.url)
+    page.goto(uploaded.url)
     open_tab(page, "Collection")
     page.wait_for_function("document.querySelectorAll('#me-files .thumbnail-item').length === 7")
     table = page.inner_text("#me-items")
