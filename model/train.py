@@ -283,7 +283,9 @@ def _save(model: MetaEmbed, opt, step: int, order_rng: random.Random, out: Path)
 def build_model(opts: argparse.Namespace) -> MetaEmbed:
     out = Path(opts.out)
     if opts.resume and (out / STATE_NAME).is_file():
-        return MetaEmbed.from_pretrained(out, merge_lora=False, device=opts.device)
+        # fp32 weights, as a fresh run trains them (under autocast on a GPU): a GPU's default bf16 would round
+        # the resumed LoRA and meta tokens and drop the optimizer's small updates.
+        return MetaEmbed.from_pretrained(out, merge_lora=False, device=opts.device, dtype=torch.float32)
     cfg = MetaEmbedConfig(
         backbone=opts.backbone, backbone_id=opts.backbone_id or _default_id(opts.backbone),
         backbone_revision=opts.revision, num_query_tokens=opts.num_query_tokens,

@@ -107,8 +107,14 @@ def test_train_cli_end_to_end(tmp_path, monkeypatch):
     main(args + ["--steps", "2"])
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 2
-    # The resumed run with the text backbone's layers checkpointed (recomputed in the backward pass).
+    # The resumed run with the text backbone's layers checkpointed (recomputed in the backward pass), its
+    # weights asked for in fp32 as a fresh run's are (on a GPU the default would be bf16).
+    real_load, dtypes = MetaEmbed.from_pretrained.__func__, []
+    monkeypatch.setattr(MetaEmbed, "from_pretrained", classmethod(
+        lambda cls, *a, **k: dtypes.append(k.get("dtype")) or real_load(cls, *a, **k)))
     main(args + ["--steps", "4", "--resume", "--gradient-checkpointing"])
+    monkeypatch.undo()
+    assert dtypes == [torch.float32]
     assert checkpointing == [False, True]
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log][-1] == 4 and log[-1]["step"] > 2
