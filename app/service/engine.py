@@ -17,6 +17,7 @@ import torch
 from app.evaluation import load_quality
 from app.search import load_calibration, weak_threshold
 from model import MetaEmbed
+from model.backbones import VLM_FAMILIES
 from model.checkpoint import checkpoint_id
 
 ENCODE_BATCH = 8
@@ -102,7 +103,7 @@ class Engine:
         cfg = self.model.config
         return {
             "name": cfg.name, "source": self.source, "checkpoint_id": self.checkpoint_id,
-            "backbone": f"{cfg.backbone} ({cfg.backbone_id})", "front_end": cfg.front_end or "none (text only)",
+            "backbone": f"{cfg.backbone} ({cfg.backbone_id})", "front_end": _images_read_by(cfg),
             "query_vectors": cfg.num_query_tokens, "candidate_vectors": cfg.num_candidate_tokens,
             "dim": self.dim, "presets": [list(p) for p in self.presets], "device": str(self.model.device),
         }
@@ -140,3 +141,12 @@ class LockedModel:
                 out.append(self._engine.model.encode_candidates(items[start:start + INDEX_CHUNK],
                                                                  batch_size=INDEX_CHUNK))
         return torch.cat(out)
+
+
+def _images_read_by(cfg) -> str:
+    """What turns a photo into something the model reads: a text model's front-end, a VLM's own vision tower."""
+    if cfg.front_end:
+        return cfg.front_end
+    if cfg.backbone in VLM_FAMILIES:
+        return "its own vision tower"
+    return "none (text only)"

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from app.server import create_app
+from app.ui.model_tab import model_info
 from app.ui.search_tab import explain_panel
 from model.metaembed import MetaEmbed
 from tests.helpers import EXAMPLES, make_pdf
@@ -40,6 +41,7 @@ def test_a_vlm_checkpoint_indexes_searches_and_explains_in_the_app(family, tmp_p
                               log=lambda *a: None)
     try:
         assert studio.engine.config.backbone == family
+        assert "| images read by | its own vision tower |" in model_info(studio)  # not "none (text only)"
         report = studio.index_files(studio.local, sorted(files.iterdir()))
         assert len(report["indexed"]) == 4 and report["errors"] == []
         assert studio.stats(studio.local)["kinds"] == {"image": 2, "pdf_page": 1, "text": 1}
