@@ -483,6 +483,9 @@ def markdown(report: dict) -> str:
                      else f"| {report['model']} | ({name})")
             cells = [m["mrr"], *(m[f"recall@{k}"] for k in ks), m[nd]]
             lines.append(f"{label} | " + " | ".join(f"{v:.3f}" for v in cells) + " |")
+    if not any("baseline" in (table or {}) for table in report["results"].values()):
+        lines += ["", "No single-vector baseline: it embeds every item's text with MiniLM-L6, and this model reads "
+                      "photos from their pixels, so they have no text to embed."]
     sims = ", ".join(f"{kind} {v:.3f}" for kind, v in report["self_similarity"].items() if v is not None)
     lines += ["", f"Mean cosine similarity between an item's own vectors (off-diagonal): {sims}."]
     return "\n".join(lines)

@@ -16,6 +16,7 @@ from app.evaluation import (
     Query,
     _evaluate_scores,
     files_to_index,
+    markdown,
     mrr,
     ndcg_at_k,
     rank_units,
@@ -182,7 +183,11 @@ def test_end_to_end_json(tmp_path, ckpt, capsys, shared_model):
     assert "**Photo queries** (2)" in out and "**Document queries** (3)" in out and "**All queries** (5)" in out
     assert "**Photo queries over the photos only** (2)" in out and "**Document queries over the documents only** (3)" in out
     assert "| MRR | Recall@1 | Recall@3 | nDCG@10 |" in out and "| MiniLM-L6 mean-pooled, single vector |" in out
-    assert f"({presets[-1]})" in out
+    assert f"({presets[-1]})" in out and "No single-vector baseline" not in out
+    # A model that reads photos from their pixels (a VLM) has no text for the baseline: the report says so.
+    for table in (*report["results"].values(), *report["own_kind"].values()):
+        table.pop("baseline")
+    assert "No single-vector baseline" in markdown(report)
 
 
 def test_record_stores_the_report_in_the_checkpoints_quality_file(tmp_path, ckpt, capsys):
