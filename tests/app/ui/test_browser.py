@@ -77,13 +77,15 @@ def server(tmp_path_factory, test_checkpoint):
 
 
 @pytest.fixture
-def uploaded(server):
-    """The server with the upload test's 7 files in its collection, indexed here (not through the page) when
-    that test has not run, so a later test also runs alone (`-k`)."""
+def uploaded(server, browser_page):
+    """The server with the upload test's 7 files in its collection, indexed here (not through the page, which
+    is then reloaded) when that test has not run, so a later test also runs alone (`-k`)."""
     studio = server.studio
     if not studio.items(studio.local):
         report = studio.index_files(studio.local, sorted(server.files.iterdir()))
         assert len(report["indexed"]) >= 7 and not report["errors"], report
+        browser_page.page.reload()
+        browser_page.page.wait_for_selector("#me-query textarea")
     return server
 
 
@@ -141,6 +143,17 @@ def open_tab(page, name: str) -> None:
     page.get_by_role("tab", name=name).click()
 
 
+def results_on_page(page, query: str = "boats in a harbour at sunset") -> None:
+    """Results to open: the earlier tests' last search when they ran, else a search of its own (a test run
+    alone with -k)."""
+    if captions(page):
+        return
+    open_tab(page, "Search")
+    page.fill("#me-query textarea", query)
+    page.click("#me-search")
+    wait_for_new_captions(page, [])
+
+
 def wait_for_new_captions(page, old: list[str]) -> list[str]:
     page.wait_for_function(
         """(old) => {
@@ -183,7 +196,7 @@ def test_upload_photos_and_a_pdf(server, browser_page):
     shot(page, "collection")
 
 
-def test_cancelled_clear_and_empty_query_are_calm(server, browser_page):
+def test_cancelled_clear_and_empty_query_are_calm(uploaded, browser_page):
     """Issue 17.3: cancelling "Clear my collection" and searching with an empty query used to paint red
     "Error" badges over the stats, blank the items table and the remove list."""
     page = browser_page.page
@@ -234,10 +247,10 @@ def test_search_then_budget_slider_reranks(uploaded, browser_page):
     assert "No close match" not in page.inner_text("#me-results-caption")
 
 
-def test_gibberish_is_flagged_as_no_close_match(server, browser_page):
+def test_gibberish_is_flagged_as_no_close_match(uploaded, browser_page):
     """Issue 17.7: "qwzx plorf" used to score like a real query. The bundled checkpoint's calibration.json
     (bench/weak_match.py) sets the threshold; an uncalibrated checkpoint flags nothing."""
-    if not server.studio.engine.calibration:
+    if not uploaded.studio.engine.calibration:
         pytest.skip("the checkpoint in use has no calibration.json")
     page = browser_page.page
     before = captions(page)
@@ -248,8 +261,9 @@ def test_gibberish_is_flagged_as_no_close_match(server, browser_page):
     assert "No close match" in page.inner_text("#me-results-caption")
 
 
-def test_open_a_result_shows_why_it_matched(server, browser_page):
+def test_open_a_result_shows_why_it_matched(uploaded, browser_page):
     page = browser_page.page
+    results_on_page(page)
     # A photo, when one is in the results: its explanation shows the visual tokenizer's maps.
     photos = [i for i, c in enumerate(captions(page)) if c.endswith(".jpg")]
     page.locator("#me-results .thumbnail-item").nth(photos[0] if photos else 0).click()
@@ -265,12 +279,12 @@ def test_open_a_result_shows_why_it_matched(server, browser_page):
     page.wait_for_timeout(300)
     shot(page, "why-it-matched", full_page=False)
     # Moving the budget updates the open explanation too.
-    r_q, r_c = server.studio.engine.presets[2]
+    r_q, r_c = uploaded.studio.engine.presets[2]
     page.locator("#me-preset input[type=range]").fill("2")
     page.wait_for_function(f"document.querySelector('#me-why-title').innerText.includes('({r_q}, {r_c})')")
     # Issue 17.1: four quick steps of the slider by keyboard; the panel must end at the budget the results show
     # (it used to stay one step behind for good).
-    presets = server.studio.engine.presets
+    presets = uploaded.studio.engine.presets
     page.locator("#me-preset input[type=range]").fill("0")
     page.wait_for_function(f"document.querySelector('#me-why-title').innerText.includes('{presets[0]}')")
     page.locator("#me-preset input[type=range]").focus()
@@ -283,10 +297,11 @@ def test_open_a_result_shows_why_it_matched(server, browser_page):
     assert last in page.inner_text("#me-why-title") and last in page.inner_text("#me-results-caption")
 
 
-def test_more_like_this_shows_its_image_and_new_words_leave_it_out(server, browser_page):
+def test_more_like_this_shows_its_image_and_new_words_leave_it_out(uploaded, browser_page):
     """Issue 17.2: the query image is shown beside the query, can be removed, and does not join a later
     search with other words unless the user keeps it."""
     page = browser_page.page
+    results_on_page(page)
     photos = [i for i, c in enumerate(captions(page)) if c.endswith(".jpg")]
     page.locator("#me-results .thumbnail-item").nth(photos[0] if photos else 0).click()
     page.wait_for_selector("#me-why-table table", state="visible")
@@ -332,18 +347,18 @@ def test_scaling_tab_measures_every_budget(uploaded, browser_page):
     shot(page, "scaling")
 
 
-def test_how_it_works_walks_through_a_query(server, browser_page):
+def test_how_it_works_walks_through_a_query(uploaded, browser_page):
     page = browser_page.page
     open_tab(page, "How it works")
     page.click("#me-teach-go")
     for plot in ("#me-teach-attention", "#me-teach-vectors", "#me-teach-matrix"):
         page.wait_for_selector(f"{plot} .js-plotly-plot", state="visible")
-    assert page.locator(".me-meta").count() == server.studio.engine.num_query_vectors  # meta tokens M1..M16
+    assert page.locator(".me-meta").count() == uploaded.studio.engine.num_query_vectors  # meta tokens M1..M16
     # Issue 17.11: the top two results followed across the budgets, #1's rank at each; different queries
     # give different charts.
     page.wait_for_selector("#me-teach-budgets .js-plotly-plot", state="visible")
     ranks = page.evaluate("[...document.querySelectorAll('#me-teach-budgets .textpoint')].map(e => e.textContent)")
-    assert len(ranks) == len(server.studio.engine.presets) and all(r.startswith("rank ") for r in ranks)
+    assert len(ranks) == len(uploaded.studio.engine.presets) and all(r.startswith("rank ") for r in ranks)
     assert ranks[-1] == "rank 1"  # at the largest budget it is #1 by definition
     first = page.inner_html("#me-teach-budgets .scatterlayer")
     page.fill("#me-teach-query textarea", "a golden retriever")
