@@ -87,6 +87,8 @@ def test_the_highlight_follows_the_open_result(app):
     """Item 3: the outline stayed on tile #2 after a budget change re-ranked another item there."""
     page = app.page
     presets = app.studio.engine.presets
+    if not samples_box(page).is_checked():  # ticked by the example test before; this test also runs alone
+        samples_box(page).check()
     full = search(page, "hills")
     page.locator("#me-results .thumbnail-item").nth(1).click()
     page.wait_for_selector("#me-why-table table", state="visible")
