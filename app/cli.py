@@ -35,7 +35,7 @@ from .humanize import files_of
 from .indexing import index_paths
 from .ingest import default_ocr, load_image
 from .search import Searcher
-from .store import open_store, open_store_for
+from .store import open_store, open_store_for, remove_items
 from .store.index import REBUILD_HINT
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -208,17 +208,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_remove(args: argparse.Namespace) -> int:
     with open_store(store_of(args)) as index:
-        # What the removed ids were (gone from the index afterwards), for a message in files and pages.
-        before = {} if args.json else {it.id: it for it in index.items()}
         try:
-            removed = index.remove(args.targets)
+            removed = remove_items(index, args.targets)
         except KeyError as e:
             raise CliError(e.args[0]) from None
     if args.json:
-        print(json.dumps({"removed": removed}, indent=2))
+        print(json.dumps({"removed": [it.id for it in removed]}, indent=2))
     else:
-        gone = [before[i] for i in removed if i in before]
-        print(f"Removed {files_of(gone)}.")
+        print(f"Removed {files_of(removed)}.")
     return EXIT_OK
 
 

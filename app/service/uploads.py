@@ -12,6 +12,7 @@ from pathlib import Path
 
 from app.indexing import index_paths
 from app.ingest import IMAGE_EXTENSIONS
+from app.store import remove_items
 from app.store.index import Index, IndexedItem
 
 from .collection import Collection
@@ -127,8 +128,7 @@ def remove(engine: Engine, coll: Collection, targets: Sequence[str]) -> list[Ind
         for t in targets:
             p = coll.files_dir / t
             resolved.append(str(p.resolve()) if (not _looks_like_id(t) and p.exists()) else t)
-        before = {it.id: it for it in idx.items()}  # what the removed ids were: gone from the index afterwards
-        removed = [before[i] for i in idx.remove(resolved) if i in before]
+        removed = remove_items(idx, resolved)
         for t in resolved:
             p = Path(t)
             if p.is_absolute() and p.is_file() and _inside(p, coll.files_dir) and not idx.items(str(p)) \
