@@ -615,7 +615,7 @@ def test_lite1_variant_reads_240_px_crops(monkeypatch):
     monkeypatch.setattr(classifier_mod, "_shared", None)
     clf = classifier_mod.get_classifier()
     assert clf.variant == "lite1" and clf.input_size == 240
-    out = clf.classify([_scene(800, 600)])
+    out = clf.classify([_scene(800, 450)])
     assert out.features[0].shape == (3, 1280, 8, 8)
     np.testing.assert_allclose(out.probs.sum(axis=1), 1.0, atol=1e-4)
     [doc] = tok_mod.VisualTokenizer(classifier=clf, people=False).tokenize([_scene(800, 600)], ocr=False)
