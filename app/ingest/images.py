@@ -88,8 +88,10 @@ def _fit_size(width: int, height: int, long_side: int) -> tuple[int, int]:
 
 def make_thumbnail(image: Image.Image, long_side: int = 384) -> bytes:
     """JPEG bytes of `image`, at most `long_side` px on its long side."""
-    thumb = image.copy()
-    thumb.thumbnail((long_side, long_side), Image.Resampling.LANCZOS)
+    # A box reduction to just above the target, then Lanczos (reducing_gap=1): 7 instead of 14 ms for a
+    # 1600x1200 photo, within 36-49 dB PSNR of a full Lanczos resize (docs/benchmarks.md, "Photo indexing
+    # speed"); resize returns a new image, so the caller's is neither copied nor changed.
+    thumb = image.resize(_fit_size(*image.size, long_side), Image.Resampling.LANCZOS, reducing_gap=1.0)
     buf = io.BytesIO()
     thumb.convert("RGB").save(buf, format="JPEG", quality=80)
     return buf.getvalue()
