@@ -26,6 +26,24 @@ def env_switch(name: str) -> bool | None:
     return None
 
 
+IMAGE_THREADS_ENV = "METAEMBED_IMAGE_THREADS"
+MAX_IMAGE_THREADS = 8
+
+
+def image_threads() -> int:
+    """Threads that prepare a batch's images side by side (PIL and numpy release the GIL): the visual
+    tokenizer's per-photo analysis and a VLM's image processor. $METAEMBED_IMAGE_THREADS, else the CPU's cores
+    up to 8; 1 prepares them one after another."""
+    value = os.environ.get(IMAGE_THREADS_ENV, "").strip()
+    if value:
+        try:
+            threads = int(value)
+        except ValueError:
+            raise ValueError(f"{IMAGE_THREADS_ENV} must be a whole number of threads, got {value!r}") from None
+        return max(1, threads)
+    return max(1, min(MAX_IMAGE_THREADS, os.cpu_count() or 1))
+
+
 # How meta tokens read the content: all of it (the paper), or one part each (granular; text backbones).
 META_ATTENTION = ("full", "spans", "phrases")
 GRANULAR = ("spans", "phrases")  # layouts in which each meta token reads only its part of the content

@@ -12,26 +12,12 @@ without one). A test checks the joined output equals the serial call's.
 from __future__ import annotations
 
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
-THREADS_ENV = "METAEMBED_IMAGE_THREADS"
-MAX_DEFAULT_THREADS = 8
-
-
-def default_threads() -> int:
-    """$METAEMBED_IMAGE_THREADS, else the CPU's cores up to 8 (1: the stock serial call)."""
-    value = os.environ.get(THREADS_ENV, "").strip()
-    if value:
-        try:
-            threads = int(value)
-        except ValueError:
-            raise ValueError(f"{THREADS_ENV} must be a whole number of threads, got {value!r}") from None
-        return max(1, threads)
-    return max(1, min(MAX_DEFAULT_THREADS, os.cpu_count() or 1))
+from ..config import image_threads
 
 
 class ParallelImageProcessor:
@@ -40,7 +26,7 @@ class ParallelImageProcessor:
 
     def __init__(self, inner, threads: int | None = None):
         self.inner = inner
-        self.threads = default_threads() if threads is None else max(1, threads)
+        self.threads = image_threads() if threads is None else max(1, threads)
 
     def __getattr__(self, name: str):
         if name == "inner":  # not set yet (e.g. while copying): never recurse

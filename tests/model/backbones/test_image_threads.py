@@ -8,13 +8,13 @@ import torch
 
 from model.backbones.base import parse_items
 from model.backbones.image_threads import (
-    THREADS_ENV,
     ParallelImageProcessor,
     _any_image,
     _join,
     _with_an_image_each,
-    default_threads,
 )
+from model.config import IMAGE_THREADS_ENV as THREADS_ENV
+from model.config import image_threads
 
 from . import test_vlm
 from .test_vlm import FAMILIES, load, picture
@@ -111,11 +111,11 @@ def test_views_heights_and_widths_are_padded_with_zeros_when_slices_differ():
 
 def test_threads_come_from_the_environment(monkeypatch):
     monkeypatch.setenv(THREADS_ENV, "3")
-    assert default_threads() == 3 and ParallelImageProcessor(None).threads == 3
+    assert image_threads() == 3 and ParallelImageProcessor(None).threads == 3
     monkeypatch.setenv(THREADS_ENV, "0")
-    assert default_threads() == 1
+    assert image_threads() == 1
     monkeypatch.setenv(THREADS_ENV, "many")
     with pytest.raises(ValueError, match=THREADS_ENV):
-        default_threads()
+        image_threads()
     monkeypatch.delenv(THREADS_ENV)
-    assert 1 <= default_threads() <= 8
+    assert 1 <= image_threads() <= 8

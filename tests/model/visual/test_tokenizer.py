@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from model.config import IMAGE_THREADS_ENV
 from model.visual import classifier as classifier_mod
 from model.visual import colours as colours_mod
 from model.visual import ocr as ocr_mod
@@ -415,6 +416,29 @@ def test_large_jpeg_file_is_read_at_reduced_scale_without_touching_the_callers_i
     loaded.load()  # a decoded image takes the full-resolution path
     np.testing.assert_allclose(probs.sum(), 1.0, atol=1e-4)
     assert np.abs(probs - tok_mod.image_class_probabilities(loaded)).max() < 0.1
+
+
+def test_photos_prepared_in_threads_give_the_docs_of_one_at_a_time(tokenizer, tmp_path, monkeypatch):
+    path = tmp_path / "lazy.jpg"
+    _scene(1600, 900, seed=5).save(path, quality=90)
+    shared = _scene(seed=1)
+    images = [_scene(seed=0), shared, Image.open(path), shared, Image.new("RGB", (64, 64), "white")]
+    monkeypatch.setenv(IMAGE_THREADS_ENV, "1")
+    serial = tokenizer.tokenize(images, ocr=False)
+    monkeypatch.setenv(IMAGE_THREADS_ENV, "4")
+    threaded = tokenizer.tokenize(images, ocr=False)
+    assert [d.text for d in threaded] == [d.text for d in serial]
+    assert threaded[1].text == threaded[3].text  # the same object twice: prepared once, read twice
+    for a, b in zip(threaded, serial, strict=True):
+        assert [t.text for t in a.tokens] == [t.text for t in b.tokens]
+        for ta, tb in zip(a.tokens, b.tokens, strict=True):
+            assert (ta.region is None) == (tb.region is None)
+            if ta.region is not None:
+                np.testing.assert_array_equal(ta.region, tb.region)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(ValueError, match=r"images\[2\] cannot be decoded"):
+        tokenizer.tokenize([_scene(seed=0), _scene(seed=1), Image.open(broken)], ocr=False)
 
 
 def test_chunked_overlapped_run_gives_the_same_docs(classifier):
