@@ -117,15 +117,21 @@ def _working_copy(img: Image.Image, short_side: int = WORK_SHORT_SIDE) -> Image.
     return rgb.reduce(factor) if factor > 1 else rgb
 
 
-def _cam_to_frame(cam: np.ndarray, crop_box: tuple[float, float, float, float], size: int = MASK_SIZE) -> np.ndarray:
+SIDE_FADE_CELLS = 1.5  # CAM cells (of 7 across the square) over which a one-crop map fades beyond it
+
+
+def _cam_to_frame(cam: np.ndarray, crop_box: tuple[float, float, float, float], size: int = MASK_SIZE,
+                  fade: float = 0.0) -> np.ndarray:
     """Resample a [g, g] map covering `crop_box` (normalised) onto a [size, size] grid over the whole image
-    (bilinear, cell centres; zero outside the crop)."""
+    (bilinear, cell centres). Zero outside the crop; with `fade` > 0, the crop's edge values fade linearly to
+    zero over `fade` CAM cells beyond it instead."""
     g = cam.shape[0]
     centres = (np.arange(size) + 0.5) / size
 
     def weights(lo: float, hi: float) -> np.ndarray:
-        pos = (centres - lo) / max(hi - lo, 1e-9) * g - 0.5  # position in CAM cell units
-        inside = (centres >= lo) & (centres <= hi)
+        pos = (centres - lo) / max(hi - lo, 1e-9) * g - 0.5  # position in CAM cell units; the crop is -0.5..g-0.5
+        beyond = np.maximum(np.maximum(-0.5 - pos, pos - (g - 0.5)), 0.0)  # cells outside the crop's edge
+        keep = np.clip(1.0 - beyond / fade, 0.0, 1.0) if fade > 0 else (beyond == 0).astype(np.float32)
         pos = np.clip(pos, 0, g - 1)
         left = np.floor(pos).astype(int)
         right = np.minimum(left + 1, g - 1)
@@ -133,7 +139,7 @@ def _cam_to_frame(cam: np.ndarray, crop_box: tuple[float, float, float, float], 
         w = np.zeros((size, g), np.float32)
         w[np.arange(size), left] += 1 - frac
         w[np.arange(size), right] += frac
-        return w * inside[:, None]
+        return w * keep[:, None]
 
     x0, y0, x1, y1 = crop_box
     return np.clip(weights(y0, y1) @ cam @ weights(x0, x1).T, 0.0, 1.0)
@@ -279,8 +285,11 @@ class VisualTokenizer:
             maps = self.classifier.cams(features, [classes] * len(features))  # per crop: [len(classes), 7, 7]
             class_probs = crop_probs[:, classes]
             sureness = class_probs / np.maximum(class_probs.max(axis=0), 1e-12)
+            # A photo read through its centre square alone: the strips beside it were not seen, so the map fades
+            # out across them instead of stopping at a hard edge that looked like a frame drawn on the photo.
+            fade = SIDE_FADE_CELLS if len(prep.crop_boxes) == 1 else 0.0
             for j, c in enumerate(classes):
-                cams[c] = np.max([_cam_to_frame(m[j], box) * sure[j]
+                cams[c] = np.max([_cam_to_frame(m[j], box, fade=fade) * sure[j]
                                   for m, box, sure in zip(maps, prep.crop_boxes, sureness, strict=True)], axis=0)
         tokens = []
         for s in spans:

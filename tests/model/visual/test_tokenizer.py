@@ -224,6 +224,30 @@ def test_cam_is_placed_over_the_crop_in_full_frame_coordinates():
     assert not frame[:, :8].any() and not frame[:, 24:].any() and frame.max() <= 1
 
 
+def test_a_one_crop_map_fades_out_beyond_the_crop_instead_of_stopping():
+    cam = np.ones((FEATURE_GRID, FEATURE_GRID), np.float32)
+    box = (0.125, 0.0, 0.875, 1.0)  # the centre square of a 4:3 photo: 4 of 32 columns each side unseen
+    hard = tok_mod._cam_to_frame(cam, box, size=32)
+    soft = tok_mod._cam_to_frame(cam, box, size=32, fade=tok_mod.SIDE_FADE_CELLS)
+    np.testing.assert_allclose(soft[:, 4:28], hard[:, 4:28])  # inside the crop: unchanged
+    assert not hard[:, :4].any() and not hard[:, 28:].any()
+    left = soft[0, :4]
+    assert np.all(np.diff(left) > 0) and 0 < left[0] < left[-1] < 1  # rising towards the crop, no step
+    np.testing.assert_allclose(soft[:, :4], soft[:, 28:][:, ::-1], atol=1e-6)  # both sides alike
+    far = tok_mod._cam_to_frame(cam, (0.3, 0.0, 0.7, 1.0), size=32, fade=tok_mod.SIDE_FADE_CELLS)
+    assert not far[:, :2].any() and not far[:, 30:].any()  # more than `fade` cells away: nothing
+
+
+def test_a_photo_read_through_its_centre_square_gets_maps_that_fade_across_the_unseen_strips(tokenizer):
+    [doc] = tokenizer.tokenize([_scene(800, 600)], ocr=False)  # 4:3: one crop, 4 of 32 columns each side unseen
+    for token in (t for t in doc.tokens if t.kind == "concept"):
+        region = token.region.astype(np.float32)
+        inside = region[:, 4:28].max(axis=1)
+        for col in (0, 31):
+            assert region[:, col].any()  # not cut off at the crop's edge...
+            assert np.all(region[:, col] <= inside + 1e-3)  # ...but no brighter than what was seen
+
+
 def test_two_colour_image_finds_both_with_sane_fractions():
     img = Image.new("RGB", (400, 300), (210, 30, 30))
     img.paste((30, 70, 200), (0, 0, 400, 90))  # top 30 % blue
