@@ -235,8 +235,8 @@ class VisualTokenizer:
             done = [self._prepare_one(images[i], i, size, want_stroke) for i in todo]
         else:
             # One photo per thread: decoding, resizing, the text statistic, colours and the face detector
-            # release the GIL, and they are about half of a photo's CPU time (docs/benchmarks.md, "Photo
-            # indexing speed").
+            # release the GIL, and together they are the largest share of a photo's encoding time (~33 of
+            # ~100 ms of CPU in the upload path; docs/benchmarks.md, "Photo indexing speed").
             with ThreadPoolExecutor(threads, thread_name_prefix="visual-prepare") as pool:
                 done = list(pool.map(lambda i: self._prepare_one(images[i], i, size, want_stroke), todo))
         by_index = dict(zip(todo, done, strict=True))
