@@ -227,8 +227,9 @@ class VisualTokenizer:
 
     def _prepare(self, images, start: int, stop: int, want_stroke: bool) -> list[_Prepared]:
         size = getattr(self.classifier, "input_size", INPUT_SIZE)
+        indices = range(start, min(stop, len(images)))
         # Each distinct image once: the same object twice in a batch must not be decoded by two threads at once.
-        first = {id(images[i]): i for i in reversed(range(start, min(stop, len(images))))}
+        first = {id(images[i]): i for i in reversed(indices)}
         todo = sorted(first.values())
         threads = min(len(todo), image_threads())
         if threads < 2:
@@ -239,8 +240,8 @@ class VisualTokenizer:
             # ~100 ms of CPU in the upload path; docs/benchmarks.md, "Photo indexing speed").
             with ThreadPoolExecutor(threads, thread_name_prefix="visual-prepare") as pool:
                 done = list(pool.map(lambda i: self._prepare_one(images[i], i, size, want_stroke), todo))
-        by_index = dict(zip(todo, done, strict=True))
-        return [by_index[first[id(images[i])]] for i in range(start, min(stop, len(images)))]
+        prepared = dict(zip(todo, done, strict=True))
+        return [prepared[first[id(images[i])]] for i in indices]
 
     def _prepare_one(self, img, i: int, size: int, want_stroke: bool) -> _Prepared:
         try:
