@@ -33,6 +33,11 @@ Facts checked against the packages' code (efficientnet_lite_pytorch 0.1.0):
   commonest photo shapes (docs/benchmarks.md, "Photo indexing speed"). Squashing the whole frame to a square,
   feeding it at its own aspect ratio (also with 7x7 windows of its feature map pooled like crops), and TF's 0.875
   centre crop all scored worse.
+  A photo of one object on a plain background (a product shot, a cut-out on white) is read once, through a
+  square around the object instead (`object_square`; 2026-12-01). Dev photos the classifier is sure of (top-1
+  >= 0.5, 36 of them) pasted onto a white 1600x1200 frame at 50 / 30 / 15 % of its width: the tokenizer named
+  the class 0.67 / 0.28 / 0.00 of the time through the centre square, 0.89 / 0.89 / 0.83 through the object's.
+  No photo of the dev or held-out split is read differently (their backgrounds are not plain).
 
 Speed: batch-norm is folded into the convolutions and stride-1 "SAME" paddings become ordinary symmetric
 conv padding, then the network runs in bfloat16 (about 3x faster than the package's fp32 eager model on
@@ -120,6 +125,24 @@ _MEAN = 127.0
 _STD = 128.0
 MULTI_CROP_MIN_ASPECT = 1.7  # 16:9 and wider: the centre square misses >= 40 % of the frame
 CENTRE_WEIGHT = 2.0  # the centre crop's weight in the average; each end crop counts 1
+
+# One object on a plain background (a product shot, a cut-out on white): ImageNet shows its subjects large, and
+# a small object in the middle of a plain frame filled a fraction of the centre square and was misread (the
+# model issue's hidden photos: "small cut-out objects on white"). Such a photo is read through one square
+# around the object (`object_square`). The background is plain when PLAIN_BORDER_SHARE of the pixels on the
+# frame's edge are within PLAIN_TOLERANCE (per channel, 0..255) of their median colour, and so are as many of
+# the pixels outside the object's box; the object is what differs from it by more than twice that. The square
+# (the object's box with OBJECT_MARGIN of its side added on each side) is used only when it is at most
+# OBJECT_MAX_SIDE of the short side (a screenshot or a framed picture whose content fills the frame keeps the
+# usual crops), and is never smaller than OBJECT_MIN_SIDE of it. An object box under OBJECT_MIN_AREA of the
+# frame is a speck (a dark mark in a pale marble texture), not a subject.
+PLAIN_BORDER_SHARE = 0.9
+PLAIN_TOLERANCE = 24
+OBJECT_MARGIN = 0.08
+OBJECT_MAX_SIDE = 0.8
+OBJECT_MIN_SIDE = 0.125
+OBJECT_MIN_AREA = 0.005
+_OBJECT_ANALYSIS_SIDE = 256  # long side of the copy the background test reads
 
 
 @dataclass
@@ -225,9 +248,61 @@ def crop_squares(width: int, height: int) -> list[tuple[float, float]]:
     return squares
 
 
-def preprocess(img: Image.Image, input_size: int = INPUT_SIZE) -> tuple[np.ndarray, list[tuple[float, float, float, float]]]:
-    """PIL image -> float32 [K, 3, S, S] network inputs (S = input_size, the variant's; its K square crops, see
-    `crop_squares`) and the normalised box of the image each crop covers."""
+def object_square(img: Image.Image) -> tuple[float, float, float] | None:
+    """(left, top, side) in pixels of the square around the one object of an RGB photo on a plain background,
+    or None when the background is not plain or the object fills the frame (see PLAIN_BORDER_SHARE)."""
+    width, height = img.size
+    factor = max(1, max(width, height) // _OBJECT_ANALYSIS_SIDE)
+    small = np.asarray(img.reduce(factor) if factor > 1 else img, dtype=np.int16)
+    rows, cols = small.shape[:2]
+    edge = max(1, min(rows, cols) // 32)
+    border = np.concatenate([small[:edge].reshape(-1, 3), small[-edge:].reshape(-1, 3),
+                             small[:, :edge].reshape(-1, 3), small[:, -edge:].reshape(-1, 3)])
+    background = np.median(border, axis=0)
+    if (np.abs(border - background).max(axis=1) <= PLAIN_TOLERANCE).mean() < PLAIN_BORDER_SHARE:
+        return None
+    distance = np.abs(small - background).max(axis=2)
+    ys, xs = np.nonzero(distance > 2 * PLAIN_TOLERANCE)
+    if xs.size == 0:
+        return None  # a plain picture: nothing to centre on
+    if (ys.max() + 1 - ys.min()) * (xs.max() + 1 - xs.min()) < OBJECT_MIN_AREA * rows * cols:
+        return None  # a speck (a mark in a soft texture), not a subject
+    sx, sy = width / cols, height / rows
+    x0, x1, y0, y1 = xs.min() * sx, (xs.max() + 1) * sx, ys.min() * sy, (ys.max() + 1) * sy
+    short = min(width, height)
+    side = max(x1 - x0, y1 - y0) * (1 + 2 * OBJECT_MARGIN)
+    if side > OBJECT_MAX_SIDE * short:
+        return None
+    outside = np.ones((rows, cols), dtype=bool)
+    outside[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = False
+    if (distance[outside] <= PLAIN_TOLERANCE).mean() < PLAIN_BORDER_SHARE:
+        return None  # plain at the edge only (a soft texture, a vignette): no object stands out of it
+    side = max(side, OBJECT_MIN_SIDE * short)
+    left = min(max((x0 + x1 - side) / 2, 0.0), width - side)
+    top = min(max((y0 + y1 - side) / 2, 0.0), height - side)
+    return float(left), float(top), float(side)
+
+
+def classifier_crops(img: Image.Image) -> list[tuple[float, float, float]]:
+    """(left, top, side) in pixels of each square the classifier reads of an RGB image: the object's square
+    (`object_square`) when there is one, else the squares of `crop_squares`, centre first. Only an object's
+    square is shorter than the image's short side (`reads_an_object`)."""
+    found = object_square(img)
+    if found is not None:
+        return [found]
+    side = float(min(img.size))
+    return [(left, top, side) for left, top in crop_squares(*img.size)]
+
+
+def reads_an_object(img: Image.Image, crops: list[tuple[float, float, float]]) -> bool:
+    """Whether `classifier_crops(img)` gave the square around one object on a plain background."""
+    return len(crops) == 1 and crops[0][2] < min(img.size)
+
+
+def preprocess(img: Image.Image, input_size: int = INPUT_SIZE, crops: list[tuple[float, float, float]] | None = None,
+               ) -> tuple[np.ndarray, list[tuple[float, float, float, float]]]:
+    """PIL image -> float32 [K, 3, S, S] network inputs (S = input_size, the variant's; its K square crops,
+    `crops` or else `classifier_crops(img)`) and the normalised box of the image each crop covers."""
     if not isinstance(img, Image.Image):
         raise ValueError(f"classifier: expected a PIL.Image.Image, got {type(img).__name__}")
     width, height = img.size
@@ -235,9 +310,8 @@ def preprocess(img: Image.Image, input_size: int = INPUT_SIZE) -> tuple[np.ndarr
         raise ValueError(f"classifier: image has an empty size {img.size}")
     img = to_rgb(img)
     w, h = img.size
-    side = min(w, h)
     inputs, boxes = [], []
-    for left, top in crop_squares(w, h):
+    for left, top, side in classifier_crops(img) if crops is None else crops:
         resized = img.resize(
             (input_size, input_size),
             Image.Resampling.BILINEAR,

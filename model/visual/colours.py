@@ -106,14 +106,25 @@ def dominant_colours(
     img: Image.Image | np.ndarray,
     max_colours: int = MAX_COLOURS,
     min_fraction: float = MIN_FRACTION,
+    within: tuple[float, float, float, float] | None = None,
 ) -> list[DominantColour]:
-    """The image's dominant colours, largest first (at least one for any non-empty image)."""
+    """The image's dominant colours, largest first (at least one for any non-empty image).
+
+    within: a box (x0, y0, x1, y1, normalised to 0..1) to name the colours of, e.g. the object of a product
+    shot rather than its white background; fractions are then shares of the box, and masks are zero outside it.
+    """
     if max_colours < 1:
         raise ValueError(f"colours: max_colours must be >= 1, got {max_colours}")
     rgb = _thumbnail_rgb(img)
     labels = classify_pixels(rgb)
     _, sat, val = rgb_to_hsv(rgb)
-    counts = np.bincount(labels.ravel(), minlength=len(BASIC_COLOURS)).astype(np.float64)
+    if within is not None:
+        centres = (np.arange(ANALYSIS_SIZE) + 0.5) / ANALYSIS_SIZE
+        x0, y0, x1, y1 = within
+        inside = ((centres[:, None] >= y0) & (centres[:, None] < y1)) & ((centres >= x0) & (centres < x1))
+        if inside.any():
+            labels = np.where(inside, labels, -1).astype(np.int8)
+    counts = np.bincount(labels[labels >= 0], minlength=len(BASIC_COLOURS)).astype(np.float64)
     fractions = counts / counts.sum()
     order = sorted(range(len(BASIC_COLOURS)), key=lambda i: (-fractions[i], i))
     chosen: list[int] = []

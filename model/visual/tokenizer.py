@@ -27,7 +27,14 @@ import numpy as np
 from PIL import Image
 
 from ..config import env_switch, image_threads
-from .classifier import INPUT_SIZE, get_classifier, predict_crops, preprocess
+from .classifier import (
+    INPUT_SIZE,
+    classifier_crops,
+    get_classifier,
+    predict_crops,
+    preprocess,
+    reads_an_object,
+)
 from .colours import MASK_SIZE, dominant_colours
 from .images import to_rgb
 from .ocr import ocr_image, text_gate, text_stroke_score
@@ -250,10 +257,13 @@ class VisualTokenizer:
             raise ValueError(f"tokenize: images[{i}] cannot be decoded: {exc}") from exc
         if work.width < 1 or work.height < 1:
             raise ValueError(f"tokenize: images[{i}] is empty ({img.size})")
-        inputs, boxes = preprocess(work, size)
+        crops = classifier_crops(work)
+        inputs, boxes = preprocess(work, size, crops)
         stroke = text_stroke_score(work) if want_stroke else 0.0
         faces = self.face_detector.detect(work) if self.face_detector is not None else []
-        return _Prepared(inputs, boxes, dominant_colours(work), stroke, faces)
+        # A product shot's colours are its object's, not the plain background's that fills most of the frame.
+        colours = dominant_colours(work, within=boxes[0] if reads_an_object(work, crops) else None)
+        return _Prepared(inputs, boxes, colours, stroke, faces)
 
     def _finish(self, images, start: int, prepared: list[_Prepared], ocr) -> list[VisualDoc]:
         merged, crop_probs, features = predict_crops(self.classifier.predict, [p.inputs for p in prepared])

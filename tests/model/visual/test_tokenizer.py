@@ -24,9 +24,11 @@ from model.visual.classifier import (
     MULTI_CROP_MIN_ASPECT,
     ImageClassifier,
     build_fused_features,
+    classifier_crops,
     crop_squares,
     load_package_model,
     merge_crops,
+    object_square,
     preprocess,
     reference_logits,
 )
@@ -144,6 +146,63 @@ def test_crop_squares_add_the_ends_only_for_elongated_images():
     assert crop_squares(900, 1600) == [(0.0, 350.0), (0.0, 0.0), (0.0, 700.0)]
 
 
+def _on_white(subject: Image.Image, box: tuple[int, int, int, int], size: tuple[int, int] = (1200, 900)) -> Image.Image:
+    """`subject` resized into `box` (x0, y0, x1, y1) of a white frame: a product shot, a cut-out on white."""
+    frame = Image.new("RGB", size, "white")
+    frame.paste(subject.convert("RGB").resize((box[2] - box[0], box[3] - box[1])), box[:2])
+    return frame
+
+
+def _noise(width: int, height: int, lo: int = 0, hi: int = 256, seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(lo, hi, (height, width, 3), dtype=np.uint8))
+
+
+def test_object_square_frames_a_small_object_on_a_plain_background():
+    img = _on_white(_noise(240, 200), (250, 500, 490, 700))
+    left, top, side = object_square(img)
+    assert left <= 250 and top <= 500 and left + side >= 490 and top + side >= 700  # the whole object ...
+    assert 240 <= side < 300  # ... and little else (a margin of OBJECT_MARGIN per side)
+    assert classifier_crops(img) == [(left, top, side)]
+    x0, y0, x1, y1 = preprocess(img)[1][0]
+    assert (x0, y0, x1, y1) == pytest.approx((left / 1200, top / 900, (left + side) / 1200, (top + side) / 900))
+    # A cut-out with a transparent background reads the same: to_rgb puts it on white.
+    rgba = Image.new("RGBA", (1200, 900), (0, 0, 0, 0))
+    rgba.paste(_noise(240, 200).convert("RGBA"), (250, 500))
+    assert object_square(to_rgb(rgba)) == pytest.approx((left, top, side))
+    # Near the frame's edge the square stays inside the image; a tiny object still gets a readable square.
+    corner = object_square(_on_white(_noise(90, 90), (1100, 800, 1190, 890)))
+    assert corner is not None and corner[0] + corner[2] <= 1200 and corner[1] + corner[2] <= 900
+    assert corner[2] == pytest.approx(classifier_mod.OBJECT_MIN_SIDE * 900)
+
+
+def test_object_square_leaves_scenes_and_full_frames_alone():
+    assert object_square(_scene()) is None  # no plain background
+    assert object_square(Image.new("RGB", (400, 300), "white")) is None  # nothing to centre on
+    assert object_square(_on_white(_noise(1000, 800), (100, 50, 1100, 850))) is None  # the content fills the frame
+    speck = Image.new("RGB", (800, 600), (200, 190, 170))
+    speck.paste((90, 80, 60), (400, 300, 410, 310))  # a mark in a pale texture, not a subject
+    assert object_square(speck) is None
+    # Plain at the edge only: a soft texture (every pixel within 2x the tolerance) inside a plain margin.
+    framed = _on_white(_noise(1100, 800, lo=255 - 2 * classifier_mod.PLAIN_TOLERANCE), (50, 50, 1150, 850))
+    framed.paste(_noise(200, 200), (500, 350))
+    assert object_square(framed) is None
+    assert len(classifier_crops(_on_white(_noise(200, 200), (300, 300, 500, 500), size=(1600, 900)))) == 1  # one crop
+    assert len(classifier_crops(_scene(1600, 900))) == 3  # a wide scene keeps its three squares
+
+
+def test_a_small_object_on_white_is_named(classifier):
+    """A photo pasted at a fifth of the frame's width onto white (a product shot): read through the centre square
+    the dog filled a fraction of the classifier's input and was not named; read through its own square it is."""
+    img = _on_white(Image.open(EXAMPLES / "golden-retriever.jpg"), (250, 500, 490, 740))
+    doc = tok_mod.VisualTokenizer(classifier=classifier, people=False).tokenize([img], ocr=False)[0]
+    assert "dog" in doc.text
+    assert "brown" in [t.text for t in doc.tokens if t.kind == "colour"]  # the dog's colour, not just the white
+    dog = next(t for t in doc.tokens if t.kind == "concept" and "dog" in t.text)
+    row, col = np.unravel_index(np.argmax(dog.region), dog.region.shape)
+    size = dog.region.shape[0]
+    assert 250 / 1200 <= (col + 0.5) / size <= 490 / 1200 and 500 / 900 <= (row + 0.5) / size <= 740 / 900
+
+
 def test_merge_crops_counts_the_centre_twice():
     probs = np.zeros((3, 1000), np.float32)
     probs[0, 1], probs[1, 2], probs[2, 3] = 1.0, 1.0, 1.0
@@ -258,6 +317,17 @@ def test_two_colour_image_finds_both_with_sane_fractions():
     blue_mask = found["blue"].mask
     assert blue_mask.shape == (colours_mod.MASK_SIZE, colours_mod.MASK_SIZE)
     assert blue_mask[:5].mean() > 0.95 and blue_mask[-10:].max() == 0
+
+
+def test_colours_within_a_box_are_the_boxs_own():
+    img = Image.new("RGB", (400, 300), "white")
+    img.paste((30, 60, 200), (180, 130, 220, 170))  # a small dark blue object: 1.3 % of the frame
+    assert [c.basic for c in colours_mod.dominant_colours(img)] == ["white"]
+    box = (160 / 400, 110 / 300, 240 / 400, 190 / 300)
+    found = {c.basic: c for c in colours_mod.dominant_colours(img, within=box)}
+    assert set(found) == {"blue", "white"} and found["blue"].fraction == pytest.approx(0.25, abs=0.05)
+    mask = found["white"].mask  # zero outside the box, though the whole frame is white
+    assert mask[:8].max() == 0 and mask[:, :10].max() == 0 and mask[12, 13] > 0 and mask[16, 16] == 0
 
 
 def test_achromatic_colours_are_named():
