@@ -35,7 +35,7 @@ from .humanize import files_of
 from .indexing import index_paths
 from .ingest import default_ocr, load_image
 from .search import Searcher
-from .store import open_store, open_store_for, remove_items
+from .store import open_store, open_store_for
 from .store.index import REBUILD_HINT
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -209,7 +209,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_remove(args: argparse.Namespace) -> int:
     with open_store(store_of(args)) as index:
         try:
-            removed = remove_items(index, args.targets)
+            removed = index.remove(args.targets)
         except KeyError as e:
             raise CliError(e.args[0]) from None
     if args.json:

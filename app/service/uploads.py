@@ -12,7 +12,6 @@ from pathlib import Path
 
 from app.indexing import index_paths
 from app.ingest import IMAGE_EXTENSIONS
-from app.store import remove_items
 from app.store.index import Index, IndexedItem
 
 from .collection import Collection
@@ -128,7 +127,7 @@ def remove(engine: Engine, coll: Collection, targets: Sequence[str]) -> list[Ind
         for t in targets:
             p = coll.files_dir / t
             resolved.append(str(p.resolve()) if (not _looks_like_id(t) and p.exists()) else t)
-        removed = remove_items(idx, resolved)
+        removed = idx.remove(resolved)
         for t in resolved:
             p = Path(t)
             if p.is_absolute() and p.is_file() and _inside(p, coll.files_dir) and not idx.items(str(p)) \

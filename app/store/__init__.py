@@ -1,7 +1,7 @@
 """The store: persists indexed items (their candidate vectors and metadata) and searches them.
 
 - `base`: the `Store` interface every store offers, `open_store` / `open_store_for`, which open the
-  embedded index for a folder or a Qdrant store for a `qdrant://` / `qdrant-local:` spec, and `remove_items`.
+  embedded index for a folder or a Qdrant store for a `qdrant://` / `qdrant-local:` spec.
 - `index`: the embedded `Index` (the default): opening, reading, writing under the lock and their crash
   safety, search.
 - `qdrant`: `QdrantStore`, the same interface over a Qdrant collection (a server or cluster, or local mode);
@@ -17,9 +17,9 @@
   first stage.
 """
 
-from .base import Store, open_store, open_store_for, remove_items
+from .base import Store, open_store, open_store_for
 from .index import DB_NAME, REBUILD_HINT, CheckpointMismatch, Index, IndexedItem, IndexError_
 from .qdrant import QdrantStore, is_qdrant
 
 __all__ = ["DB_NAME", "REBUILD_HINT", "CheckpointMismatch", "Index", "IndexError_", "IndexedItem", "QdrantStore",
-           "Store", "is_qdrant", "open_store", "open_store_for", "remove_items"]
+           "Store", "is_qdrant", "open_store", "open_store_for"]

@@ -47,7 +47,7 @@ class Store(Protocol):
     def search(self, q: torch.Tensor, budget: tuple[int, int], k: int = 10, *,
                exact: bool | None = None) -> list[tuple[int, float]]: ...
     def add(self, items: Sequence[Any], vectors: torch.Tensor | np.ndarray) -> list[str | None]: ...
-    def remove(self, targets: Iterable[str]) -> list[str]: ...
+    def remove(self, targets: Iterable[str]) -> list[IndexedItem]: ...  # the removed items, by id
     def compact(self) -> None: ...
 
 
@@ -66,9 +66,3 @@ def open_store_for(spec: str | os.PathLike, checkpoint_id: str, num_vectors: int
         return QdrantStore.open_for(str(spec), checkpoint_id, num_vectors, dim, checkpoint_source)
     return Index.open_for(spec, checkpoint_id, num_vectors, dim, checkpoint_source)
 
-
-def remove_items(store: Store, targets: Iterable[str]) -> list[IndexedItem]:
-    """`store.remove(targets)`, returning the removed items as they were (the store keeps only their ids
-    afterwards): what a message needs to count them as files and pages (humanize.files_of)."""
-    before = {it.id: it for it in store.items()}
-    return [before[i] for i in store.remove(targets) if i in before]

@@ -442,8 +442,9 @@ class Index:
         return new_id(self._conn, content_hash)
 
     @_locked
-    def remove(self, targets: Iterable[str]) -> list[str]:
-        """Remove items by id or by source path (a file, a zip archive or a folder); returns removed ids.
+    def remove(self, targets: Iterable[str]) -> list[IndexedItem]:
+        """Remove items by id or by source path (a file, a zip archive or a folder); returns the removed items
+        as they were, by id (what a message needs to count them as files and pages: humanize.files_of).
 
         Raises KeyError naming the targets that match nothing (and then removes nothing).
         """
@@ -459,10 +460,11 @@ class Index:
             if missing:
                 raise KeyError(f"nothing in index {self.directory} matches {', '.join(map(repr, missing))} "
                                "(give item ids or indexed paths)")
+            removed = self.get_many(list(rowids))
             with transaction(self._conn, "IMMEDIATE"):
                 delete_items(self._conn, list(rowids))
             compaction.rewrite_sparse(self._conn, self.directory, self.num_vectors, self.dim)
-        return sorted(rowids.values())
+        return sorted(removed.values(), key=lambda it: it.id)
 
     # ---- segment maintenance (app.store.compaction) -------------------------------------------------
     @property

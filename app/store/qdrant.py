@@ -408,8 +408,9 @@ class QdrantStore:
         raise IndexError_(f"content hash {content_hash} is already stored")
 
     @_guarded
-    def remove(self, targets: Iterable[str]) -> list[str]:
-        """Remove items by id or by source path (a file, a zip archive or a folder); returns removed ids.
+    def remove(self, targets: Iterable[str]) -> list[IndexedItem]:
+        """Remove items by id or by source path (a file, a zip archive or a folder); returns the removed items
+        as they were, by id. Reads only what it removes (a large collection is never scrolled through).
 
         Raises KeyError naming the targets that match nothing (and then removes nothing).
         """
@@ -425,9 +426,10 @@ class QdrantStore:
         if missing:
             raise KeyError(f"nothing in {self.location} matches {', '.join(map(repr, missing))} "
                            "(give item ids or indexed paths)")
+        removed = self.get_many(list(found)) if found else {}
         if found:
             self._client.delete(self.collection, points_selector=models.PointIdsList(points=list(found)), wait=True)
-        return sorted(found.values())
+        return sorted(removed.values(), key=lambda it: it.id)
 
     def _match(self, target: str) -> dict[int, str]:
         """{point id: item id} of what `target` names: an item id, or a path and everything under it."""

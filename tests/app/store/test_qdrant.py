@@ -86,7 +86,9 @@ def test_items_under_a_folder_or_zip_are_removed_and_moves_follow(store):
     store.add(a + z + other, unit(5, R_C, D, seed=5))
     assert store.move("/docs/0.txt", "/photos/2024/moved.txt", "moved.txt") == 1
     assert [it.title for it in store.items("/photos/2024/moved.txt")] == ["moved.txt"]
-    assert len(store.remove(["/photos/archive.zip"])) == 2
+    zipped = store.remove(["/photos/archive.zip"])
+    assert sorted(it.path for it in zipped) == [f"/photos/archive.zip!/x/{n}.jpg" for n in range(2)]
+    assert [it.id for it in zipped] == sorted(it.id for it in zipped)
     assert len(store.remove(["/photos/2024/"])) == 3  # the moved item is under its new folder
     assert len(store) == 0
     with pytest.raises(KeyError, match="nothing in qdrant-local:.* matches '/photos'"):
