@@ -34,7 +34,8 @@ from .store.index import CheckpointMismatch, IndexedItem
 Query = str | Image.Image | dict  # text, an image, or {"image": ..., "text": ...}
 DEFAULT_CACHE_SIZE = 256
 PAGE_DEPTH = 4  # one_per_page: items fetched per result wanted (a page has its page item plus a few passages)
-CALIBRATION_NAME = "calibration.json"  # a checkpoint's weak-match thresholds (bench/weak_match.py --write)
+CALIBRATION_NAME = "calibration.json"  # a checkpoint's weak-match threshold (bench/weak_match.py --write)
+WHOLE_MATCH = (1, 1)  # the budget whose score judges a query as a whole (the weak-match flag)
 
 
 # ------------------------------------------------------------------------------------------------ results
@@ -179,30 +180,26 @@ def check_budget(budget: Any, num_query_vectors: int, num_candidate_vectors: int
     return int(r_q), int(r_c)
 
 
-def load_calibration(folder: str | os.PathLike | None, ckpt_id: str) -> dict[tuple[int, int], float]:
-    """A checkpoint's weak-match thresholds per preset (comparable score = MaxSim / r_q), if it has them for
-    exactly these weights; {} otherwise (then no result is flagged)."""
+def load_calibration(folder: str | os.PathLike | None, ckpt_id: str) -> float | None:
+    """A checkpoint's weak-match threshold, if it has one for exactly these weights; None otherwise (then no
+    search is flagged).
+
+    The flag judges the query as a whole, at every budget: "no close match" when no item's first vector (the
+    whole item) comes within the threshold of the query's first vector (the whole query), i.e. when the best
+    score at WHOLE_MATCH = (1, 1) is below it. At larger budgets the best score is the mean of each query
+    vector's best part anywhere, and word fragments ("qwzx" read as q·w·z·x) find parts that share them, so
+    gibberish scored like a real query there (docs/benchmarks.md, "No close match").
+    """
     path = Path(folder) / CALIBRATION_NAME if folder else None
     if path is None or not path.is_file():
-        return {}
+        return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         if data.get("checkpoint_id") != ckpt_id:
-            return {}  # made for other weights: its thresholds say nothing about these
-        return {tuple(int(x) for x in k.split(",")): float(v) for k, v in data["weak_match"].items()}
+            return None  # made for other weights: its threshold says nothing about these
+        return float(data["weak_match"][",".join(map(str, WHOLE_MATCH))])
     except (OSError, ValueError, KeyError, AttributeError, TypeError):
-        return {}
-
-
-def weak_threshold(calibration: dict[tuple[int, int], float], budget: tuple[int, int]) -> float | None:
-    """The weak-match threshold at `budget`: its preset's, else that of the preset with the largest r_c not
-    above the budget's (the best score grows with r_c, so this errs towards flagging less)."""
-    if not calibration:
         return None
-    if budget in calibration:
-        return calibration[budget]
-    below = [p for p in calibration if p[1] <= budget[1]]
-    return calibration[max(below, key=lambda p: (p[1], p[0]))] if below else min(calibration.values())
 
 
 # ------------------------------------------------------------------------------------------------ ranking

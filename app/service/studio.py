@@ -28,7 +28,7 @@ from PIL import Image
 from app import ingest as ingest_mod
 from app.humanize import describe_files, echoed, human_bytes
 from app.indexing import encoder_input
-from app.search import Hit, QueryCache, check_budget, rank
+from app.search import WHOLE_MATCH, Hit, QueryCache, check_budget, comparable_score, rank
 from app.store.index import IndexedItem
 from model.files import write_atomic
 
@@ -265,6 +265,12 @@ class Studio:
         sources = [(key, idx) for key, c in colls.items() if (idx := c.index(self.engine, create=False)) is not None]
         hits = rank(sources, query.vectors, budget, k, one_per_page=True)
         return [dataclasses.replace(h, path=colls[h.collection].display_path(h.path)) for h in hits]
+
+    def whole_match(self, query: QueryState, session_key: str | None, include_samples: bool = True) -> float | None:
+        """How close the nearest item comes to the query taken as a whole: the comparable score of the best
+        result at budget WHOLE_MATCH (what the weak-match flag judges, at every budget); None for no items."""
+        hits = self.search(query, session_key, *WHOLE_MATCH, k=1, include_samples=include_samples)
+        return comparable_score(hits[0].score, WHOLE_MATCH[0]) if hits else None
 
     def thumbnail(self, hit: Hit, session_key: str | None) -> str:
         """A JPEG file for the result gallery (written once per item; text passages get a text card)."""

@@ -155,25 +155,23 @@ def test_large_budgets_switch_to_the_first_stage_with_the_same_results(model, in
     assert searcher.encodes == 1
 
 
-def test_weak_match_thresholds_load_only_for_their_own_weights(tmp_path):
-    from app.search import CALIBRATION_NAME, load_calibration, weak_threshold
+def test_the_weak_match_threshold_loads_only_for_its_own_weights(tmp_path):
+    from app.search import CALIBRATION_NAME, load_calibration
 
+    # The threshold is the whole-query one, at (1,1); older files listed one per preset, and still load.
     (tmp_path / CALIBRATION_NAME).write_text(json.dumps({"checkpoint_id": "ck-1",
                                                           "weak_match": {"1,1": 0.2, "4,8": 0.3, "16,64": 0.4}}))
-    cal = load_calibration(tmp_path, "ck-1")
-    assert cal == {(1, 1): 0.2, (4, 8): 0.3, (16, 64): 0.4}
-    assert load_calibration(tmp_path, "ck-2") == {} and load_calibration(None, "ck-1") == {}
-    assert weak_threshold(cal, (4, 8)) == 0.3
-    assert weak_threshold(cal, (6, 32)) == 0.3  # between presets: the one with the largest r_c not above
-    assert weak_threshold(cal, (16, 1)) == 0.2 and weak_threshold({}, (4, 8)) is None
+    assert load_calibration(tmp_path, "ck-1") == 0.2
+    assert load_calibration(tmp_path, "ck-2") is None and load_calibration(None, "ck-1") is None
+    (tmp_path / CALIBRATION_NAME).write_text(json.dumps({"checkpoint_id": "ck-1", "weak_match": {"4,8": 0.3}}))
+    assert load_calibration(tmp_path, "ck-1") is None  # no whole-query threshold: nothing is flagged
     (tmp_path / CALIBRATION_NAME).write_text("{not json")
-    assert load_calibration(tmp_path, "ck-1") == {}  # a damaged file flags nothing rather than failing
+    assert load_calibration(tmp_path, "ck-1") is None  # a damaged file flags nothing rather than failing
 
 
 def test_the_bundled_checkpoint_is_calibrated_for_its_own_weights():
     from app.search import load_calibration
     from model.checkpoint import DEFAULT_CHECKPOINT, checkpoint_id_of_folder
 
-    cal = load_calibration(DEFAULT_CHECKPOINT, checkpoint_id_of_folder(DEFAULT_CHECKPOINT))
-    assert set(cal) == {tuple(p) for p in MetaEmbed.from_pretrained(DEFAULT_CHECKPOINT).config.presets}
-    assert all(0 < t < 1 for t in cal.values())
+    threshold = load_calibration(DEFAULT_CHECKPOINT, checkpoint_id_of_folder(DEFAULT_CHECKPOINT))
+    assert threshold is not None and 0 < threshold < 1

@@ -172,6 +172,23 @@ def test_a_query_is_encoded_once_for_every_budget(studio, tmp_path):
     assert torch.equal(studio.encode_query("red panda").vectors, first.vectors)
 
 
+def test_whole_match_is_the_best_whole_query_score_at_every_budget(studio, tmp_path):
+    """The weak-match flag's statistic: how close the nearest item comes to the query as a whole (its first
+    vector against each item's first), whatever budget the results are ranked at."""
+    assert studio.whole_match(studio.encode_query("red panda"), None) is None  # nothing indexed
+    studio.index_files(studio.local, [_write(tmp_path / "u", "a.txt", "red panda tree"),
+                                      _write(tmp_path / "u", "b.txt", "quiet harbour")])
+    query = studio.encode_query("red panda")
+    [top] = studio.search(query, None, 1, 1, k=1)
+    assert studio.whole_match(query, None) == pytest.approx(top.score) == pytest.approx(1.0, abs=0.01)  # bf16
+    # The same words in another order: at (4, 8) every query vector finds its word in a.txt, but the first
+    # vectors ("panda" against "red", "quiet") are far apart: as a whole, nothing is close.
+    swapped = studio.encode_query("panda red")
+    [best] = studio.search(swapped, None, 4, 8, k=1)
+    assert best.score / 4 == pytest.approx(1.0, abs=0.01)
+    assert studio.whole_match(swapped, None) < 0.5
+
+
 def test_budgets_outside_the_model_are_refused_with_the_allowed_range(studio):
     with pytest.raises(ValueError, match=f"allowed 1..{R_Q}"):
         studio.check_budget(R_Q + 1, 1)

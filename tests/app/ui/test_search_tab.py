@@ -82,13 +82,23 @@ def test_captions_echo_the_query_escaped_and_shortened():
     from app.ui.search_tab import results_caption
 
     hits = [_hit(1, "text", "bold")]
-    caption = results_caption(_query("<b>bold</b> **x** [a](b)"), hits, (4, 8), 3.0, weak_below=99.0)
+    caption = results_caption(_query("<b>bold</b> **x** [a](b)"), hits, (4, 8), 3.0, weak_below=0.3, whole=0.2)
     assert "<b>" not in caption and "&lt;b&gt;bold&lt;/b&gt;" in caption
     assert "\\*\\*x\\*\\*" in caption and "\\[a\\]\\(b\\)" in caption  # Markdown shown as typed
     long = "a dog on the beach at sunset " * 130
-    caption = results_caption(_query(long), hits, (4, 8), 3.0, weak_below=99.0)
+    caption = results_caption(_query(long), hits, (4, 8), 3.0, weak_below=0.3, whole=0.2)
     assert caption.count("a dog on the beach") == 2 * 3  # the no-close-match line and the count line
     assert caption.count("…”") == 2 and len(caption) < 1000
+
+
+def test_no_close_match_is_judged_on_the_whole_query_score():
+    from app.ui.search_tab import results_caption
+
+    hits = [_hit(1, "text", "bold")]
+    assert "No close match" in results_caption(_query("qwzx plorf"), hits, (16, 64), 3.0, weak_below=0.3, whole=0.2)
+    assert "No close match" not in results_caption(_query("a dog"), hits, (16, 64), 3.0, weak_below=0.3, whole=0.4)
+    assert "No close match" not in results_caption(_query("a dog"), hits, (16, 64), 3.0, weak_below=None, whole=0.1)
+    assert "No close match" not in results_caption(_query("a dog"), hits, (16, 64), 3.0, weak_below=0.3, whole=None)
 
 
 def test_a_cached_query_says_it_was_reused():
