@@ -47,7 +47,12 @@ JSON (`--json`), one object::
          "r_q,r_c" (every preset) | "baseline": {"mrr": float, "recall@K" (each K): float, "ndcg@10": float}}},
      "own_kind": {"photo" | "document": null | {the same per-budget metrics, over units of that kind only}},
      "self_similarity": {"photo" | "document": float | null},
-     "warnings": [{"path": str, "error": str}], "seconds": float}
+     "warnings": [{"path": str, "error": str}], "seconds": float,
+     "versions": {"python" | distribution name: version}}
+
+`versions` names the installed packages the numbers depend on (`ENVIRONMENT`): the same checkpoint and files
+gave photo MRRs up to 0.011 apart under two installs of the same requirements (2026-11-30 and 2026-12-01;
+documents identical), as image decoding and resizing read a photo's pixels slightly differently.
 
 `--record SPLIT` also stores the report in the checkpoint folder's quality.json under SPLIT ("<what> (<folder>)"),
 replacing only that split's report (`record_quality`): the app's Model and Scaling tabs draw the reports of the
@@ -88,6 +93,23 @@ QUERIES_NAME = "queries.json"
 SUBFOLDERS = ("photos", "documents")
 NOTES = ("readme", "license", "licenses", "licence", "licences", "copying")  # a flat folder's notes, not judged
 OWN_KIND = {"photo": "over the photos only", "document": "over the documents only"}  # how own_kind is labelled
+# Installed packages whose versions can move a number (decoding, resizing, the classifier's runtime, the encoders).
+ENVIRONMENT = ("torch", "transformers", "numpy", "pillow", "onnxruntime", "rapidocr-onnxruntime", "pypdfium2",
+               "faiss-cpu")
+
+
+def versions() -> dict[str, str]:
+    """Python's version and those of the ENVIRONMENT packages that are installed."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ENVIRONMENT:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
 
 
 class EvalInputError(ValueError):
@@ -458,6 +480,7 @@ def evaluate(model: Any, checkpoint_id: str, folder: str | Path, *, recall_k: Se
         "self_similarity": similarity,
         "warnings": coll.warnings,
         "seconds": round(time.perf_counter() - start, 1),
+        "versions": versions(),
     }
 
 

@@ -175,6 +175,8 @@ def test_end_to_end_json(tmp_path, ckpt, capsys, shared_model):
     assert report["results"]["all"]["baseline"]["recall@5"] == 1.0
     assert set(report["self_similarity"]) == {"photo", "document"}
     assert all(-1.0 <= v <= 1.0 for v in report["self_similarity"].values())
+    assert report["versions"]["torch"] == torch.__version__  # what the numbers were measured with
+    assert report["versions"]["pillow"] == Image.__version__ and report["versions"]["python"].count(".") == 2
     # The temporary index is gone, the folder untouched.
     assert sorted(p.name for p in folder.iterdir()) == ["documents", "photos", "queries.json"]
 
