@@ -180,24 +180,48 @@ def check_budget(budget: Any, num_query_vectors: int, num_candidate_vectors: int
     return int(r_q), int(r_c)
 
 
-def load_calibration(folder: str | os.PathLike | None, ckpt_id: str) -> float | None:
-    """A checkpoint's weak-match threshold, if it has one for exactly these weights; None otherwise (then no
-    search is flagged).
+@dataclass(frozen=True)
+class Calibration:
+    """A checkpoint's "no close match" flag (bench/weak_match.py --write, calibration.json).
 
-    The flag judges the query as a whole, at every budget: "no close match" when no item's first vector (the
-    whole item) comes within the threshold of the query's first vector (the whole query), i.e. when the best
-    score at WHOLE_MATCH = (1, 1) is below it. At larger budgets the best score is the mean of each query
-    vector's best part anywhere, and word fragments ("qwzx" read as q·w·z·x) find parts that share them, so
-    gibberish scored like a real query there (docs/benchmarks.md, "No close match").
+    The flag judges the query as a whole, at every budget: no item's first vector (the whole item) comes within
+    `weak_below` of the query's first vector (the whole query), i.e. the best score at WHOLE_MATCH = (1, 1) is
+    below it. At larger budgets the best score is the mean of each query vector's best part anywhere, and word
+    fragments ("qwzx" read as q·w·z·x) find parts that share them, so gibberish scored like a real query there
+    (docs/benchmarks.md, "No close match"). But a short query against long pages ("installer") can be far from
+    every page as a whole and still be found word for word: a search whose best score at its budget reaches the
+    budget's `strong_part` bar (above 99% of gibberish searches' on the dev split) is not flagged.
     """
+
+    weak_below: float  # on the whole-query score
+    strong_part: dict[tuple[int, int], float] = field(default_factory=dict)  # per preset, on its comparable score
+
+    def strong_at(self, budget: tuple[int, int]) -> float:
+        """The strong-part bar at `budget`: its preset's, else that of the preset with the largest r_c not above
+        it (the best score grows with r_c, so this errs towards flagging less); inf without bars."""
+        if budget in self.strong_part:
+            return self.strong_part[budget]
+        below = [p for p in self.strong_part if p[1] <= budget[1]]
+        return self.strong_part[max(below, key=lambda p: (p[1], p[0]))] if below else float("inf")
+
+    def no_close_match(self, whole: float, best: float, budget: tuple[int, int]) -> bool:
+        """Whether a search whose whole-query score is `whole` and whose best comparable score at `budget` is
+        `best` found nothing close."""
+        return whole < self.weak_below and best < self.strong_at(budget)
+
+
+def load_calibration(folder: str | os.PathLike | None, ckpt_id: str) -> Calibration | None:
+    """A checkpoint's weak-match calibration, if it has one for exactly these weights; None otherwise (then no
+    search is flagged). Older files, with one threshold per preset, give their (1, 1) one and no bars."""
     path = Path(folder) / CALIBRATION_NAME if folder else None
     if path is None or not path.is_file():
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         if data.get("checkpoint_id") != ckpt_id:
-            return None  # made for other weights: its threshold says nothing about these
-        return float(data["weak_match"][",".join(map(str, WHOLE_MATCH))])
+            return None  # made for other weights: its thresholds say nothing about these
+        bars = {tuple(int(x) for x in k.split(",")): float(v) for k, v in data.get("strong_part", {}).items()}
+        return Calibration(float(data["weak_match"][",".join(map(str, WHOLE_MATCH))]), bars)
     except (OSError, ValueError, KeyError, AttributeError, TypeError):
         return None
 

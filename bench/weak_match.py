@@ -1,5 +1,7 @@
 """Calibrate the app's "no close match" flag: the whole-query score (the comparable score at budget (1,1):
-the query's first vector against each item's first vector) below which a search is flagged, at every budget.
+the query's first vector against each item's first vector) below which a search is flagged, at every budget,
+unless a part of the query matches strongly: its top score at the budget reaches that preset's strong-part
+bar, which 99% of the dev split's gibberish searches stay below.
 
     python -m bench.weak_match [--checkpoint DIR] [--cache DIR] [--write]
 
@@ -11,9 +13,9 @@ Three kinds of query per split (dev and held-out share no source package):
 The threshold is the 10th percentile of the real queries' whole-query scores on the dev split, so about one
 real search in ten is flagged there; the held-out split then says, measured once, how often real searches are
 flagged, and, at each preset, how often the top result of a flagged search was indeed not relevant; how many
-"other kind" and gibberish searches are caught; and, for comparison, what the flag caught when each preset had
-its own threshold on its own score (the app's flag until 2026-12-01). `--write` stores the threshold as
-calibration.json in the checkpoint.
+"other kind" and gibberish searches are caught; and, for comparison, the whole-query threshold alone and what
+the flag caught when each preset had its own threshold on its own score (the app's flag until 2026-12-01).
+`--write` stores the thresholds as calibration.json in the checkpoint.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from model.scoring import CandidateStore  # noqa: E402
 
 SPLITS = {"dev": ROOT / "tests" / "data" / "devset", "held-out": ROOT / "tests" / "data" / "heldout"}
 REAL_FLAGGED = 0.10  # the share of real dev searches flagged: the threshold is their 10th percentile
+GIBBERISH_BELOW = 0.99  # a part match above this share of dev gibberish searches' top scores is a close match
 
 
 def gibberish(n: int = 100, seed: int = 0) -> list[str]:
@@ -84,18 +87,23 @@ def split_scores(model, folder: Path, cache: Path | None) -> dict[str, dict[str,
     return out
 
 
-def flag_report(scores: dict[str, list], threshold: float, top_relevant: list[bool] | None = None
-                ) -> dict[str, float]:
-    """How a threshold on `scores` (real / other_kind / gibberish top scores) flags; `top_relevant`: whether
-    each real search's top result, at the budget being judged, is relevant (default: scores' own)."""
-    real = torch.tensor(scores["real"])
-    flagged = real < threshold
-    wrong = torch.tensor([not r for r in (scores["top_relevant"] if top_relevant is None else top_relevant)])
+def flag_report(scores: dict[str, list], threshold: float, budget: dict[str, list] | None = None,
+                strong: float = float("inf")) -> dict[str, float]:
+    """How a flag flags: `scores` (real / other_kind / gibberish top scores) below `threshold`, unless the same
+    search's top score at the budget judged (`budget`, default `scores`) reaches `strong`; a real search's
+    top result at that budget decides whether a flag was right."""
+    budget = scores if budget is None else budget
+
+    def below(kind: str) -> torch.Tensor:
+        return (torch.tensor(scores[kind]) < threshold) & (torch.tensor(budget[kind]) < strong)
+
+    flagged = below("real")
+    wrong = torch.tensor([not r for r in budget["top_relevant"]])
     return {"real_flagged": float(flagged.float().mean()),
             "flagged_top_not_relevant": float(wrong[flagged].float().mean()) if flagged.any() else float("nan"),
             "unflagged_top_not_relevant": float(wrong[~flagged].float().mean()),
-            "other_kind_caught": float((torch.tensor(scores["other_kind"]) < threshold).float().mean()),
-            "gibberish_caught": float((torch.tensor(scores["gibberish"]) < threshold).float().mean())}
+            "other_kind_caught": float(below("other_kind").float().mean()),
+            "gibberish_caught": float(below("gibberish").float().mean())}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,11 +118,17 @@ def main(argv: list[str] | None = None) -> int:
     threshold = round(float(torch.tensor(scores["dev"][whole]["real"]).quantile(REAL_FLAGGED)), 4)
     per_budget = {preset: round(float(torch.tensor(s["real"]).quantile(REAL_FLAGGED)), 4)
                   for preset, s in scores["dev"].items()}
-    report = {"checkpoint_id": checkpoint_id(model), "weak_match": {whole: threshold},
-              "statistic": f"the whole-query score (comparable score at budget {whole}), at every budget",
-              "chosen_on": f"dev split, {REAL_FLAGGED:.0%} of real searches flagged",
-              "measured": {name: {preset: flag_report(split[whole], threshold, s["top_relevant"])
+    strong = {preset: round(float(torch.tensor(s["gibberish"]).quantile(GIBBERISH_BELOW)), 4)
+              for preset, s in scores["dev"].items()}
+    report = {"checkpoint_id": checkpoint_id(model), "weak_match": {whole: threshold}, "strong_part": strong,
+              "statistic": f"the whole-query score (comparable score at budget {whole}) below weak_match, at "
+                           "every budget, unless the top score at the budget reaches its strong_part",
+              "chosen_on": f"dev split, {REAL_FLAGGED:.0%} of real searches below weak_match; strong_part: "
+                           f"{GIBBERISH_BELOW:.0%} of gibberish searches' top scores below it",
+              "measured": {name: {preset: flag_report(split[whole], threshold, s, strong[preset])
                                   for preset, s in split.items()} for name, split in scores.items()},
+              "whole_query_alone": {name: {preset: flag_report(split[whole], threshold, s) for preset, s in split.items()}
+                                    for name, split in scores.items()},
               "each_budget_its_own_threshold": {
                   "thresholds": per_budget,
                   "measured": {name: {preset: flag_report(s, per_budget[preset]) for preset, s in split.items()}

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from app.evaluation import load_quality
-from app.search import load_calibration
+from app.search import Calibration, load_calibration
 from model import MetaEmbed
 from model.backbones import VLM_FAMILIES
 from model.checkpoint import checkpoint_id
@@ -66,9 +66,9 @@ class Engine:
     # borrowed"), and concurrent forwards only thrash the shared CPU. Indexing takes it per small chunk
     # and yields to waiting interactive calls, so a visitor's query waits for at most one chunk.
     lock: ModelLock = field(default_factory=lambda: ModelLock(), repr=False)
-    # The weak-match threshold on the whole-query score (app.search.load_calibration), from the checkpoint's
-    # calibration.json (None: searches are never flagged).
-    weak_below: float | None = field(default=None, repr=False)
+    # The "no close match" flag (app.search.Calibration), from the checkpoint's calibration.json (None: searches
+    # are never flagged).
+    calibration: Calibration | None = field(default=None, repr=False)
 
     @functools.cached_property
     def quality(self) -> dict[str, dict]:
@@ -120,8 +120,8 @@ def load_engine(source: str | None) -> Engine:
     model = MetaEmbed.from_pretrained(text)
     label = text or "bundled MetaEmbed-Mini"
     ckpt = checkpoint_id(model)
-    weak_below = load_calibration(getattr(model, "checkpoint_path", None), ckpt)
-    return Engine(model=model, checkpoint_id=ckpt, source=label, weak_below=weak_below)
+    calibration = load_calibration(getattr(model, "checkpoint_path", None), ckpt)
+    return Engine(model=model, checkpoint_id=ckpt, source=label, calibration=calibration)
 
 
 class LockedModel:

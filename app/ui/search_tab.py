@@ -17,7 +17,7 @@ from PIL import Image
 
 from app.humanize import echoed
 from app.ingest.images import load_image
-from app.search import WHOLE_MATCH, Hit, comparable_score
+from app.search import WHOLE_MATCH, Calibration, Hit, comparable_score
 from app.service import QueryState, Studio
 from app.ui import explain as ui_explain
 from app.ui import plots
@@ -102,10 +102,10 @@ def gallery_payload(items: list[tuple[str, str]]) -> list[dict]:
 
 
 def results_caption(query: QueryState, hits: list[Hit], budget: tuple[int, int], rank_ms: float,
-                    indexing: tuple[float, str] | None = None, weak_below: float | None = None,
+                    indexing: tuple[float, str] | None = None, calibration: Calibration | None = None,
                     whole: float | None = None) -> str:
-    """The line above the results. `whole` (Studio.whole_match) below `weak_below` (the checkpoint's
-    calibrated threshold) says that nothing in the collection is close to the query as a whole."""
+    """The line above the results; with the checkpoint's `calibration` and the search's whole-query score
+    (`whole`, Studio.whole_match) it says when nothing in the collection is close to the query."""
     # While files are still being indexed (the samples on first start), results are partial: say so.
     partial = (f"⏳ **Still indexing** ({indexing[1]}, {100 * indexing[0]:.0f}%): these results cover only what "
                "is indexed so far.\n\n") if indexing is not None else ""
@@ -115,11 +115,12 @@ def results_caption(query: QueryState, hits: list[Hit], budget: tuple[int, int],
         return (f"No results for {query.label}: the collection is empty. Add files in the **Collection** tab, or "
                 "tick *Include the sample collection*.")
     weak = ""
-    if weak_below is not None and whole is not None and whole < weak_below:
-        weak = (f"**No close match in your collection** for {query.label}: taken as a whole (one vector for the "
-                f"query, one for each item: budget {WHOLE_MATCH}), the closest item scores {whole:.2f}, and "
-                f"searches whose answer is there usually score {weak_below:.2f} or more. Try other words, or add "
-                "files.\n\n")
+    best = comparable_score(hits[0].score, budget[0])
+    if calibration is not None and whole is not None and calibration.no_close_match(whole, best, budget):
+        weak = (f"**No close match** for {query.label}: taken as a whole (one vector for the query, one for each "
+                f"item: budget {WHOLE_MATCH}), the closest item scores {whole:.2f}, where searches whose answer is "
+                f"there usually score {calibration.weak_below:.2f} or more, and no part of the query matches "
+                f"strongly either (best {best:.2f} at this budget). Try other words, or add files.\n\n")
     encoded = (f"the query was encoded once, in {query.encode_ms:.0f} ms" if query.encode_ms else
                "reused from the cache: an earlier search encoded this query")
     return (partial + weak + f"**{len(hits)} results** for {query.label} at budget **{budget}** · ranked in "
@@ -423,9 +424,9 @@ def rank_outputs(studio: Studio, query: QueryState, rq: int, rc: int, with_sampl
     t0 = time.perf_counter()
     hits = studio.search(query, session, rq, rc, k=RESULTS, include_samples=with_samples)
     ms = (time.perf_counter() - t0) * 1000
-    weak_below = studio.engine.weak_below
-    whole = studio.whole_match(query, session, with_samples) if (weak_below is not None and hits) else None
-    caption = results_caption(query, hits, (rq, rc), ms, studio.indexing_progress, weak_below, whole)
+    calibration = studio.engine.calibration
+    whole = studio.whole_match(query, session, with_samples) if (calibration is not None and hits) else None
+    caption = results_caption(query, hits, (rq, rc), ms, studio.indexing_progress, calibration, whole)
     return (query, hits, gallery_value(studio, hits, session, rq), caption, snippets_html(hits, query.text, rq))
 
 

@@ -155,14 +155,23 @@ def test_large_budgets_switch_to_the_first_stage_with_the_same_results(model, in
     assert searcher.encodes == 1
 
 
-def test_the_weak_match_threshold_loads_only_for_its_own_weights(tmp_path):
-    from app.search import CALIBRATION_NAME, load_calibration
+def test_the_weak_match_calibration_loads_only_for_its_own_weights(tmp_path):
+    from app.search import CALIBRATION_NAME, Calibration, load_calibration
 
-    # The threshold is the whole-query one, at (1,1); older files listed one per preset, and still load.
+    (tmp_path / CALIBRATION_NAME).write_text(json.dumps({"checkpoint_id": "ck-1", "weak_match": {"1,1": 0.2},
+                                                          "strong_part": {"1,1": 0.4, "4,8": 0.5, "16,64": 0.6}}))
+    cal = load_calibration(tmp_path, "ck-1")
+    assert cal == Calibration(0.2, {(1, 1): 0.4, (4, 8): 0.5, (16, 64): 0.6})
+    assert load_calibration(tmp_path, "ck-2") is None and load_calibration(None, "ck-1") is None
+    assert cal.strong_at((4, 8)) == 0.5 and cal.strong_at((6, 32)) == 0.5  # between presets: the one below
+    # Flagged: far from everything as a whole, and no part matches strongly at the budget.
+    assert cal.no_close_match(whole=0.1, best=0.45, budget=(4, 8))
+    assert not cal.no_close_match(whole=0.1, best=0.65, budget=(16, 64))  # a word found word for word
+    assert not cal.no_close_match(whole=0.3, best=0.2, budget=(4, 8))  # close as a whole
+    # Older files listed one threshold per preset: their (1,1) one is the whole-query threshold, with no bars.
     (tmp_path / CALIBRATION_NAME).write_text(json.dumps({"checkpoint_id": "ck-1",
                                                           "weak_match": {"1,1": 0.2, "4,8": 0.3, "16,64": 0.4}}))
-    assert load_calibration(tmp_path, "ck-1") == 0.2
-    assert load_calibration(tmp_path, "ck-2") is None and load_calibration(None, "ck-1") is None
+    assert load_calibration(tmp_path, "ck-1") == Calibration(0.2, {})
     (tmp_path / CALIBRATION_NAME).write_text(json.dumps({"checkpoint_id": "ck-1", "weak_match": {"4,8": 0.3}}))
     assert load_calibration(tmp_path, "ck-1") is None  # no whole-query threshold: nothing is flagged
     (tmp_path / CALIBRATION_NAME).write_text("{not json")
@@ -173,5 +182,7 @@ def test_the_bundled_checkpoint_is_calibrated_for_its_own_weights():
     from app.search import load_calibration
     from model.checkpoint import DEFAULT_CHECKPOINT, checkpoint_id_of_folder
 
-    threshold = load_calibration(DEFAULT_CHECKPOINT, checkpoint_id_of_folder(DEFAULT_CHECKPOINT))
-    assert threshold is not None and 0 < threshold < 1
+    cal = load_calibration(DEFAULT_CHECKPOINT, checkpoint_id_of_folder(DEFAULT_CHECKPOINT))
+    assert cal is not None and 0 < cal.weak_below < 1
+    assert set(cal.strong_part) == {tuple(p) for p in MetaEmbed.from_pretrained(DEFAULT_CHECKPOINT).config.presets}
+    assert all(cal.weak_below < bar < 1 for bar in cal.strong_part.values())

@@ -250,7 +250,7 @@ def test_search_then_budget_slider_reranks(uploaded, browser_page):
 def test_gibberish_is_flagged_as_no_close_match(uploaded, browser_page):
     """Issue 17.7: "qwzx plorf" used to score like a real query. The bundled checkpoint's calibration.json
     (bench/weak_match.py) sets the threshold; an uncalibrated checkpoint flags nothing."""
-    if uploaded.studio.engine.weak_below is None:
+    if uploaded.studio.engine.calibration is None:
         pytest.skip("the checkpoint in use has no calibration.json")
     page = browser_page.page
     before = captions(page)

@@ -3,10 +3,11 @@ format and the explanation requests of the slider's events."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
-from app.search import Hit
+from app.search import Calibration, Hit
 from app.ui.search_tab import gallery_payload, snippets_html, standing_request
 
 
@@ -77,16 +78,20 @@ def _query(text: str | None, encode_ms: float = 0.0):
     return QueryState("ckpt", text, None, torch.zeros(4, 8), encode_ms=encode_ms)
 
 
+# A checkpoint's "no close match" calibration: whole-query threshold 0.3, strong-part bar 0.5 at every budget.
+CAL = Calibration(0.3, {(1, 1): 0.5})
+
+
 def test_captions_echo_the_query_escaped_and_shortened():
     """The query "<b>bold</b>" was shown in bold, and a 900-word query was repeated in full, twice."""
     from app.ui.search_tab import results_caption
 
-    hits = [_hit(1, "text", "bold")]
-    caption = results_caption(_query("<b>bold</b> **x** [a](b)"), hits, (4, 8), 3.0, weak_below=0.3, whole=0.2)
+    hits = [replace(_hit(1, "text", "bold"), score=1.0)]  # 0.25 at r_q = 4
+    caption = results_caption(_query("<b>bold</b> **x** [a](b)"), hits, (4, 8), 3.0, calibration=CAL, whole=0.2)
     assert "<b>" not in caption and "&lt;b&gt;bold&lt;/b&gt;" in caption
     assert "\\*\\*x\\*\\*" in caption and "\\[a\\]\\(b\\)" in caption  # Markdown shown as typed
     long = "a dog on the beach at sunset " * 130
-    caption = results_caption(_query(long), hits, (4, 8), 3.0, weak_below=0.3, whole=0.2)
+    caption = results_caption(_query(long), hits, (4, 8), 3.0, calibration=CAL, whole=0.2)
     assert caption.count("a dog on the beach") == 2 * 3  # the no-close-match line and the count line
     assert caption.count("…”") == 2 and len(caption) < 1000
 
@@ -94,11 +99,14 @@ def test_captions_echo_the_query_escaped_and_shortened():
 def test_no_close_match_is_judged_on_the_whole_query_score():
     from app.ui.search_tab import results_caption
 
-    hits = [_hit(1, "text", "bold")]
-    assert "No close match" in results_caption(_query("qwzx plorf"), hits, (16, 64), 3.0, weak_below=0.3, whole=0.2)
-    assert "No close match" not in results_caption(_query("a dog"), hits, (16, 64), 3.0, weak_below=0.3, whole=0.4)
-    assert "No close match" not in results_caption(_query("a dog"), hits, (16, 64), 3.0, weak_below=None, whole=0.1)
-    assert "No close match" not in results_caption(_query("a dog"), hits, (16, 64), 3.0, weak_below=0.3, whole=None)
+    hits = [replace(_hit(1, "text", "bold"), score=1.0)]  # comparable 0.25 at r_q = 4, 1.0 at r_q = 1
+
+    def flagged(whole, budget=(4, 8), calibration=CAL) -> bool:
+        return "No close match" in results_caption(_query("q"), hits, budget, 3.0, calibration=calibration, whole=whole)
+
+    assert flagged(0.2) and not flagged(0.4)  # far from everything as a whole, or not
+    assert not flagged(0.2, budget=(1, 4))  # ... but a part of it matches strongly (1.0 >= the bar 0.5)
+    assert not flagged(0.1, calibration=None) and not flagged(None)  # uncalibrated, or nothing indexed
 
 
 def test_a_cached_query_says_it_was_reused():
