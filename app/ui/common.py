@@ -38,7 +38,10 @@ def kind_name(kind: str) -> str:
 
 def preset_info(presets: list[tuple[int, int]]) -> str:
     steps = " → ".join(f"({q}, {c})" for q, c in presets)
-    return f"Left: fast and small. Right: precise. Trained budgets (r_q, r_c): {steps}"
+    # Not "precise": what more vectors buy depends on the model and the content (MetaEmbed-Mini's documents
+    # rank better at (16, 64), its photos do not); the Scaling tab measures it.
+    return (f"Left: fast and small. Right: more vectors, finer matching (the Scaling tab shows what that buys "
+            f"on this model). Trained budgets (r_q, r_c): {steps}")
 
 
 def status_line(studio: Studio, session: str | None) -> str:

@@ -246,8 +246,8 @@ def index_size_figure(presets: Sequence[tuple[int, int]], sizes_bytes: Sequence[
                            textposition="outside", cliponaxis=False,
                            hovertemplate="budget %{x}: %{text}<extra></extra>"))
     fig.update_xaxes(title_text="budget (r_q, r_c)", type="category")
-    fig.update_yaxes(title_text=f"vectors read per query ({unit})", rangemode="tozero")
-    return _layout(fig, "Vectors read per query", height=320, subtitle=f"{items:,} items · grows with r_c")
+    fig.update_yaxes(title_text=f"bytes read per query ({unit})", rangemode="tozero")
+    return _layout(fig, "Bytes read per query", height=320, subtitle=f"{items:,} items · r_c vectors each · grows with r_c")
 
 
 def latency_figure(presets: Sequence[tuple[int, int]], ms: Sequence[float], items: int) -> go.Figure:

@@ -22,10 +22,11 @@ from app.ui.search_tab import EXAMPLE_QUERIES
 def build(studio: Studio) -> SimpleNamespace:
     m = SimpleNamespace()
     gr.Markdown("## Test-time scaling on your collection\nMetaEmbed trains nested budgets, so one index "
-                "serves all of them: pick a small budget for speed or a large one for precision, at "
-                "search time. This measures, for the current collection, what each trained budget "
-                "costs and how close its top results (top 10, or a third of a small collection) are "
-                "to the largest budget's.")
+                "serves all of them: pick a small budget for speed or a large one for finer matching, at "
+                "search time. Whether finer matching ranks better depends on the model and the content: the "
+                "quality chart shows it for the loaded model on judged queries. This measures, for the current "
+                "collection, what each trained budget costs and how close its top results (top 10, or a third "
+                "of a small collection) are to the largest budget's.")
     with gr.Row():
         m.queries = gr.Textbox("\n".join(EXAMPLE_QUERIES), lines=6, label="Queries (one per line)", scale=3)
         with gr.Column(scale=1):
@@ -107,7 +108,7 @@ def measure_scaling(studio: Studio, queries: list[str], session: str | None, inc
     small = f" The collection is small, so agreement is measured on the top {k} (a third of it)." if k < 10 else ""
     out["summary"] = (f"Measured on **{items} items** with {len(queries)} queries (exact MaxSim over every item, best "
                       f"of {repeats} runs, median over queries, on {str(engine.model.device)}).{small}\n\n"
-                      f"| budget | vectors read per query | time per query | top-{k} shared with the largest budget |\n"
+                      f"| budget | bytes read per query | time per query | top-{k} shared with the largest budget |\n"
                       f"|---|---|---|---|\n{rows}")
     progress(1.0, "done")
     return out

@@ -103,9 +103,11 @@ def gallery_payload(items: list[tuple[str, str]]) -> list[dict]:
 
 def results_caption(query: QueryState, hits: list[Hit], budget: tuple[int, int], rank_ms: float,
                     indexing: tuple[float, str] | None = None, calibration: Calibration | None = None,
-                    whole: float | None = None) -> str:
+                    whole: float | None = None, samples_left_out: bool = False) -> str:
     """The line above the results; with the checkpoint's `calibration` and the search's whole-query score
-    (`whole`, Studio.whole_match) it says when nothing in the collection is close to the query."""
+    (`whole`, Studio.whole_match) it says when nothing in the collection is close to the query.
+    `samples_left_out`: the sample collection exists but was not searched (its box is unticked, as it is by
+    default once the visitor has files of their own), which the caption says."""
     # While files are still being indexed (the samples on first start), results are partial: say so.
     partial = (f"⏳ **Still indexing** ({indexing[1]}, {100 * indexing[0]:.0f}%): these results cover only what "
                "is indexed so far.\n\n") if indexing is not None else ""
@@ -123,7 +125,11 @@ def results_caption(query: QueryState, hits: list[Hit], budget: tuple[int, int],
                 f"strongly either (best {best:.2f} at this budget). Try other words, or add files.\n\n")
     encoded = (f"the query was encoded once, in {query.encode_ms:.0f} ms" if query.encode_ms else
                "reused from the cache: an earlier search encoded this query")
-    return (partial + weak + f"**{len(hits)} results** for {query.label} at budget **{budget}** · ranked in "
+    # A visitor with files of their own searches them alone by default: say so, or a photo of the samples they
+    # remember seems lost (the box is easy to miss).
+    only = (" in your files only (tick *Include the sample collection* to search the samples too)"
+            if samples_left_out else "")
+    return (partial + weak + f"**{len(hits)} results** for {query.label} at budget **{budget}**{only} · ranked in "
             f"{rank_ms:.0f} ms from the cached query vectors ({encoded}). Scores are the mean best "
             "similarity of the query's vectors (0-1, comparable across budgets). Click a result to see why it "
             "matched.")
@@ -426,7 +432,8 @@ def rank_outputs(studio: Studio, query: QueryState, rq: int, rc: int, with_sampl
     ms = (time.perf_counter() - t0) * 1000
     calibration = studio.engine.calibration
     whole = studio.whole_match(query, session, with_samples) if (calibration is not None and hits) else None
-    caption = results_caption(query, hits, (rq, rc), ms, studio.indexing_progress, calibration, whole)
+    caption = results_caption(query, hits, (rq, rc), ms, studio.indexing_progress, calibration, whole,
+                              samples_left_out=not with_samples and studio.samples is not None)
     return (query, hits, gallery_value(studio, hits, session, rq), caption, snippets_html(hits, query.text, rq))
 
 

@@ -109,6 +109,16 @@ def test_no_close_match_is_judged_on_the_whole_query_score():
     assert not flagged(0.1, calibration=None) and not flagged(None)  # uncalibrated, or nothing indexed
 
 
+def test_a_search_without_the_samples_says_so():
+    """Issue: once a visitor has files, the samples box is unticked by default, and a sample photo they had
+    found before seemed lost; the caption now says what was searched."""
+    from app.ui.search_tab import results_caption
+
+    hits = [_hit(1, "text", "bold")]
+    assert "your files only" in results_caption(_query("a cat"), hits, (4, 8), 3.0, samples_left_out=True)
+    assert "your files only" not in results_caption(_query("a cat"), hits, (4, 8), 3.0)
+
+
 def test_a_cached_query_says_it_was_reused():
     from app.ui.search_tab import results_caption
 
