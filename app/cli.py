@@ -112,10 +112,10 @@ def cmd_index(args: argparse.Namespace) -> int:
         bar = _progress_bar(args)
         saved: set[str] = set()  # files with something committed: counted as files, as the final message is
 
-        def progress(done: int, total: int, name: str) -> None:
+        def progress(done: float, total: int, name: str) -> None:
             if bar is not None:
                 bar.total = total
-                bar.n = done
+                bar.n = int(done)  # whole files (a PDF's pages count as fractions of it)
                 bar.set_postfix_str(f"{len(saved)} saved", refresh=False)
                 bar.refresh()
 
@@ -252,9 +252,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         model = load_model(model_folder)
         bar = None if args.json or args.quiet else _progress_bar(args)
 
-        def progress(done: int, total: int, name: str) -> None:
+        def progress(done: float, total: int, name: str) -> None:
             if bar is not None:
-                bar.total, bar.n = total, done
+                bar.total, bar.n = total, int(done)
                 bar.refresh()
 
         try:

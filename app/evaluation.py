@@ -326,7 +326,7 @@ class Collection:
 
 
 def index_folder(model: Any, checkpoint_id: str, folder: Path, *, ocr: Callable | None = None,
-                 progress: Callable[[int, int, str], None] | None = None) -> Collection:
+                 progress: Callable[[float, int, str], None] | None = None) -> Collection:
     """Index the folder's files into a temporary index (removed afterwards) and read back what scoring needs."""
     paths = files_to_index(folder)
     tmp = Path(tempfile.mkdtemp(prefix="metaembed-eval-"))
@@ -424,7 +424,7 @@ def _metrics_by_kind(scores: torch.Tensor, units: Sequence[str], queries: Sequen
 
 
 def evaluate(model: Any, checkpoint_id: str, folder: str | Path, *, recall_k: Sequence[int] = DEFAULT_RECALL_K,
-             ocr: Callable | None = None, progress: Callable[[int, int, str], None] | None = None) -> dict:
+             ocr: Callable | None = None, progress: Callable[[float, int, str], None] | None = None) -> dict:
     """Index `folder`, rank every unit for every query at every preset and with the baseline; the JSON
     object described in the module docstring."""
     start = time.perf_counter()

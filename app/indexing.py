@@ -80,7 +80,7 @@ def index_paths(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     ocr: Callable | None = default_ocr,
-    progress: Callable[[int, int, str], None] | None = None,
+    progress: Callable[[float, int, str], None] | None = None,
     on_commit: Callable[[list[IndexedEntry]], None] | None = None,
 ) -> IndexRun:
     """Ingest `paths` (files, folders, zips) into `index`, encoding with `model`; returns the run's report.

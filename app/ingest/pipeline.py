@@ -18,10 +18,11 @@ from .pdf import OcrFn, _looks_like_pdf, _Ocr, _pdf_items, default_ocr
 from .sources import IMAGE_EXTENSIONS, PDF_EXTENSIONS, TEXT_EXTENSIONS, _expand, _Source
 from .text import _text_items
 
-ProgressFn = Callable[[int, int, str], None]
+ProgressFn = Callable[[float, int, str], None]
 """progress(files_done, files_total, name): before each file with the name of the file about to be read,
-before each page of a PDF of several pages with "name, page N of M" (a long PDF takes minutes with OCR),
-and once at the end with files_done == files_total and name ""."""
+before each page of a PDF of several pages with "name, page N of M" and files_done counting the pages already
+read as a share of that file (a long PDF takes minutes with OCR: a bar that stood still at 0 % for all of it
+looked stuck), and once at the end with files_done == files_total and name ""."""
 
 
 def ingest(
@@ -88,7 +89,7 @@ class _BatchState:
 
 
 def _page_progress(progress: ProgressFn, done: int, total: int, name: str, page: int, pages: int) -> None:
-    progress(done, total, f"{name}, page {page} of {pages}")
+    progress(done + (page - 1) / max(pages, 1), total, f"{name}, page {page} of {pages}")
 
 
 def _ingest_source(src: _Source, state: _BatchState) -> Iterator[IngestEvent]:

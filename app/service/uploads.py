@@ -86,8 +86,8 @@ def _ingest_encode_add(engine: Engine, coll: Collection, idx: Index, files: list
                                           "remove something first, or run the app on your own machine"})
         return
 
-    def on_file(done: int, total: int, name: str) -> None:
-        label = f"file {min(done + 1, total)} of {total}: {Path(name).name}" if name else "finishing"
+    def on_file(done: float, total: int, name: str) -> None:
+        label = f"file {min(int(done) + 1, total)} of {total}: {Path(name).name}" if name else "finishing"
         progress(0.95 * done / max(1, total), label)
 
     def on_commit(entries) -> None:
