@@ -76,8 +76,9 @@ def wire(studio: Studio, c: SimpleNamespace, started, status: gr.Markdown) -> No
                                   session), f["name"]) for f in files]
         rows = [[f["name"], f["kind"], f["parts"]] for f in files]
         choices = sorted({f["name"].partition("!/")[0] for f in files})
-        return (grid, rows, gr.update(choices=choices, value=[]), _stats_md(studio, coll, every),
-                status_line(studio, session))
+        # A new Gallery clears the picked tile: after a removal the ring stayed on the slot, now another file.
+        return (gr.Gallery(value=grid, selected_index=None), rows, gr.update(choices=choices, value=[]),
+                _stats_md(studio, coll, every), status_line(studio, session))
 
     def pick(evt: gr.SelectData, chosen):
         name = str(evt.value["caption"]).partition("!/")[0] if isinstance(evt.value, dict) else None
@@ -100,7 +101,9 @@ def wire(studio: Studio, c: SimpleNamespace, started, status: gr.Markdown) -> No
             removed = studio.remove(coll, chosen)
         except KeyError as e:
             raise gr.Error(str(e)) from e
-        return (f"Removed {files_of(removed)}.",) + collection_view(request)
+        names = sorted(chosen)
+        which = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        return (f"Removed {files_of(removed)}: {which}.",) + collection_view(request)
 
     def do_clear(confirmed, request: gr.Request):
         if not confirmed:  # the visitor pressed Cancel in the confirmation dialog

@@ -630,6 +630,10 @@ def test_the_collection_shows_one_picture_per_file_and_removes_the_one_clicked(u
     names = [c.strip() for c in page.locator("#me-files .caption-label").all_inner_texts()]
     page.locator("#me-files .thumbnail-item").nth(0).click()
     page.wait_for_function(f"document.querySelector('#me-remove-sel').innerText.includes({names[0]!r})")
+    assert page.locator("#me-files .thumbnail-item.selected").count() == 1
     page.click("#me-remove")
     page.wait_for_function("document.querySelector('#me-stats').innerText.includes('6 files')")
     assert names[0] not in page.inner_text("#me-items")
+    # The report names what went, and no other file looks picked (the ring stayed on the slot, now another's).
+    assert names[0] in page.inner_text("#me-report")
+    assert page.locator("#me-files .thumbnail-item.selected").count() == 0
