@@ -482,6 +482,11 @@ def explain_panel(studio: Studio, coll_key: str, item_id: str, query: QueryState
     top = ui_explain.summary_units(ex)
     if top:
         title += "Mostly because of: " + ", ".join(f"{_kind_mark(k)}{lab} ({100 * s:.0f}%)" for lab, k, s in top)
+    words = [u for u in ex.q_units if ui_explain.meaningful(u)]
+    if rq > 1 and len(words) == 1:
+        # A teacher's first query is often one word, and 16 identical rows looked like one vector copied 16 times.
+        title += (f"\n\nThe query is one word, so all {rq} query vectors read it and their rows below are alike; a "
+                  "longer query (\"a dog on a sofa\") gives each vector its own part.")
     read = ui_explain.highlighted_text_html(ex)
     if read:
         read = "<p class='me-caption'>What the model read for this result, shaded by relevance:</p>" + read

@@ -185,3 +185,29 @@ def test_a_new_search_clears_the_highlight_of_the_result_open_before(tmp_path):
     assert isinstance(gallery, gr.Gallery)
     assert gallery.constructor_args == {"value": items, "selected_index": None}  # what Gradio sends as the update
     assert new_results(outputs, None) == outputs  # nothing was open: nothing to clear, the gallery as it was
+
+
+def test_the_explanation_says_when_every_query_vector_reads_the_same_word(tmp_path, test_checkpoint):
+    """A first-time review: "dog" opened a heatmap of 16 identical rows, which looked like one vector copied
+    16 times; the explanation now says why, and suggests a longer query."""
+    import shutil
+
+    from app.server import create_app
+    from app.ui.search_tab import explain_panel
+    from tests.helpers import EXAMPLES
+
+    files = tmp_path / "files"
+    files.mkdir()
+    shutil.copy(EXAMPLES / "owl.jpg", files / "owl.jpg")
+    studio, demo = create_app(str(test_checkpoint), tmp_path / "data", sample_dir=None, wait_for_samples=True,
+                              log=lambda *a: None)
+    try:
+        studio.index_files(studio.local, [files / "owl.jpg"])
+        for text, alike in (("owl", True), ("an owl on a branch", False)):
+            query = studio.encode_query(text)
+            [hit] = studio.search(query, None, 16, 64, k=1)
+            (title, *_), _ = explain_panel(studio, hit.collection, hit.id, query, 16, 64, None)
+            assert ("all 16 query vectors read it" in title) == alike, title
+    finally:
+        demo.close()
+        studio.close()
