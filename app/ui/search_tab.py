@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import itertools
+import os
 import re
 import time
 from pathlib import Path
@@ -139,23 +140,40 @@ SNIPPET_WORDS = 28
 
 
 def snippets_html(hits: list[Hit], query_text: str | None, r_q: int, limit: int = 5) -> str:
-    """The best pages and passages among the results, each as "p. N · file" and the stretch of its text that
-    holds most of the query's words, those words highlighted (photos are shown by their pictures)."""
+    """The best pages and passages among the results that hold a query word, each as "p. N · file" and the
+    stretch of its text that holds most of the query's words, those words highlighted (photos are shown by
+    their pictures; a page without any of the words was listed with nothing marked, which said nothing)."""
     words = {w for w in re.findall(r"\w+", (query_text or "").lower()) if len(w) > 1 and w not in ui_explain.STOPWORDS}
     rows = []
     for h in hits:
         if h.kind == "image" or not (h.item.text or "").strip() or not words:
             continue
+        stretch = _best_stretch(h.item.text, words)
+        if stretch is None:
+            continue
         rows.append(f"<li><span class='me-caption'>{comparable_score(h.score, r_q):.2f}</span> <b>{html.escape(h.label)}</b>"
-                    f"{' · sample' if h.collection == 'samples' else ''} — {_best_stretch(h.item.text, words)}</li>")
+                    f"{' · sample' if h.collection == 'samples' else ''} — {stretch}</li>")
         if len(rows) == limit:
             break
     return f"<ul class='me-snippets'>{''.join(rows)}</ul>" if rows else ""
 
 
-def _best_stretch(text: str, words: set[str]) -> str:
+def same_word(a: str, b: str) -> bool:
+    """Whether two lower-case words are forms of one word for highlighting: equal, or sharing a prefix of at
+    least 4 letters that misses at most 2 of the shorter one ("install" / "installer" / "installed", "boat" /
+    "boats"; not "cat" / "category")."""
+    if a == b:
+        return True
+    common = len(os.path.commonprefix([a, b]))
+    return common >= 4 and common >= min(len(a), len(b)) - 2
+
+
+def _best_stretch(text: str, words: set[str]) -> str | None:
+    """The SNIPPET_WORDS-word stretch of `text` with most of `words` (marked), or None when it has none."""
     tokens = text.split()
-    hit = [bool(set(re.findall(r"\w+", t.lower())) & words) for t in tokens]
+    hit = [any(same_word(w, q) for w in re.findall(r"\w+", t.lower()) for q in words) for t in tokens]
+    if not any(hit):
+        return None
     n = min(SNIPPET_WORDS, len(tokens))
     best = max(range(len(tokens) - n + 1), key=lambda i: (sum(hit[i:i + n]), -i))
     shown = [f"<mark>{html.escape(t)}</mark>" if hit[i] else html.escape(t) for i, t in enumerate(tokens[best:best + n],

@@ -20,7 +20,8 @@ def test_snippets_show_the_stretch_with_most_query_words_highlighted_and_skip_ph
     filler = " ".join(f"word{i}" for i in range(60))
     hits = [_hit(1, "image", "tabby kitten"),
             _hit(2, "pdf_page", f"{filler} the ferry to the harbour leaves at eight {filler}", page=3),
-            _hit(3, "text", "nothing relevant here", collection="samples")]
+            _hit(3, "text", "the harbour office", collection="samples"),
+            _hit(4, "text", "nothing relevant here")]  # holds no query word: nothing to show
     out = snippets_html(hits, "When does the ferry leave the harbour?", 8)
     assert out.count("<li>") == 2  # the photo is shown by its picture, not a snippet
     first = out.split("</li>")[0]
@@ -29,6 +30,16 @@ def test_snippets_show_the_stretch_with_most_query_words_highlighted_and_skip_ph
     assert first.count("…") == 2  # cut from a longer page on both sides
     assert "sample" in out.split("</li>")[1]
     assert snippets_html(hits, None, 8) == ""  # an image-only query has no words to show
+
+
+def test_snippets_mark_forms_of_a_query_word():
+    """A reviewer searched "installer": the FAQ pages about installing showed nothing marked."""
+    from app.ui.search_tab import same_word
+
+    out = snippets_html([_hit(1, "text", "Debian is installed with its installation tools")], "installer", 4)
+    assert "<mark>installed</mark>" in out and "<mark>installation</mark>" in out and "<mark>Debian</mark>" not in out
+    assert same_word("boat", "boats") and same_word("install", "installer") and not same_word("cat", "category")
+    assert not same_word("sunset", "sunday") and same_word("dog", "dog")
 
 
 def test_snippets_escape_the_text():
