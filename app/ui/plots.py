@@ -73,7 +73,8 @@ def similarity_heatmap(sim: np.ndarray, argmax: np.ndarray, budget: tuple[int, i
     ys = list(range(1, r_q + 1))
     q_labels = list(q_labels) if q_labels is not None else [""] * r_q
     c_labels = list(c_labels) if c_labels is not None else [""] * r_c
-    hover = [[f"query vector {i + 1}{_paren(q_labels[i])}<br>candidate vector {j + 1}{_paren(c_labels[j])}"
+    # One name per vector everywhere in the app: q1 … q16 for the query's, c1 … c64 for a result's.
+    hover = [[f"query vector q{i + 1}{_paren(q_labels[i])}<br>result vector c{j + 1}{_paren(c_labels[j])}"
               f"<br>similarity {sim[i, j]:.3f}" for j in range(r_c)] for i in range(r_q)]
     fig = go.Figure(go.Heatmap(
         z=sim, x=xs, y=ys, colorscale=SIM_SCALE, hoverinfo="text", text=hover, xgap=1, ygap=1,
@@ -83,16 +84,18 @@ def similarity_heatmap(sim: np.ndarray, argmax: np.ndarray, budget: tuple[int, i
     fig.add_trace(go.Scatter(
         x=[int(j) + 1 for j in best], y=ys, mode="markers", name="best match of each row",
         marker=dict(symbol="star", size=13 if r_c <= 16 else 10, color=ACCENT, line=dict(color="white", width=1)),
-        hovertemplate="query vector %{y} → best: candidate vector %{x}<extra></extra>",
+        hovertemplate="query vector q%{y} → best: result vector c%{x}<extra></extra>",
     ))
     # Ticks every 1, 4 or 8 columns, upright: 64 rotated labels collided on a phone (issue 17.10).
-    fig.update_xaxes(title_text=f"result's meta vectors (first r_c = {r_c})",
-                     dtick=1 if r_c <= 16 else 4 if r_c <= 32 else 8, tickangle=0,
+    x_ticks = list(range(1, r_c + 1, 1 if r_c <= 16 else 4 if r_c <= 32 else 8))
+    fig.update_xaxes(title_text=f"result's meta vectors (first r_c = {r_c})", tickmode="array", tickvals=x_ticks,
+                     ticktext=[f"c{j}" for j in x_ticks], tickangle=0,
                      range=[0.5, r_c + 0.5], showgrid=False, zeroline=False)
     # The y title is short enough for the smallest plot (r_q is in the chart's title): "query meta vectors
     # (first r_q = 1)" ran past a one-row plot into the title and was cut off.
-    fig.update_yaxes(title_text="query meta vectors", range=[r_q + 0.5, 0.5],
-                     dtick=1 if r_q <= 16 else 2, showgrid=False, zeroline=False)
+    y_ticks = list(range(1, r_q + 1, 1 if r_q <= 16 else 2))
+    fig.update_yaxes(title_text="query meta vectors", range=[r_q + 0.5, 0.5], tickmode="array", tickvals=y_ticks,
+                     ticktext=[f"q{i}" for i in y_ticks], showgrid=False, zeroline=False)
     # The legend hangs a fixed distance under the plot, in the bottom margin, below the x-axis title: a
     # fraction of the plot's height (y=-0.22) put it on that title when a small budget made the plot short.
     height = max(HEATMAP_MIN_HEIGHT, min(520, 166 + 22 * r_q))
@@ -247,7 +250,7 @@ def index_size_figure(presets: Sequence[tuple[int, int]], sizes_bytes: Sequence[
                            hovertemplate="budget %{x}: %{text}<extra></extra>"))
     fig.update_xaxes(title_text="budget (r_q, r_c)", type="category")
     fig.update_yaxes(title_text=f"bytes read per query ({unit})", rangemode="tozero")
-    return _layout(fig, "Bytes read per query", height=320, subtitle=f"{items:,} items · r_c vectors each · grows with r_c")
+    return _layout(fig, "Bytes read per query", height=320, subtitle=f"{items:,} items × r_c vectors")
 
 
 def latency_figure(presets: Sequence[tuple[int, int]], ms: Sequence[float], items: int) -> go.Figure:
@@ -330,19 +333,21 @@ def quality_figure(presets: Sequence[tuple[int, int]], lines: Sequence[QualityLi
 # ------------------------------------------------------------------------------------------ how it works
 
 
-def attention_figure(attention: np.ndarray, tokens: Sequence[str], title: str, max_rows: int = 16) -> go.Figure:
-    """Each meta token's last-layer attention over the content tokens (rows: meta tokens)."""
+def attention_figure(attention: np.ndarray, tokens: Sequence[str], title: str, max_rows: int = 16,
+                     side: str = "query") -> go.Figure:
+    """Each meta token's last-layer attention over the content tokens (rows: meta tokens, named by the vector
+    each becomes: q1 … for a query's, c1 … for a candidate's)."""
     att = np.asarray(attention, dtype=np.float32)[:max_rows]
     rows = att.shape[0]
     cols = [f"{i}:{t}" for i, t in enumerate(tokens)]
     fig = go.Figure(go.Heatmap(
-        z=att, x=cols, y=[f"M{i + 1}" for i in range(rows)], colorscale="Blues", xgap=1, ygap=1,
+        z=att, x=cols, y=[f"{side[0]}{i + 1}" for i in range(rows)], colorscale="Blues", xgap=1, ygap=1,
         colorbar=dict(title=dict(text="attention", side="top"), thickness=12),
-        hovertemplate="meta token %{y} reads “%{x}” with weight %{z:.3f}<extra></extra>",
+        hovertemplate="the meta token of vector %{y} reads “%{x}” with weight %{z:.3f}<extra></extra>",
     ))
     fig.update_xaxes(title_text="content tokens", tickangle=-45, tickmode="array", tickvals=cols,
                      ticktext=list(tokens))
-    fig.update_yaxes(title_text="meta tokens", autorange="reversed")
+    fig.update_yaxes(title_text="meta tokens (by their vector)", autorange="reversed")
     return _layout(fig, title, height=max(260, min(480, 150 + 18 * rows)))
 
 
@@ -351,7 +356,7 @@ def vectors_figure(vectors: np.ndarray, presets: Sequence[tuple[int, int]], side
     v = np.asarray(vectors, dtype=np.float32)
     r, d = v.shape
     lim = float(np.abs(v).max()) or 1.0
-    fig = go.Figure(go.Heatmap(z=v, x=list(range(1, d + 1)), y=[f"v{i + 1}" for i in range(r)],
+    fig = go.Figure(go.Heatmap(z=v, x=list(range(1, d + 1)), y=[f"{side[0]}{i + 1}" for i in range(r)],
                                colorscale="RdBu", zmid=0, zmin=-lim, zmax=lim,
                                colorbar=dict(title=dict(text="value", side="top"), thickness=12),
                                hovertemplate="vector %{y}, dimension %{x}: %{z:.3f}<extra></extra>"))
@@ -363,8 +368,9 @@ def vectors_figure(vectors: np.ndarray, presets: Sequence[tuple[int, int]], side
             continue
         seen.add(n)
         fig.add_hline(y=n - 0.5, line=dict(color=ACCENT, width=2, dash="dot"))
+        # Dark on a light box: orange text on the red/blue field could not be read.
         fig.add_annotation(x=d, y=n - 0.5, text=f"first {n}", showarrow=False, xanchor="right", yanchor="bottom",
-                           font=dict(color=ACCENT, size=12))
+                           font=dict(color="#111827", size=12), bgcolor="rgba(255,255,255,0.85)")
     fig.update_xaxes(title_text=f"dimension (D = {d})")
     fig.update_yaxes(title_text=f"{side} vectors", autorange="reversed")
     return _layout(fig, f"The {r} {side} vectors (each row has length 1)", height=max(240, min(420, 140 + 16 * r)))

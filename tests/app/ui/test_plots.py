@@ -102,3 +102,12 @@ def test_the_size_chart_labels_its_bars_in_its_axis_unit():
     # Each label is its bar's height, in that unit.
     for label, height in zip(bar.text, bar.y):
         assert float(label.split()[0]) == pytest.approx(height, rel=0.05)
+
+
+def test_every_chart_names_the_vectors_q1_and_c1():
+    """A reviewer found four names for the same 16 vectors (1…16, q1…q16, M1…M16, v1…v16)."""
+    fig = plots.similarity_heatmap(np.zeros((4, 8)), np.zeros(4, dtype=int), (4, 8))
+    assert list(fig.layout.yaxis.ticktext) == ["q1", "q2", "q3", "q4"] and fig.layout.xaxis.ticktext[0] == "c1"
+    assert list(plots.vectors_figure(np.eye(4, 8), [(1, 1), (2, 4)], "query").data[0].y) == ["q1", "q2", "q3", "q4"]
+    attention = plots.attention_figure(np.full((2, 3), 1 / 3), ["a", "b", "c"], "attention")
+    assert list(attention.data[0].y) == ["q1", "q2"]
