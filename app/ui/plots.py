@@ -296,7 +296,8 @@ def quality_figure(presets: Sequence[tuple[int, int]], lines: Sequence[QualityLi
     labels = budget_labels(presets)
     fig = go.Figure()
     palette = [ACCENT, BUDGET, "#16a34a", "#9333ea"]
-    extra = ["#0891b2", "#a16207", "#db2777", "#475569"]  # the illustrative splits' colours
+    # The illustrative splits' colours, none near the palette's (teal and amber read as its blue and orange).
+    extra = ["#db2777", "#475569", "#0891b2", "#a16207"]
     used = {False: 0, True: 0}
     for line in lines:
         colours = extra if line.illustrative else palette
