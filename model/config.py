@@ -81,6 +81,9 @@ class MetaEmbedConfig:
     # "phrases": granular too, but the parts follow the content's sentences, clauses and words, photos' concepts,
     # and leave punctuation out (model/parts.py).
     meta_attention: str = "full"
+    # Weight of the visual tokenizer's class probabilities in a photo's first vector (model/class_prior.py,
+    # ConSE); 0 = the words alone. Needs the visual-tokenizer front end.
+    class_prior: float = 0.0
     name: str = "metaembed"
     format_version: int = FORMAT_VERSION
 
@@ -116,6 +119,11 @@ class MetaEmbedConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
         if self.meta_attention not in META_ATTENTION:
             raise ValueError(f"meta_attention must be one of {list(META_ATTENTION)}, got {self.meta_attention!r}")
+        if not isinstance(self.class_prior, (int, float)) or not 0.0 <= self.class_prior <= 1.0:
+            raise ValueError(f"class_prior must be a weight in [0, 1], got {self.class_prior!r}")
+        if self.class_prior and self.front_end != "visual-tokenizer":
+            raise ValueError("class_prior needs the visual-tokenizer front end (its classifier's probabilities), "
+                             f"but front_end is {self.front_end!r}")
 
     @property
     def weights(self) -> list[float]:

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint
 from .backbones import Backbone, load_backbone, parse_items
+from .class_prior import class_texts, with_prior
 from .config import GRANULAR, MetaEmbedConfig
 from .device import cpu_has_native_bf16, run_dtype, target_device
 from .readout import SpanReadout
@@ -27,6 +28,7 @@ class MetaEmbed(nn.Module):
         self.config = config
         self.backbone = backbone
         self.cpu_autocast = False  # decided by _place (from_config / from_pretrained)
+        self._class_vectors: torch.Tensor | None = None  # made on first use (class_vectors)
         gen = torch.Generator().manual_seed(seed)
         self.query_meta = nn.Parameter(backbone.meta_init(config.num_query_tokens, gen))
         self.candidate_meta = nn.Parameter(backbone.meta_init(config.num_candidate_tokens, gen))
@@ -189,7 +191,27 @@ class MetaEmbed(nn.Module):
             vecs, out.attention = self.readout(out.meta, out.content, out.span)
         if self.proj is not None:
             vecs = self.proj(vecs.to(self.proj.weight.dtype))
-        return F.normalize(vecs.float(), dim=-1), out
+        vecs = F.normalize(vecs.float(), dim=-1)
+        if self.config.class_prior:
+            vecs = with_prior(vecs, out.extras or [], self.class_vectors, self.config.class_prior)
+        return vecs, out
+
+    def class_vectors(self) -> torch.Tensor:
+        """[1000, D] float32: each ImageNet class's words read as a candidate's first vector (the class prior's
+        embeddings, model/class_prior.py); made once per model, ~1-3 s on a CPU."""
+        if self._class_vectors is None:
+            texts, out = class_texts(), []
+            # Straight through the backbone, not self.encode / self.prepare: a caller that wraps those to note
+            # what the model reads (the eval command does) must not see the class words as items of its own.
+            with torch.inference_mode():
+                for start in range(0, len(texts), 128):
+                    batch = self.backbone.prepare(parse_items(texts[start:start + 128], what="candidate"), 1)
+                    with self._autocast():
+                        vecs, _ = self.embed(batch, "candidate", 1)
+                    out.append(vecs[:, 0].float().cpu())
+            with torch.inference_mode(False):
+                self._class_vectors = torch.cat(out).clone()  # a plain tensor: training may read it too
+        return self._class_vectors
 
     def prepare(self, items: list, side: str, num_tokens: int | None = None) -> dict:
         parsed = parse_items(items, what=side)

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 TokenKind = Literal["concept", "people", "colour", "ocr"]
 
 CANDIDATE_CONCEPTS = 8  # top-k classes handed to render_doc, which applies the threshold and cap
+TOP_CLASSES = 10  # the classifier's most probable classes kept on a doc, named or not (model/class_prior.py)
 
 
 @dataclass
@@ -84,6 +85,9 @@ class VisualDoc:
     tokens: list[VisualToken] = field(default_factory=list)
     ocr_ran: bool = False
     size: tuple[int, int] = (0, 0)  # original (width, height)
+    # The classifier's TOP_CLASSES most probable classes, (class index, probability), most probable first,
+    # including those below the naming threshold: what it believed, which the class prior reads.
+    class_probs: tuple[tuple[int, float], ...] = ()
 
 
 WORK_LONG_SIDE = 640  # the text gate's resolution
@@ -320,7 +324,9 @@ class VisualTokenizer:
             else:
                 w = words[s.item]
                 tokens.append(VisualToken(piece, "ocr", float(w.score), (s.start, s.end), box=tuple(w.box)))
-        return VisualDoc(text=text, tokens=tokens, ocr_ran=run_ocr, size=img.size)
+        ranked = np.argsort(-probs, kind="stable")[:TOP_CLASSES]
+        return VisualDoc(text=text, tokens=tokens, ocr_ran=run_ocr, size=img.size,
+                         class_probs=tuple((int(c), float(probs[c])) for c in ranked))
 
 
 def image_class_probabilities(img: Image.Image) -> np.ndarray:
