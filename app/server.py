@@ -78,6 +78,7 @@ def create_app(checkpoint: str | None = None, data_dir: str | os.PathLike | None
     if store is not None and studio.local is not None:
         studio.local.index(engine)  # an unreachable Qdrant or another checkpoint's collection: say so now
     if wait_for_samples:
+        studio.warm_up()
         for coll in (studio.samples, studio.local):
             if coll is not None:
                 studio.sync_files(coll)

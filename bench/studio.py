@@ -269,7 +269,8 @@ def bench_index(n: int, size: tuple[int, int], rounds: int) -> None:
         ckpt, label = checkpoint(tmp)
         rates = []
         for r in range(rounds):
-            studio, _ = create_app(ckpt, tmp / f"data{r}", sample_dir=None, log=lambda *a: None)
+            # As a visitor finds the app once it is up: its start-up work (the class prior's vectors) is done.
+            studio, _ = create_app(ckpt, tmp / f"data{r}", sample_dir=None, wait_for_samples=True, log=lambda *a: None)
             if r == 0:  # warm-up: loads the classifier (and TorchScript-freezes it) before anything is timed
                 studio.engine.model.encode_candidates([Image.open(files[0])])
                 print(f"checkpoint: {label}; {n} photos {size[0]}x{size[1]}; torch threads {torch.get_num_threads()}; "

@@ -382,12 +382,21 @@ class Studio:
         """Index the sample collection for the current model if it is not indexed yet (first start)."""
         return self.sync_files(self.samples, progress) if self.samples is not None else None
 
+    def warm_up(self) -> None:
+        """The model's one-off work before its first photo: the class prior's vectors (~1 s, MetaEmbed-Mini
+        v3.1), made at start rather than in a visitor's first upload."""
+        model = self.engine.model
+        if getattr(model.config, "class_prior", 0):
+            with self.engine.lock.background():
+                model.class_vectors()
+
     def prepare_in_background(self, log: Callable[[str], None] = print) -> threading.Thread:
         """Index what is not indexed yet (samples, then the local collection) on a thread, so the page is
         served at once; `indexing_progress` says how far it is."""
         todo = [c for c in (self.samples, self.local) if c is not None]
 
         def run() -> None:
+            self.warm_up()
             for coll in todo:
                 t0 = time.perf_counter()
 
@@ -428,6 +437,7 @@ class Studio:
             old = self.engine
             self.engine = engine
             try:
+                self.warm_up()
                 progress(0.3, "indexing the sample collection for this model")
                 self.prepare_samples(lambda f, w: progress(0.3 + 0.3 * f, w))
                 if self.local is not None:

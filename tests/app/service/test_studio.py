@@ -283,3 +283,21 @@ def test_a_query_from_the_cache_reports_no_encoding_time(studio):
     assert again.encode_ms == 0.0
     assert "“red panda”" == again.label
     assert studio.encode_query("<i>x</i>").label == "“&lt;i&gt;x&lt;/i&gt;”"
+
+
+def test_the_app_makes_the_class_prior_vectors_at_start_not_at_a_first_upload(tmp_path):
+    """MetaEmbed-Mini v3.1's class prior needs one vector per ImageNet class (~1 s to make): the app's start-up
+    thread makes them, so a visitor's first upload does not wait for them."""
+    from app.server import create_app
+    from model import MetaEmbed, MetaEmbedConfig
+
+    cfg = MetaEmbedConfig(front_end="visual-tokenizer", meta_attention="phrases", lora_r=None, embed_dim=None,
+                          num_query_tokens=4, num_candidate_tokens=8, groups=[(1, 1), (4, 8)], class_prior=0.5)
+    ckpt = MetaEmbed.from_config(cfg, device="cpu").save_pretrained(tmp_path / "ckpt")
+    studio, demo = create_app(str(ckpt), tmp_path / "data", sample_dir=None, wait_for_samples=True,
+                              log=lambda *a: None)
+    try:
+        assert studio.engine.model._class_vectors is not None
+    finally:
+        demo.close()
+        studio.close()
