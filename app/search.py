@@ -86,7 +86,7 @@ def comparable_score(score: float, r_q: int) -> float:
     """MaxSim at a budget (r_q, r_c) as the mean best similarity of the query's r_q vectors, 0-1 for a match.
 
     A raw MaxSim sum grows with r_q (it adds r_q similarities), so scores of different budgets, or a score
-    and the checkpoint's weak-match thresholds (calibration.json), are compared in this form: the one the
+    and the checkpoint's weak-match threshold and bars (calibration.json), are compared in this form: the one the
     app shows and the CLI and the API report next to `score`.
     """
     return score / r_q
@@ -184,9 +184,9 @@ def check_budget(budget: Any, num_query_vectors: int, num_candidate_vectors: int
 class Calibration:
     """A checkpoint's "no close match" flag (bench/weak_match.py --write, calibration.json).
 
-    The flag judges the query as a whole, at every budget: no item's first vector (the whole item) comes within
-    `weak_below` of the query's first vector (the whole query), i.e. the best score at WHOLE_MATCH = (1, 1) is
-    below it. At larger budgets the best score is the mean of each query vector's best part anywhere, and word
+    The flag judges the query as a whole, at every budget: no item's first vector (the whole item) is as
+    similar as `weak_below` to the query's first vector (the whole query), i.e. the best score at WHOLE_MATCH =
+    (1, 1) is below it. At larger budgets the best score is the mean of each query vector's best part anywhere, and word
     fragments ("qwzx" read as q·w·z·x) find parts that share them, so gibberish scored like a real query there
     (docs/benchmarks.md, "No close match"). But a short query against long pages ("installer") can be far from
     every page as a whole and still be found word for word: a search whose best score at its budget reaches the
@@ -198,11 +198,14 @@ class Calibration:
 
     def strong_at(self, budget: tuple[int, int]) -> float:
         """The strong-part bar at `budget`: its preset's, else that of the preset with the largest r_c not above
-        it (the best score grows with r_c, so this errs towards flagging less); inf without bars."""
+        it, else the lowest bar (the best score grows with r_c, so both err towards flagging less); inf without
+        bars."""
         if budget in self.strong_part:
             return self.strong_part[budget]
+        if not self.strong_part:
+            return float("inf")
         below = [p for p in self.strong_part if p[1] <= budget[1]]
-        return self.strong_part[max(below, key=lambda p: (p[1], p[0]))] if below else float("inf")
+        return self.strong_part[max(below, key=lambda p: (p[1], p[0]))] if below else min(self.strong_part.values())
 
     def no_close_match(self, whole: float, best: float, budget: tuple[int, int]) -> bool:
         """Whether a search whose whole-query score is `whole` and whose best comparable score at `budget` is

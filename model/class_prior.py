@@ -11,7 +11,9 @@ that reads the whole photo, becomes
     normalize((1 - w) * first + w * sum_c p_c e_c / |sum_c p_c e_c|),   p over the top TOP_CLASSES, renormalised
 
 with w = `class_prior`. Only the first vector changes: the other vectors stay the parts of the words they read.
-It applies to candidates and queries alike (a photo searched with "more like this" is read the same way).
+It applies to a picture read alone, as a candidate or as a query (a photo searched with "more like this"; a
+PDF page with no readable text is indexed as its picture too), and not to an image that comes with words of
+its own (an image-and-text query), whose first vector stays that of all its words.
 
 Measured (MetaEmbed-Mini v3 weights, w = 0.5, T = 10, chosen before the held-out run among T 5/10/20 and w 0
 / 0.5 on the dev split; photo queries over the photos alone, per-query paired bootstrap, 95 %): held-out
@@ -25,7 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-TOP_CLASSES = 10  # ConSE's T
+TOP_CLASSES = 10  # ConSE's T: how many of the classifier's classes the visual tokenizer keeps on a doc
 
 
 def class_texts() -> list[str]:
@@ -39,16 +41,17 @@ def class_texts() -> list[str]:
 def prior(class_vectors: torch.Tensor, class_probs) -> torch.Tensor:
     """The unit ConSE vector of one photo: its classes' vectors [C, D] weighted by `class_probs` ((class index,
     probability) pairs, renormalised over the pairs given)."""
+    class_probs = class_probs[:TOP_CLASSES]
     index = torch.tensor([int(c) for c, _ in class_probs], device=class_vectors.device)
     p = torch.tensor([float(q) for _, q in class_probs], dtype=class_vectors.dtype, device=class_vectors.device)
     return F.normalize((p / p.sum().clamp_min(1e-12)) @ class_vectors[index], dim=-1)
 
 
 def with_prior(vecs: torch.Tensor, extras: list[dict], class_vectors, weight: float) -> torch.Tensor:
-    """`vecs` [B, R, D] (unit rows) with the first vector of every photo row mixed with its class prior.
+    """`vecs` [B, R, D] (unit rows) with the first vector of every picture read alone mixed with its class prior.
     `extras` are the backbone's per-row extras (a photo's has its VisualDoc under "visual"); `class_vectors` is
     called for the [C, D] class vectors only when some row is a photo."""
-    docs = [ex.get("visual") if isinstance(ex, dict) else None for ex in extras]
+    docs = [ex.get("visual") if isinstance(ex, dict) and not ex.get("with_text") else None for ex in extras]
     rows = [b for b, doc in enumerate(docs) if doc is not None and getattr(doc, "class_probs", None)]
     if not rows or weight <= 0:
         return vecs

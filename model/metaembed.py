@@ -142,6 +142,7 @@ class MetaEmbed(nn.Module):
                     f"needs {tuple(own[key].shape)}; the checkpoint was made for another backbone or size"
                 )
         self.load_state_dict(state, strict=False)
+        self._class_vectors = None  # made from the old weights
 
     # ---- embedding ----------------------------------------------------------------------------------
     @property
@@ -198,9 +199,12 @@ class MetaEmbed(nn.Module):
 
     def class_vectors(self) -> torch.Tensor:
         """[1000, D] float32: each ImageNet class's words read as a candidate's first vector (the class prior's
-        embeddings, model/class_prior.py); made once per model, ~1-3 s on a CPU."""
+        embeddings, model/class_prior.py); made once per model (~1 s on a CPU), in eval mode, and made again
+        after new weights are loaded or training starts (within a training run they stay as first made)."""
         if self._class_vectors is None:
             texts, out = class_texts(), []
+            modes = [(m, m.training) for m in self.modules()]
+            nn.Module.train(self, False)  # no dropout in a table every later photo reads
             # Straight through the backbone, not self.encode / self.prepare: a caller that wraps those to note
             # what the model reads (the eval command does) must not see the class words as items of its own.
             with torch.inference_mode():
@@ -209,9 +213,16 @@ class MetaEmbed(nn.Module):
                     with self._autocast():
                         vecs, _ = self.embed(batch, "candidate", 1)
                     out.append(vecs[:, 0].float().cpu())
+            for module, mode in modes:  # each module as it was (a trainer may keep some in eval mode)
+                module.training = mode
             with torch.inference_mode(False):
                 self._class_vectors = torch.cat(out).clone()  # a plain tensor: training may read it too
         return self._class_vectors
+
+    def train(self, mode: bool = True) -> MetaEmbed:
+        if mode:
+            self._class_vectors = None  # the weights are about to change
+        return super().train(mode)
 
     def prepare(self, items: list, side: str, num_tokens: int | None = None) -> dict:
         parsed = parse_items(items, what=side)

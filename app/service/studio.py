@@ -396,7 +396,10 @@ class Studio:
         todo = [c for c in (self.samples, self.local) if c is not None]
 
         def run() -> None:
-            self.warm_up()
+            try:
+                self.warm_up()
+            except Exception as e:  # noqa: BLE001 - then the first photo makes them; indexing must go on
+                log(f"could not prepare the model: {e}")
             for coll in todo:
                 t0 = time.perf_counter()
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from app.humanize import describe_files, files_of, human_bytes
+from app.humanize import describe_files, echoed, files_of, human_bytes
 from app.ingest import SUPPORTED_EXTENSIONS
 from app.search import Hit
 from app.service import Studio
@@ -101,7 +101,7 @@ def wire(studio: Studio, c: SimpleNamespace, started, status: gr.Markdown) -> No
             removed = studio.remove(coll, chosen)
         except KeyError as e:
             raise gr.Error(str(e)) from e
-        names = sorted(chosen)
+        names = [echoed(n, 80) for n in sorted(chosen)]  # "*draft*.pdf" is a name, not Markdown
         which = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         return (f"Removed {files_of(removed)}: {which}.",) + collection_view(request)
 

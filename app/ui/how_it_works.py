@@ -73,7 +73,7 @@ def tokens_html(tokens: list[str], num_meta: int) -> str:
     meta = "".join(f"<span class='me-meta'>M{i + 1}</span>" for i in range(num_meta))
     return (f"<div class='me-tokens'>{content}<span style='opacity:.6'>→</span>{meta}</div>"
             f"<p class='me-caption'>{len(tokens)} content tokens (word pieces; [CLS] and [SEP] mark the ends) and "
-            f"{num_meta} meta tokens M1 … M{num_meta}, whose last states become the query vectors q1 … "
+            f"{num_meta} meta tokens M1 … M{num_meta}, each of which becomes one query vector, q1 … "
             f"q{num_meta} (the names the charts below and the search's explanations use).</p>")
 
 

@@ -116,7 +116,7 @@ def contribution_bars(contributions: np.ndarray, argmax: np.ndarray, score: floa
         x=contributions, y=names, orientation="h", marker_color=ACCENT,
         text=[f"{v:.2f}" for v in contributions], textposition="outside", cliponaxis=False,
         customdata=[[int(a) + 1, q_labels[i]] for i, a in enumerate(argmax)],
-        hovertemplate="query vector %{y}%{customdata[1]}: best match is candidate vector %{customdata[0]}"
+        hovertemplate="query vector %{y}%{customdata[1]}: best match is result vector c%{customdata[0]}"
                       "<br>adds %{x:.3f} to the score<extra></extra>",
     ))
     fig.update_yaxes(autorange="reversed", title_text="query vector")

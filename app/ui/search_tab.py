@@ -160,12 +160,13 @@ def snippets_html(hits: list[Hit], query_text: str | None, r_q: int, limit: int 
 
 def same_word(a: str, b: str) -> bool:
     """Whether two lower-case words are forms of one word for highlighting: equal, or sharing a prefix of at
-    least 4 letters that misses at most 2 of the shorter one ("install" / "installer" / "installed", "boat" /
-    "boats"; not "cat" / "category")."""
+    least 4 letters that misses at most 2 letters of the shorter one and 3 of the longer ("install" /
+    "installer" / "installed", "boat" / "boats"; not "cat" / "category", "port" / "portrait", "organ" /
+    "organization")."""
     if a == b:
         return True
     common = len(os.path.commonprefix([a, b]))
-    return common >= 4 and common >= min(len(a), len(b)) - 2
+    return common >= 4 and common >= min(len(a), len(b)) - 2 and common >= max(len(a), len(b)) - 3
 
 
 def _best_stretch(text: str, words: set[str]) -> str | None:
@@ -449,7 +450,12 @@ def rank_outputs(studio: Studio, query: QueryState, rq: int, rc: int, with_sampl
     hits = studio.search(query, session, rq, rc, k=RESULTS, include_samples=with_samples)
     ms = (time.perf_counter() - t0) * 1000
     calibration = studio.engine.calibration
-    whole = studio.whole_match(query, session, with_samples) if (calibration is not None and hits) else None
+    whole = None
+    if calibration is not None and hits:
+        try:
+            whole = studio.whole_match(query, session, with_samples)
+        except (KeyError, ValueError):  # e.g. the model changed in between (CheckpointMismatch): not flagged
+            whole = None
     caption = results_caption(query, hits, (rq, rc), ms, studio.indexing_progress, calibration, whole,
                               samples_left_out=not with_samples and studio.samples is not None)
     return (query, hits, gallery_value(studio, hits, session, rq), caption, snippets_html(hits, query.text, rq))

@@ -69,6 +69,7 @@ class TextEncoderBackbone(Backbone):
                 extra["visual"] = doc
             if p.text is not None:
                 parts.append(p.text)
+                extra["with_text"] = bool(p.text.strip())  # an image with words of its own (a query's)
             texts.append(" ".join(t for t in parts if t.strip()) or "[UNK]")
             extras.append(extra)
         return texts, extras

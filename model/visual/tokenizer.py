@@ -26,6 +26,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+from ..class_prior import TOP_CLASSES
 from ..config import env_switch, image_threads
 from .classifier import (
     INPUT_SIZE,
@@ -47,7 +48,6 @@ log = logging.getLogger(__name__)
 TokenKind = Literal["concept", "people", "colour", "ocr"]
 
 CANDIDATE_CONCEPTS = 8  # top-k classes handed to render_doc, which applies the threshold and cap
-TOP_CLASSES = 10  # the classifier's most probable classes kept on a doc, named or not (model/class_prior.py)
 
 
 @dataclass

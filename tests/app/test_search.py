@@ -164,6 +164,8 @@ def test_the_weak_match_calibration_loads_only_for_its_own_weights(tmp_path):
     assert cal == Calibration(0.2, {(1, 1): 0.4, (4, 8): 0.5, (16, 64): 0.6})
     assert load_calibration(tmp_path, "ck-2") is None and load_calibration(None, "ck-1") is None
     assert cal.strong_at((4, 8)) == 0.5 and cal.strong_at((6, 32)) == 0.5  # between presets: the one below
+    assert Calibration(0.2, {(4, 8): 0.5, (16, 64): 0.6}).strong_at((2, 2)) == 0.5  # below every preset: the lowest
+    assert Calibration(0.2).strong_at((4, 8)) == float("inf")  # no bars: the whole-query score alone
     # Flagged: far from everything as a whole, and no part matches strongly at the budget.
     assert cal.no_close_match(whole=0.1, best=0.45, budget=(4, 8))
     assert not cal.no_close_match(whole=0.1, best=0.65, budget=(16, 64))  # a word found word for word

@@ -57,6 +57,13 @@ def test_a_model_with_the_prior_reads_a_photo_with_its_classes_and_text_as_befor
     assert len(doc.class_probs) == TOP_CLASSES and doc.class_probs[0][1] >= doc.class_probs[-1][1]
     expected = F.normalize(0.5 * a[0, 0] + 0.5 * prior(table, doc.class_probs), dim=-1)
     assert torch.allclose(b[0, 0], expected, atol=1e-3)
+    # A picture with words of its own (an image-and-text query) keeps its words' first vector.
+    pair = {"image": photo, "text": "at night"}
+    assert torch.equal(mixed.encode_queries([pair]), plain.encode_queries([pair]))
+    # New weights, or training, make the table again from them.
+    mixed.train()
+    assert mixed._class_vectors is None
+    mixed.eval()
     # A photo as a query ("more like this") is read the same way.
     assert torch.allclose(mixed.encode_queries([photo])[0, 0], F.normalize(
         0.5 * plain.encode_queries([photo])[0, 0] + 0.5 * prior(table, doc.class_probs), dim=-1), atol=1e-3)

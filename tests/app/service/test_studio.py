@@ -294,10 +294,12 @@ def test_the_app_makes_the_class_prior_vectors_at_start_not_at_a_first_upload(tm
     cfg = MetaEmbedConfig(front_end="visual-tokenizer", meta_attention="phrases", lora_r=None, embed_dim=None,
                           num_query_tokens=4, num_candidate_tokens=8, groups=[(1, 1), (4, 8)], class_prior=0.5)
     ckpt = MetaEmbed.from_config(cfg, device="cpu").save_pretrained(tmp_path / "ckpt")
-    studio, demo = create_app(str(ckpt), tmp_path / "data", sample_dir=None, wait_for_samples=True,
-                              log=lambda *a: None)
-    try:
-        assert studio.engine.model._class_vectors is not None
-    finally:
-        demo.close()
-        studio.close()
+    for wait in (True, False):  # started for a test or a script, and in the background as the app starts
+        studio, demo = create_app(str(ckpt), tmp_path / f"data-{wait}", sample_dir=None, wait_for_samples=wait,
+                                  log=lambda *a: None)
+        try:
+            assert studio.wait_for_samples(60)
+            assert studio.engine.model._class_vectors is not None
+        finally:
+            demo.close()
+            studio.close()

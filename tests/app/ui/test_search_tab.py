@@ -37,9 +37,13 @@ def test_snippets_mark_forms_of_a_query_word():
     from app.ui.search_tab import same_word
 
     out = snippets_html([_hit(1, "text", "Debian is installed with its installation tools")], "installer", 4)
-    assert "<mark>installed</mark>" in out and "<mark>installation</mark>" in out and "<mark>Debian</mark>" not in out
+    assert "<mark>installed</mark>" in out and "<mark>Debian</mark>" not in out
     assert same_word("boat", "boats") and same_word("install", "installer") and not same_word("cat", "category")
     assert not same_word("sunset", "sunday") and same_word("dog", "dog")
+    # A shared start is not a form of the word (a review: "port" marked a page about portraits).
+    for a, b in (("port", "portrait"), ("card", "cardinal"), ("organ", "organization"), ("test", "testament"),
+                 ("photos", "photographer"), ("informal", "information")):
+        assert not same_word(a, b), (a, b)
 
 
 def test_snippets_escape_the_text():
