@@ -263,7 +263,13 @@ def test_gibberish_is_flagged_as_no_close_match(uploaded, browser_page):
 
 def test_open_a_result_shows_why_it_matched(uploaded, browser_page):
     page = browser_page.page
-    results_on_page(page)
+    # A search of its own, whatever the earlier tests searched last: its screenshot is the README's picture of
+    # "why it matched", which showed an earlier test's gibberish query.
+    open_tab(page, "Search")
+    before = captions(page)
+    page.fill("#me-query textarea", "boats resting in the harbour at sunset")  # no other test's query: new scores
+    page.click("#me-search")
+    wait_for_new_captions(page, before)
     # A photo, when one is in the results: its explanation shows the visual tokenizer's maps.
     photos = [i for i, c in enumerate(captions(page)) if c.endswith(".jpg")]
     page.locator("#me-results .thumbnail-item").nth(photos[0] if photos else 0).click()
