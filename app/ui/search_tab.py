@@ -451,11 +451,13 @@ def rank_outputs(studio: Studio, query: QueryState, rq: int, rc: int, with_sampl
     ms = (time.perf_counter() - t0) * 1000
     calibration = studio.engine.calibration
     whole = None
-    if calibration is not None and hits:
+    # The whole-query score takes a (1, 1) search of its own; it can only flag a search whose best part is below
+    # the budget's strong-part bar, so most slider moves over a real match skip it.
+    if calibration is not None and hits and comparable_score(hits[0].score, rq) < calibration.strong_at((rq, rc)):
         try:
             whole = studio.whole_match(query, session, with_samples)
         except (KeyError, ValueError):  # e.g. the model changed in between (CheckpointMismatch): not flagged
-            whole = None
+            pass
     caption = results_caption(query, hits, (rq, rc), ms, studio.indexing_progress, calibration, whole,
                               samples_left_out=not with_samples and studio.samples is not None)
     return (query, hits, gallery_value(studio, hits, session, rq), caption, snippets_html(hits, query.text, rq))
