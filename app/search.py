@@ -186,11 +186,12 @@ class Calibration:
 
     The flag judges the query as a whole, at every budget: no item's first vector (the whole item) is as
     similar as `weak_below` to the query's first vector (the whole query), i.e. the best score at WHOLE_MATCH =
-    (1, 1) is below it. At larger budgets the best score is the mean of each query vector's best part anywhere, and word
-    fragments ("qwzx" read as q·w·z·x) find parts that share them, so gibberish scored like a real query there
-    (docs/benchmarks.md, "No close match"). But a short query against long pages ("installer") can be far from
-    every page as a whole and still be found word for word: a search whose best score at its budget reaches the
-    budget's `strong_part` bar (above 99% of gibberish searches' on the dev split) is not flagged.
+    (1, 1) is below it. At larger budgets the best score is the mean of each query vector's best part
+    anywhere, and word fragments ("qwzx" read as q·w·z·x) find parts that share them, so gibberish scored like
+    a real query there (docs/benchmarks.md, "No close match"). But a short query against long pages
+    ("installer") can be far from every page as a whole and still be found word for word: a search whose best
+    score at its budget reaches the budget's `strong_part` bar (above 99% of gibberish searches' on the dev
+    split) is not flagged.
     """
 
     weak_below: float  # on the whole-query score

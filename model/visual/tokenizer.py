@@ -278,8 +278,8 @@ class VisualTokenizer:
         return docs
 
     def _doc(self, img, prep: _Prepared, probs, crop_probs, features, run_ocr: bool) -> VisualDoc:
-        top = np.argsort(-probs, kind="stable")[:CANDIDATE_CONCEPTS]
-        concepts = [(int(c), float(probs[c])) for c in top]
+        ranked = np.argsort(-probs, kind="stable")[:max(CANDIDATE_CONCEPTS, TOP_CLASSES)]  # one sort for both
+        concepts = [(int(c), float(probs[c])) for c in ranked[:CANDIDATE_CONCEPTS]]
         colours = prep.colours
         words = []
         if run_ocr:
@@ -324,9 +324,8 @@ class VisualTokenizer:
             else:
                 w = words[s.item]
                 tokens.append(VisualToken(piece, "ocr", float(w.score), (s.start, s.end), box=tuple(w.box)))
-        ranked = np.argsort(-probs, kind="stable")[:TOP_CLASSES]
         return VisualDoc(text=text, tokens=tokens, ocr_ran=run_ocr, size=img.size,
-                         class_probs=tuple((int(c), float(probs[c])) for c in ranked))
+                         class_probs=tuple((int(c), float(probs[c])) for c in ranked[:TOP_CLASSES]))
 
 
 def image_class_probabilities(img: Image.Image) -> np.ndarray:
