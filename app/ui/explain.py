@@ -221,9 +221,17 @@ def meaningful(unit: Unit) -> bool:
     return any(ch.isalnum() for ch in unit.label)
 
 
+KIND_MARKS = {"concept": "◆ ", "people": "☺ ", "scene": "☁ ", "colour": "● ", "ocr": "✎ "}
+
+
+def kind_mark(kind: str) -> str:
+    """The symbol shown before a visual token of this kind ("◆ " a concept, "☁ " a scene word, ...), or ""."""
+    return KIND_MARKS.get(kind, "")
+
+
 def _chip(unit: Unit, weight: float, top: float) -> str:
     a = 0.08 + 0.72 * (weight / top) if top > 0 else 0.08
-    mark = {"concept": "◆ ", "people": "☺ ", "colour": "● ", "ocr": "✎ "}.get(unit.kind, "")
+    mark = kind_mark(unit.kind)
     return (f'<span style="{CSS_CHIP}background:rgba(249,115,22,{a:.2f})" title="{html.escape(unit.kind)}: '
             f'{html.escape(unit.label)} ({weight:.3f})">{mark}{html.escape(short_label(unit))} '
             f'<small style="opacity:.7">{weight:.2f}</small></span>')
@@ -257,7 +265,8 @@ def match_table_html(ex: Explanation, shown: int = 6) -> str:
     each = f"Each of the {r_q} query vectors is" if r_q > 1 else "The one query vector is"
     note = (f"<p class='me-caption'>{each} the state of one meta token; it keeps only its "
             "best match among the result's vectors. Chips show the content tokens each meta token attended to "
-            "most in the last layer (◆ concept seen in a photo, ● colour, ✎ text read in the image).</p>")
+            "most in the last layer (◆ concept seen in a photo, ☺ people, ☁ scene: sky or black and white, ● colour, "
+            "✎ text read in the image).</p>")
     table = f"<table class='me-table'>{head}<tbody>{''.join(rows[:shown])}</tbody></table>"
     if len(rows) > shown:  # the strongest matches tell the story; the rest are one click away
         rest = len(rows) - shown

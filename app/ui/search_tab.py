@@ -246,7 +246,8 @@ def build(studio: Studio) -> SimpleNamespace:
                                    interactive=False, buttons=["fullscreen"], elem_id="me-overlay")
             gr.Markdown("Where the content tokens behind the winning matches lie, stronger where "
                         "the matching meta vectors attended more: a heat map for each concept seen "
-                        "in the photo (◆), outlined areas for colours (●, drawn in that colour), "
+                        "in the photo (◆) and for the sky or a photo without colour (☁, scene words), "
+                        "outlined areas for colours (●, drawn in that colour), "
                         "boxes around faces (☺, people words) and around words on pages and text "
                         "read in images (✎). Dimmed parts "
                         "played no role.", elem_classes="me-caption")
@@ -507,7 +508,7 @@ def explain_panel(studio: Studio, coll_key: str, item_id: str, query: QueryState
              f"**({rq}, {rc})**: {of}. ")
     top = ui_explain.summary_units(ex)
     if top:
-        title += "Mostly because of: " + ", ".join(f"{_kind_mark(k)}{lab} ({100 * s:.0f}%)" for lab, k, s in top)
+        title += "Mostly because of: " + ", ".join(f"{ui_explain.kind_mark(k)}{lab} ({100 * s:.0f}%)" for lab, k, s in top)
     words = [u for u in ex.q_units if ui_explain.meaningful(u)]
     if rq > 1 and len(words) == 1:
         # A teacher's first query is often one word, and 16 identical rows looked like one vector copied 16 times.
@@ -529,7 +530,3 @@ def _vector_labels(att: np.ndarray | None, units: list, n: int) -> list[str]:
         return [""] * n
     return [ui_explain.short_label(units[keep[int(np.argmax(att[i][keep]))]]) if i < len(att) else ""
             for i in range(n)]
-
-
-def _kind_mark(kind: str) -> str:
-    return {"concept": "◆ ", "people": "☺ ", "colour": "● ", "ocr": "✎ "}.get(kind, "")

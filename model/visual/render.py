@@ -169,6 +169,16 @@ def _write_people(doc: _DocWriter, people: list[str] | None) -> None:
         doc.emit(text, "people", pos)
 
 
+def _write_scene(doc: _DocWriter, scene: list[str] | None) -> None:
+    """Each scene word ("sky") as one more CONCEPT_SEP-separated group after the people."""
+    for pos, term in enumerate(scene or []):
+        text = " ".join(str(term).split())
+        if not text:
+            raise ValueError(f"render_doc: scene[{pos}] is empty")
+        doc.separate(CONCEPT_SEP)
+        doc.emit(text, "scene", pos)
+
+
 def _write_colours(doc: _DocWriter, colours: list[tuple[str, float, int]]) -> None:
     """The selected colours as "colors: a, b", a part of its own."""
     if not colours:
@@ -226,6 +236,7 @@ def render_doc(
     vocab: ImageNetVocab | None = None,
     max_pieces: int = MAX_DOC_PIECES,
     people: list[str] | None = None,
+    scene: list[str] | None = None,
 ) -> tuple[str, list[RenderedSpan]]:
     """Render a visual doc. Deterministic: same inputs, same text.
 
@@ -235,10 +246,12 @@ def render_doc(
       joined by "; ".
     people: people words (people.people_terms), written in the given order after the concepts as one more
       "; "-separated group, "person, face" (None or [] = none: the doc is exactly as before).
+    scene: scene words (scene.scene_words: "sky", "black and white, monochrome"), each one more "; "-separated
+      group after the people (None or [] = none).
     colours: (colour words, area fraction); the MAX_COLOURS largest, largest first, as "colors: a, b".
     words: OCR words in reading order, as "text: w1 w2 ..."; each is cut to MAX_WORD_CHARS, and words are
       dropped from the end once the doc would exceed `max_pieces` MiniLM word pieces (or MAX_OCR_WORDS).
-    Returns the text and one RenderedSpan per rendered item (kind "concept" / "people" / "colour" / "ocr", the item's
+    Returns the text and one RenderedSpan per rendered item (kind "concept" / "people" / "scene" / "colour" / "ocr", the item's
     position in its input list, char span). Never returns empty text.
     """
     vocab = vocab or load_vocab()
@@ -249,6 +262,7 @@ def render_doc(
     doc = _DocWriter()
     _write_concepts(doc, kept_concepts, vocab)
     _write_people(doc, people)
+    _write_scene(doc, scene)
     _write_colours(doc, kept_colours)
     _write_words(doc, words, max_pieces)
     if not doc.pieces:

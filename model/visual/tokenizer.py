@@ -9,6 +9,10 @@ People: ImageNet has no class for a person, so faces found by `people.py` (Retin
 "person", "face", "two people", "group of people", "crowd", "portrait" after the concepts, each carrying the
 face boxes it stands for. `VisualTokenizer(people=False)` or METAEMBED_PEOPLE=0 turns them off.
 
+Scene: what no ImageNet class says about the whole frame ("sky", "black and white, monochrome"), from where its
+colours are (`scene.py`), written after the people with the pixels they stand for as their region; never on a
+picture with readable text. `VisualTokenizer(scene=False)` or METAEMBED_SCENE=0 turns them off.
+
 The text format is produced by ONE function, `render_doc` (render.py), which both this tokenizer and the
 synthetic training-data generator (model/recipes/mini/photo_pairs.py) call, so training sees exactly what the
 app indexes.
@@ -41,11 +45,12 @@ from .images import to_rgb
 from .ocr import ocr_image, text_gate, text_stroke_score
 from .people import PeopleDetectorUnavailable, get_face_detector, people_terms
 from .render import render_doc
+from .scene import scene_words
 from .vocab import ImageNetVocab, load_vocab
 
 log = logging.getLogger(__name__)
 
-TokenKind = Literal["concept", "people", "colour", "ocr"]
+TokenKind = Literal["concept", "people", "scene", "colour", "ocr"]
 
 CANDIDATE_CONCEPTS = 8  # top-k classes handed to render_doc, which applies the threshold and cap
 
@@ -56,12 +61,12 @@ class VisualToken:
 
     text: exactly doc.text[span[0]:span[1]].
     kind: "concept" (an ImageNet class with its synonyms/hypernyms), "people" (a people word: "person",
-      "group of people", ...), "colour" or "ocr" (one word).
-    weight: class probability, mean face score, colour area fraction, or OCR confidence.
+      "group of people", ...), "scene" ("sky", "black and white, monochrome"), "colour" or "ocr" (one word).
+    weight: class probability, mean face score, scene or colour area fraction, or OCR confidence.
     region: float16 heat map over the WHOLE image (rows top->bottom, cols left->right), values 0..1, or None.
       Concepts: the class-activation maps (7x7 over each of the classifier's square crops) resampled to
       MASK_SIZE x MASK_SIZE over the full frame, each scaled by how sure its crop is of the class relative to
-      the surest crop, the maximum where crops overlap. Colours: area coverage at MASK_SIZE x MASK_SIZE.
+      the surest crop, the maximum where crops overlap. Scene words and colours: area coverage at MASK_SIZE x MASK_SIZE.
     box: OCR words, and people words that stand for one face: (x0, y0, x1, y1) normalised to 0..1 of the image.
     boxes: people words: every face box the word stands for (same format), or None.
     class_index: concepts only: the ImageNet class.
@@ -163,9 +168,11 @@ class _Prepared:
     colours: list
     stroke: float
     faces: list = field(default_factory=list)  # people.Face, when people detection is on
+    scene: list = field(default_factory=list)  # scene.SceneWord, when scene words are on
 
 
 PEOPLE_ENV = "METAEMBED_PEOPLE"
+SCENE_ENV = "METAEMBED_SCENE"
 
 
 def _people_detector(people: bool | None):
@@ -197,16 +204,18 @@ class VisualTokenizer:
     people: find faces and write people words (people.py). True = required (PeopleDetectorUnavailable, an
     ImportError naming the pip package, when it is missing), False = off, None = $METAEMBED_PEOPLE ("0" off,
     "1" required), else on when its package is installed (a warning once when it is not).
+    scene: write scene words (scene.py). None = $METAEMBED_SCENE ("0" off), else on.
     classifier: the ImageNet classifier; by default the shared one, whose variant $METAEMBED_CLASSIFIER picks.
     """
 
     def __init__(self, classifier=None, vocab: ImageNetVocab | None = None, ocr_fn=None, overlap: bool = False,
-                 people: bool | None = None, face_detector=None):
+                 people: bool | None = None, face_detector=None, scene: bool | None = None):
         self.classifier = classifier or get_classifier()
         self.vocab = vocab or load_vocab()
         self.ocr_fn = ocr_image if ocr_fn is None else ocr_fn
         self.overlap = overlap
         self.face_detector = face_detector if face_detector is not None else _people_detector(people)
+        self.scene = env_switch(SCENE_ENV) is not False if scene is None else bool(scene)
 
     def tokenize(self, images: list[Image.Image], ocr: bool | Literal["auto"] = "auto") -> list[VisualDoc]:
         """One VisualDoc per image. ocr: True = always, False = never, "auto" = where the text gate fires
@@ -267,7 +276,8 @@ class VisualTokenizer:
         faces = self.face_detector.detect(work) if self.face_detector is not None else []
         # A product shot's colours are its object's, not the plain background's that fills most of the frame.
         colours = dominant_colours(work, within=boxes[0] if reads_an_object(work, crops) else None)
-        return _Prepared(inputs, boxes, colours, stroke, faces)
+        scene = scene_words(work) if self.scene else []
+        return _Prepared(inputs, boxes, colours, stroke, faces, scene)
 
     def _finish(self, images, start: int, prepared: list[_Prepared], ocr) -> list[VisualDoc]:
         merged, crop_probs, features = predict_crops(self.classifier.predict, [p.inputs for p in prepared])
@@ -289,9 +299,11 @@ class VisualTokenizer:
                 log.warning("OCR failed on a %sx%s image: %s", img.width, img.height, exc)
                 words = []
         people = people_terms(prep.faces)
+        # A picture with readable text is a screenshot, a slide or a page: its blue is not a sky.
+        scene = [] if words else prep.scene
         text, spans = render_doc(
             concepts, [(c.name, c.fraction) for c in colours], [w.text for w in words], vocab=self.vocab,
-            people=[t.text for t in people],
+            people=[t.text for t in people], scene=[w.text for w in scene],
         )
         concept_spans = [s for s in spans if s.kind == "concept"]
         cams = {}
@@ -317,6 +329,10 @@ class VisualTokenizer:
                 term = people[s.item]
                 tokens.append(VisualToken(piece, "people", term.weight, (s.start, s.end),
                                           box=term.boxes[0] if len(term.boxes) == 1 else None, boxes=term.boxes))
+            elif s.kind == "scene":
+                w = scene[s.item]
+                tokens.append(VisualToken(piece, "scene", w.weight, (s.start, s.end),
+                                          region=w.mask.astype(np.float16)))
             elif s.kind == "colour":
                 c = colours[s.item]
                 tokens.append(VisualToken(piece, "colour", c.fraction, (s.start, s.end),

@@ -1,0 +1,82 @@
+"""Scene words: what the ImageNet classifier cannot say about a whole photo, read from where its colours are.
+
+ImageNet names objects, not the sky above them, and no class says that a photo has no colour at all. Photo
+collections are full of both, so their searches ("blue sky", "black and white photo") found
+nothing. Two rules over a small thumbnail, each about the pixels alone (numpy, well under a millisecond):
+
+- **sky**: the top third of the frame is mostly smooth blue (sky hues, no texture at the thumbnail's scale)
+  and its top rows are sky-coloured (blue, or pale where haze or clouds are). An overcast sky alone is not
+  named: a pale top is as often a white wall, a studio background or a page. A blue illustration background
+  is named "sky" too; the tokenizer drops scene words on pictures with readable text (screenshots, slides).
+  "Clouds" was tried and left out: pale pixels in a blue sky are as often its bright horizon.
+- **black and white**: nearly every pixel is without colour (the 99th percentile of chroma below 0.08).
+
+Each word carries the coverage mask of the pixels it stands for, so the app can paint it over the photo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from .colours import MASK_SIZE, rgb_to_hsv
+from .images import to_rgb
+
+ANALYSIS_SIZE = 64  # the thumbnail the rules read (squashed to a square, like colours.py's)
+SMOOTH_MAX_STEP = 0.04  # |d luma| to the right + below neighbour: above it a pixel is texture, not sky
+SKY_HUES = (190.0, 255.0)  # degrees: from cyan-blue to blue-violet
+SKY_MIN_SATURATION = 0.15
+SKY_MIN_VALUE = 0.35
+PALE_MAX_CHROMA = 0.2  # haze or a cloud: bright and with little colour (white clouds on blue read ~0.15)
+PALE_MIN_VALUE = 0.6
+SKY_MIN_TOP_SHARE = 0.35  # of the top third: smooth blue
+SKY_MIN_EDGE_SHARE = 0.5  # of the top rows: sky-coloured (blue or pale)
+EDGE_ROWS = 4  # the top rows, not the top row alone: a vignette darkens the very edge
+MONO_MAX_CHROMA = 0.08  # 99th percentile of max(r, g, b) - min(r, g, b)
+
+
+@dataclass
+class SceneWord:
+    """text: the words ("sky"); weight: the share of the frame they stand for, 0..1; mask: float32
+    [MASK_SIZE, MASK_SIZE] coverage of those pixels over the whole frame."""
+
+    text: str
+    weight: float
+    mask: np.ndarray
+
+
+def _thumbnail(img: Image.Image) -> np.ndarray:
+    small = to_rgb(img).resize((ANALYSIS_SIZE, ANALYSIS_SIZE), Image.Resampling.BOX, reducing_gap=3.0)
+    return np.asarray(small, dtype=np.float32) / 255.0
+
+
+def _coverage(sel: np.ndarray) -> np.ndarray:
+    f = ANALYSIS_SIZE // MASK_SIZE
+    return sel.astype(np.float32).reshape(MASK_SIZE, f, MASK_SIZE, f).mean(axis=(1, 3))
+
+
+def scene_words(img: Image.Image) -> list[SceneWord]:
+    """The scene words of one image: "sky", or "black and white, monochrome", or [] when neither applies."""
+    rgb = _thumbnail(img)
+    hue, sat, val = rgb_to_hsv(rgb)
+    chroma = rgb.max(axis=-1) - rgb.min(axis=-1)
+    if float(np.quantile(chroma, 0.99)) < MONO_MAX_CHROMA:
+        # A photo without colour has no blue sky to find either.
+        return [SceneWord("black and white, monochrome", 1.0, np.ones((MASK_SIZE, MASK_SIZE), np.float32))]
+    words: list[SceneWord] = []
+    luma = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+    step = np.zeros_like(luma)
+    step[:, :-1] += np.abs(np.diff(luma, axis=1))
+    step[:-1, :] += np.abs(np.diff(luma, axis=0))
+    blue = ((hue >= SKY_HUES[0]) & (hue < SKY_HUES[1]) & (sat >= SKY_MIN_SATURATION) & (val >= SKY_MIN_VALUE)
+            & (step < SMOOTH_MAX_STEP))
+    pale = (chroma < PALE_MAX_CHROMA) & (val >= PALE_MIN_VALUE)
+    third = ANALYSIS_SIZE // 3
+    edge = blue[:EDGE_ROWS] | pale[:EDGE_ROWS]
+    if blue[:third].mean() >= SKY_MIN_TOP_SHARE and edge.mean() >= SKY_MIN_EDGE_SHARE:
+        above = np.arange(ANALYSIS_SIZE)[:, None] < 2 * third  # the sky is above the horizon, not in a lake
+        sky = (blue | pale) & above
+        words.append(SceneWord("sky", float(sky.mean()), _coverage(sky)))
+    return words
