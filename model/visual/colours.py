@@ -40,7 +40,9 @@ class DominantColour:
     mask: np.ndarray
 
 
-def _thumbnail_rgb(img: Image.Image | np.ndarray) -> np.ndarray:
+def thumbnail_rgb(img: Image.Image | np.ndarray) -> np.ndarray:
+    """The image squashed to ANALYSIS_SIZE x ANALYSIS_SIZE (area-averaged), float32 RGB 0..1: what the colour
+    (and scene, scene.py) rules read. A caller running both makes it once."""
     if isinstance(img, np.ndarray):
         arr = img
         if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
@@ -107,15 +109,17 @@ def dominant_colours(
     max_colours: int = MAX_COLOURS,
     min_fraction: float = MIN_FRACTION,
     within: tuple[float, float, float, float] | None = None,
+    thumbnail: np.ndarray | None = None,
 ) -> list[DominantColour]:
     """The image's dominant colours, largest first (at least one for any non-empty image).
 
     within: a box (x0, y0, x1, y1, normalised to 0..1) to name the colours of, e.g. the object of a product
     shot rather than its white background; fractions are then shares of the box, and masks are zero outside it.
+    thumbnail: `thumbnail_rgb(img)`, when the caller already has it.
     """
     if max_colours < 1:
         raise ValueError(f"colours: max_colours must be >= 1, got {max_colours}")
-    rgb = _thumbnail_rgb(img)
+    rgb = thumbnail_rgb(img) if thumbnail is None else thumbnail
     labels = classify_pixels(rgb)
     _, sat, val = rgb_to_hsv(rgb)
     if within is not None:

@@ -21,10 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .colours import MASK_SIZE, rgb_to_hsv
-from .images import to_rgb
+from .colours import ANALYSIS_SIZE, MASK_SIZE, rgb_to_hsv, thumbnail_rgb
 
-ANALYSIS_SIZE = 64  # the thumbnail the rules read (squashed to a square, like colours.py's)
 SMOOTH_MAX_STEP = 0.04  # |d luma| to the right + below neighbour: above it a pixel is texture, not sky
 SKY_HUES = (190.0, 255.0)  # degrees: from cyan-blue to blue-violet
 SKY_MIN_SATURATION = 0.15
@@ -47,19 +45,15 @@ class SceneWord:
     mask: np.ndarray
 
 
-def _thumbnail(img: Image.Image) -> np.ndarray:
-    small = to_rgb(img).resize((ANALYSIS_SIZE, ANALYSIS_SIZE), Image.Resampling.BOX, reducing_gap=3.0)
-    return np.asarray(small, dtype=np.float32) / 255.0
-
-
 def _coverage(sel: np.ndarray) -> np.ndarray:
     f = ANALYSIS_SIZE // MASK_SIZE
     return sel.astype(np.float32).reshape(MASK_SIZE, f, MASK_SIZE, f).mean(axis=(1, 3))
 
 
-def scene_words(img: Image.Image) -> list[SceneWord]:
-    """The scene words of one image: "sky", or "black and white, monochrome", or [] when neither applies."""
-    rgb = _thumbnail(img)
+def scene_words(img: Image.Image, thumbnail: np.ndarray | None = None) -> list[SceneWord]:
+    """The scene words of one image: "sky", or "black and white, monochrome", or [] when neither applies.
+    thumbnail: `colours.thumbnail_rgb(img)`, when the caller already has it (the rules read nothing else)."""
+    rgb = thumbnail_rgb(img) if thumbnail is None else thumbnail
     hue, sat, val = rgb_to_hsv(rgb)
     chroma = rgb.max(axis=-1) - rgb.min(axis=-1)
     if float(np.quantile(chroma, 0.99)) < MONO_MAX_CHROMA:

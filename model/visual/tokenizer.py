@@ -40,7 +40,7 @@ from .classifier import (
     preprocess,
     reads_an_object,
 )
-from .colours import MASK_SIZE, dominant_colours
+from .colours import MASK_SIZE, dominant_colours, thumbnail_rgb
 from .images import to_rgb
 from .ocr import ocr_image, text_gate, text_stroke_score
 from .people import PeopleDetectorUnavailable, get_face_detector, people_terms
@@ -275,8 +275,9 @@ class VisualTokenizer:
         stroke = text_stroke_score(work) if want_stroke else 0.0
         faces = self.face_detector.detect(work) if self.face_detector is not None else []
         # A product shot's colours are its object's, not the plain background's that fills most of the frame.
-        colours = dominant_colours(work, within=boxes[0] if reads_an_object(work, crops) else None)
-        scene = scene_words(work) if self.scene else []
+        thumb = thumbnail_rgb(work)  # what the colour and scene rules read
+        colours = dominant_colours(work, within=boxes[0] if reads_an_object(work, crops) else None, thumbnail=thumb)
+        scene = scene_words(work, thumbnail=thumb) if self.scene else []
         return _Prepared(inputs, boxes, colours, stroke, faces, scene)
 
     def _finish(self, images, start: int, prepared: list[_Prepared], ocr) -> list[VisualDoc]:
