@@ -2,7 +2,7 @@
 
 ImageNet names objects, not the sky above them, and no class says that a photo has no colour at all. Photo
 collections are full of both, so their searches ("blue sky", "black and white photo") found
-nothing. Two rules over a small thumbnail, each about the pixels alone (numpy, well under a millisecond):
+nothing. Two rules over a small thumbnail, each about the pixels alone (numpy, about a millisecond a photo):
 
 - **sky**: the top third of the frame is mostly smooth blue (sky hues, no texture at the thumbnail's scale)
   and its top rows are sky-coloured (blue, or pale where haze or clouds are). An overcast sky alone is not
