@@ -25,6 +25,8 @@ from model.checkpoint import checkpoint_id_of_folder
 from .evaluation import (
     QUERIES_NAME,
     EvalInputError,
+    compare_reports,
+    comparison_markdown,
     evaluate,
     load_queries,
     markdown,
@@ -241,6 +243,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if not folder.is_dir():
             raise EvalInputError(f"{folder}: no such folder" if not folder.exists() else f"{folder}: not a folder")
         load_queries(folder / QUERIES_NAME)
+        earlier = _earlier_report(args.against) if args.against else None
         model_folder, source, ckpt_id = resolve_checkpoint(args.checkpoint, None)
         if args.record is not None:
             if not args.record.strip():
@@ -266,7 +269,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     for warning in report["warnings"]:
         print(f"warning: {warning['error']}  [{warning['path']}]", file=sys.stderr)
+    if earlier is not None:
+        try:
+            report["against"] = {"report": str(Path(args.against).expanduser()),
+                                 **compare_reports(earlier, report)}
+        except EvalInputError as e:
+            raise UsageError(f"{args.against}: {e}") from None
     print(json.dumps(report, indent=2) if args.json else markdown(report))
+    if earlier is not None and not args.json:
+        print("\n" + comparison_markdown({k: v for k, v in report["against"].items() if k != "report"}))
     if args.record is not None:
         try:
             path = record_quality(model_folder, args.record.strip(), report)
@@ -280,6 +291,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+
+
+def _earlier_report(path: str) -> dict:
+    """The report --against names, read before any work is done: a clear error for a missing or bad file."""
+    p = Path(path).expanduser()
+    try:
+        report = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{p}: no such file (--against wants an earlier `eval --json` report)") from None
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{p}: not a readable JSON report ({e})") from None
+    if not isinstance(report, dict) or not isinstance(report.get("per_query"), dict):
+        raise UsageError(f"{p}: not an eval report with per-query ranks (run `eval DIR --json` to make one)")
+    return report
 
 
 def store_of(args: argparse.Namespace) -> str:
@@ -380,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", metavar="SPLIT", help="also store the report in the checkpoint folder's "
                    "quality.json under SPLIT (e.g. 'sample collection (assets/examples)'), replacing only that "
                    "split's report; the app shows the checkpoint's reports against budget")
+    p.add_argument("--against", metavar="REPORT", help="an earlier run's --json report on the same folder: also "
+                   "print each budget's MRR difference from it, paired per query, with a 95%% bootstrap interval")
     p.set_defaults(func=cmd_eval)
     return parser
 

@@ -1,6 +1,6 @@
 """Retrieval quality of a checkpoint on a folder of photos and documents with judged queries.
 
-    python -m app.cli eval DIR [--checkpoint X] [--json] [--k 1 5] [--record SPLIT]
+    python -m app.cli eval DIR [--checkpoint X] [--json] [--k 1 5] [--record SPLIT] [--against EARLIER.json]
 
 The folder is indexed the way the app indexes uploads (`app.indexing.index_paths`, default OCR) into a
 temporary index that is removed afterwards: its `photos/` and `documents/` subfolders when it has either,
@@ -48,7 +48,15 @@ JSON (`--json`), one object::
      "own_kind": {"photo" | "document": null | {the same per-budget metrics, over units of that kind only}},
      "self_similarity": {"photo" | "document": float | null},
      "warnings": [{"path": str, "error": str}], "seconds": float,
-     "versions": {"python" | distribution name: version}}
+     "versions": {"python" | distribution name: version},
+     "per_query": {"queries": [str], "kinds": [str], "results" | "own_kind": {"r_q,r_c" | "baseline":
+         [each query's reciprocal rank, in queries.json's order; own_kind: null for a kind with no units]}}}
+
+Comparing runs. A difference of a few hundredths on a few hundred queries can be the queries' luck, so
+`--against EARLIER.json` (an earlier run's `--json` report on the same folder) pairs the two runs query by
+query (`compare_reports`): per kind and budget, the MRR difference with a 95 % bootstrap interval. Run the
+earlier configuration with `--json > before.json`, change one thing (a checkpoint, an environment switch such
+as METAEMBED_SCENE=0), and run again with `--against before.json`.
 
 `versions` names the installed packages the numbers depend on (`ENVIRONMENT`; not which of the classifier's
 backends ran, ONNX Runtime or torch, which the CPU decides: model/visual/classifier.py): the same checkpoint and files
@@ -56,8 +64,9 @@ gave photo MRRs up to 0.011 apart under two installs of the same requirements (2
 documents identical), as image decoding and resizing read a photo's pixels slightly differently.
 
 `--record SPLIT` also stores the report in the checkpoint folder's quality.json under SPLIT ("<what> (<folder>)"),
-replacing only that split's report (`record_quality`): the app's Model and Scaling tabs draw the reports of the
-loaded checkpoint, the sample collection's (`SAMPLE_SPLIT`) apart from the evaluation splits.
+replacing only that split's report (`record_quality`; without `per_query`): the app's Model and Scaling tabs
+draw the reports of the loaded checkpoint, the sample collection's (`SAMPLE_SPLIT`) apart from the evaluation
+splits.
 
 Bad input (a missing folder or queries.json, malformed queries, relevance to a file or page that is not
 indexed) raises `EvalInputError` with a one-line message naming the file; files that cannot be read are
@@ -77,6 +86,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -397,22 +407,29 @@ def check_relevance(queries: Sequence[Query], coll: Collection, queries_path: Pa
 
 def _evaluate_scores(scores: torch.Tensor, units: Sequence[str], queries: Sequence[Query],
                      recall_k: Sequence[int], unit_kinds: dict[str, str] | None = None,
-                     ) -> tuple[dict[str, dict[str, float] | None], dict[str, dict[str, float] | None]]:
-    """Metrics per kind of query over all units, and (given `unit_kinds`) over units of the query's kind only."""
-    mixed = _metrics_by_kind(scores, units, queries, recall_k)
+                     ) -> tuple[dict[str, dict[str, float] | None], dict[str, dict[str, float] | None],
+                                dict[str, list[float | None]]]:
+    """Metrics per kind of query over all units, and (given `unit_kinds`) over units of the query's kind only;
+    and each query's reciprocal rank both ways ({"results": [...], "own_kind": [... or None]}, in query
+    order), which `compare_reports` pairs across two runs."""
+    mixed, rr = _metrics_by_kind(scores, units, queries, recall_k)
     own: dict[str, dict[str, float] | None] = {kind: None for kind in KINDS}
+    own_rr: list[float | None] = [None] * len(queries)
     if unit_kinds is not None:
         for kind in KINDS:
             qi = [i for i, q in enumerate(queries) if q.kind == kind]
             ui = [j for j, u in enumerate(units) if unit_kinds[u] == kind]
             if qi and ui:
                 sub = scores[qi][:, ui]
-                own[kind] = _metrics_by_kind(sub, [units[j] for j in ui], [queries[i] for i in qi], recall_k)[kind]
-    return mixed, own
+                metrics, sub_rr = _metrics_by_kind(sub, [units[j] for j in ui], [queries[i] for i in qi], recall_k)
+                own[kind] = metrics[kind]
+                for i, r in zip(qi, sub_rr, strict=True):
+                    own_rr[i] = r
+    return mixed, own, {"results": rr, "own_kind": own_rr}
 
 
 def _metrics_by_kind(scores: torch.Tensor, units: Sequence[str], queries: Sequence[Query],
-                     recall_k: Sequence[int]) -> dict[str, dict[str, float] | None]:
+                     recall_k: Sequence[int]) -> tuple[dict[str, dict[str, float] | None], list[float]]:
     per_query = []
     unit_list = list(units)
     for qi, q in enumerate(queries):
@@ -422,7 +439,7 @@ def _metrics_by_kind(scores: torch.Tensor, units: Sequence[str], queries: Sequen
     for kind in KINDS:
         out[kind] = mean_metrics([m for m, q in zip(per_query, queries) if q.kind == kind])
     out["all"] = mean_metrics(per_query)
-    return out
+    return out, [m["mrr"] for m in per_query]
 
 
 def evaluate(model: Any, checkpoint_id: str, folder: str | Path, *, recall_k: Sequence[int] = DEFAULT_RECALL_K,
@@ -449,18 +466,22 @@ def evaluate(model: Any, checkpoint_id: str, folder: str | Path, *, recall_k: Se
     store = CandidateStore(coll.vectors)
     results: dict[str, dict] = {"photo": {}, "document": {}, "all": {}}
     own_kind: dict[str, dict] = {"photo": {}, "document": {}}
-    runs: dict[str, tuple[dict, dict]] = {}
+    runs: dict[str, tuple[dict, dict, dict]] = {}
     for r_q, r_c in presets:
         runs[f"{r_q},{r_c}"] = _evaluate_scores(store.maxsim(qvec, (r_q, r_c), precise=True), coll.units,
                                                 queries, recall_k, coll.unit_kinds)
     if all(t is not None for t in coll.texts):
         runs["baseline"] = _evaluate_scores(baseline_scores(coll.texts, [q.text for q in queries]),  # type: ignore[arg-type]
                                             coll.units, queries, recall_k, coll.unit_kinds)
-    for name, (mixed, own) in runs.items():
+    per_query: dict = {"queries": [q.text for q in queries], "kinds": [q.kind for q in queries],
+                       "results": {}, "own_kind": {}}
+    for name, (mixed, own, rr) in runs.items():
         for kind, metrics in mixed.items():
             results[kind][name] = metrics
         for kind, metrics in own.items():
             own_kind[kind][name] = metrics
+        for table in ("results", "own_kind"):
+            per_query[table][name] = [None if r is None else round(r, 6) for r in rr[table]]
     for table in (results, own_kind):
         for kind in table:
             if any(v is None for v in table[kind].values()):
@@ -483,6 +504,7 @@ def evaluate(model: Any, checkpoint_id: str, folder: str | Path, *, recall_k: Se
         "warnings": coll.warnings,
         "seconds": round(time.perf_counter() - start, 1),
         "versions": versions(),
+        "per_query": per_query,
     }
 
 
@@ -513,6 +535,72 @@ def markdown(report: dict) -> str:
                       "photos from their pixels, so they have no text to embed."]
     sims = ", ".join(f"{kind} {v:.3f}" for kind, v in report["self_similarity"].items() if v is not None)
     lines += ["", f"Mean cosine similarity between an item's own vectors (off-diagonal): {sims}."]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------- comparing runs
+
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def compare_reports(before: dict, after: dict, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
+    """MRR of two runs on the same queries, paired per query: for each table ("results", "own_kind"), kind of
+    query and budget both runs have, {"before", "after", "delta", "ci95": [lo, hi], "n"}, where ci95 is the 95 %
+    percentile interval of the mean difference over `resamples` bootstrap resamples of the queries (seeded).
+    A difference whose interval holds 0 is within what the choice of queries can move.
+    Raises EvalInputError when a report has no per-query ranks or the two were not run on the same queries."""
+    pq = []
+    for name, report in (("before", before), ("after", after)):
+        if not isinstance(report, dict) or not isinstance(report.get("per_query"), dict):
+            raise EvalInputError(f"the {name} report has no per-query ranks (made before 2026-12-01, or "
+                                 "stored with --record, which keeps the means only): run the eval command "
+                                 "with --json again")
+        pq.append(report["per_query"])
+    if pq[0]["queries"] != pq[1]["queries"] or pq[0]["kinds"] != pq[1]["kinds"]:
+        raise EvalInputError("the two reports were not run on the same queries (queries.json differs), so their "
+                             "queries cannot be paired")
+    kinds = pq[0]["kinds"]
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict] = {}
+    for table in ("results", "own_kind"):
+        names = [n for n in pq[1][table] if n in pq[0][table]]
+        for kind in (*KINDS, "all"):
+            if table == "own_kind" and kind == "all":
+                continue
+            rows = {}
+            for name in names:
+                pairs = [(b, a) for b, a, k in zip(pq[0][table][name], pq[1][table][name], kinds, strict=True)
+                         if (kind == "all" or k == kind) and a is not None and b is not None]
+                if not pairs:
+                    continue
+                b, a = np.array(pairs, dtype=np.float64).T
+                diff = a - b
+                means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
+                lo, hi = np.percentile(means, [2.5, 97.5])
+                rows[name] = {"before": float(b.mean()), "after": float(a.mean()), "delta": float(diff.mean()),
+                              "ci95": [float(lo), float(hi)], "n": len(diff)}
+            if rows:
+                out.setdefault(table, {})[kind] = rows
+    return out
+
+
+def comparison_markdown(cmp: dict) -> str:
+    """`compare_reports` as Markdown tables, one per table and kind of query."""
+    titles = {"photo": "Photo queries", "document": "Document queries", "all": "All queries"}
+    lines = ["MRR against the earlier run, paired per query; 95 % bootstrap interval of the difference "
+             "(* : it does not hold 0)."]
+    for table, kinds in cmp.items():
+        for kind, rows in kinds.items():
+            n = next(iter(rows.values()))["n"]
+            title = titles[kind] + (f" {OWN_KIND[kind]}" if table == "own_kind" else "")
+            lines += ["", f"**{title}** ({n})", "", "| budget | before | after | difference [95 % interval] |",
+                      "|---|---|---|---|"]
+            for name, r in rows.items():
+                lo, hi = r["ci95"]
+                mark = " *" if lo > 0 or hi < 0 else ""
+                label = "baseline" if name == "baseline" else f"({name})"
+                lines.append(f"| {label} | {r['before']:.3f} | {r['after']:.3f} | {r['delta']:+.3f} "
+                             f"[{lo:+.3f}, {hi:+.3f}]{mark} |")
     return "\n".join(lines)
 
 
@@ -559,7 +647,8 @@ def record_quality(folder: str | os.PathLike, name: str, report: dict) -> Path:
     splits' reports (and their order) stay as they are. Returns the file's path."""
     path = Path(folder) / QUALITY_FILE
     data = recorded_quality(folder)
-    data[name] = report
+    # Per-query ranks are for comparing runs (`--against`); the app draws the means, and the file ships.
+    data[name] = {k: v for k, v in report.items() if k != "per_query"}
     write_atomic(path, json.dumps(data, indent=2) + "\n")
     return path
 

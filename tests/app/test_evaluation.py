@@ -7,14 +7,18 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from app import cli
 from app.evaluation import (
+    EvalInputError,
     Query,
     _evaluate_scores,
+    compare_reports,
+    comparison_markdown,
     files_to_index,
     markdown,
     mrr,
@@ -70,16 +74,62 @@ def test_own_kind_ranks_each_kind_among_its_own_units():
     # The photo query's best unit is a page, the document query's a photo: each relevant unit ranks second
     # over everything, first among its own kind.
     scores = torch.tensor([[0.8, 0.1, 0.9, 0.2], [0.9, 0.1, 0.3, 0.7]])
-    mixed, own = _evaluate_scores(scores, units, queries, [1])
+    mixed, own, rr = _evaluate_scores(scores, units, queries, [1])
     assert mixed["photo"]["mrr"] == 0.5 and mixed["document"]["mrr"] == 0.5 and mixed["all"]["mrr"] == 0.5
     assert own == {"photo": None, "document": None}  # not asked for
-    mixed2, own = _evaluate_scores(scores, units, queries, [1], kinds)
+    assert rr == {"results": [0.5, 0.5], "own_kind": [None, None]}  # each query's reciprocal rank, in order
+    mixed2, own, rr = _evaluate_scores(scores, units, queries, [1], kinds)
     assert mixed2 == mixed
     assert own["photo"]["mrr"] == 1.0 and own["document"]["mrr"] == 1.0 and own["photo"]["recall@1"] == 1.0
+    assert rr == {"results": [0.5, 0.5], "own_kind": [1.0, 1.0]}
     # A relevant unit of the other kind is not found among the query's own kind.
     other = [Query("cat", frozenset({"guide.pdf#page=1"}), "photo")]
-    _, own = _evaluate_scores(scores[:1], units, other, [1], kinds)
-    assert own["photo"]["mrr"] == 0.0 and own["document"] is None
+    _, own, rr = _evaluate_scores(scores[:1], units, other, [1], kinds)
+    assert own["photo"]["mrr"] == 0.0 and own["document"] is None and rr["own_kind"] == [0.0]
+
+
+def _report(rr: dict[str, list], kinds: list[str], own: dict[str, list] | None = None) -> dict:
+    """The per-query part of an eval report, enough for compare_reports."""
+    return {"per_query": {"queries": [f"q{i}" for i in range(len(kinds))], "kinds": kinds,
+                          "results": rr, "own_kind": own or {}}}
+
+
+def test_compare_reports_pairs_queries_and_brackets_the_difference():
+    rng = np.random.default_rng(1)
+    kinds = ["photo"] * 200 + ["document"] * 100
+    before = rng.uniform(0, 1, 300)
+    better = np.clip(before + 0.2, 0, 1)  # every query gains: the interval sits above 0
+    noisy = np.clip(before + rng.normal(0, 0.2, 300), 0, 1)  # no gain but noise: the interval holds 0
+    cmp = compare_reports(_report({"1,1": before.tolist(), "baseline": before.tolist()}, kinds),
+                          _report({"1,1": better.tolist(), "baseline": noisy.tolist()}, kinds))
+    photo = cmp["results"]["photo"]["1,1"]
+    assert photo["n"] == 200 and photo["before"] == pytest.approx(before[:200].mean())
+    assert photo["delta"] == pytest.approx(better[:200].mean() - before[:200].mean())
+    assert 0 < photo["ci95"][0] < photo["delta"] < photo["ci95"][1]
+    lo, hi = cmp["results"]["all"]["baseline"]["ci95"]
+    assert lo < 0 < hi and hi - lo < 0.1  # +-2 standard errors of a 0.2 spread over 300 queries
+    assert "own_kind" not in cmp  # neither run has own-kind ranks
+    # Seeded: the same intervals again; a different seed moves them a little.
+    assert compare_reports(_report({"1,1": before.tolist()}, kinds), _report({"1,1": noisy.tolist()}, kinds)) == \
+        compare_reports(_report({"1,1": before.tolist()}, kinds), _report({"1,1": noisy.tolist()}, kinds))
+    text = comparison_markdown(cmp)
+    assert "**Photo queries** (200)" in text and "| (1,1) |" in text and "*" in text.split("| (1,1) |")[1].split("\n")[0]
+    # Own-kind ranks: a kind without units has None, which is left out of the pairs.
+    own_before, own_after = {"1,1": [0.5, None, 1.0]}, {"1,1": [1.0, None, 1.0]}
+    cmp = compare_reports(_report({"1,1": [0.5, 0.5, 1.0]}, ["photo", "document", "photo"], own_before),
+                          _report({"1,1": [0.5, 0.5, 1.0]}, ["photo", "document", "photo"], own_after))
+    assert cmp["own_kind"]["photo"]["1,1"]["n"] == 2 and cmp["own_kind"]["photo"]["1,1"]["delta"] == 0.25
+    assert "document" not in cmp["own_kind"]
+
+
+def test_compare_reports_refuses_what_cannot_be_paired():
+    a = _report({"1,1": [1.0, 0.5]}, ["photo", "photo"])
+    with pytest.raises(EvalInputError, match="no per-query ranks"):
+        compare_reports({"results": {}}, a)
+    b = _report({"1,1": [1.0, 0.5]}, ["photo", "photo"])
+    b["per_query"]["queries"] = ["q0", "another query"]
+    with pytest.raises(EvalInputError, match="not run on the same queries"):
+        compare_reports(a, b)
 
 
 def test_unit_names_and_self_similarity():
@@ -179,6 +229,20 @@ def test_end_to_end_json(tmp_path, ckpt, capsys, shared_model):
     assert report["versions"]["pillow"] == Image.__version__ and report["versions"]["python"].count(".") == 2
     # The temporary index is gone, the folder untouched.
     assert sorted(p.name for p in folder.iterdir()) == ["documents", "photos", "queries.json"]
+    # Each query's reciprocal rank, in queries.json's order, for comparing runs; the means are theirs.
+    pq = report["per_query"]
+    assert pq["kinds"] == ["document"] * 3 + ["photo"] * 2 and pq["queries"][0] == "quarterly revenue"
+    for name in (*presets, "baseline"):
+        assert report["results"]["all"][name]["mrr"] == pytest.approx(sum(pq["results"][name]) / 5, abs=1e-5)
+        photos = pq["own_kind"][name][3:]
+        assert report["own_kind"]["photo"][name]["mrr"] == pytest.approx(sum(photos) / 2, abs=1e-5)
+    # The same run again, against the first: paired per query, nothing moved.
+    earlier = tmp_path / "before.json"
+    earlier.write_text(out)
+    code, out2, err = run(capsys, "eval", folder, "--checkpoint", ckpt, "--quiet", "--against", earlier)
+    assert code == 0, err
+    assert "MRR against the earlier run, paired per query" in out2
+    assert f"| ({presets[-1]}) | " in out2 and "+0.000 [+0.000, +0.000] |" in out2 and " *" not in out2
 
     code, out, _ = run(capsys, "eval", folder, "--checkpoint", ckpt, "--quiet", "--k", "1", "3")
     assert code == 0
@@ -211,6 +275,7 @@ def test_record_stores_the_report_in_the_checkpoints_quality_file(tmp_path, ckpt
         assert SAMPLE_SPLIT in err and "quality.json" in err
     data = json.loads((own / "quality.json").read_text())
     assert list(data) == ["dev split (elsewhere)", SAMPLE_SPLIT] and data["dev split (elsewhere)"] == other
+    assert "per_query" not in data[SAMPLE_SPLIT] and "results" in data[SAMPLE_SPLIT]  # the shipped file stays small
     reports = load_quality(own, checkpoint_id_of_folder(own))
     assert list(reports) == [SAMPLE_SPLIT] and reports[SAMPLE_SPLIT]["queries"]["all"] == 5
     assert split_title(SAMPLE_SPLIT, reports[SAMPLE_SPLIT]) == ("sample collection: 5 queries written by the team "
@@ -252,6 +317,17 @@ def test_bad_folder_and_queries_file(tmp_path, ckpt, capsys):
         folder = write_folder(tmp_path / f"q{i}", text, images=False)
         expect_usage_error(capsys, [folder, "--checkpoint", ckpt], str(folder / "queries.json"), fragment)
     expect_usage_error(capsys, [write_folder(tmp_path / "k", images=False), "--k", "0"], "--k must be at least 1")
+    # --against is read before any work: a missing file, a file that is not a report, another folder's report.
+    folder = write_folder(tmp_path / "against", images=False)
+    expect_usage_error(capsys, [folder, "--checkpoint", ckpt, "--against", tmp_path / "none.json"],
+                       str(tmp_path / "none.json"), "no such file")
+    (tmp_path / "bad.json").write_text("[1]")
+    expect_usage_error(capsys, [folder, "--checkpoint", ckpt, "--against", tmp_path / "bad.json"],
+                       "not an eval report with per-query ranks")
+    other = {"per_query": {"queries": ["something else"], "kinds": ["photo"], "results": {}, "own_kind": {}}}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    expect_usage_error(capsys, [folder, "--checkpoint", ckpt, "--against", tmp_path / "other.json"],
+                       str(tmp_path / "other.json"), "not run on the same queries")
 
 
 def test_relevance_to_what_is_not_indexed(tmp_path, ckpt, capsys):
