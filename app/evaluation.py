@@ -17,8 +17,8 @@ item's score: a PDF page is scored once, at the best of its page item and its pa
 Scores. MetaEmbed: MaxSim in fp32 over the stored (bf16) vectors at every preset budget of the checkpoint,
 the precise scores the app ranks its top results by (`CandidateStore.maxsim(precise=True)`). Baseline, in
 the same run: all-MiniLM-L6-v2 as published (mean pooling over the base model's tokens, L2-normalised,
-cosine), embedding the very same text the model read when it indexed each item (`model.prepare(...)
-["texts"]`: for photos the visual tokenizer's words), so the two differ only in the model. Ties are broken
+cosine), embedding the very same text the model read when it indexed each item (`encode_candidates(read_texts=...)`:
+for photos the visual tokenizer's words), so the two differ only in the model. Ties are broken
 by unit name, so every number is reproducible.
 
 Metrics, per query, then averaged over the queries (photo, document, all):
@@ -282,8 +282,8 @@ def unit_name(path: str, page: int | None) -> str:
 
 class _ReadTexts:
     """Stands in for the model in `index_paths` and notes, per encoded input, the text the model read
-    (`model.prepare(...)["texts"]`) without preparing anything twice. The wrapped index pairs the noted
-    texts with the items it is asked to add (they arrive in the order they were encoded)."""
+    (`encode_candidates(read_texts=...)`). The wrapped index pairs the noted texts with the items it is asked
+    to add (they arrive in the order they were encoded)."""
 
     def __init__(self, model: Any):
         self.model = model
@@ -292,18 +292,7 @@ class _ReadTexts:
 
     def encode_candidates(self, inputs: list, batch_size: int = 32, progress: bool = False) -> torch.Tensor:
         read: list[str | None] = []
-        prepare = self.model.prepare
-
-        def noting(items: list, side: str, num_tokens: int | None = None) -> dict:
-            batch = prepare(items, side, num_tokens)
-            read.extend(batch.get("texts") or [None] * len(items))
-            return batch
-
-        self.model.prepare = noting
-        try:
-            vectors = self.model.encode_candidates(inputs, batch_size=batch_size, progress=progress)
-        finally:
-            del self.model.prepare
+        vectors = self.model.encode_candidates(inputs, batch_size=batch_size, progress=progress, read_texts=read)
         self.pending.extend(read)
         return vectors
 

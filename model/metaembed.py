@@ -202,21 +202,16 @@ class MetaEmbed(nn.Module):
         embeddings, model/class_prior.py); made once per model (~1 s on a CPU), in eval mode, and made again
         after new weights are loaded or training starts (within a training run they stay as first made)."""
         if self._class_vectors is None:
-            texts, out = class_texts(), []
             modes = [(m, m.training) for m in self.modules()]
             nn.Module.train(self, False)  # no dropout in a table every later photo reads
-            # Straight through the backbone, not self.encode / self.prepare: a caller that wraps those to note
-            # what the model reads (the eval command does) must not see the class words as items of its own.
-            with torch.inference_mode():
-                for start in range(0, len(texts), 128):
-                    batch = self.backbone.prepare(parse_items(texts[start:start + 128], what="candidate"), 1)
-                    with self._autocast():
-                        vecs, _ = self.embed(batch, "candidate", 1)
-                    out.append(vecs[:, 0].float().cpu())
-            for module, mode in modes:  # each module as it was (a trainer may keep some in eval mode)
-                module.training = mode
+            try:
+                with torch.inference_mode():
+                    vecs = self.encode(class_texts(), "candidate", batch_size=128, num_tokens=1)
+            finally:
+                for module, mode in modes:  # each module as it was (a trainer may keep some in eval mode)
+                    module.training = mode
             with torch.inference_mode(False):
-                self._class_vectors = torch.cat(out).clone()  # a plain tensor: training may read it too
+                self._class_vectors = vecs[:, 0].clone()  # a plain tensor: training may read it too
         return self._class_vectors
 
     def train(self, mode: bool = True) -> MetaEmbed:
@@ -230,8 +225,10 @@ class MetaEmbed(nn.Module):
 
     @torch.inference_mode()
     def encode(self, items: list, side: str, batch_size: int = 32, progress: bool = False,
-               num_tokens: int | None = None) -> torch.Tensor:
-        """Encode a list of texts / PIL images / (image, text) pairs -> float32 CPU [B, R, D]."""
+               num_tokens: int | None = None, read_texts: list | None = None) -> torch.Tensor:
+        """Encode a list of texts / PIL images / (image, text) pairs -> float32 CPU [B, R, D].
+        read_texts: a list that receives, item by item, the text the model read (a photo's visual tokenizer
+        words; None where a backbone reads pixels), e.g. for a baseline that must read the same text."""
         parse_items(items, what=side)  # validate everything before spending time on any batch
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -240,6 +237,8 @@ class MetaEmbed(nn.Module):
         for start in range(0, len(items), batch_size):
             chunk = items[start:start + batch_size]
             batch = self.prepare(chunk, side, num_tokens)
+            if read_texts is not None:
+                read_texts.extend(batch.get("texts") or [None] * len(chunk))
             with self._autocast():
                 vecs, _ = self.embed(batch, side, num_tokens)
             out.append(vecs.float().cpu())
@@ -251,9 +250,11 @@ class MetaEmbed(nn.Module):
         """Queries -> float32 CPU tensor [B, R_q, D], rows L2-normalised."""
         return self.encode(items, "query", batch_size=batch_size, progress=progress)
 
-    def encode_candidates(self, items: list, batch_size: int = 32, progress: bool = False) -> torch.Tensor:
-        """Candidates (photos, pages, passages) -> float32 CPU tensor [B, R_c, D], rows L2-normalised."""
-        return self.encode(items, "candidate", batch_size=batch_size, progress=progress)
+    def encode_candidates(self, items: list, batch_size: int = 32, progress: bool = False,
+                          read_texts: list | None = None) -> torch.Tensor:
+        """Candidates (photos, pages, passages) -> float32 CPU tensor [B, R_c, D], rows L2-normalised
+        (read_texts: see `encode`)."""
+        return self.encode(items, "candidate", batch_size=batch_size, progress=progress, read_texts=read_texts)
 
     @torch.inference_mode()
     def inspect(self, item, side: str) -> dict:

@@ -69,20 +69,14 @@ def test_a_model_with_the_prior_reads_a_photo_with_its_classes_and_text_as_befor
         0.5 * plain.encode_queries([photo])[0, 0] + 0.5 * prior(table, doc.class_probs), dim=-1), atol=1e-3)
 
 
-def test_making_the_class_vectors_does_not_pass_through_prepare():
-    """The eval command notes what the model reads by wrapping `model.prepare`: the 1,000 class texts made on
-    the first photo joined the noted texts and shifted every item's baseline text (its MRR fell to 0.08)."""
+def test_the_texts_read_are_the_items_own_when_the_class_vectors_are_made_on_the_way():
+    """The eval command notes what the model reads (`encode_candidates(read_texts=...)`) for its baseline. The
+    1,000 class texts, made while the first photo is encoded, once joined the noted texts and shifted every
+    item's baseline text (its MRR fell to 0.08)."""
     model = MetaEmbed.from_config(MetaEmbedConfig(front_end="visual-tokenizer", meta_attention="phrases", lora_r=None,
                                                   embed_dim=None, num_query_tokens=4, num_candidate_tokens=8,
                                                   groups=[(1, 1), (4, 8)], class_prior=0.5), device="cpu").eval()
-    noted = []
-    prepare = model.prepare
-
-    def noting(items, side, num_tokens=None):
-        batch = prepare(items, side, num_tokens)
-        noted.extend(batch["texts"])
-        return batch
-
-    model.prepare = noting
-    model.encode_candidates([Image.open(EXAMPLES / "owl.jpg")])
-    assert len(noted) == 1 and model._class_vectors is not None
+    noted: list = []
+    model.encode_candidates([Image.open(EXAMPLES / "owl.jpg"), "a note about owls"], read_texts=noted)
+    assert model._class_vectors is not None  # made during that call
+    assert len(noted) == 2 and "owl" in noted[0] and noted[1] == "a note about owls"
