@@ -142,6 +142,10 @@ def explain_match(q_vectors: torch.Tensor, c_vectors: torch.Tensor, budget: tupl
 # ----------------------------------------------------------------------------------------- spatial marks
 
 
+SKY_TINT = (56, 189, 248)
+WHOLE_FRAME = 0.95  # a scene word whose region covers this share of the photo is about all of it
+
+
 def photo_marks(ex: Explanation) -> list[Mark]:
     """Heat maps, masks and boxes of the visual tokens, weighted by relevance."""
     marks = []
@@ -158,6 +162,12 @@ def photo_marks(ex: Explanation) -> list[Mark]:
         if region is not None and unit.kind == "colour":
             marks.append(Mark(weight=float(rel), mask=np.asarray(region, dtype=np.float32),
                               tint=colour_rgb(unit.label)))
+        elif region is not None and unit.kind == "scene":
+            # The sky as an outlined area in sky blue, so the blue it names stays visible; a word about the
+            # whole frame (black and white) is not painted: a wash over all of it would hide what it says.
+            area = np.asarray(region, dtype=np.float32)
+            if float(area.mean()) < WHOLE_FRAME:
+                marks.append(Mark(weight=float(rel), mask=area, tint=SKY_TINT))
         elif region is not None:
             marks.append(Mark(weight=float(rel), heat=np.asarray(region, dtype=np.float32)))
         boxes = getattr(vt, "boxes", None)  # people words: one box per face they stand for
@@ -222,19 +232,26 @@ def meaningful(unit: Unit) -> bool:
 
 
 KIND_MARKS = {"concept": "◆ ", "people": "☺ ", "scene": "☁ ", "colour": "● ", "ocr": "✎ "}
+NO_COLOUR_MARK = "◐ "  # the scene word for a photo without colour: no sky about it
 
 
-def kind_mark(kind: str) -> str:
-    """The symbol shown before a visual token of this kind ("◆ " a concept, "☁ " a scene word, ...), or ""."""
+def kind_mark(kind: str, label: str = "") -> str:
+    """The symbol shown before a visual token of this kind ("◆ " a concept, "☁ " the sky, "◐ " black and
+    white, ...), or ""."""
+    if kind == "scene" and label.startswith("black and white"):
+        return NO_COLOUR_MARK
     return KIND_MARKS.get(kind, "")
 
 
 def _chip(unit: Unit, weight: float, top: float) -> str:
     a = 0.08 + 0.72 * (weight / top) if top > 0 else 0.08
-    mark = kind_mark(unit.kind)
+    mark = kind_mark(unit.kind, unit.label)
     return (f'<span style="{CSS_CHIP}background:rgba(249,115,22,{a:.2f})" title="{html.escape(unit.kind)}: '
             f'{html.escape(unit.label)} ({weight:.3f})">{mark}{html.escape(short_label(unit))} '
             f'<small style="opacity:.7">{weight:.2f}</small></span>')
+
+
+MIN_CHIP_SHARE = 0.02  # of the vector's most-read token
 
 
 def top_units(att_row: np.ndarray, units: list[Unit], n: int = 4) -> str:
@@ -242,6 +259,8 @@ def top_units(att_row: np.ndarray, units: list[Unit], n: int = 4) -> str:
         return '<span style="opacity:.6">—</span>'
     order = [k for k in np.argsort(-att_row) if meaningful(units[k])][:n]
     top = float(att_row[order[0]]) if order else 0.0
+    # Tokens it hardly read ("a 0.00", "and 0.00" after a vector that read one word) are no explanation.
+    order = order[:1] + [k for k in order[1:] if float(att_row[k]) >= MIN_CHIP_SHARE * top and att_row[k] > 0]
     return "".join(_chip(units[k], float(att_row[k]), top) for k in order)
 
 
@@ -265,7 +284,7 @@ def match_table_html(ex: Explanation, shown: int = 6) -> str:
     each = f"Each of the {r_q} query vectors is" if r_q > 1 else "The one query vector is"
     note = (f"<p class='me-caption'>{each} the state of one meta token; it keeps only its "
             "best match among the result's vectors. Chips show the content tokens each meta token attended to "
-            "most in the last layer (◆ concept seen in a photo, ☺ people, ☁ scene: sky or black and white, ● colour, "
+            "most in the last layer (◆ concept seen in a photo, ☺ people, ☁ sky, ◐ black and white, ● colour, "
             "✎ text read in the image).</p>")
     table = f"<table class='me-table'>{head}<tbody>{''.join(rows[:shown])}</tbody></table>"
     if len(rows) > shown:  # the strongest matches tell the story; the rest are one click away

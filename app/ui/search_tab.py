@@ -123,7 +123,7 @@ def results_caption(query: QueryState, hits: list[Hit], budget: tuple[int, int],
         weak = (f"**No close match** for {query.label}: taken as a whole (one vector for the query, one for each "
                 f"item: budget {WHOLE_MATCH}), the closest item scores {whole:.2f}, where searches whose answer is "
                 f"there usually score {calibration.weak_below:.2f} or more, and no part of the query matches "
-                f"strongly either (best {best:.2f} at this budget). Try other words, or add files.\n\n")
+                f"strongly either (best {best:.2f} at budget {tuple(budget)}). Try other words, or add files.\n\n")
     encoded = (f"the query was encoded once, in {query.encode_ms:.0f} ms" if query.encode_ms else
                "reused from the cache: an earlier search encoded this query")
     # A visitor with files of their own searches them alone by default: say so, or a photo of the samples they
@@ -246,8 +246,8 @@ def build(studio: Studio) -> SimpleNamespace:
                                    interactive=False, buttons=["fullscreen"], elem_id="me-overlay")
             gr.Markdown("Where the content tokens behind the winning matches lie, stronger where "
                         "the matching meta vectors attended more: a heat map for each concept seen "
-                        "in the photo (◆) and for the sky or a photo without colour (☁, scene words), "
-                        "outlined areas for colours (●, drawn in that colour), "
+                        "in the photo (◆), outlined areas for the sky (☁, in sky blue) and for colours "
+                        "(●, drawn in that colour), "
                         "boxes around faces (☺, people words) and around words on pages and text "
                         "read in images (✎). Dimmed parts "
                         "played no role.", elem_classes="me-caption")
@@ -508,7 +508,7 @@ def explain_panel(studio: Studio, coll_key: str, item_id: str, query: QueryState
              f"**({rq}, {rc})**: {of}. ")
     top = ui_explain.summary_units(ex)
     if top:
-        title += "Mostly because of: " + ", ".join(f"{ui_explain.kind_mark(k)}{lab} ({100 * s:.0f}%)" for lab, k, s in top)
+        title += "Mostly because of: " + ", ".join(f"{ui_explain.kind_mark(k, lab)}{lab} ({100 * s:.0f}%)" for lab, k, s in top)
     words = [u for u in ex.q_units if ui_explain.meaningful(u)]
     if rq > 1 and len(words) == 1:
         # A teacher's first query is often one word, and 16 identical rows looked like one vector copied 16 times.

@@ -29,6 +29,7 @@ SKY_MIN_SATURATION = 0.15
 SKY_MIN_VALUE = 0.35
 PALE_MAX_CHROMA = 0.2  # haze or a cloud: bright and with little colour (white clouds on blue read ~0.15)
 PALE_MIN_VALUE = 0.6
+NEUTRAL_MAX_CHROMA = 0.04  # white without a tint: a cloud's, not sunlit stone's
 SKY_MIN_TOP_SHARE = 0.35  # of the top third: smooth blue
 SKY_MIN_EDGE_SHARE = 0.5  # of the top rows: sky-coloured (blue or pale)
 EDGE_ROWS = 4  # the top rows, not the top row alone: a vignette darkens the very edge
@@ -64,13 +65,31 @@ def scene_words(img: Image.Image, thumbnail: np.ndarray | None = None) -> list[S
     step = np.zeros_like(luma)
     step[:, :-1] += np.abs(np.diff(luma, axis=1))
     step[:-1, :] += np.abs(np.diff(luma, axis=0))
-    blue = ((hue >= SKY_HUES[0]) & (hue < SKY_HUES[1]) & (sat >= SKY_MIN_SATURATION) & (val >= SKY_MIN_VALUE)
-            & (step < SMOOTH_MAX_STEP))
+    bluish = (hue >= SKY_HUES[0]) & (hue < SKY_HUES[1]) & (sat >= SKY_MIN_SATURATION) & (val >= SKY_MIN_VALUE)
+    blue = bluish & (step < SMOOTH_MAX_STEP)
     pale = (chroma < PALE_MAX_CHROMA) & (val >= PALE_MIN_VALUE)
     third = ANALYSIS_SIZE // 3
     edge = blue[:EDGE_ROWS] | pale[:EDGE_ROWS]
     if blue[:third].mean() >= SKY_MIN_TOP_SHARE and edge.mean() >= SKY_MIN_EDGE_SHARE:
-        above = np.arange(ANALYSIS_SIZE)[:, None] < 2 * third  # the sky is above the horizon, not in a lake
-        sky = (blue | pale) & above
+        # Texture allowed in blue and in cool or neutral white (clouds and their edges are sky too), not in warm
+        # white (a marble wall in the sun is not).
+        cool = ((hue >= SKY_HUES[0] - 10) & (hue < SKY_HUES[1])) | (chroma < NEUTRAL_MAX_CHROMA)
+        sky = _from_the_top(bluish | (pale & ((step < SMOOTH_MAX_STEP) | cool)), paint=bluish | pale)
         words.append(SceneWord("sky", float(sky.mean()), _coverage(sky)))
     return words
+
+
+def _from_the_top(sky_coloured: np.ndarray, paint: np.ndarray) -> np.ndarray:
+    """The sky: in each column, from the top edge down to where the column stops being `sky_coloured` (two
+    pixels in a row that are not), so it follows the horizon, stops at what stands in front of it, and leaves
+    a lake below alone; each column's depth is the median of its 5 neighbours' (one cloud's edge does not cut
+    a column short), and within that depth the `paint` pixels are the sky's."""
+    rows, cols = sky_coloured.shape
+    not_sky = ~sky_coloured
+    stops = np.zeros_like(not_sky)
+    stops[:-1] = not_sky[:-1] & not_sky[1:]
+    stops[-1] = not_sky[-1]
+    depth = np.where(stops.any(axis=0), stops.argmax(axis=0), rows)  # per column: the first stop's row
+    padded = np.pad(depth, 2, mode="edge")
+    depth = np.median(np.stack([padded[i:i + cols] for i in range(5)]), axis=0)
+    return (np.arange(rows)[:, None] < depth[None, :]) & paint

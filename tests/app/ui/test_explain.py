@@ -1,10 +1,12 @@
-"""app.ui.explain.summary_units: the "Mostly because of" words of a result."""
+"""app.ui.explain: the "Mostly because of" words of a result, the chips of what each vector read, and how a
+photo's visual tokens are painted."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from app.ui.explain import Explanation, Unit, summary_units
+from app.ui.explain import SKY_TINT, Explanation, Unit, kind_mark, photo_marks, summary_units, top_units
+from model.visual.tokenizer import VisualToken
 
 
 def test_the_summary_names_content_words_not_stopwords_or_punctuation():
@@ -18,3 +20,37 @@ def test_the_summary_names_content_words_not_stopwords_or_punctuation():
     assert named == ["file", "positions", "header", "keywords", "HDU"]
     shares = [share for _, _, share in summary_units(ex)]
     assert shares[0] == np.float32(0.11) and shares == sorted(shares, reverse=True)
+
+
+def test_chips_leave_out_tokens_the_vector_hardly_read():
+    """Tester report: rows ending in "a 0.00", "and 0.00", "colors 0.00" after a vector that read one word."""
+    units = [Unit(label=w, kind="word", tokens=[i], span=(i, i + 1)) for i, w in enumerate(["sky", "a", "and", "hill"])]
+    html = top_units(np.array([0.97, 0.001, 0.0, 0.029]), units)
+    assert ">sky <" in html and ">hill <" in html  # 0.029 is 3 % of the top token: kept
+    assert ">a <" not in html and ">and <" not in html
+    assert html.count("<span") == 2
+    # The most-read token is always shown, however little it was read.
+    assert top_units(np.array([0.0, 0.0, 0.0, 0.0]), units).count("<span") == 1
+
+
+def _visual_unit(kind: str, label: str, region: np.ndarray) -> Unit:
+    return Unit(label=label, kind=kind, tokens=[0], span=(0, len(label)),
+                visual=VisualToken(label, kind, 0.5, (0, len(label)), region=region.astype(np.float16)))
+
+
+def test_scene_words_are_painted_as_a_sky_outline_or_not_at_all():
+    """Tester report: the sky was washed in the heat map's magenta (the blue it names disappeared), and a black
+    and white photo was painted solid red, hiding the dog that made up half the match."""
+    sky = np.zeros((32, 32), np.float32)
+    sky[:12] = 1.0
+    units = [_visual_unit("scene", "sky", sky), _visual_unit("scene", "black and white, monochrome", np.ones((32, 32))),
+             _visual_unit("concept", "golden retriever, dog", np.eye(32))]
+    ex = Explanation(budget=(1, 1), sim=np.ones((1, 1)), argmax=np.zeros(1, dtype=int), contributions=np.ones(1),
+                     score=1.0, c_units=units, c_relevance=np.array([0.3, 0.4, 0.3], dtype=np.float32))
+    marks = photo_marks(ex)
+    assert len(marks) == 2  # the sky's outline and the dog's heat; nothing for the whole frame
+    outline = [m for m in marks if m.mask is not None]
+    assert len(outline) == 1 and outline[0].tint == SKY_TINT and outline[0].heat is None
+    assert [m.heat is not None for m in marks].count(True) == 1
+    assert kind_mark("scene", "sky") == "☁ " and kind_mark("scene", "black and white, monochrome") == "◐ "
+    assert kind_mark("concept", "dog") == "◆ " and kind_mark("word") == ""

@@ -122,6 +122,9 @@ def test_no_close_match_is_judged_on_the_whole_query_score():
     assert flagged(0.2) and not flagged(0.4)  # far from everything as a whole, or not
     assert not flagged(0.2, budget=(1, 4))  # ... but a part of it matches strongly (1.0 >= the bar 0.5)
     assert not flagged(0.1, calibration=None) and not flagged(None)  # uncalibrated, or nothing indexed
+    # Two budgets in one note, each named (a tester read "at this budget" as the whole-query one).
+    note = results_caption(_query("q"), hits, (4, 8), 3.0, calibration=CAL, whole=0.2)
+    assert "budget (1, 1)), the closest item scores 0.20" in note and "(best 0.25 at budget (4, 8))" in note
 
 
 def test_a_search_without_the_samples_says_so():

@@ -38,6 +38,22 @@ def test_a_blue_sky_is_named_and_its_mask_is_above_the_horizon():
     assert word.mask[2 * MASK_SIZE // 3:].max() == 0  # ...and nothing below the horizon is
 
 
+def test_the_sky_follows_the_horizon_takes_in_its_clouds_and_leaves_out_what_stands_in_front():
+    img = _landscape()
+    draw = ImageDraw.Draw(img)
+    draw.polygon([(0, 300), (800, 150), (800, 600), (0, 600)], fill=(50, 110, 40))  # a hill rising to the right
+    draw.ellipse((60, 60, 260, 140), fill=(245, 245, 250))  # a white cloud
+    draw.rectangle((420, 20, 520, 120), fill=(200, 40, 40))  # a red balloon
+    draw.rectangle((40, 340, 300, 390), fill=(90, 150, 230))  # a pond on the hill, as blue as the sky
+    [word] = scene_words(img)
+    m = word.mask  # 32 x 32 over the 800 x 600 frame: 25 px a column, 18.75 px a row
+    assert m[3:7, 3:10].mean() > 0.9  # the cloud is sky
+    assert m[1:6, 17:20].max() == 0  # the balloon is not
+    assert m[10:14, 1:4].mean() > 0.9 and m[6:8, 29:31].mean() > 0.9  # down to the hill on the left and right
+    assert m[18:, 1:4].max() == 0 and m[10:, 29:31].max() == 0  # and not below it
+    assert m[18:21, 2:12].max() == 0  # the pond below the horizon is not sky
+
+
 def test_no_sky_without_one():
     grey_sky = _landscape(sky=(200, 200, 205), horizon=(215, 215, 220))  # overcast: as often a white wall
     grass_on_top = _landscape().transpose(Image.Transpose.FLIP_TOP_BOTTOM)  # blue at the bottom: a lake
