@@ -220,9 +220,12 @@ CSS_CHIP = ("display:inline-block;margin:1px 2px;padding:0 5px;border-radius:5px
 
 
 def short_label(unit: Unit) -> str:
-    """A concept's first name ("lesser panda" for "lesser panda, red panda, mammal, animal")."""
+    """A concept's name and its two most general words ("lesser panda (… mammal, animal)" for "lesser panda, red
+    panda, mammal, animal"): a query's "bird" matches a lorikeet through "bird", which the chip must show."""
     if unit.kind == "concept" and "," in unit.label:
-        return unit.label.split(",")[0].strip() + " …"
+        terms = [t.strip() for t in unit.label.split(",") if t.strip()]
+        skipped = "… " if len(terms) > 3 else ""
+        return f"{terms[0]} ({skipped}{', '.join(terms[-2:] if len(terms) > 2 else terms[1:])})"
     return unit.label.strip(" ,.;:") or unit.label  # "colors:" reads as "colors"
 
 
@@ -283,9 +286,9 @@ def match_table_html(ex: Explanation, shown: int = 6) -> str:
             "</th><th>matched<br>result vector</th><th>reads mostly (result tokens, attention)</th></tr></thead>")
     each = f"Each of the {r_q} query vectors is" if r_q > 1 else "The one query vector is"
     note = (f"<p class='me-caption'>{each} the state of one meta token; it keeps only its "
-            "best match among the result's vectors. Chips show the content tokens each meta token attended to "
-            "most in the last layer (◆ concept seen in a photo, ☺ people, ☁ sky, ◐ black and white, ● colour, "
-            "✎ text read in the image).</p>")
+            "best match among the result's vectors. Chips show the content tokens each vector reads most, by its "
+            "attention over the content (MetaEmbed-Mini's vectors read their part of the text evenly; ◆ concept "
+            "seen in a photo, ☺ people, ☁ sky, ◐ black and white, ● colour, ✎ text read in the image).</p>")
     table = f"<table class='me-table'>{head}<tbody>{''.join(rows[:shown])}</tbody></table>"
     if len(rows) > shown:  # the strongest matches tell the story; the rest are one click away
         rest = len(rows) - shown
@@ -324,13 +327,23 @@ def highlighted_text_html(ex: Explanation, max_chars: int = 1500) -> str:
 
 
 def summary_units(ex: Explanation, n: int = 5) -> list[tuple[str, str, float]]:
-    """The most relevant result units: (label, kind, share 0..1); content words only, no stopwords or
-    punctuation (a page's "the" and "and" soak up attention without saying why it matched)."""
+    """The most relevant result units: (label, kind, share 0..1), each label once with its occurrences' shares
+    added; content words only, no stopwords or punctuation (a page's "the" and "and" soak up attention without
+    saying why it matched)."""
     if ex.c_relevance is None:
         return []
-    order = [k for k in np.argsort(-ex.c_relevance) if meaningful(ex.c_units[k]) and ex.c_relevance[k] > 0
-             and not (ex.c_units[k].kind == "word" and short_label(ex.c_units[k]).lower() in STOPWORDS)][:n]
-    return [(short_label(ex.c_units[k]), ex.c_units[k].kind, float(ex.c_relevance[k])) for k in order]
+    shares: dict[tuple[str, str], float] = {}  # a word said three times on a page is named once, its shares added
+    for k in np.argsort(-ex.c_relevance):
+        unit = ex.c_units[k]
+        if not meaningful(unit) or ex.c_relevance[k] <= 0:
+            continue
+        label = short_label(unit)
+        if unit.kind == "word" and label.lower() in STOPWORDS:
+            continue
+        key = (label, unit.kind)
+        shares[key] = shares.get(key, 0.0) + float(ex.c_relevance[k])
+    top = sorted(shares.items(), key=lambda kv: -kv[1])[:n]
+    return [(label, kind, share) for (label, kind), share in top]
 
 
 def blank_image(size: tuple[int, int] = (8, 8)) -> Image.Image:

@@ -121,8 +121,10 @@ def contribution_bars(contributions: np.ndarray, argmax: np.ndarray, score: floa
     ))
     fig.update_yaxes(autorange="reversed", title_text="query vector")
     fig.update_xaxes(title_text="best similarity = its share of the score", rangemode="tozero")
-    title = f"Score {score:.3f} = sum of these {r_q} bars" if r_q > 1 else f"Score {score:.3f} = this one bar"
-    return _layout(fig, title,
+    # The panel's title gives the score (MaxSim / r_q, comparable across budgets); the bars add up to MaxSim.
+    title = f"MaxSim {score:.3f} = sum of these {r_q} bars" if r_q > 1 else f"MaxSim {score:.3f} = this one bar"
+    subtitle = f"the score shown, {score / r_q:.2f}, is MaxSim / {r_q}" if r_q > 1 else None
+    return _layout(fig, title, subtitle=subtitle,
                    height=max(220, min(460, 100 + 22 * r_q)), showlegend=False)
 
 

@@ -106,7 +106,7 @@ def measure_scaling(studio: Studio, queries: list[str], session: str | None, inc
     rows = "\n".join(f"| ({q}, {c}) | {human_bytes(b)} | {ms:.2f} ms | {100 * a:.0f}% |"
                      for (q, c), b, ms, a in zip(presets, out["bytes"], out["ms"], out["agreement"]))
     small = f" The collection is small, so agreement is measured on the top {k} (a third of it)." if k < 10 else ""
-    out["summary"] = (f"Measured on **{items} items** with {len(queries)} queries (exact MaxSim over every item, best "
+    out["summary"] = (f"Measured on **{items} searchable items** (a photo, a PDF page or a passage each) with {len(queries)} queries (exact MaxSim over every item, best "
                       f"of {repeats} runs, median over queries, on {str(engine.model.device)}).{small}\n\n"
                       f"| budget | bytes read per query | time per query | top-{k} shared with the largest budget |\n"
                       f"|---|---|---|---|\n{rows}")

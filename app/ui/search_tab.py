@@ -514,11 +514,21 @@ def explain_panel(studio: Studio, coll_key: str, item_id: str, query: QueryState
         # A teacher's first query is often one word, and 16 identical rows looked like one vector copied 16 times.
         title += (f"\n\nThe query is one word, so all {rq} query vectors read it and their rows below are alike; a "
                   "longer query (\"a dog on a sofa\") gives each vector its own part.")
+    elif rq > 1 and _read_alike(ex.q_unit_attention, 0, 1):
+        # A teacher saw q1 and q2 agree on every query and took it for a fault: it is MetaEmbed-Mini's layout.
+        title += ("\n\nq1 and q2 both read the whole query (the query's first two levels have one vector each), so "
+                  "their rows are alike; from q3 on, each level reads smaller parts of it, and a part that repeats "
+                  "(a short query has fewer words than vectors) gives a row like another's.")
     read = ui_explain.highlighted_text_html(ex)
     if read:
         read = "<p class='me-caption'>What the model read for this result, shaded by relevance:</p>" + read
     return (title, gr.update(visible=True), gr.update(value=image, visible=image is not None), heat, bar, read,
             gr.update(visible=True)), ui_explain.match_table_html(ex)
+
+
+def _read_alike(att: np.ndarray | None, i: int, j: int) -> bool:
+    """Whether query vectors i and j read the same tokens alike (their attention rows agree)."""
+    return att is not None and len(att) > max(i, j) and bool(np.allclose(att[i], att[j], atol=1e-4))
 
 
 def _vector_labels(att: np.ndarray | None, units: list, n: int) -> list[str]:

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.ui.explain import SKY_TINT, Explanation, Unit, kind_mark, photo_marks, summary_units, top_units
+from app.ui.explain import (
+    SKY_TINT,
+    Explanation,
+    Unit,
+    kind_mark,
+    photo_marks,
+    short_label,
+    summary_units,
+    top_units,
+)
 from model.visual.tokenizer import VisualToken
 
 
@@ -54,3 +63,25 @@ def test_scene_words_are_painted_as_a_sky_outline_or_not_at_all():
     assert [m.heat is not None for m in marks].count(True) == 1
     assert kind_mark("scene", "sky") == "☁ " and kind_mark("scene", "black and white, monochrome") == "◐ "
     assert kind_mark("concept", "dog") == "◆ " and kind_mark("word") == ""
+
+
+def test_the_summary_names_a_word_once_with_its_shares_added():
+    """Tester report: "install (27%), packages (27%), packages (4%)" and "Debian (5%), Debian (5%), …, Debian (5%)"."""
+    labels = ["Debian", "install", "Debian", "packages", "Debian", "packages"]
+    units = [Unit(label=w, kind="word", tokens=[i], span=(i, i + 1)) for i, w in enumerate(labels)]
+    relevance = np.array([0.05, 0.27, 0.05, 0.27, 0.05, 0.04], dtype=np.float32)
+    ex = Explanation(budget=(1, 1), sim=np.ones((1, 1)), argmax=np.zeros(1, dtype=int),
+                     contributions=np.ones(1), score=1.0, c_units=units, c_relevance=relevance)
+    summary = summary_units(ex)
+    assert [label for label, _, _ in summary] == ["packages", "install", "Debian"]
+    assert [round(share, 2) for _, _, share in summary] == [0.31, 0.27, 0.15]
+
+
+def test_a_concept_chip_shows_the_general_words_a_query_matches_through():
+    """Tester report: the chip said "◆ lorikeet …" while the query's "bird" was what matched."""
+    def label(text: str) -> str:
+        return short_label(Unit(label=text, kind="concept", tokens=[0], span=(0, len(text))))
+
+    assert label("lorikeet, bird, animal") == "lorikeet (bird, animal)"
+    assert label("lesser panda, red panda, mammal, animal") == "lesser panda (… mammal, animal)"
+    assert label("seashore, coast") == "seashore (coast)" and label("sky") == "sky"

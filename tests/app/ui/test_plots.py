@@ -45,7 +45,8 @@ def test_one_query_vector_reads_in_the_singular(r_q):
         assert bars.layout.title.text.endswith("= this one bar")
         assert "The one query vector is" in note and "1 query vectors" not in note
     else:
-        assert bars.layout.title.text.endswith("= sum of these 2 bars")
+        assert bars.layout.title.text == "MaxSim 0.800 = sum of these 2 bars"
+        assert bars.layout.title.subtitle.text == "the score shown, 0.40, is MaxSim / 2"
         assert "Each of the 2 query vectors is" in note
 
 

@@ -7,6 +7,8 @@ from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
+
 from app.search import Calibration, Hit
 from app.ui.search_tab import gallery_payload, snippets_html, standing_request
 
@@ -229,3 +231,11 @@ def test_the_explanation_says_when_every_query_vector_reads_the_same_word(tmp_pa
     finally:
         demo.close()
         studio.close()
+
+
+def test_rows_that_read_alike_are_told_apart_from_a_fault():
+    from app.ui.search_tab import _read_alike
+
+    att = np.array([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [1.0, 0.0, 0.0]])
+    assert _read_alike(att, 0, 1) and not _read_alike(att, 0, 2)
+    assert not _read_alike(None, 0, 1) and not _read_alike(att[:1], 0, 1)
