@@ -118,7 +118,7 @@ def walkthrough(studio: Studio, text: str, session: str | None) -> tuple:
                      f"vectors once ({human_bytes(per_item)} per item); a small budget just reads fewer of them, so "
                      "nothing is re-encoded or re-indexed when you move the budget slider. The second chart follows this "
                      "search's top two results across the budgets: their comparable scores (MaxSim / r_q) and "
-                     "where the first one ranks at each budget.")
+                     "where the first one ranks at each budget.\n\n" + worked_maxsim(sim, _worked_budget(presets)))
     else:
         matrix = plots.empty_figure("Add files to your collection (or include the samples) to see step 4.")
         budgets = plots.empty_figure("")
@@ -128,6 +128,28 @@ def walkthrough(studio: Studio, text: str, session: str | None) -> tuple:
                                    f"Attention of the {rq_full} meta tokens over the words of “{text}”"),
             plots.vectors_figure(query.vectors.numpy(), presets, "query"),
             prefix_md, matrix, budgets, matrix_md)
+
+
+def _worked_budget(presets) -> tuple[int, int]:
+    """The budget step 4 works out by hand: the smallest with at least 4 query vectors (few rows to add, and
+    past MetaEmbed-Mini's first two, which both read the whole query)."""
+    several = [p for p in presets if p[0] >= 4]
+    return min(several) if several else max(presets)
+
+
+def worked_maxsim(sim: np.ndarray, budget: tuple[int, int]) -> str:
+    """MaxSim at one budget, worked out row by row from the full similarity matrix, as a teacher would on a
+    board: each query vector's best result vector inside the block, the sum, and the score shown (sum / r_q)."""
+    r_q, r_c = budget
+    block = np.asarray(sim, dtype=np.float64)[:r_q, :r_c]
+    best = block.argmax(axis=1)
+    values = block[np.arange(r_q), best]
+    rows = ", ".join(f"q{i + 1} → c{int(j) + 1} {v:.2f}" for i, (j, v) in enumerate(zip(best, values)))
+    total = float(values.sum())
+    return (f"Worked out at budget **({r_q}, {r_c})**: each of the first {r_q} query vectors keeps its best match "
+            f"among the first {r_c} result vectors ({rows}); MaxSim = "
+            f"{' + '.join(f'{v:.2f}' for v in values)} = **{total:.2f}**, and the score the search shows is "
+            f"MaxSim / {r_q} = **{total / r_q:.2f}**.")
 
 
 def _top_two_at_every_budget(studio: Studio, query, session: str | None, hits: list, presets) -> object:

@@ -393,8 +393,13 @@ def prefix_matrix_figure(sim: np.ndarray, presets: Sequence[tuple[int, int]]) ->
                       line=dict(color=ACCENT if i % 2 == 0 else "white", width=2.5))
         fig.add_annotation(x=pc + 0.5, y=pq + 0.5, text=f"({pq}, {pc})", showarrow=False, xanchor="left",
                            yanchor="top", font=dict(color="white", size=12), bgcolor="rgba(15,23,42,0.75)")
-    fig.update_xaxes(title_text="result's vectors", range=[0.5, r_c + 0.5], showgrid=False, zeroline=False)
-    fig.update_yaxes(title_text="query vectors", range=[r_q + 0.5, 0.5], showgrid=False, zeroline=False)
+    # Ticks at the budgets' edges, named as the search's explanations name the vectors (q1 …, c1 …).
+    xs = sorted({1, r_c} | {pc for _, pc in presets if pc <= r_c})
+    ys = sorted({1, r_q} | {pq for pq, _ in presets if pq <= r_q})
+    fig.update_xaxes(title_text="result's vectors", range=[0.5, r_c + 0.5], showgrid=False, zeroline=False,
+                     tickvals=xs, ticktext=[f"c{v}" for v in xs])
+    fig.update_yaxes(title_text="query vectors", range=[r_q + 0.5, 0.5], showgrid=False, zeroline=False,
+                     tickvals=ys, ticktext=[f"q{v}" for v in ys])
     return _layout(fig, "One matrix, every budget: a budget is its top-left corner", height=380)
 
 

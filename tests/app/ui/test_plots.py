@@ -112,3 +112,21 @@ def test_every_chart_names_the_vectors_q1_and_c1():
     assert list(plots.vectors_figure(np.eye(4, 8), [(1, 1), (2, 4)], "query").data[0].y) == ["q1", "q2", "q3", "q4"]
     attention = plots.attention_figure(np.full((2, 3), 1 / 3), ["a", "b", "c"], "attention")
     assert list(attention.data[0].y) == ["q1", "q2"]
+
+
+def test_step_four_works_maxsim_out_by_hand_and_names_the_vectors_as_the_search_does():
+    """A teacher's review: step 4 drew the budget blocks but no row maxima or sum, with axes numbered 1 … 64
+    where the search's explanation says q1 … and c1 …."""
+    from app.ui.how_it_works import _worked_budget, worked_maxsim
+
+    presets = [(1, 1), (2, 4), (4, 8), (8, 16), (16, 64)]
+    assert _worked_budget(presets) == (4, 8) and _worked_budget([(1, 1), (2, 4)]) == (2, 4)
+    sim = np.zeros((16, 64))
+    sim[0, 2], sim[1, 2], sim[2, 7], sim[3, 0] = 0.7, 0.6, 0.5, 0.4
+    sim[3, 20] = 0.9  # outside the (4, 8) block: not counted there
+    text = worked_maxsim(sim, (4, 8))
+    assert "q1 → c3 0.70, q2 → c3 0.60, q3 → c8 0.50, q4 → c1 0.40" in text
+    assert "0.70 + 0.60 + 0.50 + 0.40 = **2.20**" in text and "MaxSim / 4 = **0.55**" in text
+    fig = plots.prefix_matrix_figure(sim, presets)
+    assert list(fig.layout.xaxis.ticktext) == ["c1", "c4", "c8", "c16", "c64"]
+    assert list(fig.layout.yaxis.ticktext) == ["q1", "q2", "q4", "q8", "q16"]
