@@ -30,6 +30,7 @@ from .evaluation import (
     evaluate,
     load_queries,
     markdown,
+    per_query_ranks,
     record_quality,
     recorded_quality,
 )
@@ -242,8 +243,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         # Check the folder and queries.json before spending time on the model.
         if not folder.is_dir():
             raise EvalInputError(f"{folder}: no such folder" if not folder.exists() else f"{folder}: not a folder")
-        load_queries(folder / QUERIES_NAME)
-        earlier = _earlier_report(args.against) if args.against else None
+        queries = load_queries(folder / QUERIES_NAME)
+        earlier = _earlier_report(args.against, [q.text for q in queries]) if args.against else None
         model_folder, source, ckpt_id = resolve_checkpoint(args.checkpoint, None)
         if args.record is not None:
             if not args.record.strip():
@@ -293,8 +294,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def _earlier_report(path: str) -> dict:
-    """The report --against names, read before any work is done: a clear error for a missing or bad file."""
+def _earlier_report(path: str, queries: list[str]) -> dict:
+    """The report --against names, read and checked before any work is done: a clear error for a missing or
+    bad file, or for a report made on other queries than `queries` (this folder's queries.json)."""
     p = Path(path).expanduser()
     try:
         report = json.loads(p.read_text(encoding="utf-8"))
@@ -302,8 +304,13 @@ def _earlier_report(path: str) -> dict:
         raise UsageError(f"{p}: no such file (--against wants an earlier `eval --json` report)") from None
     except (OSError, ValueError) as e:
         raise UsageError(f"{p}: not a readable JSON report ({e})") from None
-    if not isinstance(report, dict) or not isinstance(report.get("per_query"), dict):
-        raise UsageError(f"{p}: not an eval report with per-query ranks (run `eval DIR --json` to make one)")
+    try:
+        pq = per_query_ranks(report)
+    except EvalInputError as e:
+        raise UsageError(f"{p}: {e}") from None
+    if pq["queries"] != queries:
+        raise UsageError(f"{p}: made on other queries than this folder's queries.json, so the two runs cannot "
+                         "be paired query by query")
     return report
 
 

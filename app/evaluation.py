@@ -50,7 +50,8 @@ JSON (`--json`), one object::
      "warnings": [{"path": str, "error": str}], "seconds": float,
      "versions": {"python" | distribution name: version},
      "per_query": {"queries": [str], "kinds": [str], "results" | "own_kind": {"r_q,r_c" | "baseline":
-         [each query's reciprocal rank, in queries.json's order; own_kind: null for a kind with no units]}}}
+         [each query's reciprocal rank, in queries.json's order; own_kind: null for a kind with no units]}},
+     "against": {"report": str, "results" | "own_kind": compare_reports's tables} (with --against only)}
 
 Comparing runs. A difference of a few hundredths on a few hundred queries can be the queries' luck, so
 `--against EARLIER.json` (an earlier run's `--json` report on the same folder) pairs the two runs query by
@@ -532,6 +533,27 @@ def markdown(report: dict) -> str:
 BOOTSTRAP_RESAMPLES = 2000
 
 
+def per_query_ranks(report: Any) -> dict:
+    """`report`'s per-query ranks, checked: {"queries": [str], "kinds": [str], "results" | "own_kind": {budget:
+    [float | None] of the same length}}. Raises EvalInputError saying what is missing or malformed."""
+    pq = report.get("per_query") if isinstance(report, dict) else None
+    if not isinstance(pq, dict):
+        raise EvalInputError("not an eval report with per-query ranks (made before 2026-12-01, or stored with "
+                             "--record, which keeps the means only): run `eval DIR --json` to make one")
+    queries, kinds = pq.get("queries"), pq.get("kinds")
+    if not isinstance(queries, list) or not isinstance(kinds, list) or len(queries) != len(kinds):
+        raise EvalInputError("its per-query ranks have no matching lists of queries and kinds")
+    for table in ("results", "own_kind"):
+        ranks = pq.get(table)
+        if not isinstance(ranks, dict):
+            raise EvalInputError(f"its per-query ranks have no {table!r} table")
+        for name, values in ranks.items():
+            if not isinstance(values, list) or len(values) != len(queries) or not all(
+                    v is None or (isinstance(v, (int, float)) and math.isfinite(v)) for v in values):
+                raise EvalInputError(f"its per-query ranks for {table} {name!r} are not {len(queries)} numbers")
+    return pq
+
+
 def compare_reports(before: dict, after: dict, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
     """MRR of two runs on the same queries, paired per query: for each table ("results", "own_kind"), kind of
     query and budget both runs have, {"before", "after", "delta", "ci95": [lo, hi], "n"}, where ci95 is the 95 %
@@ -540,11 +562,10 @@ def compare_reports(before: dict, after: dict, *, resamples: int = BOOTSTRAP_RES
     Raises EvalInputError when a report has no per-query ranks or the two were not run on the same queries."""
     pq = []
     for name, report in (("before", before), ("after", after)):
-        if not isinstance(report, dict) or not isinstance(report.get("per_query"), dict):
-            raise EvalInputError(f"the {name} report has no per-query ranks (made before 2026-12-01, or "
-                                 "stored with --record, which keeps the means only): run the eval command "
-                                 "with --json again")
-        pq.append(report["per_query"])
+        try:
+            pq.append(per_query_ranks(report))
+        except EvalInputError as e:
+            raise EvalInputError(f"the {name} report: {e}") from None
     if pq[0]["queries"] != pq[1]["queries"] or pq[0]["kinds"] != pq[1]["kinds"]:
         raise EvalInputError("the two reports were not run on the same queries (queries.json differs), so their "
                              "queries cannot be paired")
@@ -578,6 +599,8 @@ def comparison_markdown(cmp: dict) -> str:
     titles = {"photo": "Photo queries", "document": "Document queries", "all": "All queries"}
     lines = ["MRR against the earlier run, paired per query; 95 % bootstrap interval of the difference "
              "(* : it does not hold 0)."]
+    if not any(cmp.values()):
+        return lines[0] + "\n\nThe two runs have no budget in common (made with other checkpoints' presets?)."
     for table, kinds in cmp.items():
         for kind, rows in kinds.items():
             n = next(iter(rows.values()))["n"]
@@ -636,8 +659,9 @@ def record_quality(folder: str | os.PathLike, name: str, report: dict) -> Path:
     splits' reports (and their order) stay as they are. Returns the file's path."""
     path = Path(folder) / QUALITY_FILE
     data = recorded_quality(folder)
-    # Per-query ranks are for comparing runs (`--against`); the app draws the means, and the file ships.
-    data[name] = {k: v for k, v in report.items() if k != "per_query"}
+    # Per-query ranks and a comparison with an earlier run are for the person running the command; the app draws
+    # the means, and the file ships.
+    data[name] = {k: v for k, v in report.items() if k not in ("per_query", "against")}
     write_atomic(path, json.dumps(data, indent=2) + "\n")
     return path
 

@@ -5,7 +5,7 @@ gave by looking at the photos, and what the rules cost per photo.
 
 LABELS below were given on 2026-12-01 by looking at each of the dev split's 122 photos (contact sheets), not
 through any query, while the rules were being written (so this is a check of the rules, not a held-out
-measurement): which show a blue sky, which show another sky (sunset, overcast, night: not named by design),
+measurement): which show a blue sky, which show another sky (sunset, overcast, night: not aimed at),
 which have no colour. The photos are read as the tokenizer reads them (its working copy). Reported:
 for each word, photos named, how many of them carry the label, and the labelled photos missed. A folder
 without labels (`--photos DIR`) gets the counts and the cost only.

@@ -224,6 +224,8 @@ def short_label(unit: Unit) -> str:
     panda, mammal, animal"): a query's "bird" matches a lorikeet through "bird", which the chip must show."""
     if unit.kind == "concept" and "," in unit.label:
         terms = [t.strip() for t in unit.label.split(",") if t.strip()]
+        if len(terms) < 2:
+            return terms[0] if terms else unit.label
         skipped = "… " if len(terms) > 3 else ""
         return f"{terms[0]} ({skipped}{', '.join(terms[-2:] if len(terms) > 2 else terms[1:])})"
     return unit.label.strip(" ,.;:") or unit.label  # "colors:" reads as "colors"
@@ -335,7 +337,7 @@ def summary_units(ex: Explanation, n: int = 5) -> list[tuple[str, str, float]]:
     shares: dict[tuple[str, str], float] = {}  # a word said three times on a page is named once, its shares added
     for k in np.argsort(-ex.c_relevance):
         unit = ex.c_units[k]
-        if not meaningful(unit) or ex.c_relevance[k] <= 0:
+        if not meaningful(unit) or not ex.c_relevance[k] > 0:  # NaN too
             continue
         label = short_label(unit)
         if unit.kind == "word" and label.lower() in STOPWORDS:

@@ -5,8 +5,8 @@
     spans -> one RenderedSpan per rendered item: which input it is and its char span in `text`
 
 The text format is produced by ONE function, `render_doc`, which both the visual tokenizer (tokenizer.py) and
-the synthetic training-data generator (model/recipes/mini/photo_pairs.py) call, so training sees exactly what
-the app indexes. `render_doc` also owns the selection rules (probability threshold, caps, order, length
+the synthetic training-data generator (model/recipes/mini/photo_pairs.py) call, so training sees the format
+the app indexes (the generator writes no scene words: no shipped weights were trained on photo docs since v1). `render_doc` also owns the selection rules (probability threshold, caps, order, length
 budget), so a generator may pass raw candidates and get the same doc the tokenizer would.
 """
 

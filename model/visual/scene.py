@@ -9,7 +9,8 @@ nothing. Two rules over a small thumbnail, each about the pixels alone (numpy, a
   named: a pale top is as often a white wall, a studio background or a page. A blue illustration background
   is named "sky" too; the tokenizer drops scene words on pictures with readable text (screenshots, slides).
   "Clouds" was tried and left out: pale pixels in a blue sky are as often its bright horizon.
-- **black and white**: nearly every pixel is without colour (the 99th percentile of chroma below 0.08).
+- **black and white**: nearly every pixel is without colour (the 99th percentile of chroma below 0.08), and
+  there is some light and shade (a plain white, grey or black frame is not a photo).
 
 Each word carries the coverage mask of the pixels it stands for, so the app can paint it over the photo.
 """
@@ -34,6 +35,7 @@ SKY_MIN_TOP_SHARE = 0.35  # of the top third: smooth blue
 SKY_MIN_EDGE_SHARE = 0.5  # of the top rows: sky-coloured (blue or pale)
 EDGE_ROWS = 4  # the top rows, not the top row alone: a vignette darkens the very edge
 MONO_MAX_CHROMA = 0.08  # 99th percentile of max(r, g, b) - min(r, g, b)
+MONO_MIN_CONTRAST = 0.1  # 1st to 99th percentile of luma: a plain grey, white or black frame is not a photo
 
 
 @dataclass
@@ -57,11 +59,14 @@ def scene_words(img: Image.Image, thumbnail: np.ndarray | None = None) -> list[S
     rgb = thumbnail_rgb(img) if thumbnail is None else thumbnail
     hue, sat, val = rgb_to_hsv(rgb)
     chroma = rgb.max(axis=-1) - rgb.min(axis=-1)
+    luma = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
     if float(np.quantile(chroma, 0.99)) < MONO_MAX_CHROMA:
-        # A photo without colour has no blue sky to find either.
+        # A photo without colour has no blue sky to find either; a blank frame is no black-and-white photo.
+        lo, hi = np.quantile(luma, [0.01, 0.99])
+        if hi - lo < MONO_MIN_CONTRAST:
+            return []
         return [SceneWord("black and white, monochrome", 1.0, np.ones((MASK_SIZE, MASK_SIZE), np.float32))]
     words: list[SceneWord] = []
-    luma = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
     step = np.zeros_like(luma)
     step[:, :-1] += np.abs(np.diff(luma, axis=1))
     step[:-1, :] += np.abs(np.diff(luma, axis=0))

@@ -14,8 +14,8 @@ colours are (`scene.py`), written after the people with the pixels they stand fo
 picture with readable text. `VisualTokenizer(scene=False)` or METAEMBED_SCENE=0 turns them off.
 
 The text format is produced by ONE function, `render_doc` (render.py), which both this tokenizer and the
-synthetic training-data generator (model/recipes/mini/photo_pairs.py) call, so training sees exactly what the
-app indexes.
+synthetic training-data generator (model/recipes/mini/photo_pairs.py) call, so training sees the format the
+app indexes (scene words excepted: the generator does not make them).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from app.evaluation import (
     markdown,
     mrr,
     ndcg_at_k,
+    per_query_ranks,
     rank_units,
     recall_at_k,
     self_similarity,
@@ -109,9 +111,12 @@ def test_compare_reports_pairs_queries_and_brackets_the_difference():
     lo, hi = cmp["results"]["all"]["baseline"]["ci95"]
     assert lo < 0 < hi and hi - lo < 0.1  # +-2 standard errors of a 0.2 spread over 300 queries
     assert "own_kind" not in cmp  # neither run has own-kind ranks
-    # Seeded: the same intervals again; a different seed moves them a little.
-    assert compare_reports(_report({"1,1": before.tolist()}, kinds), _report({"1,1": noisy.tolist()}, kinds)) == \
-        compare_reports(_report({"1,1": before.tolist()}, kinds), _report({"1,1": noisy.tolist()}, kinds))
+    # Seeded: the same intervals again; another seed moves them a little, never the difference itself.
+    pair = (_report({"1,1": before.tolist()}, kinds), _report({"1,1": noisy.tolist()}, kinds))
+    again, other = compare_reports(*pair)["results"]["all"]["1,1"], compare_reports(*pair, seed=1)["results"]["all"]["1,1"]
+    assert again == compare_reports(*pair)["results"]["all"]["1,1"]
+    assert other["delta"] == again["delta"] and other["ci95"] != again["ci95"]
+    assert abs(other["ci95"][0] - again["ci95"][0]) < 0.01
     text = comparison_markdown(cmp)
     assert "**Photo queries** (200)" in text and "| (1,1) |" in text and "*" in text.split("| (1,1) |")[1].split("\n")[0]
     # Own-kind ranks: a kind without units has None, which is left out of the pairs.
@@ -124,8 +129,19 @@ def test_compare_reports_pairs_queries_and_brackets_the_difference():
 
 def test_compare_reports_refuses_what_cannot_be_paired():
     a = _report({"1,1": [1.0, 0.5]}, ["photo", "photo"])
-    with pytest.raises(EvalInputError, match="no per-query ranks"):
+    with pytest.raises(EvalInputError, match="the before report: not an eval report with per-query ranks"):
         compare_reports({"results": {}}, a)
+    malformed = {
+        "no matching lists of queries and kinds": {"per_query": {}},
+        "no 'own_kind' table": {"per_query": {"queries": ["q0"], "kinds": ["photo"], "results": {}}},
+        "results '1,1' are not 1 numbers": _report({"1,1": [1.0, 0.5]}, ["photo"]),
+        "own_kind '1,1' are not 1 numbers": _report({}, ["photo"], {"1,1": [float("nan")]}),
+    }
+    for message, report in malformed.items():
+        with pytest.raises(EvalInputError, match=re.escape(message)):
+            per_query_ranks(report)
+    assert comparison_markdown({}).endswith("The two runs have no budget in common (made with other checkpoints' "
+                                           "presets?).")
     b = _report({"1,1": [1.0, 0.5]}, ["photo", "photo"])
     b["per_query"]["queries"] = ["q0", "another query"]
     with pytest.raises(EvalInputError, match="not run on the same queries"):
@@ -276,6 +292,11 @@ def test_record_stores_the_report_in_the_checkpoints_quality_file(tmp_path, ckpt
     data = json.loads((own / "quality.json").read_text())
     assert list(data) == ["dev split (elsewhere)", SAMPLE_SPLIT] and data["dev split (elsewhere)"] == other
     assert "per_query" not in data[SAMPLE_SPLIT] and "results" in data[SAMPLE_SPLIT]  # the shipped file stays small
+    # A comparison with an earlier run (a local path among it) is for the person running the command, too.
+    from app.evaluation import record_quality
+
+    record_quality(own, "x (y)", {"results": {}, "per_query": {}, "against": {"report": "/home/me/before.json"}})
+    assert set(json.loads((own / "quality.json").read_text())["x (y)"]) == {"results"}
     reports = load_quality(own, checkpoint_id_of_folder(own))
     assert list(reports) == [SAMPLE_SPLIT] and reports[SAMPLE_SPLIT]["queries"]["all"] == 5
     assert split_title(SAMPLE_SPLIT, reports[SAMPLE_SPLIT]) == ("sample collection: 5 queries written by the team "
@@ -327,7 +348,10 @@ def test_bad_folder_and_queries_file(tmp_path, ckpt, capsys):
     other = {"per_query": {"queries": ["something else"], "kinds": ["photo"], "results": {}, "own_kind": {}}}
     (tmp_path / "other.json").write_text(json.dumps(other))
     expect_usage_error(capsys, [folder, "--checkpoint", ckpt, "--against", tmp_path / "other.json"],
-                       str(tmp_path / "other.json"), "not run on the same queries")
+                       str(tmp_path / "other.json"), "made on other queries than this folder's queries.json")
+    (tmp_path / "empty.json").write_text(json.dumps({"per_query": {}}))
+    expect_usage_error(capsys, [folder, "--checkpoint", ckpt, "--against", tmp_path / "empty.json"],
+                       "no matching lists of queries and kinds")
 
 
 def test_relevance_to_what_is_not_indexed(tmp_path, ckpt, capsys):

@@ -75,6 +75,8 @@ def test_the_summary_names_a_word_once_with_its_shares_added():
     summary = summary_units(ex)
     assert [label for label, _, _ in summary] == ["packages", "install", "Debian"]
     assert [round(share, 2) for _, _, share in summary] == [0.31, 0.27, 0.15]
+    relevance[1] = np.nan  # a NaN share (a zero-sum attention row) is no reason
+    assert "install" not in [label for label, _, _ in summary_units(ex)]
 
 
 def test_a_concept_chip_shows_the_general_words_a_query_matches_through():
@@ -85,3 +87,4 @@ def test_a_concept_chip_shows_the_general_words_a_query_matches_through():
     assert label("lorikeet, bird, animal") == "lorikeet (bird, animal)"
     assert label("lesser panda, red panda, mammal, animal") == "lesser panda (… mammal, animal)"
     assert label("seashore, coast") == "seashore (coast)" and label("sky") == "sky"
+    assert label("dog,") == "dog" and label(",") == ","  # malformed labels are shown as they are, never an error

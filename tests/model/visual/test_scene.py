@@ -74,6 +74,9 @@ def test_a_picture_without_colour_is_black_and_white():
     grey = _landscape().convert("L").convert("RGB")
     [word] = scene_words(grey)
     assert word.text == "black and white, monochrome" and word.weight == 1.0 and word.mask.min() == 1.0
+    # A blank frame (white, grey, black, a transparent picture read as black) is no black-and-white photo.
+    for blank in ("white", (128, 128, 128), "black"):
+        assert scene_words(Image.new("RGB", (300, 200), blank)) == []
     # A dark photo with one small coloured flower is not black and white.
     flower = grey.copy()
     ImageDraw.Draw(flower).ellipse((100, 400, 180, 480), fill=(160, 60, 200))
@@ -112,7 +115,7 @@ def test_the_tokenizer_writes_scene_tokens_with_their_region(classifier):
     assert "sky" not in plain.text and not [t for t in plain.tokens if t.kind == "scene"]
 
 
-def test_no_scene_words_on_a_picture_with_readable_text(classifier, monkeypatch):
+def test_no_scene_words_on_a_picture_with_readable_text(classifier):
     from model.visual.ocr import OcrWord
 
     def fake_ocr(img):
