@@ -84,6 +84,10 @@ class MetaEmbedConfig:
     # Weight of the visual tokenizer's class probabilities in a photo's first vector (model/class_prior.py,
     # ConSE); 0 = the words alone. Needs the visual-tokenizer front end.
     class_prior: float = 0.0
+    # Whether the visual tokenizer writes scene words ("sky", "black and white"; model/visual/scene.py). Part of
+    # the checkpoint, so an index made by a checkpoint that reads photos without them is never mixed with one
+    # that reads them (a new reading is a new checkpoint id, and the app indexes the files again).
+    scene_words: bool = False
     name: str = "metaembed"
     format_version: int = FORMAT_VERSION
 
@@ -124,6 +128,10 @@ class MetaEmbedConfig:
         if self.class_prior and self.front_end != "visual-tokenizer":
             raise ValueError("class_prior needs the visual-tokenizer front end (its classifier's probabilities), "
                              f"but front_end is {self.front_end!r}")
+        if not isinstance(self.scene_words, bool):
+            raise ValueError(f"scene_words must be true or false, got {self.scene_words!r}")
+        if self.scene_words and self.front_end != "visual-tokenizer":
+            raise ValueError(f"scene_words needs the visual-tokenizer front end, but front_end is {self.front_end!r}")
 
     @property
     def weights(self) -> list[float]:

@@ -34,19 +34,23 @@ FRONT_ENDS = ("visual-tokenizer",)
 class LazyFrontEnd:
     """Builds the visual tokenizer on first use, so text-only work never pays for loading it."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, scene_words: bool = False):
         if name not in FRONT_ENDS:
             raise ValueError(f"unknown front_end {name!r}; known: {list(FRONT_ENDS)}")
         self.name = name
+        self.scene_words = scene_words  # the checkpoint's setting; $METAEMBED_SCENE overrides it for experiments
         self._impl = None
 
     def tokenize(self, images):
         if self._impl is None:
             # Deferred: the visual tokenizer pulls in the image classifier (and its weights), OCR and the
             # face detector, which text-only runs never need.
+            from ..config import env_switch
             from ..visual import VisualTokenizer
+            from ..visual.tokenizer import SCENE_ENV
 
-            self._impl = VisualTokenizer()
+            override = env_switch(SCENE_ENV)
+            self._impl = VisualTokenizer(scene=self.scene_words if override is None else override)
         return self._impl.tokenize(images)
 
 
@@ -54,7 +58,7 @@ def load_backbone(cfg: MetaEmbedConfig, dtype: torch.dtype = torch.float32) -> B
     """Build the adapter for `cfg` with the backbone's pretrained weights (a VLM's in `dtype`; the text
     encoders load in fp32 and are cast by the caller, which costs them nothing: they are small)."""
     if cfg.backbone in TEXT_FAMILIES:
-        front = LazyFrontEnd(cfg.front_end) if cfg.front_end else None
+        front = LazyFrontEnd(cfg.front_end, scene_words=cfg.scene_words) if cfg.front_end else None
         return TextEncoderBackbone.load(cfg.backbone_id, cfg.backbone_revision, front_end=front,
                                         max_length=cfg.max_length)
     if cfg.backbone in VLM_FAMILIES:

@@ -11,7 +11,9 @@ face boxes it stands for. `VisualTokenizer(people=False)` or METAEMBED_PEOPLE=0 
 
 Scene: what no ImageNet class says about the whole frame ("sky", "black and white, monochrome"), from where its
 colours are (`scene.py`), written after the people with the pixels they stand for as their region; never on a
-picture with readable text. `VisualTokenizer(scene=False)` or METAEMBED_SCENE=0 turns them off.
+picture with readable text. A checkpoint asks for them in its config (`scene_words`, model/backbones passes it
+on), and METAEMBED_SCENE=0 / 1 overrides the checkpoint; `VisualTokenizer(scene=...)` sets them directly
+(None: $METAEMBED_SCENE, else on).
 
 The text format is produced by ONE function, `render_doc` (render.py), which both this tokenizer and the
 synthetic training-data generator (model/recipes/mini/photo_pairs.py) call, so training sees the format the

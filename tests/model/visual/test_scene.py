@@ -135,3 +135,21 @@ def test_scene_switch(monkeypatch, classifier):
     with pytest.raises(ValueError, match="METAEMBED_SCENE"):
         tok_mod.VisualTokenizer(classifier=classifier, people=False)
 
+
+
+def test_the_checkpoint_decides_whether_photos_get_scene_words(monkeypatch):
+    """A checkpoint's config says how it reads photos (`scene_words`), so its indexes are never a mix of two
+    readings; $METAEMBED_SCENE overrides it for experiments."""
+    from model.backbones import LazyFrontEnd
+    from model.config import MetaEmbedConfig
+
+    monkeypatch.delenv(tok_mod.SCENE_ENV, raising=False)
+    texts = {on: LazyFrontEnd("visual-tokenizer", scene_words=on).tokenize([_landscape()])[0].text for on in (False, True)}
+    assert "sky" in texts[True] and "sky" not in texts[False]
+    monkeypatch.setenv(tok_mod.SCENE_ENV, "0")
+    assert "sky" not in LazyFrontEnd("visual-tokenizer", scene_words=True).tokenize([_landscape()])[0].text
+    assert MetaEmbedConfig().scene_words is False  # older checkpoints read photos as they did
+    with pytest.raises(ValueError, match="scene_words needs the visual-tokenizer front end"):
+        MetaEmbedConfig(scene_words=True)
+    with pytest.raises(ValueError, match="scene_words must be true or false"):
+        MetaEmbedConfig(front_end="visual-tokenizer", scene_words="yes")
