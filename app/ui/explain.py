@@ -339,7 +339,8 @@ def summary_units(ex: Explanation, n: int = 5) -> list[tuple[str, str, float]]:
         unit = ex.c_units[k]
         if not meaningful(unit) or not ex.c_relevance[k] > 0:  # NaN too
             continue
-        label = short_label(unit)
+        # A concept by its name alone: "canoe (87%)" reads better on one line than "canoe (… vessel, vehicle) (87%)".
+        label = (unit.label.split(",")[0].strip() or unit.label) if unit.kind == "concept" else short_label(unit)
         if unit.kind == "word" and label.lower() in STOPWORDS:
             continue
         key = (label, unit.kind)

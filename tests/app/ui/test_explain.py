@@ -88,3 +88,11 @@ def test_a_concept_chip_shows_the_general_words_a_query_matches_through():
     assert label("lesser panda, red panda, mammal, animal") == "lesser panda (… mammal, animal)"
     assert label("seashore, coast") == "seashore (coast)" and label("sky") == "sky"
     assert label("dog,") == "dog" and label(",") == ","  # malformed labels are shown as they are, never an error
+
+
+def test_the_summary_names_a_concept_by_its_name():
+    units = [Unit(label="canoe, boat, vessel, vehicle", kind="concept", tokens=[0], span=(0, 28)),
+             Unit(label="dark blue", kind="colour", tokens=[1], span=(29, 38))]
+    ex = Explanation(budget=(1, 1), sim=np.ones((1, 1)), argmax=np.zeros(1, dtype=int), contributions=np.ones(1),
+                     score=1.0, c_units=units, c_relevance=np.array([0.87, 0.13], dtype=np.float32))
+    assert [(label, kind) for label, kind, _ in summary_units(ex)] == [("canoe", "concept"), ("dark blue", "colour")]
