@@ -508,7 +508,9 @@ def explain_panel(studio: Studio, coll_key: str, item_id: str, query: QueryState
              f"**({rq}, {rc})**: {of}. ")
     top = ui_explain.summary_units(ex)
     if top:
-        title += "Mostly because of: " + ", ".join(f"{ui_explain.kind_mark(k, lab)}{lab} ({100 * s:.0f}%)" for lab, k, s in top)
+        # The shares are of what the matching vectors read, not of the score (a teacher read them as the latter).
+        title += ("Mostly because of (share of what the matching vectors read): "
+                  + ", ".join(f"{ui_explain.kind_mark(k, lab)}{lab} {100 * s:.0f}%" for lab, k, s in top))
     words = [u for u in ex.q_units if ui_explain.meaningful(u)]
     if rq > 1 and len(words) == 1:
         # A teacher's first query is often one word, and 16 identical rows looked like one vector copied 16 times.
