@@ -13,6 +13,19 @@ REBUILD_HINT = ("Your files are not affected: move the index folder away and run
                 "again to rebuild it")
 
 
+def mismatch_message(where: str, found: str, found_source: str | None, wanted: str, kind: str) -> str:
+    """Why a store made by checkpoint `found` cannot be searched with checkpoint `wanted`, and what to do.
+    `kind`: "index folder" or "collection". An index made by the bundled model (`found_source` empty) under
+    another id of the same name was made by an earlier version of it, which this install no longer has."""
+    head = (f"{where} holds vectors made by checkpoint {found!r}, not {wanted!r}; vectors of different "
+            "checkpoints cannot be compared.")
+    same_name = found.rsplit("-", 1)[0] == wanted.rsplit("-", 1)[0]
+    if not found_source and same_name:
+        return (f"{head} It was made by an earlier version of the bundled MetaEmbed-Mini, which this install no "
+                f"longer has: index the same files into a new {kind} (your files are not affected)")
+    return f"{head} Use the {kind}'s checkpoint ({found_source or 'the bundled MetaEmbed-Mini'}) or a new {kind}"
+
+
 class IndexError_(ValueError):  # noqa: N801 - avoids shadowing the builtin IndexError
     """A problem with an index folder, in plain words."""
 

@@ -46,7 +46,14 @@ from .db import (
     record_file_versions,
     transaction,
 )
-from .errors import REBUILD_HINT, CheckpointMismatch, IndexError_, check_layout, check_search
+from .errors import (
+    REBUILD_HINT,
+    CheckpointMismatch,
+    IndexError_,
+    check_layout,
+    check_search,
+    mismatch_message,
+)
 from .first_stage import FirstStage
 from .items import (
     ITEM_COLUMNS,
@@ -142,11 +149,8 @@ class Index:
         index = cls(directory, conn, read_only)
         if checkpoint_id is not None and checkpoint_id != index.checkpoint_id:
             index.close()
-            raise CheckpointMismatch(
-                f"index {directory} holds vectors made by checkpoint {index.checkpoint_id!r}, not "
-                f"{checkpoint_id!r}; vectors of different checkpoints cannot be compared. Use the index's "
-                f"checkpoint ({index.checkpoint_source or 'the bundled MetaEmbed-Mini'}) or a new index folder"
-            )
+            raise CheckpointMismatch(mismatch_message(f"index {directory}", index.checkpoint_id,
+                                                      index.checkpoint_source, checkpoint_id, "index folder"))
         return index
 
     @classmethod

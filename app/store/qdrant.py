@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import CheckpointMismatch, IndexError_, check_layout, check_search
+from .errors import CheckpointMismatch, IndexError_, check_layout, check_search, mismatch_message
 from .items import ID_LENGTH, IndexedItem, target_paths
 from .planner import FIRST_STAGE_DEPTH
 from .qdrant_schema import (
@@ -179,10 +179,8 @@ class QdrantStore:
             raise
         if checkpoint_id is not None and checkpoint_id != store.checkpoint_id:
             store.close()
-            raise CheckpointMismatch(
-                f"{location} holds vectors made by checkpoint {store.checkpoint_id!r}, not {checkpoint_id!r}; "
-                f"vectors of different checkpoints cannot be compared. Use the collection's checkpoint "
-                f"({store.checkpoint_source or 'the bundled MetaEmbed-Mini'}) or a new collection")
+            raise CheckpointMismatch(mismatch_message(location, store.checkpoint_id, store.checkpoint_source,
+                                                      checkpoint_id, "collection"))
         return store
 
     def close(self) -> None:

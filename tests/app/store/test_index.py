@@ -521,3 +521,18 @@ def test_a_read_only_index_searches_and_refuses_changes_clearly(tmp_path, monkey
     monkeypatch.undo()
     with Index.open(tmp_path / "idx", "ckpt") as rw:  # nothing was changed, and it is writable again
         assert not rw.read_only and len(rw) == 4
+
+
+def test_an_index_of_an_earlier_bundled_model_says_to_index_the_files_again():
+    """After an upgrade the bundled MetaEmbed-Mini has a new id; the message told users to use "the index's
+    checkpoint (the bundled MetaEmbed-Mini)", which the install no longer has."""
+    from app.store.errors import mismatch_message
+
+    upgraded = mismatch_message("index /x", "metaembed-mini-6741cac0abf320ee", "", "metaembed-mini-efe577d2f3defa71",
+                                "index folder")
+    assert "earlier version of the bundled MetaEmbed-Mini" in upgraded and "into a new index folder" in upgraded
+    assert "Use the" not in upgraded
+    other = mismatch_message("qdrant://h/c", "qwen-metaembed-0123", "/runs/qwen", "metaembed-mini-efe5", "collection")
+    assert other.endswith("Use the collection's checkpoint (/runs/qwen) or a new collection")
+    bundled_other_name = mismatch_message("index /x", "metaembed-mini-6741", "", "qwen-metaembed-0123", "index folder")
+    assert "Use the index folder's checkpoint (the bundled MetaEmbed-Mini)" in bundled_other_name
