@@ -23,8 +23,11 @@ app indexes (scene words excepted: the generator does not make them).
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import math
+import threading
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
@@ -217,6 +220,10 @@ class VisualTokenizer:
         self.ocr_fn = ocr_image if ocr_fn is None else ocr_fn
         self.overlap = overlap
         self.face_detector = face_detector if face_detector is not None else _people_detector(people)
+        # The words OCR read in the last images, by their pixels: the app reads a screenshot again to explain a
+        # match, and its OCR (about a second) was most of that wait.
+        self._ocr_memo: OrderedDict[tuple, list] = OrderedDict()
+        self._ocr_lock = threading.Lock()
         self.scene = env_switch(SCENE_ENV) is not False if scene is None else bool(scene)
 
     def tokenize(self, images: list[Image.Image], ocr: bool | Literal["auto"] = "auto") -> list[VisualDoc]:
@@ -290,6 +297,20 @@ class VisualTokenizer:
             docs.append(self._doc(images[start + k], prep, merged[k], crop_probs[k], features[k], run_ocr))
         return docs
 
+    def _read_text(self, img: Image.Image) -> list:
+        """`ocr_fn(img)`, remembered for the last OCR_MEMO_SIZE images by their pixels."""
+        key = _pixels_key(img)
+        with self._ocr_lock:
+            if key in self._ocr_memo:
+                self._ocr_memo.move_to_end(key)
+                return list(self._ocr_memo[key])
+        words = self.ocr_fn(img)
+        with self._ocr_lock:
+            self._ocr_memo[key] = list(words)
+            while len(self._ocr_memo) > OCR_MEMO_SIZE:
+                self._ocr_memo.popitem(last=False)
+        return words
+
     def _doc(self, img, prep: _Prepared, probs, crop_probs, features, run_ocr: bool) -> VisualDoc:
         ranked = np.argsort(-probs, kind="stable")[:max(CANDIDATE_CONCEPTS, TOP_CLASSES)]  # one sort for both
         concepts = [(int(c), float(probs[c])) for c in ranked[:CANDIDATE_CONCEPTS]]
@@ -297,7 +318,7 @@ class VisualTokenizer:
         words = []
         if run_ocr:
             try:
-                words = self.ocr_fn(img)
+                words = self._read_text(img)
             except Exception as exc:  # OCR is best-effort: a failure must not lose the image's other words
                 log.warning("OCR failed on a %sx%s image: %s", img.width, img.height, exc)
                 words = []
@@ -345,6 +366,15 @@ class VisualTokenizer:
                 tokens.append(VisualToken(piece, "ocr", float(w.score), (s.start, s.end), box=tuple(w.box)))
         return VisualDoc(text=text, tokens=tokens, ocr_ran=run_ocr, size=img.size,
                          class_probs=tuple((int(c), float(probs[c])) for c in ranked[:TOP_CLASSES]))
+
+
+OCR_MEMO_SIZE = 64  # images whose words are kept (a few KB each)
+
+
+def _pixels_key(img: Image.Image) -> tuple:
+    """The image's pixels as a key: size, mode and a 128-bit hash of every byte (two screenshots that differ in
+    one word must not share their words)."""
+    return img.size, img.mode, hashlib.blake2b(img.tobytes(), digest_size=16).digest()
 
 
 def image_class_probabilities(img: Image.Image) -> np.ndarray:

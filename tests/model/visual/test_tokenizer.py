@@ -557,6 +557,27 @@ def test_ocr_failure_keeps_the_rest_of_the_doc(classifier):
     assert doc.ocr_ran and doc.text and not [t for t in doc.tokens if t.kind == "ocr"]
 
 
+def test_ocr_is_remembered_for_the_same_pixels_only(classifier):
+    """The app reads a screenshot again to explain a match; its OCR (about a second) was most of that wait."""
+    seen = []
+
+    def counting(img):
+        seen.append(img.size)
+        return [ocr_mod.OcrWord(f"word{len(seen)}", (0.1, 0.1, 0.3, 0.2), 0.99)]
+
+    tk = tok_mod.VisualTokenizer(classifier=classifier, ocr_fn=counting, people=False)
+    page = _text_page(["Meeting", "agenda"])
+    first = tk.tokenize([page], ocr=True)[0].text
+    assert tk.tokenize([page.copy()], ocr=True)[0].text == first and len(seen) == 1  # same pixels: read once
+    other = page.copy()
+    other.putpixel((5, 5), (0, 0, 0))  # one pixel differs: read again
+    assert "word2" in tk.tokenize([other], ocr=True)[0].text and len(seen) == 2
+    for n in range(tok_mod.OCR_MEMO_SIZE):  # the oldest are forgotten
+        tk._read_text(Image.new("RGB", (8, 8), (n, 0, 0)))
+    tk.tokenize([page], ocr=True)
+    assert len(seen) == 3 + tok_mod.OCR_MEMO_SIZE
+
+
 def test_bad_input_is_a_clear_error(tokenizer):
     with pytest.raises(ValueError, match=r"images\[1\]"):
         tokenizer.tokenize([_scene(), "not an image"])
