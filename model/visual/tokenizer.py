@@ -372,9 +372,12 @@ OCR_MEMO_SIZE = 64  # images whose words are kept (a few KB each)
 
 
 def _pixels_key(img: Image.Image) -> tuple:
-    """The image's pixels as a key: size, mode and a 128-bit hash of every byte (two screenshots that differ in
-    one word must not share their words)."""
-    return img.size, img.mode, hashlib.blake2b(img.tobytes(), digest_size=16).digest()
+    """The image's pixels as a key: size, mode and a 128-bit hash of every byte, and of the palette of a
+    palette image (two screenshots that differ in one word must not share their words)."""
+    digest = hashlib.blake2b(img.tobytes(), digest_size=16)
+    if img.mode in ("P", "PA"):
+        digest.update(bytes(img.getpalette() or []))
+    return img.size, img.mode, digest.digest()
 
 
 def image_class_probabilities(img: Image.Image) -> np.ndarray:

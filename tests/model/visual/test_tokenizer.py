@@ -572,6 +572,10 @@ def test_ocr_is_remembered_for_the_same_pixels_only(classifier):
     other = page.copy()
     other.putpixel((5, 5), (0, 0, 0))  # one pixel differs: read again
     assert "word2" in tk.tokenize([other], ocr=True)[0].text and len(seen) == 2
+    red, blue = Image.new("P", (8, 8), 0), Image.new("P", (8, 8), 0)  # the same indices, other palettes
+    red.putpalette([255, 0, 0] * 256)
+    blue.putpalette([0, 0, 255] * 256)
+    assert tok_mod._pixels_key(red) != tok_mod._pixels_key(blue)
     for n in range(tok_mod.OCR_MEMO_SIZE):  # the oldest are forgotten
         tk._read_text(Image.new("RGB", (8, 8), (n, 0, 0)))
     tk.tokenize([page], ocr=True)
