@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.evaluation import QUERIES_NAME, index_folder, load_queries  # noqa: E402
 from app.ingest import IMAGE_EXTENSIONS  # noqa: E402
-from app.search import CALIBRATION_NAME, WHOLE_MATCH  # noqa: E402
+from app.search import CALIBRATION_NAME, WHOLE_MATCH, Calibration  # noqa: E402
 from model import MetaEmbed  # noqa: E402
 from model.checkpoint import checkpoint_id, resolve  # noqa: E402
 from model.files import write_atomic  # noqa: E402
@@ -87,23 +87,28 @@ def split_scores(model, folder: Path, cache: Path | None) -> dict[str, dict[str,
     return out
 
 
-def flag_report(scores: dict[str, list], threshold: float, budget: dict[str, list] | None = None,
-                strong: float = float("inf")) -> dict[str, float]:
-    """How a flag flags: `scores` (real / other_kind / gibberish top scores) below `threshold`, unless the same
-    search's top score at the budget judged (`budget`, default `scores`) reaches `strong`; a real search's
-    top result at that budget decides whether a flag was right."""
+def flag_report(scores: dict[str, list], calibration: Calibration, budget: dict[str, list] | None = None,
+                preset: tuple[int, int] = WHOLE_MATCH) -> dict[str, float]:
+    """How the app's flag (`Calibration.no_close_match`) flags searches whose whole-query scores are `scores`
+    (real / other_kind / gibberish top scores) and whose top scores at `preset` are `budget` (default
+    `scores`); a real search's top result at that budget decides whether a flag was right."""
     budget = scores if budget is None else budget
 
-    def below(kind: str) -> torch.Tensor:
-        return (torch.tensor(scores[kind]) < threshold) & (torch.tensor(budget[kind]) < strong)
+    def flags(kind: str) -> torch.Tensor:
+        return torch.tensor([calibration.no_close_match(whole, best, preset)
+                             for whole, best in zip(scores[kind], budget[kind], strict=True)], dtype=torch.bool)
 
-    flagged = below("real")
+    flagged = flags("real")
     wrong = torch.tensor([not r for r in budget["top_relevant"]])
     return {"real_flagged": float(flagged.float().mean()),
             "flagged_top_not_relevant": float(wrong[flagged].float().mean()) if flagged.any() else float("nan"),
             "unflagged_top_not_relevant": float(wrong[~flagged].float().mean()),
-            "other_kind_caught": float(below("other_kind").float().mean()),
-            "gibberish_caught": float(below("gibberish").float().mean())}
+            "other_kind_caught": float(flags("other_kind").float().mean()),
+            "gibberish_caught": float(flags("gibberish").float().mean())}
+
+
+def _budget(preset: str) -> tuple[int, int]:
+    return tuple(int(x) for x in preset.split(","))  # type: ignore[return-value]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,19 +125,20 @@ def main(argv: list[str] | None = None) -> int:
                   for preset, s in scores["dev"].items()}
     strong = {preset: round(float(torch.tensor(s["gibberish"]).quantile(GIBBERISH_BELOW)), 4)
               for preset, s in scores["dev"].items()}
+    shipped = Calibration(threshold, {_budget(preset): bar for preset, bar in strong.items()})  # what the app loads
     report = {"checkpoint_id": checkpoint_id(model), "weak_match": {whole: threshold}, "strong_part": strong,
               "statistic": f"the whole-query score (comparable score at budget {whole}) below weak_match, at "
                            "every budget, unless the top score at the budget reaches its strong_part",
               "chosen_on": f"dev split, {REAL_FLAGGED:.0%} of real searches below weak_match; strong_part: "
                            f"{GIBBERISH_BELOW:.0%} of gibberish searches' top scores below it",
-              "measured": {name: {preset: flag_report(split[whole], threshold, s, strong[preset])
+              "measured": {name: {preset: flag_report(split[whole], shipped, s, _budget(preset))
                                   for preset, s in split.items()} for name, split in scores.items()},
-              "whole_query_alone": {name: {preset: flag_report(split[whole], threshold, s) for preset, s in split.items()}
-                                    for name, split in scores.items()},
+              "whole_query_alone": {name: {preset: flag_report(split[whole], Calibration(threshold), s)
+                                           for preset, s in split.items()} for name, split in scores.items()},
               "each_budget_its_own_threshold": {
                   "thresholds": per_budget,
-                  "measured": {name: {preset: flag_report(s, per_budget[preset]) for preset, s in split.items()}
-                               for name, split in scores.items()}}}
+                  "measured": {name: {preset: flag_report(s, Calibration(per_budget[preset]))
+                                      for preset, s in split.items()} for name, split in scores.items()}}}
     print(json.dumps(report, indent=1))
     if args.write:
         write_atomic(resolve(args.checkpoint) / CALIBRATION_NAME, json.dumps(report, indent=1) + "\n")
