@@ -140,11 +140,16 @@ def dominant_colours(
         if rank == 0 or fractions[i] >= min_fraction or vivid:
             chosen.append(i)
     out: list[DominantColour] = []
-    factor = ANALYSIS_SIZE // MASK_SIZE
     for i in chosen:
         sel = labels == i
         basic = BASIC_COLOURS[i]
         name = _modifier(basic, float(sat[sel].mean()), float(val[sel].mean())) + basic
-        mask = sel.astype(np.float32).reshape(MASK_SIZE, factor, MASK_SIZE, factor).mean(axis=(1, 3))
-        out.append(DominantColour(name=name, basic=basic, fraction=float(fractions[i]), mask=mask))
+        out.append(DominantColour(name=name, basic=basic, fraction=float(fractions[i]), mask=coverage(sel)))
     return out
+
+
+def coverage(sel: np.ndarray) -> np.ndarray:
+    """A [ANALYSIS_SIZE, ANALYSIS_SIZE] pixel selection as a [MASK_SIZE, MASK_SIZE] float32 coverage mask (0..1):
+    the masks the visual tokens carry (colours here, scene words in scene.py)."""
+    f = ANALYSIS_SIZE // MASK_SIZE
+    return sel.astype(np.float32).reshape(MASK_SIZE, f, MASK_SIZE, f).mean(axis=(1, 3))

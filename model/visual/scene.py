@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .colours import ANALYSIS_SIZE, MASK_SIZE, rgb_to_hsv, thumbnail_rgb
+from .colours import ANALYSIS_SIZE, MASK_SIZE, coverage, rgb_to_hsv, thumbnail_rgb
 
 SMOOTH_MAX_STEP = 0.04  # |d luma| to the right + below neighbour: above it a pixel is texture, not sky
 SKY_HUES = (190.0, 255.0)  # degrees: from cyan-blue to blue-violet
@@ -46,11 +46,6 @@ class SceneWord:
     text: str
     weight: float
     mask: np.ndarray
-
-
-def _coverage(sel: np.ndarray) -> np.ndarray:
-    f = ANALYSIS_SIZE // MASK_SIZE
-    return sel.astype(np.float32).reshape(MASK_SIZE, f, MASK_SIZE, f).mean(axis=(1, 3))
 
 
 def scene_words(img: Image.Image, thumbnail: np.ndarray | None = None) -> list[SceneWord]:
@@ -80,7 +75,7 @@ def scene_words(img: Image.Image, thumbnail: np.ndarray | None = None) -> list[S
         # white (a marble wall in the sun is not).
         cool = ((hue >= SKY_HUES[0] - 10) & (hue < SKY_HUES[1])) | (chroma < NEUTRAL_MAX_CHROMA)
         sky = _from_the_top(bluish | (pale & ((step < SMOOTH_MAX_STEP) | cool)), paint=bluish | pale)
-        words.append(SceneWord("sky", float(sky.mean()), _coverage(sky)))
+        words.append(SceneWord("sky", float(sky.mean()), coverage(sky)))
     return words
 
 
