@@ -10,9 +10,10 @@ and sum over r_q (for Bq > 1, one query at a time so its [N, r_q, r_c] intermedi
 When the optional `fast-maxsim` package is installed (mixedbread's Rust CPU MaxSim, fp32; not a project
 dependency: `pip install fast-maxsim`), it is timed too, one query per call (its API), on a contiguous fp32
 [N, r_c, D] array made before timing. Repeats alternate the contenders so background load hits them alike;
-the median of the repeats is reported after one warm-up. --threads also times our scorer with each of
-its two paths forced (bf16 GEMMs; fp32 blocks, model/scoring.py) and at 1 thread and torch's default
-thread count (on the fp32 path: that many one-thread lanes), beside what the library chooses on this CPU
+the median of the repeats is reported after one warm-up. --threads also times the fused kernel on one
+lane (model/maxsim_kernel.c; the library's default where it builds), and torch's paths without it: each of
+the two forced (bf16 GEMMs; fp32 blocks, model/scoring.py) and at 1 thread and torch's default thread count
+(on the fp32 path: that many one-thread lanes), beside what the library chooses on this CPU
 (model/scoring_threads.py); --variants the bf16 path's block sizes and the other formulations that were
 tried (see docs/benchmarks.md).
 Prints markdown tables ready to paste, with the load average beside them.
@@ -36,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import model.maxsim_kernel as maxsim_kernel  # noqa: E402
 import model.scoring as scoring  # noqa: E402
 import model.scoring_threads as scoring_threads  # noqa: E402
 from model.config import DEFAULT_GROUPS  # noqa: E402
@@ -286,9 +288,15 @@ def threads_table(
     default = torch.get_num_threads()
     q = qs[:1]
 
-    def forced(budget: tuple[int, int], threads: int | None = None, path: str | None = None) -> object:
-        scoring_threads._FORCE = threads  # 1: one thread; 0: the caller's count
-        native, min_rows = scoring.cpu_has_native_bf16, scoring._FP32_MIN_ROWS
+    kernel = maxsim_kernel.load()
+
+    def forced(budget: tuple[int, int], threads: int | None = None, path: str | None = None,
+               fused: bool = False) -> object:
+        """Torch's paths (fused=False: the kernel left out), or the kernel; path and threads forced."""
+        scoring_threads._FORCE = threads  # 1: one thread (one lane); 0: the caller's count
+        native, min_rows, load = scoring.cpu_has_native_bf16, scoring._FP32_MIN_ROWS, maxsim_kernel.load
+        if not fused:
+            maxsim_kernel.load = lambda: None
         if path == "bf16":
             scoring._FP32_MIN_ROWS = 1 << 30
         elif path == "fp32":
@@ -298,8 +306,11 @@ def threads_table(
         finally:
             scoring_threads._FORCE = None
             scoring.cpu_has_native_bf16, scoring._FP32_MIN_ROWS = native, min_rows
+            maxsim_kernel.load = load
 
-    names = ["library", "bf16 GEMMs", "fp32 blocks", "torch 1 thread", f"torch {default} threads"]
+    both = kernel is not None and kernel.features & 0b11 == 0b11
+    names = ["library"] + (["kernel, 1 lane"] if kernel else []) + (["kernel f32 (AVX2)"] if both else [])
+    names += ["torch: bf16 GEMMs", "torch: fp32 blocks", "torch 1 thread", f"torch {default} threads"]
     names += ["fast-maxsim"] if fm else []
     print(f"\nPath and threading, one query, ms (median of {args.repeats}); the library's path at each budget"
           f" in brackets; load average before {loadavg()}:\n")
@@ -308,9 +319,11 @@ def threads_table(
     print("|---|" + "---:|" * len(names) + ("---:|" if fm else "") + "---|")
     for r_q, r_c in budgets:
         b = (r_q, r_c)
-        fns = [lambda b=b: store.maxsim(q, b), lambda b=b: forced(b, path="bf16"),
-               lambda b=b: forced(b, path="fp32"), lambda b=b: forced(b, threads=1),
-               lambda b=b: forced(b, threads=0)]
+        fns = [lambda b=b: store.maxsim(q, b)]
+        fns += [lambda b=b: forced(b, threads=1, fused=True)] if kernel else []
+        fns += [lambda b=b: forced(b, path="fp32", fused=True)] if both else []  # what an AVX2-only CPU runs
+        fns += [lambda b=b: forced(b, path="bf16"), lambda b=b: forced(b, path="fp32"),
+                lambda b=b: forced(b, threads=1), lambda b=b: forced(b, threads=0)]
         want = fns[0]()
         for fn in fns[1:]:
             torch.testing.assert_close(fn(), want, rtol=0, atol=4e-3 * r_q)
@@ -319,6 +332,7 @@ def threads_table(
         secs = time_pair(fns, args.repeats)
         del fns
         path = "fp32" if scoring.fast_path_is_precise(r_q) else "bf16"
+        path = f"kernel {path}" if kernel else path
         row = f"| {b} [{path}] | " + " | ".join(f"{t * 1e3:.1f}" for t in secs) + " |"
         if fm:
             row += f" {secs[-1] / secs[0]:.2f}x |"
@@ -353,6 +367,10 @@ def main() -> None:
         f"(CPU capability {torch.backends.cpu.get_cpu_capability()}); "
         f"N={args.n:,}, D={args.dim}, R_q={args.rq}, R_c={args.rc}; median of {args.repeats} after 1 warm-up"
     )
+    kernel = maxsim_kernel.load()
+    print("fused kernel: " + (f"{kernel.path.name}, variants " + ", ".join(
+        name for v, name in ((maxsim_kernel.F32, "f32"), (maxsim_kernel.BF16, "bf16")) if kernel.features & (1 << v))
+        if kernel else "not built here: torch's paths"))
     print(f"load average (1 / 5 / 15 min) before: {load_before}\n")
     fm = load_fast_maxsim()
     misses = main_table(args, store, c32, qs, fm, budgets)

@@ -13,6 +13,10 @@ On a CPU that only emulates bf16 (e.g. AVX2 without AVX512-bf16) those GEMMs are
 there the stored vectors are converted to fp32 block by block and scored in fp32 (`_score_fp32_blocks`),
 which is also how the precise path scores everywhere. The torch thread count scoring runs at is chosen per
 CPU in model/scoring_threads.py.
+Where the fused C kernel builds (model/maxsim_kernel.py: any C compiler, an x86-64 CPU with AVX2) it replaces
+all of these: its products never leave the registers, and it reads the stored bf16 vectors in place. It scores
+bf16 query rows where the CPU has AVX512-BF16 and fp32 rows elsewhere and on the precise path, split into one
+range of candidates per thread of the caller (docs/benchmarks.md, "MaxSim scoring").
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import maxsim_kernel
 from .device import cpu_has_native_bf16
 from .scoring_threads import lane_count, run_lanes, run_scoring
 
@@ -47,6 +52,10 @@ _FP32_GROUP = 8
 _FP32_MIN_ROWS = 8
 _FP32_CANDIDATES_FIRST_ROWS = 16
 _FP32_LANE_MIN = 256  # candidates below which another lane costs more (a hand-off) than it saves
+# The fused kernel: query rows per call (its running maxima, rows x a tile of candidates, stay in cache), and
+# the multiply-adds below which a second lane costs more (a hand-off of ~50 us) than it saves.
+_KERNEL_ROWS = 64
+_KERNEL_LANE_WORK = 1 << 22
 _GROWTH = 1.5  # capacity factor on append: amortised O(1) per row without doubling a large store
 
 
@@ -275,6 +284,45 @@ def _score_fp32_lane(rows: Tensor, vm: Tensor, bq: int, r_q: int, r_c: int,
     return out if rows_first else out.T.contiguous()
 
 
+def _kernel_variant(rows: Tensor, dim: int) -> int | None:
+    """The fused kernel's variant that scores these rows (fp32 or bf16) at `dim`, or None where it cannot."""
+    kernel = maxsim_kernel.load()
+    if kernel is None:
+        return None
+    variant = maxsim_kernel.F32 if rows.dtype == torch.float32 else maxsim_kernel.BF16
+    return variant if kernel.takes(variant, dim) else None
+
+
+def _score_kernel(variant: int, rows: Tensor, vm: Tensor, bq: int, r_q: int, r_c: int,
+                  idx: Tensor | None = None) -> Tensor:
+    """MaxSim of query rows [Bq*r_q, D] against vector-major bf16 candidates vm [>=r_c, n, D] (only the
+    candidates `idx` when given, in that order) with the fused kernel -> [Bq, n] fp32.
+
+    The candidates are split into one range per lane (`lane_count`: the caller's torch threads), each scored
+    by one call of the kernel on a one-thread worker (ctypes lets go of the GIL), so no call waits on another.
+    """
+    kernel = maxsim_kernel.load()
+    n = vm.shape[1] if idx is None else idx.numel()
+    out = torch.empty(bq, n, dtype=torch.float32)
+    if n == 0:
+        return out
+    lanes = max(1, min(lane_count(), rows.shape[0] * r_c * vm.shape[2] * n // _KERNEL_LANE_WORK))
+    bounds = [n * i // lanes for i in range(lanes + 1)]
+    per_call = max(1, _KERNEL_ROWS // r_q)  # queries per call
+
+    def lane(s: int, e: int) -> None:
+        for b0 in range(0, bq, per_call):
+            b1 = min(bq, b0 + per_call)
+            kernel.score(variant, rows[b0 * r_q : b1 * r_q], vm if idx is not None else vm[:, s:e], r_c, r_q,
+                         out[b0:b1, s:e], None if idx is None else idx[s:e])
+
+    if lanes == 1:
+        lane(0, n)  # here: a hand-off to a worker would cost more than the call
+    else:
+        run_lanes([(lambda s=s, e=e: lane(s, e)) for s, e in zip(bounds, bounds[1:], strict=False)])
+    return out
+
+
 def fast_path_is_precise(n_rows: int) -> bool:
     """Whether `CandidateStore.maxsim` (and `maxsim`) score `n_rows` query rows (Bq * r_q) in fp32 on this
     CPU, so that their scores are already the precise ones and a `near_top` re-scoring changes nothing."""
@@ -282,9 +330,17 @@ def fast_path_is_precise(n_rows: int) -> bool:
 
 
 def _compute_dtype(n_rows: int, precise: bool) -> torch.dtype:
-    """fp32 for the precise path, and where the CPU emulates bf16 and there are enough query rows for the
-    GEMMs rather than the reading of the vectors to dominate (below that, reading half the bytes wins)."""
-    if precise or (n_rows >= _FP32_MIN_ROWS and not cpu_has_native_bf16()):
+    """fp32 for the precise path. Otherwise, with the fused kernel: bf16 where the CPU computes it natively,
+    fp32 elsewhere (the kernel reads the stored bf16 either way). With torch's paths: fp32 where the CPU
+    emulates bf16 and there are enough query rows for the GEMMs rather than the reading of the vectors to
+    dominate (below that, reading half the bytes wins)."""
+    if precise:
+        return torch.float32
+    kernel = maxsim_kernel.load()
+    native = cpu_has_native_bf16()
+    if kernel is not None and kernel.features & (1 << (maxsim_kernel.BF16 if native else maxsim_kernel.F32)):
+        return _STORE_DTYPE if native else torch.float32
+    if n_rows >= _FP32_MIN_ROWS and not native:
         return torch.float32
     return _STORE_DTYPE
 
@@ -300,7 +356,12 @@ def _score_in_slices(
     """
     out = torch.empty(bq, n, dtype=torch.float32)
     step = max(256, _GATHER_ELEMENTS // (r_c * rows.shape[1]))
-    score = _score_fp32_blocks if rows.dtype == torch.float32 else _score_vector_major
+    variant = _kernel_variant(rows, rows.shape[1])
+    if variant is not None:
+        def score(rows: Tensor, vm: Tensor, bq: int, r_q: int, r_c: int) -> Tensor:
+            return _score_kernel(variant, rows, vm, bq, r_q, r_c)
+    else:
+        score = _score_fp32_blocks if rows.dtype == torch.float32 else _score_vector_major
     for s in range(0, n, step):
         e = min(n, s + step)
         out[:, s:e] = score(rows, block(s, e), bq, r_q, r_c)
@@ -327,8 +388,12 @@ def maxsim(q: Tensor, c: Tensor, budget: tuple[int, int] | None = None) -> Tenso
     def block(s: int, e: int) -> Tensor:
         return c[s:e].to(device="cpu", dtype=_STORE_DTYPE).transpose(0, 1).contiguous()
 
-    # At the thread count measured fastest on this CPU (model/scoring_threads.py).
-    return run_scoring(lambda: _score_in_slices(rows, q.shape[0], r_q, r_c, c.shape[0], block), rows.dtype)
+    def score() -> Tensor:
+        return _score_in_slices(rows, q.shape[0], r_q, r_c, c.shape[0], block)
+
+    if _kernel_variant(rows, rows.shape[1]) is not None:
+        return score()  # the kernel splits itself into lanes
+    return run_scoring(score, rows.dtype)  # at the thread count measured fastest on this CPU
 
 
 def maxsim_dense(q: Tensor, c: Tensor) -> Tensor:
@@ -516,11 +581,11 @@ class CandidateStore:
         indices: optional 1-D ints; scores only those candidates, in that order -> [Bq, len(indices)]
         (the rerank step of a two-stage search).
         precise: fp32 queries, products and maxima over the stored (bf16) vectors. Where the CPU computes
-          bf16 natively the fast path is bf16 and about 4x faster: it rounds the query to bf16 and each query
-          vector's best product to bf16 (about 3 significant digits), which reorders candidates whose scores
-          differ by less than about r_q / 256; rank the final shortlist with precise=True (see `near_top`).
-          Where bf16 is emulated, fp32 is the faster path from 8 query rows (Bq * r_q) up, and the
-          fast path then takes it too.
+          bf16 natively the fast path is bf16 and faster: it rounds the query to bf16 (and, on torch's GEMMs
+          without the fused kernel, each query vector's best product: about 3 significant digits), which can
+          reorder candidates whose scores differ by less than about r_q / 256; rank the final shortlist with
+          precise=True (see `near_top`). Where bf16 is emulated, the fast path is fp32 (with torch's paths,
+          from 8 query rows (Bq * r_q) up), so its scores are the precise ones.
         """
         q = _check_queries(q)
         _check_dims(q.shape[2], self.dim)
@@ -540,6 +605,9 @@ class CandidateStore:
                 return _score_vector_major(rows, vm, bq, r_q, r_c)
             return _score_in_slices(rows, bq, r_q, r_c, idx.numel(), block)
 
+        variant = _kernel_variant(rows, self.dim)
+        if variant is not None:
+            return _score_kernel(variant, rows, vm, bq, r_q, r_c, idx)  # in lanes of its own
         return run_scoring(score, rows.dtype)  # at the thread count measured fastest on this CPU
 
     def subset(self, indices: object) -> CandidateStore:

@@ -36,6 +36,28 @@ def _assert_scores_close(got: torch.Tensor, want: torch.Tensor, r_q: int) -> Non
     torch.testing.assert_close(got.double(), want, rtol=1e-2, atol=4e-3 * r_q)
 
 
+def pytest_generate_tests(metafunc):
+    # Every test runs on both scoring paths, the fused C kernel and torch's GEMMs, except those marked
+    # torch_paths, which check torch's blocking and dtype choices.
+    if "scoring_path" in metafunc.fixturenames:
+        torch_only = metafunc.definition.get_closest_marker("torch_paths") is not None
+        metafunc.parametrize("scoring_path", ["torch"] if torch_only else ["kernel", "torch"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def scoring_path(request, monkeypatch) -> str:
+    """"kernel": the fused kernel as loaded here (skipped where it cannot build or run); "torch": without it."""
+    import model.maxsim_kernel as maxsim_kernel
+
+    path = getattr(request, "param", "torch")
+    if path == "kernel":
+        if maxsim_kernel.load() is None:
+            pytest.skip("the fused MaxSim kernel does not build or run here")
+    else:
+        monkeypatch.setattr(maxsim_kernel, "load", lambda: None)
+    return path
+
+
 @pytest.fixture(scope="module")
 def data() -> tuple[torch.Tensor, torch.Tensor]:
     return _unit(3, 5, 16, seed=1), _unit(11, 9, 16, seed=2)
@@ -194,6 +216,7 @@ def test_precise_scores_are_fp32_maxsim_of_the_stored_vectors(data, budget):
                                rtol=0, atol=1e-5)
 
 
+@pytest.mark.torch_paths
 @pytest.mark.parametrize("native_bf16", [True, False])
 def test_the_fast_path_scores_in_fp32_where_bf16_is_emulated_and_enough_rows(monkeypatch, native_bf16):
     import model.scoring as scoring
@@ -210,8 +233,32 @@ def test_the_fast_path_scores_in_fp32_where_bf16_is_emulated_and_enough_rows(mon
     assert exact == (not native_bf16)
 
 
+@pytest.mark.torch_paths
+@pytest.mark.parametrize("native_bf16", [True, False])
+@pytest.mark.parametrize("features", [0b01, 0b11])
+def test_with_the_kernel_the_fast_path_is_bf16_only_where_the_cpu_has_it(monkeypatch, native_bf16, features):
+    import model.maxsim_kernel as maxsim_kernel
+    import model.scoring as scoring
+
+    class Stub:  # a kernel that runs the f32 variant (AVX2), and the bf16 one too when features say so
+        def __init__(self, features: int):
+            self.features = features
+
+    monkeypatch.setattr(maxsim_kernel, "load", lambda: Stub(features))
+    monkeypatch.setattr(scoring, "cpu_has_native_bf16", lambda: native_bf16)
+    bf16_kernel = native_bf16 and features & 0b10
+    for rows in (1, scoring._FP32_MIN_ROWS - 1, 64):
+        assert scoring._compute_dtype(rows, precise=True) == torch.float32
+        want = torch.bfloat16 if bf16_kernel else torch.float32
+        if native_bf16 and not bf16_kernel:  # no bf16 variant: torch's bf16 GEMMs, as without the kernel
+            want = torch.bfloat16
+        assert scoring._compute_dtype(rows, precise=False) == want
+        assert scoring.fast_path_is_precise(rows) == (want == torch.float32)
+
+
 # The fp32 core's blocking: candidates per block (from its element bound) and vectors per GEMM, both with a
 # shorter last block/group, and both GEMM orientations; each gives the fp32 MaxSim of the stored vectors.
+@pytest.mark.torch_paths
 @pytest.mark.parametrize("group", [1, 2, 3, 8])
 @pytest.mark.parametrize("elements", [1, 16 * 3 * 100, 1 << 20])
 @pytest.mark.parametrize("candidates_first_from", [1, 1 << 20])
@@ -230,6 +277,7 @@ def test_fp32_scores_do_not_depend_on_blocking(monkeypatch, group, elements, can
                                rtol=0, atol=1e-5)
 
 
+@pytest.mark.torch_paths
 def test_precise_scores_order_near_ties_that_the_fast_path_rounds_together(monkeypatch):
     import model.scoring as scoring
 

@@ -16,6 +16,15 @@ BUDGETS = [(1, 1), (2, 4), (3, 5), (4, 8)]
 pytestmark = pytest.mark.skipif(not scoring_threads._per_thread_setting(), reason="torch without OpenMP")
 
 
+@pytest.fixture(autouse=True)
+def torch_paths(monkeypatch):
+    """These tests are about torch's scoring paths and their threads: the fused kernel stays out
+    (tests/model/test_maxsim_kernel.py checks its lanes)."""
+    import model.maxsim_kernel as maxsim_kernel
+
+    monkeypatch.setattr(maxsim_kernel, "load", lambda: None)
+
+
 def _unit(*shape: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(*shape, generator=g)

@@ -1,0 +1,172 @@
+"""The fused MaxSim kernel (model/maxsim_kernel.c / .py): its scores against a float64 reference at every
+shape its register blocks and tiles split differently, its lanes, and how it is built, cached and left out.
+No timing here: see bench/maxsim.py."""
+
+import stat
+import warnings
+
+import pytest
+import torch
+
+import model.maxsim_kernel as maxsim_kernel
+import model.scoring_threads as scoring_threads
+from model.scoring import CandidateStore, maxsim
+
+
+def _unit(*shape: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=g)
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+@pytest.fixture(scope="module")
+def kernel() -> maxsim_kernel.Kernel:
+    k = maxsim_kernel.load()
+    if k is None:
+        pytest.skip("the fused MaxSim kernel does not build or run here (no C compiler, or no AVX2)")
+    return k
+
+
+def _reference(rows: torch.Tensor, vm: torch.Tensor, r_q: int, r_c: int, idx: torch.Tensor | None) -> torch.Tensor:
+    """float64 MaxSim of rows [Bq*r_q, D] (as the kernel reads them) against vm [>=r_c, n, D]."""
+    cand = vm[:r_c].double() if idx is None else vm[:r_c, idx].double()
+    sim = torch.einsum("rd,jnd->rnj", rows.double(), cand).amax(-1)  # [rows, n]
+    return sim.view(-1, r_q, sim.shape[1]).sum(1)
+
+
+VARIANTS = [maxsim_kernel.F32, maxsim_kernel.BF16]
+
+
+# Rows 1-32 cover every lane split (1, 2, 4, 8 or 16 lanes per row, and several groups of rows); candidate
+# counts below, at and across a register block (12) and a tile; dims that do and do not take every split.
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("bq, r_q", [(1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 8), (2, 4), (1, 16), (3, 8),
+                                     (2, 16)])
+@pytest.mark.parametrize("d", [8, 24, 64])
+def test_scores_equal_a_float64_reference(kernel, variant, bq, r_q, d):
+    if not kernel.takes(variant, d):
+        pytest.skip("this CPU does not run this variant")
+    dtype = torch.float32 if variant == maxsim_kernel.F32 else torch.bfloat16
+    rows = _unit(bq * r_q, d, seed=r_q).to(dtype)
+    for n, r_c in ((1, 1), (11, 3), (13, 5), (700, 7)):
+        vm = _unit(8, n, d, seed=n).bfloat16()
+        out = torch.full((bq, n), float("nan"))
+        kernel.score(variant, rows, vm, r_c, r_q, out)
+        torch.testing.assert_close(out.double(), _reference(rows, vm, r_q, r_c, None), rtol=0, atol=2e-5 * r_q)
+        idx = torch.arange(n - 1, -1, -2)  # a gather, in reverse
+        part = torch.full((bq, idx.numel()), float("nan"))
+        kernel.score(variant, rows, vm, r_c, r_q, part, idx)
+        torch.testing.assert_close(part.double(), _reference(rows, vm, r_q, r_c, idx), rtol=0, atol=2e-5 * r_q)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_tiles_strided_stores_and_column_slices(kernel, variant):
+    d = 16
+    if not kernel.takes(variant, d):
+        pytest.skip("this CPU does not run this variant")
+    dtype = torch.float32 if variant == maxsim_kernel.F32 else torch.bfloat16
+    store = CandidateStore(_unit(3000, 6, d, seed=1))  # 3,000 candidates: more than one tile of either variant
+    store.append(_unit(10, 6, d, seed=2))  # spare capacity: each vector's rows are not back to back
+    vm = store.vector_major()
+    assert vm.stride(0) != vm.shape[1] * d
+    rows = _unit(16, d, seed=3).to(dtype)
+    out = torch.zeros(2, 5000)
+    kernel.score(variant, rows, vm[:, 1000:3010], 6, 8, out[:, 7:2017])  # a column slice of a wider output
+    torch.testing.assert_close(out[:, 7:2017].double(), _reference(rows, vm[:, 1000:3010], 8, 6, None),
+                               rtol=0, atol=2e-4)
+    assert not out[:, :7].any() and not out[:, 2017:].any()  # nothing written outside its columns
+
+
+def test_score_refuses_a_layout_it_does_not_read(kernel):
+    vm = _unit(2, 5, 8, seed=1).bfloat16()
+    out = torch.empty(1, 5)
+    with pytest.raises(ValueError, match="layout"):
+        kernel.score(maxsim_kernel.F32, _unit(2, 8, seed=2).double(), vm, 2, 2, out)
+    with pytest.raises(ValueError, match="layout"):
+        kernel.score(maxsim_kernel.F32, _unit(2, 8, seed=2), vm.float(), 2, 2, out)
+    with pytest.raises(ValueError, match="layout"):
+        kernel.score(maxsim_kernel.F32, _unit(2, 8, seed=2), vm, 2, 2, out, torch.arange(5, dtype=torch.int32))
+
+
+def test_lanes_split_the_candidates_without_changing_the_scores(kernel, monkeypatch):
+    if not scoring_threads._per_thread_setting():
+        pytest.skip("torch without OpenMP: one lane")
+    q, c = _unit(2, 16, 32, seed=5), _unit(5000, 8, 32, seed=6)
+    store = CandidateStore(c)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(scoring_threads, "_FORCE", None)
+        assert scoring_threads.lane_count() == 2
+        two = store.maxsim(q, (16, 8))
+        two_idx = store.maxsim(q, (16, 8), indices=torch.arange(4999, -1, -1))
+        monkeypatch.setattr(scoring_threads, "_FORCE", 1)
+        one = store.maxsim(q, (16, 8))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)  # each candidate's sum is computed the same way whatever lane holds it
+    assert torch.equal(two_idx, two.flip(1))
+
+
+def test_store_and_functional_maxsim_use_it_and_match_torch(kernel, monkeypatch):
+    q, c = _unit(3, 16, 24, seed=7), _unit(400, 9, 24, seed=8)
+    with_kernel = (CandidateStore(c).maxsim(q, (8, 9), precise=True), maxsim(q, c, (16, 9)))
+    calls = []
+    score = maxsim_kernel.Kernel.score
+    monkeypatch.setattr(maxsim_kernel.Kernel, "score", lambda self, *a, **k: calls.append(1) or score(self, *a, **k))
+    CandidateStore(c).maxsim(q, (4, 8))
+    assert calls  # the store's fast path goes through the kernel
+    monkeypatch.setattr(maxsim_kernel, "load", lambda: None)
+    without = (CandidateStore(c).maxsim(q, (8, 9), precise=True), maxsim(q, c, (16, 9)))
+    torch.testing.assert_close(with_kernel[0], without[0], rtol=0, atol=1e-5)  # both fp32 of the stored
+    torch.testing.assert_close(with_kernel[1], without[1], rtol=1e-2, atol=4e-3 * 16)  # bf16 rounding
+
+
+# ---- building, caching, leaving it out ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh(tmp_path, monkeypatch):
+    """A loader that decides again, with its own cache folder."""
+    monkeypatch.setenv("METAEMBED_KERNEL_DIR", str(tmp_path / "kernels"))
+    maxsim_kernel._reset()
+    yield tmp_path
+    maxsim_kernel._reset()
+
+
+def test_built_once_then_loaded_from_the_cache(kernel, fresh, monkeypatch):
+    first = maxsim_kernel.load()
+    assert first is not None and first.path.parent == fresh / "kernels"
+    assert [p.name for p in (fresh / "kernels").iterdir()] == [first.path.name]  # no temp file left behind
+    maxsim_kernel._reset()
+    monkeypatch.setattr(maxsim_kernel.subprocess, "run", lambda *a, **k: pytest.fail("compiled again"))
+    again = maxsim_kernel.load()
+    assert again is not None and again.path == first.path
+
+
+def test_turned_off_by_the_environment(fresh, monkeypatch):
+    monkeypatch.setenv("METAEMBED_MAXSIM_KERNEL", "0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert maxsim_kernel.load() is None
+    q, c = _unit(1, 4, 8, seed=1), _unit(30, 3, 8, seed=2)
+    assert maxsim(q, c).shape == (1, 30)  # torch's paths score instead
+
+
+def test_no_compiler_is_a_warning_and_torch_scores(fresh, monkeypatch):
+    monkeypatch.setenv("CC", str(fresh / "no-such-cc"))
+    with pytest.warns(RuntimeWarning, match="no C compiler"):
+        assert maxsim_kernel.load() is None
+    q, c = _unit(2, 4, 8, seed=3), _unit(30, 3, 8, seed=4)
+    want = torch.einsum("bqd,ncd->bnqc", q.double(), c.bfloat16().double()).amax(-1).sum(-1)
+    torch.testing.assert_close(CandidateStore(c).maxsim(q, precise=True).double(), want, rtol=0, atol=1e-5)
+
+
+def test_a_failing_compiler_is_named_with_its_message(fresh, monkeypatch):
+    cc = fresh / "broken-cc"
+    cc.write_text("#!/bin/sh\necho 'error: this compiler is broken' >&2\nexit 1\n")
+    cc.chmod(cc.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("CC", str(cc))
+    with pytest.warns(RuntimeWarning, match="broken-cc failed on maxsim_kernel.c: error: this compiler is broken"):
+        assert maxsim_kernel.load() is None
+    assert not any((fresh / "kernels").iterdir())  # the failed build left nothing to load later
