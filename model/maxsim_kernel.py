@@ -32,7 +32,7 @@ from .files import atomic_path
 __all__ = ["BF16", "F32", "Kernel", "load"]
 
 F32, BF16 = 0, 1  # variants: fp32 rows (AVX2 + FMA), bf16 rows (AVX512-BF16)
-_ABI = 3  # me_abi_version() of the source this module expects
+_ABI = 4  # me_abi_version() of the source this module expects
 _SOURCE = Path(__file__).with_name("maxsim_kernel.c")
 _FLAGS = ("-O3", "-shared", "-fPIC", "-std=c11")
 _c_i64, _c_ptr = ctypes.c_int64, ctypes.c_void_p
@@ -109,6 +109,9 @@ def _build() -> Path:
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
             raise RuntimeError(f"{Path(cc).name} failed on {_SOURCE.name}: {last}")
+    for old in path.parent.glob("maxsim-*.so"):  # builds of other sources or compilers: not loaded again
+        if old != path:
+            old.unlink(missing_ok=True)  # a process that has one loaded keeps its mapping
     return path
 
 

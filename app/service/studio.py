@@ -30,6 +30,7 @@ from app.humanize import describe_files, echoed, human_bytes
 from app.indexing import encoder_input
 from app.search import WHOLE_MATCH, Hit, QueryCache, check_budget, comparable_score, rank
 from app.store.index import IndexedItem
+from model import maxsim_kernel
 from model.files import write_atomic
 
 from . import uploads
@@ -383,8 +384,10 @@ class Studio:
         return self.sync_files(self.samples, progress) if self.samples is not None else None
 
     def warm_up(self) -> None:
-        """The model's one-off work before its first photo: the class prior's vectors (~1 s, MetaEmbed-Mini
-        v3.1), made at start rather than in a visitor's first upload."""
+        """One-off work done at start rather than in a visitor's first search or upload: building the fused
+        MaxSim kernel where this machine has not cached it yet (~1 s, model/maxsim_kernel.py), and the class
+        prior's vectors (~1 s, MetaEmbed-Mini v3.1)."""
+        maxsim_kernel.load()
         model = self.engine.model
         if getattr(model.config, "class_prior", 0):
             with self.engine.lock.background():

@@ -42,7 +42,7 @@ VARIANTS = [maxsim_kernel.F32, maxsim_kernel.BF16]
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("bq, r_q", [(1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 8), (2, 4), (1, 16), (3, 8),
                                      (2, 16)])
-@pytest.mark.parametrize("d", [8, 24, 64])
+@pytest.mark.parametrize("d", [8, 24, 64, 96])  # 64 and 96: AMX tiles (32 dimensions each) where the CPU has them
 def test_scores_equal_a_float64_reference(kernel, variant, bq, r_q, d):
     if not kernel.takes(variant, d):
         pytest.skip("this CPU does not run this variant")
@@ -135,9 +135,12 @@ def fresh(tmp_path, monkeypatch):
 
 
 def test_built_once_then_loaded_from_the_cache(kernel, fresh, monkeypatch):
+    (fresh / "kernels").mkdir()
+    (fresh / "kernels" / "maxsim-0123456789abcdef.so").write_bytes(b"an earlier build")
     first = maxsim_kernel.load()
     assert first is not None and first.path.parent == fresh / "kernels"
-    assert [p.name for p in (fresh / "kernels").iterdir()] == [first.path.name]  # no temp file left behind
+    # no temp file left behind, and the earlier build (another source) is gone
+    assert [p.name for p in (fresh / "kernels").iterdir()] == [first.path.name]
     maxsim_kernel._reset()
     monkeypatch.setattr(maxsim_kernel.subprocess, "run", lambda *a, **k: pytest.fail("compiled again"))
     again = maxsim_kernel.load()

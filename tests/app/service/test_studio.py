@@ -303,3 +303,16 @@ def test_the_app_makes_the_class_prior_vectors_at_start_not_at_a_first_upload(tm
         finally:
             demo.close()
             studio.close()
+
+
+def test_warm_up_builds_the_maxsim_kernel_before_the_first_search(tmp_path, monkeypatch):
+    import model.maxsim_kernel as maxsim_kernel
+
+    loads = []
+    monkeypatch.setattr(maxsim_kernel, "load", lambda: loads.append(1))
+    s = Studio(Engine(model=FakeModel(), checkpoint_id="fake-0001", source="a fake"), tmp_path / "data",
+               sample_dir=None, thumb_root=tmp_path / "thumbs")
+    assert not loads
+    s.warm_up()
+    assert loads == [1]
+    s.close()
