@@ -14,9 +14,10 @@ all on whether the CPU multiplies bf16 natively:
   2 threads were 1.5-2.0x faster than 1 at every preset when idle, and ahead or level in five bench runs
   under load (one scratch run at load 3.3-5 had 1 thread ahead). There, scoring keeps the caller's count.
 The choice never raises the count: a caller at `torch.set_num_threads(1)` stays at one thread.
-The fp32 path (model/scoring.py, where bf16 is emulated, and the precise path) splits its candidates into
-independent ranges instead, one per thread of the caller, each scored on a one-thread worker (`run_lanes`):
-no op waits for a second thread, which under load stalled short GEMMs for a scheduler tick.
+The fused kernel (model/maxsim_kernel.py, wherever it builds) and torch's fp32 path (model/scoring.py,
+where bf16 is emulated, and the precise path) split their candidates into independent ranges instead, one
+per thread of the caller, each scored on a one-thread worker (`run_lanes`): no op waits for a second
+thread, which under load stalled short GEMMs for a scheduler tick. The choice below is for torch's GEMMs.
 
 How it is applied: torch.set_num_threads is per OS thread in torch's OpenMP builds, but it also sets the
 count that every thread which has not run torch yet starts with. Lowering it around a call would hand one
