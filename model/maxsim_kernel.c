@@ -24,6 +24,8 @@
  * Candidates: vector j of candidate t is at vm + j * stride_j + id * d, id = idx ? idx[t] : t.
  * Output: out[b * out_stride + t] for b < n_rows / r_q, t < n. Rows of one query are adjacent.
  * Returns 0; -1 when the variant does not run on this CPU or cannot take this shape; -2 out of memory.
+ * A NaN in a product is dropped by the running max (max_ps keeps the other operand), where torch's amax
+ * would return NaN: stored vectors are L2-normalised model outputs, finite.
  */
 #define _GNU_SOURCE /* syscall() for the AMX permission */
 #include <math.h>
@@ -35,11 +37,20 @@
 #include <cpuid.h>
 #include <immintrin.h>
 #define ME_X86 1
+/* A compiler without the bf16 (GCC < 10, clang < 9) or AMX (GCC < 11, clang < 12) intrinsics builds the
+ * rest: the variants it cannot build are reported absent by me_cpu_features. */
+#if defined(__has_include)
+#if __has_include(<avx512bf16intrin.h>)
+#define ME_BF16 1
 #endif
-#if defined(ME_X86) && defined(__linux__)
+#if defined(ME_BF16) && defined(__linux__) && __has_include(<amxtileintrin.h>) && __has_include(<amxbf16intrin.h>)
+#define ME_AMX 1
+#endif
+#endif
+#endif
+#ifdef ME_AMX
 #include <sys/syscall.h>
 #include <unistd.h>
-#define ME_AMX 1
 #endif
 
 /* Candidates per register block (12 accumulators); a tile is a whole number of blocks, the last one padded
@@ -54,15 +65,16 @@
 /* Ask for the vectors PREFETCH_AHEAD blocks on while a block is multiplied, so that reading memory
  * overlaps the arithmetic. */
 #define PREFETCH_AHEAD 2
-/* Query rows from which variant 1 runs on AMX tiles where the CPU has them: fewer leave most tile columns idle.
+/* Query vectors (r_q) from which variant 1 runs on AMX tiles where the CPU has them: fewer leave most tile
+ * columns idle. Decided per query, not per call, so that a query scores the same alone or in a batch.
  * One thread, N = 20,000, on the project's Sapphire Rapids-class Xeon, vdpbf16ps against AMX, ms: D = 128,
  * (1, 1) 0.32-0.35 / 0.46-0.47, (2, 4) 1.3-1.6 / 1.7, (4, 8) 4.1-4.3 / 3.5, (8, 16) 14-17 / 8.9-9.6, (16, 64)
  * 87-90 / 40-41; D = 384 alike ((16, 64) 232 / 106). */
-#ifndef AMX_MIN_ROWS
-#define AMX_MIN_ROWS 4
+#ifndef AMX_MIN_RQ
+#define AMX_MIN_RQ 4
 #endif
 
-int me_abi_version(void) { return 4; }
+int me_abi_version(void) { return 5; }
 
 #ifdef ME_AMX
 /* AMX: the CPU has AMX-TILE and AMX-BF16 (CPUID 7.0 EDX bits 24, 22), the OS saves tile state (XCR0 bits 17,
@@ -93,9 +105,11 @@ int me_cpu_features(void) {
     __builtin_cpu_init();
     int f = 0;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) f |= 1;
+#ifdef ME_BF16
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
         __builtin_cpu_supports("avx512bf16"))
         f |= 2;
+#endif
 #ifdef ME_AMX
     if ((f & 2) && amx_usable()) f |= 4;
 #endif
@@ -190,6 +204,7 @@ static void block_f32(int64_t s, const float *rows_t, int64_t lanes, int64_t d, 
 }
 
 /* ---- variant 1, bf16: AVX512-BF16, 16 lanes of dimension pairs -------------------------------------------- */
+#ifdef ME_BF16
 
 #define BF16_BLOCK(S, BCAST)                                                                                   \
     __attribute__((target("avx512f,avx512vl,avx512bf16"))) static void block_bf16_##S(                        \
@@ -241,6 +256,8 @@ static void block_bf16(int64_t s, const uint32_t *rows_t, int64_t lanes, int64_t
     default: block_bf16_1(rows_t, lanes, pairs, ptr, run, g0); break;
     }
 }
+
+#endif /* ME_BF16 */
 
 #ifdef ME_AMX
 /* ---- variant 1 on AMX tiles: 64 candidates x 16 rows per pass ------------------------------------------- */
@@ -315,11 +332,13 @@ int me_maxsim(int variant, const void *rows, int64_t n_rows, int64_t d, const ui
     if (variant < 0 || variant > 1 || !(features & (1 << variant)) || n_rows < 1 || r_q < 1 || n_rows % r_q ||
         d < 1 || (variant == 0 && d % 8) || (variant == 1 && d % 2))
         return -1;
-    const int amx = variant == 1 && (features & 4) && d % 32 == 0 && n_rows >= AMX_MIN_ROWS;
+    const int amx = variant == 1 && (features & 4) && d % 32 == 0 && r_q >= AMX_MIN_RQ;
     const int64_t width = variant == 0 ? 8 : 16, nc = amx ? 64 : NC;
     const int64_t units = variant == 0 ? d : d / 2; /* what one lane multiplies: a float, or a bf16 pair */
-    int64_t s = 1;                                  /* lanes per row, where rows are fewer than lanes */
-    while (!amx && s * 2 * n_rows <= width && units % (s * 2) == 0) s *= 2;
+    /* lanes per row where a query has fewer rows than a register has lanes (from r_q, not from the rows of
+     * the call, so that the order of a query's sums does not depend on the batch it came in) */
+    int64_t s = 1;
+    while (!amx && s * 2 * r_q <= width && units % (s * 2) == 0) s *= 2;
     const int64_t lanes = round_up(n_rows * s, width);
     int64_t tile = variant == 0 ? TILE_FLOATS / d : TILE_BF16;
     if (tile > RUN_FLOATS / lanes) tile = RUN_FLOATS / lanes;
@@ -383,7 +402,7 @@ int me_maxsim(int variant, const void *rows, int64_t n_rows, int64_t d, const ui
                         block_amx(rows_t + g0 * chunks * 256, chunks, a, d * 2, run + c0 * lanes, lanes, g0);
                 }
 #endif
-                if (variant == 0)
+                if (variant == 0 && s == 1)
                     for (; g0 + 2 <= lanes / width; g0 += 2)
                         for (int64_t h = 0; h < NC; h += NC / 2)
                             block_f32_1x2((const float *)rows_t, lanes, d, buf + (c0 + h) * d,
@@ -391,8 +410,10 @@ int me_maxsim(int variant, const void *rows, int64_t n_rows, int64_t d, const ui
                 for (; g0 < lanes / width; g0++) {
                     if (variant == 0)
                         block_f32(s, (const float *)rows_t, lanes, d, buf + c0 * d, run + c0 * lanes, g0);
+#ifdef ME_BF16
                     else
                         block_bf16(s, rows_t, lanes, units, ptr + c0, run + c0 * lanes, g0);
+#endif
                 }
             }
         }

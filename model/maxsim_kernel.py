@@ -6,7 +6,9 @@ that read them back; the kernel keeps each sum in a register until it is folded 
 (docs/benchmarks.md, "MaxSim scoring"). It is a plain C file with no Python headers, so any C compiler
 builds it in about a second; the library is cached per source, compiler and machine under
 `$XDG_CACHE_HOME/metaembed-studio` (or `METAEMBED_KERNEL_DIR`), written atomically, so concurrent processes
-never load half a file. Where nothing can build it (no compiler, a CPU without AVX2, not x86-64) or
+never load half a file. Where the user has no writable cache folder it is built into a private temporary
+folder for this process only: a shared, predictable temp path would let another local user plant a
+library there. Where nothing can build it (no compiler, a CPU without AVX2, not x86-64) or
 `METAEMBED_MAXSIM_KERNEL=0`, scoring keeps torch's paths, with one warning saying why when a build failed.
 """
 
@@ -16,10 +18,12 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +36,11 @@ from .files import atomic_path
 __all__ = ["BF16", "F32", "Kernel", "load"]
 
 F32, BF16 = 0, 1  # variants: fp32 rows (AVX2 + FMA), bf16 rows (AVX512-BF16)
-_ABI = 4  # me_abi_version() of the source this module expects
+_ABI = 5  # me_abi_version() of the source this module expects
 _SOURCE = Path(__file__).with_name("maxsim_kernel.c")
 _FLAGS = ("-O3", "-shared", "-fPIC", "-std=c11")
 _c_i64, _c_ptr = ctypes.c_int64, ctypes.c_void_p
+_STALE_DAYS = 30  # other builds in the cache folder not loaded this long are removed (a load touches its file)
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,11 @@ class Kernel:
                 or (out.shape[1] > 1 and out.stride(1) != 1)
                 or (idx is not None and (idx.dtype != torch.int64 or not idx.is_contiguous()))):
             raise ValueError("maxsim kernel: arguments are not in the layout it reads")
+        # The C side trusts these; a wrong shape there would read or write out of bounds.
+        if (rows.ndim != 2 or vm.ndim != 3 or out.ndim != 2 or rows.shape[1] != vm.shape[2] or r_q < 1
+                or rows.shape[0] % r_q or not 1 <= r_c <= vm.shape[0] or tuple(out.shape) != (rows.shape[0] // r_q, n)
+                or (idx is not None and n and not 0 <= int(idx.min()) <= int(idx.max()) < vm.shape[1])):
+            raise ValueError("maxsim kernel: shapes do not agree")
         if n == 0:
             return
         err = self.lib.me_maxsim(
@@ -72,25 +82,29 @@ class Kernel:
             raise RuntimeError(f"maxsim kernel failed ({'out of memory' if err == -2 else 'shape not taken'})")
 
 
-def _cache_dir() -> Path:
-    """METAEMBED_KERNEL_DIR, else the user's cache folder; a private temp folder where that is not writable."""
+def _cache_dir() -> tuple[Path, bool]:
+    """(folder, shared): METAEMBED_KERNEL_DIR, else the user's cache folder (both kept between processes); a
+    new private temp folder (mode 0700, removed by the system's temp cleaning) where neither is writable."""
     if os.environ.get("METAEMBED_KERNEL_DIR"):
-        return Path(os.environ["METAEMBED_KERNEL_DIR"])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "metaembed-studio"
+        return Path(os.environ["METAEMBED_KERNEL_DIR"]), True
     try:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "metaembed-studio"
         base.mkdir(parents=True, exist_ok=True)
         if os.access(base, os.W_OK):
-            return base
-    except OSError:
+            return base, True
+    except (OSError, RuntimeError, KeyError):  # RuntimeError/KeyError: no HOME and no passwd entry
         pass
-    return Path(tempfile.gettempdir()) / f"metaembed-studio-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    return Path(tempfile.mkdtemp(prefix="metaembed-kernel-")), False
 
 
-def _compiler() -> str | None:
-    cc = os.environ.get("CC")
-    if cc:
-        return shutil.which(cc) or (cc if os.path.isfile(cc) else None)
-    return next((p for p in map(shutil.which, ("cc", "gcc", "clang")) if p), None)
+def _compiler() -> list[str] | None:
+    """The compiler's command: CC split as a shell would (CC="ccache gcc"), or cc / gcc / clang."""
+    if os.environ.get("CC"):
+        cmd = shlex.split(os.environ["CC"])
+        found = shutil.which(cmd[0]) or (cmd[0] if os.path.isfile(cmd[0]) else None)
+        return [found, *cmd[1:]] if found else None
+    found = next((p for p in map(shutil.which, ("cc", "gcc", "clang")) if p), None)
+    return [found] if found else None
 
 
 def _build() -> Path:
@@ -99,19 +113,29 @@ def _build() -> Path:
     if cc is None:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
     source = _SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, cc.encode(), platform.machine().encode(), " ".join(_FLAGS).encode()]))
-    path = _cache_dir() / f"maxsim-{key.hexdigest()[:16]}.so"
+    key = hashlib.sha256(b"\0".join([source, " ".join(cc).encode(), platform.machine().encode(),
+                                     " ".join(_FLAGS).encode()]))
+    folder, shared = _cache_dir()
+    path = folder / f"maxsim-{key.hexdigest()[:16]}.so"
     if path.exists():
+        try:
+            os.utime(path)  # in use: see the stale builds below
+        except OSError:
+            pass
         return path
     with atomic_path(path) as tmp:
-        done = subprocess.run([cc, *_FLAGS, "-o", str(tmp), str(_SOURCE)], capture_output=True, text=True,
+        done = subprocess.run([*cc, *_FLAGS, "-o", str(tmp), str(_SOURCE)], capture_output=True, text=True,
                               timeout=120)
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
-            raise RuntimeError(f"{Path(cc).name} failed on {_SOURCE.name}: {last}")
-    for old in path.parent.glob("maxsim-*.so"):  # builds of other sources or compilers: not loaded again
-        if old != path:
-            old.unlink(missing_ok=True)  # a process that has one loaded keeps its mapping
+            raise RuntimeError(f"{Path(cc[0]).name} failed on {_SOURCE.name}: {last}")
+    if shared:  # builds of other sources or compilers, unused for a month: another version may still load one
+        for old in folder.glob("maxsim-*.so"):
+            try:
+                if old != path and time.time() - old.stat().st_mtime > _STALE_DAYS * 86400:
+                    old.unlink()
+            except OSError:
+                pass
     return path
 
 
@@ -141,7 +165,8 @@ def load() -> Kernel | None:
             if os.environ.get("METAEMBED_MAXSIM_KERNEL", "1") != "0":
                 try:
                     kernel = _open(_build())
-                except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+                except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as err:
+                    # AttributeError: a file in the cache that is not this kernel (no me_abi_version)
                     warnings.warn(f"MaxSim runs on torch's GEMMs, without the fused kernel: {err}",
                                   RuntimeWarning, stacklevel=2)
                 if kernel is not None and not kernel.features:

@@ -2,8 +2,12 @@
 shape its register blocks and tiles split differently, its lanes, and how it is built, cached and left out.
 No timing here: see bench/maxsim.py."""
 
+import os
+import shutil
 import stat
+import time
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -65,16 +69,42 @@ def test_tiles_strided_stores_and_column_slices(kernel, variant):
     if not kernel.takes(variant, d):
         pytest.skip("this CPU does not run this variant")
     dtype = torch.float32 if variant == maxsim_kernel.F32 else torch.bfloat16
-    store = CandidateStore(_unit(3000, 6, d, seed=1))  # 3,000 candidates: more than one tile of either variant
+    store = CandidateStore(_unit(3000, 6, d, seed=1))
     store.append(_unit(10, 6, d, seed=2))  # spare capacity: each vector's rows are not back to back
     vm = store.vector_major()
     assert vm.stride(0) != vm.shape[1] * d
     rows = _unit(16, d, seed=3).to(dtype)
     out = torch.zeros(2, 5000)
-    kernel.score(variant, rows, vm[:, 1000:3010], 6, 8, out[:, 7:2017])  # a column slice of a wider output
-    torch.testing.assert_close(out[:, 7:2017].double(), _reference(rows, vm[:, 1000:3010], 8, 6, None),
+    # 2,510 candidates: more than one tile of every way of multiplying (2,400 / 2,368 on AMX / 504 fp32), with a
+    # padded last block; written into a column slice of a wider output
+    kernel.score(variant, rows, vm[:, 500:3010], 6, 8, out[:, 7:2517])
+    torch.testing.assert_close(out[:, 7:2517].double(), _reference(rows, vm[:, 500:3010], 8, 6, None),
                                rtol=0, atol=2e-4)
-    assert not out[:, :7].any() and not out[:, 2017:].any()  # nothing written outside its columns
+    assert not out[:, :7].any() and not out[:, 2517:].any()  # nothing written outside its columns
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("r_q", [1, 2, 4, 16])
+def test_a_query_scores_the_same_alone_and_in_a_batch(kernel, variant, r_q):
+    d = 64  # AMX-sized where the CPU has it
+    if not kernel.takes(variant, d):
+        pytest.skip("this CPU does not run this variant")
+    dtype = torch.float32 if variant == maxsim_kernel.F32 else torch.bfloat16
+    rows = _unit(5 * r_q, d, seed=r_q).to(dtype)
+    vm = _unit(8, 100, d, seed=9).bfloat16()
+    batch = torch.empty(5, 100)
+    kernel.score(variant, rows, vm, 8, r_q, batch)
+    for b in range(5):
+        alone = torch.empty(1, 100)
+        kernel.score(variant, rows[b * r_q:(b + 1) * r_q].contiguous(), vm, 8, r_q, alone)
+        assert torch.equal(alone[0], batch[b])  # bit for bit: the same sums in the same order
+
+
+def test_amx_is_found_where_the_cpu_and_linux_offer_it(kernel):
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
+    if not {"amx_tile", "amx_bf16", "avx512_bf16"} <= set(flags):
+        pytest.skip("no AMX on this CPU")
+    assert kernel.features & 0b100  # else the AMX tests above would pass on vdpbf16ps unnoticed
 
 
 def test_score_refuses_a_layout_it_does_not_read(kernel):
@@ -86,6 +116,16 @@ def test_score_refuses_a_layout_it_does_not_read(kernel):
         kernel.score(maxsim_kernel.F32, _unit(2, 8, seed=2), vm.float(), 2, 2, out)
     with pytest.raises(ValueError, match="layout"):
         kernel.score(maxsim_kernel.F32, _unit(2, 8, seed=2), vm, 2, 2, out, torch.arange(5, dtype=torch.int32))
+    rows = _unit(2, 8, seed=2)
+    for bad in (
+        lambda: kernel.score(maxsim_kernel.F32, _unit(2, 16, seed=2), vm, 2, 2, out),  # D differs
+        lambda: kernel.score(maxsim_kernel.F32, rows, vm, 3, 2, out),  # r_c beyond the stored vectors
+        lambda: kernel.score(maxsim_kernel.F32, rows, vm, 2, 3, out),  # r_q does not divide the rows
+        lambda: kernel.score(maxsim_kernel.F32, rows, vm, 2, 2, torch.empty(1, 4)),  # output of another size
+        lambda: kernel.score(maxsim_kernel.F32, rows, vm, 2, 2, torch.empty(1, 2), torch.tensor([0, 5])),  # idx
+    ):
+        with pytest.raises(ValueError, match="shapes"):
+            bad()
 
 
 def test_lanes_split_the_candidates_without_changing_the_scores(kernel, monkeypatch):
@@ -136,11 +176,15 @@ def fresh(tmp_path, monkeypatch):
 
 def test_built_once_then_loaded_from_the_cache(kernel, fresh, monkeypatch):
     (fresh / "kernels").mkdir()
-    (fresh / "kernels" / "maxsim-0123456789abcdef.so").write_bytes(b"an earlier build")
+    stale, recent = fresh / "kernels" / "maxsim-0123456789abcdef.so", fresh / "kernels" / "maxsim-fedcba9876543210.so"
+    stale.write_bytes(b"a build of another version, not loaded for two months")
+    recent.write_bytes(b"a build another version loaded yesterday")
+    os.utime(stale, (time.time() - 60 * 86400,) * 2)
+    os.utime(recent, (time.time() - 86400,) * 2)
     first = maxsim_kernel.load()
     assert first is not None and first.path.parent == fresh / "kernels"
-    # no temp file left behind, and the earlier build (another source) is gone
-    assert [p.name for p in (fresh / "kernels").iterdir()] == [first.path.name]
+    # no temp file left behind; the stale build is gone, the one in use is kept
+    assert sorted(p.name for p in (fresh / "kernels").iterdir()) == sorted([first.path.name, recent.name])
     maxsim_kernel._reset()
     monkeypatch.setattr(maxsim_kernel.subprocess, "run", lambda *a, **k: pytest.fail("compiled again"))
     again = maxsim_kernel.load()
@@ -154,6 +198,39 @@ def test_turned_off_by_the_environment(fresh, monkeypatch):
         assert maxsim_kernel.load() is None
     q, c = _unit(1, 4, 8, seed=1), _unit(30, 3, 8, seed=2)
     assert maxsim(q, c).shape == (1, 30)  # torch's paths score instead
+
+
+def test_a_file_in_the_cache_that_is_not_the_kernel_is_a_warning(kernel, fresh, monkeypatch):
+    maxsim_kernel.load()
+    built = next((fresh / "kernels").glob("maxsim-*.so"))
+    libm = next((p for p in (Path("/lib/x86_64-linux-gnu/libm.so.6"), Path("/usr/lib/libm.so.6")) if p.exists()),
+                None)
+    if libm is None:
+        pytest.skip("no libm to stand in for a foreign library")
+    shutil.copyfile(libm, built)  # loads, but has no me_abi_version
+    maxsim_kernel._reset()
+    with pytest.warns(RuntimeWarning, match="without the fused kernel"):
+        assert maxsim_kernel.load() is None
+    assert maxsim_kernel.load() is None  # decided once: no second warning, no exception
+
+
+def test_no_home_builds_into_a_private_temp_folder(kernel, monkeypatch):
+    monkeypatch.delenv("METAEMBED_KERNEL_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setattr(maxsim_kernel.Path, "home", lambda: (_ for _ in ()).throw(RuntimeError("no home")))
+    (folder, shared), (other, _) = maxsim_kernel._cache_dir(), maxsim_kernel._cache_dir()
+    try:
+        assert not shared and folder.name.startswith("metaembed-kernel-")
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700  # nobody else can plant a library there
+        assert other != folder  # a new one per process that needs it, never a fixed name
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(other, ignore_errors=True)
+
+
+def test_cc_with_arguments_is_split_as_a_shell_would(fresh, monkeypatch):
+    monkeypatch.setenv("CC", "env FOO=1 cc")
+    assert maxsim_kernel._compiler()[1:] == ["FOO=1", "cc"] and maxsim_kernel._compiler()[0].endswith("env")
 
 
 def test_no_compiler_is_a_warning_and_torch_scores(fresh, monkeypatch):
