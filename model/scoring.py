@@ -333,7 +333,9 @@ def _compute_dtype(n_rows: int, precise: bool) -> torch.dtype:
     """fp32 for the precise path. Otherwise, with the fused kernel: bf16 where the CPU computes it natively,
     fp32 elsewhere (the kernel reads the stored bf16 either way). With torch's paths: fp32 where the CPU
     emulates bf16 and there are enough query rows for the GEMMs rather than the reading of the vectors to
-    dominate (below that, reading half the bytes wins)."""
+    dominate (below that, reading half the bytes wins). The choice does not look at D: where the kernel cannot
+    take it (odd, or for fp32 not a multiple of 8) torch's path scores in the same dtype, so that
+    `fast_path_is_precise`, which callers ask without D, stays true to what runs."""
     if precise:
         return torch.float32
     kernel = maxsim_kernel.load()
