@@ -10,6 +10,8 @@ never load half a file. Where the user has no writable cache folder it is built 
 folder for this process only: a shared, predictable temp path would let another local user plant a
 library there. Where nothing can build it (no compiler, a CPU without AVX2, not x86-64) or
 `METAEMBED_MAXSIM_KERNEL=0`, scoring keeps torch's paths, with one warning saying why when a build failed.
+`METAEMBED_KERNEL_CFLAGS` adds compiler flags, for measurements: "-DAMX_MIN_RQ=99" times the vdpbf16ps
+path on a CPU with AMX, as a CPU without AMX runs it.
 """
 
 from __future__ import annotations
@@ -108,13 +110,14 @@ def _compiler() -> list[str] | None:
 
 
 def _build() -> Path:
-    """The compiled library's path, building it if this source, compiler and machine have none yet."""
+    """The compiled library's path, building it if this source, compiler, flags and machine have none yet."""
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
+    flags = [*_FLAGS, *shlex.split(os.environ.get("METAEMBED_KERNEL_CFLAGS", ""))]
     source = _SOURCE.read_bytes()
     key = hashlib.sha256(b"\0".join([source, " ".join(cc).encode(), platform.machine().encode(),
-                                     " ".join(_FLAGS).encode()]))
+                                     " ".join(flags).encode()]))
     folder, shared = _cache_dir()
     path = folder / f"maxsim-{key.hexdigest()[:16]}.so"
     if path.exists():
@@ -124,7 +127,7 @@ def _build() -> Path:
             pass
         return path
     with atomic_path(path) as tmp:
-        done = subprocess.run([*cc, *_FLAGS, "-o", str(tmp), str(_SOURCE)], capture_output=True, text=True,
+        done = subprocess.run([*cc, *flags, "-o", str(tmp), str(_SOURCE)], capture_output=True, text=True,
                               timeout=120)
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]

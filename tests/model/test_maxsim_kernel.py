@@ -191,6 +191,21 @@ def test_built_once_then_loaded_from_the_cache(kernel, fresh, monkeypatch):
     assert again is not None and again.path == first.path
 
 
+def test_extra_compiler_flags_make_another_build(kernel, fresh, monkeypatch):
+    default = maxsim_kernel.load()
+    maxsim_kernel._reset()
+    monkeypatch.setenv("METAEMBED_KERNEL_CFLAGS", "-DAMX_MIN_RQ=99")  # vdpbf16ps only, as without AMX
+    flagged = maxsim_kernel.load()
+    assert flagged is not None and flagged.path != default.path
+    d, variant = 64, maxsim_kernel.BF16
+    if not flagged.takes(variant, d):
+        pytest.skip("this CPU does not run the bf16 variant")
+    rows, vm = _unit(16, d, seed=1).bfloat16(), _unit(4, 50, d, seed=2).bfloat16()
+    out = torch.empty(1, 50)
+    flagged.score(variant, rows, vm, 4, 16, out)
+    torch.testing.assert_close(out.double(), _reference(rows, vm, 16, 4, None), rtol=0, atol=4e-4)
+
+
 def test_turned_off_by_the_environment(fresh, monkeypatch):
     monkeypatch.setenv("METAEMBED_MAXSIM_KERNEL", "0")
     with warnings.catch_warnings():
