@@ -21,6 +21,7 @@ range of candidates per thread of the caller (docs/benchmarks.md, "MaxSim scorin
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -348,20 +349,20 @@ def _compute_dtype(n_rows: int, precise: bool) -> torch.dtype:
 
 
 def _score_in_slices(
-    rows: Tensor, bq: int, r_q: int, r_c: int, n: int, block: Callable[[int, int], Tensor]
+    rows: Tensor, bq: int, r_q: int, r_c: int, n: int, block: Callable[[int, int], Tensor],
+    variant: int | None = None,
 ) -> Tensor:
     """Score candidates that first need copying into the fast layout, one bounded slice at a time.
 
     block(s, e) returns candidates s..e as a vector-major [r_c, e - s, D] bf16 tensor; slices hold at most
-    _GATHER_ELEMENTS values so converting or gathering never copies more than one slice at once. fp32 rows
-    score each slice in fp32 (`_score_fp32_blocks`), bf16 rows with bf16 GEMMs.
+    _GATHER_ELEMENTS values so converting or gathering never copies more than one slice at once. Each slice is
+    scored by the fused kernel's `variant` when given, else fp32 rows in fp32 (`_score_fp32_blocks`) and bf16
+    rows with bf16 GEMMs.
     """
     out = torch.empty(bq, n, dtype=torch.float32)
     step = max(256, _GATHER_ELEMENTS // (r_c * rows.shape[1]))
-    variant = _kernel_variant(rows, rows.shape[1])
     if variant is not None:
-        def score(rows: Tensor, vm: Tensor, bq: int, r_q: int, r_c: int) -> Tensor:
-            return _score_kernel(variant, rows, vm, bq, r_q, r_c)
+        score = functools.partial(_score_kernel, variant)
     else:
         score = _score_fp32_blocks if rows.dtype == torch.float32 else _score_vector_major
     for s in range(0, n, step):
@@ -390,10 +391,12 @@ def maxsim(q: Tensor, c: Tensor, budget: tuple[int, int] | None = None) -> Tenso
     def block(s: int, e: int) -> Tensor:
         return c[s:e].to(device="cpu", dtype=_STORE_DTYPE).transpose(0, 1).contiguous()
 
-    def score() -> Tensor:
-        return _score_in_slices(rows, q.shape[0], r_q, r_c, c.shape[0], block)
+    variant = _kernel_variant(rows, rows.shape[1])
 
-    if _kernel_variant(rows, rows.shape[1]) is not None:
+    def score() -> Tensor:
+        return _score_in_slices(rows, q.shape[0], r_q, r_c, c.shape[0], block, variant)
+
+    if variant is not None:
         return score()  # the kernel splits itself into lanes
     return run_scoring(score, rows.dtype)  # at the thread count measured fastest on this CPU
 
