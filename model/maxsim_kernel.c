@@ -158,28 +158,6 @@ F32_BLOCK(2, _mm256_castpd_ps(_mm256_broadcast_sd((const double *)p)))
 F32_BLOCK(4, _mm256_broadcast_ps((const __m128 *)p))
 F32_BLOCK(8, _mm256_loadu_ps(p))
 
-/* Two groups of 8 rows x 6 candidates, for 16 rows and more: 8 loads feed 12 multiply-adds, where one
- * group x 12 candidates needs 13 (the broadcasts are loads, and loads bound this loop). */
-__attribute__((target("avx2,fma"))) static void block_f32_1x2(const float *rows_t, int64_t lanes, int64_t d,
-                                                              const float *cand, float *run, int64_t g0) {
-    __m256 acc[2][NC / 2];
-    for (int g = 0; g < 2; g++)
-        for (int c = 0; c < NC / 2; c++) acc[g][c] = _mm256_setzero_ps();
-    for (int64_t q = 0; q < d; q++) {
-        __m256 r0 = _mm256_loadu_ps(rows_t + q * lanes + g0 * 8), r1 = _mm256_loadu_ps(rows_t + q * lanes + g0 * 8 + 8);
-        for (int c = 0; c < NC / 2; c++) {
-            __m256 b = _mm256_broadcast_ss(cand + c * d + q);
-            acc[0][c] = _mm256_fmadd_ps(r0, b, acc[0][c]);
-            acc[1][c] = _mm256_fmadd_ps(r1, b, acc[1][c]);
-        }
-    }
-    for (int c = 0; c < NC / 2; c++)
-        for (int g = 0; g < 2; g++) {
-            float *dst = run + c * lanes + (g0 + g) * 8;
-            _mm256_storeu_ps(dst, _mm256_max_ps(_mm256_loadu_ps(dst), acc[g][c]));
-        }
-}
-
 /* Candidates' vectors ptr[0..w_pad) widened into buf [w_pad, d] (bf16 -> fp32 is a 16-bit shift). */
 __attribute__((target("avx2,fma"))) static void widen(const uint16_t *const *ptr, int64_t w_pad, int64_t d,
                                                       float *buf) {
@@ -402,11 +380,6 @@ int me_maxsim(int variant, const void *rows, int64_t n_rows, int64_t d, const ui
                         block_amx(rows_t + g0 * chunks * 256, chunks, a, d * 2, run + c0 * lanes, lanes, g0);
                 }
 #endif
-                if (variant == 0 && s == 1)
-                    for (; g0 + 2 <= lanes / width; g0 += 2)
-                        for (int64_t h = 0; h < NC; h += NC / 2)
-                            block_f32_1x2((const float *)rows_t, lanes, d, buf + (c0 + h) * d,
-                                          run + (c0 + h) * lanes, g0);
                 for (; g0 < lanes / width; g0++) {
                     if (variant == 0)
                         block_f32(s, (const float *)rows_t, lanes, d, buf + c0 * d, run + c0 * lanes, g0);
