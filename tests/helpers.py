@@ -10,6 +10,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -123,3 +124,10 @@ def make_pdf(pages: list[list[tuple[float, float, float, str]]], rotate: int = 0
 
 VOCAB = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
          "quebec romeo sierra tango uniform victor whiskey xray yankee zulu").split()
+
+
+def unit(*shape: int, seed: int = 0) -> torch.Tensor:
+    """Seeded random vectors of unit length along the last dimension: queries and candidates for the store
+    and scoring tests."""
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    return x / x.norm(dim=-1, keepdim=True)

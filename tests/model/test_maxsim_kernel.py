@@ -15,12 +15,7 @@ import torch
 import model.maxsim_kernel as maxsim_kernel
 import model.scoring_threads as scoring_threads
 from model.scoring import CandidateStore, maxsim
-
-
-def _unit(*shape: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(*shape, generator=g)
-    return x / x.norm(dim=-1, keepdim=True)
+from tests.helpers import unit
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +46,9 @@ def test_scores_equal_a_float64_reference(kernel, variant, bq, r_q, d):
     if not kernel.takes(variant, d):
         pytest.skip("this CPU does not run this variant")
     dtype = torch.float32 if variant == maxsim_kernel.F32 else torch.bfloat16
-    rows = _unit(bq * r_q, d, seed=r_q).to(dtype)
+    rows = unit(bq * r_q, d, seed=r_q).to(dtype)
     for n, r_c in ((1, 1), (11, 3), (13, 5), (700, 7)):
-        vm = _unit(8, n, d, seed=n).bfloat16()
+        vm = unit(8, n, d, seed=n).bfloat16()
         out = torch.full((bq, n), float("nan"))
         kernel.score(variant, rows, vm, r_c, r_q, out)
         torch.testing.assert_close(out.double(), _reference(rows, vm, r_q, r_c, None), rtol=0, atol=2e-5 * r_q)
@@ -69,11 +64,11 @@ def test_tiles_strided_stores_and_column_slices(kernel, variant):
     if not kernel.takes(variant, d):
         pytest.skip("this CPU does not run this variant")
     dtype = torch.float32 if variant == maxsim_kernel.F32 else torch.bfloat16
-    store = CandidateStore(_unit(3000, 6, d, seed=1))
-    store.append(_unit(10, 6, d, seed=2))  # spare capacity: each vector's rows are not back to back
+    store = CandidateStore(unit(3000, 6, d, seed=1))
+    store.append(unit(10, 6, d, seed=2))  # spare capacity: each vector's rows are not back to back
     vm = store.vector_major()
     assert vm.stride(0) != vm.shape[1] * d
-    rows = _unit(16, d, seed=3).to(dtype)
+    rows = unit(16, d, seed=3).to(dtype)
     out = torch.zeros(2, 5000)
     # 2,510 candidates: more than one tile of every way of multiplying (2,400 / 2,368 on AMX / 504 fp32), with a
     # padded last block; written into a column slice of a wider output
@@ -90,8 +85,8 @@ def test_a_query_scores_the_same_alone_and_in_a_batch(kernel, variant, r_q):
     if not kernel.takes(variant, d):
         pytest.skip("this CPU does not run this variant")
     dtype = torch.float32 if variant == maxsim_kernel.F32 else torch.bfloat16
-    rows = _unit(5 * r_q, d, seed=r_q).to(dtype)
-    vm = _unit(8, 100, d, seed=9).bfloat16()
+    rows = unit(5 * r_q, d, seed=r_q).to(dtype)
+    vm = unit(8, 100, d, seed=9).bfloat16()
     batch = torch.empty(5, 100)
     kernel.score(variant, rows, vm, 8, r_q, batch)
     for b in range(5):
@@ -108,17 +103,17 @@ def test_amx_is_found_where_the_cpu_and_linux_offer_it(kernel):
 
 
 def test_score_refuses_a_layout_it_does_not_read(kernel):
-    vm = _unit(2, 5, 8, seed=1).bfloat16()
+    vm = unit(2, 5, 8, seed=1).bfloat16()
     out = torch.empty(1, 5)
     with pytest.raises(ValueError, match="layout"):
-        kernel.score(maxsim_kernel.F32, _unit(2, 8, seed=2).double(), vm, 2, 2, out)
+        kernel.score(maxsim_kernel.F32, unit(2, 8, seed=2).double(), vm, 2, 2, out)
     with pytest.raises(ValueError, match="layout"):
-        kernel.score(maxsim_kernel.F32, _unit(2, 8, seed=2), vm.float(), 2, 2, out)
+        kernel.score(maxsim_kernel.F32, unit(2, 8, seed=2), vm.float(), 2, 2, out)
     with pytest.raises(ValueError, match="layout"):
-        kernel.score(maxsim_kernel.F32, _unit(2, 8, seed=2), vm, 2, 2, out, torch.arange(5, dtype=torch.int32))
-    rows = _unit(2, 8, seed=2)
+        kernel.score(maxsim_kernel.F32, unit(2, 8, seed=2), vm, 2, 2, out, torch.arange(5, dtype=torch.int32))
+    rows = unit(2, 8, seed=2)
     for bad in (
-        lambda: kernel.score(maxsim_kernel.F32, _unit(2, 16, seed=2), vm, 2, 2, out),  # D differs
+        lambda: kernel.score(maxsim_kernel.F32, unit(2, 16, seed=2), vm, 2, 2, out),  # D differs
         lambda: kernel.score(maxsim_kernel.F32, rows, vm, 3, 2, out),  # r_c beyond the stored vectors
         lambda: kernel.score(maxsim_kernel.F32, rows, vm, 2, 3, out),  # r_q does not divide the rows
         lambda: kernel.score(maxsim_kernel.F32, rows, vm, 2, 2, torch.empty(1, 4)),  # output of another size
@@ -131,7 +126,7 @@ def test_score_refuses_a_layout_it_does_not_read(kernel):
 def test_lanes_split_the_candidates_without_changing_the_scores(kernel, monkeypatch):
     if not scoring_threads._per_thread_setting():
         pytest.skip("torch without OpenMP: one lane")
-    q, c = _unit(2, 16, 32, seed=5), _unit(5000, 8, 32, seed=6)
+    q, c = unit(2, 16, 32, seed=5), unit(5000, 8, 32, seed=6)
     store = CandidateStore(c)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -149,7 +144,7 @@ def test_lanes_split_the_candidates_without_changing_the_scores(kernel, monkeypa
 
 
 def test_store_and_functional_maxsim_use_it_and_match_torch(kernel, monkeypatch):
-    q, c = _unit(3, 16, 24, seed=7), _unit(400, 9, 24, seed=8)
+    q, c = unit(3, 16, 24, seed=7), unit(400, 9, 24, seed=8)
     with_kernel = (CandidateStore(c).maxsim(q, (8, 9), precise=True), maxsim(q, c, (16, 9)))
     calls = []
     score = maxsim_kernel.Kernel.score
@@ -200,7 +195,7 @@ def test_extra_compiler_flags_make_another_build(kernel, fresh, monkeypatch):
     d, variant = 64, maxsim_kernel.BF16
     if not flagged.takes(variant, d):
         pytest.skip("this CPU does not run the bf16 variant")
-    rows, vm = _unit(16, d, seed=1).bfloat16(), _unit(4, 50, d, seed=2).bfloat16()
+    rows, vm = unit(16, d, seed=1).bfloat16(), unit(4, 50, d, seed=2).bfloat16()
     out = torch.empty(1, 50)
     flagged.score(variant, rows, vm, 4, 16, out)
     torch.testing.assert_close(out.double(), _reference(rows, vm, 16, 4, None), rtol=0, atol=4e-4)
@@ -211,7 +206,7 @@ def test_turned_off_by_the_environment(fresh, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert maxsim_kernel.load() is None
-    q, c = _unit(1, 4, 8, seed=1), _unit(30, 3, 8, seed=2)
+    q, c = unit(1, 4, 8, seed=1), unit(30, 3, 8, seed=2)
     assert maxsim(q, c).shape == (1, 30)  # torch's paths score instead
 
 
@@ -250,7 +245,7 @@ def test_no_compiler_is_a_warning_and_torch_scores(fresh, monkeypatch):
     monkeypatch.setenv("CC", str(fresh / "no-such-cc"))
     with pytest.warns(RuntimeWarning, match="no C compiler"):
         assert maxsim_kernel.load() is None
-    q, c = _unit(2, 4, 8, seed=3), _unit(30, 3, 8, seed=4)
+    q, c = unit(2, 4, 8, seed=3), unit(30, 3, 8, seed=4)
     want = torch.einsum("bqd,ncd->bnqc", q.double(), c.bfloat16().double()).amax(-1).sum(-1)
     torch.testing.assert_close(CandidateStore(c).maxsim(q, precise=True).double(), want, rtol=0, atol=1e-5)
 

@@ -5,14 +5,9 @@ import pytest
 import torch
 
 from model.scoring import CandidateStore, explain, maxsim, maxsim_dense, near_top
+from tests.helpers import unit
 
 BUDGETS = [(1, 1), (2, 4), (4, 8), (3, 5), (5, 9)]
-
-
-def _unit(*shape: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(*shape, generator=g)
-    return x / x.norm(dim=-1, keepdim=True)
 
 
 def _reference(q: torch.Tensor, c: torch.Tensor, r_q: int, r_c: int) -> torch.Tensor:
@@ -60,7 +55,7 @@ def scoring_path(request, monkeypatch) -> str:
 
 @pytest.fixture(scope="module")
 def data() -> tuple[torch.Tensor, torch.Tensor]:
-    return _unit(3, 5, 16, seed=1), _unit(11, 9, 16, seed=2)
+    return unit(3, 5, 16, seed=1), unit(11, 9, 16, seed=2)
 
 
 @pytest.mark.parametrize("budget", BUDGETS)
@@ -105,7 +100,7 @@ def _assert_same_scores(got: torch.Tensor, want: torch.Tensor, r_q: int) -> None
 def test_scores_do_not_depend_on_blocking(monkeypatch, n, blocking):
     import model.scoring as scoring
 
-    q, c = _unit(2, 4, 8, seed=3), _unit(n, 6, 8, seed=4)
+    q, c = unit(2, 4, 8, seed=3), unit(n, 6, 8, seed=4)
     idx = torch.arange(n - 1, -1, -1)
     whole = maxsim(q, c, (3, 5))
     _assert_scores_close(whole[:, :30], _reference(q, c[:30], 3, 5), 3)
@@ -127,7 +122,7 @@ def test_empty_candidate_set_gives_empty_scores(data):
 
 
 def test_maxsim_dense_matches_python_reference_and_carries_gradients():
-    q, c = _unit(2, 3, 8, seed=1).requires_grad_(), _unit(4, 5, 8, seed=2)
+    q, c = unit(2, 3, 8, seed=1).requires_grad_(), unit(4, 5, 8, seed=2)
     scores = maxsim_dense(q, c)
     torch.testing.assert_close(scores, _reference(q.detach(), c, 3, 5).float(), atol=1e-5, rtol=1e-5)
     scores.sum().backward()
@@ -166,7 +161,7 @@ def test_append_then_score_equals_building_at_once(data):
 
 def test_append_growth_is_amortised():
     store = CandidateStore(dim=4, num_vectors=2)
-    one = _unit(1, 2, 4, seed=5)
+    one = unit(1, 2, 4, seed=5)
     reallocations, last_capacity = 0, store.capacity
     for _ in range(1000):
         store.append(one)
@@ -227,7 +222,7 @@ def test_the_fast_path_scores_in_fp32_where_bf16_is_emulated_and_enough_rows(mon
     assert scoring._compute_dtype(few, precise=False) == torch.bfloat16
     assert scoring._compute_dtype(many, precise=False) == (torch.bfloat16 if native_bf16 else torch.float32)
     # The fp32 choice gives the precise scores; the bf16 one rounds them.
-    q, c = _unit(1, many, 16, seed=6), _unit(50, 9, 16, seed=7)
+    q, c = unit(1, many, 16, seed=6), unit(50, 9, 16, seed=7)
     store = CandidateStore(c)
     exact = torch.equal(store.maxsim(q, (many, 9)), store.maxsim(q, (many, 9), precise=True))
     assert exact == (not native_bf16)
@@ -268,7 +263,7 @@ def test_fp32_scores_do_not_depend_on_blocking(monkeypatch, group, elements, can
     monkeypatch.setattr(scoring, "_FP32_GROUP", group)
     monkeypatch.setattr(scoring, "_FP32_BLOCK_ELEMENTS", elements)
     monkeypatch.setattr(scoring, "_FP32_CANDIDATES_FIRST_ROWS", candidates_first_from)
-    q, c = _unit(2, 4, 16, seed=8), _unit(300, 7, 16, seed=9)
+    q, c = unit(2, 4, 16, seed=8), unit(300, 7, 16, seed=9)
     want = _reference(q, c.bfloat16().float(), 3, 7)
     store = CandidateStore(c)
     torch.testing.assert_close(store.maxsim(q, (3, 7), precise=True).double(), want, rtol=0, atol=1e-5)
@@ -283,11 +278,11 @@ def test_precise_scores_order_near_ties_that_the_fast_path_rounds_together(monke
 
     # Candidates that differ by far less than bf16 resolves: the fast path ties some, the precise path not.
     monkeypatch.setattr(scoring, "cpu_has_native_bf16", lambda: True)  # the bf16 fast path on any CPU
-    base = _unit(1, 4, 64, seed=3)[0]
+    base = unit(1, 4, 64, seed=3)[0]
     g = torch.Generator().manual_seed(4)
     c = torch.stack([base + 1e-3 * torch.randn(4, 64, generator=g) for _ in range(40)])
     c = c / c.norm(dim=-1, keepdim=True)
-    q = (base + 0.3 * _unit(4, 64, seed=5)).unsqueeze(0)
+    q = (base + 0.3 * unit(4, 64, seed=5)).unsqueeze(0)
     q = q / q.norm(dim=-1, keepdim=True)
     store = CandidateStore(c)
     fast, precise = store.maxsim(q)[0], store.maxsim(q, precise=True)[0]

@@ -9,6 +9,7 @@ import torch
 import model.scoring as scoring
 import model.scoring_threads as scoring_threads
 from model.scoring import CandidateStore, maxsim
+from tests.helpers import unit
 
 BUDGETS = [(1, 1), (2, 4), (3, 5), (4, 8)]
 
@@ -23,12 +24,6 @@ def torch_paths(monkeypatch):
     import model.maxsim_kernel as maxsim_kernel
 
     monkeypatch.setattr(maxsim_kernel, "load", lambda: None)
-
-
-def _unit(*shape: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(*shape, generator=g)
-    return x / x.norm(dim=-1, keepdim=True)
 
 
 def _thread_count_of_a_new_thread() -> int:
@@ -83,7 +78,7 @@ def test_the_choice_follows_the_cpu_and_never_raises_the_count(monkeypatch, two_
 def test_one_thread_scoring_gives_the_same_scores_and_leaves_the_thread_count(
     monkeypatch, two_threads, record_threads, budget
 ):
-    q, c = _unit(3, 4, 16, seed=1), _unit(700, 8, 16, seed=2)
+    q, c = unit(3, 4, 16, seed=1), unit(700, 8, 16, seed=2)
     store = CandidateStore(c)
     idx = torch.arange(699, -1, -2)
     calls = {
@@ -109,8 +104,8 @@ def test_one_thread_scoring_leaves_other_threads_at_their_count(monkeypatch, two
     """Scoring at one thread in several threads at once: each gets its scores back and its count, and a
     thread doing other torch work meanwhile keeps its own count throughout."""
     monkeypatch.setattr(scoring_threads, "_FORCE", 1)
-    stores = [CandidateStore(_unit(600, 6, 16, seed=10 + i)) for i in range(3)]
-    qs = [_unit(2, 4, 16, seed=20 + i) for i in range(3)]
+    stores = [CandidateStore(unit(600, 6, 16, seed=10 + i)) for i in range(3)]
+    qs = [unit(2, 4, 16, seed=20 + i) for i in range(3)]
     want = [stores[i].maxsim(qs[i], (4, 6)) for i in range(3)]
     got: dict[int, torch.Tensor] = {}
     after: dict[int, int] = {}
@@ -172,7 +167,7 @@ def test_lanes_run_on_one_thread_workers_in_order_and_raise_in_the_caller(two_th
 
 def test_fp32_lanes_split_the_candidates_without_changing_the_scores(monkeypatch, two_threads):
     monkeypatch.setattr(scoring, "cpu_has_native_bf16", lambda: False)
-    q, c = _unit(2, 8, 16, seed=11), _unit(1200, 9, 16, seed=12)  # 16 rows: the fp32 path, candidates first
+    q, c = unit(2, 8, 16, seed=11), unit(1200, 9, 16, seed=12)  # 16 rows: the fp32 path, candidates first
     store = CandidateStore(c)
     idx = torch.arange(1199, -1, -1)
     want = torch.einsum("bqd,ncd->bnqc", q.double(), c.bfloat16().double()).amax(-1).sum(-1)

@@ -14,7 +14,6 @@ import threading
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from app.indexing import encoder_input, index_paths, read_ahead
 from app.ingest import ingest
@@ -25,7 +24,7 @@ from app.store import segments as segments_module
 from app.store.first_stage import NPROBE, probes
 from app.store.index import CheckpointMismatch, Index, IndexError_
 from model.checkpoint import checkpoint_id, checkpoint_id_of_folder
-from tests.helpers import fake_items, has_visual_tokenizer, write_mixed_corpus, write_texts
+from tests.helpers import fake_items, has_visual_tokenizer, unit, write_mixed_corpus, write_texts
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +54,6 @@ def new_index(path, model, kind: str = "index"):
         return Index.create(path, checkpoint_id(model), model.config.num_candidate_tokens, model.config.embed_dim)
     return open_store_for(spec(path, kind), checkpoint_id(model), model.config.num_candidate_tokens,
                           model.config.embed_dim)
-
-
-def unit(*shape: int, seed: int = 0) -> torch.Tensor:
-    return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
 
 
 # -------------------------------------------------------------------------------------- with the model

@@ -8,19 +8,14 @@ from dataclasses import replace
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from app.store import IndexError_, QdrantStore, is_qdrant, open_store, open_store_for
 from app.store.qdrant import EXACT_PREFETCH_ITEMS
 from app.store.qdrant_schema import point_id, split_layout, stored_fields, under
 from model.scoring import maxsim_dense
-from tests.helpers import fake_items
+from tests.helpers import fake_items, unit
 
 R_C, D = 64, 16
-
-
-def unit(*shape: int, seed: int = 0) -> torch.Tensor:
-    return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
 
 
 @pytest.fixture
