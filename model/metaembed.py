@@ -178,7 +178,8 @@ class MetaEmbed(nn.Module):
         if not 1 <= num <= total:
             raise ValueError(f"num_tokens={num} is out of range for {side}s: allowed 1..{total}")
         if self.config.meta_attention in GRANULAR:
-            batch = {**batch, "meta_levels": self.config.meta_levels(side), "meta_layout": self.config.meta_attention}
+            batch = {**batch, "meta_levels": self.config.meta_levels(side), "meta_layout": self.config.meta_attention,
+                     "meta_side": side}
         if meta_states is None:
             meta_states = torch.is_grad_enabled()  # training reads them (the readout's query weights and gate)
         # Without a readout, or with a trained one, the vectors need the meta states whatever was asked.

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .config import GRANULAR
 from .losses import mmr_loss
 from .metaembed import MetaEmbed
 from .train import false_negatives
@@ -57,7 +58,7 @@ def cache_states(model: MetaEmbed, texts: list[str], side: str, batch_size: int 
                  progress: bool = True) -> dict[str, Cached]:
     """Backbone states of each distinct text, keyed by the text."""
     if model.readout is None:
-        raise ValueError("cached readout training needs granular meta tokens (meta_attention 'spans' or 'phrases')")
+        raise ValueError(f"cached readout training needs granular meta tokens (meta_attention one of {list(GRANULAR)})")
     if model.config.lora_r:
         raise ValueError("cached readout training needs a frozen backbone (lora_r=None)")
     unique = sorted(set(texts), key=len)  # similar lengths together: less padding

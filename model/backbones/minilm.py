@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..parts import part_mask
+from ..parts import clustered_mask, part_mask
 from .base import Backbone, BackboneOutput, Parsed, additive_mask
 from .bert import load_bert
 
@@ -108,17 +108,28 @@ class TextEncoderBackbone(Backbone):
         num = meta.shape[0]
         levels = batch.get("meta_levels")
         span = None
+        layout = batch.get("meta_layout")
+        content_states = None
         if levels is not None:
             # Granular meta tokens: meta i sees only its own part of the content (and itself).
-            if batch.get("meta_layout") == "phrases":
+            if layout in ("phrases", "phrases+clusters"):
                 span = part_mask(batch["tokens"], levels, num, length).to(device)
             else:
                 span = span_mask(valid.sum(1), levels, num, length)
+            rows = self._clustered_rows(batch) if layout == "phrases+clusters" else []
+            if rows and num > sum(levels[:-1]):
+                # The finest parts are clusters of the content's states (content never attends to meta tokens,
+                # so they are the states the meta tokens read). Those rows run alone, unpadded: a padded batch
+                # moves the states' low bits (bf16 autocast), which could move a near-tied cluster boundary,
+                # and then one page would get other vectors in another batch.
+                content_states = self._rows_alone(ids, valid, rows)
+                span = clustered_mask(span.cpu(), batch["tokens"], content_states, rows, levels).to(device)
         elif not meta_states:
             raise ValueError("meta_states=False needs granular meta tokens (meta_levels in the batch)")
         if not meta_states:  # the plain encoder over the content
             return BackboneOutput(meta=None, tokens=batch.get("tokens"), extras=batch.get("extras", []),
-                                  content=self.model(ids, valid), span=span)
+                                  content=self.model(ids, valid) if content_states is None else content_states,
+                                  span=span)
         layers = self.model.encoder.layer
         emb = self.model.embeddings
         content = emb(input_ids=ids)
@@ -148,6 +159,33 @@ class TextEncoderBackbone(Backbone):
         return BackboneOutput(meta=hidden[:, length:], attention=attention, tokens=batch.get("tokens"),
                               extras=batch.get("extras", []), content=hidden[:, :length] if span is not None else None,
                               span=span)
+
+    def _rows_alone(self, ids: torch.Tensor, valid: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        """The content's last-layer states [B, L, H], each of `rows` computed alone without padding (the
+        others in one batch), so theirs are the same in any batch; no gradient (they choose parts)."""
+        alone = set(rows)
+        others = [b for b in range(ids.shape[0]) if b not in alone]
+        states = None
+        with torch.no_grad():
+            for b in rows:
+                n = int(valid[b].sum())
+                row = self.model(ids[b:b + 1, :n], valid[b:b + 1, :n])[0]
+                if states is None:
+                    states = row.new_zeros(*ids.shape, row.shape[-1])
+                states[b, :n] = row
+            if others:
+                states[others] = self.model(ids[others], valid[others])
+        return states
+
+    @staticmethod
+    def _clustered_rows(batch: dict) -> list[int]:
+        """Rows whose finest parts are clusters in the `phrases+clusters` layout: candidates read as text.
+        A photo's text, written by the visual tokenizer, is a list of concepts whose phrase parts are its words
+        already; a query is too short to cluster."""
+        if batch.get("meta_side") != "candidate":
+            return []
+        extras = batch.get("extras") or [{}] * len(batch["tokens"])
+        return [b for b, extra in enumerate(extras) if "visual" not in extra]
 
     @staticmethod
     def _meta_attention(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor, length: int) -> torch.Tensor:

@@ -190,7 +190,7 @@ def test_span_bounds_split_the_text_into_nested_parts():
     assert end[1].max() <= 2
 
 
-@pytest.fixture(scope="module", params=["spans", "phrases"])
+@pytest.fixture(scope="module", params=["spans", "phrases", "phrases+clusters"])
 def span_model(request):
     return MetaEmbed.from_config(MetaEmbedConfig(name="test-spans", meta_attention=request.param), device="cpu")
 
@@ -224,7 +224,7 @@ def test_untrained_readout_is_the_mean_of_each_span(span_model):
     """With its query weights and gate at zero, the span readout's state for meta token i is the plain mean of
     the frozen base's last-layer states over token i's span: the structure the readout starts from."""
     from model.backbones.minilm import span_mask
-    from model.parts import part_mask
+    from model.parts import clustered_mask, part_mask
 
     model = span_model
     batch = model.prepare(TEXTS, "candidate")
@@ -237,7 +237,10 @@ def test_untrained_readout_is_the_mean_of_each_span(span_model):
     if model.config.meta_attention == "spans":
         inside = span_mask(lengths, levels, 64, lengths.max()).float()
     else:
-        inside = part_mask(batch["tokens"], levels, 64, int(lengths.max())).float()
+        inside = part_mask(batch["tokens"], levels, 64, int(lengths.max()))
+        if model.config.meta_attention == "phrases+clusters":
+            inside = clustered_mask(inside, batch["tokens"], base, list(range(len(TEXTS))), levels)
+        inside = inside.float()
     expected = inside @ base / inside.sum(-1, keepdim=True)
     torch.testing.assert_close(states, expected, atol=2e-5, rtol=1e-4)
     # Its attention is what the app shows as "what this vector reads": uniform over the span, zero outside.
@@ -258,6 +261,68 @@ def test_span_mean_readout_skips_the_meta_states_with_the_same_vectors(span_mode
     torch.testing.assert_close(fast_out.attention, full_out.attention)
     grad, grad_out = span_model.embed(batch, side)  # training: the meta states are computed
     assert grad_out.meta is not None
+
+
+PAGES = [
+    "To add a package repository, edit the sources list and run the update command to refresh the package "
+    "lists. Signed repositories need their key in the keyrings folder, named by a signed-by option on the "
+    "repository's line. A repository without a key is refused: the update command warns and skips it, and "
+    "packages from it cannot be installed until its key is there. Keys expire, so an old key refuses a repository "
+    "that worked yesterday; fetch the new key from the repository's home page and put it where the old one was.",
+    "The kitten sleeps on the sofa all afternoon and wakes up hungry in the evening, when the house is quiet and "
+    "the garden birds have gone to roost in the old pear tree. Then it eats, washes its paws and face, and goes "
+    "out through the flap in the kitchen door to look for the neighbour's cat, which sits on the wall each night "
+    "and watches the garden, the birds in the pear tree and the kitten, and never comes down to play with it.",
+]
+
+
+@pytest.fixture(scope="module")
+def layouts():
+    cfg = dict(name="t", embed_dim=None, lora_r=None)
+    return {name: MetaEmbed.from_config(MetaEmbedConfig(meta_attention=name, **cfg), device="cpu")
+            for name in ("phrases", "phrases+clusters")}
+
+
+def test_clusters_layout_changes_only_a_text_candidates_finest_level(layouts):
+    """`phrases+clusters`: a page's 48 finest vectors read clusters of its states, every other vector (and
+    every query vector) reads what the `phrases` layout reads."""
+    phrases, clusters = layouts["phrases"], layouts["phrases+clusters"]
+    with torch.inference_mode():
+        a = phrases.encode_candidates(PAGES)
+        b = clusters.encode_candidates(PAGES)
+        torch.testing.assert_close(clusters.encode_queries(PAGES), phrases.encode_queries(PAGES))
+    torch.testing.assert_close(b[:, :16], a[:, :16], atol=5e-3, rtol=0)  # padding vs alone, in bf16
+    assert (b[:, 16:] - a[:, 16:]).norm(dim=-1).mean() > 0.1
+    batch = clusters.prepare(PAGES, "candidate")
+    with torch.inference_mode():
+        _, out = clusters.embed(batch, "candidate")
+    fine = out.span[:, 16:]
+    # The same page word in two far-apart sentences can share a finest vector; a phrase part never spans that.
+    spread = [(int(r.nonzero().max()) - int(r.nonzero().min())) for r in fine.reshape(-1, fine.shape[-1]) if r.any()]
+    assert max(spread) > 30
+    # A photo's text (written by the visual tokenizer) keeps its phrase parts in the same batch.
+    batch["extras"] = [{"visual": object()}, {}]
+    with torch.inference_mode():
+        _, mixed = clusters.embed(batch, "candidate")
+    assert torch.equal(mixed.span[0], part_mask_of(clusters, batch)[0]) and torch.equal(mixed.span[1], out.span[1])
+
+
+def part_mask_of(model, batch):
+    from model.parts import part_mask
+
+    return part_mask(batch["tokens"], model.config.meta_levels("candidate"), 64, batch["input_ids"].shape[1])
+
+
+def test_clusters_layout_gives_a_page_the_same_vectors_in_any_batch(layouts):
+    """Clusters follow the states closely enough that padding's rounding could move a boundary: a clustered
+    row runs alone, so a page gets exactly the same vectors alone, in a batch, in any order."""
+    model = layouts["phrases+clusters"]
+    items = [PAGES[0], "a short caption", PAGES[1]]
+    with torch.inference_mode():
+        together = model.encode_candidates(items)
+        alone = torch.cat([model.encode_candidates([t]) for t in items])
+        reversed_ = model.encode_candidates(items[::-1]).flip(0)
+    assert torch.equal(together, alone) and torch.equal(together, reversed_)
 
 
 def test_a_trained_readout_reads_the_meta_states():
