@@ -37,7 +37,8 @@ def build(studio: Studio) -> SimpleNamespace:
                 "look at the meta tokens. In the paper's layout (the vision-language backbones) meta token *i* "
                 "looks at all content and at meta tokens 1…*i*; in MetaEmbed-Mini's granular layout meta token 1 "
                 "reads the whole text and each later level splits it into ever smaller parts, one per meta token: "
-                "at sentence ends first, then at commas, then between words.",
+                "at sentence ends first, then at commas, then between words. (A page's 48 finest meta tokens read "
+                "clusters of alike words from anywhere in the passage instead.)",
                 elem_classes="me-caption")
     gr.Markdown("### 2 · Each meta token reads the content")
     t.attention = gr.Plot(show_label=False, elem_id="me-teach-attention")
