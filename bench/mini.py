@@ -61,6 +61,16 @@ def write_photos(folder: Path, sources: list[Path], n: int, size: tuple[int, int
     return files
 
 
+def rates(run, n: int, rounds: int) -> list[float]:
+    """Items per second of `rounds` timed calls of `run`, each encoding `n` items."""
+    out = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        run()
+        out.append(n / (time.perf_counter() - t))
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--photos", default=str(ROOT / "assets" / "examples"))
@@ -83,27 +93,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         files = write_photos(Path(tmp), sources, opts.n, size)
         model.encode_candidates([Image.open(files[0])])  # warm-up: loads the visual tokenizer
-        photo_rates = []
-        for _ in range(opts.rounds):
-            t = time.perf_counter()
-            model.encode_candidates([Image.open(f) for f in files], batch_size=32)
-            photo_rates.append(opts.n / (time.perf_counter() - t))
+        photo_rates = rates(lambda: model.encode_candidates([Image.open(f) for f in files], batch_size=32),
+                            opts.n, opts.rounds)
     from model.recipes.mini.text_pairs import stdlib_passages
 
     passages = [p for _, p in stdlib_passages(max_words=150) if len(p.split()) >= 80][:128]
     model.encode_candidates(passages[:8])
-    passage_rates = []
-    for _ in range(opts.rounds):
-        t = time.perf_counter()
-        model.encode_candidates(passages, batch_size=32)
-        passage_rates.append(len(passages) / (time.perf_counter() - t))
+    passage_rates = rates(lambda: model.encode_candidates(passages, batch_size=32), len(passages), opts.rounds)
     queries = QUERIES * 20
     model.encode_queries(queries[:8])
-    query_rates = []
-    for _ in range(opts.rounds):
-        t = time.perf_counter()
-        model.encode_queries(queries, batch_size=64)
-        query_rates.append(len(queries) / (time.perf_counter() - t))
+    query_rates = rates(lambda: model.encode_queries(queries, batch_size=64), len(queries), opts.rounds)
     load_avg = os.getloadavg()[0]
     print(f"load average at the end: {load_avg:.1f}")
     print("| measure | median | best | target |")
