@@ -181,7 +181,7 @@ class TextEncoderBackbone(Backbone):
     def _clustered_rows(batch: dict) -> list[int]:
         """Rows whose finest parts are clusters in the `phrases+clusters` layout: candidates read as text.
         A photo's text, written by the visual tokenizer, is a list of concepts whose phrase parts are its words
-        already; a query is too short to cluster."""
+        already (clustering them measured lower on the dev split); queries keep their phrase parts too."""
         if batch.get("meta_side") != "candidate":
             return []
         extras = batch.get("extras") or [{}] * len(batch["tokens"])
