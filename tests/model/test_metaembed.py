@@ -286,6 +286,8 @@ def layouts():
 def test_clusters_layout_changes_only_a_text_candidates_finest_level(layouts):
     """`phrases+clusters`: a page's 48 finest vectors read clusters of its states, every other vector (and
     every query vector) reads what the `phrases` layout reads."""
+    from model.parts import part_mask
+
     phrases, clusters = layouts["phrases"], layouts["phrases+clusters"]
     with torch.inference_mode():
         a = phrases.encode_candidates(PAGES)
@@ -304,13 +306,8 @@ def test_clusters_layout_changes_only_a_text_candidates_finest_level(layouts):
     batch["extras"] = [{"visual": object()}, {}]
     with torch.inference_mode():
         _, mixed = clusters.embed(batch, "candidate")
-    assert torch.equal(mixed.span[0], part_mask_of(clusters, batch)[0]) and torch.equal(mixed.span[1], out.span[1])
-
-
-def part_mask_of(model, batch):
-    from model.parts import part_mask
-
-    return part_mask(batch["tokens"], model.config.meta_levels("candidate"), 64, batch["input_ids"].shape[1])
+    phrase_parts = part_mask(batch["tokens"], clusters.config.meta_levels("candidate"), 64, batch["input_ids"].shape[1])
+    assert torch.equal(mixed.span[0], phrase_parts[0]) and torch.equal(mixed.span[1], out.span[1])
 
 
 def test_clusters_layout_gives_a_page_the_same_vectors_in_any_batch(layouts):
