@@ -55,7 +55,9 @@
 
 /* Candidates per register block (12 accumulators); a tile is a whole number of blocks, the last one padded
  * with repeats of its last candidate, whose scores are dropped. */
+#ifndef NC
 #define NC 12
+#endif
 /* f32: a tile's widened vectors fill at most 32 KiB, the L1 of every x86 core since 2011. bf16: candidates
  * per tile, so that each of its r_c vectors is one long read (measured: 48 -> 2400 took 95 -> 78 ms at
  * (16, 64), N = 20,000, D = 128, one thread), and the running maxima stay within 256 KiB. */
@@ -64,7 +66,9 @@
 #define RUN_FLOATS 65536
 /* Ask for the vectors PREFETCH_AHEAD blocks on while a block is multiplied, so that reading memory
  * overlaps the arithmetic. */
+#ifndef PREFETCH_AHEAD
 #define PREFETCH_AHEAD 2
+#endif
 /* Query vectors (r_q) from which variant 1 runs on AMX tiles where the CPU has them: fewer leave most tile
  * columns idle. Decided per query, not per call, so that a query scores the same alone or in a batch.
  * One thread, N = 20,000, on the project's Sapphire Rapids-class Xeon, vdpbf16ps against AMX, ms: D = 128,

@@ -11,7 +11,8 @@ folder for this process only: a shared, predictable temp path would let another 
 library there. Where nothing can build it (no compiler, a CPU without AVX2, not x86-64) or
 `METAEMBED_MAXSIM_KERNEL=0`, scoring keeps torch's paths, with one warning saying why when a build failed.
 `METAEMBED_KERNEL_CFLAGS` adds compiler flags, for measurements: "-DAMX_MIN_RQ=99" times the vdpbf16ps
-path on a CPU with AMX, as a CPU without AMX runs it.
+path on a CPU with AMX, as a CPU without AMX runs it; "-DNC=8" or "-DPREFETCH_AHEAD=4" try another register
+block or prefetch distance (docs/benchmarks.md, "The fused kernel on an AMD EPYC without AMX").
 """
 
 from __future__ import annotations
