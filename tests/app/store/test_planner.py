@@ -25,21 +25,35 @@ def test_the_switch_counts_the_vectors_dimension():
 
 
 def test_emulated_bf16_switches_earlier_and_presets_split_as_measured():
-    assert exact_work_budget(False) < exact_work_budget(True) / 4
-    # 10,000 items of MetaEmbed-Mini v2 (64 x 384): on a CPU without native bf16 only the two smallest
-    # presets stay exact; with native bf16 everything up to (8, 16).
-    emulated = [uses_exact(10_000, r_c, 384, native_bf16=False) for r_c in (1, 4, 8, 16, 64)]
-    native = [uses_exact(10_000, r_c, 384, native_bf16=True) for r_c in (1, 4, 8, 16, 64)]
-    assert emulated == [True, True, False, False, False]
-    assert native == [True, True, True, True, False]
+    assert exact_work_budget(False, fp32_kernel=False) < exact_work_budget(True) / 4
+    assert exact_work_budget(False, fp32_kernel=False) < exact_work_budget(False, fp32_kernel=True)
+    assert exact_work_budget(False, fp32_kernel=True) < exact_work_budget(True)
+    # 10,000 items of MetaEmbed-Mini (64 x 384): on a CPU without native bf16 torch's paths keep only the two
+    # smallest presets exact, the fused kernel's fp32 variant also (4, 8); with native bf16 everything up to
+    # (8, 16).
+    def split(**cpu):
+        return [uses_exact(10_000, r_c, 384, **cpu) for r_c in (1, 4, 8, 16, 64)]
+
+    assert split(native_bf16=False, fp32_kernel=False) == [True, True, False, False, False]
+    assert split(native_bf16=False, fp32_kernel=True) == [True, True, True, False, False]
+    assert split(native_bf16=True) == [True, True, True, True, False]
+
+
+def test_the_kernel_price_follows_whether_its_fp32_variant_loads(monkeypatch):
+    monkeypatch.setattr(planner, "cpu_has_native_bf16", lambda: False)
+    for loads in (True, False):
+        monkeypatch.setattr(planner, "fp32_kernel_scores", lambda dim=8, loads=loads: loads)
+        assert exact_work_budget() == exact_work_budget(False, fp32_kernel=loads)
+        assert uses_exact(10_000, 8, 384) == loads
 
 
 def test_collections_within_the_depth_are_always_exact():
     # The first stage would hand every item to the re-rank: the same work plus an IVF to build.
-    assert uses_exact(1_000, 64, 384, native_bf16=False)
-    assert not uses_exact(1_001, 64, 384, native_bf16=False)
-    assert not uses_exact(2_000, 64, 384, depth=1_999, native_bf16=False)
-    assert uses_exact(2_000, 64, 384, depth=2_000, native_bf16=False)
+    torch_paths = {"native_bf16": False, "fp32_kernel": False}
+    assert uses_exact(1_000, 64, 384, **torch_paths)
+    assert not uses_exact(1_001, 64, 384, **torch_paths)
+    assert not uses_exact(2_000, 64, 384, depth=1_999, **torch_paths)
+    assert uses_exact(2_000, 64, 384, depth=2_000, **torch_paths)
 
 
 def test_the_cpu_class_comes_from_the_bf16_capability(monkeypatch):
@@ -56,7 +70,7 @@ def test_index_search_takes_the_path_the_planner_picks(tmp_path, monkeypatch):
     calls = []
     search = index_module.FirstStage.search
     monkeypatch.setattr(index_module.FirstStage, "search", lambda self, *a: calls.append(a) or search(self, *a))
-    monkeypatch.setattr(planner, "exact_work_budget", lambda native_bf16=None: 120 * 4 * 16)
+    monkeypatch.setattr(planner, "exact_work_budget", lambda *cpu: 120 * 4 * 16)
     query = vectors[3]
     for r_c, two_stage in ((4, False), (8, True)):
         calls.clear()
