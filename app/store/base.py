@@ -8,7 +8,7 @@ qdrant-client's local mode), so the CLI, the app and the search path work with e
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -44,8 +44,8 @@ class Store(Protocol):
     def info(self) -> dict: ...
     def scored_budget(self, budget: tuple[int, int]) -> tuple[int, int]: ...
     def exact_for(self, r_c: int) -> bool: ...
-    def search(self, q: torch.Tensor, budget: tuple[int, int], k: int = 10, *,
-               exact: bool | None = None) -> list[tuple[int, float]]: ...
+    def search(self, q: torch.Tensor, budget: tuple[int, int], k: int = 10, *, exact: bool | None = None,
+               kinds: Collection[str] | None = None) -> list[tuple[int, float]]: ...  # kinds: of ITEM_KINDS
     def add(self, items: Sequence[Any], vectors: torch.Tensor | np.ndarray) -> list[str | None]: ...
     def remove(self, targets: Iterable[str]) -> list[IndexedItem]: ...  # the removed items, by id
     def compact(self) -> None: ...

@@ -57,3 +57,18 @@ def check_search(q: Any, budget: Any, k: Any, dim: int, num_vectors: int) -> tup
         raise ValueError(f"search: budget ({r_q}, {r_c}) is out of range: allowed r_q 1..{q.shape[0]} "
                          f"and r_c 1..{num_vectors}")
     return r_q, r_c
+
+
+ITEM_KINDS = ("image", "pdf_page", "text")  # the kinds of item a store holds (app.ingest.events.ItemKind)
+
+
+def check_kinds(kinds: Any) -> frozenset[str] | None:
+    """A store's `kinds` argument checked: None (every item) or a non-empty set of ITEM_KINDS, as a frozenset;
+    ValueError in plain words otherwise."""
+    if kinds is None:
+        return None
+    found = frozenset([kinds] if isinstance(kinds, str) else kinds)
+    unknown = sorted(str(k) for k in found - set(ITEM_KINDS))
+    if unknown or not found:
+        raise ValueError(f"search: kinds must be some of {', '.join(ITEM_KINDS)}, got {sorted(map(str, found))}")
+    return found

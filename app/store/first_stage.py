@@ -83,12 +83,18 @@ class FirstStage:
         """True when the IVF should be rebuilt: grown far past its training size or mostly dead rows."""
         return live > REBUILD_GROWTH * self.trained_on or self.size > 2 * max(live, 1)
 
-    def search(self, query_first: np.ndarray, depth: int) -> np.ndarray:
-        """Rowids of the `depth` items whose first vector best matches the query's first vector."""
+    def search(self, query_first: np.ndarray, depth: int, allowed: np.ndarray | None = None) -> np.ndarray:
+        """Rowids of the `depth` items whose first vector best matches the query's first vector; only among
+        the rowids `allowed` when given (faiss skips the others while it scans, so all `depth` are allowed)."""
         q = np.ascontiguousarray(query_first.reshape(1, -1), dtype=np.float32)
         ivf = faiss.extract_index_ivf(self.index)
-        ivf.nprobe = probes(ivf.nlist, self.size)  # set per search: the IVF grows between rebuilds
-        _scores, ids = self.index.search(q, depth)
+        nprobe = probes(ivf.nlist, self.size)  # per search: the IVF grows between rebuilds
+        if allowed is None:
+            ivf.nprobe = nprobe
+            _scores, ids = self.index.search(q, depth)
+        else:
+            selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
+            _scores, ids = self.index.search(q, depth, params=faiss.SearchParametersIVF(sel=selector, nprobe=nprobe))
         ids = ids[0]
         return ids[ids >= 0]
 

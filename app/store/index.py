@@ -26,7 +26,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from .errors import (
     REBUILD_HINT,
     CheckpointMismatch,
     IndexError_,
+    check_kinds,
     check_layout,
     check_search,
     mismatch_message,
@@ -113,6 +114,7 @@ class Index:
         self._view: View | None = None
         self._open_segments: dict[str, np.ndarray] = {}
         self._first_stage = None  # FirstStage, built on demand
+        self._kind_rowids: tuple[tuple[int, frozenset[str]], np.ndarray] | None = None  # (version, kinds) -> rowids
         self._writes = 0  # our own commits, which PRAGMA data_version does not count
         self._versioned = record_file_versions(conn)  # False: no version is ever called stale
         self._lock = threading.RLock()
@@ -335,25 +337,32 @@ class Index:
 
     @_locked
     def search(self, q: torch.Tensor, budget: tuple[int, int], k: int = 10, *, exact: bool | None = None,
-               depth: int = FIRST_STAGE_DEPTH) -> list[tuple[int, float]]:
+               depth: int = FIRST_STAGE_DEPTH, kinds: Collection[str] | None = None) -> list[tuple[int, float]]:
         """Best `k` items for one query's vectors q [R_q, D] at budget (r_q, r_c): [(rowid, score)].
 
         exact=None lets `uses_exact` (app.store.planner) choose: exact while items x r_c x D fits this CPU's
         budget, else the first stage (top `depth` by first vectors, then exact MaxSim); True/False force either.
+        `kinds`: only items of these kinds (ITEM_KINDS), counted as the collection the switch weighs; the first
+        stage then looks among them alone, so a kind with few items is not crowded out of its `depth`.
         """
         r_q, r_c = check_search(q, budget, k, self.dim, self.num_vectors)
+        kinds = check_kinds(kinds)
         budget = (r_q, r_c)
         view = self.view()
-        if view.count == 0:
+        allowed = None if kinds is None else self._rowids_of_kinds(view, kinds)
+        count = view.count if allowed is None else len(allowed)
+        if count == 0:
             return []
         qb = q.unsqueeze(0)
         if exact is None:
-            exact = uses_exact(view.count, r_c, self.dim, depth=max(depth, k))
-        if exact:
+            exact = uses_exact(count, r_c, self.dim, depth=max(depth, k))
+        if exact and allowed is None:
             rowids, scores = view.score_all(qb, budget)
+        elif exact:
+            rowids, scores = view.score_rows(qb, budget, allowed)
         else:
             rowids, scores = view.score_rows(qb, budget, self.first_stage(view).search(
-                q[0].float().numpy(), max(depth, k)))
+                q[0].float().numpy(), max(depth, k), allowed))
         if not scores.numel():
             return []
         # Fast bf16 scores can misorder near-ties; the few that may reach the top k are ranked in fp32 (where
@@ -363,6 +372,17 @@ class Index:
             rowids, scores = view.score_rows(qb, budget, shortlist, precise=True)
         top = torch.topk(scores, min(k, scores.numel()))
         return [(int(rowids[i]), float(s)) for s, i in zip(top.values, top.indices)]
+
+    def _rowids_of_kinds(self, view: View, kinds: frozenset[str]) -> np.ndarray:
+        """Sorted rowids of the items of these kinds, read once per snapshot (removed ones are left out when
+        they are scored, as the first stage's are)."""
+        key = (view.version, kinds)
+        if self._kind_rowids is None or self._kind_rowids[0] != key:
+            marks = ",".join("?" * len(kinds))
+            rows = self._conn.execute(f"SELECT rowid FROM items WHERE kind IN ({marks}) ORDER BY rowid",
+                                      sorted(kinds)).fetchall()
+            self._kind_rowids = (key, np.array([r[0] for r in rows], dtype=np.int64))
+        return self._kind_rowids[1]
 
     @_locked
     def first_stage(self, view: View | None = None) -> FirstStage:

@@ -36,14 +36,14 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .errors import CheckpointMismatch, IndexError_, check_layout, check_search, mismatch_message
+from .errors import CheckpointMismatch, IndexError_, check_kinds, check_layout, check_search, mismatch_message
 from .items import ID_LENGTH, IndexedItem, target_paths
 from .planner import FIRST_STAGE_DEPTH
 from .qdrant_schema import (
@@ -311,11 +311,15 @@ class QdrantStore:
 
     @_guarded
     def search(self, q: torch.Tensor, budget: tuple[int, int], k: int = 10, *, exact: bool | None = None,
-               depth: int = FIRST_STAGE_DEPTH) -> list[tuple[int, float]]:
-        """Best `k` items for one query's vectors q [R_q, D] at budget (r_q, r_c): [(point id, score)]."""
+               depth: int = FIRST_STAGE_DEPTH, kinds: Collection[str] | None = None) -> list[tuple[int, float]]:
+        """Best `k` items for one query's vectors q [R_q, D] at budget (r_q, r_c): [(point id, score)];
+        `kinds`: only items of these kinds (ITEM_KINDS), by a payload filter on the search and its prefetch."""
         from qdrant_client import models
 
         r_q, r_c = check_search(q, budget, k, self.dim, self.num_vectors)
+        kinds = check_kinds(kinds)
+        only = None if kinds is None else models.Filter(
+            must=[models.FieldCondition(key="kind", match=models.MatchAny(any=sorted(kinds)))])
         r_c = self.scored_budget((r_q, r_c))[1]
         qf = q[:r_q].float()
         if exact is None:
@@ -327,9 +331,10 @@ class QdrantStore:
             query, using = qf.tolist(), f"c{r_c}"
             if not exact:
                 prefetch = models.Prefetch(query=qf[0].tolist(), using="first", limit=max(depth, k),
-                                           params=self._prefetch_params(max(depth, k)))
+                                           params=self._prefetch_params(max(depth, k)), filter=only)
         found = self._client.query_points(
             self.collection, query=query, using=using, prefetch=prefetch, limit=k, with_payload=False,
+            query_filter=only,
             search_params=models.SearchParams(exact=True) if exact and not self._local else None).points
         return [(int(p.id), float(p.score)) for p in found]
 

@@ -110,7 +110,7 @@ def create_collection(client: Any, collection: str, checkpoint_id: str, num_vect
     layout = {} if local else {"shard_number": shard_number, "replication_factor": replication_factor}
     client.create_collection(collection, vectors_config=config, metadata={META_KEY: meta}, **layout)
     if not local:  # local mode has no payload indexes (and warns about them)
-        for key in ("id", "content_hash", "path", "under", "file_sha256"):
+        for key in ("id", "content_hash", "path", "under", "file_sha256", "kind"):
             client.create_payload_index(collection, key, models.PayloadSchemaType.KEYWORD)
 
 

@@ -6,6 +6,7 @@ qdrant-client's local mode, offline); the rest test the embedded index's own fil
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import sqlite3
@@ -382,6 +383,38 @@ def test_removed_items_never_come_back_from_the_first_stage(tmp_path, monkeypatc
     assert best not in [r for r, _ in after] and len(after) == 5
     with pytest.raises(KeyError):
         index.vectors(victim.id)
+
+
+@every_store
+def test_search_by_kind_ranks_only_those_items_as_among_everything(tmp_path, monkeypatch, kind):
+    monkeypatch.setattr(index_module.FirstStage, "build", _small_build(index_module.FirstStage.build))
+    index = open_store_for(spec(tmp_path / "idx", kind), "ck", 4, 16)
+    # 300 items: 6 photos, the rest pages and passages, as a folder of PDFs with a few pictures.
+    kinds = ["image" if i % 50 == 0 else ("pdf_page" if i % 2 else "text") for i in range(300)]
+    items = [dataclasses.replace(it, kind=k) for it, k in zip(fake_items(300), kinds, strict=True)]
+    vectors = unit(300, 4, 16, seed=8)
+    index.add(items, vectors)
+    query = vectors[1]  # a page's own vectors: the pages outrank every photo
+    everything = index.search(query, (4, 4), k=300, exact=True)
+    kind_of = {pid: it.kind for pid, it in index.get_many([pid for pid, _ in everything]).items()}
+    for wanted in ({"image"}, {"pdf_page", "text"}, {"text"}):
+        expected = [(pid, s) for pid, s in everything if kind_of[pid] in wanted][:5]
+        found = index.search(query, (4, 4), k=5, exact=True, kinds=wanted)
+        assert [pid for pid, _ in found] == [pid for pid, _ in expected]
+        np.testing.assert_allclose([s for _, s in found], [s for _, s in expected], atol=1e-5)
+    photos = [pid for pid, _ in everything if kind_of[pid] == "image"]
+    if kind == "index":
+        # Two-stage: the first stage looks among the photos alone, so a depth of 10 (of 300 items) still
+        # hands all six to the re-rank, and a removed photo never comes back.
+        assert sorted(pid for pid, _ in index.search(query, (4, 4), k=6, exact=False, depth=10,
+                                                       kinds={"image"})) == sorted(photos)
+        index.remove([index.get_many([photos[0]])[photos[0]].id])
+        again = index.search(query, (4, 4), k=6, exact=False, depth=10, kinds="image")
+        assert sorted(pid for pid, _ in again) == sorted(photos[1:])
+    for bad in ({"photo"}, set()):
+        with pytest.raises(ValueError, match="kinds must be some of image, pdf_page, text"):
+            index.search(query, (4, 4), k=5, kinds=bad)
+    index.close()
 
 
 def test_small_collections_are_scanned_whole_by_the_first_stage():
