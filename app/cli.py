@@ -166,7 +166,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         query: Any = args.query
         if args.image:
             query = _load_query_image(args.query)
-        results = searcher.search(query, budget, k=args.k)
+        results = searcher.search(query, budget, k=args.k, only=args.only)
     if args.json:
         out = results.to_json()
         out["query"] = args.query
@@ -174,7 +174,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         # The comparable score, as the app shows it: a raw MaxSim sum grows with r_q and reads differently at
         # every budget (--json has both).
-        print(f"{len(results.hits)} results for {args.query!r} at budget {budget} (score: the mean best "
+        among = f" among the {args.only}" if args.only else ""
+        print(f"{len(results.hits)} results for {args.query!r}{among} at budget {budget} (score: the mean best "
               "similarity of the query's vectors, 0-1, comparable across budgets):")
         if index.scored_budget(budget) != budget:
             print(f"  (scored at {index.scored_budget(budget)}: this store keeps the presets' r_c only)")
@@ -379,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", metavar="R_Q,R_C", help="vectors used per query and per item (default: largest preset)")
     p.add_argument("--k", type=int, default=10, help="number of results (default 10)")
     p.add_argument("--image", action="store_true", help="QUERY is an image file: find similar items")
+    p.add_argument("--only", choices=["photos", "documents"],
+                   help="rank only photos, or only PDF pages and text files (default: everything)")
     p.add_argument("--checkpoint", metavar="ID_OR_PATH", help="default: the checkpoint recorded in the index")
     p.set_defaults(func=cmd_search)
 

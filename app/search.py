@@ -3,7 +3,7 @@
     queries = QueryCache()                                  # shared by every search of a process
     vectors = queries.vectors(query, ckpt_id, encode)       # [R_q, D], encoded once at full R_q
     budget = check_budget((8, 16), r_q_max, r_c_max, presets)
-    hits = rank([("samples", idx1), ("yours", idx2)], vectors, budget, k=10)
+    hits = rank([("samples", idx1), ("yours", idx2)], vectors, budget, k=10)  # only="photos": photos alone
 
 A budget only picks prefixes of vectors that were computed once, so the app's budget slider re-ranks from
 cached query vectors without running the model again (the point of MetaEmbed's nested budgets).
@@ -36,6 +36,8 @@ DEFAULT_CACHE_SIZE = 256
 PAGE_DEPTH = 4  # one_per_page: items fetched per result wanted (a page has its page item plus a few passages)
 CALIBRATION_NAME = "calibration.json"  # a checkpoint's weak-match threshold (bench/weak_match.py --write)
 WHOLE_MATCH = (1, 1)  # the budget whose score judges a query as a whole (the weak-match flag)
+# What a search can be limited to, and the kinds of item each takes (a PDF's passages are documents too).
+ONLY = {"everything": None, "photos": ("image",), "documents": ("pdf_page", "text")}
 
 
 # ------------------------------------------------------------------------------------------------ results
@@ -234,20 +236,22 @@ def load_calibration(folder: str | os.PathLike | None, ckpt_id: str) -> Calibrat
 
 
 def rank(sources: Sequence[tuple[str | None, Store]], vectors: torch.Tensor, budget: tuple[int, int], k: int,
-         exact: bool | None = None, one_per_page: bool = False) -> list[Hit]:
+         exact: bool | None = None, one_per_page: bool = False, only: str | None = None) -> list[Hit]:
     """The `k` best items over one or more indexes for one query's vectors [R_q, D] at `budget`.
 
     `sources` are (collection key or None, index). Each index scores its own items (exactly, or first
     stage + exact re-rank above its size threshold, unless `exact` forces one); the lists are merged by score.
     `one_per_page`: a PDF page (its page item and its passages) or a text file (its passages) is one result,
-    at its best item's score, as a person reads results.
+    at its best item's score, as a person reads results. `only`: "photos" or "documents" ranks those alone
+    (`ONLY`), with the scores they have among everything.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
+    kinds = kinds_of(only)
     depth = k * PAGE_DEPTH if one_per_page else k
     found: list[tuple[float, str | None, IndexedItem]] = []
     for key, index in sources:
-        ranked = index.search(vectors, budget, depth, exact=exact)
+        ranked = index.search(vectors, budget, depth, exact=exact, kinds=kinds)
         items = index.get_many([rowid for rowid, _ in ranked])
         # An item removed by another process between scoring and fetching is skipped.
         found += [(score, key, items[rowid]) for rowid, score in ranked if rowid in items]
@@ -263,6 +267,16 @@ def rank(sources: Sequence[tuple[str | None, Store]], vectors: torch.Tensor, bud
         found = best
     return [Hit(n, item.id, item.path, item.page, score, item, key, budget=tuple(budget))
             for n, (score, key, item) in enumerate(found[:k], start=1)]
+
+
+def kinds_of(only: str | None) -> tuple[str, ...] | None:
+    """The item kinds a search limited to `only` ("photos", "documents", "everything" or None) ranks; None:
+    every item. ValueError naming the choices otherwise."""
+    if only is None:
+        return None
+    if only not in ONLY:
+        raise ValueError(f"only must be one of {', '.join(ONLY)}, got {only!r}")
+    return ONLY[only]
 
 
 # ------------------------------------------------------------------------------------------------ searcher
@@ -302,8 +316,9 @@ class Searcher:
         return self.queries.vectors(query, self.checkpoint_id, self.model.encode_queries)
 
     def search(self, query: Query, budget: tuple[int, int] | None = None, k: int = 10,
-               exact: bool | None = None, one_per_page: bool = True) -> SearchResults:
-        """The `k` best results for `query` at `budget` (default: the largest preset).
+               exact: bool | None = None, one_per_page: bool = True, only: str | None = None) -> SearchResults:
+        """The `k` best results for `query` at `budget` (default: the largest preset), of `only` "photos" or
+        "documents" when given.
 
         One result per PDF page or text file, at its best item's score, as the app and its API rank them
         (`rank(..., one_per_page=True)`); `one_per_page=False` ranks every item (page and passages apart).
@@ -311,10 +326,11 @@ class Searcher:
         budget = self.check_budget(budget)
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
+        kinds = kinds_of(only)
         vecs = self.query_vectors(query)
         if exact is None:
-            exact = self.index.exact_for(budget[1])
-        hits = rank([(None, self.index)], vecs, budget, k, exact=exact, one_per_page=one_per_page)
+            exact = self.index.exact_for(budget[1], kinds=kinds)
+        hits = rank([(None, self.index)], vecs, budget, k, exact=exact, one_per_page=one_per_page, only=only)
         return SearchResults(query, budget, hits, exact, vecs)
 
     def explain(self, query: Query, item_id: str, budget: tuple[int, int] | None = None) -> dict:

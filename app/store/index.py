@@ -330,10 +330,12 @@ class Index:
     def scored_budget(self, budget: tuple[int, int]) -> tuple[int, int]:
         return budget  # every budget is scored as asked: a prefix of the stored vectors is a slice
 
-    def exact_for(self, r_c: int) -> bool:
-        """Whether a search at candidate budget r_c scores every item (else first stage, then MaxSim); the
-        rule, counting items x r_c x D and this CPU's bf16 class, is app.store.planner.uses_exact."""
-        return uses_exact(self.view().count, r_c, self.dim)
+    def exact_for(self, r_c: int, *, kinds: Collection[str] | None = None) -> bool:
+        """Whether a search at candidate budget r_c (of the items of `kinds` only, when given) scores every
+        item (else first stage, then MaxSim); the rule, counting items x r_c x D and this CPU's bf16 class, is
+        app.store.planner.uses_exact."""
+        view, kinds = self.view(), check_kinds(kinds)
+        return uses_exact(view.count if kinds is None else len(self._rowids_of_kinds(view, kinds)), r_c, self.dim)
 
     @_locked
     def search(self, q: torch.Tensor, budget: tuple[int, int], k: int = 10, *, exact: bool | None = None,

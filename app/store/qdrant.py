@@ -298,16 +298,26 @@ class QdrantStore:
         r_q, r_c = budget
         return r_q, next((f for f in self.fields if f >= r_c), self.num_vectors)
 
-    def exact_for(self, r_c: int, depth: int = FIRST_STAGE_DEPTH) -> bool:
-        """Whether a search at candidate budget r_c scores every item (else prefetch, then MaxSim).
+    def exact_for(self, r_c: int, depth: int = FIRST_STAGE_DEPTH, *, kinds: Collection[str] | None = None) -> bool:
+        """Whether a search at candidate budget r_c (of the items of `kinds` only, when given) scores every
+        item (else prefetch, then MaxSim).
 
         Local mode always: qdrant-client rescores prefetched points with a full search filtered to them, so
         a prefetch saves no work there (bench/scale.py: every query scored every point either way)."""
-        return self._local or self.scored_budget((1, r_c))[1] == 1 or self._approximate_count() <= depth
+        return (self._local or self.scored_budget((1, r_c))[1] == 1
+                or self._approximate_count(self._kind_filter(check_kinds(kinds))) <= depth)
 
-    def _approximate_count(self) -> int:
+    def _approximate_count(self, only: Any = None) -> int:
         # Qdrant's estimate: enough to plan a search, and no exact count on every query of a large server.
-        return int(self._client.count(self.collection, exact=False).count)
+        return int(self._client.count(self.collection, count_filter=only, exact=False).count)
+
+    @staticmethod
+    def _kind_filter(kinds: frozenset[str] | None) -> Any:
+        """The payload filter for items of `kinds` (None: no filter)."""
+        from qdrant_client import models
+
+        return None if kinds is None else models.Filter(
+            must=[models.FieldCondition(key="kind", match=models.MatchAny(any=sorted(kinds)))])
 
     @_guarded
     def search(self, q: torch.Tensor, budget: tuple[int, int], k: int = 10, *, exact: bool | None = None,
@@ -317,13 +327,11 @@ class QdrantStore:
         from qdrant_client import models
 
         r_q, r_c = check_search(q, budget, k, self.dim, self.num_vectors)
-        kinds = check_kinds(kinds)
-        only = None if kinds is None else models.Filter(
-            must=[models.FieldCondition(key="kind", match=models.MatchAny(any=sorted(kinds)))])
+        only = self._kind_filter(check_kinds(kinds))
         r_c = self.scored_budget((r_q, r_c))[1]
         qf = q[:r_q].float()
         if exact is None:
-            exact = self.exact_for(r_c, max(depth, k))
+            exact = self.exact_for(r_c, max(depth, k), kinds=kinds)
         prefetch = None
         if r_c == 1:
             query, using = qf.sum(0).tolist(), "first"

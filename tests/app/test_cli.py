@@ -84,6 +84,16 @@ def test_index_search_info_list_remove_json(tmp_path, ckpt, capsys, flag):
     code, out, _ = run(capsys, "search", "quarterly revenue report", flag, idx, "--json", "--budget", "2,4")
     assert code == 0 and json.loads(out)["budget"] == [2, 4]
 
+    # --only ranks the photos alone, or the pages and text files alone.
+    photos = {str(files["png"].resolve()), str(files["jpg"].resolve())}
+    code, out, _ = run(capsys, "search", "quarterly revenue report", flag, idx, "--json", "--k", "10", "--only", "photos")
+    assert code == 0 and {r["path"] for r in json.loads(out)["results"]} == photos
+    code, out, _ = run(capsys, "search", "a red square", flag, idx, "--json", "--k", "10", "--only", "documents")
+    documents = json.loads(out)["results"]
+    assert code == 0 and len(documents) >= 4 and not {r["path"] for r in documents} & photos
+    code, out, _ = run(capsys, "search", "a red square", flag, idx, "--only", "photos")
+    assert code == 0 and out.startswith("2 results for 'a red square' among the photos at budget (16, 64)")
+
     code, out, _ = run(capsys, "info", flag, idx, "--json")
     info = json.loads(out)
     assert code == 0 and info["items"] == len(report["indexed"]) and info["checkpoint_source"] == str(ckpt.resolve())

@@ -105,6 +105,11 @@ def test_bad_queries_and_k(model, index):
         searcher.search("cedar", k=0)
     with pytest.raises(ValueError, match="a query is a str or a PIL image"):
         searcher.search(42)
+    with pytest.raises(ValueError, match="only must be one of everything, photos, documents, got 'pictures'"):
+        searcher.search("cedar", only="pictures")
+    # The index holds text files only: no photos to rank, and "everything" is no limit.
+    assert searcher.search("cedar", only="photos").hits == []
+    assert searcher.search("cedar", only="everything").hits == searcher.search("cedar").hits
 
 
 def test_query_cache_is_lru_and_image_keys_follow_the_pixels(model, index):
