@@ -258,19 +258,22 @@ class Studio:
         return check_budget((r_q, r_c), engine.num_query_vectors, engine.num_candidate_vectors, engine.presets)
 
     def search(self, query: QueryState, session_key: str | None, r_q: int, r_c: int, k: int = 24,
-               include_samples: bool = True) -> list[Hit]:
+               include_samples: bool = True, only: str | None = None) -> list[Hit]:
         """The k best results over the visitor's collections at budget (r_q, r_c) (app.search.rank), one per
-        PDF page or text file; paths are shown relative to each collection's folder, never as server paths."""
+        PDF page or text file, of `only` "photos" or "documents" when given; paths are shown relative to each
+        collection's folder, never as server paths."""
         budget = self.check_budget(r_q, r_c)
         colls = {c.key: c for c in self.collections(session_key, include_samples)}
         sources = [(key, idx) for key, c in colls.items() if (idx := c.index(self.engine, create=False)) is not None]
-        hits = rank(sources, query.vectors, budget, k, one_per_page=True)
+        hits = rank(sources, query.vectors, budget, k, one_per_page=True, only=only)
         return [dataclasses.replace(h, path=colls[h.collection].display_path(h.path)) for h in hits]
 
-    def whole_match(self, query: QueryState, session_key: str | None, include_samples: bool = True) -> float | None:
-        """How close the nearest item comes to the query taken as a whole: the comparable score of the best
-        result at budget WHOLE_MATCH (what the weak-match flag judges, at every budget); None for no items."""
-        hits = self.search(query, session_key, *WHOLE_MATCH, k=1, include_samples=include_samples)
+    def whole_match(self, query: QueryState, session_key: str | None, include_samples: bool = True,
+                    only: str | None = None) -> float | None:
+        """How close the nearest item (of `only`, when given) comes to the query taken as a whole: the
+        comparable score of the best result at budget WHOLE_MATCH (what the weak-match flag judges, at every
+        budget); None for no items."""
+        hits = self.search(query, session_key, *WHOLE_MATCH, k=1, include_samples=include_samples, only=only)
         return comparable_score(hits[0].score, WHOLE_MATCH[0]) if hits else None
 
     def thumbnail(self, hit: Hit, session_key: str | None) -> str:

@@ -10,7 +10,7 @@ import json
 
 import gradio as gr
 
-from app.search import Hit
+from app.search import ONLY, Hit, kinds_of
 from app.service import Studio
 from app.ui.collection_tab import index_upload
 from app.ui.common import gpu, session_of
@@ -33,6 +33,7 @@ def build_and_wire(studio: Studio) -> None:
         r_c = gr.Number(value=presets[-1][1], precision=0, label="r_c")
         k = gr.Number(value=10, precision=0, label="k")
         samples = gr.Checkbox(value=True, label="include_samples")
+        only = gr.Radio(list(ONLY), value="everything", label="only")
         # JSON as text: gradio_client (1.x/2.x, protocol sse_v3) takes any JSON object with a "path" string
         # for a file and tries to download it, so objects with a "path" key cannot travel as gr.JSON.
         results = gr.Textbox(label="results_json")
@@ -42,7 +43,7 @@ def build_and_wire(studio: Studio) -> None:
         index_btn = gr.Button()
 
     @gpu
-    def api_search(query, r_q, r_c, k, include_samples, request: gr.Request) -> str:
+    def api_search(query, r_q, r_c, k, include_samples, only, request: gr.Request) -> str:
         """Search the user's photos and documents (and the sample collection) with MetaEmbed multi-vector
         late interaction. Returns JSON text (use json.loads): a list of {rank, id, path, page, score,
         comparable_score, collection, kind}, best first, one per photo, PDF page or text file; score is MaxSim,
@@ -55,15 +56,18 @@ def build_and_wire(studio: Studio) -> None:
             r_c: vectors per item used, 1-64; smaller budgets are faster and coarser.
             k: how many results, 1-1000.
             include_samples: also search the bundled sample collection.
+            only: "everything" (the default), "photos", or "documents" (PDF pages and text files) alone.
         """
         # The parameter names are the API's keyword arguments (client.predict(query=..., r_q=...)).
         try:
             encoded = studio.encode_query(query, None)
             r_q, r_c = studio.check_budget(r_q, r_c)
             k = max(1, min(int(k or 10), 1000))
+            kinds_of(only or None)  # an unknown choice is refused by name
         except ValueError as e:
             raise gr.Error(str(e)) from e
-        hits = studio.search(encoded, session_of(request), r_q, r_c, k=k, include_samples=bool(include_samples))
+        hits = studio.search(encoded, session_of(request), r_q, r_c, k=k, include_samples=bool(include_samples),
+                             only=only or None)
         return json.dumps([api_entry(h) for h in hits], ensure_ascii=False)
 
     @gpu
@@ -78,5 +82,5 @@ def build_and_wire(studio: Studio) -> None:
         return json.dumps(index_upload(studio, files, request), ensure_ascii=False)
 
     # The functions' docstrings are the endpoints' descriptions: in the API page, and as MCP tool descriptions.
-    search_btn.click(api_search, [query, r_q, r_c, k, samples], results, api_name="search")
+    search_btn.click(api_search, [query, r_q, r_c, k, samples, only], results, api_name="search")
     index_btn.click(api_index, [files], report, api_name="index")

@@ -18,7 +18,7 @@ from PIL import Image
 
 from app.humanize import echoed
 from app.ingest.images import load_image
-from app.search import WHOLE_MATCH, Calibration, Hit, comparable_score
+from app.search import ONLY, WHOLE_MATCH, Calibration, Hit, comparable_score
 from app.service import QueryState, Studio
 from app.ui import explain as ui_explain
 from app.ui import plots
@@ -104,17 +104,22 @@ def gallery_payload(items: list[tuple[str, str]]) -> list[dict]:
 
 def results_caption(query: QueryState, hits: list[Hit], budget: tuple[int, int], rank_ms: float,
                     indexing: tuple[float, str] | None = None, calibration: Calibration | None = None,
-                    whole: float | None = None, samples_left_out: bool = False) -> str:
+                    whole: float | None = None, samples_left_out: bool = False, only: str | None = None) -> str:
     """The line above the results; with the checkpoint's `calibration` and the search's whole-query score
     (`whole`, Studio.whole_match) it says when nothing in the collection is close to the query.
     `samples_left_out`: the sample collection exists but was not searched (its box is unticked, as it is by
-    default once the visitor has files of their own), which the caption says."""
+    default once the visitor has files of their own), which the caption says. `only`: the search ranked
+    "photos" or "documents" alone (the *Show* choice)."""
+    among = f" among the {only}" if only in ("photos", "documents") else ""
     # While files are still being indexed (the samples on first start), results are partial: say so.
     partial = (f"⏳ **Still indexing** ({indexing[1]}, {100 * indexing[0]:.0f}%): these results cover only what "
                "is indexed so far.\n\n") if indexing is not None else ""
     if not hits:
         if partial:
-            return partial + f"Nothing indexed yet matches {query.label}."
+            return partial + f"Nothing indexed yet matches {query.label}{among}."
+        if among:
+            return (f"No results for {query.label}: there are no {only} in the collection. Choose *Everything* "
+                    "under *Show*, or add files in the **Collection** tab.")
         return (f"No results for {query.label}: the collection is empty. Add files in the **Collection** tab, or "
                 "tick *Include the sample collection*.")
     weak = ""
@@ -128,10 +133,10 @@ def results_caption(query: QueryState, hits: list[Hit], budget: tuple[int, int],
                "reused from the cache: an earlier search encoded this query")
     # A visitor with files of their own searches them alone by default: say so, or a photo of the samples they
     # remember seems lost (the box is easy to miss).
-    only = (" in your files only (tick *Include the sample collection* to search the samples too)"
-            if samples_left_out else "")
-    return (partial + weak + f"**{len(hits)} results** for {query.label} at budget **{budget}**{only} · ranked in "
-            f"{rank_ms:.0f} ms from the cached query vectors ({encoded}). Scores are the mean best "
+    left_out = (" in your files only (tick *Include the sample collection* to search the samples too)"
+                if samples_left_out else "")
+    return (partial + weak + f"**{len(hits)} results** for {query.label}{among} at budget **{budget}**{left_out} · "
+            f"ranked in {rank_ms:.0f} ms from the cached query vectors ({encoded}). Scores are the mean best "
             "similarity of the query's vectors (0-1, comparable across budgets). Click a result to see why it "
             "matched.")
 
@@ -216,6 +221,10 @@ def build(studio: Studio) -> SimpleNamespace:
                         "with that result.", elem_classes="me-caption")
     with gr.Row(equal_height=True):
         s.examples = gr.Examples(EXAMPLE_QUERIES, inputs=s.query_box, label="Try")
+        # Pages win many photo queries on their words, and photos some page queries: a collection of both can
+        # be searched one kind at a time (app.search.ONLY). Changing it re-ranks like the budget slider.
+        s.only = gr.Radio([(what.capitalize(), what) for what in ONLY], value="everything", label="Show",
+                          scale=0, min_width=330, elem_id="me-only")
         s.include_samples = gr.Checkbox(value=True, label="Include the sample collection", scale=0,
                                         min_width=240, visible=studio.samples is not None)
     with gr.Row(equal_height=True):
@@ -274,7 +283,7 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
     explained = select_outputs[1:]
 
     @gpu
-    def do_search(text, image, keep, image_words, rq, rc, with_samples, selected, request: gr.Request):
+    def do_search(text, image, keep, image_words, rq, rc, with_samples, only, selected, request: gr.Request):
         """Its inputs come unprocessed (see query_picture): the image as its file, the sliders as sent."""
         session = session_of(request)
         words = (text or "").strip()
@@ -287,7 +296,7 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
         except ValueError as e:
             return mistake(str(e), len(rank_outs) + len(reset_outs) + 2)
         rq, rc = clamped(rq, 1, engine.num_query_vectors), clamped(rc, 1, engine.num_candidate_vectors)
-        return new_results(rank_outputs(studio, query, rq, rc, bool(with_samples), session), selected) + (
+        return new_results(rank_outputs(studio, query, rq, rc, bool(with_samples), session, only), selected) + (
             None, gr.update(value=NO_SELECTION), gr.update(visible=False), gr.update(visible=False),
             None if drop else gr.skip(), words if image is not None else None)
 
@@ -295,7 +304,7 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
     presets = engine.presets
     requests = itertools.count(1)  # numbers the explanation requests: each one changes explain_trigger
 
-    def at_budget(query, rq: int, rc: int, with_samples: bool, selected, session: str | None,
+    def at_budget(query, rq: int, rc: int, with_samples: bool, only: str | None, selected, session: str | None,
                   before: list[Hit] | None) -> tuple:
         """The results at one budget, with the gallery in its wire format (these events skip Gradio's
         postprocessing, see gallery_payload), and, while a result is open, the request to redraw its
@@ -304,7 +313,8 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
         300-570 ms in the browser before anything painted)."""
         if query is None:
             return (gr.skip(),) * (len(rank_outs) + 2)
-        query, hits, gallery, caption, snippets = rank_outputs(studio, query, rq, rc, bool(with_samples), session)
+        query, hits, gallery, caption, snippets = rank_outputs(studio, query, rq, rc, bool(with_samples), session,
+                                                               only)
         if selected is None:
             return query, hits, gallery_payload(gallery), caption, snippets, gr.skip(), gr.skip()
         # The highlight follows the open result to its new place (the gallery keeps its old index otherwise);
@@ -316,21 +326,21 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
         n = next(requests)
         return query, hits, shown, caption, snippets, (n, rq, rc, tuple(selected)), n
 
-    def on_preset(index, query, with_samples, selected, before, request: gr.Request):
+    def on_preset(index, query, with_samples, only, selected, before, request: gr.Request):
         i = clamped(index, 0, len(presets) - 1)
         rq, rc = presets[i]
         return (i if i != index else gr.skip(), rq, rc, budget_readout(studio, rq, rc)) + at_budget(
-            query, rq, rc, with_samples, selected, session_of(request), before)
+            query, rq, rc, with_samples, only, selected, session_of(request), before)
 
-    def on_budget(rq, rc, query, with_samples, selected, before, request: gr.Request):
+    def on_budget(rq, rc, query, with_samples, only, selected, before, request: gr.Request):
         sent = rq, rc
         rq, rc = clamped(rq, 1, engine.num_query_vectors), clamped(rc, 1, engine.num_candidate_vectors)
         # A value brought into range goes back to its box; one in range is not sent back, or a reply that lags
         # behind a drag would pull the handle back. A trained preset moves the main slider to it.
         fixed = tuple(v if v != s else gr.skip() for v, s in zip((rq, rc), sent))
         preset = presets.index((rq, rc)) if (rq, rc) in presets else gr.skip()
-        return fixed + (preset, budget_readout(studio, rq, rc)) + at_budget(query, rq, rc, with_samples, selected,
-                                                                            session_of(request), before)
+        return fixed + (preset, budget_readout(studio, rq, rc)) + at_budget(query, rq, rc, with_samples, only,
+                                                                            selected, session_of(request), before)
 
     def explain_latest(wanted, selected, query, hits, request: gr.Request):
         """The open explanation at the budget of the latest re-rank (issue 17.1: it must end at the budget the
@@ -353,15 +363,15 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
         main, table = explain_panel(studio, hit.collection, hit.id, query, rq, rc, session_of(request))
         return ((hit.collection, hit.id),) + main + (table,)
 
-    def more_like_this(selected, rq, rc, with_samples, request: gr.Request):
+    def more_like_this(selected, rq, rc, with_samples, only, request: gr.Request):
         if selected is None:
             return mistake("select a result first", 3 + len(rank_outs) + len(reset_outs))
         # A new query: the open explanation (of the old one) closes, as after any search.
-        return more_like(studio, selected, int(rq), int(rc), with_samples, session_of(request)) + (
+        return more_like(studio, selected, int(rq), int(rc), with_samples, session_of(request), only) + (
             None, gr.update(value=NO_SELECTION), gr.update(visible=False), gr.update(visible=False))
 
     search_inputs = [s.query_box, s.query_image, s.keep_image, s.image_words, s.r_q, s.r_c, s.include_samples,
-                     s.selected_state]
+                     s.only, s.selected_state]
     # The examples are queries judged on the sample collection (test_the_example_queries_are_judged_on_the_
     # sample_collection), so clicking one includes the samples again: the checkbox turns itself off once the
     # visitor has files of their own (app._wire_samples_default), and "a mountain lake" then found "no close
@@ -379,20 +389,21 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
     # They skip its preprocessing too: the values are brought into range (`clamped`) instead of refused.
     rerank = dict(show_progress="hidden", preprocess=False, postprocess=False, queue=False, **PRIVATE)
     explain_outs = [s.explain_request, s.explain_trigger]
-    s.preset.input(on_preset, [s.preset, s.query_state, s.include_samples, s.selected_state, s.hits_state],
+    s.preset.input(on_preset, [s.preset, s.query_state, s.include_samples, s.only, s.selected_state, s.hits_state],
                    [s.preset, s.r_q, s.r_c, s.readout] + rank_outs + explain_outs, trigger_mode="always_last",
                    **rerank)
-    budget_inputs = [s.r_q, s.r_c, s.query_state, s.include_samples, s.selected_state, s.hits_state]
+    budget_inputs = [s.r_q, s.r_c, s.query_state, s.include_samples, s.only, s.selected_state, s.hits_state]
     budget_outputs = [s.r_q, s.r_c, s.preset, s.readout] + rank_outs + explain_outs
     for slider in (s.r_q, s.r_c):
         slider.input(on_budget, budget_inputs, budget_outputs, trigger_mode="always_last", **rerank)
-    s.include_samples.input(on_budget, budget_inputs, budget_outputs, **rerank)
+    for choice in (s.include_samples, s.only):
+        choice.input(on_budget, budget_inputs, budget_outputs, **rerank)
     # Queued (it runs the model, and its notices need the queue); a small timer on the panel while it catches up.
     s.explain_trigger.change(gpu(explain_latest), [s.explain_request, s.selected_state, s.query_state, s.hits_state],
                              explained + [s.gallery], trigger_mode="always_last", show_progress="minimal",
                              **PRIVATE)
     s.gallery.select(gpu(select_handler), [s.hits_state, s.query_state, s.r_q, s.r_c], select_outputs, **PRIVATE)
-    s.more_btn.click(more_like_this, [s.selected_state, s.r_q, s.r_c, s.include_samples],
+    s.more_btn.click(more_like_this, [s.selected_state, s.r_q, s.r_c, s.include_samples, s.only],
                      [s.query_box, s.query_image, s.image_words] + rank_outs + reset_outs, **PRIVATE)
 
 
@@ -407,7 +418,7 @@ def standing_request(wanted: tuple | None, selected: tuple[str, str] | None) -> 
 
 
 def more_like(studio: Studio, selected: tuple[str, str], rq: int, rc: int, with_samples: bool,
-              session: str | None) -> tuple:
+              session: str | None, only: str | None = None) -> tuple:
     """Search with the selected result itself (Studio.more_like_this: its photo, or its text): the query box,
     the query image, the words searched with it, then the ranking."""
     try:
@@ -416,7 +427,7 @@ def more_like(studio: Studio, selected: tuple[str, str], rq: int, rc: int, with_
         raise gr.Error(str(e)) from e
     image = query.image
     return (gr.update(value=query.text or ""), image, "" if image is not None else None) + new_results(
-        rank_outputs(studio, query, rq, rc, with_samples, session), selected)
+        rank_outputs(studio, query, rq, rc, with_samples, session, only), selected)
 
 
 def _wire_query_image(s: SimpleNamespace) -> None:
@@ -444,11 +455,14 @@ def _wire_query_image(s: SimpleNamespace) -> None:
 
 
 def rank_outputs(studio: Studio, query: QueryState, rq: int, rc: int, with_samples: bool,
-                 session: str | None) -> tuple:
-    """The query state, hits, gallery and caption of one search at budget (rq, rc)."""
+                 session: str | None, only: str | None = None) -> tuple:
+    """The query state, hits, gallery and caption of one search at budget (rq, rc), of `only` photos or
+    documents (the *Show* choice; a value it does not offer, as a hand-made request may send, shows
+    everything)."""
     query = studio.ensure_current(query)
+    only = only if only in ONLY else None
     t0 = time.perf_counter()
-    hits = studio.search(query, session, rq, rc, k=RESULTS, include_samples=with_samples)
+    hits = studio.search(query, session, rq, rc, k=RESULTS, include_samples=with_samples, only=only)
     ms = (time.perf_counter() - t0) * 1000
     calibration = studio.engine.calibration
     whole = None
@@ -456,11 +470,11 @@ def rank_outputs(studio: Studio, query: QueryState, rq: int, rc: int, with_sampl
     # the budget's strong-part bar, so most slider moves over a real match skip it.
     if calibration is not None and hits and comparable_score(hits[0].score, rq) < calibration.strong_at((rq, rc)):
         try:
-            whole = studio.whole_match(query, session, with_samples)
+            whole = studio.whole_match(query, session, with_samples, only)
         except (KeyError, ValueError):  # e.g. the model changed in between (CheckpointMismatch): not flagged
             pass
     caption = results_caption(query, hits, (rq, rc), ms, studio.indexing_progress, calibration, whole,
-                              samples_left_out=not with_samples and studio.samples is not None)
+                              samples_left_out=not with_samples and studio.samples is not None, only=only)
     return (query, hits, gallery_value(studio, hits, session, rq), caption, snippets_html(hits, query.text, rq))
 
 

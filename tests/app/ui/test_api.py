@@ -162,6 +162,20 @@ def test_budget_change_reranks_with_scores_of_that_budget(server, alice, alice_r
     assert [r["score"] for r in by_budget[(1, 1)]] != [r["score"] for r in by_budget[(16, 64)]]
 
 
+def test_search_ranks_photos_or_documents_alone(server, alice, alice_report):
+    everything = search(alice, "harbour lanterns at night", 16, 64, k=200)
+    assert len(everything) < 200  # every photo, page and text file of the samples and of alice's files
+    kinds = {r["kind"] for r in everything}
+    assert "image" in kinds and kinds & {"pdf_page", "text"}
+    for only, wanted in (("photos", {"image"}), ("documents", {"pdf_page", "text"})):
+        results = json.loads(alice.predict(query="harbour lanterns at night", r_q=16, r_c=64, k=200,
+                                           include_samples=True, only=only, api_name="/search"))
+        # The same results as among everything, with those of the other kind left out, ranked again from 1.
+        expected = [(r["id"], r["score"]) for r in everything if r["kind"] in wanted]
+        assert [(r["id"], r["score"]) for r in results] == expected and results
+        assert {r["kind"] for r in results} <= wanted and results[0]["rank"] == 1
+
+
 def test_budget_out_of_range_is_refused_with_its_name(server, alice):
     from gradio_client.exceptions import AppError
 
@@ -169,6 +183,8 @@ def test_budget_out_of_range_is_refused_with_its_name(server, alice):
         alice.predict(query="boats", r_q=16, r_c=65, api_name="/search")  # keyword arguments work too
     with pytest.raises(AppError, match="empty|type a query"):
         search(alice, "   ", 16, 64)
+    with pytest.raises(AppError, match="pictures"):
+        alice.predict(query="boats", r_q=4, r_c=8, only="pictures", api_name="/search")
 
 
 # ------------------------------------------------------------------------------------- private sessions

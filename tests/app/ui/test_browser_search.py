@@ -190,3 +190,27 @@ def test_a_broken_query_image_gets_a_calm_message(app, capfd):
     page.wait_for_function("document.querySelector('#me-results-caption').innerText.includes('an owl')")
     assert "your image" not in page.inner_text("#me-results-caption")
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_show_ranks_one_kind_at_a_time_and_says_so(app):
+    """Pages win many photo queries on their words (model card, session 29): *Show* ranks photos or documents
+    alone, re-ranking at once as the budget slider does, and a new search keeps the choice."""
+    page = app.page
+
+    def caption_has(text: str) -> None:
+        page.wait_for_function("(t) => document.querySelector('#me-results-caption').innerText.includes(t)",
+                               arg=text)
+
+    shown = search(page, "a blue sky")  # not the search the test before ended with: new captions to wait for
+    assert "among the" not in page.inner_text("#me-results-caption")
+    page.locator("#me-only").get_by_label("Documents").check()  # this collection has photos only
+    caption_has("there are no documents in the collection")
+    assert captions(page) == []
+    page.locator("#me-only").get_by_label("Photos").check()
+    caption_has("among the photos")
+    assert captions(page) == shown  # every item is a photo: the same ranking as among everything
+    search(page, "a cat")
+    caption_has("for “a cat” among the photos")
+    page.locator("#me-only").get_by_label("Everything").check()
+    page.wait_for_function("!document.querySelector('#me-results-caption').innerText.includes('among the')")
+    assert "Error" not in page.inner_text("body")

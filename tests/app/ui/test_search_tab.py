@@ -239,3 +239,14 @@ def test_rows_that_read_alike_are_told_apart_from_a_fault():
     att = np.array([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [1.0, 0.0, 0.0]])
     assert _read_alike(att, 0, 1) and not _read_alike(att, 0, 2)
     assert not _read_alike(None, 0, 1) and not _read_alike(att[:1], 0, 1)
+
+
+def test_a_search_of_one_kind_says_so_and_an_empty_one_says_why():
+    from app.ui.search_tab import results_caption
+
+    hits = [_hit(1, "text", "cat")]
+    assert "“a cat” among the photos at budget" in results_caption(_query("a cat"), hits, (4, 8), 3.0, only="photos")
+    assert "among the" not in results_caption(_query("a cat"), hits, (4, 8), 3.0, only="everything")
+    empty = results_caption(_query("a cat"), [], (4, 8), 3.0, only="documents")
+    assert "there are no documents in the collection" in empty and "is empty" not in empty
+    assert "the collection is empty" in results_caption(_query("a cat"), [], (4, 8), 3.0)
