@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE INDEX IF NOT EXISTS items_path ON items(path);
 CREATE INDEX IF NOT EXISTS items_segment ON items(segment, slot);
 CREATE INDEX IF NOT EXISTS items_thumbnail ON items(thumbnail);
+CREATE INDEX IF NOT EXISTS items_kind ON items(kind);
 -- Content-addressed (sha256 of the JPEG): a PDF page and its passages share one stored thumbnail.
 CREATE TABLE IF NOT EXISTS thumbnails (sha256 TEXT PRIMARY KEY, jpeg BLOB NOT NULL);
 """
@@ -137,6 +138,14 @@ def record_file_versions(conn: sqlite3.Connection) -> bool:
     except sqlite3.OperationalError:  # read-only, or another process added it a moment ago
         return "file_sha256" in {r["name"] for r in conn.execute("PRAGMA table_info(items)")}
     return True
+
+
+def index_kinds(conn: sqlite3.Connection) -> None:
+    """Indexes made before searches by kind get the index on items(kind) they use; a read-only one scans."""
+    try:
+        conn.execute("CREATE INDEX IF NOT EXISTS items_kind ON items(kind)")
+    except sqlite3.OperationalError:  # read-only, or locked by a writer for longer than the busy timeout
+        pass
 
 
 @contextlib.contextmanager

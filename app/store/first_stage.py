@@ -88,13 +88,16 @@ class FirstStage:
         the rowids `allowed` when given (faiss skips the others while it scans, so all `depth` are allowed)."""
         q = np.ascontiguousarray(query_first.reshape(1, -1), dtype=np.float32)
         ivf = faiss.extract_index_ivf(self.index)
-        nprobe = probes(ivf.nlist, self.size)  # per search: the IVF grows between rebuilds
         if allowed is None:
-            ivf.nprobe = nprobe
+            ivf.nprobe = probes(ivf.nlist, self.size)  # per search: the IVF grows between rebuilds
             _scores, ids = self.index.search(q, depth)
         else:
+            # Probed as if the allowed items were the whole collection: the lists probed for all of them would
+            # hold only a share of the allowed ones (measured in review: 100,000 items, 3,000 allowed, 64 of 316
+            # lists gave 603 of depth 1,000). faiss skips the others before scoring them.
             selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
-            _scores, ids = self.index.search(q, depth, params=faiss.SearchParametersIVF(sel=selector, nprobe=nprobe))
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=probes(ivf.nlist, len(allowed)))
+            _scores, ids = self.index.search(q, depth, params=params)
         ids = ids[0]
         return ids[ids >= 0]
 

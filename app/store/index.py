@@ -42,6 +42,7 @@ from .db import (
     connect,
     create_database,
     file_lock,
+    index_kinds,
     param_chunks,
     record_file_versions,
     transaction,
@@ -114,9 +115,11 @@ class Index:
         self._view: View | None = None
         self._open_segments: dict[str, np.ndarray] = {}
         self._first_stage = None  # FirstStage, built on demand
-        self._kind_rowids: tuple[tuple[int, frozenset[str]], np.ndarray] | None = None  # (version, kinds) -> rowids
+        self._kind_rowids: dict[frozenset[str], np.ndarray] = {}  # kinds -> their rowids, at _kind_version
+        self._kind_version: int | None = None
         self._writes = 0  # our own commits, which PRAGMA data_version does not count
         self._versioned = record_file_versions(conn)  # False: no version is ever called stale
+        index_kinds(conn)
         self._lock = threading.RLock()
 
     # ---- opening ------------------------------------------------------------------------------------
@@ -330,6 +333,7 @@ class Index:
     def scored_budget(self, budget: tuple[int, int]) -> tuple[int, int]:
         return budget  # every budget is scored as asked: a prefix of the stored vectors is a slice
 
+    @_locked
     def exact_for(self, r_c: int, *, kinds: Collection[str] | None = None) -> bool:
         """Whether a search at candidate budget r_c (of the items of `kinds` only, when given) scores every
         item (else first stage, then MaxSim); the rule, counting items x r_c x D and this CPU's bf16 class, is
@@ -358,10 +362,17 @@ class Index:
         qb = q.unsqueeze(0)
         if exact is None:
             exact = uses_exact(count, r_c, self.dim, depth=max(depth, k))
-        if exact and allowed is None:
+        if exact and (allowed is None or 2 * len(allowed) >= view.count):
             rowids, scores = view.score_all(qb, budget)
+            if allowed is not None:  # most items are of these kinds: score them all where they lie, keep those
+                keep = torch.from_numpy(np.isin(rowids.numpy(), allowed))
+                rowids, scores = rowids[keep], scores[keep]
         elif exact:
-            rowids, scores = view.score_rows(qb, budget, allowed)
+            # A few of many: gathered and scored FIRST_STAGE_DEPTH at a time, as the two-stage path's picks are,
+            # so no search holds a copy of more of them at once.
+            parts = [view.score_rows(qb, budget, allowed[i:i + FIRST_STAGE_DEPTH])
+                     for i in range(0, len(allowed), FIRST_STAGE_DEPTH)]
+            rowids, scores = torch.cat([r for r, _ in parts]), torch.cat([sc for _, sc in parts])
         else:
             rowids, scores = view.score_rows(qb, budget, self.first_stage(view).search(
                 q[0].float().numpy(), max(depth, k), allowed))
@@ -375,16 +386,19 @@ class Index:
         top = torch.topk(scores, min(k, scores.numel()))
         return [(int(rowids[i]), float(s)) for s, i in zip(top.values, top.indices)]
 
+    @_locked
     def _rowids_of_kinds(self, view: View, kinds: frozenset[str]) -> np.ndarray:
-        """Sorted rowids of the items of these kinds, read once per snapshot (removed ones are left out when
-        they are scored, as the first stage's are)."""
-        key = (view.version, kinds)
-        if self._kind_rowids is None or self._kind_rowids[0] != key:
+        """Sorted rowids of the items of these kinds, read once per snapshot (items_kind) and per set of kinds.
+        Read just after the snapshot, they may include items added since, which scoring leaves out as it does
+        removed ones (rowids are never reused, so none can be of another kind)."""
+        if self._kind_version != view.version:
+            self._kind_rowids, self._kind_version = {}, view.version
+        if kinds not in self._kind_rowids:
             marks = ",".join("?" * len(kinds))
             rows = self._conn.execute(f"SELECT rowid FROM items WHERE kind IN ({marks}) ORDER BY rowid",
                                       sorted(kinds)).fetchall()
-            self._kind_rowids = (key, np.array([r[0] for r in rows], dtype=np.int64))
-        return self._kind_rowids[1]
+            self._kind_rowids[kinds] = np.array([r[0] for r in rows], dtype=np.int64)
+        return self._kind_rowids[kinds]
 
     @_locked
     def first_stage(self, view: View | None = None) -> FirstStage:

@@ -388,6 +388,7 @@ def test_removed_items_never_come_back_from_the_first_stage(tmp_path, monkeypatc
 @every_store
 def test_search_by_kind_ranks_only_those_items_as_among_everything(tmp_path, monkeypatch, kind):
     monkeypatch.setattr(index_module.FirstStage, "build", _small_build(index_module.FirstStage.build))
+    monkeypatch.setattr(index_module, "FIRST_STAGE_DEPTH", 16)  # a few of many are scored 16 at a time
     index = open_store_for(spec(tmp_path / "idx", kind), "ck", 4, 16)
     # 300 items: 6 photos, the rest pages and passages, as a folder of PDFs with a few pictures.
     kinds = ["image" if i % 50 == 0 else ("pdf_page" if i % 2 else "text") for i in range(300)]
@@ -404,6 +405,8 @@ def test_search_by_kind_ranks_only_those_items_as_among_everything(tmp_path, mon
         np.testing.assert_allclose([s for _, s in found], [s for _, s in expected], atol=1e-5)
     photos = [pid for pid, _ in everything if kind_of[pid] == "image"]
     if kind == "index":
+        plan = index._conn.execute("EXPLAIN QUERY PLAN SELECT rowid FROM items WHERE kind IN ('image')").fetchall()
+        assert "items_kind" in str([tuple(r) for r in plan])
         # Two-stage: the first stage looks among the photos alone, so a depth of 10 (of 300 items) still
         # hands all six to the re-rank, and a removed photo never comes back.
         assert sorted(pid for pid, _ in index.search(query, (4, 4), k=6, exact=False, depth=10,
@@ -415,6 +418,22 @@ def test_search_by_kind_ranks_only_those_items_as_among_everything(tmp_path, mon
         with pytest.raises(ValueError, match="kinds must be some of image, pdf_page, text"):
             index.search(query, (4, 4), k=5, kinds=bad)
     index.close()
+
+
+def test_the_first_stage_probes_enough_lists_for_the_allowed_items(monkeypatch):
+    import app.store.first_stage as fs
+
+    # 4,000 items in 63 lists, of which 4 are probed for the whole collection; 40 allowed items lie in most
+    # lists, so all of them are found only when the lists are counted for the 40.
+    monkeypatch.setattr(fs, "NPROBE", 1)
+    monkeypatch.setattr(fs, "MIN_SCANNED", 250)
+    firsts = unit(4_000, 1, 16, seed=9)[:, 0].float().numpy()
+    stage = fs.FirstStage.build(firsts, np.arange(1, 4_001))
+    ivf = fs.faiss.extract_index_ivf(stage.index)
+    assert probes(ivf.nlist, stage.size) < ivf.nlist // 8
+    allowed = np.arange(1, 4_001, 100)
+    assert sorted(stage.search(firsts[0], 40, allowed).tolist()) == allowed.tolist()
+    assert set(stage.search(firsts[0], 40).tolist()) != set(allowed.tolist())
 
 
 def test_small_collections_are_scanned_whole_by_the_first_stage():
