@@ -224,7 +224,7 @@ def build(studio: Studio) -> SimpleNamespace:
         # Pages win many photo queries on their words, and photos some page queries: a collection of both can
         # be searched one kind at a time (app.search.ONLY). Changing it re-ranks like the budget slider.
         s.only = gr.Radio([(what.capitalize(), what) for what in ONLY], value="everything", label="Show",
-                          scale=0, min_width=330, elem_id="me-only")
+                          scale=0, min_width=420, elem_id="me-only")
         s.include_samples = gr.Checkbox(value=True, label="Include the sample collection", scale=0,
                                         min_width=240, visible=studio.samples is not None)
     with gr.Row(equal_height=True):
