@@ -63,6 +63,31 @@ def test_search_equals_exact_maxsim_at_every_stored_budget(store):
     assert store._prefetch_params(1000).hnsw_ef == 4000 and not store._prefetch_params(1000).exact
 
 
+def test_a_server_collection_from_before_searches_by_kind_gets_its_kind_index(store):
+    class Server:
+        """The local collection, answering as a server would about its payload indexes."""
+
+        def __init__(self, client, schema, fail=False):
+            self.client, self.schema, self.fail, self.indexed = client, schema, fail, []
+
+        def get_collection(self, name):
+            return store._client.get_collection(name).model_copy(update={"payload_schema": self.schema})
+
+        def create_payload_index(self, name, key, schema):
+            if self.fail:
+                raise RuntimeError("403: read-only API key")
+            self.indexed.append(key)
+
+    made_before = Server(store._client, {"path": "keyword"})
+    QdrantStore(made_before, store.collection, "qdrant://qdrant.example:6333/photos")
+    assert made_before.indexed == ["kind"]
+    made_since = Server(store._client, {"path": "keyword", "kind": "keyword"})
+    QdrantStore(made_since, store.collection, "qdrant://qdrant.example:6333/photos")
+    assert made_since.indexed == []
+    read_only = Server(store._client, {}, fail=True)
+    assert QdrantStore(read_only, store.collection, "qdrant://qdrant.example:6333/photos").checkpoint_id == "ck"
+
+
 def test_a_budget_between_fields_is_scored_at_the_next_field_up(store):
     vecs = unit(10, R_C, D, seed=3)
     store.add(fake_items(10), vecs)
