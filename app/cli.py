@@ -37,7 +37,7 @@ from .evaluation import (
 from .humanize import files_of
 from .indexing import index_paths
 from .ingest import default_ocr, load_image
-from .search import Searcher
+from .search import ONLY, Searcher
 from .store import open_store, open_store_for
 from .store.index import REBUILD_HINT
 
@@ -380,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", metavar="R_Q,R_C", help="vectors used per query and per item (default: largest preset)")
     p.add_argument("--k", type=int, default=10, help="number of results (default 10)")
     p.add_argument("--image", action="store_true", help="QUERY is an image file: find similar items")
-    p.add_argument("--only", choices=["photos", "documents"],
+    p.add_argument("--only", choices=[what for what, kinds in ONLY.items() if kinds],
                    help="rank only photos, or only PDF pages and text files (default: everything)")
     p.add_argument("--checkpoint", metavar="ID_OR_PATH", help="default: the checkpoint recorded in the index")
     p.set_defaults(func=cmd_search)

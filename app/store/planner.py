@@ -42,22 +42,23 @@ NS_PER_UNIT_FP32_KERNEL = 0.6
 
 
 def fp32_kernel_scores(dim: int = 8) -> bool:
-    """Whether the fused kernel's fp32 variant loads here and takes `dim`-d vectors: what model.scoring runs
-    where bf16 is emulated (model.scoring._compute_dtype)."""
+    """Whether the fused kernel's fp32 variant loads here and takes `dim`-d vectors (the default: a multiple
+    of 8, which it always takes): what model.scoring runs where bf16 is emulated (model.scoring._compute_dtype)."""
     kernel = maxsim_kernel.load()
     return kernel is not None and kernel.takes(maxsim_kernel.F32, dim)
 
 
-def exact_work_budget(native_bf16: bool | None = None, fp32_kernel: bool | None = None) -> int:
-    """The most items x r_c x D an exact search may score on this CPU, or on one with or without native bf16
-    and, where bf16 is emulated, with or without the fused kernel's fp32 variant (None: as here)."""
+def exact_work_budget(native_bf16: bool | None = None, fp32_kernel: bool | None = None, dim: int = 8) -> int:
+    """The most items x r_c x D an exact search of `dim`-d vectors may score on this CPU, or on one with or
+    without native bf16 and, where bf16 is emulated, with or without the fused kernel's fp32 variant (None:
+    as here, `fp32_kernel_scores`)."""
     if native_bf16 is None:
         native_bf16 = cpu_has_native_bf16()
     if native_bf16:
         ns = NS_PER_UNIT_NATIVE_BF16
     else:
         if fp32_kernel is None:
-            fp32_kernel = fp32_kernel_scores()
+            fp32_kernel = fp32_kernel_scores(dim)
         ns = NS_PER_UNIT_FP32_KERNEL if fp32_kernel else NS_PER_UNIT_EMULATED_BF16
     return int(EXACT_MS * 1e6 / ns)
 
@@ -67,14 +68,7 @@ def uses_exact(count: int, r_c: int, dim: int, *, depth: int | None = None,
     """Whether `count` items of r_c x `dim` vectors per budget are scored exactly rather than two-stage.
 
     Exact while the first stage would hand all of them to the re-rank anyway (count <= depth: the same work
-    plus an IVF to build), or while items x r_c x dim fits this CPU's exact work budget. `fp32_kernel` None:
-    whether the fused kernel's fp32 variant takes `dim` here (`fp32_kernel_scores`).
+    plus an IVF to build), or while items x r_c x dim fits this CPU's exact work budget for `dim`-d vectors.
     """
     depth = FIRST_STAGE_DEPTH if depth is None else depth
-    if count <= depth:
-        return True
-    if native_bf16 is None:
-        native_bf16 = cpu_has_native_bf16()
-    if fp32_kernel is None:
-        fp32_kernel = not native_bf16 and fp32_kernel_scores(dim)
-    return count * r_c * dim <= exact_work_budget(native_bf16, fp32_kernel)
+    return count <= depth or count * r_c * dim <= exact_work_budget(native_bf16, fp32_kernel, dim)

@@ -110,7 +110,7 @@ def results_caption(query: QueryState, hits: list[Hit], budget: tuple[int, int],
     `samples_left_out`: the sample collection exists but was not searched (its box is unticked, as it is by
     default once the visitor has files of their own), which the caption says. `only`: the search ranked
     "photos" or "documents" alone (the *Show* choice)."""
-    among = f" among the {only}" if only in ("photos", "documents") else ""
+    among = f" among the {only}" if ONLY.get(only) else ""
     # While files are still being indexed (the samples on first start), results are partial: say so.
     partial = (f"⏳ **Still indexing** ({indexing[1]}, {100 * indexing[0]:.0f}%): these results cover only what "
                "is indexed so far.\n\n") if indexing is not None else ""
