@@ -1,6 +1,9 @@
 """Speed of the index: exact re-scoring, two-stage search at a million items, indexing throughput.
 
-    python bench/search.py exact [--n 10000 ...]        exact MaxSim over a memory-mapped index, each preset
+    python bench/search.py exact [--n 10000 ...]        exact MaxSim over a memory-mapped index, each preset,
+                                                        with its time per unit of items x r_c x D
+    python bench/search.py kinds [--n 10000]            searching everything, the photos (a tenth) or the
+                                                        documents alone (`kinds=`, the app's Show choice)
     python bench/search.py large [--n 1000000]          synthetic collection: first stage + re-rank (cold and
                                                         warm page cache), recall@10 against exact search
     python bench/search.py indexing [--n 64]            ingest+encode+commit vs the encoder alone
@@ -11,7 +14,10 @@
                                                         recall@10 of the two-stage path against exact MaxSim
                                                         per preset and depth, and latency of both paths
 
-`--threads 1` pins torch to one thread (steadier on a shared machine); `large --keep DIR` builds the
+`--dim` sets the synthetic vectors' dimension (default 128; the bundled model's is 384); `--emulated-bf16`
+classes the CPU as one without native bf16 (where the fused kernel loads, its AVX2 fp32 variant then scores,
+as on an AVX2-only CPU), for the planner's prices (app/store/planner.py). `--threads 1` pins torch to one
+thread (steadier on a shared machine); `large --keep DIR` builds the
 synthetic index (16 GiB at a million items) once into DIR and reuses it, with its exact ground truth;
 without it the index goes to a temp folder that is deleted at the end.
 
@@ -147,10 +153,40 @@ def bench_exact(args: argparse.Namespace) -> None:
             index.search(q, (16, 64), k=10, exact=True)  # warm the page cache
             for budget in PRESETS:
                 ms, _ = timed(lambda ix=index, q=q, b=budget: ix.search(q, b, k=10, exact=True), args.repeat)
-                print(f"  budget {budget}: {ms:.1f} ms")
+                print(f"  budget {budget}: {ms:.1f} ms ({ms * 1e6 / (n * budget[1] * D):.3f} ns per unit)")
             ms, _ = timed(lambda ix=index, q=q: ix.search(q, (16, 64), k=10, exact=False), args.repeat)
             print(f"  two-stage at (16, 64) for comparison: {ms:.1f} ms")
             index.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def bench_kinds(args: argparse.Namespace) -> None:
+    """Searching one kind against searching everything: n synthetic items, every tenth a photo."""
+    n = args.n[0]
+    root = Path(tempfile.mkdtemp(prefix="bench-kinds-", dir=args.tmp))
+    try:
+        index = Index.create(root / "idx", "synthetic", R_C, D)
+        centres = topic_centres(0)
+        for at in range(0, n, 2048):
+            m = min(2048, n - at)
+            vecs, _z, _aspects = synthetic_items(m, 1 + at, centres)
+            index.add([Meta(f"/synthetic/{at + i}", hashlib.sha256(f"kinds:{at + i}".encode()).hexdigest(),
+                            kind="image" if (at + i) % 10 == 0 else "pdf_page") for i in range(m)], vecs)
+        _vecs, z, aspects = synthetic_items(1, n + 1, centres)
+        q = synthetic_query(z[0], aspects[0], torch.Generator().manual_seed(1))
+        shares = [("everything", None), (f"photos ({len(range(0, n, 10)):,})", {"image"}),
+                  (f"documents ({n - len(range(0, n, 10)):,})", {"pdf_page"})]
+        print(f"{n:,} items of {R_C} x {D}, k = 24, median of {args.repeat} (ms, path):")
+        for budget in PRESETS[2:]:
+            cells = []
+            for name, kinds in shares:
+                index.search(q, budget, k=24, kinds=kinds)  # builds the first stage once, warms the cache
+                ms, _ = timed(lambda b=budget, kinds=kinds: index.search(q, b, k=24, kinds=kinds), args.repeat)
+                path = "exact" if index.exact_for(budget[1], kinds=kinds) else "two-stage"
+                cells.append(f"{name} {ms:.1f} ({path})")
+            print(f"  {budget}: " + " | ".join(cells))
+        index.close()
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -423,8 +459,12 @@ def loadavg() -> str:
 
 
 def main() -> None:
+    global D
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["exact", "large", "indexing", "devset", "switch"])
+    parser.add_argument("what", choices=["exact", "large", "indexing", "devset", "switch", "kinds"])
+    parser.add_argument("--dim", type=int, default=D, help="exact, large, kinds: the synthetic vectors' dimension")
+    parser.add_argument("--emulated-bf16", action="store_true",
+                        help="class the CPU as one without native bf16 (the kernel's AVX2 fp32 variant scores)")
     parser.add_argument("--n", type=int, nargs="+", default=None)
     parser.add_argument("--chunk", type=int, default=65536, help="items per add (large)")
     parser.add_argument("--queries", type=int, default=None, help="large: 30, switch: 300")
@@ -437,19 +477,27 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.2, help="switch: norm of the noise added to copies")
     parser.add_argument("--latency-queries", type=int, default=4, help="switch: queries timed per preset")
     args = parser.parse_args()
+    D = args.dim
+    if args.emulated_bf16:
+        import model.scoring
+        import model.scoring_threads
+        from app.store import planner
+
+        for module in (model.scoring, model.scoring_threads, planner):
+            module.cpu_has_native_bf16 = lambda: False
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch threads {torch.get_num_threads()}, load average before: {os.getloadavg()[0]:.1f} "
           f"(other processes share the {os.cpu_count()} cores)")
     if args.n is None:
         args.n = {"exact": [10_000], "large": [1_000_000], "indexing": [64], "devset": [0],
-                  "switch": [10_000]}[args.what]
+                  "switch": [10_000], "kinds": [10_000]}[args.what]
     if args.queries is None:
         args.queries = 300 if args.what == "switch" else 30
     if args.what == "switch" and args.depths == [index_module.FIRST_STAGE_DEPTH]:
         args.depths = [500, 1_000, 2_000]
     {"exact": bench_exact, "large": bench_large, "indexing": bench_indexing, "devset": bench_devset,
-     "switch": bench_switch}[args.what](args)
+     "switch": bench_switch, "kinds": bench_kinds}[args.what](args)
 
 
 if __name__ == "__main__":
