@@ -33,7 +33,8 @@ from . import maxsim_kernel
 from .device import cpu_has_native_bf16
 from .scoring_threads import lane_count, run_lanes, run_scoring
 
-__all__ = ["CandidateStore", "explain", "fast_path_is_precise", "maxsim", "maxsim_dense", "near_top"]
+__all__ = ["CandidateStore", "explain", "fast_path_is_precise", "maxsim", "maxsim_dense", "near_top",
+           "scores_in_place"]
 
 _STORE_DTYPE = torch.bfloat16
 # Bound on each scoring buffer (query rows x candidates [x grouped vectors]): 16M bf16 elements = 32 MiB.
@@ -285,12 +286,13 @@ def _score_fp32_lane(rows: Tensor, vm: Tensor, bq: int, r_q: int, r_c: int,
     return out if rows_first else out.T.contiguous()
 
 
-def _kernel_variant(rows: Tensor, dim: int) -> int | None:
-    """The fused kernel's variant that scores these rows (fp32 or bf16) at `dim`, or None where it cannot."""
+def _kernel_variant(dtype: torch.dtype, dim: int) -> int | None:
+    """The fused kernel's variant that scores query rows of `dtype` (fp32 or bf16) at `dim`, or None where it
+    cannot."""
     kernel = maxsim_kernel.load()
     if kernel is None:
         return None
-    variant = maxsim_kernel.F32 if rows.dtype == torch.float32 else maxsim_kernel.BF16
+    variant = maxsim_kernel.F32 if dtype == torch.float32 else maxsim_kernel.BF16
     return variant if kernel.takes(variant, dim) else None
 
 
@@ -322,6 +324,15 @@ def _score_kernel(variant: int, rows: Tensor, vm: Tensor, bq: int, r_q: int, r_c
     else:
         run_lanes([(lambda s=s, e=e: lane(s, e)) for s, e in zip(bounds, bounds[1:], strict=False)])
     return out
+
+
+def scores_in_place(n_rows: int, dim: int, precise: bool = False) -> bool:
+    """Whether `CandidateStore.maxsim(indices=...)` scores the chosen candidates where they lie, with no copy
+    of them made first: the fused kernel reads them by index, torch's fp32 blocks widen them block by block;
+    only torch's bf16 GEMMs gather them. So a caller holding candidates scattered over a big store can score
+    them there instead of gathering them into a store of their own (app.store.segments.View.score_rows)."""
+    dtype = _compute_dtype(n_rows, precise)
+    return dtype == torch.float32 or _kernel_variant(dtype, dim) is not None
 
 
 def fast_path_is_precise(n_rows: int) -> bool:
@@ -391,7 +402,7 @@ def maxsim(q: Tensor, c: Tensor, budget: tuple[int, int] | None = None) -> Tenso
     def block(s: int, e: int) -> Tensor:
         return c[s:e].to(device="cpu", dtype=_STORE_DTYPE).transpose(0, 1).contiguous()
 
-    variant = _kernel_variant(rows, rows.shape[1])
+    variant = _kernel_variant(rows.dtype, rows.shape[1])
 
     def score() -> Tensor:
         return _score_in_slices(rows, q.shape[0], r_q, r_c, c.shape[0], block, variant)
@@ -610,7 +621,7 @@ class CandidateStore:
                 return _score_vector_major(rows, vm, bq, r_q, r_c)
             return _score_in_slices(rows, bq, r_q, r_c, idx.numel(), block)
 
-        variant = _kernel_variant(rows, self.dim)
+        variant = _kernel_variant(rows.dtype, self.dim)
         if variant is not None:
             return _score_kernel(variant, rows, vm, bq, r_q, r_c, idx)  # in lanes of its own
         return run_scoring(score, rows.dtype)  # at the thread count measured fastest on this CPU

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from model.files import atomic_path
-from model.scoring import CandidateStore, fast_path_is_precise
+from model.scoring import CandidateStore, scores_in_place
 
 SEGMENT_DIR = "segments"
 _SEGMENT_FILE = re.compile(r"^seg-(\d+)\.npy$")
@@ -198,8 +198,9 @@ class View:
     def score_rows(self, qb: torch.Tensor, budget: tuple[int, int], candidates: np.ndarray,
                    precise: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(rowids, MaxSim scores) of the given rowids (first-stage candidates or a shortlist) that are
-        live: their r_c prefixes are gathered, then scored at once (in fp32 when `precise`); or, where
-        scoring is fp32 and the index fits the page cache, scored in place, segment by segment."""
+        live (in fp32 when `precise`): scored in place, segment by segment, where the scorer reads candidates
+        by index (`model.scoring.scores_in_place`: the fused kernel, or fp32 blocks) and the index fits the
+        page cache; else their r_c prefixes are gathered, then scored at once."""
         found, seg_pos, slots = self.locate(candidates)
         candidates, seg_pos, slots = candidates[found], seg_pos[found], slots[found]
         if not len(candidates):
@@ -207,17 +208,18 @@ class View:
         r_q, r_c = budget
         order = np.lexsort((slots, seg_pos))  # by segment, then slot: reads move forward through each file
         candidates, seg_pos, slots = candidates[order], seg_pos[order], slots[order]
-        if (precise or fast_path_is_precise(r_q)) and self.bytes <= page_cache_bytes():
-            # fp32 scoring reads each block of candidates straight from the segment into its cache-sized
-            # buffer, so no gathered copy is made: 1.8x faster at (16, 64), 1,000 of 10,000 items, warm (34-38
-            # against 65-68 ms, load 2.5). Not for an index too big to stay in the page cache: there the
-            # gather's threads keep many cold reads in flight, which the scorer's lanes would not.
+        if scores_in_place(r_q, self.dim, precise) and self.bytes <= page_cache_bytes():
+            # The scorer reads the candidates straight from the segment, so no gathered copy is made: with fp32
+            # blocks 1.8x faster at (16, 64), 1,000 of 10,000 items, warm (34-38 against 65-68 ms, load 2.5);
+            # with the kernel's bf16 variant 10-14 against 50 ms (bench/search.py exact --dim 384, 2026-12-02).
+            # Not for an index too big to stay in the page cache: there the gather's threads keep many cold
+            # reads in flight, which the scorer's lanes would not.
             scores = torch.empty(len(candidates))
             for pos in np.unique(seg_pos):
                 where = np.flatnonzero(seg_pos == pos)
                 store = CandidateStore.from_vector_major(self.segments[int(pos)].bits[:r_c])
                 scores[where[0]:where[-1] + 1] = store.maxsim(
-                    qb, (r_q, r_c), indices=torch.from_numpy(slots[where]), precise=True)[0]
+                    qb, (r_q, r_c), indices=torch.from_numpy(slots[where]), precise=precise)[0]
             return torch.from_numpy(candidates), scores
         gathered = torch.empty(r_c, len(candidates), self.dim, dtype=torch.bfloat16)
         jobs = []

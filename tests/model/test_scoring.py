@@ -239,6 +239,9 @@ def test_with_the_kernel_the_fast_path_is_bf16_only_where_the_cpu_has_it(monkeyp
         def __init__(self, features: int):
             self.features = features
 
+        def takes(self, variant: int, dim: int) -> bool:
+            return maxsim_kernel.Kernel.takes(self, variant, dim)
+
     monkeypatch.setattr(maxsim_kernel, "load", lambda: Stub(features))
     monkeypatch.setattr(scoring, "cpu_has_native_bf16", lambda: native_bf16)
     bf16_kernel = native_bf16 and features & 0b10
@@ -249,6 +252,9 @@ def test_with_the_kernel_the_fast_path_is_bf16_only_where_the_cpu_has_it(monkeyp
             want = torch.bfloat16
         assert scoring._compute_dtype(rows, precise=False) == want
         assert scoring.fast_path_is_precise(rows) == (want == torch.float32)
+        # Candidates are scored where they lie unless torch's bf16 GEMMs score them (they gather first).
+        assert scoring.scores_in_place(rows, 384) == (want == torch.float32 or bool(bf16_kernel))
+        assert scoring.scores_in_place(rows, 384, precise=True)
 
 
 # The fp32 core's blocking: candidates per block (from its element bound) and vectors per GEMM, both with a

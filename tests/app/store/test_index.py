@@ -340,8 +340,11 @@ def test_segments_stay_few_and_search_matches_exact_scoring(tmp_path, monkeypatc
         np.testing.assert_allclose([s for _, s in exact], ref.topk(20).values.numpy(), atol=1e-5)
         np.testing.assert_allclose([s for _, s in exact], ref[[order[r] for r, _ in exact]].numpy(), atol=1e-5)
         # Two-stage with a depth covering everything is exact; the first stage is persisted and reused.
+        gathers = len(gather_calls)
         full = index.search(query, budget, k=20, exact=False, depth=700)
         assert [s for _, s in full] == [s for _, s in exact]
+        # Where the scorer reads candidates by index (the kernel, or fp32 blocks), none are gathered first.
+        assert (len(gather_calls) == gathers) == scoring.scores_in_place(r_q, 16)
         # An index too big for the page cache gathers first (threaded or not), then scores: the same results
         # (on the fp32 path the scores up to fp32 rounding, the blocks being others).
         monkeypatch.setattr(segments_module, "page_cache_bytes", lambda: 0)
