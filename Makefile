@@ -40,7 +40,8 @@ lint: install
 
 bench: install
 	$(PY) bench/maxsim.py
-	$(PY) bench/search.py
+	$(PY) bench/search.py exact --dim 384
+	$(PY) bench/search.py kinds --dim 384
 	$(PY) bench/visual.py
 	$(PY) bench/mini.py
 	$(PY) bench/studio.py rerank
