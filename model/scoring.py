@@ -463,7 +463,18 @@ def near_top(scores: Tensor, k: int, r_q: int, limit: int = 256) -> Tensor:
         raise ValueError(f"near_top: scores must be 1-D, got shape {tuple(scores.shape)}")
     if k < 1 or r_q < 1:
         raise ValueError(f"near_top: k and r_q must be >= 1, got k={k}, r_q={r_q}")
-    order = torch.argsort(scores, descending=True, stable=True)[: max(k, limit)]
+    m = max(k, limit)
+    order = None
+    if scores.numel() > 4 * m:
+        # A full sort of a large collection's scores cost more than scoring it (100,000 items: ~10 ms against
+        # ~0.4 ms for topk). The m best by topk give the floor; everything at or above it (more than m only on
+        # ties) is sorted stably, so the order is the full stable sort's: best first, ties by position.
+        floor = torch.topk(scores, m, sorted=False).values.min()
+        at_least = torch.nonzero(scores >= floor).squeeze(1)
+        if at_least.numel() >= m:  # fewer only where NaNs made the floor meaningless: sort everything then
+            order = at_least[torch.argsort(scores[at_least], descending=True, stable=True)][:m]
+    if order is None:
+        order = torch.argsort(scores, descending=True, stable=True)[:m]
     if order.numel() <= k:
         return order
     kth = scores[order[k - 1]]

@@ -309,6 +309,19 @@ def test_near_top_keeps_every_score_within_the_rounding_bound_of_the_kth():
         near_top(scores[None], 2, 4)
 
 
+@pytest.mark.parametrize("n", [2_000, 20_000])
+def test_near_top_of_many_scores_is_the_full_stable_sorts(n):
+    """Over many items near_top takes the best by topk, not a full sort: same positions in the same order,
+    ties (bf16 scores repeat a lot) by position, including ties across the limit."""
+    g = torch.Generator().manual_seed(n)
+    scores = (torch.rand(n, generator=g) * 4).bfloat16().float()  # few distinct values: long runs of ties
+    for k, r_q, limit in [(10, 1, 256), (24, 16, 256), (5, 64, 50), (300, 4, 256)]:
+        want = torch.argsort(scores, descending=True, stable=True)[: max(k, limit)]
+        kth = scores[want[k - 1]]
+        want = want[scores[want] >= kth - r_q / 128.0]
+        assert torch.equal(near_top(scores, k, r_q, limit=limit), want), (k, r_q, limit)
+
+
 def test_first_vectors_and_candidate(data):
     _, c = data
     store = CandidateStore(c)
