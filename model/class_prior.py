@@ -30,12 +30,13 @@ import torch.nn.functional as F
 TOP_CLASSES = 10  # ConSE's T: how many of the classifier's classes the visual tokenizer keeps on a doc
 
 
-def class_texts() -> list[str]:
-    """Each ImageNet class's words as the visual tokenizer writes them for a photo of it, in class order."""
+def class_texts(entry_names: bool = False) -> list[str]:
+    """Each ImageNet class's words as the visual tokenizer writes them for a photo of it, in class order
+    (`entry_names`: as a checkpoint that reads them does, MetaEmbedConfig.reads_entry_names)."""
     from .visual.vocab import load_vocab
 
     vocab = load_vocab()
-    return [", ".join(vocab.concept_terms(i)) for i in range(len(vocab))]
+    return [", ".join(vocab.concept_terms(i, entry_names)) for i in range(len(vocab))]
 
 
 def prior(class_vectors: torch.Tensor, class_probs) -> torch.Tensor:

@@ -13,6 +13,9 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "metaembed_config.json"
 
 
+ENTRY_NAMES_ENV = "METAEMBED_ENTRY_NAMES"
+
+
 def env_switch(name: str) -> bool | None:
     """An on/off switch from the environment: True for 1/true/on/yes, False for 0/false/off/no, None when unset
     or empty; anything else is refused with the variable's name."""
@@ -89,6 +92,10 @@ class MetaEmbedConfig:
     # the checkpoint, so an index made by a checkpoint that reads photos without them is never mixed with one
     # that reads them (a new reading is a new checkpoint id, and the app indexes the files again).
     scene_words: bool = False
+    # Whether a photo's concepts also carry their entry-level name, what people call such a thing ("duck" for a
+    # drake; model/visual/vocab.py, `concept_terms`). Part of the checkpoint for the same reason as scene_words;
+    # $METAEMBED_ENTRY_NAMES overrides it for evaluation runs (`reads_entry_names`).
+    entry_names: bool = False
     name: str = "metaembed"
     format_version: int = FORMAT_VERSION
 
@@ -133,6 +140,16 @@ class MetaEmbedConfig:
             raise ValueError(f"scene_words must be true or false, got {self.scene_words!r}")
         if self.scene_words and self.front_end != "visual-tokenizer":
             raise ValueError(f"scene_words needs the visual-tokenizer front end, but front_end is {self.front_end!r}")
+        if not isinstance(self.entry_names, bool):
+            raise ValueError(f"entry_names must be true or false, got {self.entry_names!r}")
+        if self.entry_names and self.front_end != "visual-tokenizer":
+            raise ValueError(f"entry_names needs the visual-tokenizer front end, but front_end is {self.front_end!r}")
+
+    def reads_entry_names(self) -> bool:
+        """`entry_names`, unless $METAEMBED_ENTRY_NAMES (0 / 1) says otherwise: one answer for the photos' text
+        and the class prior's class texts, which must read the same words."""
+        override = env_switch(ENTRY_NAMES_ENV)
+        return self.entry_names if override is None else override
 
     @property
     def weights(self) -> list[float]:

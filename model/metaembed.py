@@ -207,7 +207,8 @@ class MetaEmbed(nn.Module):
             nn.Module.train(self, False)  # no dropout in a table every later photo reads
             try:
                 with torch.inference_mode():
-                    vecs = self.encode(class_texts(), "candidate", batch_size=128, num_tokens=1)
+                    vecs = self.encode(class_texts(self.config.reads_entry_names()), "candidate",
+                                        batch_size=128, num_tokens=1)
             finally:
                 for module, mode in modes:  # each module as it was (a trainer may keep some in eval mode)
                     module.training = mode

@@ -34,11 +34,12 @@ FRONT_ENDS = ("visual-tokenizer",)
 class LazyFrontEnd:
     """Builds the visual tokenizer on first use, so text-only work never pays for loading it."""
 
-    def __init__(self, name: str, scene_words: bool = False):
+    def __init__(self, name: str, scene_words: bool = False, entry_names: bool = False):
         if name not in FRONT_ENDS:
             raise ValueError(f"unknown front_end {name!r}; known: {list(FRONT_ENDS)}")
         self.name = name
         self.scene_words = scene_words  # the checkpoint's setting; $METAEMBED_SCENE overrides it for experiments
+        self.entry_names = entry_names  # as the checkpoint reads it (MetaEmbedConfig.reads_entry_names)
         self._impl = None
 
     def tokenize(self, images):
@@ -50,7 +51,8 @@ class LazyFrontEnd:
             from ..visual.tokenizer import SCENE_ENV
 
             override = env_switch(SCENE_ENV)
-            self._impl = VisualTokenizer(scene=self.scene_words if override is None else override)
+            self._impl = VisualTokenizer(scene=self.scene_words if override is None else override,
+                                         entry_names=self.entry_names)
         return self._impl.tokenize(images)
 
 
@@ -58,7 +60,8 @@ def load_backbone(cfg: MetaEmbedConfig, dtype: torch.dtype = torch.float32) -> B
     """Build the adapter for `cfg` with the backbone's pretrained weights (a VLM's in `dtype`; the text
     encoders load in fp32 and are cast by the caller, which costs them nothing: they are small)."""
     if cfg.backbone in TEXT_FAMILIES:
-        front = LazyFrontEnd(cfg.front_end, scene_words=cfg.scene_words) if cfg.front_end else None
+        front = (LazyFrontEnd(cfg.front_end, scene_words=cfg.scene_words, entry_names=cfg.reads_entry_names())
+                 if cfg.front_end else None)
         return TextEncoderBackbone.load(cfg.backbone_id, cfg.backbone_revision, front_end=front,
                                         max_length=cfg.max_length)
     if cfg.backbone in VLM_FAMILIES:

@@ -140,14 +140,15 @@ class _DocWriter:
         return "".join(self.pieces)
 
 
-def _write_concepts(doc: _DocWriter, kept: list[tuple[int, float, int]], vocab: ImageNetVocab) -> None:
+def _write_concepts(doc: _DocWriter, kept: list[tuple[int, float, int]], vocab: ImageNetVocab,
+                    entry_names: bool = False) -> None:
     """Each kept concept as "name, synonym, hypernyms", joined by CONCEPT_SEP."""
     used_terms: set[str] = set()
     for n, (idx, _, pos) in enumerate(kept):
         if n:
             doc.emit(CONCEPT_SEP)
         # A hypernym already said by a more probable concept is not repeated ("mammal, animal" once).
-        terms = vocab.concept_terms(idx)
+        terms = vocab.concept_terms(idx, entry_names)
         terms = [terms[0]] + [t for t in terms[1:] if _term_key(t) not in used_terms]
         used_terms.update(_term_key(t) for t in terms)
         doc.emit(TERM_SEP.join(terms), "concept", pos)
@@ -237,6 +238,7 @@ def render_doc(
     max_pieces: int = MAX_DOC_PIECES,
     people: list[str] | None = None,
     scene: list[str] | None = None,
+    entry_names: bool = False,
 ) -> tuple[str, list[RenderedSpan]]:
     """Render a visual doc. Deterministic: same inputs, same text.
 
@@ -248,6 +250,7 @@ def render_doc(
       "; "-separated group, "person, face" (None or [] = none: the doc is exactly as before).
     scene: scene words (scene.scene_words: "sky", "black and white, monochrome"), each one more "; "-separated
       group after the people (None or [] = none).
+    entry_names: each concept also says its entry-level name (ImageNetVocab.concept_terms).
     colours: (colour words, area fraction); the MAX_COLOURS largest, largest first, as "colors: a, b".
     words: OCR words in reading order, as "text: w1 w2 ..."; each is cut to MAX_WORD_CHARS, and words are
       dropped from the end once the doc would exceed `max_pieces` MiniLM word pieces (or MAX_OCR_WORDS).
@@ -260,7 +263,7 @@ def render_doc(
     kept_concepts = select_concepts(concepts, num_classes=len(vocab))
     kept_colours = select_colours(colours)
     doc = _DocWriter()
-    _write_concepts(doc, kept_concepts, vocab)
+    _write_concepts(doc, kept_concepts, vocab, entry_names)
     _write_people(doc, people)
     _write_scene(doc, scene)
     _write_colours(doc, kept_colours)

@@ -210,11 +210,13 @@ class VisualTokenizer:
     ImportError naming the pip package, when it is missing), False = off, None = $METAEMBED_PEOPLE ("0" off,
     "1" required), else on when its package is installed (a warning once when it is not).
     scene: write scene words (scene.py). None = $METAEMBED_SCENE ("0" off), else on.
+    entry_names: each concept also says its entry-level name ("duck" for a drake; vocab.concept_terms).
     classifier: the ImageNet classifier; by default the shared one, whose variant $METAEMBED_CLASSIFIER picks.
     """
 
     def __init__(self, classifier=None, vocab: ImageNetVocab | None = None, ocr_fn=None, overlap: bool = False,
-                 people: bool | None = None, face_detector=None, scene: bool | None = None):
+                 people: bool | None = None, face_detector=None, scene: bool | None = None,
+                 entry_names: bool = False):
         self.classifier = classifier or get_classifier()
         self.vocab = vocab or load_vocab()
         self.ocr_fn = ocr_image if ocr_fn is None else ocr_fn
@@ -225,6 +227,7 @@ class VisualTokenizer:
         self._ocr_memo: OrderedDict[tuple, list] = OrderedDict()
         self._ocr_lock = threading.Lock()
         self.scene = env_switch(SCENE_ENV) is not False if scene is None else bool(scene)
+        self.entry_names = entry_names
 
     def tokenize(self, images: list[Image.Image], ocr: bool | Literal["auto"] = "auto") -> list[VisualDoc]:
         """One VisualDoc per image. ocr: True = always, False = never, "auto" = where the text gate fires
@@ -327,7 +330,7 @@ class VisualTokenizer:
         scene = [] if words else prep.scene
         text, spans = render_doc(
             concepts, [(c.name, c.fraction) for c in colours], [w.text for w in words], vocab=self.vocab,
-            people=[t.text for t in people], scene=[w.text for w in scene],
+            people=[t.text for t in people], scene=[w.text for w in scene], entry_names=self.entry_names,
         )
         concept_spans = [s for s in spans if s.kind == "concept"]
         cams = {}

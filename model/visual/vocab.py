@@ -26,6 +26,7 @@ class HypernymNode:
     names: tuple[str, ...]
     freq: int
     head_freq: int
+    common: bool = False  # every word of its name is an everyday English word (SCOWL size 35; build_vocab)
 
     @property
     def name(self) -> str:
@@ -63,7 +64,7 @@ class ImageNetVocab:
         if not isinstance(raw_classes, list) or len(raw_classes) != 1000:
             raise ValueError(f"{source}: expected 1000 classes")
         self.nodes: dict[str, HypernymNode] = {
-            wnid: HypernymNode(wnid, tuple(n["names"]), int(n["freq"]), int(n["head_freq"]))
+            wnid: HypernymNode(wnid, tuple(n["names"]), int(n["freq"]), int(n["head_freq"]), bool(n.get("common")))
             for wnid, n in data["nodes"].items()
         }
         self.stop_nodes: dict[str, str] = dict(data.get("stop_nodes", {}))
@@ -98,14 +99,20 @@ class ImageNetVocab:
         """Every lemma name of every hypernym node, sorted (for synthetic training text)."""
         return sorted({name for node in self.nodes.values() for name in node.names})
 
-    @functools.lru_cache(maxsize=1024)  # noqa: B019 - the vocab is a process-wide singleton
-    def concept_terms(self, index: int) -> tuple[str, ...]:
+    @functools.lru_cache(maxsize=2048)  # noqa: B019 - the vocab is a process-wide singleton
+    def concept_terms(self, index: int, entry_names: bool = False) -> tuple[str, ...]:
         """The words a doc uses for class `index`: name, one synonym, then up to MAX_HYPERNYMS hypernyms.
 
         Synonym: the first other name that is not a spelling variant of one already taken. Hypernyms: the
         chain nodes with the highest `score` (>= MIN_HYPERNYM_SCORE), ties to the nearer node, emitted
         nearest-first, skipping names already used. Example: tabby -> (tabby, tabby cat, domestic cat, cat,
         animal).
+
+        entry_names: also the class's entry-level name, what people call such a thing (Ordonez et al., ICCV
+        2013, "From Large Scale Image Categorization to Entry-Level Categories"): the nearest hypernym whose
+        words are all everyday words (`HypernymNode.common`), right after the class's own names, unless a
+        name already says it. drake -> (drake, duck, anseriform bird, bird, animal), where the tag counts
+        alone give "anseriform bird" but never "duck".
         """
         if not 0 <= index < len(self.classes):
             raise ValueError(f"class index {index} outside 0..{len(self.classes) - 1}")
@@ -115,6 +122,7 @@ class ImageNetVocab:
             if not any(_same_word(name, t) for t in terms) and len(name.split()) <= 3:
                 terms.append(name)
                 break
+        names = len(terms)
         chain = [self.nodes[h] for h in cls.hypernym_ids]
         ranked = sorted(
             (i for i, node in enumerate(chain) if node.score >= MIN_HYPERNYM_SCORE),
@@ -128,6 +136,10 @@ class ImageNetVocab:
                 continue
             picked.append(i)
         terms.extend(chain[i].name for i in sorted(picked))
+        if entry_names:
+            entry = next((node.name for node in chain if node.common), None)
+            if entry is not None and not any(_same_word(entry, t) for t in terms):
+                terms.insert(names, entry)
         return tuple(terms)
 
 

@@ -22,6 +22,24 @@ def test_config_checks_the_weight_and_the_front_end():
         MetaEmbedConfig(class_prior=0.5)
 
 
+def test_entry_names_are_a_checked_setting_read_alike_by_photos_and_the_class_texts(monkeypatch):
+    monkeypatch.delenv("METAEMBED_ENTRY_NAMES", raising=False)
+    config = MetaEmbedConfig(front_end="visual-tokenizer", entry_names=True)
+    assert config.reads_entry_names() and not MetaEmbedConfig().reads_entry_names()
+    monkeypatch.setenv("METAEMBED_ENTRY_NAMES", "0")  # an evaluation run reading photos the old way
+    assert not config.reads_entry_names()
+    monkeypatch.setenv("METAEMBED_ENTRY_NAMES", "maybe")
+    with pytest.raises(ValueError, match="METAEMBED_ENTRY_NAMES must be 0 or 1"):
+        config.reads_entry_names()
+    with pytest.raises(ValueError, match="entry_names must be true or false"):
+        MetaEmbedConfig(front_end="visual-tokenizer", entry_names="yes")
+    with pytest.raises(ValueError, match="entry_names needs the visual-tokenizer front end"):
+        MetaEmbedConfig(entry_names=True)
+    drake = 97  # n01847000 in classifier order
+    assert class_texts(entry_names=True)[drake].startswith("drake, duck, ")
+    assert "duck" not in class_texts()[drake]
+
+
 def test_only_the_first_vector_of_a_photo_row_moves():
     torch.manual_seed(0)
     vecs = F.normalize(torch.randn(3, 4, 8), dim=-1)

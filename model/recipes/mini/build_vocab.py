@@ -1,6 +1,7 @@
 """Build assets/vocab/imagenet_wordnet.json: names, gloss and hypernym chain for the 1000 ImageNet-1k classes.
 
-    python -m model.recipes.mini.build_vocab [--timm-wheel PATH] [--wordnet-dir DIR] [--out PATH]
+    python -m model.recipes.mini.build_vocab [--timm-wheel PATH] [--wordnet-dir DIR] [--common-words PATH]
+                                             [--out PATH]
 
 Sources (both offline once fetched; nothing is downloaded by this script):
 - class order: `timm/data/_info/imagenet_synsets.txt` read from inside a timm wheel
@@ -8,6 +9,8 @@ Sources (both offline once fetched; nothing is downloaded by this script):
   sorted, which is the output order of ImageNet-1k classifiers (checked on real photos with ours).
 - WordNet 3.0 noun database from Debian's `wordnet-base` (`/usr/share/wordnet/data.noun`, `index.noun`,
   `cntlist.rev`). ImageNet ids are WordNet 3.0 noun offsets ("n" + 8 digits).
+- everyday English words: SCOWL's size-35 list (Kevin Atkinson's Spell Checker Oriented Word Lists), Debian's
+  `wamerican-small` (`/usr/share/dict/american-english-small`, ~51,000 words, the smallest of its sizes).
 
 Hypernym chains follow the first `@` (or instance `@i`) pointer of each synset upward and stop before the
 first node in STOP_NODES: the abstract top of WordNet ("entity", "physical entity", "object", "whole",
@@ -19,7 +22,8 @@ hundreds of chains with a near-empty word ("device", "covering", "substance", "s
 Per hypernym node the asset stores its common lemma names, `freq` (WordNet semantic-concordance tag count of
 the synset, from cntlist.rev: how often annotators met that sense in running text) and `head_freq` (the best
 noun tag count of the last word of its name in any sense, e.g. "cat" for "domestic cat"). The renderer uses them
-to pick the hypernyms people actually say. Latin binomials ("Felis catus") go to `scientific`, not `names`.
+to pick the hypernyms people actually say. `common` marks a node whose first name is made only of words in the
+everyday list ("duck" yes, "anseriform bird" no): the renderer's entry-level name (`concept_terms`). Latin binomials ("Felis catus") go to `scientific`, not `names`.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from model.files import write_atomic
 from model.visual.vocab import ASSET_PATH
 
 DEFAULT_WORDNET_DIR = Path("/usr/share/wordnet")
+DEFAULT_COMMON_WORDS = Path("/usr/share/dict/american-english-small")
 DEFAULT_TIMM_GLOB = "/tmp/timm/timm-*.whl"
 SYNSET_LIST = "timm/data/_info/imagenet_synsets.txt"
 SCHEMA_VERSION = 1
@@ -218,7 +223,26 @@ def _short_gloss(gloss: str, limit: int = 160) -> str:
     return text
 
 
-def build(timm_wheel: Path, wordnet_dir: Path) -> dict:
+def read_common_words(path: Path) -> frozenset[str]:
+    """The everyday words: one per line, lower-cased; entries that are not all letters (possessives such as
+    "duck's") are left out."""
+    if not path.is_file():
+        raise SourceError(f"word list missing: {path}. Install `wamerican-small`.")
+    with open(path, encoding="utf-8") as fh:
+        words = frozenset(w.strip().lower() for w in fh if w.strip().isalpha())
+    if not words:
+        raise SourceError(f"{path} holds no words")
+    return words
+
+
+def is_common(name: str, words: frozenset[str]) -> bool:
+    """Whether every word of `name` (split at spaces and hyphens) is an everyday word."""
+    return all(w.lower() in words for w in name.replace("-", " ").split())
+
+
+def build(timm_wheel: Path, wordnet_dir: Path, common_words: Path = DEFAULT_COMMON_WORDS) -> dict:
+    words = read_common_words(common_words)
+    print(f"everyday words: {common_words} ({len(words)} words)", file=sys.stderr)
     wnids = read_imagenet_synsets(timm_wheel)
     print(f"class order: {timm_wheel}:{SYNSET_LIST} ({len(wnids)} ids)", file=sys.stderr)
     wn = WordNetNouns(wordnet_dir)
@@ -254,12 +278,14 @@ def build(timm_wheel: Path, wordnet_dir: Path) -> dict:
                     "names": node_common,
                     "freq": wn.counts.get(node, 0),
                     "head_freq": wn.head_word_count(node_common[0]),
+                    "common": is_common(node_common[0], words),
                 }
     return {
         "version": SCHEMA_VERSION,
         "sources": {
             "class_order": f"timm wheel {timm_wheel.name}:{SYNSET_LIST}",
             "wordnet": "WordNet 3.0 (Princeton University), Debian package wordnet-base",
+            "common_words": "SCOWL size 35 (Kevin Atkinson), Debian package wamerican-small",
         },
         "stop_nodes": STOP_NODES,
         "classes": classes,
@@ -276,10 +302,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--timm-wheel", type=Path, default=None, help="path to a timm wheel (not installed)")
     parser.add_argument("--wordnet-dir", type=Path, default=DEFAULT_WORDNET_DIR)
+    parser.add_argument("--common-words", type=Path, default=DEFAULT_COMMON_WORDS,
+                        help="everyday English words, one per line (Debian wamerican-small)")
     parser.add_argument("--out", type=Path, default=ASSET_PATH)
     args = parser.parse_args(argv)
     try:
-        data = build(args.timm_wheel or _default_wheel(), args.wordnet_dir)
+        data = build(args.timm_wheel or _default_wheel(), args.wordnet_dir, args.common_words)
     except SourceError as exc:
         print(f"build_vocab: {exc}", file=sys.stderr)
         return 2

