@@ -15,6 +15,10 @@ picture with readable text. A checkpoint asks for them in its config (`scene_wor
 on), and METAEMBED_SCENE=0 / 1 overrides the checkpoint; `VisualTokenizer(scene=...)` sets them directly
 (None: $METAEMBED_SCENE, else on).
 
+Entry-level names: with `VisualTokenizer(entry_names=True)` each concept also says what people call it ("drake,
+duck, ..."; vocab.py, `concept_terms`). A checkpoint asks for them in its config (`entry_names`), and
+METAEMBED_ENTRY_NAMES=0 / 1 overrides it (MetaEmbedConfig.reads_entry_names, which the class prior reads too).
+
 The text format is produced by ONE function, `render_doc` (render.py), which both this tokenizer and the
 synthetic training-data generator (model/recipes/mini/photo_pairs.py) call, so training sees the format the
 app indexes (scene words excepted: the generator does not make them).
