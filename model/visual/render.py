@@ -6,8 +6,9 @@
 
 The text format is produced by ONE function, `render_doc`, which both the visual tokenizer (tokenizer.py) and
 the synthetic training-data generator (model/recipes/mini/photo_pairs.py) call, so training sees the format
-the app indexes (the generator writes no scene words: no shipped weights were trained on photo docs since v1). `render_doc` also owns the selection rules (probability threshold, caps, order, length
-budget), so a generator may pass raw candidates and get the same doc the tokenizer would.
+the app indexes (the generator writes no scene words and no entry-level names: no shipped weights were
+trained on photo docs since v1). `render_doc` also owns the selection rules (probability threshold, caps,
+order, length budget), so a generator may pass raw candidates and get the same doc the tokenizer would.
 """
 
 from __future__ import annotations
