@@ -185,8 +185,7 @@ def bench_kinds(args: argparse.Namespace) -> None:
             # budget's block looked up to a quarter slower (session 31).
             times: list[list[float]] = [[] for _ in shares]
             for r in range(args.repeat):
-                for s in (r + j for j in range(len(shares))):
-                    s %= len(shares)
+                for s in ((r + j) % len(shares) for j in range(len(shares))):
                     t = time.perf_counter()
                     index.search(q, budget, k=24, kinds=shares[s][1])
                     times[s].append(time.perf_counter() - t)

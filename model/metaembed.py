@@ -207,14 +207,21 @@ class MetaEmbed(nn.Module):
             nn.Module.train(self, False)  # no dropout in a table every later photo reads
             try:
                 with torch.inference_mode():
-                    vecs = self.encode(class_texts(self.config.reads_entry_names()), "candidate",
-                                        batch_size=128, num_tokens=1)
+                    vecs = self.encode(class_texts(self.reads_entry_names()), "candidate", batch_size=128,
+                                       num_tokens=1)
             finally:
                 for module, mode in modes:  # each module as it was (a trainer may keep some in eval mode)
                     module.training = mode
             with torch.inference_mode(False):
                 self._class_vectors = vecs[:, 0].clone()  # a plain tensor: training may read it too
         return self._class_vectors
+
+    def reads_entry_names(self) -> bool:
+        """Whether this model's photo texts carry entry-level names: as its visual front end was built (the
+        config, or $METAEMBED_ENTRY_NAMES when it loaded), so the class prior reads the same words even if the
+        variable changes later."""
+        front = getattr(self.backbone, "front_end", None)
+        return front.entry_names if front is not None else self.config.reads_entry_names()
 
     def train(self, mode: bool = True) -> MetaEmbed:
         if mode:

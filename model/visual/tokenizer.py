@@ -21,7 +21,7 @@ METAEMBED_ENTRY_NAMES=0 / 1 overrides it (MetaEmbedConfig.reads_entry_names, whi
 
 The text format is produced by ONE function, `render_doc` (render.py), which both this tokenizer and the
 synthetic training-data generator (model/recipes/mini/photo_pairs.py) call, so training sees the format the
-app indexes (scene words excepted: the generator does not make them).
+app indexes (scene words and entry-level names excepted: the generator does not make them).
 """
 
 from __future__ import annotations

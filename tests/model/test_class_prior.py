@@ -35,6 +35,14 @@ def test_entry_names_are_a_checked_setting_read_alike_by_photos_and_the_class_te
         MetaEmbedConfig(front_end="visual-tokenizer", entry_names="yes")
     with pytest.raises(ValueError, match="entry_names needs the visual-tokenizer front end"):
         MetaEmbedConfig(entry_names=True)
+    # A model reads the setting once, when its front end is built: photo texts and class texts agree after.
+    monkeypatch.setenv("METAEMBED_ENTRY_NAMES", "1")
+    model = MetaEmbed.from_config(MetaEmbedConfig(front_end="visual-tokenizer", meta_attention="phrases",
+                                                  lora_r=None, embed_dim=None, num_query_tokens=4,
+                                                  num_candidate_tokens=8, groups=[(1, 1), (2, 4), (4, 8)]),
+                                  device="cpu")
+    monkeypatch.setenv("METAEMBED_ENTRY_NAMES", "0")
+    assert model.backbone.front_end.entry_names and model.reads_entry_names()
     drake = 97  # n01847000 in classifier order
     assert class_texts(entry_names=True)[drake].startswith("drake, duck, ")
     assert "duck" not in class_texts()[drake]
@@ -68,9 +76,10 @@ def test_a_model_with_the_prior_reads_a_photo_with_its_classes_and_text_as_befor
     assert torch.equal(a[1], b[1]) and torch.equal(a[0, 1:], b[0, 1:])  # text rows and the photo's parts: as before
     assert not torch.allclose(a[0, 0], b[0, 0], atol=1e-3)
     table = mixed.class_vectors()
-    assert table.shape == (len(class_texts()), mixed.dim) and torch.allclose(table.norm(dim=-1), torch.ones(1000))
+    texts = class_texts(mixed.reads_entry_names())
+    assert table.shape == (len(texts), mixed.dim) and torch.allclose(table.norm(dim=-1), torch.ones(1000))
     # The same vectors as encoding the words (to bf16 autocast: the table is made in batches of 128).
-    assert torch.allclose(table[:2], mixed.encode_candidates(class_texts()[:2])[:, 0], atol=5e-3)
+    assert torch.allclose(table[:2], mixed.encode_candidates(texts[:2])[:, 0], atol=5e-3)
     doc = mixed.backbone.front_end.tokenize([photo])[0]
     assert len(doc.class_probs) == TOP_CLASSES and doc.class_probs[0][1] >= doc.class_probs[-1][1]
     expected = F.normalize(0.5 * a[0, 0] + 0.5 * prior(table, doc.class_probs), dim=-1)

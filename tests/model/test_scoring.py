@@ -320,6 +320,11 @@ def test_near_top_of_many_scores_is_the_full_stable_sorts(n):
         kth = scores[want[k - 1]]
         want = want[scores[want] >= kth - r_q / 128.0]
         assert torch.equal(near_top(scores, k, r_q, limit=limit), want), (k, r_q, limit)
+    # NaN scores (never made by scoring, but not to be lost on): the same answer as the full sort's.
+    for nans in (scores.clone().index_fill_(0, torch.arange(0, n, 7), float("nan")), torch.full((n,), float("nan"))):
+        want = torch.argsort(nans, descending=True, stable=True)[:256]
+        kth = nans[want[9]]
+        assert torch.equal(near_top(nans, 10, 1), want[nans[want] >= kth - 1 / 128.0])
 
 
 def test_first_vectors_and_candidate(data):

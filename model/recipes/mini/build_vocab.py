@@ -23,7 +23,8 @@ Per hypernym node the asset stores its common lemma names, `freq` (WordNet seman
 the synset, from cntlist.rev: how often annotators met that sense in running text) and `head_freq` (the best
 noun tag count of the last word of its name in any sense, e.g. "cat" for "domestic cat"). The renderer uses them
 to pick the hypernyms people actually say. `common` marks a node whose first name is made only of words in the
-everyday list ("duck" yes, "anseriform bird" no): the renderer's entry-level name (`concept_terms`). Latin binomials ("Felis catus") go to `scientific`, not `names`.
+everyday list ("duck" yes, "anseriform bird" no): the renderer's entry-level name (`concept_terms`). Latin
+binomials ("Felis catus") go to `scientific`, not `names`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A synthetic photo is one or two true ImageNet concepts plus the classifier's typ
 whose output-layer rows are most similar to the true class's), with probabilities drawn from what the
 classifier really outputs on photos, dominant colours, and sometimes text. It is rendered with the
 tokenizer's own `render_doc` (model/visual/render.py), so training sees the format the app indexes (without
-its scene words, "sky" and "black and white", which no synthetic photo has).
+its scene words, "sky" and "black and white", which no synthetic photo has, and without entry-level names).
 Queries are written the ways people search photos: a name or synonym, a more general word (dog -> animal), a
 colour plus a thing, two things together, a phrase from the WordNet gloss. Hard negatives are a sibling
 concept (same parent, so the query's specific word decides) or the same thing in other colours.

@@ -1,4 +1,4 @@
-"""Build MetaEmbed-Mini v3.3, the offline default model, on this machine.
+"""Build MetaEmbed-Mini v3.4, the offline default model, on this machine.
 
     python -m model.recipes.mini.train [--out assets/metaembed-mini] [--seed 0] [--steps 0]
 

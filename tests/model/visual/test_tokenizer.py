@@ -121,6 +121,8 @@ def test_entry_names_say_what_people_call_a_class(vocab):
     with_entry = vocab.concept_terms(drake, entry_names=True)
     assert with_entry[:2] == ("drake", "duck")  # the nearest everyday hypernym, right after the class's names
     assert with_entry[2:] == vocab.concept_terms(drake)[1:]  # and nothing else moves
+    wallaby = vocab.concept_terms(vocab.index_of("n01877812"), entry_names=True)
+    assert wallaby[:3] == ("wallaby", "brush kangaroo", "kangaroo")  # after the synonym, before the hypernyms
     tabby = vocab.index_of("n02123045")  # its names and hypernyms already say "domestic cat"
     assert vocab.concept_terms(tabby, entry_names=True) == vocab.concept_terms(tabby)
     # The rebuilt asset marks everyday names (recipe: build_vocab, SCOWL size 35).
