@@ -20,6 +20,7 @@ from PIL import Image
 
 from app.ui.plots import Mark, colour_rgb
 from model.scoring import explain as maxsim_explain
+from model.visual.vocab import load_vocab
 
 SPECIAL = {"[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>"}
 # Common English words that carry no topic: a page's summary names the content words instead ("Mostly because
@@ -221,14 +222,31 @@ CSS_CHIP = ("display:inline-block;margin:1px 2px;padding:0 5px;border-radius:5px
 
 def short_label(unit: Unit) -> str:
     """A concept's name and its two most general words ("lesser panda (… mammal, animal)" for "lesser panda, red
-    panda, mammal, animal"): a query's "bird" matches a lorikeet through "bird", which the chip must show."""
+    panda, mammal, animal"): a query's "bird" matches a lorikeet through "bird", which the chip must show. Where
+    the concept also says its entry-level name (what people call it, MetaEmbed-Mini v3.4), that word too:
+    "drake (duck … bird, animal)", since a query's "duck" matches through it."""
     if unit.kind == "concept" and "," in unit.label:
         terms = [t.strip() for t in unit.label.split(",") if t.strip()]
         if len(terms) < 2:
             return terms[0] if terms else unit.label
+        general = terms[-2:] if len(terms) > 2 else terms[1:]
+        entry = _entry_name(unit, terms)
+        if entry is not None and entry not in general:
+            gap = " … " if terms.index(entry) + 1 < len(terms) - len(general) else ", "
+            return f"{terms[0]} ({entry}{gap}{', '.join(general)})"
         skipped = "… " if len(terms) > 3 else ""
-        return f"{terms[0]} ({skipped}{', '.join(terms[-2:] if len(terms) > 2 else terms[1:])})"
+        return f"{terms[0]} ({skipped}{', '.join(general)})"
     return unit.label.strip(" ,.;:") or unit.label  # "colors:" reads as "colors"
+
+
+def _entry_name(unit: Unit, terms: list[str]) -> str | None:
+    """The entry-level name among a concept's `terms`, when its checkpoint wrote one (model/visual/vocab.py)."""
+    index = getattr(unit.visual, "class_index", None)
+    if index is None or len(terms) < 3:
+        return None
+    vocab = load_vocab()
+    added = set(vocab.concept_terms(index, entry_names=True)) - set(vocab.concept_terms(index))
+    return next((t for t in terms[1:] if t in added), None)
 
 
 def meaningful(unit: Unit) -> bool:

@@ -3,6 +3,8 @@ photo's visual tokens are painted."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 
 from app.ui.explain import (
@@ -16,6 +18,7 @@ from app.ui.explain import (
     top_units,
 )
 from model.visual.tokenizer import VisualToken
+from model.visual.vocab import load_vocab
 
 
 def test_the_summary_names_content_words_not_stopwords_or_punctuation():
@@ -88,6 +91,21 @@ def test_a_concept_chip_shows_the_general_words_a_query_matches_through():
     assert label("lesser panda, red panda, mammal, animal") == "lesser panda (… mammal, animal)"
     assert label("seashore, coast") == "seashore (coast)" and label("sky") == "sky"
     assert label("dog,") == "dog" and label(",") == ","  # malformed labels are shown as they are, never an error
+
+
+def test_a_concept_chip_shows_its_entry_level_name():
+    """v3.4 writes what people call a class ("duck" for a drake), which is what a query's "duck" matches."""
+    def label(text: str, class_index: int | None) -> str:
+        visual = SimpleNamespace(class_index=class_index)
+        return short_label(Unit(label=text, kind="concept", tokens=[0], span=(0, len(text)), visual=visual))
+
+    vocab = load_vocab()
+    drake, lorikeet = vocab.index_of("n01847000"), vocab.index_of("n01820546")
+    assert label("drake, duck, anseriform bird, bird, animal", drake) == "drake (duck … bird, animal)"
+    assert label("lorikeet, parrot, bird, animal", lorikeet) == "lorikeet (parrot, bird, animal)"
+    # Written without entry names (an older checkpoint), or not a classifier concept: as before.
+    assert label("drake, anseriform bird, bird, animal", drake) == "drake (… bird, animal)"
+    assert label("lorikeet, parrot, bird, animal", None) == "lorikeet (… bird, animal)"
 
 
 def test_the_summary_names_a_concept_by_its_name():
