@@ -244,9 +244,8 @@ def _entry_name(unit: Unit, terms: list[str]) -> str | None:
     index = getattr(unit.visual, "class_index", None)
     if index is None or len(terms) < 3:
         return None
-    vocab = load_vocab()
-    added = set(vocab.concept_terms(index, entry_names=True)) - set(vocab.concept_terms(index))
-    return next((t for t in terms[1:] if t in added), None)
+    entry = load_vocab().entry_name(index)
+    return entry if entry in terms[1:] else None
 
 
 def meaningful(unit: Unit) -> bool:

@@ -136,11 +136,19 @@ class ImageNetVocab:
                 continue
             picked.append(i)
         terms.extend(chain[i].name for i in sorted(picked))
-        if entry_names:
-            entry = next((node.name for node in chain if node.common), None)
-            if entry is not None and not any(_same_word(entry, t) for t in terms):
-                terms.insert(names, entry)
+        if entry_names and (entry := _entry_level(chain, terms)) is not None:
+            terms.insert(names, entry)
         return tuple(terms)
+
+    def entry_name(self, index: int) -> str | None:
+        """The word `concept_terms(index, entry_names=True)` adds to the plain terms, or None when it adds none."""
+        return _entry_level([self.nodes[h] for h in self.classes[index].hypernym_ids], self.concept_terms(index))
+
+
+def _entry_level(chain: list[HypernymNode], terms) -> str | None:
+    """The nearest node of `chain` whose name is all everyday words, unless one of `terms` already says it."""
+    entry = next((node.name for node in chain if node.common), None)
+    return None if entry is None or any(_same_word(entry, t) for t in terms) else entry
 
 
 def _norm(word: str) -> str:

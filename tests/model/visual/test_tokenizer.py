@@ -125,6 +125,7 @@ def test_entry_names_say_what_people_call_a_class(vocab):
     assert wallaby[:3] == ("wallaby", "brush kangaroo", "kangaroo")  # after the synonym, before the hypernyms
     tabby = vocab.index_of("n02123045")  # its names and hypernyms already say "domestic cat"
     assert vocab.concept_terms(tabby, entry_names=True) == vocab.concept_terms(tabby)
+    assert vocab.entry_name(drake) == "duck" and vocab.entry_name(tabby) is None  # the word added, if any
     # The rebuilt asset marks everyday names (recipe: build_vocab, SCOWL size 35).
     common = {node.name: node.common for node in vocab.nodes.values()}
     assert common["duck"] and common["bird"] and not common["anseriform bird"]
