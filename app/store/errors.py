@@ -6,7 +6,9 @@ module of their own that imports nothing of the store's, which keeps the store f
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
+
+from ..ingest.events import ItemKind
 
 # What to do about a damaged index: the index holds only derived data, so it is rebuilt from the files.
 REBUILD_HINT = ("Your files are not affected: move the index folder away and run `index` on the same files "
@@ -59,7 +61,7 @@ def check_search(q: Any, budget: Any, k: Any, dim: int, num_vectors: int) -> tup
     return r_q, r_c
 
 
-ITEM_KINDS = ("image", "pdf_page", "text")  # the kinds of item a store holds (app.ingest.events.ItemKind)
+ITEM_KINDS: tuple[str, ...] = get_args(ItemKind)  # the kinds of item a store holds
 
 
 def check_kinds(kinds: Any) -> frozenset[str] | None:
