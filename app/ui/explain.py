@@ -57,6 +57,9 @@ class Explanation:
     c_units: list[Unit] = field(default_factory=list)
     c_unit_attention: np.ndarray | None = None  # [R_c, len(c_units)]
     c_relevance: np.ndarray | None = None  # [len(c_units)] sums to 1 (or all zeros)
+    # The same relevance per content token, and each token's characters: which word of a concept matched.
+    c_token_relevance: np.ndarray | None = None  # [content tokens]
+    c_offsets: list[tuple[int, int]] = field(default_factory=list)
     c_text: str = ""
     c_read_chars: int = 0  # how much of c_text the model read (the rest was cut at max_length)
 
@@ -105,11 +108,18 @@ def units_for(inspected: dict) -> list[Unit]:
     return units
 
 
-def unit_attention(inspected: dict, units: list[Unit]) -> np.ndarray | None:
+def _attention(inspected: dict) -> np.ndarray | None:
+    """[R, content tokens]: how much each meta vector read each token, or None."""
     att = inspected.get("attention")
-    if att is None or not units:
+    if att is None:
         return None
-    a = att.float().numpy() if isinstance(att, torch.Tensor) else np.asarray(att, dtype=np.float32)
+    return att.float().numpy() if isinstance(att, torch.Tensor) else np.asarray(att, dtype=np.float32)
+
+
+def unit_attention(inspected: dict, units: list[Unit]) -> np.ndarray | None:
+    a = _attention(inspected)
+    if a is None or not units:
+        return None
     out = np.zeros((a.shape[0], len(units)), dtype=np.float32)
     for k, unit in enumerate(units):
         idx = [t for t in unit.tokens if t < a.shape[1]]
@@ -137,7 +147,41 @@ def explain_match(q_vectors: torch.Tensor, c_vectors: torch.Tensor, budget: tupl
             rel = (weights[:, None] * ex.c_unit_attention[ex.argmax]).sum(axis=0)
             total = rel.sum()
             ex.c_relevance = rel / total if total > 0 else rel
+            ex.c_token_relevance = (weights[:, None] * _attention(c_inspected)[ex.argmax]).sum(axis=0)
+            ex.c_offsets = [(int(o[0]), int(o[1])) for o in offsets]
     return ex
+
+
+def matched_term(ex: Explanation, unit: Unit) -> str | None:
+    """The word of a concept the matching vectors read ("boat" of "canoe, boat, vessel, vehicle"), when it is not
+    the concept's name: a query's "boats" matches a canoe through "boat", and "Mostly because of canoe" hid that.
+    A term counts when it holds at least half of what they read of the concept and, per word piece, twice as much as
+    any other term (a vector that read the whole concept names none)."""
+    if unit.kind != "concept" or ex.c_token_relevance is None or not ex.c_offsets:
+        return None
+    terms, start = [], unit.span[0]
+    for term in unit.label.split(","):
+        lead = len(term) - len(term.lstrip())
+        if term.strip():
+            terms.append((term.strip(), start + lead, start + lead + len(term.strip())))
+        start += len(term) + 1
+    if len(terms) < 2:
+        return None
+    mass, pieces = np.zeros(len(terms)), np.zeros(len(terms))
+    for t in unit.tokens:
+        if t < len(ex.c_token_relevance) and t < len(ex.c_offsets):
+            k = next((k for k, (_, s, e) in enumerate(terms) if s <= ex.c_offsets[t][0] < e), None)
+            if k is not None:
+                mass[k] += max(float(ex.c_token_relevance[t]), 0.0)
+                pieces[k] += 1
+    if not mass.sum() > 0:
+        return None
+    per_piece = mass / np.maximum(pieces, 1)
+    k = int(np.argmax(per_piece))
+    others = np.delete(per_piece, k)
+    if k == 0 or mass[k] < 0.5 * mass.sum() or (others.size and per_piece[k] < 2 * others.max()):
+        return None
+    return terms[k][0]
 
 
 # ----------------------------------------------------------------------------------------- spatial marks
@@ -356,8 +400,11 @@ def summary_units(ex: Explanation, n: int = 5) -> list[tuple[str, str, float]]:
         unit = ex.c_units[k]
         if not meaningful(unit) or not ex.c_relevance[k] > 0:  # NaN too
             continue
-        # A concept by its name alone: "canoe (87%)" reads better on one line than "canoe (… vessel, vehicle) (87%)".
+        # A concept by its name alone: "canoe (87%)" reads better on one line than "canoe (… vessel, vehicle) (87%)";
+        # with the word that matched where that was another ("canoe (“boat”)").
         label = (unit.label.split(",")[0].strip() or unit.label) if unit.kind == "concept" else short_label(unit)
+        if (term := matched_term(ex, unit)) is not None:
+            label = f"{label} (“{term}”)"
         if unit.kind == "word" and label.lower() in STOPWORDS:
             continue
         key = (label, unit.kind)

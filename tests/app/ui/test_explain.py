@@ -114,3 +114,27 @@ def test_the_summary_names_a_concept_by_its_name():
     ex = Explanation(budget=(1, 1), sim=np.ones((1, 1)), argmax=np.zeros(1, dtype=int), contributions=np.ones(1),
                      score=1.0, c_units=units, c_relevance=np.array([0.87, 0.13], dtype=np.float32))
     assert [(label, kind) for label, kind, _ in summary_units(ex)] == [("canoe", "concept"), ("dark blue", "colour")]
+
+
+def test_the_summary_says_which_word_of_a_concept_matched():
+    """A teacher asked why "boats" found a photo "mostly because of canoe": the finest vectors read single words,
+    and the one that matched read "boat" of "canoe, boat, vessel, vehicle"."""
+    label = "canoe, boat, vessel, vehicle"
+    offsets = [(0, 5), (7, 11), (13, 19), (21, 28), (30, 34)]  # canoe / boat / vessel / vehicle / then "dock"
+    units = [Unit(label=label, kind="concept", tokens=[0, 1, 2, 3], span=(0, 28)),
+             Unit(label="dock", kind="concept", tokens=[4], span=(30, 34))]
+
+    def summary(token_relevance: list[float]) -> list[str]:
+        ex = Explanation(budget=(1, 1), sim=np.ones((1, 1)), argmax=np.zeros(1, dtype=int), contributions=np.ones(1),
+                         score=1.0, c_units=units, c_relevance=np.array([0.8, 0.2], dtype=np.float32),
+                         c_token_relevance=np.array(token_relevance, dtype=np.float32), c_offsets=offsets)
+        return [name for name, _, _ in summary_units(ex)]
+
+    assert summary([0.05, 0.7, 0.03, 0.02, 0.2]) == ["canoe (“boat”)", "dock"]
+    assert summary([0.2, 0.2, 0.2, 0.2, 0.2]) == ["canoe", "dock"]  # a vector that read the whole concept
+    assert summary([0.7, 0.05, 0.03, 0.02, 0.2]) == ["canoe", "dock"]  # the name itself matched
+    assert summary([0.05, 0.35, 0.3, 0.1, 0.2]) == ["canoe", "dock"]  # no word stands out
+    # Without token relevance (an explanation made without the item's attention), the name as before.
+    ex = Explanation(budget=(1, 1), sim=np.ones((1, 1)), argmax=np.zeros(1, dtype=int), contributions=np.ones(1),
+                     score=1.0, c_units=units, c_relevance=np.array([0.8, 0.2], dtype=np.float32))
+    assert [name for name, _, _ in summary_units(ex)] == ["canoe", "dock"]
