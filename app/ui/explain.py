@@ -389,16 +389,23 @@ def highlighted_text_html(ex: Explanation, max_chars: int = 1500) -> str:
     return f"<div class='me-read'>{''.join(out)}</div>{cut}"
 
 
+MIN_SUMMARY_SHARE = 0.005  # shown as a whole per cent: below this it reads "0%"
+
+
 def summary_units(ex: Explanation, n: int = 5) -> list[tuple[str, str, float]]:
     """The most relevant result units: (label, kind, share 0..1), each label once with its occurrences' shares
     added; content words only, no stopwords or punctuation (a page's "the" and "and" soak up attention without
     saying why it matched)."""
     if ex.c_relevance is None:
         return []
+    # In a photo's text the words outside its visual tokens are the format's own ("colors:", "text:"): no reason.
+    visual_doc = any(u.visual is not None for u in ex.c_units)
     shares: dict[tuple[str, str], float] = {}  # a word said three times on a page is named once, its shares added
     for k in np.argsort(-ex.c_relevance):
         unit = ex.c_units[k]
         if not meaningful(unit) or not ex.c_relevance[k] > 0:  # NaN too
+            continue
+        if visual_doc and unit.visual is None:
             continue
         # A concept by its name alone: "canoe (87%)" reads better on one line than "canoe (… vessel, vehicle) (87%)";
         # with the word that matched where that was another ("canoe (“boat”)").
@@ -409,7 +416,9 @@ def summary_units(ex: Explanation, n: int = 5) -> list[tuple[str, str, float]]:
             continue
         key = (label, unit.kind)
         shares[key] = shares.get(key, 0.0) + float(ex.c_relevance[k])
-    top = sorted(shares.items(), key=lambda kv: -kv[1])[:n]
+    # A share that rounds to 0 % ("dark blue 0%, colors 0%" ended a teacher's line) is not a reason either.
+    kept = [(key, share) for key, share in shares.items() if share >= MIN_SUMMARY_SHARE]
+    top = sorted(kept, key=lambda kv: -kv[1])[:n]
     return [(label, kind, share) for (label, kind), share in top]
 
 

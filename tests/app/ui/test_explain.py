@@ -138,3 +138,24 @@ def test_the_summary_says_which_word_of_a_concept_matched():
     ex = Explanation(budget=(1, 1), sim=np.ones((1, 1)), argmax=np.zeros(1, dtype=int), contributions=np.ones(1),
                      score=1.0, c_units=units, c_relevance=np.array([0.8, 0.2], dtype=np.float32))
     assert [name for name, _, _ in summary_units(ex)] == ["canoe", "dock"]
+
+
+def test_the_summary_of_a_photo_leaves_out_the_formats_words_and_zero_shares():
+    """Tester report: "Mostly because of: canoe 84%, dock 14%, boathouse 1%, dark blue 0%, colors 0%": "colors" is
+    the prefix of a photo's colour words, and a 0 % share is no reason."""
+    def visual(label: str, kind: str) -> Unit:
+        return Unit(label=label, kind=kind, tokens=[0], span=(0, len(label)),
+                    visual=VisualToken(label, kind, 0.5, (0, len(label))))
+
+    units = [visual("canoe, boat", "concept"), visual("dock", "concept"), visual("boathouse", "concept"),
+             visual("dark blue", "colour"), Unit(label="colors", kind="word", tokens=[1], span=(0, 6))]
+    ex = Explanation(budget=(1, 1), sim=np.ones((1, 1)), argmax=np.zeros(1, dtype=int), contributions=np.ones(1),
+                     score=1.0, c_units=units,
+                     c_relevance=np.array([0.80, 0.14, 0.01, 0.004, 0.046], dtype=np.float32))
+    assert [name for name, _, _ in summary_units(ex)] == ["canoe", "dock", "boathouse"]
+    # On a page the same word is a word like any other.
+    page = [Unit(label="colors", kind="word", tokens=[0], span=(0, 6)), Unit(label="theme", kind="word", tokens=[1],
+                                                                             span=(7, 12))]
+    ex = Explanation(budget=(1, 1), sim=np.ones((1, 1)), argmax=np.zeros(1, dtype=int), contributions=np.ones(1),
+                     score=1.0, c_units=page, c_relevance=np.array([0.6, 0.4], dtype=np.float32))
+    assert [name for name, _, _ in summary_units(ex)] == ["colors", "theme"]
