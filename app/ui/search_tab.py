@@ -225,8 +225,11 @@ def build(studio: Studio) -> SimpleNamespace:
         # be searched one kind at a time (app.search.ONLY). Changing it re-ranks like the budget slider.
         s.only = gr.Radio([(what.capitalize(), what) for what in ONLY], value="everything", label="Show",
                           scale=0, min_width=420, elem_id="me-only")
+        # Without samples the box is hidden, and its width must go too: Gradio's form around the two still
+        # reserved it as an empty grey block beside Show.
+        has_samples = studio.samples is not None
         s.include_samples = gr.Checkbox(value=True, label="Include the sample collection", scale=0,
-                                        min_width=240, visible=studio.samples is not None)
+                                        min_width=240 if has_samples else 0, visible=has_samples)
     with gr.Row(equal_height=True):
         s.preset = gr.Slider(0, full_idx, value=full_idx, step=1, scale=2,
                              label="Budget: how many meta vectors are compared",
