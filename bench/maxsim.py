@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -41,6 +40,7 @@ import model.maxsim_kernel as maxsim_kernel  # noqa: E402
 import model.scoring as scoring  # noqa: E402
 import model.scoring_threads as scoring_threads  # noqa: E402
 from model.config import DEFAULT_GROUPS  # noqa: E402
+from model.device import cpu_name  # noqa: E402
 from model.scoring import CandidateStore  # noqa: E402
 
 # Targets for one query on the 2-core reference machine (see docs/benchmarks.md).
@@ -67,16 +67,6 @@ def fast_maxsim_fn(fm: object, q: torch.Tensor, c32: torch.Tensor, r_q: int, r_c
 
 def loadavg() -> str:
     return " / ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def make_candidates(n: int, rc: int, d: int, seed: int) -> torch.Tensor:

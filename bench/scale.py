@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import platform
 import resource
 import shutil
 import sys
@@ -57,6 +56,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.scale_stores import BenchStore, K, edge_missing, open_bench_store  # noqa: E402
+from model.device import cpu_name as device_cpu_name  # noqa: E402
 
 PRESETS = [(1, 1), (2, 4), (4, 8), (8, 16), (16, 64)]
 STORES = ["embedded", "qdrant-edge", "qdrant-local"]
@@ -319,12 +319,7 @@ def run_isolated(job: Job) -> dict:
 
 
 def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    except OSError:
-        name = ""
-    return f"{name or platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    return f"{device_cpu_name()}, {os.cpu_count()} cores"
 
 
 def header(base: Base, ns: dict[str, int], args: argparse.Namespace, notes: list[str], started: str) -> list[str]:

@@ -1,9 +1,11 @@
-"""Where the model runs: the default device and the CPU's bf16 capability (shared by MetaEmbed and the
-visual tokenizer's classifier)."""
+"""Where the model runs: the default device, the CPU's bf16 capability (shared by MetaEmbed and the visual
+tokenizer's classifier) and the CPU's name (for reports and benchmarks)."""
 
 from __future__ import annotations
 
 import functools
+import platform
+from pathlib import Path
 
 import torch
 
@@ -33,3 +35,15 @@ def cpu_has_native_bf16() -> bool:
         return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+@functools.cache
+def cpu_name() -> str:
+    """The CPU's model name ("AMD EPYC 9B14"), from /proc/cpuinfo where there is one."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
