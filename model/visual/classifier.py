@@ -514,6 +514,20 @@ def get_classifier() -> ImageClassifier:
     return _shared
 
 
+def classifier_setup() -> str:
+    """How photos are classified in this process: "lite0, torch, bfloat16" (variant, runtime, arithmetic); the
+    shared classifier's own when it is loaded, else what `get_classifier` would choose here. The CPU decides the
+    runtime and the arithmetic, and they move a photo's words at the margin of a threshold (and so an eval's photo
+    numbers by up to ~0.01), so evaluation reports record it."""
+    with _shared_lock:
+        loaded = _shared
+    if loaded is not None and VARIANTS[loaded.variant] is get_variant():
+        return f"{loaded.variant}, {loaded.backend}, {str(loaded.dtype).removeprefix('torch.')}"
+    dtype = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    variant = next(k for k, v in VARIANTS.items() if v is get_variant())
+    return f"{variant}, {_backend_choice(None, dtype)}, {str(dtype).removeprefix('torch.')}"
+
+
 @torch.inference_mode()
 def reference_logits(model: nn.Module, batch: np.ndarray) -> np.ndarray:
     """Logits of the untouched package model (float32), for checking the fused fast path."""

@@ -797,3 +797,17 @@ def test_lite1_variant_reads_240_px_crops(monkeypatch):
     _check_spans(doc)
     with pytest.raises(ValueError, match=r"\[B, 3, 240, 240\] \(lite1\)"):
         clf.predict(np.zeros((1, 3, 224, 224), np.float32))
+
+
+def test_classifier_setup_says_how_photos_are_classified(monkeypatch, classifier):
+    """Eval reports record it: the CPU picks the runtime and the arithmetic, which move photo numbers."""
+    monkeypatch.delenv(classifier_mod.VARIANT_ENV, raising=False)
+    monkeypatch.delenv(classifier_mod.BACKEND_ENV, raising=False)
+    monkeypatch.setattr(classifier_mod, "_shared", None)  # not loaded: what get_classifier would choose here
+    monkeypatch.setattr(classifier_mod, "cpu_has_native_bf16", lambda: False)
+    assert classifier_mod.classifier_setup() == "lite0, onnx, float32"
+    monkeypatch.setattr(classifier_mod, "cpu_has_native_bf16", lambda: True)
+    assert classifier_mod.classifier_setup() == "lite0, torch, bfloat16"
+    monkeypatch.setattr(classifier_mod, "_shared", classifier)  # loaded: its own
+    expected = f"lite0, {classifier.backend}, {str(classifier.dtype).removeprefix('torch.')}"
+    assert classifier_mod.classifier_setup() == expected
