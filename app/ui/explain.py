@@ -12,6 +12,7 @@ or the page's words and their boxes for a document.
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -153,35 +154,40 @@ def explain_match(q_vectors: torch.Tensor, c_vectors: torch.Tensor, budget: tupl
 
 
 def matched_term(ex: Explanation, unit: Unit) -> str | None:
-    """The word of a concept the matching vectors read ("boat" of "canoe, boat, vessel, vehicle"), when it is not
-    the concept's name: a query's "boats" matches a canoe through "boat", and "Mostly because of canoe" hid that.
-    A term counts when it holds at least half of what they read of the concept and, per word piece, twice as much as
-    any other term (a vector that read the whole concept names none)."""
+    """The word of a concept the matching vectors read ("boat" of "canoe, small boat, boat, vessel"), when it is not
+    a word of the concept's name: a query's "boats" matches a canoe through "boat", and "Mostly because of canoe"
+    hid that. Words count by their text, wherever they stand in the concept ("boat" of "small boat" and "boat" is
+    one word); one counts when it holds at least half of what the vectors read of the concept and, per word piece,
+    twice as much as any other word (a vector that read the whole concept names none)."""
     if unit.kind != "concept" or ex.c_token_relevance is None or not ex.c_offsets:
         return None
-    terms, start = [], unit.span[0]
-    for term in unit.label.split(","):
-        lead = len(term) - len(term.lstrip())
-        if term.strip():
-            terms.append((term.strip(), start + lead, start + lead + len(term.strip())))
-        start += len(term) + 1
-    if len(terms) < 2:
-        return None
-    mass, pieces = np.zeros(len(terms)), np.zeros(len(terms))
+    start, end = unit.span
+    text = ex.c_text[start:end] if ex.c_text else unit.label  # the offsets count in the text the model read
+    words = [(m.group(), start + m.start(), start + m.end()) for m in re.finditer(r"[^\s,]+", text)]
+    name = {w.lower() for w in re.findall(r"[^\s,]+", text.split(",")[0])}
+    read = np.zeros(len(words))  # per word where it stands, and its word pieces
+    pieces = np.zeros(len(words))
     for t in unit.tokens:
         if t < len(ex.c_token_relevance) and t < len(ex.c_offsets):
-            k = next((k for k, (_, s, e) in enumerate(terms) if s <= ex.c_offsets[t][0] < e), None)
+            k = next((k for k, (_, s, e) in enumerate(words) if s <= ex.c_offsets[t][0] < e), None)
             if k is not None:
-                mass[k] += max(float(ex.c_token_relevance[t]), 0.0)
+                read[k] += max(float(ex.c_token_relevance[t]), 0.0)
                 pieces[k] += 1
-    if not mass.sum() > 0:
+    mass: dict[str, float] = {}  # per word text: all it was read, and its best reading per word piece
+    per_piece: dict[str, float] = {}
+    for (word, _, _), r, n in zip(words, read, pieces, strict=True):
+        if n:
+            key = word.lower()
+            mass[key] = mass.get(key, 0.0) + r
+            per_piece[key] = max(per_piece.get(key, 0.0), r / n)
+    total = sum(mass.values())
+    if len(mass) < 2 or not total > 0:
         return None
-    per_piece = mass / np.maximum(pieces, 1)
-    k = int(np.argmax(per_piece))
-    others = np.delete(per_piece, k)
-    if k == 0 or mass[k] < 0.5 * mass.sum() or (others.size and per_piece[k] < 2 * others.max()):
+    best = max(per_piece, key=per_piece.get)
+    runner_up = max(v for w, v in per_piece.items() if w != best)
+    if best in name or best in STOPWORDS or mass[best] < 0.5 * total or per_piece[best] < 2 * runner_up:
         return None
-    return terms[k][0]
+    return next(w for w, _, _ in words if w.lower() == best)
 
 
 # ----------------------------------------------------------------------------------------- spatial marks
@@ -389,13 +395,11 @@ def highlighted_text_html(ex: Explanation, max_chars: int = 1500) -> str:
     return f"<div class='me-read'>{''.join(out)}</div>{cut}"
 
 
-MIN_SUMMARY_SHARE = 0.005  # shown as a whole per cent: below this it reads "0%"
-
-
 def summary_units(ex: Explanation, n: int = 5) -> list[tuple[str, str, float]]:
     """The most relevant result units: (label, kind, share 0..1), each label once with its occurrences' shares
     added; content words only, no stopwords or punctuation (a page's "the" and "and" soak up attention without
-    saying why it matched)."""
+    saying why it matched), none of a photo's format words ("colors:") and no share shown as 0 %. A concept is
+    named by its name, with the word that matched where that was another ("canoe (“boat”)", `matched_term`)."""
     if ex.c_relevance is None:
         return []
     # In a photo's text the words outside its visual tokens are the format's own ("colors:", "text:"): no reason.
@@ -416,8 +420,9 @@ def summary_units(ex: Explanation, n: int = 5) -> list[tuple[str, str, float]]:
             continue
         key = (label, unit.kind)
         shares[key] = shares.get(key, 0.0) + float(ex.c_relevance[k])
-    # A share that rounds to 0 % ("dark blue 0%, colors 0%" ended a teacher's line) is not a reason either.
-    kept = [(key, share) for key, share in shares.items() if share >= MIN_SUMMARY_SHARE]
+    # A share shown as 0 % ("dark blue 0%, colors 0%" ended a teacher's line) is not a reason either; the title
+    # prints whole per cents with Python's rounding, so 0.5 % reads "0%" too.
+    kept = [(key, share) for key, share in shares.items() if round(100 * share) >= 1]
     top = sorted(kept, key=lambda kv: -kv[1])[:n]
     return [(label, kind, share) for (label, kind), share in top]
 

@@ -134,6 +134,27 @@ def test_the_summary_says_which_word_of_a_concept_matched():
     assert summary([0.2, 0.2, 0.2, 0.2, 0.2]) == ["canoe", "dock"]  # a vector that read the whole concept
     assert summary([0.7, 0.05, 0.03, 0.02, 0.2]) == ["canoe", "dock"]  # the name itself matched
     assert summary([0.05, 0.35, 0.3, 0.1, 0.2]) == ["canoe", "dock"]  # no word stands out
+    # The shipped vocabulary's canoe: "boat" stands in "small boat" and alone; the word is named, not its term.
+    text = "canoe, small boat, boat, vessel"
+    spans = [(0, 5), (7, 12), (13, 17), (19, 23), (25, 31)]
+    canoe = [Unit(label=text, kind="concept", tokens=[0, 1, 2, 3, 4], span=(0, len(text)))]
+
+    def named(token_relevance: list[float]) -> str:
+        ex = Explanation(budget=(1, 1), sim=np.ones((1, 1)), argmax=np.zeros(1, dtype=int), contributions=np.ones(1),
+                         score=1.0, c_units=canoe, c_relevance=np.ones(1, dtype=np.float32), c_text=text,
+                         c_token_relevance=np.array(token_relevance, dtype=np.float32), c_offsets=spans)
+        return summary_units(ex)[0][0]
+
+    assert named([0.0, 0.0, 1.0, 0.0, 0.0]) == "canoe (“boat”)"  # the "boat" of "small boat"
+    assert named([0.0, 0.0, 0.6, 0.4, 0.0]) == "canoe (“boat”)"  # both of them
+    assert named([0.0, 0.5, 0.5, 0.0, 0.0]) == "canoe"  # "small boat" read whole: no one word
+    retriever = "golden retriever, retriever, dog"
+    dog = [Unit(label=retriever, kind="concept", tokens=[0, 1, 2, 3], span=(0, len(retriever)))]
+    ex = Explanation(budget=(1, 1), sim=np.ones((1, 1)), argmax=np.zeros(1, dtype=int), contributions=np.ones(1),
+                     score=1.0, c_units=dog, c_relevance=np.ones(1, dtype=np.float32), c_text=retriever,
+                     c_token_relevance=np.array([0.0, 0.1, 0.9, 0.0], dtype=np.float32),
+                     c_offsets=[(0, 6), (7, 16), (18, 27), (29, 32)])
+    assert summary_units(ex)[0][0] == "golden retriever"  # "retriever" is in its name already
     # Without token relevance (an explanation made without the item's attention), the name as before.
     ex = Explanation(budget=(1, 1), sim=np.ones((1, 1)), argmax=np.zeros(1, dtype=int), contributions=np.ones(1),
                      score=1.0, c_units=units, c_relevance=np.array([0.8, 0.2], dtype=np.float32))
@@ -151,7 +172,7 @@ def test_the_summary_of_a_photo_leaves_out_the_formats_words_and_zero_shares():
              visual("dark blue", "colour"), Unit(label="colors", kind="word", tokens=[1], span=(0, 6))]
     ex = Explanation(budget=(1, 1), sim=np.ones((1, 1)), argmax=np.zeros(1, dtype=int), contributions=np.ones(1),
                      score=1.0, c_units=units,
-                     c_relevance=np.array([0.80, 0.14, 0.01, 0.004, 0.046], dtype=np.float32))
+                     c_relevance=np.array([0.795, 0.14, 0.01, 0.005, 0.05], dtype=np.float32))
     assert [name for name, _, _ in summary_units(ex)] == ["canoe", "dock", "boathouse"]
     # On a page the same word is a word like any other.
     page = [Unit(label="colors", kind="word", tokens=[0], span=(0, 6)), Unit(label="theme", kind="word", tokens=[1],
