@@ -49,8 +49,8 @@ JSON (`--json`), one object::
      "self_similarity": {"photo" | "document": float | null},
      "warnings": [{"path": str, "error": str}], "seconds": float,
      "versions": {"python" | distribution name: version},
-     "machine": {"cpu": str, "native_bf16": bool, "classifier": "variant, runtime, dtype" (photos read by the
-         visual tokenizer only)},
+     "machine": {"cpu": str, "native_bf16": bool, "classifier": "variant, runtime, dtype" (only where the visual
+         tokenizer read pictures)},
      "per_query": {"queries": [str], "kinds": [str], "results" | "own_kind": {"r_q,r_c" | "baseline":
          [each query's reciprocal rank, in queries.json's order; own_kind: null for a kind with no units]}},
      "against": {"report": str, "results" | "own_kind": compare_reports's tables} (with --against only)}
@@ -64,11 +64,11 @@ as METAEMBED_SCENE=0), and run again with `--against before.json`.
 `versions` names the installed packages the numbers depend on (`ENVIRONMENT`): the same checkpoint and files
 gave photo MRRs up to 0.011 apart under two installs of the same requirements (2026-11-30 and 2026-12-01;
 documents identical), as image decoding and resizing read a photo's pixels slightly differently. `machine` names
-what the CPU decides: its name, whether it computes bf16 natively, and so how the visual tokenizer's classifier ran
-(`classifier_setup`: torch in bf16, or ONNX Runtime in fp32, model/visual/classifier.py). Under the same install,
-one CPU, bf16 against fp32 moved the dev split's photo MRRs by -0.009 to +0.005 (every paired interval holding
-0), and two CPUs on the same path by as much (2026-12-02): compare photo numbers from one machine, or read
-differences under ~0.01 as arithmetic. A run is deterministic on one machine (the same report twice).
+what the CPU decides: its name, whether it computes bf16 natively, and so how the visual tokenizer's classifier
+ran (`MetaEmbed.image_reader_setup`: torch in bf16, or ONNX Runtime in fp32; model/visual/classifier.py). Under
+the same install, one CPU, bf16 against fp32 moved the dev split's photo MRRs by -0.009 to +0.005 (every paired
+interval holding 0), and two CPUs on the same path by as much (2026-12-02): compare photo numbers from one
+machine, or read differences under ~0.01 as arithmetic. A run is deterministic on one machine (the same numbers twice).
 
 `--record SPLIT` also stores the report in the checkpoint folder's quality.json under SPLIT ("<what> (<folder>)"),
 replacing only that split's report (`record_quality`; without `per_query`): the app's Model and Scaling tabs
@@ -131,16 +131,15 @@ def versions() -> dict[str, str]:
     return out
 
 
-def machine(classified: bool) -> dict:
-    """What the CPU decides: its name, native bf16, and (`classified`: when the visual tokenizer read photos) how
-    its classifier ran."""
+def machine(model: Any) -> dict:
+    """What the CPU decides: its name, native bf16, and how `model`'s visual tokenizer classified the pictures it
+    read (photos, and pages without text read as pictures; left out when it read none)."""
     from model.device import cpu_has_native_bf16, cpu_name
 
     out: dict = {"cpu": cpu_name(), "native_bf16": cpu_has_native_bf16()}
-    if classified:
-        from model.visual.classifier import classifier_setup
-
-        out["classifier"] = classifier_setup()
+    reader = getattr(model, "image_reader_setup", None)  # a MetaEmbed; test doubles may lack it
+    if reader is not None and (setup := reader()) is not None:
+        out["classifier"] = setup
     return out
 
 
@@ -513,7 +512,7 @@ def evaluate(model: Any, checkpoint_id: str, folder: str | Path, *, recall_k: Se
         "warnings": coll.warnings,
         "seconds": round(time.perf_counter() - start, 1),
         "versions": versions(),
-        "machine": machine(model.config.front_end == "visual-tokenizer" and "photo" in coll.item_kinds),
+        "machine": machine(model),
         "per_query": per_query,
     }
 

@@ -55,6 +55,10 @@ class LazyFrontEnd:
                                          entry_names=self.entry_names)
         return self._impl.tokenize(images)
 
+    def classifier_setup(self) -> str | None:
+        """How its classifier ran ("lite0, torch, bfloat16"), or None before it has read a picture."""
+        return None if self._impl is None else self._impl.classifier.setup
+
 
 def load_backbone(cfg: MetaEmbedConfig, dtype: torch.dtype = torch.float32) -> Backbone:
     """Build the adapter for `cfg` with the backbone's pretrained weights (a VLM's in `dtype`; the text

@@ -429,6 +429,13 @@ class ImageClassifier:
         self.fc_bias = package_model._fc.bias.detach().float().clone()  # [1000]
         self._lock = threading.Lock()
 
+    @property
+    def setup(self) -> str:
+        """How it classifies: "lite0, torch, bfloat16" or "lite0, onnx, float32" (variant, runtime, arithmetic).
+        The CPU decides the last two, and they move a photo's words at the margin of a threshold (an eval's photo
+        numbers by up to ~0.01), so evaluation reports record it."""
+        return f"{self.variant}, {self.backend}, {str(self.dtype).removeprefix('torch.')}"
+
     @torch.inference_mode()
     def features_of_batch(self, batch: np.ndarray) -> np.ndarray:
         """[B, 3, S, S] preprocessed input -> [B, 1280, g, g] float32 features (lite0: S = 224, g = 7)."""
@@ -512,20 +519,6 @@ def get_classifier() -> ImageClassifier:
         if _shared is None or VARIANTS[_shared.variant] is not variant:
             _shared = ImageClassifier(variant=next(k for k, v in VARIANTS.items() if v is variant))
     return _shared
-
-
-def classifier_setup() -> str:
-    """How photos are classified in this process: "lite0, torch, bfloat16" (variant, runtime, arithmetic); the
-    shared classifier's own when it is loaded, else what `get_classifier` would choose here. The CPU decides the
-    runtime and the arithmetic, and they move a photo's words at the margin of a threshold (and so an eval's photo
-    numbers by up to ~0.01), so evaluation reports record it."""
-    with _shared_lock:
-        loaded = _shared
-    if loaded is not None and VARIANTS[loaded.variant] is get_variant():
-        return f"{loaded.variant}, {loaded.backend}, {str(loaded.dtype).removeprefix('torch.')}"
-    dtype = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
-    variant = next(k for k, v in VARIANTS.items() if v is get_variant())
-    return f"{variant}, {_backend_choice(None, dtype)}, {str(dtype).removeprefix('torch.')}"
 
 
 @torch.inference_mode()

@@ -243,14 +243,14 @@ def test_end_to_end_json(tmp_path, ckpt, capsys, shared_model):
     assert all(-1.0 <= v <= 1.0 for v in report["self_similarity"].values())
     assert report["versions"]["torch"] == torch.__version__  # what the numbers were measured with
     assert report["versions"]["pillow"] == Image.__version__ and report["versions"]["python"].count(".") == 2
-    # What the CPU decided, which moves photo numbers too: how the classifier that read the photos ran.
+    # What the CPU decided, which moves photo numbers too: how the classifier that read the photos ran, the
+    # model's own front end's.
     from model.device import cpu_has_native_bf16
-    from model.visual.classifier import get_classifier
 
-    clf = get_classifier()  # the shared one the eval's photos were read with
-    assert report["machine"]["classifier"] == f"{clf.variant}, {clf.backend}, {str(clf.dtype).removeprefix('torch.')}"
+    clf = shared_model.backbone.front_end._impl.classifier
+    assert report["machine"]["classifier"] == clf.setup and clf.setup.startswith(f"{clf.variant}, {clf.backend}, ")
     assert report["machine"]["native_bf16"] == cpu_has_native_bf16() and report["machine"]["cpu"]
-    assert f"Measured on {report['machine']['cpu']}, photos classified by {clf.variant}" in markdown(report)
+    assert f"Measured on {report['machine']['cpu']}, photos classified by {clf.setup}." in markdown(report)
     # The temporary index is gone, the folder untouched.
     assert sorted(p.name for p in folder.iterdir()) == ["documents", "photos", "queries.json"]
     # Each query's reciprocal rank, in queries.json's order, for comparing runs; the means are theirs.

@@ -106,6 +106,18 @@ def test_images_need_a_visual_front_end(text_model):
         text_model.encode_candidates([Image.new("RGB", (8, 8))])
 
 
+def test_a_model_says_how_its_pictures_were_classified(test_checkpoint, text_model):
+    """Eval reports record how the visual tokenizer's classifier ran (the CPU picks it, and it moves photo
+    numbers): nothing before a picture is read or for a model without the visual tokenizer."""
+    from PIL import Image
+
+    model = MetaEmbed.from_pretrained(test_checkpoint, device="cpu")  # its own front end, not yet used
+    assert model.image_reader_setup() is None and text_model.image_reader_setup() is None
+    model.encode_candidates([Image.new("RGB", (64, 48), "orange")])
+    classifier = model.backbone.front_end._impl.classifier
+    assert model.image_reader_setup() == classifier.setup and classifier.setup.startswith("lite0, ")
+
+
 def _perturb_lora(model, seed=0):
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -799,15 +799,9 @@ def test_lite1_variant_reads_240_px_crops(monkeypatch):
         clf.predict(np.zeros((1, 3, 224, 224), np.float32))
 
 
-def test_classifier_setup_says_how_photos_are_classified(monkeypatch, classifier):
+def test_the_classifier_says_how_it_classifies(classifier):
     """Eval reports record it: the CPU picks the runtime and the arithmetic, which move photo numbers."""
-    monkeypatch.delenv(classifier_mod.VARIANT_ENV, raising=False)
-    monkeypatch.delenv(classifier_mod.BACKEND_ENV, raising=False)
-    monkeypatch.setattr(classifier_mod, "_shared", None)  # not loaded: what get_classifier would choose here
-    monkeypatch.setattr(classifier_mod, "cpu_has_native_bf16", lambda: False)
-    assert classifier_mod.classifier_setup() == "lite0, onnx, float32"
-    monkeypatch.setattr(classifier_mod, "cpu_has_native_bf16", lambda: True)
-    assert classifier_mod.classifier_setup() == "lite0, torch, bfloat16"
-    monkeypatch.setattr(classifier_mod, "_shared", classifier)  # loaded: its own
-    expected = f"lite0, {classifier.backend}, {str(classifier.dtype).removeprefix('torch.')}"
-    assert classifier_mod.classifier_setup() == expected
+    assert classifier.setup == f"lite0, {classifier.backend}, {str(classifier.dtype).removeprefix('torch.')}"
+    assert classifier.backend in ("torch", "onnx") and classifier.setup.endswith(("bfloat16", "float32"))
+    fp32 = ImageClassifier(dtype=torch.float32, backend="torch")
+    assert fp32.setup == "lite0, torch, float32"
