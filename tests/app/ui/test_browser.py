@@ -234,7 +234,7 @@ def test_search_then_budget_slider_reranks(uploaded, browser_page):
     # This app has no samples, so nothing but Show is beside the examples (the hidden samples box once kept
     # its width there, an empty grey block in the README's screenshot).
     only = page.locator("#me-only").bounding_box()["width"]
-    around = page.evaluate("document.querySelector('#me-only').parentElement.getBoundingClientRect().width")
+    around = page.evaluate("document.querySelector('#me-only').closest('.form').getBoundingClientRect().width")
     assert around < only + 40
     shot(page, "search")
     # Budget preset 0, the smallest (1, 1): re-ranked from cached vectors, the scores (and usually the order)
