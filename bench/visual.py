@@ -34,10 +34,11 @@ from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from model.backbones import LazyFrontEnd  # noqa: E402
 from model.checkpoint import DEFAULT_CHECKPOINT  # noqa: E402
-from model.config import MetaEmbedConfig, env_switch  # noqa: E402
+from model.config import MetaEmbedConfig  # noqa: E402
 from model.visual.ocr import likely_has_text, ocr_image, text_class_mass, text_stroke_score  # noqa: E402
-from model.visual.tokenizer import SCENE_ENV, VisualTokenizer, _working_copy, image_class_probabilities  # noqa: E402
+from model.visual.tokenizer import VisualTokenizer, _working_copy, image_class_probabilities  # noqa: E402
 from model.visual.vocab import load_vocab  # noqa: E402
 
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
@@ -264,10 +265,9 @@ def main(argv: list[str] | None = None) -> int:
 
         t0 = time.perf_counter()
         # The bundled checkpoint's reading of photos (scene words, entry-level names; $METAEMBED_SCENE and
-        # $METAEMBED_ENTRY_NAMES override them, as in the app): what the app runs.
+        # $METAEMBED_ENTRY_NAMES override them), built as the app builds it.
         cfg = MetaEmbedConfig.load(DEFAULT_CHECKPOINT)
-        scene = env_switch(SCENE_ENV)
-        tok = VisualTokenizer(scene=cfg.scene_words if scene is None else scene, entry_names=cfg.reads_entry_names())
+        tok = LazyFrontEnd(cfg.front_end, scene_words=cfg.scene_words, entry_names=cfg.reads_entry_names()).tokenizer()
         tok.tokenize([Image.open(paths[0])], ocr=False)
         print(f"classifier + vocab load and first call: {time.perf_counter() - t0:.1f} s")
 

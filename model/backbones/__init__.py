@@ -42,7 +42,8 @@ class LazyFrontEnd:
         self.entry_names = entry_names  # as the checkpoint reads it (MetaEmbedConfig.reads_entry_names)
         self._impl = None
 
-    def tokenize(self, images):
+    def tokenizer(self):
+        """The visual tokenizer, built on first use ($METAEMBED_SCENE overriding the checkpoint's scene words)."""
         if self._impl is None:
             # Deferred: the visual tokenizer pulls in the image classifier (and its weights), OCR and the
             # face detector, which text-only runs never need.
@@ -53,7 +54,10 @@ class LazyFrontEnd:
             override = env_switch(SCENE_ENV)
             self._impl = VisualTokenizer(scene=self.scene_words if override is None else override,
                                          entry_names=self.entry_names)
-        return self._impl.tokenize(images)
+        return self._impl
+
+    def tokenize(self, images):
+        return self.tokenizer().tokenize(images)
 
     def classifier_setup(self) -> str | None:
         """How its classifier ran ("lite0, torch, bfloat16"), or None before it has read a picture."""

@@ -247,7 +247,7 @@ def test_end_to_end_json(tmp_path, ckpt, capsys, shared_model):
     # model's own front end's.
     from model.device import cpu_has_native_bf16
 
-    clf = shared_model.backbone.front_end._impl.classifier
+    clf = shared_model.backbone.front_end.tokenizer().classifier
     assert report["machine"]["classifier"] == clf.setup and clf.setup.startswith(f"{clf.variant}, {clf.backend}, ")
     assert report["machine"]["native_bf16"] == cpu_has_native_bf16() and report["machine"]["cpu"]
     assert f"Measured on {report['machine']['cpu']}, photos classified by {clf.setup}." in markdown(report)

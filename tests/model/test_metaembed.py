@@ -114,7 +114,7 @@ def test_a_model_says_how_its_pictures_were_classified(test_checkpoint, text_mod
     model = MetaEmbed.from_pretrained(test_checkpoint, device="cpu")  # its own front end, not yet used
     assert model.image_reader_setup() is None and text_model.image_reader_setup() is None
     model.encode_candidates([Image.new("RGB", (64, 48), "orange")])
-    classifier = model.backbone.front_end._impl.classifier
+    classifier = model.backbone.front_end.tokenizer().classifier
     assert model.image_reader_setup() == classifier.setup and classifier.setup.startswith("lite0, ")
 
 
