@@ -223,12 +223,12 @@ class MetaEmbed(nn.Module):
         front = getattr(self.backbone, "front_end", None)
         return front.entry_names if front is not None else self.config.reads_entry_names()
 
-
     def image_reader_setup(self) -> str | None:
         """How this model's visual tokenizer classified the pictures it read ("lite0, torch, bfloat16"; the CPU
         decides the runtime and the arithmetic), or None when it has read none or reads images otherwise (a VLM)."""
         front = getattr(self.backbone, "front_end", None)
-        return front.classifier_setup() if front is not None and hasattr(front, "classifier_setup") else None
+        return front.classifier_setup() if front is not None else None
+
     def train(self, mode: bool = True) -> MetaEmbed:
         if mode:
             self._class_vectors = None  # the weights are about to change
