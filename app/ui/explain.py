@@ -117,8 +117,8 @@ def _attention(inspected: dict) -> np.ndarray | None:
     return att.float().numpy() if isinstance(att, torch.Tensor) else np.asarray(att, dtype=np.float32)
 
 
-def unit_attention(inspected: dict, units: list[Unit]) -> np.ndarray | None:
-    a = _attention(inspected)
+def _per_unit(a: np.ndarray | None, units: list[Unit]) -> np.ndarray | None:
+    """[R, content tokens] -> [R, len(units)]: each unit's tokens added up."""
     if a is None or not units:
         return None
     out = np.zeros((a.shape[0], len(units)), dtype=np.float32)
@@ -127,6 +127,10 @@ def unit_attention(inspected: dict, units: list[Unit]) -> np.ndarray | None:
         if idx:
             out[:, k] = a[:, idx].sum(axis=1)
     return out
+
+
+def unit_attention(inspected: dict, units: list[Unit]) -> np.ndarray | None:
+    return _per_unit(_attention(inspected), units)
 
 
 def explain_match(q_vectors: torch.Tensor, c_vectors: torch.Tensor, budget: tuple[int, int],
@@ -139,16 +143,19 @@ def explain_match(q_vectors: torch.Tensor, c_vectors: torch.Tensor, budget: tupl
         ex.q_unit_attention = unit_attention(q_inspected, ex.q_units)
     if c_inspected is not None:
         ex.c_units = units_for(c_inspected)
-        ex.c_unit_attention = unit_attention(c_inspected, ex.c_units)
+        attention = _attention(c_inspected)
+        ex.c_unit_attention = _per_unit(attention, ex.c_units)
         ex.c_text = c_inspected.get("text") or ""
         offsets = c_inspected.get("offsets") or []
         ex.c_read_chars = max((int(o[1]) for o in offsets), default=0)
         if ex.c_unit_attention is not None:
+            # What the matching vectors read, per token (which word of a concept matched); a unit's share is the
+            # sum over its tokens.
             weights = np.clip(ex.contributions, 0, None)
-            rel = (weights[:, None] * ex.c_unit_attention[ex.argmax]).sum(axis=0)
+            ex.c_token_relevance = (weights[:, None] * attention[ex.argmax]).sum(axis=0)
+            rel = _per_unit(ex.c_token_relevance[None], ex.c_units)[0]
             total = rel.sum()
             ex.c_relevance = rel / total if total > 0 else rel
-            ex.c_token_relevance = (weights[:, None] * _attention(c_inspected)[ex.argmax]).sum(axis=0)
             ex.c_offsets = [(int(o[0]), int(o[1])) for o in offsets]
     return ex
 
@@ -164,7 +171,9 @@ def matched_term(ex: Explanation, unit: Unit) -> str | None:
     start, end = unit.span
     text = ex.c_text[start:end] if ex.c_text else unit.label  # the offsets count in the text the model read
     words = [(m.group(), start + m.start(), start + m.end()) for m in re.finditer(r"[^\s,]+", text)]
-    name = {w.lower() for w in re.findall(r"[^\s,]+", text.split(",")[0])}
+    comma = text.find(",")  # the name is everything before the first comma
+    name_end = start + (comma if comma >= 0 else len(text))
+    name = {w.lower() for w, s, _ in words if s < name_end}
     read = np.zeros(len(words))  # per word where it stands, and its word pieces
     pieces = np.zeros(len(words))
     for t in unit.tokens:
