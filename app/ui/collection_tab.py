@@ -30,7 +30,7 @@ def build(studio: Studio) -> SimpleNamespace:
     # One picture per file (a PDF's first page, a text file's card): click one to pick it for removal. The
     # table under it lists the same files, so it is named for what it adds (two "Your files" headings, one
     # over the other, read as a repeat: issue 17).
-    c.grid = gr.Gallery(label="Your files (click one to pick it for removal)", columns=6, height=280,
+    c.grid = gr.Gallery(label="Your files (click one to pick it for removal)", columns=6, height="auto",
                         allow_preview=False, object_fit="cover", elem_id="me-files")
     c.items_df = gr.Dataframe(headers=["file", "kind", "searchable parts"], datatype=["str", "str", "str"],
                               interactive=False, label="What each file adds to the search", max_height=320,

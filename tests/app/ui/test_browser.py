@@ -629,6 +629,31 @@ def test_a_phone_screen_keeps_the_scaling_tabs_headers_and_chart_titles_whole(up
         context.close()
 
 
+def test_the_collection_shows_every_file_whole_on_a_desktop_and_a_phone(uploaded, browser_page):
+    """Two rows of files were cut at 280 px on a desktop, and on a phone the six 100 px columns ran off the
+    right edge, hiding half of each row: every tile now lies inside the gallery's visible box."""
+    context = browser_page.browser.new_context(viewport={"width": 1440, "height": 900})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT)
+        page.goto(uploaded.url)
+        open_tab(page, "Collection")
+        page.wait_for_function("document.querySelectorAll('#me-files .thumbnail-item').length >= 7")
+        for width in (1440, 390):
+            page.set_viewport_size({"width": width, "height": 900 if width > 400 else 844})
+            page.wait_for_timeout(300)  # the grid reflows
+            hidden = page.evaluate("""() => {
+                const box = document.querySelector('#me-files .grid-wrap').getBoundingClientRect();
+                return [...document.querySelectorAll('#me-files .thumbnail-item')].filter(t => {
+                    const r = t.getBoundingClientRect();
+                    return r.left < box.left - 1 || r.right > box.right + 1 || r.bottom > box.bottom + 1;
+                }).length;
+            }""")
+            assert hidden == 0, (width, hidden)
+    finally:
+        context.close()
+
+
 def test_the_collection_shows_one_picture_per_file_and_removes_the_one_clicked(uploaded, browser_page):
     """Issue 17.8: files, not internal passages or hex ids; a picture grid to pick a file to remove."""
     page = browser_page.page
