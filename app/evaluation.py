@@ -242,6 +242,8 @@ class Query:
 
 def load_queries(path: Path) -> list[Query]:
     """Read and check queries.json (the devset format); raises EvalInputError naming the file."""
+    if path.is_dir():
+        raise EvalInputError(f"{path}: is a folder (the judged queries go in a file of that name)")
     if not path.is_file():
         raise EvalInputError(f"{path}: no such file (the folder needs a {QUERIES_NAME} with the judged queries)")
     try:

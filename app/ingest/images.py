@@ -41,6 +41,8 @@ def load_image(data: bytes, limits: IngestLimits = DEFAULT_LIMITS) -> Image.Imag
     # which reading text and PDFs never needs.
     from model.visual.images import to_rgb
 
+    if not data:
+        raise ValueError("the file is empty")
     try:
         with warnings.catch_warnings():
             # We apply our own pixel cap below; Pillow's warning would only be noise.

@@ -46,6 +46,9 @@ def _expand(
     paths: Iterable[str | os.PathLike[str]], limits: IngestLimits, archives: contextlib.ExitStack
 ) -> Iterator[_Source | IngestError | IngestNote]:
     for raw in paths:
+        if not str(raw).strip():  # Path("") is the working directory: an unset variable must not index it
+            yield IngestError(str(raw), "an empty path names no file or folder")
+            continue
         path = Path(raw).expanduser()
         try:
             resolved = path.resolve()
@@ -82,12 +85,18 @@ def _walk_folder(folder: Path, limits: IngestLimits, archives: contextlib.ExitSt
             if name.startswith("."):
                 continue
             path = Path(root) / name
-            if path.is_symlink() and not _inside(path, folder):
-                # A link may point anywhere (/etc/passwd, another user's files): only links that stay inside
-                # the folder the user picked are followed.
-                yield IngestError(str(path), f"{name}: skipped, it links to a file outside {folder.name} "
-                                             "(links are followed only within the folder being indexed)")
-                continue
+            if path.is_symlink():
+                try:
+                    target = path.resolve(strict=True)
+                except (OSError, RuntimeError):  # RuntimeError: a loop, on older Pythons
+                    yield IngestError(str(path), f"{name}: skipped, a link that loops or leads to nothing")
+                    continue
+                if not target.is_relative_to(folder):
+                    # A link may point anywhere (/etc/passwd, another user's files): only links that stay
+                    # inside the folder the user picked are followed.
+                    yield IngestError(str(path), f"{name}: skipped, it links to a file outside {folder.name} "
+                                                 "(links are followed only within the folder being indexed)")
+                    continue
             yield from _expand_file(path, limits, archives)
     yield from errors
     skipped = [f"{n} hidden {'entry' if n == 1 else 'entries'} (names starting with '.')" for n in [hidden] if n]
@@ -95,13 +104,6 @@ def _walk_folder(folder: Path, limits: IngestLimits, archives: contextlib.ExitSt
                 for n in [linked] if n]
     if skipped:
         yield IngestNote(str(folder), f"{folder.name}: skipped {' and '.join(skipped)}")
-
-
-def _inside(link: Path, folder: Path) -> bool:
-    try:
-        return link.resolve().is_relative_to(folder)
-    except (OSError, RuntimeError):  # a loop or an unreadable target: not followed
-        return False
 
 
 def _expand_file(path: Path, limits: IngestLimits, archives: contextlib.ExitStack

@@ -148,6 +148,8 @@ class Index:
         if not db.is_file():
             if directory.is_dir():
                 raise FileNotFoundError(f"{directory} holds no index ({DB_NAME} is missing)")
+            if directory.is_file():
+                raise FileNotFoundError(f"{directory} is a file; an index is a folder")
             raise FileNotFoundError(f"index folder {directory} does not exist")
         conn, read_only = connect(db)
         check_format(conn, db)

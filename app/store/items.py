@@ -108,7 +108,10 @@ def new_id(conn: sqlite3.Connection, content_hash: str) -> str:
 
 
 def target_paths(target: str) -> set[str]:
-    """The paths a user's remove target may name an indexed source by: as given, absolute, and resolved."""
+    """The paths a user's remove target may name an indexed source by: as given, absolute, and resolved.
+    An empty target names none: made absolute it would be the working directory, and everything under it."""
+    if not target.strip():
+        return set()
     path = str(Path(target).expanduser().absolute()) if not target.startswith("<") else target
     candidates = {path, target}
     with contextlib.suppress(OSError):

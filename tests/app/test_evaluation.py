@@ -332,6 +332,8 @@ def test_bad_folder_and_queries_file(tmp_path, ckpt, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     expect_usage_error(capsys, [empty], str(empty / "queries.json"), "no such file")
+    (empty / "queries.json").mkdir()
+    expect_usage_error(capsys, [empty], str(empty / "queries.json"), "is a folder")
     cases = {
         "{not json": "not valid JSON",
         "{}": "non-empty JSON list",

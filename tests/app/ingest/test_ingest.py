@@ -433,6 +433,29 @@ def test_links_are_followed_only_within_the_indexed_folder(tmp_path):
                                    "only within the folder being indexed)"]
 
 
+def test_a_link_that_loops_or_leads_nowhere_is_called_that(tmp_path):
+    """They were reported as links "to a file outside" the folder, which they are not."""
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "a.txt").symlink_to(folder / "b.txt")
+    (folder / "b.txt").symlink_to(folder / "a.txt")
+    (folder / "gone.txt").symlink_to(folder / "deleted.txt")
+    (folder / "note.txt").write_text("A fine note.")
+    report = ingest([folder], ocr=no_ocr)
+    assert [i.title for i in report.items] == ["note.txt"]
+    assert sorted(only_errors(report)) == [f"{n}: skipped, a link that loops or leads to nothing"
+                                           for n in ("a.txt", "b.txt", "gone.txt")]
+
+
+def test_an_empty_path_is_refused_not_read_as_the_working_directory(tmp_path, monkeypatch):
+    """`index ""` (an unset shell variable) indexed everything under the working directory."""
+    (tmp_path / "note.txt").write_text("A note in the working directory.")
+    monkeypatch.chdir(tmp_path)
+    for empty in ("", "  "):
+        report = ingest([empty], ocr=no_ocr)
+        assert report.items == [] and only_errors(report) == ["an empty path names no file or folder"]
+
+
 def test_split_passages_prefers_paragraph_then_sentence_boundaries():
     paragraphs = [" ".join(sentences(9, seed=10 + i, words_per=(10, 10))) for i in range(4)]  # 90 words each
     text = "\n\n".join(paragraphs)

@@ -215,7 +215,7 @@ def test_an_index_from_before_file_versions_opens_and_keeps_everything(tmp_path,
 
 
 @every_store
-def test_remove_by_id_file_and_folder_then_reload(tmp_path, model, kind):
+def test_remove_by_id_file_and_folder_then_reload(tmp_path, model, kind, monkeypatch):
     write_texts(tmp_path / "a", 3)
     write_texts(tmp_path / "b", 2, start=10)
     index = new_index(tmp_path / "idx", model, kind)
@@ -229,6 +229,10 @@ def test_remove_by_id_file_and_folder_then_reload(tmp_path, model, kind):
     assert index.remove([str(tmp_path / "b")]) == sorted((it for it in items if "/b/" in it.path), key=lambda it: it.id)
     with pytest.raises(KeyError, match="nothing in .* matches 'no-such-id'"):
         index.remove(["no-such-id"])
+    # An empty target (an unset shell variable) named the working directory, so everything indexed under it.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(KeyError, match="nothing in .* matches '', '  '"):
+        index.remove(["", "  "])
     index.compact()
     index.close()
 
