@@ -34,7 +34,7 @@ from .evaluation import (
     record_quality,
     recorded_quality,
 )
-from .humanize import files_of
+from .humanize import files_of, one_line
 from .indexing import index_paths
 from .ingest import default_ocr, load_image
 from .search import ONLY, Searcher
@@ -141,13 +141,17 @@ def cmd_index(args: argparse.Namespace) -> int:
         print(f"Indexed {files_of(run.indexed)} in {seconds:.1f} s; {len(run.skipped_duplicates)} already indexed "
               f"or duplicate; {len(run.errors)} failed.")
         for source in run.replaced:
-            print(f"  replaced the older version of {source}")
+            print(f"  replaced the older version of {one_line(source)}")
         for old, new in run.moved:
-            print(f"  moved: {old} -> {new}")
+            print(f"  moved: {one_line(old)} -> {one_line(new)}")
+        # A copy of a file given in the same run is named (an already indexed file is only counted: re-indexing a
+        # folder would list every file in it).
+        for path, earlier in run.same_content_as.items():
+            print(f"  skipped: {one_line(path)} (same content as {one_line(earlier)})")
         for note in run.notes:
-            print(f"  note: {note.note}")
+            print(f"  note: {one_line(note.note)}")
         for error in run.errors:
-            print(f"  failed: {error.error}  [{error.path}]")
+            print(f"  failed: {one_line(error.error)}  [{one_line(error.path)}]")
     nothing_done = not run.indexed and not run.skipped_duplicates
     return EXIT_FAILED if nothing_done and run.errors else EXIT_OK
 
@@ -206,7 +210,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
     else:
         for row in rows:
-            print(f"{row['id']}  {row['kind']:8s} {row['path']}{_where(row['page'], row['passage'])}")
+            print(f"{row['id']}  {row['kind']:8s} {one_line(row['path'])}{_where(row['page'], row['passage'])}")
     return EXIT_OK
 
 

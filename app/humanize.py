@@ -48,6 +48,15 @@ def echoed(text: str, limit: int = ECHO_CHARS) -> str:
     return _MARKDOWN.sub(r"\\\1", html.escape(text, quote=False))
 
 
+def one_line(text: str) -> str:
+    """`text` (a path, a message naming one) with its control characters written as escapes: a file name may
+    hold a newline, which would split one item of a terminal listing over two lines. 'new\nline.jpg' reads
+    'new\\nline.jpg'; letters of any script stay as they are."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def describe_files(items: Iterable[tuple[str, int | None, str]]) -> str:
     """What indexed items amount to as a person counts them, from their (path, page, kind):
     '19 files (17 photos, 2 PDFs with 46 pages)', '1 photo', 'no files'.

@@ -45,6 +45,8 @@ class IndexRun:
 
     indexed: list[IndexedEntry] = field(default_factory=list)
     skipped_duplicates: list[str] = field(default_factory=list)
+    # {skipped path: the path of its copy given earlier in the same run}; a file already indexed is not here
+    same_content_as: dict[str, str] = field(default_factory=dict)
     errors: list[IngestError] = field(default_factory=list)
     notes: list[IngestNote] = field(default_factory=list)
     replaced: list[str] = field(default_factory=list)  # sources whose older version was removed
@@ -54,6 +56,7 @@ class IndexRun:
         return {
             "indexed": [{"id": e.id, "path": e.path, "page": e.page, "kind": e.kind} for e in self.indexed],
             "skipped_duplicates": list(self.skipped_duplicates),
+            "same_content_as": dict(self.same_content_as),
             "replaced": list(self.replaced),
             "moved": [{"from": a, "to": b} for a, b in self.moved],
             "errors": [{"path": e.path, "error": e.error} for e in self.errors],
@@ -120,7 +123,9 @@ def index_paths(
                 if not event.duplicate_of and event.file_hash and _moved(index, event, run):
                     continue
                 run.skipped_duplicates.append(event.path)
-                if not event.duplicate_of:
+                if event.duplicate_of:
+                    run.same_content_as[event.path] = event.duplicate_of
+                else:
                     skipped_as_known.append(event.path.split(" (page ")[0])
             else:
                 run.notes.append(event)

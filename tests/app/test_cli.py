@@ -327,3 +327,25 @@ def test_kill_9_during_indexing_keeps_every_committed_item(tmp_path, ckpt, share
         assert index.info()["dead_rows"] == 0
         leftovers = [p.name for p in (idx / "segments").iterdir() if not p.name.startswith("seg-")]
         assert leftovers == []
+
+
+def test_a_copy_is_named_with_its_twin_and_a_newline_in_a_name_stays_on_its_line(tmp_path, ckpt, capsys):
+    """A tester's folder: the CLI said only "1 already indexed or duplicate" (which file, a copy of what?), and a
+    file name holding a newline split its line of `list` in two."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.txt").write_text("The ferry leaves the harbour at eight every morning.")
+    (folder / "b copy.txt").write_text("The ferry leaves the harbour at eight every morning.")
+    (folder / "new\nline.txt").write_text("Lanterns glow along the quay at night.")
+    idx = tmp_path / "idx"
+    code, out, _ = run(capsys, "index", folder, "--index", idx, "--checkpoint", ckpt, "--quiet", "--no-ocr")
+    assert code == 0 and "1 already indexed or duplicate" in out
+    assert f"  skipped: {folder / 'b copy.txt'} (same content as {folder / 'a.txt'})" in out
+    code, out, _ = run(capsys, "list", "--index", idx)
+    lines = out.splitlines()
+    assert len(lines) == 2 and any("/new\\nline.txt (passage 1)" in line for line in lines), out
+    code, out, _ = run(capsys, "index", folder, "--index", idx, "--quiet", "--no-ocr")
+    # Files already indexed are counted, not listed one by one (a folder indexed again would list them all);
+    # the copy is still named.
+    skipped = [line for line in out.splitlines() if line.startswith("  skipped:")]
+    assert "3 already indexed or duplicate" in out and len(skipped) == 1 and "b copy.txt" in skipped[0], out

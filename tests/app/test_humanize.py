@@ -32,3 +32,11 @@ def test_sizes_read_in_a_given_unit_as_a_charts_axis_shows_them():
     assert [human_bytes(n, "MB") for n in (3 * 2**10, 196608, 2**21, 14.06 * 2**20)] == [
         "0.0029 MB", "0.19 MB", "2 MB", "14.1 MB"]  # a small value keeps two digits, not "0 MB"
     assert human_bytes(0, "KB") == "0 KB"
+
+
+def test_one_line_escapes_control_characters_and_keeps_every_script():
+    from app.humanize import one_line
+
+    assert one_line("café 日本.jpg") == "café 日本.jpg"
+    assert one_line("new\nline\t.jpg") == "new\\nline\\t.jpg"
+    assert "\n" not in one_line("a\r\nb\x1b[31m")
