@@ -389,6 +389,31 @@ def test_model_tab_and_no_external_requests(server, browser_page):
     assert browser_page.external == []
 
 
+def test_hints_under_the_controls_are_readable(server, browser_page):
+    """The budget slider's hint was #bbbbc2 on white (1.9:1 at 12 px); WCAG AA asks 4.5:1 for text that small."""
+    page = browser_page.page
+    open_tab(page, "Search")
+    ratio = page.evaluate("""() => {
+        const hint = [...document.querySelectorAll('*')].find(e => e.children.length === 0
+                                                            && e.textContent.startsWith('Left: fast'));
+        const lum = c => {
+            const [r, g, b] = c.match(/[\\d.]+/g).slice(0, 3).map(v => {
+                v /= 255;
+                return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+            });
+            return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+        };
+        let bg = hint, colour = 'rgba(0, 0, 0, 0)';
+        while (bg && /rgba\\(.*, 0\\)|transparent/.test(colour)) {
+            colour = getComputedStyle(bg).backgroundColor;
+            bg = bg.parentElement;
+        }
+        const [a, b] = [lum(getComputedStyle(hint).color), lum(colour)].sort((x, y) => y - x);
+        return (a + 0.05) / (b + 0.05);
+    }""")
+    assert ratio >= 4.5, ratio
+
+
 def test_a_page_loaded_after_a_model_switch_describes_the_new_model(server, browser_page, test_checkpoint,
                                                                     other_checkpoint):
     """Issue 17.11: the Model tab and the quality chart of a page (re)loaded after another checkpoint was
