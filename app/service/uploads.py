@@ -87,7 +87,10 @@ def _ingest_encode_add(engine: Engine, coll: Collection, idx: Index, files: list
         return
 
     def on_file(done: float, total: int, name: str) -> None:
-        label = f"file {min(int(done) + 1, total)} of {total}: {Path(name).name}" if name else "finishing"
+        # Every file read ("" after the last): what is left is encoding and saving the last batch, which for a
+        # few photos is most of the wait.
+        label = (f"file {min(int(done) + 1, total)} of {total}: {Path(name).name}" if name
+                 else "encoding and saving the last files read")
         progress(0.95 * done / max(1, total), label)
 
     def on_commit(entries) -> None:

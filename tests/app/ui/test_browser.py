@@ -186,6 +186,19 @@ def test_upload_photos_and_a_pdf(server, browser_page):
     trackers = page.evaluate("[...document.querySelectorAll('.progress-text')].filter(e => e.offsetParent).length")
     assert trackers <= 1, trackers
     page.wait_for_function("document.querySelector('#me-report').innerText.includes('Added')")
+    # The progress shows over the report line, which was 0 px high before its first report, so nothing could
+    # be seen while files were added: shown as while pending, the line makes room for it.
+    heights = page.evaluate("""() => {
+        const report = document.querySelector('#me-report'), tracker = report.querySelector(':scope > .wrap');
+        report.querySelector('.prose, .md') && (report.querySelector('.prose, .md').style.display = 'none');
+        const idle = report.getBoundingClientRect().height;
+        tracker.classList.remove('hide');
+        const busy = report.getBoundingClientRect().height;
+        tracker.classList.add('hide');
+        report.querySelector('.prose, .md') && (report.querySelector('.prose, .md').style.display = '');
+        return [idle, busy];
+    }""")
+    assert heights[1] >= 48 and heights[1] > heights[0], heights
     report = page.inner_text("#me-report")
     assert "Added 7 files (6 photos, 1 PDF with 1 page)" in report, report  # files, not stored items
     page.wait_for_function("document.querySelector('#me-items').innerText.includes('harbour-guide.pdf')")
