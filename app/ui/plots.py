@@ -391,8 +391,12 @@ def prefix_matrix_figure(sim: np.ndarray, presets: Sequence[tuple[int, int]]) ->
             continue
         fig.add_shape(type="rect", x0=0.5, y0=0.5, x1=pc + 0.5, y1=pq + 0.5,
                       line=dict(color=ACCENT if i % 2 == 0 else "white", width=2.5))
-        fig.add_annotation(x=pc + 0.5, y=pq + 0.5, text=f"({pq}, {pc})", showarrow=False, xanchor="left",
-                           yanchor="top", font=dict(color="white", size=12), bgcolor="rgba(15,23,42,0.75)")
+        # Each label hangs below its block's corner; the whole matrix's would hang over the axis' last tick
+        # label ("c64"), so it sits inside its corner instead.
+        whole = (pq, pc) == (r_q, r_c)
+        fig.add_annotation(x=pc + 0.5, y=pq + 0.5, text=f"({pq}, {pc})", showarrow=False,
+                           xanchor="right" if whole else "left", yanchor="bottom" if whole else "top",
+                           font=dict(color="white", size=12), bgcolor="rgba(15,23,42,0.75)")
     # Ticks at the budgets' edges, named as the search's explanations name the vectors (q1 …, c1 …).
     xs = sorted({1, r_c} | {pc for _, pc in presets if pc <= r_c})
     ys = sorted({1, r_q} | {pq for pq, _ in presets if pq <= r_q})

@@ -130,3 +130,6 @@ def test_step_four_works_maxsim_out_by_hand_and_names_the_vectors_as_the_search_
     fig = plots.prefix_matrix_figure(sim, presets)
     assert list(fig.layout.xaxis.ticktext) == ["c1", "c4", "c8", "c16", "c64"]
     assert list(fig.layout.yaxis.ticktext) == ["q1", "q2", "q4", "q8", "q16"]
+    # Labels hang below their block's corner, but the whole matrix's sits inside it, off the "c64" tick label.
+    anchors = {a.text: (a.xanchor, a.yanchor) for a in fig.layout.annotations}
+    assert anchors["(4, 8)"] == ("left", "top") and anchors["(16, 64)"] == ("right", "bottom")
