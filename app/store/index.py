@@ -136,7 +136,10 @@ class Index:
             raise IndexError_(f"{directory} is not empty; create the index in a new or empty folder")
         if num_vectors < 1 or dim < 1:
             raise ValueError(f"num_vectors and dim must be positive, got {num_vectors} and {dim}")
-        (directory / SEGMENT_DIR).mkdir(parents=True, exist_ok=True)
+        try:
+            (directory / SEGMENT_DIR).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise IndexError_(f"cannot create the index folder {directory} ({e.strerror or e})") from None
         create_database(directory / DB_NAME, checkpoint_id, num_vectors, dim, checkpoint_source)
         return cls.open(directory)
 

@@ -205,6 +205,9 @@ def test_human_output_and_errors(other_checkpoint, tmp_path, ckpt, capsys):
     assert code == 1 and "--budget must be two positive integers" in err
     code, out, err = run(capsys, "search", "note", "--index", tmp_path / "nowhere")
     assert code == 1 and "does not exist" in err
+    code, out, err = run(capsys, "index", tmp_path / "in", "--index", tmp_path / "in" / "note-000.txt" / "idx",
+                         "--checkpoint", ckpt)
+    assert code == 1 and "cannot create the index folder" in err and "Errno" not in err, err
     code, out, err = run(capsys, "search", "note", "--index", tmp_path / "in" / "note-000.txt")
     assert code == 1 and "note-000.txt is a file; an index is a folder" in err
     (tmp_path / "empty.jpg").write_bytes(b"")
