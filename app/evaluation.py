@@ -387,6 +387,22 @@ def index_folder(model: Any, checkpoint_id: str, folder: Path, *, ocr: Callable 
     return coll
 
 
+def check_files_named(queries: Sequence[Query], queries_path: Path, folder: Path) -> None:
+    """Every file a query names must be under `folder`; raises EvalInputError naming queries.json, the entry
+    and the file. A folder with zip archives is left to `check_relevance` after indexing (their members are only
+    known once opened)."""
+    files = [p for root in files_to_index(folder) for p in ([root] if root.is_file() else root.rglob("*"))
+             if p.is_file()]
+    if any(p.suffix.lower() == ".zip" for p in files):
+        return
+    names = {p.name for p in files}
+    for n, q in enumerate(queries, start=1):
+        for unit in sorted(q.relevant):
+            if unit.partition("#page=")[0] not in names:
+                raise EvalInputError(f"{queries_path}: entry {n} ({q.text!r}) names {unit!r}, which is not "
+                                     f"an indexed file under {folder}")
+
+
 def check_relevance(queries: Sequence[Query], coll: Collection, queries_path: Path, folder: Path) -> None:
     """Every relevant unit must be indexed; raises EvalInputError naming queries.json and the unit."""
     pages: dict[str, int] = {}
@@ -468,6 +484,7 @@ def evaluate(model: Any, checkpoint_id: str, folder: str | Path, *, recall_k: Se
     if not recall_k or recall_k[0] < 1:
         raise EvalInputError(f"--k must be positive integers, got {recall_k}")
 
+    check_files_named(queries, queries_path, folder)  # before the indexing, which takes minutes on a large split
     coll = index_folder(model, checkpoint_id, folder, ocr=ocr, progress=progress)
     check_relevance(queries, coll, queries_path, folder)
 

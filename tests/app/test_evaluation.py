@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from app import cli
+from app import cli, evaluation
 from app.evaluation import (
     EvalInputError,
     Query,
@@ -364,13 +364,15 @@ def test_bad_folder_and_queries_file(tmp_path, ckpt, capsys):
                        "no matching lists of queries and kinds")
 
 
-def test_relevance_to_what_is_not_indexed(tmp_path, ckpt, capsys):
+def test_relevance_to_what_is_not_indexed(tmp_path, ckpt, capsys, monkeypatch):
     def doc(name: str) -> dict:
         return {"query": "report", "relevant": [name], "kind": "document"}
 
     folder = write_folder(tmp_path / "a", [doc("report.pdf#page=1"), doc("missing.txt")], images=False)
-    expect_usage_error(capsys, [folder, "--checkpoint", ckpt], str(folder / "queries.json"), "entry 2",
-                       "'missing.txt'", "not an indexed file")
+    with monkeypatch.context() as m:  # a file that is not there is found before minutes of indexing
+        m.setattr(evaluation, "index_folder", lambda *a, **k: pytest.fail("indexed before checking the names"))
+        expect_usage_error(capsys, [folder, "--checkpoint", ckpt], str(folder / "queries.json"), "entry 2",
+                           "'missing.txt'", "not an indexed file")
     folder = write_folder(tmp_path / "b", [doc("report.pdf#page=3")], images=False)
     expect_usage_error(capsys, [folder, "--checkpoint", ckpt], str(folder / "queries.json"),
                        "'report.pdf#page=3'", "report.pdf has 2 indexed pages")
