@@ -28,6 +28,10 @@ RESULTS = 24
 EXAMPLE_QUERIES = ["a cat", "a colourful parrot", "boats at sunset", "a mountain lake", "hot air balloon",
                    "how do I install Debian", "pancakes for breakfast", "an orange flower"]
 NO_SELECTION = "Click a result above to open its explanation."
+# Run in the page when a result is clicked: the explanation opens ~1,100 px below the results, out of sight,
+# so the click brings its heading to the top of the window (before the server answers: nothing above it moves).
+SCROLL_TO_WHY = ("() => document.getElementById('me-why-heading')"
+                 "?.scrollIntoView({behavior: 'smooth', block: 'start'})")
 
 
 def budget_readout(studio: Studio, r_q: int, r_c: int) -> str:
@@ -250,7 +254,7 @@ def build(studio: Studio) -> SimpleNamespace:
     # report changed States to the page.)
     s.explain_trigger = gr.Number(visible=False, precision=0)
 
-    gr.Markdown("## Why it matched")
+    gr.Markdown("## Why it matched", elem_id="me-why-heading")
     s.why_md = gr.Markdown(NO_SELECTION, elem_id="me-why-title")
     with gr.Row(visible=False, elem_id="me-why") as s.why_row:
         with gr.Column(scale=5):
@@ -406,6 +410,9 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
                              explained + [s.gallery], trigger_mode="always_last", show_progress="minimal",
                              **PRIVATE)
     s.gallery.select(gpu(select_handler), [s.hits_state, s.query_state, s.r_q, s.r_c], select_outputs, **PRIVATE)
+    # A listener of its own, in the page only: a `js=` on the one above would replace its inputs with the
+    # script's return value.
+    s.gallery.select(None, None, None, js=SCROLL_TO_WHY, queue=False, **PRIVATE)
     s.more_btn.click(more_like_this, [s.selected_state, s.r_q, s.r_c, s.include_samples, s.only],
                      [s.query_box, s.query_image, s.image_words] + rank_outs + reset_outs, **PRIVATE)
 
