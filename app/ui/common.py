@@ -32,8 +32,10 @@ def mistake(message: str, outputs: int) -> tuple:
     return (gr.skip(),) * outputs
 
 
-def kind_name(kind: str) -> str:
-    return {"image": "photo", "pdf_page": "PDF page", "text": "text passage"}.get(kind, kind)
+def file_kind(kind: str) -> str:
+    """A file's kind as a person names it, from its items' `kind`: wherever files are counted a .txt is a
+    "text file" (its passages are counted as passages), as the add report and the statistics call it."""
+    return {"image": "photo", "pdf_page": "PDF", "text": "text file"}.get(kind, kind)
 
 
 def preset_info(presets: list[tuple[int, int]]) -> str:
