@@ -64,12 +64,12 @@ def describe_files(items: Iterable[tuple[str, int | None, str]]) -> str:
     photos = sum(1 for path, kind in kinds.items() if kind == "image" and path not in pages)
     texts = len(kinds) - photos - len(pages)
     n_pages = sum(len(p) for p in pages.values())
-    parts = ([_plural(photos, "photo")] if photos else []) + (
-        [f"{_plural(len(pages), 'PDF')} with {_plural(n_pages, 'page')}"] if pages else []) + (
-        [_plural(texts, "text file")] if texts else [])
+    parts = ([plural(photos, "photo")] if photos else []) + (
+        [f"{plural(len(pages), 'PDF')} with {plural(n_pages, 'page')}"] if pages else []) + (
+        [plural(texts, "text file")] if texts else [])
     if not parts:
         return "no files"
-    return parts[0] if len(parts) == 1 else f"{_plural(len(kinds), 'file')} ({', '.join(parts)})"
+    return parts[0] if len(parts) == 1 else f"{plural(len(kinds), 'file')} ({', '.join(parts)})"
 
 
 def files_of(items: Iterable) -> str:
@@ -78,5 +78,7 @@ def files_of(items: Iterable) -> str:
     return describe_files((it.path, it.page, it.kind) for it in items)
 
 
-def _plural(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
+def plural(n: int, noun: str, many: str | None = None) -> str:
+    """'1 photo', '3 photos', '0 photos'; `many` for a noun whose plural is not noun + 's':
+    plural(2, 'query', 'queries') -> '2 queries'."""
+    return f"{n} {noun if n == 1 else many or noun + 's'}"

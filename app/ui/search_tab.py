@@ -16,7 +16,7 @@ from gradio.components.gallery import GalleryData, GalleryImage
 from gradio.data_classes import ImageData
 from PIL import Image
 
-from app.humanize import echoed
+from app.humanize import echoed, plural
 from app.ingest.images import load_image
 from app.search import ONLY, WHOLE_MATCH, Calibration, Hit, comparable_score
 from app.service import QueryState, Studio
@@ -108,12 +108,13 @@ def gallery_payload(items: list[tuple[str, str]]) -> list[dict]:
 
 def results_caption(query: QueryState, hits: list[Hit], budget: tuple[int, int], rank_ms: float,
                     indexing: tuple[float, str] | None = None, calibration: Calibration | None = None,
-                    whole: float | None = None, samples_left_out: bool = False, only: str | None = None) -> str:
+                    whole: float | None = None, samples_left_out: bool = False, only: str | None = None,
+                    cut: bool = False) -> str:
     """The line above the results; with the checkpoint's `calibration` and the search's whole-query score
     (`whole`, Studio.whole_match) it says when nothing in the collection is close to the query.
     `samples_left_out`: the sample collection exists but was not searched (its box is unticked, as it is by
     default once the visitor has files of their own), which the caption says. `only`: the search ranked
-    "photos" or "documents" alone (the *Show* choice)."""
+    "photos" or "documents" alone (the *Show* choice). `cut`: more items matched than `hits` shows."""
     among = f" among the {only}" if ONLY.get(only) else ""
     # While files are still being indexed (the samples on first start), results are partial: say so.
     partial = (f"⏳ **Still indexing** ({indexing[1]}, {100 * indexing[0]:.0f}%): these results cover only what "
@@ -139,7 +140,9 @@ def results_caption(query: QueryState, hits: list[Hit], budget: tuple[int, int],
     # remember seems lost (the box is easy to miss).
     left_out = (" in your files only (tick *Include the sample collection* to search the samples too)"
                 if samples_left_out else "")
-    return (partial + weak + f"**{len(hits)} results** for {query.label}{among} at budget **{budget}**{left_out} · "
+    # Every item scores, so a list cut at RESULTS is the best of more: "24 results" read as all there was.
+    count = f"Top {len(hits)} results" if cut else plural(len(hits), "result")
+    return (partial + weak + f"**{count}** for {query.label}{among} at budget **{budget}**{left_out} · "
             f"ranked in {rank_ms:.0f} ms from the cached query vectors ({encoded}). Scores are the mean best "
             "similarity of the query's vectors (0-1, comparable across budgets). Click a result to see why it "
             "matched.")
@@ -472,8 +475,11 @@ def rank_outputs(studio: Studio, query: QueryState, rq: int, rc: int, with_sampl
     query = studio.ensure_current(query)
     only = only if only in ONLY else None
     t0 = time.perf_counter()
-    hits = studio.search(query, session, rq, rc, k=RESULTS, include_samples=with_samples, only=only)
+    # One more than is shown tells whether the list is cut (the caption says "top 24", not "24 results").
+    hits = studio.search(query, session, rq, rc, k=RESULTS + 1, include_samples=with_samples, only=only)
     ms = (time.perf_counter() - t0) * 1000
+    cut = len(hits) > RESULTS
+    hits = hits[:RESULTS]
     calibration = studio.engine.calibration
     whole = None
     # The whole-query score takes a (1, 1) search of its own; it can only flag a search whose best part is below
@@ -484,7 +490,8 @@ def rank_outputs(studio: Studio, query: QueryState, rq: int, rc: int, with_sampl
         except (KeyError, ValueError):  # e.g. the model changed in between (CheckpointMismatch): not flagged
             pass
     caption = results_caption(query, hits, (rq, rc), ms, studio.indexing_progress, calibration, whole,
-                              samples_left_out=not with_samples and studio.samples is not None, only=only)
+                              samples_left_out=not with_samples and studio.samples is not None, only=only,
+                              cut=cut)
     return (query, hits, gallery_value(studio, hits, session, rq), caption, snippets_html(hits, query.text, rq))
 
 

@@ -32,3 +32,10 @@ def test_sizes_read_in_a_given_unit_as_a_charts_axis_shows_them():
     assert [human_bytes(n, "MB") for n in (3 * 2**10, 196608, 2**21, 14.06 * 2**20)] == [
         "0.0029 MB", "0.19 MB", "2 MB", "14.1 MB"]  # a small value keeps two digits, not "0 MB"
     assert human_bytes(0, "KB") == "0 KB"
+
+
+def test_plural():
+    from app.humanize import plural
+
+    assert (plural(1, "result"), plural(0, "result"), plural(24, "result")) == ("1 result", "0 results", "24 results")
+    assert (plural(1, "query", "queries"), plural(3, "query", "queries")) == ("1 query", "3 queries")

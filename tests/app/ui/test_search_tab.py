@@ -250,3 +250,25 @@ def test_a_search_of_one_kind_says_so_and_an_empty_one_says_why():
     empty = results_caption(_query("a cat"), [], (4, 8), 3.0, only="documents")
     assert "there are no documents in the collection" in empty and "is empty" not in empty
     assert "the collection is empty" in results_caption(_query("a cat"), [], (4, 8), 3.0)
+
+
+def _ranking_studio(n_items: int) -> SimpleNamespace:
+    """A studio whose collection holds `n_items` text results, for rank_outputs."""
+    hits = [_hit(r, "text", "notes") for r in range(1, n_items + 1)]
+    return SimpleNamespace(ensure_current=lambda q: q, search=lambda *a, k, **kw: hits[:k],
+                           engine=SimpleNamespace(calibration=None), indexing_progress=None, samples=None,
+                           thumbnail=lambda hit, session: f"/thumbs/{hit.id}.jpg")
+
+
+def test_a_list_cut_at_the_gallery_size_says_it_shows_the_top_results():
+    """UX review (s33): "24 results" when more items matched and the list was cut at 24; "1 results"."""
+    from app.ui.search_tab import RESULTS, rank_outputs
+
+    def caption(n_items: int) -> str:
+        _, hits, gallery, text, _ = rank_outputs(_ranking_studio(n_items), _query("notes"), 4, 8, False, None)
+        assert len(hits) == len(gallery) == min(n_items, RESULTS)
+        return text
+
+    assert caption(RESULTS + 9).startswith(f"**Top {RESULTS} results** for")
+    assert caption(RESULTS).startswith(f"**{RESULTS} results** for")  # all there is: not a top of more
+    assert caption(1).startswith("**1 result** for")
