@@ -39,6 +39,12 @@ def human_bytes(n: float, unit: str | None = None) -> str:
     return f"{value:,.1f} {name}"
 
 
+def score_text(value: float, digits: int = 2) -> str:
+    """A score as the app shows it, to `digits` places; one that rounds to zero reads "0.00", not "-0.00"
+    (which looked like a fault next to the other scores)."""
+    return f"{round(value, digits) + 0.0:.{digits}f}"  # -0.0 + 0.0 is +0.0
+
+
 def echoed(text: str, limit: int = ECHO_CHARS) -> str:
     """The visitor's `text` as a Markdown caption may repeat it: on one line, at most `limit` characters (then
     "…"), HTML and Markdown markup escaped, so "<b>bold</b>" reads as typed instead of in bold."""

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from app.humanize import describe_files, echoed, files_of, human_bytes
+from app.humanize import describe_files, echoed, files_of, human_bytes, plural
 from app.ingest import SUPPORTED_EXTENSIONS
 from app.search import Hit
 from app.service import Studio
@@ -152,8 +152,8 @@ def _files(studio: Studio, coll) -> list[dict]:
     for name, items in reversed(by_file.items()):
         pages = {it.page for it in items if it.page is not None}
         kind = file_kind("pdf_page" if pages else items[0].kind)
-        parts = f"{len(pages)} page{'s' if len(pages) != 1 else ''}" if pages else (
-            "1 photo" if items[0].kind == "image" else f"{len(items)} passage{'s' if len(items) != 1 else ''}")
+        parts = plural(len(pages), "page") if pages else (
+            "1 photo" if items[0].kind == "image" else plural(len(items), "passage"))
         first = min(items, key=lambda it: (it.page or 0, it.passage if it.passage is not None else -1))
         out.append({"name": name, "kind": kind, "parts": parts, "first": first, "items": items})
     return out
@@ -180,11 +180,11 @@ def _report_md(report: dict) -> str:
     added = describe_files((e["path"], e["page"], e["kind"]) for e in report["indexed"])
     lines = [f"**Added {added}.**" if report["indexed"] else "**Added no new files.**"]
     if report["skipped_duplicates"]:
-        lines.append(f"Skipped {len(report['skipped_duplicates'])} duplicate(s) already in the collection.")
+        lines.append(f"Skipped {plural(len(report['skipped_duplicates']), 'duplicate')} already in the collection.")
     if report.get("replaced"):
-        lines.append(f"Replaced the older version of {len(report['replaced'])} edited file(s).")
+        lines.append(f"Replaced the older version of {plural(len(report['replaced']), 'edited file')}.")
     if report["errors"]:
-        lines.append(f"**{len(report['errors'])} file(s) could not be added:**")
+        lines.append(f"**{plural(len(report['errors']), 'file')} could not be added:**")
         lines += [f"- {e['error']}" for e in report["errors"]]
     for note in report.get("notes", []):
         lines.append(f"- note: {note['note']}")

@@ -16,7 +16,7 @@ from gradio.components.gallery import GalleryData, GalleryImage
 from gradio.data_classes import ImageData
 from PIL import Image
 
-from app.humanize import echoed, plural
+from app.humanize import echoed, plural, score_text
 from app.ingest.images import load_image
 from app.search import ONLY, WHOLE_MATCH, Calibration, Hit, comparable_score
 from app.service import QueryState, Studio
@@ -94,7 +94,7 @@ def gallery_value(studio: Studio, hits: list[Hit], session: str | None, r_q: int
     # The comparable score (MaxSim / r_q, the mean best similarity of the query's vectors) reads the same at
     # every budget; score first: long file names are cut off at the end of the caption.
     return [(studio.thumbnail(h, session),
-             f"{comparable_score(h.score, r_q):.2f} · {h.label}" + (" · sample" if h.collection == "samples" else "")) for h in hits]
+             f"{score_text(comparable_score(h.score, r_q))} · {h.label}" + (" · sample" if h.collection == "samples" else "")) for h in hits]
 
 
 def gallery_payload(items: list[tuple[str, str]]) -> list[dict]:
@@ -131,9 +131,9 @@ def results_caption(query: QueryState, hits: list[Hit], budget: tuple[int, int],
     best = comparable_score(hits[0].score, budget[0])
     if calibration is not None and whole is not None and calibration.no_close_match(whole, best, budget):
         weak = (f"**No close match** for {query.label}: taken as a whole (one vector for the query, one for each "
-                f"item: budget {WHOLE_MATCH}), the closest item scores {whole:.2f}, where searches whose answer is "
-                f"there usually score {calibration.weak_below:.2f} or more, and no part of the query matches "
-                f"strongly either (best {best:.2f} at budget {tuple(budget)}). Try other words, or add files.\n\n")
+                f"item: budget {WHOLE_MATCH}), the closest item scores {score_text(whole)}, where searches whose answer is "
+                f"there usually score {score_text(calibration.weak_below)} or more, and no part of the query matches "
+                f"strongly either (best {score_text(best)} at budget {tuple(budget)}). Try other words, or add files.\n\n")
     encoded = (f"the query was encoded once, in {query.encode_ms:.0f} ms" if query.encode_ms else
                "reused from the cache: an earlier search encoded this query")
     # A visitor with files of their own searches them alone by default: say so, or a photo of the samples they
@@ -163,7 +163,7 @@ def snippets_html(hits: list[Hit], query_text: str | None, r_q: int, limit: int 
         stretch = _best_stretch(h.item.text, words)
         if stretch is None:
             continue
-        rows.append(f"<li><span class='me-caption'>{comparable_score(h.score, r_q):.2f}</span> <b>{html.escape(h.label)}</b>"
+        rows.append(f"<li><span class='me-caption'>{score_text(comparable_score(h.score, r_q))}</span> <b>{html.escape(h.label)}</b>"
                     f"{' · sample' if h.collection == 'samples' else ''} — {stretch}</li>")
         if len(rows) == limit:
             break
@@ -535,7 +535,7 @@ def explain_panel(studio: Studio, coll_key: str, item_id: str, query: QueryState
     where = f", page {item.page}" if item.page else ""
     of = (f"the mean of the best similarities of the {rq} query vectors (MaxSim {ex.score:.3f}, their sum)" if rq > 1
           else f"the best similarity of the one query vector (MaxSim {ex.score:.3f})")
-    title = (f"### “{echoed(item.title, 120)}”{where} for {query.label}\nScore **{comparable_score(ex.score, rq):.2f}** at budget "
+    title = (f"### “{echoed(item.title, 120)}”{where} for {query.label}\nScore **{score_text(comparable_score(ex.score, rq))}** at budget "
              f"**({rq}, {rc})**: {of}. ")
     top = ui_explain.summary_units(ex)
     if top:

@@ -39,3 +39,11 @@ def test_plural():
 
     assert (plural(1, "result"), plural(0, "result"), plural(24, "result")) == ("1 result", "0 results", "24 results")
     assert (plural(1, "query", "queries"), plural(3, "query", "queries")) == ("1 query", "3 queries")
+
+
+def test_a_score_that_rounds_to_zero_has_no_sign():
+    """UX review (s33): a result's score read "-0.00"."""
+    from app.humanize import score_text
+
+    assert [score_text(v) for v in (-0.001, 0.0, -0.0, 0.004, -0.05, 0.456)] == ["0.00", "0.00", "0.00", "0.00",
+                                                                                "-0.05", "0.46"]

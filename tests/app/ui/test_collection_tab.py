@@ -59,3 +59,12 @@ def test_a_text_file_is_called_a_text_file_in_the_table_and_the_statistics():
     stats = _stats_md(studio, coll, files)
     assert "**3 files (2 photos, 1 text file)** (9 searchable items" in stats, stats
     assert "text passage" not in stats
+
+
+def test_the_add_report_says_one_file_and_two_duplicates():
+    """UX review (s33): "3 file(s) could not be added", "duplicate(s)"."""
+    report = {"indexed": [], "skipped_duplicates": ["a.jpg", "b.jpg"], "replaced": ["c.txt"],
+              "errors": [{"error": "x.doc: not a supported file"}], "notes": []}
+    lines = _report_md(report).splitlines()
+    assert lines[1:4] == ["Skipped 2 duplicates already in the collection.",
+                          "Replaced the older version of 1 edited file.", "**1 file could not be added:**"]

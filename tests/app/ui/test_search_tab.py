@@ -272,3 +272,12 @@ def test_a_list_cut_at_the_gallery_size_says_it_shows_the_top_results():
     assert caption(RESULTS + 9).startswith(f"**Top {RESULTS} results** for")
     assert caption(RESULTS).startswith(f"**{RESULTS} results** for")  # all there is: not a top of more
     assert caption(1).startswith("**1 result** for")
+
+
+def test_a_score_near_zero_reads_0_00_in_the_gallery():
+    """UX review (s33): a gallery caption read "-0.00 · IMG_1434.jpg"."""
+    from app.ui.search_tab import gallery_value
+
+    hit = replace(_hit(1, "text", "notes"), score=-0.001 * 16)
+    [(_, caption)] = gallery_value(_ranking_studio(0), [hit], None, 16)
+    assert caption == "0.00 · notes.txt"
