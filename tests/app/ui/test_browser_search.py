@@ -219,7 +219,7 @@ def test_show_ranks_one_kind_at_a_time_and_says_so(app):
 def test_opening_a_result_brings_its_explanation_into_view(app):
     """UX review (s33): the explanation opened ~1,100 px below the clicked result, out of sight, with no cue."""
     page = app.page
-    search(page, "a mountain lake")
+    search(page, "snow on a mountain ridge")  # no other test's query: the captions change
     page.evaluate("window.scrollTo(0, 0)")
     page.locator("#me-results .thumbnail-item").nth(0).click()
     # The heading's top within the window once the (smooth) scroll has ended.
