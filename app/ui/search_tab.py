@@ -263,13 +263,9 @@ def build(studio: Studio) -> SimpleNamespace:
         with gr.Column(scale=5):
             s.why_image = gr.Image(label="Where the matching tokens lie", type="pil", height=420,
                                    interactive=False, buttons=["fullscreen"], elem_id="me-overlay")
-            gr.Markdown("Where the content tokens behind the winning matches lie, stronger where "
-                        "the matching meta vectors attended more: a heat map for each concept seen "
-                        "in the photo (◆), outlined areas for the sky (☁, in sky blue) and for colours "
-                        "(●, drawn in that colour), "
-                        "boxes around faces (☺, people words) and around words on pages and text "
-                        "read in images (✎). Dimmed parts "
-                        "played no role.", elem_classes="me-caption")
+            # Worded for the open result's kind (overlay_caption): a text file's spoke of the sky and faces.
+            s.why_caption = gr.Markdown(overlay_caption("image"), elem_classes="me-caption",
+                                        elem_id="me-overlay-caption")
             s.why_text = gr.HTML(label="What the model read")
         with gr.Column(scale=6):
             s.heatmap = gr.Plot(label="Similarity of every query vector with every result vector",
@@ -288,8 +284,8 @@ def build(studio: Studio) -> SimpleNamespace:
 def wire(studio: Studio, s: SimpleNamespace) -> None:
     rank_outs = [s.query_state, s.hits_state, s.gallery, s.results_md, s.snippets]
     reset_outs = [s.selected_state, s.why_md, s.why_row, s.table_col]
-    select_outputs = [s.selected_state, s.why_md, s.why_row, s.why_image, s.heatmap, s.bars, s.why_text,
-                      s.table_col, s.why_table]
+    select_outputs = [s.selected_state, s.why_md, s.why_row, s.why_image, s.why_caption, s.heatmap, s.bars,
+                      s.why_text, s.table_col, s.why_table]
     explained = select_outputs[1:]
 
     @gpu
@@ -517,7 +513,7 @@ def explain_panel(studio: Studio, coll_key: str, item_id: str, query: QueryState
         coll, item, c_vectors = studio.item(coll_key, item_id, session)
     except KeyError:
         return (gr.update(value="That item is no longer in the collection."), gr.update(visible=False),
-                None, None, None, "", gr.update(visible=False)), ""
+                None, gr.skip(), None, None, "", gr.update(visible=False)), ""
     q_insp = studio.inspect_query(query)
     try:
         c_insp, source = studio.inspect_item(coll, item)
@@ -555,8 +551,25 @@ def explain_panel(studio: Studio, coll_key: str, item_id: str, query: QueryState
     read = ui_explain.highlighted_text_html(ex)
     if read:
         read = "<p class='me-caption'>What the model read for this result, shaded by relevance:</p>" + read
-    return (title, gr.update(visible=True), gr.update(value=image, visible=image is not None), heat, bar, read,
+    caption = overlay_caption("pdf_page" if item.page else item.kind)  # a page's passage is shown on its page
+    return (title, gr.update(visible=True), gr.update(value=image, visible=image is not None),
+            gr.update(value=caption or "", visible=image is not None and caption is not None), heat, bar, read,
             gr.update(visible=True)), ui_explain.match_table_html(ex)
+
+
+def overlay_caption(kind: str) -> str | None:
+    """The caption under the picture of a result of `kind` ("image", "pdf_page", "text"): what its marks
+    show there; None for a text file, which has no picture (what the model read is shown as text instead)."""
+    if kind == "image":
+        return ("Where the content tokens behind the winning matches lie, stronger where the matching meta "
+                "vectors attended more: a heat map for each concept seen in the photo (◆), outlined areas for "
+                "the sky (☁, in sky blue) and for colours (●, drawn in that colour), boxes around faces (☺, "
+                "people words) and around text read in the photo (✎). Dimmed parts played no role.")
+    if kind == "pdf_page":
+        return ("Where the words behind the winning matches lie on the page: boxes around them (✎), stronger "
+                "where the matching meta vectors attended more; a picture on the page is marked as a photo is "
+                "(◆ concepts, ● colours). Dimmed parts played no role.")
+    return None
 
 
 def _read_alike(att: np.ndarray | None, i: int, j: int) -> bool:

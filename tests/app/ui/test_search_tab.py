@@ -281,3 +281,34 @@ def test_a_score_near_zero_reads_0_00_in_the_gallery():
     hit = replace(_hit(1, "text", "notes"), score=-0.001 * 16)
     [(_, caption)] = gallery_value(_ranking_studio(0), [hit], None, 16)
     assert caption == "0.00 · notes.txt"
+
+
+def test_the_picture_caption_fits_the_kind_of_result(tmp_path, test_checkpoint):
+    """UX review (s33): a text file's explanation was captioned with a photo's marks (concepts in the photo,
+    the sky, faces)."""
+    import shutil
+
+    from app.server import create_app
+    from app.ui.search_tab import explain_panel, overlay_caption
+    from tests.helpers import EXAMPLES
+
+    files = tmp_path / "files"
+    files.mkdir()
+    shutil.copy(EXAMPLES / "owl.jpg", files / "owl.jpg")
+    (files / "install.txt").write_text("How do I install Debian? Boot the installer and follow its steps.\n")
+    studio, demo = create_app(str(test_checkpoint), tmp_path / "data", sample_dir=None, wait_for_samples=True,
+                              log=lambda *a: None)
+    try:
+        studio.index_files(studio.local, sorted(files.iterdir()))
+        query = studio.encode_query("how do I install Debian")
+        captions = {}
+        for hit in studio.search(query, None, 16, 64, k=5):
+            (_, _, picture, caption, *_), _ = explain_panel(studio, hit.collection, hit.id, query, 16, 64, None)
+            captions[hit.kind] = (picture["visible"], caption["visible"], caption["value"])
+        assert captions["image"] == (True, True, overlay_caption("image"))
+        assert "photo" in captions["image"][2]
+        assert captions["text"][:2] == (False, False)  # no picture, no caption about one
+    finally:
+        demo.close()
+        studio.close()
+    assert "sky" not in overlay_caption("pdf_page") and "on the page" in overlay_caption("pdf_page")
