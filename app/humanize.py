@@ -39,6 +39,12 @@ def human_bytes(n: float, unit: str | None = None) -> str:
     return f"{value:,.1f} {name}"
 
 
+def score_text(value: float, digits: int = 2) -> str:
+    """A score as the app shows it, to `digits` places; one that rounds to zero reads "0.00", not "-0.00"
+    (which looked like a fault next to the other scores)."""
+    return f"{round(value, digits) + 0.0:.{digits}f}"  # -0.0 + 0.0 is +0.0
+
+
 def echoed(text: str, limit: int = ECHO_CHARS) -> str:
     """The visitor's `text` as a Markdown caption may repeat it: on one line, at most `limit` characters (then
     "…"), HTML and Markdown markup escaped, so "<b>bold</b>" reads as typed instead of in bold."""
@@ -73,12 +79,12 @@ def describe_files(items: Iterable[tuple[str, int | None, str]]) -> str:
     photos = sum(1 for path, kind in kinds.items() if kind == "image" and path not in pages)
     texts = len(kinds) - photos - len(pages)
     n_pages = sum(len(p) for p in pages.values())
-    parts = ([_plural(photos, "photo")] if photos else []) + (
-        [f"{_plural(len(pages), 'PDF')} with {_plural(n_pages, 'page')}"] if pages else []) + (
-        [_plural(texts, "text file")] if texts else [])
+    parts = ([plural(photos, "photo")] if photos else []) + (
+        [f"{plural(len(pages), 'PDF')} with {plural(n_pages, 'page')}"] if pages else []) + (
+        [plural(texts, "text file")] if texts else [])
     if not parts:
         return "no files"
-    return parts[0] if len(parts) == 1 else f"{_plural(len(kinds), 'file')} ({', '.join(parts)})"
+    return parts[0] if len(parts) == 1 else f"{plural(len(kinds), 'file')} ({', '.join(parts)})"
 
 
 def files_of(items: Iterable) -> str:
@@ -87,5 +93,7 @@ def files_of(items: Iterable) -> str:
     return describe_files((it.path, it.page, it.kind) for it in items)
 
 
-def _plural(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
+def plural(n: int, noun: str, many: str | None = None) -> str:
+    """'1 photo', '3 photos', '0 photos'; `many` for a noun whose plural is not noun + 's':
+    plural(2, 'query', 'queries') -> '2 queries'."""
+    return f"{n} {noun if n == 1 else many or noun + 's'}"

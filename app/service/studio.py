@@ -87,6 +87,9 @@ class QueryState:
     encode_ms: float = 0.0  # 0: the vectors came from the query cache (an earlier search encoded them)
     inspected: dict | None = field(default=None, repr=False)
     about: str | None = None  # what the query stands for, when it is not the user's own (more like this)
+    # More like this: the result it stands for, as (collection key, path, page), left out of its own results
+    # (it came first, at 1.00, which told the visitor nothing).
+    source: tuple[str, str, int | None] | None = None
 
     @property
     def content(self):
@@ -230,7 +233,8 @@ class Studio:
         """Re-encode a cached query if the model changed since it was encoded."""
         if query.checkpoint_id == self.engine.checkpoint_id:
             return query
-        return dataclasses.replace(self.encode_query(query.text, query.image), about=query.about)
+        return dataclasses.replace(self.encode_query(query.text, query.image), about=query.about,
+                                   source=query.source)
 
     def more_like_this(self, coll_key: str, item_id: str, session_key: str | None) -> QueryState:
         """The query of "more like this result": a photo by its pixels, a PDF page or a passage by its text.
@@ -242,16 +246,17 @@ class Studio:
         text (a scan OCR could not read) is searched by its picture.
         """
         _coll, item, _ = self.item(coll_key, item_id, session_key)
+        source = (coll_key, item.path, item.page)  # the result as search counts results: a page, not a passage
         name = f"p. {item.page} · {item.title}" if item.page else item.title
         text = " ".join((item.text or "").split())[:MORE_LIKE_CHARS]
         if item.kind != "image" and text:
-            return dataclasses.replace(self.encode_query(text, None), about=f"the text of {name}")
+            return dataclasses.replace(self.encode_query(text, None), about=f"the text of {name}", source=source)
         image = self.load_source_item(item).image
         if image is None:
             raise ValueError(f"{name} has neither text nor a picture to search with")
         # Named as the text of a page is: "your image" read as if the visitor had dropped a photo of their own.
         about = f"the photo {name}" if item.kind == "image" else f"the picture of {name}"
-        return dataclasses.replace(self.encode_query(None, image), about=about)
+        return dataclasses.replace(self.encode_query(None, image), about=about, source=source)
 
     def check_budget(self, r_q: int, r_c: int) -> tuple[int, int]:
         engine = self.engine
@@ -265,8 +270,11 @@ class Studio:
         budget = self.check_budget(r_q, r_c)
         colls = {c.key: c for c in self.collections(session_key, include_samples)}
         sources = [(key, idx) for key, c in colls.items() if (idx := c.index(self.engine, create=False)) is not None]
-        hits = rank(sources, query.vectors, budget, k, one_per_page=True, only=only)
-        return [dataclasses.replace(h, path=colls[h.collection].display_path(h.path)) for h in hits]
+        hits = rank(sources, query.vectors, budget, k + (query.source is not None), one_per_page=True, only=only)
+        if query.source is not None:  # more like this: not the result it was asked about
+            hits = [h for h in hits if (h.collection, h.path, h.page) != query.source][:k]
+        return [dataclasses.replace(h, rank=n, path=colls[h.collection].display_path(h.path))
+                for n, h in enumerate(hits, start=1)]
 
     def whole_match(self, query: QueryState, session_key: str | None, include_samples: bool = True,
                     only: str | None = None) -> float | None:

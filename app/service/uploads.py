@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from pathlib import Path
 
+from app.humanize import plural
 from app.indexing import index_paths
 from app.ingest import IMAGE_EXTENSIONS
 from app.store.index import Index, IndexedItem
@@ -64,7 +65,7 @@ def add_files(engine: Engine, coll: Collection, paths: Sequence[str | os.PathLik
                 uploaded_as[dest] = Path(safe_filename(name)).name
         else:
             copies = [Path(p) for p, _ in accepted]
-        progress(0.0, f"reading {len(copies)} file(s)")
+        progress(0.0, f"reading {plural(len(copies), 'file')}")
         _ingest_encode_add(engine, coll, idx, copies, report, progress)
         if copy_in:
             for dest in copies:  # keep only files that gave the collection something

@@ -7,11 +7,11 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from app.humanize import describe_files, echoed, files_of, human_bytes
+from app.humanize import describe_files, echoed, files_of, human_bytes, plural
 from app.ingest import SUPPORTED_EXTENSIONS
 from app.search import Hit
 from app.service import Studio
-from app.ui.common import PRIVATE, gpu, kind_name, mistake, session_of, status_line
+from app.ui.common import PRIVATE, file_kind, gpu, mistake, session_of, status_line
 
 MAX_TABLE_ROWS = 500  # rows of the collection table and choices of the remove list
 
@@ -151,11 +151,11 @@ def _files(studio: Studio, coll) -> list[dict]:
     out = []
     for name, items in reversed(by_file.items()):
         pages = {it.page for it in items if it.page is not None}
-        kind = "PDF" if pages else kind_name(items[0].kind)
-        parts = f"{len(pages)} page{'s' if len(pages) != 1 else ''}" if pages else (
-            "1 photo" if items[0].kind == "image" else f"{len(items)} passage{'s' if len(items) != 1 else ''}")
+        kind = file_kind("pdf_page" if pages else items[0].kind)
+        parts = plural(len(pages), "page") if pages else (
+            "1 photo" if items[0].kind == "image" else plural(len(items), "passage"))
         first = min(items, key=lambda it: (it.page or 0, it.passage if it.passage is not None else -1))
-        out.append({"name": name, "kind": kind, "parts": parts, "first": first})
+        out.append({"name": name, "kind": kind, "parts": parts, "first": first, "items": items})
     return out
 
 
@@ -164,13 +164,12 @@ def _stats_md(studio: Studio, coll, files: list[dict]) -> str:
     stats = studio.stats(coll)
     if not stats["items"]:
         return "### Statistics\nYour collection is empty."
-    counts: dict[str, int] = {}
-    for f in files:
-        counts[f["kind"]] = counts.get(f["kind"], 0) + 1
-    kinds = ", ".join(f"{n} {k}{'s' if n != 1 else ''}" for k, n in sorted(counts.items()))
+    # Counted as the add report counts them (a .txt is a text file, its passages are items), so this line and
+    # the table's kind column agree: it said "1 text passage" of a file the table lists as "7 passages".
+    counted = describe_files((it.path, it.page, it.kind) for f in files for it in f["items"])
     rows = "\n".join(f"| {b['budget']} | {b['vectors']:,} | {b['size']} |" for b in stats["budgets"])
-    return (f"### Statistics\n**{len(files)} file{'s' if len(files) != 1 else ''}**: {kinds} "
-            f"({stats['items']} searchable items: pages and passages count one each). On disk: {stats['on_disk']}."
+    return (f"### Statistics\n**{counted}** ({stats['items']} searchable items: a photo, a PDF page and each "
+            f"passage of a page or text file count one each). On disk: {stats['on_disk']}."
             "\n\n| budget (r_q, r_c) | vectors read per query | bytes read per query |\n"
             f"|---|---|---|\n{rows}\n\nOne index stores all {studio.engine.num_candidate_vectors} vectors per item; "
             "a budget reads only the first r_c of them.")
@@ -181,11 +180,11 @@ def _report_md(report: dict) -> str:
     added = describe_files((e["path"], e["page"], e["kind"]) for e in report["indexed"])
     lines = [f"**Added {added}.**" if report["indexed"] else "**Added no new files.**"]
     if report["skipped_duplicates"]:
-        lines.append(f"Skipped {len(report['skipped_duplicates'])} duplicate(s) already in the collection.")
+        lines.append(f"Skipped {plural(len(report['skipped_duplicates']), 'duplicate')} already in the collection.")
     if report.get("replaced"):
-        lines.append(f"Replaced the older version of {len(report['replaced'])} edited file(s).")
+        lines.append(f"Replaced the older version of {plural(len(report['replaced']), 'edited file')}.")
     if report["errors"]:
-        lines.append(f"**{len(report['errors'])} file(s) could not be added:**")
+        lines.append(f"**{plural(len(report['errors']), 'file')} could not be added:**")
         lines += [f"- {e['error']}" for e in report["errors"]]
     for note in report.get("notes", []):
         lines.append(f"- note: {note['note']}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from app.humanize import plural
 from app.service import Studio
 
 # Every event is private (not listed in the API page); the named endpoints live in app/ui/api.py.
@@ -32,8 +33,10 @@ def mistake(message: str, outputs: int) -> tuple:
     return (gr.skip(),) * outputs
 
 
-def kind_name(kind: str) -> str:
-    return {"image": "photo", "pdf_page": "PDF page", "text": "text passage"}.get(kind, kind)
+def file_kind(kind: str) -> str:
+    """A file's kind as a person names it, from its items' `kind`: wherever files are counted a .txt is a
+    "text file" (its passages are counted as passages), as the add report and the statistics call it."""
+    return {"image": "photo", "pdf_page": "PDF", "text": "text file"}.get(kind, kind)
 
 
 def preset_info(presets: list[tuple[int, int]]) -> str:
@@ -50,15 +53,13 @@ def status_line(studio: Studio, session: str | None) -> str:
     parts = [f"Model: **{engine.config.name}** ({engine.source}, on {engine.model.device.type})"]
     # Files, as the Collection tab counts them (a PDF's pages and passages are one file).
     if studio.samples is not None:
-        parts.append(f"sample collection: {_count_files(studio.stats(studio.samples)['files'])}")
+        parts.append(f"sample collection: {plural(studio.stats(studio.samples)['files'], 'file')}")
     coll = studio.user_collection(session, create=False)
     n = studio.stats(coll)["files"] if coll is not None else 0
-    parts.append(f"{'your private' if studio.private_sessions else 'your'} collection: {_count_files(n)}")
+    parts.append(f"{'your private' if studio.private_sessions else 'your'} collection: {plural(n, 'file')}")
     if studio.indexing_progress is not None:
         fraction, what = studio.indexing_progress
         parts.append(f"indexing in the background ({100 * fraction:.0f}%, {what})")
     return " · ".join(parts)
 
 
-def _count_files(n: int) -> str:
-    return f"{n} file{'s' if n != 1 else ''}"

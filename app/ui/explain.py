@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from app.humanize import plural
 from app.ui.plots import Mark, colour_rgb
 from model.scoring import explain as maxsim_explain
 from model.visual.vocab import load_vocab
@@ -370,7 +371,7 @@ def match_table_html(ex: Explanation, shown: int = 6) -> str:
     table = f"<table class='me-table'>{head}<tbody>{''.join(rows[:shown])}</tbody></table>"
     if len(rows) > shown:  # the strongest matches tell the story; the rest are one click away
         rest = len(rows) - shown
-        table += (f"<details><summary class='me-caption'>Show the other {rest} query vector{'s' if rest > 1 else ''}"
+        table += (f"<details><summary class='me-caption'>Show the other {plural(rest, 'query vector')}"
                   "</summary>"
                   f"<table class='me-table'>{head}<tbody>{''.join(rows[shown:])}</tbody></table></details>")
     return note + f"<div class='me-scroll'>{table}</div>"  # scrolls inside its box on a phone

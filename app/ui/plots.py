@@ -13,7 +13,7 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image, ImageDraw
 
-from app.humanize import byte_unit, human_bytes
+from app.humanize import byte_unit, human_bytes, plural, score_text
 
 SIM_SCALE = "Viridis"
 ACCENT = "#f97316"  # orange: winning matches, highlights
@@ -114,7 +114,7 @@ def contribution_bars(contributions: np.ndarray, argmax: np.ndarray, score: floa
     names = [f"q{i + 1}" for i in range(r_q)]
     fig = go.Figure(go.Bar(
         x=contributions, y=names, orientation="h", marker_color=ACCENT,
-        text=[f"{v:.2f}" for v in contributions], textposition="outside", cliponaxis=False,
+        text=[score_text(v) for v in contributions], textposition="outside", cliponaxis=False,
         customdata=[[int(a) + 1, q_labels[i]] for i, a in enumerate(argmax)],
         hovertemplate="query vector %{y}%{customdata[1]}: best match is result vector c%{customdata[0]}"
                       "<br>adds %{x:.3f} to the score<extra></extra>",
@@ -123,7 +123,7 @@ def contribution_bars(contributions: np.ndarray, argmax: np.ndarray, score: floa
     fig.update_xaxes(title_text="best similarity = its share of the score", rangemode="tozero")
     # The panel's title gives the score (MaxSim / r_q, comparable across budgets); the bars add up to MaxSim.
     title = f"MaxSim {score:.3f} = sum of these {r_q} bars" if r_q > 1 else f"MaxSim {score:.3f} = this one bar"
-    subtitle = f"the score shown, {score / r_q:.2f}, is MaxSim / {r_q}" if r_q > 1 else None
+    subtitle = f"the score shown, {score_text(score / r_q)}, is MaxSim / {r_q}" if r_q > 1 else None
     return _layout(fig, title, subtitle=subtitle,
                    height=max(220, min(460, 100 + 22 * r_q)), showlegend=False)
 
@@ -277,7 +277,7 @@ def agreement_figure(presets: Sequence[tuple[int, int]], agreement: Sequence[flo
     fig.update_xaxes(title_text="budget (r_q, r_c)", type="category")
     fig.update_yaxes(title_text=f"shared top-{k} results (%)", range=[0, 110])
     return _layout(fig, "Agreement with the largest budget", height=320,
-                   subtitle=f"top-{k} results shared · {n_queries} quer{'y' if n_queries == 1 else 'ies'}")
+                   subtitle=f"top-{k} results shared · {plural(n_queries, 'query', 'queries')}")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import gradio as gr
 import numpy as np
 
 from app.evaluation import is_sample_split, split_title
-from app.humanize import human_bytes
+from app.humanize import files_of, human_bytes, plural
 from app.search import rank
 from app.service import Studio
 from app.ui import plots
@@ -106,8 +106,13 @@ def measure_scaling(studio: Studio, queries: list[str], session: str | None, inc
     rows = "\n".join(f"| ({q}, {c}) | {human_bytes(b)} | {ms:.2f} ms | {100 * a:.0f}% |"
                      for (q, c), b, ms, a in zip(presets, out["bytes"], out["ms"], out["agreement"]))
     small = f" The collection is small, so agreement is measured on the top {k} (a third of it)." if k < 10 else ""
-    out["summary"] = (f"Measured on **{items} searchable items** (a photo, a PDF page or a passage each) with {len(queries)} queries (exact MaxSim over every item, best "
-                      f"of {repeats} runs, median over queries, on {str(engine.model.device)}).{small}\n\n"
+    # The files too, counted as the status line and the Collection tab count them: "50 searchable items" beside
+    # "13 files" and "15 files" could not be checked against either.
+    files = files_of(it for _, idx in sources for it in idx.items())
+    out["summary"] = (f"Measured on **{plural(items, 'searchable item')}** of {files} (a photo, a PDF page or a "
+                      f"passage count one each) with {plural(len(queries), 'query', 'queries')} (exact MaxSim "
+                      f"over every item, best of {repeats} runs, median over queries, on "
+                      f"{str(engine.model.device)}).{small}\n\n"
                       f"| budget | bytes read per query | time per query | top-{k} shared with the largest budget |\n"
                       f"|---|---|---|---|\n{rows}")
     progress(1.0, "done")

@@ -16,7 +16,7 @@ from gradio.components.gallery import GalleryData, GalleryImage
 from gradio.data_classes import ImageData
 from PIL import Image
 
-from app.humanize import echoed
+from app.humanize import echoed, plural, score_text
 from app.ingest.images import load_image
 from app.search import ONLY, WHOLE_MATCH, Calibration, Hit, comparable_score
 from app.service import QueryState, Studio
@@ -28,6 +28,10 @@ RESULTS = 24
 EXAMPLE_QUERIES = ["a cat", "a colourful parrot", "boats at sunset", "a mountain lake", "hot air balloon",
                    "how do I install Debian", "pancakes for breakfast", "an orange flower"]
 NO_SELECTION = "Click a result above to open its explanation."
+# Run in the page when a result is clicked: the explanation opens ~1,100 px below the results, out of sight,
+# so the click brings its heading to the top of the window (before the server answers: nothing above it moves).
+SCROLL_TO_WHY = ("() => document.getElementById('me-why-heading')"
+                 "?.scrollIntoView({behavior: 'smooth', block: 'start'})")
 
 
 def budget_readout(studio: Studio, r_q: int, r_c: int) -> str:
@@ -90,7 +94,7 @@ def gallery_value(studio: Studio, hits: list[Hit], session: str | None, r_q: int
     # The comparable score (MaxSim / r_q, the mean best similarity of the query's vectors) reads the same at
     # every budget; score first: long file names are cut off at the end of the caption.
     return [(studio.thumbnail(h, session),
-             f"{comparable_score(h.score, r_q):.2f} · {h.label}" + (" · sample" if h.collection == "samples" else "")) for h in hits]
+             f"{score_text(comparable_score(h.score, r_q))} · {h.label}" + (" · sample" if h.collection == "samples" else "")) for h in hits]
 
 
 def gallery_payload(items: list[tuple[str, str]]) -> list[dict]:
@@ -104,12 +108,13 @@ def gallery_payload(items: list[tuple[str, str]]) -> list[dict]:
 
 def results_caption(query: QueryState, hits: list[Hit], budget: tuple[int, int], rank_ms: float,
                     indexing: tuple[float, str] | None = None, calibration: Calibration | None = None,
-                    whole: float | None = None, samples_left_out: bool = False, only: str | None = None) -> str:
+                    whole: float | None = None, samples_left_out: bool = False, only: str | None = None,
+                    cut: bool = False) -> str:
     """The line above the results; with the checkpoint's `calibration` and the search's whole-query score
     (`whole`, Studio.whole_match) it says when nothing in the collection is close to the query.
     `samples_left_out`: the sample collection exists but was not searched (its box is unticked, as it is by
     default once the visitor has files of their own), which the caption says. `only`: the search ranked
-    "photos" or "documents" alone (the *Show* choice)."""
+    "photos" or "documents" alone (the *Show* choice). `cut`: more items matched than `hits` shows."""
     among = f" among the {only}" if ONLY.get(only) else ""
     # While files are still being indexed (the samples on first start), results are partial: say so.
     partial = (f"⏳ **Still indexing** ({indexing[1]}, {100 * indexing[0]:.0f}%): these results cover only what "
@@ -126,16 +131,18 @@ def results_caption(query: QueryState, hits: list[Hit], budget: tuple[int, int],
     best = comparable_score(hits[0].score, budget[0])
     if calibration is not None and whole is not None and calibration.no_close_match(whole, best, budget):
         weak = (f"**No close match** for {query.label}: taken as a whole (one vector for the query, one for each "
-                f"item: budget {WHOLE_MATCH}), the closest item scores {whole:.2f}, where searches whose answer is "
-                f"there usually score {calibration.weak_below:.2f} or more, and no part of the query matches "
-                f"strongly either (best {best:.2f} at budget {tuple(budget)}). Try other words, or add files.\n\n")
+                f"item: budget {WHOLE_MATCH}), the closest item scores {score_text(whole)}, where searches whose answer is "
+                f"there usually score {score_text(calibration.weak_below)} or more, and no part of the query matches "
+                f"strongly either (best {score_text(best)} at budget {tuple(budget)}). Try other words, or add files.\n\n")
     encoded = (f"the query was encoded once, in {query.encode_ms:.0f} ms" if query.encode_ms else
                "reused from the cache: an earlier search encoded this query")
     # A visitor with files of their own searches them alone by default: say so, or a photo of the samples they
     # remember seems lost (the box is easy to miss).
     left_out = (" in your files only (tick *Include the sample collection* to search the samples too)"
                 if samples_left_out else "")
-    return (partial + weak + f"**{len(hits)} results** for {query.label}{among} at budget **{budget}**{left_out} · "
+    # Every item scores, so a list cut at RESULTS is the best of more: "24 results" read as all there was.
+    count = f"Top {len(hits)} results" if cut else plural(len(hits), "result")
+    return (partial + weak + f"**{count}** for {query.label}{among} at budget **{budget}**{left_out} · "
             f"ranked in {rank_ms:.0f} ms from the cached query vectors ({encoded}). Scores are the mean best "
             "similarity of the query's vectors (0-1, comparable across budgets). Click a result to see why it "
             "matched.")
@@ -156,7 +163,7 @@ def snippets_html(hits: list[Hit], query_text: str | None, r_q: int, limit: int 
         stretch = _best_stretch(h.item.text, words)
         if stretch is None:
             continue
-        rows.append(f"<li><span class='me-caption'>{comparable_score(h.score, r_q):.2f}</span> <b>{html.escape(h.label)}</b>"
+        rows.append(f"<li><span class='me-caption'>{score_text(comparable_score(h.score, r_q))}</span> <b>{html.escape(h.label)}</b>"
                     f"{' · sample' if h.collection == 'samples' else ''} — {stretch}</li>")
         if len(rows) == limit:
             break
@@ -250,19 +257,15 @@ def build(studio: Studio) -> SimpleNamespace:
     # report changed States to the page.)
     s.explain_trigger = gr.Number(visible=False, precision=0)
 
-    gr.Markdown("## Why it matched")
+    gr.Markdown("## Why it matched", elem_id="me-why-heading")
     s.why_md = gr.Markdown(NO_SELECTION, elem_id="me-why-title")
     with gr.Row(visible=False, elem_id="me-why") as s.why_row:
         with gr.Column(scale=5):
             s.why_image = gr.Image(label="Where the matching tokens lie", type="pil", height=420,
                                    interactive=False, buttons=["fullscreen"], elem_id="me-overlay")
-            gr.Markdown("Where the content tokens behind the winning matches lie, stronger where "
-                        "the matching meta vectors attended more: a heat map for each concept seen "
-                        "in the photo (◆), outlined areas for the sky (☁, in sky blue) and for colours "
-                        "(●, drawn in that colour), "
-                        "boxes around faces (☺, people words) and around words on pages and text "
-                        "read in images (✎). Dimmed parts "
-                        "played no role.", elem_classes="me-caption")
+            # Worded for the open result's kind (overlay_caption): a text file's spoke of the sky and faces.
+            s.why_caption = gr.Markdown(overlay_caption("image"), elem_classes="me-caption",
+                                        elem_id="me-overlay-caption")
             s.why_text = gr.HTML(label="What the model read")
         with gr.Column(scale=6):
             s.heatmap = gr.Plot(label="Similarity of every query vector with every result vector",
@@ -281,8 +284,8 @@ def build(studio: Studio) -> SimpleNamespace:
 def wire(studio: Studio, s: SimpleNamespace) -> None:
     rank_outs = [s.query_state, s.hits_state, s.gallery, s.results_md, s.snippets]
     reset_outs = [s.selected_state, s.why_md, s.why_row, s.table_col]
-    select_outputs = [s.selected_state, s.why_md, s.why_row, s.why_image, s.heatmap, s.bars, s.why_text,
-                      s.table_col, s.why_table]
+    select_outputs = [s.selected_state, s.why_md, s.why_row, s.why_image, s.why_caption, s.heatmap, s.bars,
+                      s.why_text, s.table_col, s.why_table]
     explained = select_outputs[1:]
 
     @gpu
@@ -406,6 +409,9 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
                              explained + [s.gallery], trigger_mode="always_last", show_progress="minimal",
                              **PRIVATE)
     s.gallery.select(gpu(select_handler), [s.hits_state, s.query_state, s.r_q, s.r_c], select_outputs, **PRIVATE)
+    # A listener of its own, in the page only: a `js=` on the one above would replace its inputs with the
+    # script's return value.
+    s.gallery.select(None, None, None, js=SCROLL_TO_WHY, queue=False, **PRIVATE)
     s.more_btn.click(more_like_this, [s.selected_state, s.r_q, s.r_c, s.include_samples, s.only],
                      [s.query_box, s.query_image, s.image_words] + rank_outs + reset_outs, **PRIVATE)
 
@@ -465,8 +471,11 @@ def rank_outputs(studio: Studio, query: QueryState, rq: int, rc: int, with_sampl
     query = studio.ensure_current(query)
     only = only if only in ONLY else None
     t0 = time.perf_counter()
-    hits = studio.search(query, session, rq, rc, k=RESULTS, include_samples=with_samples, only=only)
+    # One more than is shown tells whether the list is cut (the caption says "top 24", not "24 results").
+    hits = studio.search(query, session, rq, rc, k=RESULTS + 1, include_samples=with_samples, only=only)
     ms = (time.perf_counter() - t0) * 1000
+    cut = len(hits) > RESULTS
+    hits = hits[:RESULTS]
     calibration = studio.engine.calibration
     whole = None
     # The whole-query score takes a (1, 1) search of its own; it can only flag a search whose best part is below
@@ -477,7 +486,8 @@ def rank_outputs(studio: Studio, query: QueryState, rq: int, rc: int, with_sampl
         except (KeyError, ValueError):  # e.g. the model changed in between (CheckpointMismatch): not flagged
             pass
     caption = results_caption(query, hits, (rq, rc), ms, studio.indexing_progress, calibration, whole,
-                              samples_left_out=not with_samples and studio.samples is not None, only=only)
+                              samples_left_out=not with_samples and studio.samples is not None, only=only,
+                              cut=cut)
     return (query, hits, gallery_value(studio, hits, session, rq), caption, snippets_html(hits, query.text, rq))
 
 
@@ -503,7 +513,7 @@ def explain_panel(studio: Studio, coll_key: str, item_id: str, query: QueryState
         coll, item, c_vectors = studio.item(coll_key, item_id, session)
     except KeyError:
         return (gr.update(value="That item is no longer in the collection."), gr.update(visible=False),
-                None, None, None, "", gr.update(visible=False)), ""
+                None, gr.skip(), None, None, "", gr.update(visible=False)), ""
     q_insp = studio.inspect_query(query)
     try:
         c_insp, source = studio.inspect_item(coll, item)
@@ -521,7 +531,7 @@ def explain_panel(studio: Studio, coll_key: str, item_id: str, query: QueryState
     where = f", page {item.page}" if item.page else ""
     of = (f"the mean of the best similarities of the {rq} query vectors (MaxSim {ex.score:.3f}, their sum)" if rq > 1
           else f"the best similarity of the one query vector (MaxSim {ex.score:.3f})")
-    title = (f"### “{echoed(item.title, 120)}”{where} for {query.label}\nScore **{comparable_score(ex.score, rq):.2f}** at budget "
+    title = (f"### “{echoed(item.title, 120)}”{where} for {query.label}\nScore **{score_text(comparable_score(ex.score, rq))}** at budget "
              f"**({rq}, {rc})**: {of}. ")
     top = ui_explain.summary_units(ex)
     if top:
@@ -541,8 +551,25 @@ def explain_panel(studio: Studio, coll_key: str, item_id: str, query: QueryState
     read = ui_explain.highlighted_text_html(ex)
     if read:
         read = "<p class='me-caption'>What the model read for this result, shaded by relevance:</p>" + read
-    return (title, gr.update(visible=True), gr.update(value=image, visible=image is not None), heat, bar, read,
+    caption = overlay_caption("pdf_page" if item.page else item.kind)  # a page's passage is shown on its page
+    return (title, gr.update(visible=True), gr.update(value=image, visible=image is not None),
+            gr.update(value=caption or "", visible=image is not None and caption is not None), heat, bar, read,
             gr.update(visible=True)), ui_explain.match_table_html(ex)
+
+
+def overlay_caption(kind: str) -> str | None:
+    """The caption under the picture of a result of `kind` ("image", "pdf_page", "text"): what its marks
+    show there; None for a text file, which has no picture (what the model read is shown as text instead)."""
+    if kind == "image":
+        return ("Where the content tokens behind the winning matches lie, stronger where the matching meta "
+                "vectors attended more: a heat map for each concept seen in the photo (◆), outlined areas for "
+                "the sky (☁, in sky blue) and for colours (●, drawn in that colour), boxes around faces (☺, "
+                "people words) and around text read in the photo (✎). Dimmed parts played no role.")
+    if kind == "pdf_page":
+        return ("Where the words behind the winning matches lie on the page: boxes around them (✎), stronger "
+                "where the matching meta vectors attended more; a picture on the page is marked as a photo is "
+                "(◆ concepts, ● colours). Dimmed parts played no role.")
+    return None
 
 
 def _read_alike(att: np.ndarray | None, i: int, j: int) -> bool:

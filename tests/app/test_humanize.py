@@ -40,3 +40,18 @@ def test_one_line_escapes_control_characters_and_keeps_every_script():
     assert one_line("café 日本.jpg") == "café 日本.jpg"
     assert one_line("new\nline\t.jpg") == "new\\nline\\t.jpg"
     assert "\n" not in one_line("a\r\nb\x1b[31m")
+
+
+def test_plural():
+    from app.humanize import plural
+
+    assert (plural(1, "result"), plural(0, "result"), plural(24, "result")) == ("1 result", "0 results", "24 results")
+    assert (plural(1, "query", "queries"), plural(3, "query", "queries")) == ("1 query", "3 queries")
+
+
+def test_a_score_that_rounds_to_zero_has_no_sign():
+    """UX review (s33): a result's score read "-0.00"."""
+    from app.humanize import score_text
+
+    assert [score_text(v) for v in (-0.001, 0.0, -0.0, 0.004, -0.05, 0.456)] == ["0.00", "0.00", "0.00", "0.00",
+                                                                                "-0.05", "0.46"]

@@ -214,3 +214,17 @@ def test_show_ranks_one_kind_at_a_time_and_says_so(app):
     page.locator("#me-only").get_by_label("Everything").check()
     page.wait_for_function("!document.querySelector('#me-results-caption').innerText.includes('among the')")
     assert "Error" not in page.inner_text("body")
+
+
+def test_opening_a_result_brings_its_explanation_into_view(app):
+    """UX review (s33): the explanation opened ~1,100 px below the clicked result, out of sight, with no cue."""
+    page = app.page
+    search(page, "snow on a mountain ridge")  # no other test's query: the captions change
+    page.evaluate("window.scrollTo(0, 0)")
+    page.locator("#me-results .thumbnail-item").nth(0).click()
+    # The heading's top within the window once the (smooth) scroll has ended.
+    page.wait_for_function("""() => {
+        const r = document.getElementById('me-why-heading').getBoundingClientRect();
+        return r.top >= 0 && r.bottom <= window.innerHeight;
+    }""", timeout=5_000)
+    page.wait_for_selector("#me-why-table table", state="visible")

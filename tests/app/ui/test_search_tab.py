@@ -250,3 +250,65 @@ def test_a_search_of_one_kind_says_so_and_an_empty_one_says_why():
     empty = results_caption(_query("a cat"), [], (4, 8), 3.0, only="documents")
     assert "there are no documents in the collection" in empty and "is empty" not in empty
     assert "the collection is empty" in results_caption(_query("a cat"), [], (4, 8), 3.0)
+
+
+def _ranking_studio(n_items: int) -> SimpleNamespace:
+    """A studio whose collection holds `n_items` text results, for rank_outputs."""
+    hits = [_hit(r, "text", "notes") for r in range(1, n_items + 1)]
+    return SimpleNamespace(ensure_current=lambda q: q, search=lambda *a, k, **kw: hits[:k],
+                           engine=SimpleNamespace(calibration=None), indexing_progress=None, samples=None,
+                           thumbnail=lambda hit, session: f"/thumbs/{hit.id}.jpg")
+
+
+def test_a_list_cut_at_the_gallery_size_says_it_shows_the_top_results():
+    """UX review (s33): "24 results" when more items matched and the list was cut at 24; "1 results"."""
+    from app.ui.search_tab import RESULTS, rank_outputs
+
+    def caption(n_items: int) -> str:
+        _, hits, gallery, text, _ = rank_outputs(_ranking_studio(n_items), _query("notes"), 4, 8, False, None)
+        assert len(hits) == len(gallery) == min(n_items, RESULTS)
+        return text
+
+    assert caption(RESULTS + 9).startswith(f"**Top {RESULTS} results** for")
+    assert caption(RESULTS).startswith(f"**{RESULTS} results** for")  # all there is: not a top of more
+    assert caption(1).startswith("**1 result** for")
+
+
+def test_a_score_near_zero_reads_0_00_in_the_gallery():
+    """UX review (s33): a gallery caption read "-0.00 · IMG_1434.jpg"."""
+    from app.ui.search_tab import gallery_value
+
+    hit = replace(_hit(1, "text", "notes"), score=-0.001 * 16)
+    [(_, caption)] = gallery_value(_ranking_studio(0), [hit], None, 16)
+    assert caption == "0.00 · notes.txt"
+
+
+def test_the_picture_caption_fits_the_kind_of_result(tmp_path, test_checkpoint):
+    """UX review (s33): a text file's explanation was captioned with a photo's marks (concepts in the photo,
+    the sky, faces)."""
+    import shutil
+
+    from app.server import create_app
+    from app.ui.search_tab import explain_panel, overlay_caption
+    from tests.helpers import EXAMPLES
+
+    files = tmp_path / "files"
+    files.mkdir()
+    shutil.copy(EXAMPLES / "owl.jpg", files / "owl.jpg")
+    (files / "install.txt").write_text("How do I install Debian? Boot the installer and follow its steps.\n")
+    studio, demo = create_app(str(test_checkpoint), tmp_path / "data", sample_dir=None, wait_for_samples=True,
+                              log=lambda *a: None)
+    try:
+        studio.index_files(studio.local, sorted(files.iterdir()))
+        query = studio.encode_query("how do I install Debian")
+        captions = {}
+        for hit in studio.search(query, None, 16, 64, k=5):
+            (_, _, picture, caption, *_), _ = explain_panel(studio, hit.collection, hit.id, query, 16, 64, None)
+            captions[hit.kind] = (picture["visible"], caption["visible"], caption["value"])
+        assert captions["image"] == (True, True, overlay_caption("image"))
+        assert "photo" in captions["image"][2]
+        assert captions["text"][:2] == (False, False)  # no picture, no caption about one
+    finally:
+        demo.close()
+        studio.close()
+    assert "sky" not in overlay_caption("pdf_page") and "on the page" in overlay_caption("pdf_page")
