@@ -327,9 +327,10 @@ def quality_figure(presets: Sequence[tuple[int, int]], lines: Sequence[QualityLi
     fig.update_xaxes(title_text="budget (r_q, r_c)", type="category")
     fig.update_yaxes(title_text="MRR", range=[0, 1])
     # The legend sits under the axis title, never on it, whatever the budget labels: the splits side by side,
-    # each its title over its kinds of query.
-    return _layout(fig, title, height=460, subtitle=subtitle,
-                   legend=dict(orientation="h", y=-0.24, x=0, groupclick="toggleitem"),
+    # each its title over its kinds of query. Anchored to the figure's bottom edge (not the plot's), so on a
+    # phone, where the splits stack, it grows the bottom margin instead of climbing over the axis title.
+    return _layout(fig, title, height=520, subtitle=subtitle,
+                   legend=dict(orientation="h", yref="container", y=0, yanchor="bottom", x=0, groupclick="toggleitem"),
                    margin=dict(l=60, r=20, t=56, b=150))
 
 

@@ -662,6 +662,13 @@ def test_a_phone_screen_keeps_the_scaling_tabs_headers_and_chart_titles_whole(up
             return y && t && y.getBoundingClientRect().top < t.getBoundingClientRect().bottom;
         })""", charts)
         assert overlaps == [], overlaps
+        # The quality chart's legend stays under its x-axis title (it grew up over it on a phone) and whole.
+        if "#me-quality" in charts:
+            legend = page.evaluate("""() => {
+                const q = s => document.querySelector('#me-quality ' + s).getBoundingClientRect();
+                return {gap: q('.legend').top - q('.xtitle').bottom, cut: q('.legend').bottom - q('svg.main-svg').bottom};
+            }""")
+            assert legend["gap"] >= 0 and legend["cut"] <= 1, legend
         assert page.evaluate("document.documentElement.scrollWidth") <= 390
     finally:
         context.close()
