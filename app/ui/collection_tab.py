@@ -168,7 +168,7 @@ def _stats_md(studio: Studio, coll, files: list[dict]) -> str:
     # the table's kind column agree: it said "1 text passage" of a file the table lists as "7 passages".
     counted = describe_files((it.path, it.page, it.kind) for f in files for it in f["items"])
     rows = "\n".join(f"| {b['budget']} | {b['vectors']:,} | {b['size']} |" for b in stats["budgets"])
-    return (f"### Statistics\n**{counted}** ({stats['items']} searchable items: a photo, a PDF page and each "
+    return (f"### Statistics\n**{counted}** ({plural(stats['items'], 'searchable item')}: a photo, a PDF page and each "
             f"passage of a page or text file count one each). On disk: {stats['on_disk']}."
             "\n\n| budget (r_q, r_c) | vectors read per query | bytes read per query |\n"
             f"|---|---|---|\n{rows}\n\nOne index stores all {studio.engine.num_candidate_vectors} vectors per item; "
