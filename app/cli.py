@@ -34,7 +34,7 @@ from .evaluation import (
     record_quality,
     recorded_quality,
 )
-from .humanize import files_of, one_line
+from .humanize import files_of, one_line, plural
 from .indexing import index_paths
 from .ingest import default_ocr, load_image
 from .search import ONLY, Searcher
@@ -179,13 +179,13 @@ def cmd_search(args: argparse.Namespace) -> int:
         # The comparable score, as the app shows it: a raw MaxSim sum grows with r_q and reads differently at
         # every budget (--json has both).
         among = f" among the {args.only}" if args.only else ""
-        print(f"{len(results.hits)} results for {args.query!r}{among} at budget {budget} (score: the mean best "
+        print(f"{plural(len(results.hits), 'result')} for {args.query!r}{among} at budget {budget} (score: the mean best "
               "similarity of the query's vectors, 0-1, comparable across budgets):")
         if index.scored_budget(budget) != budget:
             print(f"  (scored at {index.scored_budget(budget)}: this store keeps the presets' r_c only)")
         for hit in results.hits:
             # A result is a whole page or text file (its best passage's score), so no passage number.
-            print(f"{hit.rank:3d}. {hit.comparable:.3f}  {hit.path}{_where(hit.page, None)}  [{hit.id}]")
+            print(f"{hit.rank:3d}. {hit.comparable:.3f}  {one_line(hit.path)}{_where(hit.page, None)}  [{hit.id}]")
     return EXIT_OK
 
 

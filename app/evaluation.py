@@ -395,7 +395,7 @@ def check_files_named(queries: Sequence[Query], queries_path: Path, folder: Path
              if p.is_file()]
     if any(p.suffix.lower() == ".zip" for p in files):
         return
-    names = {p.name for p in files}
+    names = {unit_name(str(p), None) for p in files}  # as the indexed units will be named
     for n, q in enumerate(queries, start=1):
         for unit in sorted(q.relevant):
             if unit.partition("#page=")[0] not in names:

@@ -42,7 +42,7 @@ def load_image(data: bytes, limits: IngestLimits = DEFAULT_LIMITS) -> Image.Imag
     from model.visual.images import to_rgb
 
     if not data:
-        raise ValueError("the file is empty")
+        raise _Refused("not a readable image (the file is empty)")  # as pipeline._empty_message words it
     try:
         with warnings.catch_warnings():
             # We apply our own pixel cap below; Pillow's warning would only be noise.

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from app.humanize import human_bytes
+from app.humanize import human_bytes, plural
 
 from .events import IngestError, IngestNote, _Refused
 from .limits import IngestLimits
@@ -46,7 +46,7 @@ def _expand(
     paths: Iterable[str | os.PathLike[str]], limits: IngestLimits, archives: contextlib.ExitStack
 ) -> Iterator[_Source | IngestError | IngestNote]:
     for raw in paths:
-        if not str(raw).strip():  # Path("") is the working directory: an unset variable must not index it
+        if not str(raw).strip():  # "" reads as the working directory: an unset variable must not index it
             yield IngestError(str(raw), "an empty path names no file or folder")
             continue
         path = Path(raw).expanduser()
@@ -88,6 +88,9 @@ def _walk_folder(folder: Path, limits: IngestLimits, archives: contextlib.ExitSt
             if path.is_symlink():
                 try:
                     target = path.resolve(strict=True)
+                except PermissionError as exc:
+                    yield IngestError(str(path), f"{name}: skipped, its target cannot be opened ({_os_reason(exc)})")
+                    continue
                 except (OSError, RuntimeError):  # RuntimeError: a loop, on older Pythons
                     yield IngestError(str(path), f"{name}: skipped, a link that loops or leads to nothing")
                     continue
@@ -99,9 +102,8 @@ def _walk_folder(folder: Path, limits: IngestLimits, archives: contextlib.ExitSt
                     continue
             yield from _expand_file(path, limits, archives)
     yield from errors
-    skipped = [f"{n} hidden {'entry' if n == 1 else 'entries'} (names starting with '.')" for n in [hidden] if n]
-    skipped += [f"{n} linked {'folder' if n == 1 else 'folders'} (links to folders are not followed)"
-                for n in [linked] if n]
+    skipped = [f"{plural(hidden, 'hidden entry', 'hidden entries')} (names starting with '.')"] if hidden else []
+    skipped += [f"{plural(linked, 'linked folder')} (links to folders are not followed)"] if linked else []
     if skipped:
         yield IngestNote(str(folder), f"{folder.name}: skipped {' and '.join(skipped)}")
 

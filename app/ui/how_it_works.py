@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import gradio as gr
 import numpy as np
 
-from app.humanize import human_bytes
+from app.humanize import human_bytes, score_text
 from app.service import Studio
 from app.ui import plots
 from app.ui.common import PRIVATE, gpu, mistake, session_of
@@ -145,12 +145,12 @@ def worked_maxsim(sim: np.ndarray, budget: tuple[int, int]) -> str:
     block = np.asarray(sim, dtype=np.float64)[:r_q, :r_c]
     best = block.argmax(axis=1)
     values = block[np.arange(r_q), best]
-    rows = ", ".join(f"q{i + 1} → c{int(j) + 1} {v:.2f}" for i, (j, v) in enumerate(zip(best, values)))
+    rows = ", ".join(f"q{i + 1} → c{int(j) + 1} {score_text(v)}" for i, (j, v) in enumerate(zip(best, values)))
     total = float(values.sum())
     return (f"Worked out at budget **({r_q}, {r_c})**: each of the first {r_q} query vectors keeps its best match "
             f"among the first {r_c} result vectors ({rows}); MaxSim = "
-            f"{' + '.join(f'{v:.2f}' for v in values)} = **{total:.2f}**, and the score the search shows is "
-            f"MaxSim / {r_q} = **{total / r_q:.2f}**.")
+            f"{' + '.join(score_text(v) for v in values)} = **{score_text(total)}**, and the score the search "
+            f"shows is MaxSim / {r_q} = **{score_text(total / r_q)}**.")
 
 
 def _top_two_at_every_budget(studio: Studio, query, session: str | None, hits: list, presets) -> object:

@@ -568,7 +568,7 @@ def overlay_caption(kind: str) -> str | None:
     if kind == "pdf_page":
         return ("Where the words behind the winning matches lie on the page: boxes around them (✎), stronger "
                 "where the matching meta vectors attended more; a picture on the page is marked as a photo is "
-                "(◆ concepts, ● colours). Dimmed parts played no role.")
+                "(◆ concepts, ☁ sky, ● colours, ☺ faces). Dimmed parts played no role.")
     return None
 
 

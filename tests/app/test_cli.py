@@ -212,7 +212,7 @@ def test_human_output_and_errors(other_checkpoint, tmp_path, ckpt, capsys):
     assert code == 1 and "note-000.txt is a file; an index is a folder" in err
     (tmp_path / "empty.jpg").write_bytes(b"")
     code, out, err = run(capsys, "search", "--image", tmp_path / "empty.jpg", "--index", idx)
-    assert code == 1 and "empty.jpg: the file is empty" in err
+    assert code == 1 and "empty.jpg: not a readable image (the file is empty)" in err
     code, out, err = run(capsys, "remove", "no-such-item", "--index", idx)
     assert code == 1 and "nothing in index" in err
     code, out, err = run(capsys, "index", tmp_path / "in", "--index", idx,

@@ -173,6 +173,26 @@ def test_a_flat_folder_is_indexed_without_its_notes(tmp_path):
     assert files_to_index(tmp_path) == [tmp_path / "photos"]
 
 
+def test_judged_files_are_checked_before_indexing_wherever_they_lie(tmp_path):
+    """check_files_named finds a judged file in a nested folder and leaves zip members to the indexing; a file
+    that is nowhere is named with its entry of queries.json."""
+    from app.evaluation import Query, check_files_named
+
+    def queries(*names: str) -> list:
+        return [Query(f"q{i}", frozenset([n]), "photo") for i, n in enumerate(names)]
+
+    (tmp_path / "photos" / "trips" / "2024").mkdir(parents=True)
+    (tmp_path / "photos" / "trips" / "2024" / "lake.jpg").write_bytes(b"x")
+    (tmp_path / "documents").mkdir()
+    (tmp_path / "documents" / "guide.pdf").write_bytes(b"x")
+    path = tmp_path / "queries.json"
+    check_files_named(queries("lake.jpg", "guide.pdf#page=2"), path, tmp_path)
+    with pytest.raises(EvalInputError, match=r"entry 2 \('q1'\) names 'gone.jpg', which is not an indexed file"):
+        check_files_named(queries("lake.jpg", "gone.jpg"), path, tmp_path)
+    (tmp_path / "photos" / "more.zip").write_bytes(b"x")  # its members are known once it is opened
+    check_files_named(queries("inside-the-zip.jpg"), path, tmp_path)
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 
 

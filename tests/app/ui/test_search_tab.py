@@ -181,6 +181,10 @@ def test_a_broken_query_image_is_named_in_plain_words(tmp_path):
     broken.write_text("not a picture")
     with pytest.raises(ValueError, match=r"^broken\.jpg is not a readable image"):
         query_picture({"path": str(broken), "orig_name": "broken.jpg"})
+    empty = tmp_path / "0123abcd" / "holiday.jpg"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"^holiday\.jpg is not a readable image \(the file is empty\)$"):
+        query_picture({"path": str(empty), "orig_name": "holiday.jpg"})
     with pytest.raises(ValueError, match=r"^gone\.png could not be read"):
         query_picture({"path": str(tmp_path / "gone.png"), "orig_name": "gone.png"})
     photo = tmp_path / "red.png"
@@ -311,4 +315,6 @@ def test_the_picture_caption_fits_the_kind_of_result(tmp_path, test_checkpoint):
     finally:
         demo.close()
         studio.close()
-    assert "sky" not in overlay_caption("pdf_page") and "on the page" in overlay_caption("pdf_page")
+    # A page's caption speaks of its words; a picture on it is marked with the photo's marks, all of them named.
+    page = overlay_caption("pdf_page")
+    assert "in the photo" not in page and "on the page" in page and all(m in page for m in "✎◆☁●☺")
