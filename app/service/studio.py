@@ -266,7 +266,8 @@ class Studio:
                include_samples: bool = True, only: str | None = None) -> list[Hit]:
         """The k best results over the visitor's collections at budget (r_q, r_c) (app.search.rank), one per
         PDF page or text file, of `only` "photos" or "documents" when given; paths are shown relative to each
-        collection's folder, never as server paths."""
+        collection's folder, never as server paths. A more-like-this query (`query.source`) leaves out the
+        result it was made from, so its nearest neighbours are others (and `whole_match` judges those)."""
         budget = self.check_budget(r_q, r_c)
         colls = {c.key: c for c in self.collections(session_key, include_samples)}
         sources = [(key, idx) for key, c in colls.items() if (idx := c.index(self.engine, create=False)) is not None]

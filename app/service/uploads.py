@@ -129,6 +129,8 @@ def remove(engine: Engine, coll: Collection, targets: Sequence[str]) -> list[Ind
         idx = coll.index(engine)
         resolved = []
         for t in targets:
+            if not t.strip():  # files_dir / "" is the whole collection's folder
+                raise KeyError("an empty name names no file of the collection")
             p = coll.files_dir / t
             resolved.append(str(p.resolve()) if (not _looks_like_id(t) and p.exists()) else t)
         removed = idx.remove(resolved)

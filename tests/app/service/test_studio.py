@@ -207,6 +207,8 @@ def test_budgets_outside_the_model_are_refused_with_the_allowed_range(studio):
 def test_remove_by_displayed_path_and_clear_delete_the_stored_files(studio, tmp_path):
     up = tmp_path / "u"
     studio.index_files(studio.local, [_write(up, "one.txt", "alpha beta"), _write(up, "two.txt", "gamma delta")])
+    with pytest.raises(KeyError, match="an empty name"):  # files_dir / "" would name every file
+        studio.remove(studio.local, [""])
     removed = studio.remove(studio.local, ["one.txt"])
     assert [it.title for it in removed] == ["one.txt"] and not (studio.local.files_dir / "one.txt").exists()
     assert [it.title for it in studio.items(studio.local)] == ["two.txt"]
