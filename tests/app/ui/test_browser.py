@@ -7,6 +7,7 @@ good ones are copied by hand to docs/screenshots/ for the README. No request may
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -113,6 +114,19 @@ def browser_page(server):
         page.wait_for_selector("#me-query textarea")
         yield SimpleNamespace(page=page, external=external, browser=browser)
         browser.close()
+
+
+@contextlib.contextmanager
+def fresh_page(browser_page, url: str, width: int = 1440, height: int = 900):
+    """A page of its own (a new browser context: no state shared with the module's page) opened at `url`."""
+    context = browser_page.browser.new_context(viewport={"width": width, "height": height})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT)
+        page.goto(url)
+        yield page
+    finally:
+        context.close()
 
 
 def shot(page, name: str, full_page: bool = True, docs_height: int | None = None) -> Path:
@@ -583,11 +597,7 @@ def test_a_reload_keeps_a_private_collection(test_checkpoint, tmp_path, browser_
 def test_a_phone_screen_keeps_captions_heatmap_and_table_readable(uploaded, browser_page):
     """Issue 17.10 at 390 px: captions keep score, page and file readable, the heatmap's axis labels do not
     collide, and the per-vector table scrolls inside its box instead of widening the page."""
-    context = browser_page.browser.new_context(viewport={"width": 390, "height": 844})
-    try:
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT)
-        page.goto(uploaded.url)
+    with fresh_page(browser_page, uploaded.url, width=390, height=844) as page:
         page.fill("#me-query textarea", "boats in a harbour at sunset")
         page.click("#me-search")
         wait_for_new_captions(page, [])
@@ -607,8 +617,6 @@ def test_a_phone_screen_keeps_captions_heatmap_and_table_readable(uploaded, brow
         assert layout["ticks"] >= 2 and layout["overlaps"] == 0, layout
         assert layout["tableScrolls"] == "auto" and layout["tableFits"], layout
         assert layout["caps"] > 0 and layout["cut"] == 0, layout
-    finally:
-        context.close()
 
 
 # Per table header, its words (split at spaces and hyphens) that the browser broke over two lines.
@@ -629,11 +637,7 @@ BROKEN_WORDS = """(sel) => [...document.querySelectorAll(sel)].flatMap(cell => {
 def test_a_phone_screen_keeps_the_scaling_tabs_headers_and_chart_titles_whole(uploaded, browser_page):
     """Issue 17 at 390 px: the Scaling tab's table headers broke mid-word ("bu / dg / et") and its charts'
     titles ran past their right edge."""
-    context = browser_page.browser.new_context(viewport={"width": 1440, "height": 900})
-    try:
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT)
-        page.goto(uploaded.url)
+    with fresh_page(browser_page, uploaded.url) as page:
         open_tab(page, "Scaling")  # while it is a tab: on a phone it sits in the tabs' overflow menu
         page.set_viewport_size({"width": 390, "height": 844})
         page.click("#me-measure")
@@ -670,18 +674,12 @@ def test_a_phone_screen_keeps_the_scaling_tabs_headers_and_chart_titles_whole(up
             }""")
             assert legend["gap"] >= 0 and legend["cut"] <= 1, legend
         assert page.evaluate("document.documentElement.scrollWidth") <= 390
-    finally:
-        context.close()
 
 
 def test_the_collection_shows_every_file_whole_on_a_desktop_and_a_phone(uploaded, browser_page):
     """Two rows of files were cut at 280 px on a desktop, and on a phone the six 100 px columns ran off the
     right edge, hiding half of each row: every tile now lies inside the gallery's visible box."""
-    context = browser_page.browser.new_context(viewport={"width": 1440, "height": 900})
-    try:
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT)
-        page.goto(uploaded.url)
+    with fresh_page(browser_page, uploaded.url) as page:
         open_tab(page, "Collection")
         page.wait_for_function("document.querySelectorAll('#me-files .thumbnail-item').length >= 7")
         for width in (1440, 390):
@@ -695,8 +693,6 @@ def test_the_collection_shows_every_file_whole_on_a_desktop_and_a_phone(uploaded
                 }).length;
             }""")
             assert hidden == 0, (width, hidden)
-    finally:
-        context.close()
 
 
 def test_the_collection_shows_one_picture_per_file_and_removes_the_one_clicked(uploaded, browser_page):
