@@ -23,7 +23,9 @@ def _text_items(src: _Source, data: bytes, file_hash: str, limits: IngestLimits,
     if not text.strip():
         raise _Refused("the text file contains no text")
     if _mostly_not_text(text):
-        raise _Refused("not a text file (most of it is control characters or undecodable bytes)")
+        # Text in an encoding decode_text does not read (Shift-JIS, GBK, KOI8-R...) lands here as well.
+        raise _Refused("not a text file (most of it is control characters or undecodable bytes; text in an "
+                       "encoding other than UTF-8, UTF-16 or Windows-1252 reads so: save it as UTF-8)")
     spans = split_passages(text, min_words=limits.passage_min_words, max_words=limits.passage_max_words,
                            max_chars=limits.passage_max_chars)
     hashes = [_derive_hash(file_hash, "passage", k) for k in range(len(spans))]

@@ -130,10 +130,14 @@ def results_caption(query: QueryState, hits: list[Hit], budget: tuple[int, int],
     weak = ""
     best = comparable_score(hits[0].score, budget[0])
     if calibration is not None and whole is not None and calibration.no_close_match(whole, best, budget):
+        # What to do about it, for what was searched: words, a picture, or a result's own content.
+        advice = ("Nothing else in the collection is close to it." if query.about is not None else
+                  "Try another picture, or add files." if query.image is not None and not query.text else
+                  "Try other words, or add files.")
         weak = (f"**No close match** for {query.label}: taken as a whole (one vector for the query, one for each "
                 f"item: budget {WHOLE_MATCH}), the closest item scores {score_text(whole)}, where searches whose answer is "
                 f"there usually score {score_text(calibration.weak_below)} or more, and no part of the query matches "
-                f"strongly either (best {score_text(best)} at budget {tuple(budget)}). Try other words, or add files.\n\n")
+                f"strongly either (best {score_text(best)} at budget {tuple(budget)}). {advice}\n\n")
     encoded = (f"the query was encoded once, in {query.encode_ms:.0f} ms" if query.encode_ms else
                "reused from the cache: an earlier search encoded this query")
     # A visitor with files of their own searches them alone by default: say so, or a photo of the samples they

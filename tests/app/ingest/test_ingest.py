@@ -413,9 +413,12 @@ def test_garbage_is_not_indexed_as_text(tmp_path):
     (tmp_path / "cp1252.txt").write_bytes("Café “quoted” — naïve résumé.\n".encode("cp1252") * 30)
     report = ingest([tmp_path], ocr=no_ocr)
     assert sorted({i.title for i in report.items}) == ["cp1252.txt", "ok.txt"]
-    assert sorted(only_errors(report)) == [
-        "controls.txt: not a text file (most of it is control characters or undecodable bytes)",
-        "noise.md: not a text file (most of it is control characters or undecodable bytes)"]
+    why = ("not a text file (most of it is control characters or undecodable bytes; text in an encoding other "
+           "than UTF-8, UTF-16 or Windows-1252 reads so: save it as UTF-8)")
+    assert sorted(only_errors(report)) == [f"controls.txt: {why}", f"noise.md: {why}"]
+    # Japanese in Shift-JIS is not read: the message says how to make it readable.
+    (tmp_path / "sjis.txt").write_bytes("日本語のテキストです。東京は晴れ。\n".encode("shift_jis") * 40)
+    assert only_errors(ingest([tmp_path / "sjis.txt"], ocr=no_ocr)) == [f"sjis.txt: {why}"]
 
 
 def test_links_are_followed_only_within_the_indexed_folder(tmp_path):

@@ -127,6 +127,14 @@ def test_no_close_match_is_judged_on_the_whole_query_score():
     # Two budgets in one note, each named (a tester read "at this budget" as the whole-query one).
     note = results_caption(_query("q"), hits, (4, 8), 3.0, calibration=CAL, whole=0.2)
     assert "budget (1, 1)), the closest item scores 0.20" in note and "(best 0.25 at budget (4, 8))" in note
+    # What to try next fits what was searched: words, a picture (it said "Try other words"), a result's content.
+    picture = replace(_query(None), image=object())
+    similar = replace(_query("the text of p. 3 · guide.pdf"), about="the text of p. 3 · guide.pdf")
+    advice = {name: results_caption(q, hits, (4, 8), 3.0, calibration=CAL, whole=0.2)
+              for name, q in (("words", _query("q")), ("picture", picture), ("similar", similar))}
+    assert "Try other words, or add files." in advice["words"]
+    assert "Try another picture, or add files." in advice["picture"] and "other words" not in advice["picture"]
+    assert "Nothing else in the collection is close to it." in advice["similar"]
 
 
 def test_a_search_without_the_samples_says_so():
