@@ -37,7 +37,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
                 search = search_tab.build(studio)
             with gr.Tab("Collection", id="collection"):
                 collection = collection_tab.build(studio)
-            with gr.Tab("Scaling", id="scaling"):
+            with gr.Tab("Scaling", id="scaling") as scaling_page:
                 scaling = scaling_tab.build(studio)
             with gr.Tab("How it works", id="how"):
                 how = how_it_works.build(studio)
@@ -52,7 +52,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
         how_it_works.wire(studio, how)
         model_tab.wire(studio, model, search, scaling, status, started)
         _wire_status(studio, started, status)
-        _wire_samples_default(studio, started, search.include_samples)
+        _wire_samples_default(studio, started, search.include_samples, scaling_page, scaling.samples)
     return demo
 
 
@@ -71,14 +71,24 @@ def _wire_session(studio: Studio, demo: gr.Blocks):
     return demo.load(bind, browser_key, browser_key, **PRIVATE)
 
 
-def _wire_samples_default(studio: Studio, started, include_samples: gr.Checkbox) -> None:
-    """The sample collection joins searches until the visitor has files of their own (issue 17.8)."""
+def _wire_samples_default(studio: Studio, started, search_box: gr.Checkbox, scaling_page: gr.Tab,
+                          scaling_box: gr.Checkbox) -> None:
+    """The sample collection joins searches (and the Scaling tab's measurements, which read the same
+    collections) until the visitor has files of their own (issue 17.8): both boxes start alike."""
 
     def samples_by_default(request: gr.Request):
         coll = studio.user_collection(session_of(request), create=False)
         return gr.update(value=not (coll is not None and studio.stats(coll)["items"]))
 
-    started.then(samples_by_default, None, include_samples, **PRIVATE)
+    started.then(samples_by_default, None, search_box, **PRIVATE)
+    # The Scaling tab is drawn when first opened, and a value sent before that is lost: its box is set then,
+    # once per page (a visitor's own choice there is kept afterwards).
+    set_once = gr.State(False)
+
+    def scaling_default(done: bool, request: gr.Request):
+        return (gr.skip() if done else samples_by_default(request)), True
+
+    scaling_page.select(scaling_default, set_once, [scaling_box, set_once], **PRIVATE)
 
 
 def _wire_status(studio: Studio, started, status: gr.Markdown) -> None:

@@ -32,7 +32,7 @@ def build(studio: Studio) -> SimpleNamespace:
         with gr.Column(scale=1):
             m.button = gr.Button("Measure", variant="primary", elem_id="me-measure")
             m.samples = gr.Checkbox(value=True, label="Include the sample collection",
-                                    visible=studio.samples is not None)
+                                    visible=studio.samples is not None, elem_id="me-scaling-samples")
     m.summary = gr.Markdown()
     # Quality against budget, measured once per checkpoint on judged queries (its quality.json, from
     # `python -m app.cli eval`): the other half of the paper's trade-off, beside cost measured live below.

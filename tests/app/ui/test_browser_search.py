@@ -15,6 +15,7 @@ from tests.app.ui.test_browser import (
     captions,
     free_port,
     model_checkpoint,
+    open_tab,
     wait_for_new_captions,
 )
 from tests.helpers import EXAMPLES
@@ -59,7 +60,7 @@ def app(tmp_path_factory, test_checkpoint):
 
 
 def samples_box(page):
-    return page.get_by_label("Include the sample collection")
+    return page.locator("#me-search-samples input")  # the Scaling tab has a box of that name too
 
 
 def search(page, text: str) -> list[str]:
@@ -76,6 +77,10 @@ def test_an_example_searches_the_samples_it_is_about(app):
     from playwright.sync_api import expect
 
     expect(samples_box(page)).not_to_be_checked(timeout=TIMEOUT)  # turned off: the visitor has a file
+    # The Scaling tab measures the same collections, so its box starts the same (it stayed ticked).
+    open_tab(page, "Scaling")
+    expect(page.locator("#me-scaling-samples input")).not_to_be_checked(timeout=TIMEOUT)
+    open_tab(page, "Search")
     page.get_by_role("button", name="hot air balloon").first.click()
     page.wait_for_function("document.querySelector('#me-results-caption').innerText.includes('hot air balloon')")
     page.wait_for_function(f"document.querySelectorAll('#me-results .caption-label').length === {len(SAMPLES) + 1}")
