@@ -39,7 +39,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
                 collection = collection_tab.build(studio)
             with gr.Tab("Scaling", id="scaling") as scaling_page:
                 scaling = scaling_tab.build(studio)
-            with gr.Tab("How it works", id="how"):
+            with gr.Tab("How it works", id="how") as how_page:
                 how = how_it_works.build(studio)
             with gr.Tab("Model", id="model"):
                 model = model_tab.build(studio)
@@ -49,7 +49,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
         search_tab.wire(studio, search)
         collection_tab.wire(studio, collection, started, status)
         scaling_tab.wire(studio, scaling)
-        how_it_works.wire(studio, how)
+        how_it_works.wire(studio, how, how_page)
         model_tab.wire(studio, model, search, scaling, status, started)
         _wire_status(studio, started, status)
         _wire_samples_default(studio, started, search.include_samples, scaling_page, scaling.samples)

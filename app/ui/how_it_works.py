@@ -57,16 +57,26 @@ def build(studio: Studio) -> SimpleNamespace:
     return t
 
 
-def wire(studio: Studio, t: SimpleNamespace) -> None:
+def wire(studio: Studio, t: SimpleNamespace, page: gr.Tab | None = None) -> None:
+    """`page`: the tab this view sits in; opening it the first time walks through the query in the box, so the
+    lesson is there to read instead of four empty charts."""
+    outputs = [t.tokens, t.attention, t.vectors, t.prefix, t.matrix, t.budgets, t.matrix_md]
+
     @gpu
     def walk(text: str, request: gr.Request):
         text = (text or "").strip()
         if not text:
-            return mistake("type a query to walk through", 7)
+            return mistake("type a query to walk through", len(outputs))
         return walkthrough(studio, text, session_of(request))
 
-    t.button.click(walk, [t.query], [t.tokens, t.attention, t.vectors, t.prefix, t.matrix, t.budgets, t.matrix_md],
-                   **PRIVATE)
+    t.button.click(walk, [t.query], outputs, **PRIVATE)
+    if page is not None:
+        walked = gr.State(False)
+
+        def walk_once(text: str, done: bool, request: gr.Request):
+            return (*((gr.skip(),) * len(outputs) if done else walk(text, request)), True)
+
+        page.select(walk_once, [t.query, walked], [*outputs, walked], **PRIVATE)
 
 
 def tokens_html(tokens: list[str], num_meta: int) -> str:

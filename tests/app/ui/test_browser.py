@@ -388,9 +388,10 @@ def test_scaling_tab_measures_every_budget(uploaded, browser_page):
 def test_how_it_works_walks_through_a_query(uploaded, browser_page):
     page = browser_page.page
     open_tab(page, "How it works")
-    page.click("#me-teach-go")
+    # Opening the tab walks through the query in the box: four empty charts waited for a click before.
     for plot in ("#me-teach-attention", "#me-teach-vectors", "#me-teach-matrix"):
         page.wait_for_selector(f"{plot} .js-plotly-plot", state="visible")
+    page.click("#me-teach-go")  # and the button walks through it again
     assert page.locator(".me-meta").count() == uploaded.studio.engine.num_query_vectors  # meta tokens M1..M16
     # Issue 17.11: the top two results followed across the budgets, #1's rank at each; different queries
     # give different charts.
