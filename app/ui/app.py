@@ -17,7 +17,7 @@ import gradio as gr
 
 from app.service import Studio
 from app.ui import api, collection_tab, how_it_works, model_tab, scaling_tab, search_tab
-from app.ui.common import PRIVATE, session_of, status_line
+from app.ui.common import PRIVATE, on_first_open, session_of, status_line
 
 CSS = (Path(__file__).parent / "style.css").read_text(encoding="utf-8")
 
@@ -81,14 +81,8 @@ def _wire_samples_default(studio: Studio, started, search_box: gr.Checkbox, scal
         return gr.update(value=not (coll is not None and studio.stats(coll)["items"]))
 
     started.then(samples_by_default, None, search_box, **PRIVATE)
-    # The Scaling tab is drawn when first opened, and a value sent before that is lost: its box is set then,
-    # once per page (a visitor's own choice there is kept afterwards).
-    set_once = gr.State(False)
-
-    def scaling_default(done: bool, request: gr.Request):
-        return (gr.skip() if done else samples_by_default(request)), True
-
-    scaling_page.select(scaling_default, set_once, [scaling_box, set_once], **PRIVATE)
+    # The Scaling tab is drawn when first opened (a value sent before is lost), so its box is set then.
+    on_first_open(scaling_page, samples_by_default, [], [scaling_box])
 
 
 def _wire_status(studio: Studio, started, status: gr.Markdown) -> None:

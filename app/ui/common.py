@@ -1,6 +1,9 @@
-"""What every tab shares: the visitor's session key, the GPU decorator, calm mistakes, the status line."""
+"""What every tab shares: the visitor's session key, the GPU decorator, calm mistakes, the status line, and
+work done when a tab is first opened."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import gradio as gr
 
@@ -23,6 +26,21 @@ except ImportError:  # everywhere else the decorator does nothing
 def session_of(request: gr.Request | None) -> str | None:
     """The page's key: Gradio's session hash (Studio maps it to its browser's key in private sessions)."""
     return getattr(request, "session_hash", None) if request is not None else None
+
+
+def on_first_open(page: gr.Tab, fn: Callable, inputs: list, outputs: list) -> None:
+    """Fill `outputs` with `fn(*inputs, request)` the first time the visitor opens the tab `page` in this browser
+    page; later openings leave them as they are (the visitor's own changes stay). A tab is drawn when first
+    opened: a value sent to it before is lost, and its charts would wait empty for a first run."""
+    opened = gr.State(False)
+
+    def once(request: gr.Request, done: bool, *values):
+        if done:
+            return (*(gr.skip(),) * len(outputs), True)
+        result = fn(*values, request)
+        return (*(result if len(outputs) > 1 else (result,)), True)
+
+    page.select(once, [opened, *inputs], [*outputs, opened], **PRIVATE)
 
 
 def mistake(message: str, outputs: int) -> tuple:

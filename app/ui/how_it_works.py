@@ -11,7 +11,7 @@ import numpy as np
 from app.humanize import human_bytes, score_text
 from app.service import Studio
 from app.ui import plots
-from app.ui.common import PRIVATE, gpu, mistake, session_of
+from app.ui.common import PRIVATE, gpu, mistake, on_first_open, session_of
 from model.scoring import explain as maxsim_explain
 
 DEFAULT_QUERY = "an owl hiding in a tree"
@@ -71,12 +71,7 @@ def wire(studio: Studio, t: SimpleNamespace, page: gr.Tab | None = None) -> None
 
     t.button.click(walk, [t.query], outputs, **PRIVATE)
     if page is not None:
-        walked = gr.State(False)
-
-        def walk_once(text: str, done: bool, request: gr.Request):
-            return (*((gr.skip(),) * len(outputs) if done else walk(text, request)), True)
-
-        page.select(walk_once, [t.query, walked], [*outputs, walked], **PRIVATE)
+        on_first_open(page, walk, [t.query], outputs)
 
 
 def tokens_html(tokens: list[str], num_meta: int) -> str:
