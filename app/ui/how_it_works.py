@@ -69,7 +69,10 @@ def wire(studio: Studio, t: SimpleNamespace, page: gr.Tab | None = None) -> None
             return mistake("type a query to walk through", len(outputs))
         return walkthrough(studio, text, session_of(request))
 
-    t.button.click(walk, [t.query], outputs, **PRIVATE)
+    # A press (or Enter in the box) while a walk-through runs (the one opening the tab started, or an earlier
+    # press) runs next: under Gradio's default trigger mode ('once') it was dropped, and the charts stayed on the
+    # old query.
+    gr.on([t.button.click, t.query.submit], walk, [t.query], outputs, trigger_mode="always_last", **PRIVATE)
     if page is not None:
         on_first_open(page, walk, [t.query], outputs)
 

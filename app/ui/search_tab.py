@@ -389,9 +389,11 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
     # match in your collection".
     with_samples = s.examples.load_input_event.then(lambda: True, None, s.include_samples, queue=False,
                                                     show_progress="hidden", **PRIVATE)
+    # `always_last`: a new query sent while a search runs is searched next; Gradio's default ('once') dropped it,
+    # leaving the old query's results under the new words.
     for trigger in (s.search_btn.click, s.query_box.submit, with_samples.then):
         trigger(do_search, search_inputs, rank_outs + reset_outs + [s.query_image, s.image_words],
-                preprocess=False, **PRIVATE)
+                preprocess=False, trigger_mode="always_last", **PRIVATE)
     _wire_query_image(s)
     # The slider's events send only the results (explain_latest follows while a result is open) and skip
     # Gradio's postprocessing (their values are sent as they are) and its queue: one HTTP request instead of
@@ -418,7 +420,8 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
     # script's return value.
     s.gallery.select(None, None, None, js=SCROLL_TO_WHY, queue=False, **PRIVATE)
     s.more_btn.click(more_like_this, [s.selected_state, s.r_q, s.r_c, s.include_samples, s.only],
-                     [s.query_box, s.query_image, s.image_words] + rank_outs + reset_outs, **PRIVATE)
+                     [s.query_box, s.query_image, s.image_words] + rank_outs + reset_outs, trigger_mode="always_last",
+                     **PRIVATE)
 
 
 def standing_request(wanted: tuple | None, selected: tuple[str, str] | None) -> tuple[int, int, str, str] | None:

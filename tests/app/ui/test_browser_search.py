@@ -233,3 +233,24 @@ def test_opening_a_result_brings_its_explanation_into_view(app):
         return r.top >= 0 && r.bottom <= window.innerHeight;
     }""", timeout=5_000)
     page.wait_for_selector("#me-why-table table", state="visible")
+
+
+def test_a_query_sent_while_a_search_runs_is_searched_next(app, monkeypatch):
+    """Gradio's default trigger mode dropped a press made while the last search ran: the new words sat above the
+    old query's results. Encoding is slowed here so that the second press lands while the first search runs."""
+    import time
+
+    page = app.page
+    encode = app.studio.encode_query
+
+    def slow(*args, **kwargs):
+        time.sleep(2)
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(app.studio, "encode_query", slow)
+    page.fill("#me-query textarea", "an owl")
+    page.click("#me-search")
+    page.fill("#me-query textarea", "boats at sunset")
+    page.click("#me-search")  # while "an owl" is being searched
+    page.wait_for_function("() => document.querySelector('#me-results-caption').innerText.includes('boats at sunset')",
+                           timeout=30_000)
