@@ -33,15 +33,18 @@ def build(studio: Studio) -> SimpleNamespace:
             m.button = gr.Button("Measure", variant="primary", elem_id="me-measure")
             m.samples = gr.Checkbox(value=True, label="Include the sample collection",
                                     visible=studio.samples is not None, elem_id="me-scaling-samples")
-    m.summary = gr.Markdown()
+    m.summary = gr.Markdown("Press **Measure** to time each trained budget on this collection: its index size, "
+                            "scoring time per query and agreement with the largest budget appear here.")
     # Quality against budget, measured once per checkpoint on judged queries (its quality.json, from
     # `python -m app.cli eval`): the other half of the paper's trade-off, beside cost measured live below.
     quality = quality_plot(studio)
     m.quality = gr.Plot(quality, show_label=False, elem_id="me-quality", visible=quality is not None)
+    # Drawn by Measure: until then three empty chart frames stood below the quality chart, looking broken.
+    # (Not measured on opening: on a shared Space every visitor would cost a run.)
     with gr.Row():
-        m.size_plot = gr.Plot(show_label=False, elem_id="me-size")
-        m.latency_plot = gr.Plot(show_label=False, elem_id="me-latency")
-        m.agreement_plot = gr.Plot(show_label=False, elem_id="me-agreement")
+        m.size_plot = gr.Plot(show_label=False, elem_id="me-size", visible=False)
+        m.latency_plot = gr.Plot(show_label=False, elem_id="me-latency", visible=False)
+        m.agreement_plot = gr.Plot(show_label=False, elem_id="me-agreement", visible=False)
     return m
 
 
@@ -58,10 +61,10 @@ def wire(studio: Studio, m: SimpleNamespace) -> None:
         if result["items"] == 0:
             return mistake("the collection is empty: add files or include the sample collection", len(outputs))
         ps = result["presets"]
-        return (result["summary"],
-                plots.index_size_figure(ps, result["bytes"], result["items"]),
-                plots.latency_figure(ps, result["ms"], result["items"]),
-                plots.agreement_figure(ps, result["agreement"], result["k"], len(queries)))
+        figures = (plots.index_size_figure(ps, result["bytes"], result["items"]),
+                   plots.latency_figure(ps, result["ms"], result["items"]),
+                   plots.agreement_figure(ps, result["agreement"], result["k"], len(queries)))
+        return (result["summary"], *(gr.update(value=f, visible=True) for f in figures))
 
     m.button.click(do_scaling, [m.queries, m.samples], outputs, **PRIVATE)
 

@@ -364,6 +364,9 @@ def test_more_like_this_shows_its_image_and_new_words_leave_it_out(uploaded, bro
 def test_scaling_tab_measures_every_budget(uploaded, browser_page):
     page = browser_page.page
     open_tab(page, "Scaling")
+    page.wait_for_selector("#me-measure", state="visible")
+    # No empty chart frames before a measurement (three stood there, looking broken).
+    assert [page.locator(p).is_visible() for p in ("#me-size", "#me-latency", "#me-agreement")] == [False] * 3
     page.click("#me-measure")
     for plot in ("#me-size", "#me-latency", "#me-agreement"):
         page.wait_for_selector(f"{plot} .js-plotly-plot", state="visible")
