@@ -34,7 +34,7 @@ from .evaluation import (
     record_quality,
     recorded_quality,
 )
-from .humanize import files_of, one_line, plural
+from .humanize import SCORE_SCALE, files_of, one_line, plural
 from .indexing import index_paths
 from .ingest import default_ocr, load_image
 from .search import ONLY, Searcher
@@ -180,7 +180,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         # every budget (--json has both).
         among = f" among the {args.only}" if args.only else ""
         print(f"{plural(len(results.hits), 'result')} for {args.query!r}{among} at budget {budget} (score: the mean best "
-              "similarity of the query's vectors, 0-1, comparable across budgets):")
+              f"similarity of the query's vectors; {SCORE_SCALE}):")
         if index.scored_budget(budget) != budget:
             print(f"  (scored at {index.scored_budget(budget)}: this store keeps the presets' r_c only)")
         for hit in results.hits:

@@ -14,6 +14,10 @@ ECHO_CHARS = 80  # how much of a query a caption repeats: enough to recognise it
 _MARKDOWN = re.compile(r"([\\`*_\[\]()|~#])")
 
 
+# How the app, the CLI and the API describe a comparable score (MaxSim / r_q, a mean of cosines): "0-1" sat
+# above results scored -0.03, which a reader took for a fault.
+SCORE_SCALE = "at most 1; 0 or below: nothing alike; comparable across budgets"
+
 BYTE_UNITS = ("bytes", "KB", "MB", "GB")  # powers of 1024, as file managers show them
 
 

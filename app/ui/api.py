@@ -47,8 +47,8 @@ def build_and_wire(studio: Studio) -> None:
         """Search the user's photos and documents (and the sample collection) with MetaEmbed multi-vector
         late interaction. Returns JSON text (use json.loads): a list of {rank, id, path, page, score,
         comparable_score, collection, kind}, best first, one per photo, PDF page or text file; score is MaxSim,
-        the sum of r_q cosine similarities; comparable_score is score / r_q (0-1, comparable across budgets, the
-        score the app shows).
+        the sum of r_q cosine similarities; comparable_score is score / r_q (at most 1, 0 or below for nothing
+        alike, comparable across budgets: the score the app shows).
 
         Args:
             query: what to look for, in words (e.g. "an owl in a tree", "how to install Debian").

@@ -16,7 +16,7 @@ from gradio.components.gallery import GalleryData, GalleryImage
 from gradio.data_classes import ImageData
 from PIL import Image
 
-from app.humanize import echoed, plural, score_text
+from app.humanize import SCORE_SCALE, echoed, plural, score_text
 from app.ingest.images import load_image
 from app.search import ONLY, WHOLE_MATCH, Calibration, Hit, comparable_score
 from app.service import QueryState, Studio
@@ -148,7 +148,7 @@ def results_caption(query: QueryState, hits: list[Hit], budget: tuple[int, int],
     count = f"Top {len(hits)} results" if cut else plural(len(hits), "result")
     return (partial + weak + f"**{count}** for {query.label}{among} at budget **{budget}**{left_out} · "
             f"ranked in {rank_ms:.0f} ms from the cached query vectors ({encoded}). Scores are the mean best "
-            "similarity of the query's vectors (0-1, comparable across budgets). Click a result to see why it "
+            f"similarity of the query's vectors ({SCORE_SCALE}). Click a result to see why it "
             "matched.")
 
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from app import cli
+from app.humanize import SCORE_SCALE
 from app.search import Searcher
 from app.store.index import DB_NAME, Index
 from model.scoring import maxsim
@@ -148,7 +149,7 @@ def test_search_gives_one_result_per_page_or_file_as_the_app_does(tmp_path, ckpt
     # The plain output prints the comparable score (MaxSim / r_q), not the raw sum.
     shown = [float(line.split()[1]) for line in lines]
     assert shown == pytest.approx([r["comparable_score"] for r in results], abs=5e-4)
-    assert "0-1, comparable across budgets" in out.splitlines()[0]
+    assert SCORE_SCALE in out.splitlines()[0]  # what the scores mean, in the words the app uses
 
 
 def test_index_and_remove_count_files_and_pages_not_passages(tmp_path, ckpt, capsys):

@@ -326,3 +326,13 @@ def test_the_picture_caption_fits_the_kind_of_result(tmp_path, test_checkpoint):
     # A page's caption speaks of its words; a picture on it is marked with the photo's marks, all of them named.
     page = overlay_caption("pdf_page")
     assert "in the photo" not in page and "on the page" in page and all(m in page for m in "✎◆☁●☺")
+
+
+def test_the_caption_gives_the_range_of_the_scores_it_shows():
+    """A reviewer saw "-0.03" under a caption that promised scores of 0-1: a mean of cosines can fall below 0."""
+    from app.humanize import SCORE_SCALE
+    from app.ui.search_tab import results_caption
+
+    hits = [replace(_hit(1, "text", "nothing alike"), score=-0.12)]  # -0.03 at r_q = 4
+    caption = results_caption(_query("an owl"), hits, (4, 8), 3.0, calibration=CAL, whole=-0.03)
+    assert SCORE_SCALE in caption and "0-1" not in caption and "below" in SCORE_SCALE
