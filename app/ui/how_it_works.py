@@ -155,9 +155,15 @@ def worked_maxsim(sim: np.ndarray, budget: tuple[int, int]) -> str:
     values = block[np.arange(r_q), best]
     rows = ", ".join(f"q{i + 1} → c{int(j) + 1} {score_text(v)}" for i, (j, v) in enumerate(zip(best, values)))
     total = float(values.sum())
+    # The sum is of the exact values: where the rounded terms shown add up to another number (a teacher checked
+    # "0.57 + 0.57 + 0.60 + 0.47 = 2.20"), the sign says so instead of an equation that does not hold.
+    terms = [score_text(v) for v in values]
+    exact = score_text(sum(float(t) for t in terms)) == score_text(total)
+    equals = "=" if exact else "≈"
+    rounded = "" if exact else " (the terms are rounded; the sum is of their exact values)"
     return (f"Worked out at budget **({r_q}, {r_c})**: each of the first {r_q} query vectors keeps its best match "
             f"among the first {r_c} result vectors ({rows}); MaxSim = "
-            f"{' + '.join(score_text(v) for v in values)} = **{score_text(total)}**, and the score the search "
+            f"{' + '.join(terms)} {equals} **{score_text(total)}**{rounded}, and the score the search "
             f"shows is MaxSim / {r_q} = **{score_text(total / r_q)}**.")
 
 

@@ -127,6 +127,11 @@ def test_step_four_works_maxsim_out_by_hand_and_names_the_vectors_as_the_search_
     text = worked_maxsim(sim, (4, 8))
     assert "q1 → c3 0.70, q2 → c3 0.60, q3 → c8 0.50, q4 → c1 0.40" in text
     assert "0.70 + 0.60 + 0.50 + 0.40 = **2.20**" in text and "MaxSim / 4 = **0.55**" in text
+    assert "rounded" not in text
+    # Rounded terms that add up to another number than the exact sum: no false equation on the board.
+    sim[0, 2], sim[1, 2], sim[2, 7], sim[3, 0] = 0.574, 0.574, 0.604, 0.474  # 0.57 + 0.57 + 0.60 + 0.47 = 2.21
+    text = worked_maxsim(sim, (4, 8))
+    assert "0.57 + 0.57 + 0.60 + 0.47 ≈ **2.23**" in text and "terms are rounded" in text
     fig = plots.prefix_matrix_figure(sim, presets)
     assert list(fig.layout.xaxis.ticktext) == ["c1", "c4", "c8", "c16", "c64"]
     assert list(fig.layout.yaxis.ticktext) == ["q1", "q2", "q4", "q8", "q16"]
