@@ -32,6 +32,13 @@ NO_SELECTION = "Click a result above to open its explanation."
 # so the click brings its heading to the top of the window (before the server answers: nothing above it moves).
 SCROLL_TO_WHY = ("() => document.getElementById('me-why-heading')"
                  "?.scrollIntoView({behavior: 'smooth', block: 'start'})")
+# Run in the page when new results are in: on a phone they start ~1,100 px down, below the examples and the
+# budget, and a search seemed to do nothing; after "more like this" they are above, out of sight. Where the
+# results' caption and a row of them are in view (a desktop after a search), nothing moves.
+SCROLL_TO_RESULTS = ("() => { const c = document.getElementById('me-results-caption'); if (!c) return;"
+                     " const top = c.getBoundingClientRect().top;"
+                     " if (top < 0 || top > window.innerHeight - 160)"
+                     " c.scrollIntoView({behavior: 'smooth', block: 'start'}); }")
 
 
 def budget_readout(studio: Studio, r_q: int, r_c: int) -> str:
@@ -393,7 +400,8 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
     # leaving the old query's results under the new words.
     for trigger in (s.search_btn.click, s.query_box.submit, with_samples.then):
         trigger(do_search, search_inputs, rank_outs + reset_outs + [s.query_image, s.image_words],
-                preprocess=False, trigger_mode="always_last", **PRIVATE)
+                preprocess=False, trigger_mode="always_last", **PRIVATE).success(
+                    None, None, None, js=SCROLL_TO_RESULTS, queue=False, **PRIVATE)
     _wire_query_image(s)
     # The slider's events send only the results (explain_latest follows while a result is open) and skip
     # Gradio's postprocessing (their values are sent as they are) and its queue: one HTTP request instead of
@@ -421,7 +429,7 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
     s.gallery.select(None, None, None, js=SCROLL_TO_WHY, queue=False, **PRIVATE)
     s.more_btn.click(more_like_this, [s.selected_state, s.r_q, s.r_c, s.include_samples, s.only],
                      [s.query_box, s.query_image, s.image_words] + rank_outs + reset_outs, trigger_mode="always_last",
-                     **PRIVATE)
+                     **PRIVATE).success(None, None, None, js=SCROLL_TO_RESULTS, queue=False, **PRIVATE)
 
 
 def standing_request(wanted: tuple | None, selected: tuple[str, str] | None) -> tuple[int, int, str, str] | None:

@@ -254,3 +254,30 @@ def test_a_query_sent_while_a_search_runs_is_searched_next(app, monkeypatch):
     page.click("#me-search")  # while "an owl" is being searched
     page.wait_for_function("() => document.querySelector('#me-results-caption').innerText.includes('boats at sunset')",
                            timeout=30_000)
+
+
+def test_on_a_phone_a_search_brings_its_results_into_view(app):
+    """A review at 390 px: the results start ~1,100 px down, below the examples and the budget, and a search
+    seemed to do nothing."""
+    page = app.page
+    page.set_viewport_size({"width": 390, "height": 844})
+    try:
+        page.evaluate("window.scrollTo(0, 0)")
+        search(page, "a mountain lake")
+        page.wait_for_function("() => { const r = document.getElementById('me-results-caption')"
+                               ".getBoundingClientRect(); return r.top >= 0 && r.top < window.innerHeight; }",
+                               timeout=10_000)
+    finally:
+        page.set_viewport_size({"width": 1280, "height": 900})
+        page.evaluate("window.scrollTo(0, 0)")
+    page.wait_for_timeout(1000)  # the phone's smooth scroll has ended
+    before = page.evaluate("[window.scrollY, document.getElementById('me-results-caption').getBoundingClientRect()"
+                           ".top, window.innerHeight]")
+    search(page, "an owl")
+    page.wait_for_timeout(1000)  # a smooth scroll would have ended
+    after = page.evaluate("[window.scrollY, document.getElementById('me-results-caption').getBoundingClientRect()"
+                          ".top]")
+    if 0 <= before[1] <= before[2] - 160:  # a desktop with the results in view: nothing moves
+        assert after[0] == before[0], (before, after)
+    else:  # pushed down (by the open image box of an earlier test): brought up as on a phone
+        assert 0 <= after[1] < before[2] - 160, (before, after)
