@@ -249,7 +249,7 @@ def build(studio: Studio) -> SimpleNamespace:
         s.include_samples = gr.Checkbox(value=True, label="Include the sample collection", scale=0,
                                         min_width=240 if has_samples else 0, visible=has_samples,
                                         elem_id="me-search-samples")
-    with gr.Row(equal_height=True):
+    with gr.Row(equal_height=True, elem_id="me-budget-row"):
         s.preset = gr.Slider(0, full_idx, value=full_idx, step=1, scale=2,
                              label="Budget: how many meta vectors are compared",
                              info=preset_info(presets), elem_id="me-preset")

@@ -53,6 +53,9 @@ def app(tmp_path_factory, test_checkpoint):
                                                                                  "data:", "blob:")) else r.abort())
         page.goto(f"http://127.0.0.1:{port}/")
         page.wait_for_selector("#me-query textarea")
+        # The page's load event unticks the samples box (the visitor has a file): wait for it, or a test that
+        # ticks the box first has it unticked under it.
+        page.wait_for_function("() => document.querySelector('#me-search-samples input')?.checked === false")
         yield SimpleNamespace(page=page, studio=studio, root=root)
         browser.close()
     demo.close()
@@ -281,3 +284,26 @@ def test_on_a_phone_a_search_brings_its_results_into_view(app):
         assert after[0] == before[0], (before, after)
     else:  # pushed down (by the open image box of an earlier test): brought up as on a phone
         assert 0 <= after[1] < before[2] - 160, (before, after)
+
+
+def test_on_a_phone_results_run_on_in_the_page_and_the_budget_slider_has_the_width(app):
+    """A review at 390 px: the results sat in a 430 px box that scrolled on its own (four of up to 24 in view),
+    and the budget slider shared its row with the readout (180 px for five stops, the readout in nine lines)."""
+    page = app.page
+    page.set_viewport_size({"width": 390, "height": 844})
+    try:
+        if not samples_box(page).is_checked():
+            samples_box(page).check()  # the six sample photos beside the visitor's one
+            page.wait_for_timeout(500)  # its re-rank is out
+        search(page, "a photo")
+        page.wait_for_function("document.querySelectorAll('#me-results .thumbnail-item').length >= 4")
+        box = page.evaluate("""() => { const g = document.querySelector('#me-results .grid-wrap');
+            return [g.scrollHeight, g.clientHeight, document.querySelectorAll('#me-results .thumbnail-item').length]; }""")
+        assert box[2] >= 4 and box[0] <= box[1] + 1, box  # every result in the page's flow, none scrolled away
+        slider = page.locator("#me-preset").bounding_box()
+        readout = page.locator(".me-budget").first.bounding_box()
+        # Below the slider, not beside it.
+        assert slider["width"] >= 300 and readout["y"] > slider["y"] + slider["height"] / 2, (slider, readout)
+    finally:
+        page.set_viewport_size({"width": 1280, "height": 900})
+        samples_box(page).uncheck()
