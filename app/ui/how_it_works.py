@@ -133,8 +133,8 @@ def walkthrough(studio: Studio, text: str, session: str | None) -> tuple:
         budgets = plots.empty_figure("")
         matrix_md = ""
     return (tokens_html(tokens, rq_full),
-            plots.attention_figure(shown, [tokens[i] for i in keep],
-                                   f"Attention of the {rq_full} meta tokens over the words of “{text}”"),
+            plots.attention_figure(shown, [tokens[i] for i in keep], f"Attention of the {rq_full} meta tokens",
+                                   subtitle=f"over the words of “{plots.chart_text(text)}”"),
             plots.vectors_figure(query.vectors.numpy(), presets, "query"),
             prefix_md, matrix, budgets, matrix_md)
 

@@ -6,6 +6,7 @@ sequential scale, the winning match of each query vector is an orange star, budg
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,6 +43,16 @@ def _layout(fig: go.Figure, title: str, height: int = 340, subtitle: str | None 
     fig.update_layout(title=head, font=FONT, height=height, margin=margin, paper_bgcolor="white",
                       plot_bgcolor="white", **kw)
     return fig
+
+
+def chart_text(text: str, limit: int = 40) -> str:
+    """A visitor's words as a chart's title or subtitle may show them: on one line, at most `limit` characters
+    (then "…"; Plotly does not wrap, and a long query ran off a phone's chart), with "<" and "&" escaped (Plotly
+    reads a subset of HTML: "<b>" turned bold)."""
+    text = " ".join(text.split())
+    if len(text) > limit:
+        text = text[:limit].rstrip() + "…"
+    return html.escape(text, quote=False)
 
 
 def empty_figure(message: str, height: int = 280) -> go.Figure:
@@ -338,7 +349,7 @@ def quality_figure(presets: Sequence[tuple[int, int]], lines: Sequence[QualityLi
 
 
 def attention_figure(attention: np.ndarray, tokens: Sequence[str], title: str, max_rows: int = 16,
-                     side: str = "query") -> go.Figure:
+                     side: str = "query", subtitle: str | None = None) -> go.Figure:
     """Each meta token's last-layer attention over the content tokens (rows: meta tokens, named by the vector
     each becomes: q1 … for a query's, c1 … for a candidate's)."""
     att = np.asarray(attention, dtype=np.float32)[:max_rows]
@@ -352,7 +363,7 @@ def attention_figure(attention: np.ndarray, tokens: Sequence[str], title: str, m
     fig.update_xaxes(title_text="content tokens", tickangle=-45, tickmode="array", tickvals=cols,
                      ticktext=list(tokens))
     fig.update_yaxes(title_text="meta tokens (by their vector)", autorange="reversed")
-    return _layout(fig, title, height=max(260, min(480, 150 + 18 * rows)))
+    return _layout(fig, title, height=max(260, min(480, 150 + 18 * rows)), subtitle=subtitle)
 
 
 def vectors_figure(vectors: np.ndarray, presets: Sequence[tuple[int, int]], side: str = "query") -> go.Figure:
@@ -377,7 +388,8 @@ def vectors_figure(vectors: np.ndarray, presets: Sequence[tuple[int, int]], side
                            font=dict(color="#111827", size=12), bgcolor="rgba(255,255,255,0.85)")
     fig.update_xaxes(title_text=f"dimension (D = {d})")
     fig.update_yaxes(title_text=f"{side} vectors", autorange="reversed")
-    return _layout(fig, f"The {r} {side} vectors (each row has length 1)", height=max(240, min(420, 140 + 16 * r)))
+    return _layout(fig, f"The {r} {side} vectors", height=max(240, min(420, 140 + 16 * r)),
+                   subtitle="each row has length 1")
 
 
 def prefix_matrix_figure(sim: np.ndarray, presets: Sequence[tuple[int, int]]) -> go.Figure:
@@ -405,7 +417,7 @@ def prefix_matrix_figure(sim: np.ndarray, presets: Sequence[tuple[int, int]]) ->
                      tickvals=xs, ticktext=[f"c{v}" for v in xs])
     fig.update_yaxes(title_text="query vectors", range=[r_q + 0.5, 0.5], showgrid=False, zeroline=False,
                      tickvals=ys, ticktext=[f"q{v}" for v in ys])
-    return _layout(fig, "One matrix, every budget: a budget is its top-left corner", height=380)
+    return _layout(fig, "One matrix, every budget", height=380, subtitle="a budget is its top-left corner")
 
 
 def budget_race_figure(presets: Sequence[tuple[int, int]], first: Sequence[float], second: Sequence[float],
@@ -424,5 +436,5 @@ def budget_race_figure(presets: Sequence[tuple[int, int]], first: Sequence[float
     fig.update_xaxes(title_text="budget (r_q, r_c)", type="category")
     top = max(list(first) + list(second) + [0.1])
     fig.update_yaxes(title_text="score (MaxSim / r_q)", range=[0, min(1.0, top * 1.25)])
-    return _layout(fig, "The top two results at every budget (label: #1's rank there)", height=340,
+    return _layout(fig, "The top two results at every budget", height=340, subtitle="label: #1's rank there",
                    legend=dict(orientation="h", y=-0.35, x=0), margin=dict(l=60, r=20, t=56, b=110))

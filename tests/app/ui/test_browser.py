@@ -638,6 +638,34 @@ BROKEN_WORDS = """(sel) => [...document.querySelectorAll(sel)].flatMap(cell => {
 })"""
 
 
+# Each title and subtitle of the charts named, and whether it lies inside its chart.
+CHART_TITLES = """(charts) => charts.flatMap(c => {
+    const svg = document.querySelector(c + ' svg.main-svg').getBoundingClientRect();
+    return [...document.querySelectorAll(c + ' .gtitle, ' + c + ' .gtitle-subtitle')].map(t => {
+        const r = t.getBoundingClientRect();
+        return {text: t.textContent, fits: r.left >= svg.left - 1 && r.right <= svg.right + 1};
+    });
+})"""
+
+
+def test_a_phone_screen_keeps_how_it_works_chart_titles_whole_and_uncovered(uploaded, browser_page):
+    """A review at 390 px: How it works' titles ran off their charts ("a budget is its top-left cor", a long
+    query's words) and Plotly's toolbar covered them."""
+    with fresh_page(browser_page, uploaded.url) as page:
+        open_tab(page, "How it works")
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.fill("#me-teach-query textarea", "a small wooden boat tied to a jetty on a calm lake at dawn")
+        page.click("#me-teach-go")
+        charts = ["#me-teach-attention", "#me-teach-vectors", "#me-teach-matrix", "#me-teach-budgets"]
+        page.wait_for_function("document.querySelector('#me-teach-attention .gtitle-subtitle')?.textContent"
+                               ".includes('wooden boat')")
+        titles = page.evaluate(CHART_TITLES, charts)
+        assert len(titles) == 2 * len(charts), titles  # a short title and a subtitle each
+        assert [t["text"] for t in titles if not t["fits"]] == [], titles
+        page.locator("#me-teach-matrix .js-plotly-plot").hover()  # a finger on the chart
+        assert page.locator("#me-teach-matrix .modebar-container").is_hidden()
+
+
 def test_a_phone_screen_keeps_the_scaling_tabs_headers_and_chart_titles_whole(uploaded, browser_page):
     """Issue 17 at 390 px: the Scaling tab's table headers broke mid-word ("bu / dg / et") and its charts'
     titles ran past their right edge."""
@@ -653,13 +681,7 @@ def test_a_phone_screen_keeps_the_scaling_tabs_headers_and_chart_titles_whole(up
         broken = page.evaluate(BROKEN_WORDS, ".md table th")
         tables = page.evaluate("[...document.querySelectorAll('.md table')].map(t => t.getBoundingClientRect().right"
                                " <= t.parentElement.getBoundingClientRect().right + 1)")
-        titles = page.evaluate("""(charts) => charts.flatMap(c => {
-            const svg = document.querySelector(c + ' svg.main-svg').getBoundingClientRect();
-            return [...document.querySelectorAll(c + ' .gtitle, ' + c + ' .gtitle-subtitle')].map(t => {
-                const r = t.getBoundingClientRect();
-                return {text: t.textContent, fits: r.left >= svg.left - 1 && r.right <= svg.right + 1};
-            });
-        })""", charts)
+        titles = page.evaluate(CHART_TITLES, charts)
         assert broken == [], broken
         assert tables and all(tables), tables  # whole words still leave the table inside its box
         assert len(titles) == 2 * len(charts), titles  # a title and a subtitle each
