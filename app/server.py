@@ -20,7 +20,7 @@ from starlette.middleware import Middleware  # noqa: E402
 from starlette.types import ASGIApp, Message, Receive, Scope, Send  # noqa: E402
 
 from app.service import SAMPLE_DIR, Studio, UploadLimits, default_data_dir, load_engine  # noqa: E402
-from app.ui.app import CSS, build_demo  # noqa: E402
+from app.ui.app import CSS, HEAD, build_demo  # noqa: E402
 
 
 def on_spaces() -> bool:
@@ -126,7 +126,7 @@ def launch(studio: Studio, demo: gr.Blocks, host: str | None = None, port: int |
     return demo.launch(
         server_name=host, server_port=port, share=share, prevent_thread_lock=prevent_thread_lock, quiet=quiet,
         show_error=True, blocked_paths=blocked, max_file_size=max_file, ssr_mode=False, theme=gr.themes.Default(),
-        css=CSS, favicon_path=None, footer_links=["api", "gradio"], run_history=False, mcp_server=mcp,
+        css=CSS, head=HEAD, favicon_path=None, footer_links=["api", "gradio"], run_history=False, mcp_server=mcp,
         app_kwargs={"middleware": [Middleware(CacheThumbnails, folder=str(studio.thumb_dir))]},
     )
 
