@@ -231,10 +231,14 @@ def build(studio: Studio) -> SimpleNamespace:
     with gr.Accordion("More like this: search with an image", open=False):
         with gr.Row():
             # Its events skip Gradio's preprocessing and open the file with query_picture.
-            s.query_image = gr.Image(label="Query image (combined with the text above, if any)",
+            s.query_image = gr.Image(label="Query image",
                                      type="filepath", height=180, sources=["upload", "clipboard"],
                                      elem_id="me-query-image", scale=1)
-            gr.Markdown("Drop a photo here and press **Search** to find similar photos and pages. "
+            # The words: a review read "combined with the text above" as for every later search too, and lost
+            # the photo on typing more (new words start a text search unless Keep it is ticked, issue 17.2).
+            gr.Markdown("Drop a photo here and press **Search** to find similar photos and pages (with the words "
+                        "in the box, if any). Other words later start a text search, unless you tick **Keep it** "
+                        "where the image then shows, under the search box. "
                         "After opening a result, **Search for more like this result** does the same "
                         "with that result.", elem_classes="me-caption")
     with gr.Row(equal_height=True):
