@@ -85,7 +85,8 @@ class Hit:
 
 
 def comparable_score(score: float, r_q: int) -> float:
-    """MaxSim at a budget (r_q, r_c) as the mean best similarity of the query's r_q vectors, 0-1 for a match.
+    """MaxSim at a budget (r_q, r_c) as the mean best similarity of the query's r_q vectors: at most 1, near 0
+    or below for nothing alike (humanize.SCORE_SCALE).
 
     A raw MaxSim sum grows with r_q (it adds r_q similarities), so scores of different budgets, or a score
     and the checkpoint's weak-match threshold and bars (calibration.json), are compared in this form: the one the

@@ -69,9 +69,9 @@ def wire(studio: Studio, t: SimpleNamespace, page: gr.Tab | None = None) -> None
             return mistake("type a query to walk through", len(outputs))
         return walkthrough(studio, text, session_of(request))
 
-    # A press (or Enter in the box) while a walk-through runs (the one opening the tab started, or an earlier
-    # press) runs next: under Gradio's default trigger mode ('once') it was dropped, and the charts stayed on the
-    # old query.
+    # A press (or Enter in the box: one listener) while an earlier press's walk-through runs runs next: under
+    # Gradio's default trigger mode ('once') it was dropped, and the charts stayed on the old query. (The walk
+    # that opening the tab starts is another listener: a press within its second or so runs beside it.)
     gr.on([t.button.click, t.query.submit], walk, [t.query], outputs, trigger_mode="always_last", **PRIVATE)
     if page is not None:
         on_first_open(page, walk, [t.query], outputs)

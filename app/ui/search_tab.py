@@ -30,15 +30,23 @@ EXAMPLE_QUERIES = ["a cat", "a colourful parrot", "boats at sunset", "a mountain
 NO_SELECTION = "Click a result above to open its explanation."
 # Run in the page when a result is clicked: the explanation opens ~1,100 px below the results, out of sight,
 # so the click brings its heading to the top of the window (before the server answers: nothing above it moves).
-SCROLL_TO_WHY = ("() => document.getElementById('me-why-heading')"
-                 "?.scrollIntoView({behavior: 'smooth', block: 'start'})")
+# How far below the window's top a scroll target rests: under the budget row where it is pinned there (a
+# desktop, style.css), else a small gap.
+_PINNED = ("const bar = document.getElementById('me-budget-row');"
+           " const pad = (bar && getComputedStyle(bar).position === 'sticky' ? bar.getBoundingClientRect().bottom"
+           " : 0) + 8;")
+SCROLL_TO_WHY = ("() => { const h = document.getElementById('me-why-heading'); if (!h) return; " + _PINNED +
+                 " window.scrollBy({top: h.getBoundingClientRect().top - pad, behavior: 'smooth'}); }")
 # Run in the page when new results are in: on a phone they start ~1,100 px down, below the examples and the
 # budget, and a search seemed to do nothing; after "more like this" they are above, out of sight. Where the
-# results' caption and a row of them are in view (a desktop after a search), nothing moves.
+# results' caption and a row of them are in view (a desktop after a search), nothing moves; nor when the
+# caption did not change (a search refused with a notice, which also counts as a success).
 SCROLL_TO_RESULTS = ("() => { const c = document.getElementById('me-results-caption'); if (!c) return;"
+                     " const text = c.innerText; if (text === c.dataset.seen || text.startsWith('Type a query'))"
+                     " return; c.dataset.seen = text; " + _PINNED +
                      " const top = c.getBoundingClientRect().top;"
-                     " if (top < 0 || top > window.innerHeight - 160)"
-                     " c.scrollIntoView({behavior: 'smooth', block: 'start'}); }")
+                     " if (top < pad || top > window.innerHeight - 160)"
+                     " window.scrollBy({top: top - pad, behavior: 'smooth'}); }")
 
 
 def budget_readout(studio: Studio, r_q: int, r_c: int) -> str:
@@ -400,12 +408,12 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
     # match in your collection".
     with_samples = s.examples.load_input_event.then(lambda: True, None, s.include_samples, queue=False,
                                                     show_progress="hidden", **PRIVATE)
-    # `always_last`: a new query sent while a search runs is searched next; Gradio's default ('once') dropped it,
-    # leaving the old query's results under the new words.
-    for trigger in (s.search_btn.click, s.query_box.submit, with_samples.then):
-        trigger(do_search, search_inputs, rank_outs + reset_outs + [s.query_image, s.image_words],
-                preprocess=False, trigger_mode="always_last", **PRIVATE).success(
-                    None, None, None, js=SCROLL_TO_RESULTS, queue=False, **PRIVATE)
+    # `always_last`: a new query sent (button or Enter: one listener) while a search runs is searched next;
+    # Gradio's default ('once') dropped it, leaving the old query's results under the new words.
+    searched = dict(fn=do_search, inputs=search_inputs, outputs=rank_outs + reset_outs + [s.query_image, s.image_words],
+                    preprocess=False, trigger_mode="always_last", **PRIVATE)
+    for event in (gr.on([s.search_btn.click, s.query_box.submit], **searched), with_samples.then(**searched)):
+        event.success(None, None, None, js=SCROLL_TO_RESULTS, queue=False, **PRIVATE)
     _wire_query_image(s)
     # The slider's events send only the results (explain_latest follows while a result is open) and skip
     # Gradio's postprocessing (their values are sent as they are) and its queue: one HTTP request instead of
@@ -432,7 +440,7 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
     # script's return value.
     s.gallery.select(None, None, None, js=SCROLL_TO_WHY, queue=False, **PRIVATE)
     s.more_btn.click(more_like_this, [s.selected_state, s.r_q, s.r_c, s.include_samples, s.only],
-                     [s.query_box, s.query_image, s.image_words] + rank_outs + reset_outs, trigger_mode="always_last",
+                     [s.query_box, s.query_image, s.image_words] + rank_outs + reset_outs,
                      **PRIVATE).success(None, None, None, js=SCROLL_TO_RESULTS, queue=False, **PRIVATE)
 
 

@@ -112,7 +112,7 @@ def test_indexed_files_are_found_with_paths_relative_to_the_collection(studio, t
     assert [h.path for h in hits] == ["cats.txt", "ships.txt"]
     assert hits[0].collection == "yours" and hits[0].kind == "text" and hits[0].score > hits[1].score
     assert api_entry(hits[0])["collection"] == "yours" and api_entry(hits[0])["kind"] == "text"
-    # The API reports the 0-1 score the app shows (MaxSim / r_q) next to MaxSim itself.
+    # The API reports the score the app shows (MaxSim / r_q) next to MaxSim itself.
     assert api_entry(hits[0])["comparable_score"] == pytest.approx(hits[0].score / 4, abs=1e-5)
     assert 0 < api_entry(hits[0])["comparable_score"] <= 1 + 1e-3  # bf16 vectors: a hair over 1 at most
     # The upload was copied into the collection's own folder.

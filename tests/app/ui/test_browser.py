@@ -654,11 +654,15 @@ def test_a_phone_screen_keeps_how_it_works_chart_titles_whole_and_uncovered(uplo
     with fresh_page(browser_page, uploaded.url) as page:
         open_tab(page, "How it works")
         page.set_viewport_size({"width": 390, "height": 844})
+        charts = ["#me-teach-attention", "#me-teach-vectors", "#me-teach-matrix", "#me-teach-budgets"]
+        for chart in charts:  # the walk that opening the tab started is done (it could land after the press's)
+            page.wait_for_selector(f"{chart} .gtitle-subtitle")
         page.fill("#me-teach-query textarea", "a small wooden boat tied to a jetty on a calm lake at dawn")
         page.click("#me-teach-go")
-        charts = ["#me-teach-attention", "#me-teach-vectors", "#me-teach-matrix", "#me-teach-budgets"]
         page.wait_for_function("document.querySelector('#me-teach-attention .gtitle-subtitle')?.textContent"
                                ".includes('wooden boat')")
+        for chart in charts:
+            page.wait_for_selector(f"{chart} .gtitle-subtitle")
         titles = page.evaluate(CHART_TITLES, charts)
         assert len(titles) == 2 * len(charts), titles  # a short title and a subtitle each
         assert [t["text"] for t in titles if not t["fits"]] == [], titles

@@ -277,6 +277,14 @@ def test_on_a_phone_a_search_brings_its_results_into_view(app):
         page.wait_for_function("() => { const r = document.getElementById('me-results-caption')"
                                ".getBoundingClientRect(); return r.top >= 0 && r.top < window.innerHeight; }",
                                timeout=10_000)
+        # A search refused with a notice (nothing typed) leaves the page where it is: no new results.
+        page.wait_for_timeout(1000)
+        page.evaluate("window.scrollTo(0, 0)")
+        page.fill("#me-query textarea", "")
+        page.click("#me-search")
+        page.wait_for_selector("text=type a query", timeout=10_000)
+        page.wait_for_timeout(1000)
+        assert page.evaluate("window.scrollY") == 0
     finally:
         page.set_viewport_size({"width": 1280, "height": 900})
         page.evaluate("window.scrollTo(0, 0)")
