@@ -84,11 +84,17 @@ def quality_info(studio: Studio) -> str:
     out = ("\n\n### Quality against budget\nMRR (mean reciprocal rank of the first relevant result) of this "
            "checkpoint at each trained budget, measured with `python -m app.cli eval`, beside one mean-pooled "
            "vector of the base model over the same content")
-    out += " — on its evaluation splits:\n\n" + budget_table(splits) if splits else "."
+    out += " — on its evaluation splits:\n\n" + scrolling(budget_table(splits)) if splits else "."
     for name, report in samples.items():
         title = split_title(name, report)
         out += (f"\n\n**{title[:1].upper() + title[1:]}**: the photos and pages this app opens with "
                 f"({report['units']['photo']} photos, {report['units']['document']} pages), too few to compare "
                 "checkpoints by" + ("; the evaluation splits above are what counts" if splits else "") + ".\n\n"
-                + budget_table({name: report}))
+                + scrolling(budget_table({name: report})))
     return out
+
+
+def scrolling(table: str) -> str:
+    """A Markdown table in a box that scrolls sideways on its own where the screen is narrower than the table
+    (a phone): the whole page scrolled sideways with it, 460 px of table in a 326 px column."""
+    return f"<div class='me-scroll'>\n\n{table}\n\n</div>"

@@ -418,6 +418,16 @@ def test_model_tab_and_no_external_requests(server, browser_page):
     assert server.studio.engine.checkpoint_id in info and "trained budgets" in info
     shot(page, "model", docs_height=760)
     assert browser_page.external == []
+    if page.locator("#me-model table").count():  # the checkpoint's quality tables: on a phone they scroll in
+        page.set_viewport_size({"width": 390, "height": 844})  # their own box, never the whole page sideways
+        try:
+            page.wait_for_timeout(300)
+            assert page.evaluate("document.documentElement.scrollWidth") <= 390
+            wide = page.evaluate("[...document.querySelectorAll('#me-model table')].filter(t => !t.closest('.me-scroll')"
+                                 " && t.getBoundingClientRect().right > window.innerWidth).length")
+            assert wide == 0 and page.locator("#me-model .me-scroll table").count() >= 1
+        finally:
+            page.set_viewport_size({"width": 1440, "height": 900})
 
 
 def test_hints_under_the_controls_are_readable(server, browser_page):
