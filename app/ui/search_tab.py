@@ -31,9 +31,11 @@ NO_SELECTION = "Click a result above to open its explanation."
 # Run in the page when a result is clicked: the explanation opens ~1,100 px below the results, out of sight,
 # so the click brings its heading to the top of the window (before the server answers: nothing above it moves).
 # How far below the window's top a scroll target rests: under the budget row where it is pinned there (a
-# desktop, style.css), else a small gap.
+# desktop, style.css), else a small gap. The row's height, not where it is now: the targets lie below it, so
+# once scrolled to, the row rests pinned at the top (its place before the scroll left a 1024x768 window's
+# results under the fold).
 _PINNED = ("const bar = document.getElementById('me-budget-row');"
-           " const pad = (bar && getComputedStyle(bar).position === 'sticky' ? bar.getBoundingClientRect().bottom"
+           " const pad = (bar && getComputedStyle(bar).position === 'sticky' ? bar.getBoundingClientRect().height"
            " : 0) + 8;")
 SCROLL_TO_WHY = ("() => { const h = document.getElementById('me-why-heading'); if (!h) return; " + _PINNED +
                  " window.scrollBy({top: h.getBoundingClientRect().top - pad, behavior: 'smooth'}); }")

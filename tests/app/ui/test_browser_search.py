@@ -322,3 +322,25 @@ def test_on_a_phone_results_run_on_in_the_page_and_the_budget_slider_has_the_wid
     finally:
         page.set_viewport_size({"width": 1280, "height": 900})
         samples_box(page).uncheck()
+
+
+def test_on_a_short_desktop_results_scrolled_to_rest_below_the_pinned_budget_row(app):
+    """The final UX pass at 1024x768: a search scrolled its results only ~150 px, to under the fold: the scroll
+    took the budget row's place before scrolling for where it rests pinned."""
+    page = app.page
+    page.set_viewport_size({"width": 1024, "height": 768})
+    try:
+        page.evaluate("window.scrollTo(0, 0)")
+        page.wait_for_timeout(300)
+        start = page.evaluate("document.getElementById('me-results-caption').getBoundingClientRect().top")
+        search(page, "a hot air balloon over green hills")
+        page.wait_for_timeout(1200)  # the smooth scroll has ended
+        row = page.locator("#me-budget-row").bounding_box()
+        caption = page.evaluate("document.getElementById('me-results-caption').getBoundingClientRect().top")
+        if start > 768 - 160:  # out of sight before: scrolled to rest just below the pinned row
+            assert row["y"] >= -1 and row["y"] + row["height"] - 1 <= caption <= row["y"] + row["height"] + 40, (
+                row, caption)
+        else:  # already in view: nothing moved
+            assert page.evaluate("window.scrollY") == 0, (start, caption)
+    finally:
+        page.set_viewport_size({"width": 1280, "height": 900})
