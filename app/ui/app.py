@@ -39,7 +39,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
                     "at search time with one slider.", elem_classes="me-header")
         status = gr.Markdown(elem_classes="me-caption")
         with gr.Tabs():
-            with gr.Tab("Search", id="search"):
+            with gr.Tab("Search", id="search") as search_page:
                 search = search_tab.build(studio)
             with gr.Tab("Collection", id="collection"):
                 collection = collection_tab.build(studio)
@@ -52,7 +52,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
         api.build_and_wire(studio)
 
         started = _wire_session(studio, demo)
-        search_tab.wire(studio, search)
+        search_tab.wire(studio, search, search_page)
         collection_tab.wire(studio, collection, started, status)
         scaling_tab.wire(studio, scaling)
         how_it_works.wire(studio, how, how_page)

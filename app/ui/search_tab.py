@@ -307,7 +307,8 @@ def build(studio: Studio) -> SimpleNamespace:
     return s
 
 
-def wire(studio: Studio, s: SimpleNamespace) -> None:
+def wire(studio: Studio, s: SimpleNamespace, page: gr.Tab | None = None) -> None:
+    """`page`: the tab this view sits in; opening it re-ranks the shown query when the collection changed."""
     rank_outs = [s.query_state, s.hits_state, s.gallery, s.results_md, s.snippets]
     reset_outs = [s.selected_state, s.why_md, s.why_row, s.table_col]
     select_outputs = [s.selected_state, s.why_md, s.why_row, s.why_image, s.why_caption, s.heatmap, s.bars,
@@ -441,6 +442,20 @@ def wire(studio: Studio, s: SimpleNamespace) -> None:
     # A listener of its own, in the page only: a `js=` on the one above would replace its inputs with the
     # script's return value.
     s.gallery.select(None, None, None, js=SCROLL_TO_WHY, queue=False, **PRIVATE)
+    if page is not None:
+        # Files added or removed in the Collection tab: a removed file stayed among the results until the next
+        # search (opening it said it was gone). Opening the tab re-ranks the shown query at its budget, as the
+        # slider does, and sends nothing when the results are the same.
+        def on_open(rq, rc, query, with_samples, only, selected, before, request: gr.Request):
+            if query is None:
+                return (gr.skip(),) * (len(rank_outs) + len(explain_outs))
+            rq, rc = clamped(rq, 1, engine.num_query_vectors), clamped(rc, 1, engine.num_candidate_vectors)
+            fresh = at_budget(query, rq, rc, with_samples, only, selected, session_of(request), before)
+            same = [(h.collection, h.id, h.score) for h in fresh[1]] == [
+                (h.collection, h.id, h.score) for h in before or []]
+            return (gr.skip(),) * len(fresh) if same else fresh
+
+        page.select(on_open, budget_inputs, rank_outs + explain_outs, **rerank)
     s.more_btn.click(more_like_this, [s.selected_state, s.r_q, s.r_c, s.include_samples, s.only],
                      [s.query_box, s.query_image, s.image_words] + rank_outs + reset_outs,
                      **PRIVATE).success(None, None, None, js=SCROLL_TO_RESULTS, queue=False, **PRIVATE)

@@ -739,6 +739,9 @@ def test_the_collection_shows_one_picture_per_file_and_removes_the_one_clicked(u
     """Issue 17.8: files, not internal passages or hex ids; a picture grid to pick a file to remove."""
     page = browser_page.page
     page.goto(uploaded.url)
+    page.fill("#me-query textarea", "a picture")  # every file among the results (seven, all scored)
+    page.click("#me-search")
+    page.wait_for_function("document.querySelectorAll('#me-results .thumbnail-item').length === 7")
     open_tab(page, "Collection")
     page.wait_for_function("document.querySelectorAll('#me-files .thumbnail-item').length === 7")
     table = page.inner_text("#me-items")
@@ -755,3 +758,7 @@ def test_the_collection_shows_one_picture_per_file_and_removes_the_one_clicked(u
     # The report names what went, and no other file looks picked (the ring stayed on the slot, now another's).
     assert names[0] in page.inner_text("#me-report")
     assert page.locator("#me-files .thumbnail-item.selected").count() == 0
+    # Back on Search the removed file has left the results (it stayed until the next search).
+    open_tab(page, "Search")
+    page.wait_for_function("document.querySelectorAll('#me-results .thumbnail-item').length === 6")
+    assert not any(c.endswith(" · " + names[0]) for c in captions(page)), captions(page)
