@@ -21,9 +21,9 @@ from app.ui.common import PRIVATE, on_first_open, session_of, status_line
 
 CSS = (Path(__file__).parent / "style.css").read_text(encoding="utf-8")
 # Rules for Gradio's own page container, which the CSS above cannot name inside a media query: Gradio scopes
-# such rules of `css` to descendants of that container. It hides its overflow, which makes it a scroll container that never
-# scrolls, so nothing in the page could stick (the budget row, style.css); clip cuts the same overflow without
-# that.
+# such rules of `css` to descendants of that container. It hides its overflow, which makes it a scroll
+# container that never scrolls, so nothing in the page could stick (the budget row, style.css); clip cuts the
+# same overflow without that.
 HEAD = ("<style>@media (min-width: 1000px) and (min-height: 700px) "
         "{ .gradio-container { overflow: clip !important; } }</style>")
 
