@@ -52,10 +52,14 @@ def score_text(value: float, digits: int = 2) -> str:
 def echoed(text: str, limit: int = ECHO_CHARS) -> str:
     """The visitor's `text` as a Markdown caption may repeat it: on one line, at most `limit` characters (then
     "…"), HTML and Markdown markup escaped, so "<b>bold</b>" reads as typed instead of in bold."""
-    text = " ".join(text.split())  # a newline could start a heading or a list in the caption
-    if len(text) > limit:
-        text = text[:limit].rstrip() + "…"
-    return _MARKDOWN.sub(r"\\\1", html.escape(text, quote=False))
+    # On one line: a newline could start a heading or a list in the caption.
+    return _MARKDOWN.sub(r"\\\1", html.escape(shortened(text, limit), quote=False))
+
+
+def shortened(text: str, limit: int = ECHO_CHARS) -> str:
+    """`text` on one line (its runs of spaces and newlines as one space), at most `limit` characters, then "…"."""
+    text = " ".join(text.split())
+    return text[:limit].rstrip() + "…" if len(text) > limit else text
 
 
 def one_line(text: str) -> str:

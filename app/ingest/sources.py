@@ -231,8 +231,8 @@ def _expand_zip(path: Path, limits: IngestLimits, archives: contextlib.ExitStack
                 else "holds only hidden files")
         yield IngestNote(str(path), f"{zname}: nothing to index, the archive {what}")
     elif hidden:
-        yield IngestNote(str(path), f"{zname}: skipped {hidden} hidden "
-                         f"{'file' if hidden == 1 else 'files'} (names starting with '.', macOS __MACOSX)")
+        yield IngestNote(str(path), f"{zname}: skipped {plural(hidden, 'hidden file')} (names starting with '.', "
+                         "macOS __MACOSX)")
 
 
 def _safe_member_path(name: str) -> str | None:

@@ -166,7 +166,7 @@ def _stats_md(studio: Studio, coll, files: list[dict]) -> str:
         return "### Statistics\nYour collection is empty."
     # Counted as the add report counts them (a .txt is a text file, its passages are items), so this line and
     # the table's kind column agree: it said "1 text passage" of a file the table lists as "7 passages".
-    counted = describe_files((it.path, it.page, it.kind) for f in files for it in f["items"])
+    counted = files_of(it for f in files for it in f["items"])
     rows = "\n".join(f"| {b['budget']} | {b['vectors']:,} | {b['size']} |" for b in stats["budgets"])
     return (f"### Statistics\n**{counted}** ({plural(stats['items'], 'searchable item')}: a photo, a PDF page and each "
             f"passage of a page or text file count one each). On disk: {stats['on_disk']}."

@@ -14,7 +14,7 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image, ImageDraw
 
-from app.humanize import byte_unit, human_bytes, plural, score_text
+from app.humanize import byte_unit, human_bytes, plural, score_text, shortened
 
 SIM_SCALE = "Viridis"
 ACCENT = "#f97316"  # orange: winning matches, highlights
@@ -49,10 +49,7 @@ def chart_text(text: str, limit: int = 40) -> str:
     """A visitor's words as a chart's title or subtitle may show them: on one line, at most `limit` characters
     (then "…"; Plotly does not wrap, and a long query ran off a phone's chart), with "<" and "&" escaped (Plotly
     reads a subset of HTML: "<b>" turned bold)."""
-    text = " ".join(text.split())
-    if len(text) > limit:
-        text = text[:limit].rstrip() + "…"
-    return html.escape(text, quote=False)
+    return html.escape(shortened(text, limit), quote=False)
 
 
 def empty_figure(message: str, height: int = 280) -> go.Figure:

@@ -28,8 +28,6 @@ RESULTS = 24
 EXAMPLE_QUERIES = ["a cat", "a colourful parrot", "boats at sunset", "a mountain lake", "hot air balloon",
                    "how do I install Debian", "pancakes for breakfast", "an orange flower"]
 NO_SELECTION = "Click a result above to open its explanation."
-# Run in the page when a result is clicked: the explanation opens ~1,100 px below the results, out of sight,
-# so the click brings its heading to the top of the window (before the server answers: nothing above it moves).
 # How far below the window's top a scroll target rests: under the budget row where it is pinned there (a
 # desktop, style.css), else a small gap. The row's height, not where it is now: the targets lie below it, so
 # once scrolled to, the row rests pinned at the top (its place before the scroll left a 1024x768 window's
@@ -37,6 +35,8 @@ NO_SELECTION = "Click a result above to open its explanation."
 _PINNED = ("const bar = document.getElementById('me-budget-row');"
            " const pad = (bar && getComputedStyle(bar).position === 'sticky' ? bar.getBoundingClientRect().height"
            " : 0) + 8;")
+# Run in the page when a result is clicked: the explanation opens ~1,100 px below the results, out of sight,
+# so the click brings its heading to the top of the window (before the server answers: nothing above it moves).
 SCROLL_TO_WHY = ("() => { const h = document.getElementById('me-why-heading'); if (!h) return; " + _PINNED +
                  " window.scrollBy({top: h.getBoundingClientRect().top - pad, behavior: 'smooth'}); }")
 # Run in the page when new results are in: on a phone they start ~1,100 px down, below the examples and the
@@ -328,7 +328,7 @@ def wire(studio: Studio, s: SimpleNamespace, page: gr.Tab | None = None) -> None
             query = studio.encode_query(text, query_picture(image))
         except ValueError as e:
             return mistake(str(e), len(rank_outs) + len(reset_outs) + 2)
-        rq, rc = clamped(rq, 1, engine.num_query_vectors), clamped(rc, 1, engine.num_candidate_vectors)
+        rq, rc = in_range(rq, rc)
         return new_results(rank_outputs(studio, query, rq, rc, bool(with_samples), session, only), selected) + (
             None, gr.update(value=NO_SELECTION), gr.update(visible=False), gr.update(visible=False),
             None if drop else gr.skip(), words if image is not None else None)
@@ -336,6 +336,10 @@ def wire(studio: Studio, s: SimpleNamespace, page: gr.Tab | None = None) -> None
     engine = studio.engine
     presets = engine.presets
     requests = itertools.count(1)  # numbers the explanation requests: each one changes explain_trigger
+
+    def in_range(rq, rc) -> tuple[int, int]:
+        """r_q and r_c as the page sent them (`clamped`), within the model's vectors."""
+        return clamped(rq, 1, engine.num_query_vectors), clamped(rc, 1, engine.num_candidate_vectors)
 
     def at_budget(query, rq: int, rc: int, with_samples: bool, only: str | None, selected, session: str | None,
                   before: list[Hit] | None) -> tuple:
@@ -367,7 +371,7 @@ def wire(studio: Studio, s: SimpleNamespace, page: gr.Tab | None = None) -> None
 
     def on_budget(rq, rc, query, with_samples, only, selected, before, request: gr.Request):
         sent = rq, rc
-        rq, rc = clamped(rq, 1, engine.num_query_vectors), clamped(rc, 1, engine.num_candidate_vectors)
+        rq, rc = in_range(rq, rc)
         # A value brought into range goes back to its box; one in range is not sent back, or a reply that lags
         # behind a drag would pull the handle back. A trained preset moves the main slider to it.
         fixed = tuple(v if v != s else gr.skip() for v, s in zip((rq, rc), sent))
@@ -449,7 +453,7 @@ def wire(studio: Studio, s: SimpleNamespace, page: gr.Tab | None = None) -> None
         def on_open(rq, rc, query, with_samples, only, selected, before, request: gr.Request):
             if query is None:
                 return (gr.skip(),) * (len(rank_outs) + len(explain_outs))
-            rq, rc = clamped(rq, 1, engine.num_query_vectors), clamped(rc, 1, engine.num_candidate_vectors)
+            rq, rc = in_range(rq, rc)
             fresh = at_budget(query, rq, rc, with_samples, only, selected, session_of(request), before)
             same = [(h.collection, h.id, h.score) for h in fresh[1]] == [
                 (h.collection, h.id, h.score) for h in before or []]
