@@ -160,16 +160,12 @@ def _pdf_page_items(
             text, located = ocr_result
 
     thumbnail = make_thumbnail(image, limits.thumbnail_long_side)
-    yield Item(
-        source=src.source, kind="pdf_page", title=src.title, content_hash=page_hash, size_bytes=src.size,
-        file_hash=file_hash, page=page_no, image=image, text=text or None, thumbnail=thumbnail,
-        words=[w for w, _ in located],
-    )
     spans = split_passages(text, min_words=limits.passage_min_words, max_words=limits.passage_max_words,
                            max_chars=limits.passage_max_chars)
-    if len(spans) < 2:
-        return  # the page item already carries the whole (short) text
-    for k, (start, end) in enumerate(spans):
+    # The page's passages come before the page item itself: items are committed in order, and a page whose
+    # item is in the index is skipped when the file is read again (_pdf_items). Yielded first, the page item
+    # of a run cut short could be committed while its passages were not, and they were never added.
+    for k, (start, end) in enumerate(spans if len(spans) >= 2 else []):  # one span: the page item holds it
         passage_hash = _derive_hash(file_hash, "page", page_no, "passage", k)
         if passage_hash in known:
             continue
@@ -178,6 +174,11 @@ def _pdf_page_items(
             file_hash=file_hash, page=page_no, passage=k, char_span=(start, end), image=image,
             text=text[start:end], thumbnail=thumbnail, words=[w for w, at in located if at is not None and start <= at < end],
         )
+    yield Item(
+        source=src.source, kind="pdf_page", title=src.title, content_hash=page_hash, size_bytes=src.size,
+        file_hash=file_hash, page=page_no, image=image, text=text or None, thumbnail=thumbnail,
+        words=[w for w, _ in located],
+    )
 
 
 def clean_pdf_text(text: str) -> str:

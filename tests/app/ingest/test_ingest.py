@@ -259,7 +259,7 @@ def test_long_pdf_page_is_split_into_passages_sharing_the_page_image(tmp_path):
     path = tmp_path / "dense.pdf"
     path.write_bytes(make_pdf([lines]))
     report = ingest([path], ocr=no_ocr)
-    page, *passages = report.items
+    *passages, page = report.items
     assert page.kind == "pdf_page" and len(passages) >= 3
     assert all(p.kind == "text" and p.page == 1 for p in passages)
     assert [p.passage for p in passages] == list(range(len(passages)))
@@ -271,6 +271,27 @@ def test_long_pdf_page_is_split_into_passages_sharing_the_page_image(tmp_path):
         assert p.words and {w for w, _ in p.words} <= set(p.text.split())
     assert sum(len(p.words) for p in passages) == len(page.words)
     assert len({p.content_hash for p in report.items}) == len(report.items)
+
+
+def test_a_pdf_read_again_after_a_run_cut_short_gets_every_item(tmp_path):
+    """A run stopped between two commits leaves some of a PDF's items in the index; reading the file again
+    must add exactly the rest. With the page item first, a page whose item was committed was skipped whole,
+    and its passages in the next, uncommitted batch were never added (found by killing `index` midway)."""
+    pages = []
+    for n in range(2):
+        lines, y = [], 760
+        for sentence in sentences(60, seed=n + 1):
+            lines.append((40, y, 7, sentence))
+            y -= 12
+        pages.append(lines)
+    path = tmp_path / "dense.pdf"
+    path.write_bytes(make_pdf(pages))
+    every = [i.content_hash for i in ingest([path], ocr=no_ocr).items]
+    assert len(every) >= 8
+    for committed in range(1, len(every)):  # items are committed in the order they are read
+        known = set(every[:committed])
+        again = [i.content_hash for i in ingest([path], ocr=no_ocr, known_hashes=known).items]
+        assert sorted(again) == sorted(every[committed:]), committed
 
 
 def test_scanned_pdf_page_is_ocred(tmp_path):
