@@ -4,6 +4,7 @@ writers never interleave; reports name files relative to the collection, never b
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -14,12 +15,18 @@ from app.humanize import plural
 from app.indexing import index_paths
 from app.ingest import IMAGE_EXTENSIONS
 from app.store.index import Index, IndexedItem
+from model.files import write_atomic
 
 from .collection import Collection
 from .engine import Engine, LockedModel
 from .sessions import check_upload, safe_filename, unique_child
 
 Progress = Callable[[float, str], None]  # (fraction 0..1, what is happening)
+
+# Files being indexed, written before a run and emptied after it: a run that never ended (the server killed or
+# restarted mid-upload) leaves them listed, and sync_folder reads them again at the next start. Without it a
+# PDF cut short kept the pages it had and never got the rest (sync_folder only read files with no items).
+UNFINISHED = "unfinished.json"
 
 
 class _CollectionFull(Exception):
@@ -99,12 +106,15 @@ def _ingest_encode_add(engine: Engine, coll: Collection, idx: Index, files: list
             raise _CollectionFull
 
     run = None
+    listed = {str(f.resolve()) for f in files}
+    _set_unfinished(coll, _unfinished(coll) | listed)
     try:
         run = index_paths(LockedModel(engine), idx, [str(f) for f in files], progress=on_file,
                           on_commit=on_commit)
     except _CollectionFull:
         report["errors"].append({"path": "", "error": f"your collection reached its limit of {max_items} items "
                                                       "on this shared server; the remaining files were not added"})
+    _set_unfinished(coll, _unfinished(coll) - listed)  # not reached when the run raised: they stay listed
     if run is None:  # stopped early: what was committed is in the index, report it from there
         for it in idx.items():
             if Path(it.path.partition("!/")[0]) in {f.resolve() for f in files}:
@@ -177,13 +187,35 @@ def sync_folder(engine: Engine, coll: Collection, extensions: AbstractSet[str], 
         if stale:  # e.g. a file that was renamed or deleted since the last start
             idx.remove(stale)
         have = {it.path.partition("!/")[0] for it in items}
-        todo = [p for p in files if str(p.resolve()) not in have]
+        cut_short = _unfinished(coll)
+        todo = [p for p in files if (path := str(p.resolve())) not in have or path in cut_short]
         if not todo:
+            _set_unfinished(coll, set())  # what was listed is gone from the folder
             return None
         report: dict = {"indexed": [], "skipped_duplicates": [], "replaced": [], "errors": [], "notes": []}
         progress(0.0, f"0 of {len(todo)} files")
         _ingest_encode_add(engine, coll, idx, todo, report, progress)
         return report
+
+
+def _unfinished(coll: Collection) -> set[str]:
+    """The files of `coll` whose indexing started and never ended (resolved paths; see UNFINISHED)."""
+    try:
+        listed = json.loads((coll.root / UNFINISHED).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    return {p for p in listed if isinstance(p, str)} if isinstance(listed, list) else set()
+
+
+def _set_unfinished(coll: Collection, paths: set[str]) -> None:
+    marker = coll.root / UNFINISHED
+    try:
+        if paths:
+            write_atomic(marker, json.dumps(sorted(paths)))
+        else:
+            marker.unlink(missing_ok=True)
+    except OSError:  # only a restart's re-read depends on it: indexing itself goes on
+        pass
 
 
 def _folder_bytes(folder: Path) -> int:

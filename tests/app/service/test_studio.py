@@ -204,6 +204,37 @@ def test_budgets_outside_the_model_are_refused_with_the_allowed_range(studio):
         studio.encode_query("  ", None)
 
 
+class _Killed(BaseException):
+    """Stands for the server being stopped mid-run (a SIGKILL ends the process between two commits)."""
+
+
+def test_a_pdf_cut_short_by_a_stopped_server_is_finished_at_the_next_start(studio, tmp_path, monkeypatch):
+    """The app's start re-reads a file whose indexing never ended. It read only files with no items at all, so
+    a PDF stopped after its first commits kept those pages and never got the others; uploading it again
+    then split it across "guide.pdf" and "guide (2).pdf"."""
+    pdf = tmp_path / "u" / "guide.pdf"
+    pdf.parent.mkdir(parents=True)
+    words = ["harbour", "lantern", "ferry", "granite", "meadow", "orchard", "violin", "tide", "quay", "evening"]
+    pdf.write_bytes(make_pdf([[(72, 700, 12, f"page {w} text")] for w in words]))
+    model, encode = studio.engine.model, studio.engine.model.encode_candidates
+    encoded = []
+
+    def stops_on_the_second_batch(items, batch_size=8, progress=False):
+        if len(encoded) >= 8:  # the first batch of 8 items is committed
+            raise _Killed
+        encoded.extend(items)
+        return encode(items, batch_size, progress)
+
+    monkeypatch.setattr(model, "encode_candidates", stops_on_the_second_batch)
+    with pytest.raises(_Killed):
+        studio.index_files(studio.local, [pdf])
+    assert sorted(it.page for it in studio.items(studio.local)) == list(range(1, 9))  # the first batch of 8
+    monkeypatch.setattr(model, "encode_candidates", encode)
+    studio.sync_files(studio.local)  # the next start
+    assert sorted(it.page for it in studio.items(studio.local)) == list(range(1, 11))
+    assert studio.sync_files(studio.local) is None  # finished: the next start reads nothing again
+
+
 def test_remove_by_displayed_path_and_clear_delete_the_stored_files(studio, tmp_path):
     up = tmp_path / "u"
     studio.index_files(studio.local, [_write(up, "one.txt", "alpha beta"), _write(up, "two.txt", "gamma delta")])
