@@ -619,6 +619,24 @@ def test_zip_bombs_and_oversized_archives_are_refused(tmp_path):
     [error] = only_errors(report)
     assert error.startswith("zeros.txt (in bomb.zip): refused, it would expand") and "zip bomb" in error
 
+    # Many members each below the one-member check's floor: the same ratio, over the whole archive.
+    small = tmp_path / "small-bombs.zip"
+    with zipfile.ZipFile(small, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for k in range(8):
+            zf.writestr(f"zeros{k}.txt", b"0" * (512 * 1024 - 1))
+    report = ingest([small], ocr=no_ocr)
+    assert report.items == []
+    [error] = only_errors(report)
+    assert error.startswith("small-bombs.zip: refused, it would expand") and "zip bomb" in error
+    many_notes = tmp_path / "notes.zip"  # an archive of ordinary notes compresses far less and is read
+    with zipfile.ZipFile(many_notes, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for k in range(40):
+            zf.writestr(f"note{k}.txt", " ".join(sentences(500, seed=k)))
+    with zipfile.ZipFile(many_notes) as zf:
+        assert sum(i.file_size for i in zf.infolist()) > 1024 * 1024  # over the floor: the ratio is checked
+    report = ingest([many_notes], ocr=no_ocr)
+    assert not report.errors and len({i.source for i in report.items}) == 40
+
     many = tmp_path / "many.zip"
     with zipfile.ZipFile(many, "w") as zf:
         for k in range(3):
