@@ -9,6 +9,7 @@ The checkpoint that made an index is recorded in it: later commands load that on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -42,6 +43,7 @@ from .store import open_store, open_store_for
 from .store.index import REBUILD_HINT
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a command stopped by Ctrl-C
 
 
 class CliError(Exception):
@@ -441,6 +443,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, message)
     except sqlite3.DatabaseError as e:
         return _fail(args, f"the index database is damaged ({e}). {REBUILD_HINT}")
+    except KeyboardInterrupt:
+        # Ctrl-C: one line, not a traceback from wherever the model was. Indexing commits batch by batch (and a
+        # file's items in order, app.ingest), so what was saved stays and a second run adds only the rest.
+        saved = ("; everything indexed before stays, and running the same command again adds the rest"
+                 if args.func is cmd_index else "")
+        print(f"\ninterrupted{saved}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader of our output went away (`... | head`): stop quietly, as other command-line tools do.
+        # Python would report the pipe again when it flushes stdout at exit, hence /dev/null.
+        with contextlib.suppress(OSError, ValueError):  # ValueError: a stdout with no file behind it
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
     except OSError as e:
         if e.errno == errno.ENOSPC:
             message = (f"the disk is full ({e.filename or 'while writing'}); everything committed before stays "

@@ -247,7 +247,7 @@ def load_queries(path: Path) -> list[Query]:
     if not path.is_file():
         raise EvalInputError(f"{path}: no such file (the folder needs a {QUERIES_NAME} with the judged queries)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: Windows editors start a file with a BOM
     except (OSError, UnicodeDecodeError) as e:
         raise EvalInputError(f"{path}: cannot be read ({e})") from None
     except json.JSONDecodeError as e:
@@ -686,7 +686,7 @@ def recorded_quality(folder: str | os.PathLike) -> dict:
     if not os.access(folder, os.W_OK):
         raise EvalInputError(f"{folder}: the checkpoint folder cannot be written, so no {QUALITY_FILE} there")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: Windows editors start a file with a BOM
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as e:
@@ -714,7 +714,7 @@ def load_quality(folder: str | os.PathLike | None, checkpoint_id: str) -> dict[s
         return {}
     path = Path(folder) / QUALITY_FILE
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: Windows editors start a file with a BOM
     except (OSError, ValueError):
         return {}
     if not isinstance(data, dict):

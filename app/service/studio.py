@@ -417,6 +417,8 @@ class Studio:
                 log(f"could not prepare the model: {e}")
             for coll in todo:
                 t0 = time.perf_counter()
+                # "the sample collection", "your collection" (it said "the your collection")
+                name = coll.label.lower() if coll.label.startswith("Your") else f"the {coll.label.lower()}"
 
                 def show(fraction: float, what: str, coll=coll) -> None:
                     self.indexing_progress = (fraction, f"{coll.label.lower()}: {what}")
@@ -424,11 +426,11 @@ class Studio:
                 try:
                     report = self.sync_files(coll, show)
                 except Exception as e:  # noqa: BLE001 - the app keeps working without them
-                    log(f"could not index the {coll.label.lower()}: {e}")
+                    log(f"could not index {name}: {e}")
                     report = None
                 if report is not None:
                     added = describe_files((e["path"], e["page"], e["kind"]) for e in report["indexed"])
-                    log(f"indexed the {coll.label.lower()}: {added}, "
+                    log(f"indexed {name}: {added}, "
                         f"{len(report['errors'])} problems ({time.perf_counter() - t0:.1f} s)")
             self.indexing_progress = None
 

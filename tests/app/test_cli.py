@@ -275,6 +275,28 @@ def test_a_full_disk_and_a_damaged_database_are_clear_messages(tmp_path, ckpt, c
     assert "index" in err and ("rebuild" in err or "again" in err)
 
 
+def test_ctrl_c_and_a_closed_pipe_end_in_one_line_not_a_traceback(tmp_path, ckpt, capfd, monkeypatch):
+    """Ctrl-C during `index` printed ~40 lines of traceback and nothing of what was kept; `info | head`
+    printed "error: Broken pipe"."""
+    write_texts(tmp_path / "in", 2)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "index_paths", interrupted)
+    code, out, err = run(capfd, "index", tmp_path / "in", "--index", tmp_path / "idx", "--checkpoint", ckpt)
+    assert code == 130 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == ("interrupted; everything indexed before stays, and running the same "
+                                            "command again adds the rest")
+
+    def reader_gone(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "cmd_info", reader_gone)
+    assert cli.main(["info", "--index", str(tmp_path / "idx")]) == 1
+    assert capfd.readouterr().err == ""
+
+
 def _count(db: Path) -> int:
     try:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)

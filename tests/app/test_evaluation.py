@@ -21,6 +21,7 @@ from app.evaluation import (
     compare_reports,
     comparison_markdown,
     files_to_index,
+    load_queries,
     markdown,
     mrr,
     ndcg_at_k,
@@ -345,6 +346,13 @@ def expect_usage_error(capsys, argv: list, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in err, err
     return err
+
+
+def test_a_queries_file_saved_with_a_byte_order_mark_is_read(tmp_path):
+    """Notepad saves UTF-8 with a BOM; json refused it ("Unexpected UTF-8 BOM")."""
+    path = tmp_path / "queries.json"
+    path.write_text('\ufeff[{"query": "cat", "relevant": ["a.jpg"], "kind": "photo"}]', encoding="utf-8")
+    assert [(q.text, q.kind) for q in load_queries(path)] == [("cat", "photo")]
 
 
 def test_bad_folder_and_queries_file(tmp_path, ckpt, capsys):

@@ -312,6 +312,13 @@ def test_a_space_keeps_its_data_on_a_mounted_bucket(tmp_path, monkeypatch):
     assert studio_mod.default_data_dir() == tmp_path / "bucket" / "metaembed-studio"
 
 
+def test_the_start_says_what_it_indexed_in_plain_words(studio):
+    _write(studio.local.files_dir, "note.txt", "harbour lantern")
+    said: list[str] = []
+    studio.prepare_in_background(log=said.append).join()
+    assert [line.split(":")[0] for line in said] == ["indexed your collection"]  # was "indexed the your collection"
+
+
 def test_a_query_from_the_cache_reports_no_encoding_time(studio):
     """A repeated query's caption said "encoded once, in 0 ms": the cache look-up's microseconds counted as an
     encode. Its encode_ms is 0 when the cache served it; the first one's is the model's time."""
