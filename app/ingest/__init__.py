@@ -20,7 +20,7 @@ Where each part lives:
 from .events import DuplicateSkipped, IngestError, IngestEvent, IngestNote, IngestReport, Item
 from .images import load_image
 from .limits import DEFAULT_LIMITS, IngestLimits
-from .pdf import OcrFn, OcrUnavailable, default_ocr
+from .pdf import OcrFn, OcrUnavailable, default_ocr, page_count
 from .pipeline import ProgressFn, ingest, iter_ingest
 from .sources import (
     ARCHIVE_EXTENSIONS,
@@ -53,5 +53,6 @@ __all__ = [
     "ingest",
     "iter_ingest",
     "load_image",
+    "page_count",
     "split_passages",
 ]

@@ -4,6 +4,7 @@ opened (damaged, password-protected, other encryption). pypdfium2 is imported on
 
 from __future__ import annotations
 
+import os
 import re
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
@@ -52,6 +53,20 @@ def default_ocr(image: Image.Image) -> list[Any]:
     except ImportError as exc:
         raise OcrUnavailable(str(exc)) from exc
     return list(ocr_image(image))
+
+
+def page_count(path: str | os.PathLike[str]) -> int | None:
+    """How many pages the PDF at `path` has (None when it cannot be opened); reads no page."""
+    import pypdfium2 as pdfium
+
+    try:
+        pdf = pdfium.PdfDocument(str(path))
+    except (pdfium.PdfiumError, OSError):
+        return None
+    try:
+        return len(pdf)
+    finally:
+        pdf.close()
 
 
 def _looks_like_pdf(data: bytes) -> bool:

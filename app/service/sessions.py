@@ -109,10 +109,13 @@ def check_upload(paths: Sequence[str | os.PathLike], limits: UploadLimits, sessi
     errors: list[dict] = []
     accepted: list[tuple[Path, str]] = []
     if limits.max_files is not None and len(files) > limits.max_files:
-        errors.append({"path": f"{len(files)} files",
-                       "error": f"too many files in one upload: {len(files)}; the limit is {limits.max_files}. "
-                                "Upload them in smaller batches, or pack them into a zip archive"})
-        return UploadCheck([], errors)
+        # The first ones are added and the rest named: refusing them all made a visitor pick 60 files again
+        # to learn that the limit was 50, and the report counted "1 file".
+        for path in files[limits.max_files:]:
+            errors.append({"path": path.name,
+                           "error": f"{path.name}: not added, one upload takes up to {limits.max_files} files; add "
+                                    "it in another batch, or pack many files into one zip archive"})
+        files = files[:limits.max_files]
     total = 0
     for path in files:
         name = path.name

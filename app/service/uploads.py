@@ -4,6 +4,7 @@ writers never interleave; reports name files relative to the collection, never b
 
 from __future__ import annotations
 
+import filecmp
 import json
 import os
 import shutil
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from app.humanize import plural
 from app.indexing import index_paths
-from app.ingest import IMAGE_EXTENSIONS
+from app.ingest import IMAGE_EXTENSIONS, page_count
 from app.store.index import Index, IndexedItem
 from model.files import write_atomic
 
@@ -62,6 +63,14 @@ def add_files(engine: Engine, coll: Collection, paths: Sequence[str | os.PathLik
         if copy_in:
             coll.files_dir.mkdir(parents=True, exist_ok=True)
             for src, name in accepted:
+                same = _same_file(coll.files_dir, name, src)
+                if same is not None:
+                    # The very file again (same name, same bytes): read in place. A file cut short (a stopped
+                    # server, the item cap) then gets the rest; a copy "x (2).pdf" held the rest before, and
+                    # removing either copy lost half of it. A complete one is reported as already indexed.
+                    copies.append(same)
+                    uploaded_as[same] = same.name
+                    continue
                 dest = unique_child(coll.files_dir, name)
                 try:
                     shutil.copyfile(src, dest)
@@ -101,7 +110,10 @@ def _ingest_encode_add(engine: Engine, coll: Collection, idx: Index, files: list
                  else "encoding and saving the last files read")
         progress(0.95 * done / max(1, total), label)
 
+    last_source: list[str] = []  # the file being read when the cap stopped the run (its items come in order)
+
     def on_commit(entries) -> None:
+        last_source[:] = [entries[-1].path]
         if max_items is not None and len(idx) >= max_items:
             raise _CollectionFull
 
@@ -112,8 +124,7 @@ def _ingest_encode_add(engine: Engine, coll: Collection, idx: Index, files: list
         run = index_paths(LockedModel(engine), idx, [str(f) for f in files], progress=on_file,
                           on_commit=on_commit)
     except _CollectionFull:
-        report["errors"].append({"path": "", "error": f"your collection reached its limit of {max_items} items "
-                                                      "on this shared server; the remaining files were not added"})
+        report["errors"] += _left_out_by_the_cap(coll, idx, files, last_source[0], max_items)
     _set_unfinished(coll, _unfinished(coll) - listed)  # not reached when the run raised: they stay listed
     if run is None:  # stopped early: what was committed is in the index, report it from there
         for it in idx.items():
@@ -126,6 +137,27 @@ def _ingest_encode_add(engine: Engine, coll: Collection, idx: Index, files: list
     report["replaced"] += [coll.display_path(p) for p in rep["replaced"]]
     report["errors"] += [{"path": coll.display_path(e["path"]), "error": e["error"]} for e in rep["errors"]]
     report["notes"] += [{"path": coll.display_path(n["path"]), "note": n["note"]} for n in rep["notes"]]
+
+
+def _left_out_by_the_cap(coll: Collection, idx: Index, files: list[Path], last: str, max_items: int) -> list[dict]:
+    """What a run stopped by the session's item cap left out, named: each file it never reached, and the PDF it
+    was reading when it stopped, with how many of its pages went in (it was listed as an ordinary "PDF, 34
+    pages" under one unnamed line for all)."""
+    why = f"your collection reached its limit of {max_items} items on this shared server (a page of text is " \
+          "several items); remove something to make room"
+    out = []
+    last_file = last.partition("!/")[0]
+    for f in files:
+        path = str(f.resolve())
+        items = idx.items(path)
+        name = coll.display_path(path)
+        if not items and not _zip_items(idx, f):
+            out.append({"path": name, "error": f"{name}: not added, {why}"})
+        elif path == last_file and f.suffix.lower() == ".pdf":
+            pages, have = page_count(f), len({it.page for it in items if it.page is not None})
+            if pages is not None and have < pages:
+                out.append({"path": name, "error": f"{name}: only {have} of its {pages} pages were added, {why}"})
+    return out
 
 
 def remove(engine: Engine, coll: Collection, targets: Sequence[str]) -> list[IndexedItem]:
@@ -216,6 +248,17 @@ def _set_unfinished(coll: Collection, paths: set[str]) -> None:
             marker.unlink(missing_ok=True)
     except OSError:  # only a restart's re-read depends on it: indexing itself goes on
         pass
+
+
+def _same_file(folder: Path, name: str, upload: Path) -> Path | None:
+    """The file of `folder` stored under `name` when it holds exactly the bytes of `upload`, else None."""
+    stored = folder / safe_filename(name)
+    try:
+        if not stored.is_file() or stored.stat().st_size != upload.stat().st_size:
+            return None
+        return stored if filecmp.cmp(stored, upload, shallow=False) else None
+    except OSError:
+        return None
 
 
 def _folder_bytes(folder: Path) -> int:

@@ -235,6 +235,36 @@ def test_a_pdf_cut_short_by_a_stopped_server_is_finished_at_the_next_start(studi
     assert studio.sync_files(studio.local) is None  # finished: the next start reads nothing again
 
 
+def test_a_file_uploaded_again_under_its_name_is_read_in_place(studio, tmp_path, monkeypatch):
+    """A PDF cut short (here: a failed run) and uploaded again became "guide (2).pdf" holding the other pages,
+    so removing either copy lost half the document."""
+    pdf = tmp_path / "u" / "guide.pdf"
+    pdf.parent.mkdir(parents=True)
+    pdf.write_bytes(make_pdf([[(72, 700, 12, f"page {n} words")] for n in range(10)]))
+    model, encode = studio.engine.model, studio.engine.model.encode_candidates
+    encoded = []
+
+    def fails_on_the_second_batch(items, batch_size=8, progress=False):
+        if len(encoded) >= 8:
+            raise _Killed
+        encoded.extend(items)
+        return encode(items, batch_size, progress)
+
+    monkeypatch.setattr(model, "encode_candidates", fails_on_the_second_batch)
+    with pytest.raises(_Killed):
+        studio.index_files(studio.local, [pdf])
+    monkeypatch.setattr(model, "encode_candidates", encode)
+    report = studio.index_files(studio.local, [pdf])
+    assert sorted(e["page"] for e in report["indexed"]) == [9, 10]
+    assert sorted(p.name for p in studio.local.files_dir.iterdir()) == ["guide.pdf"]
+    assert {it.path for it in studio.items(studio.local)} == {str((studio.local.files_dir / "guide.pdf").resolve())}
+    other = tmp_path / "v" / "guide.pdf"  # another file of that name is still kept apart
+    other.parent.mkdir()
+    other.write_bytes(make_pdf([[(72, 700, 12, "other words")]]))
+    studio.index_files(studio.local, [other])
+    assert sorted(p.name for p in studio.local.files_dir.iterdir()) == ["guide (2).pdf", "guide.pdf"]
+
+
 def test_remove_by_displayed_path_and_clear_delete_the_stored_files(studio, tmp_path):
     up = tmp_path / "u"
     studio.index_files(studio.local, [_write(up, "one.txt", "alpha beta"), _write(up, "two.txt", "gamma delta")])
@@ -269,6 +299,27 @@ def test_private_sessions_keep_visitors_apart_and_end_with_their_files(tmp_path)
         assert not folder.exists() and bob.root.exists()
         with pytest.raises(PermissionError):
             studio.switch_model(None)  # a shared deployment keeps its model
+    finally:
+        studio.close()
+
+
+def test_a_collection_full_of_items_names_what_it_left_out(tmp_path):
+    """The item cap stopped a 56-page PDF at page 34 and said only "the remaining files were not added": the
+    PDF was then listed as an ordinary "PDF, 34 pages"."""
+    studio = Studio(Engine(model=FakeModel(), checkpoint_id="fake-0001", source="a fake"), tmp_path / "data",
+                    private_sessions=True, sample_dir=None, limits=UploadLimits(max_session_items=6),
+                    thumb_root=tmp_path / "t")
+    try:
+        coll = studio.user_collection("alice")
+        pdf = tmp_path / "u" / "guide.pdf"
+        pdf.parent.mkdir(parents=True)
+        pdf.write_bytes(make_pdf([[(72, 700, 12, f"page {n} words")] for n in range(10)]))
+        note = _write(tmp_path / "u", "note.txt", "harbour lantern")
+        report = studio.index_files(coll, [pdf, note])
+        assert len(studio.items(coll)) == 8  # one batch of 8 pages went in before the cap of 6 was seen
+        assert [e["error"].split(",")[0] for e in report["errors"]] == [
+            "guide.pdf: only 8 of its 10 pages were added", "note.txt: not added"]
+        assert all("limit of 6 items" in e["error"] for e in report["errors"])
     finally:
         studio.close()
 
