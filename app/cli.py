@@ -43,6 +43,7 @@ from .store import open_store, open_store_for
 from .store.index import REBUILD_HINT
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+NAMED_COPIES = 20  # copies of another file named one per line by `index`; the rest are counted
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a command stopped by Ctrl-C
 
 
@@ -140,7 +141,9 @@ def cmd_index(args: argparse.Namespace) -> int:
         print(json.dumps(run.to_json(), indent=2))
     else:
         # Files and pages, as the app counts them: a PDF page's passages are items too ("Indexed 191 items").
-        print(f"Indexed {files_of(run.indexed)} in {seconds:.1f} s; {len(run.skipped_duplicates)} already indexed "
+        # Skipped files, not their pages or passages (a PDF read again said "24 already indexed", its pages).
+        skipped = len({path.split(" (page ")[0] for path in run.skipped_duplicates})
+        print(f"Indexed {files_of(run.indexed)} in {seconds:.1f} s; {plural(skipped, 'file')} already indexed "
               f"or duplicate; {len(run.errors)} failed.")
         for source in run.replaced:
             print(f"  replaced the older version of {one_line(source)}")
@@ -148,8 +151,12 @@ def cmd_index(args: argparse.Namespace) -> int:
             print(f"  moved: {one_line(old)} -> {one_line(new)}")
         # A copy of a file given in the same run is named (an already indexed file is only counted: re-indexing a
         # folder would list every file in it).
-        for path, earlier in run.same_content_as.items():
+        copies = list(run.same_content_as.items())
+        for path, earlier in copies[:NAMED_COPIES]:
             print(f"  skipped: {one_line(path)} (same content as {one_line(earlier)})")
+        if len(copies) > NAMED_COPIES:  # a zip of 3,000 identical files printed 2,999 such lines
+            print(f"  skipped: {plural(len(copies) - NAMED_COPIES, 'more copy', 'more copies')} of other files "
+                  "(--json lists them all)")
         for note in run.notes:
             print(f"  note: {one_line(note.note)}")
         for error in run.errors:

@@ -365,7 +365,7 @@ def test_a_copy_is_named_with_its_twin_and_a_newline_in_a_name_stays_on_its_line
     (folder / "new\nline.txt").write_text("Lanterns glow along the quay at night.")
     idx = tmp_path / "idx"
     code, out, _ = run(capsys, "index", folder, "--index", idx, "--checkpoint", ckpt, "--quiet", "--no-ocr")
-    assert code == 0 and "1 already indexed or duplicate" in out
+    assert code == 0 and "1 file already indexed or duplicate" in out
     assert f"  skipped: {folder / 'b copy.txt'} (same content as {folder / 'a.txt'})" in out
     code, out, _ = run(capsys, "list", "--index", idx)
     lines = out.splitlines()
@@ -374,4 +374,23 @@ def test_a_copy_is_named_with_its_twin_and_a_newline_in_a_name_stays_on_its_line
     # Files already indexed are counted, not listed one by one (a folder indexed again would list them all);
     # the copy is still named.
     skipped = [line for line in out.splitlines() if line.startswith("  skipped:")]
-    assert "3 already indexed or duplicate" in out and len(skipped) == 1 and "b copy.txt" in skipped[0], out
+    assert "3 files already indexed or duplicate" in out and len(skipped) == 1 and "b copy.txt" in skipped[0], out
+
+
+def test_many_copies_are_counted_after_the_first_ones_and_pages_count_as_their_file(tmp_path, ckpt, capsys):
+    """A zip of 3,000 identical files printed 2,999 "skipped" lines; a PDF read again said "2 already indexed"
+    (its pages)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(cli.NAMED_COPIES + 5):
+        (folder / f"copy{k:02d}.txt").write_text("The same short note in every file.")
+    idx = tmp_path / "idx"
+    code, out, _ = run(capsys, "index", folder, "--index", idx, "--checkpoint", ckpt, "--quiet", "--no-ocr")
+    skipped = [line for line in out.splitlines() if line.startswith("  skipped:")]
+    assert len(skipped) == cli.NAMED_COPIES + 1, out
+    assert skipped[-1] == "  skipped: 4 more copies of other files (--json lists them all)"
+    pdf = tmp_path / "two-pages.pdf"
+    pdf.write_bytes(make_pdf([[(72, 700, 12, "first page")], [(72, 700, 12, "second page")]]))
+    run(capsys, "index", pdf, "--index", idx, "--quiet", "--no-ocr")
+    code, out, _ = run(capsys, "index", pdf, "--index", idx, "--quiet", "--no-ocr")
+    assert "; 1 file already indexed or duplicate;" in out, out
