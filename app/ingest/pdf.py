@@ -141,6 +141,9 @@ def _pdf_open_reason(exc: Exception, data: bytes) -> str:
         if code == pdfium_c.FPDF_ERR_PASSWORD:
             return "the PDF is password-protected; remove the password and add it again"
         return "the PDF uses an encryption we cannot open"
+    # PDFium refuses a well-formed document without pages and reports success as its error.
+    if code == pdfium_c.FPDF_ERR_SUCCESS and re.search(rb"/Count\s+0\b", data):
+        return "the PDF has no pages"
     return "not a readable PDF (the file is damaged or is not a PDF)"
 
 

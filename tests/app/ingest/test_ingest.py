@@ -294,6 +294,21 @@ def test_a_pdf_read_again_after_a_run_cut_short_gets_every_item(tmp_path):
         assert sorted(again) == sorted(every[committed:]), committed
 
 
+def test_a_pdf_without_pages_says_so(tmp_path):
+    """It was called damaged: PDFium will not open a document with no pages, and reports success as its error."""
+    objects = [b"<< /Type /Pages /Count 0 /Kids [ ] >>", b"<< /Type /Catalog /Pages 1 0 R >>"]
+    body, offsets = b"%PDF-1.4\n", []
+    for n, obj in enumerate(objects, start=1):
+        offsets.append(len(body))
+        body += b"%d 0 obj\n" % n + obj + b"\nendobj\n"
+    xref = len(body)
+    body += b"xref\n0 3\n0000000000 65535 f \n" + b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    body += b"trailer\n<< /Size 3 /Root 2 0 R >>\nstartxref\n%d\n%%%%EOF\n" % xref
+    path = tmp_path / "empty.pdf"
+    path.write_bytes(body)
+    assert only_errors(ingest([path], ocr=no_ocr)) == ["empty.pdf: the PDF has no pages"]
+
+
 def test_scanned_pdf_page_is_ocred(tmp_path):
     path = scanned_pdf(tmp_path / "scan.pdf")
     fake = FakeOcr()
