@@ -29,6 +29,9 @@ class Collection:
         # Held while files are copied and indexed, removed or cleared: one writer at a time per collection,
         # while searches go on (they only wait for the index's own lock, one batch at a time).
         self.writing = threading.RLock()
+        # (fraction, what) while files are being added: a page reloaded mid-upload (a phone that suspended the
+        # tab) lost its progress bar and showed a half-added PDF as complete; the status line shows this instead.
+        self.adding: tuple[float, str] | None = None
         self.token = secrets.token_hex(12)  # names this collection's thumbnail folder; never derived from input
         self._indexes: dict[str, Store] = {}
         # A Qdrant store (app.store.qdrant) instead of the index folders under `root`: one collection, made

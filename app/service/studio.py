@@ -355,7 +355,14 @@ class Studio:
         Returns the CLI's report: {"indexed": [...], "skipped_duplicates": [...], "replaced": [...],
         "errors": [{"path", "error"}]} plus "notes", with paths relative to the collection.
         """
-        return uploads.add_files(self.engine, coll, paths, progress, copy_in, display_names)
+        def follow(fraction: float, what: str) -> None:
+            coll.adding = (fraction, what)
+            progress(fraction, what)
+
+        try:
+            return uploads.add_files(self.engine, coll, paths, follow, copy_in, display_names)
+        finally:
+            coll.adding = None
 
     def remove(self, coll: Collection, targets: Sequence[str]) -> list[IndexedItem]:
         """Remove items by id or by displayed path (the removed items); deletes the stored files nothing refers

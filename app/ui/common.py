@@ -78,6 +78,15 @@ def status_line(studio: Studio, session: str | None) -> str:
     if studio.indexing_progress is not None:
         fraction, what = studio.indexing_progress
         parts.append(f"indexing in the background ({100 * fraction:.0f}%, {what})")
+    if coll is not None and coll.adding is not None:  # an upload still running, from this page or before a reload
+        fraction, what = coll.adding
+        parts.append(f"adding files ({100 * fraction:.0f}%, {what}); the files fill in as they are saved")
     return " · ".join(parts)
+
+
+def busy(studio: Studio, session: str | None) -> bool:
+    """Whether the status line is following work in progress (the page's timer refreshes it meanwhile)."""
+    coll = studio.user_collection(session, create=False)
+    return studio.indexing_progress is not None or (coll is not None and coll.adding is not None)
 
 

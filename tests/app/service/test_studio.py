@@ -265,6 +265,17 @@ def test_a_file_uploaded_again_under_its_name_is_read_in_place(studio, tmp_path,
     assert sorted(p.name for p in studio.local.files_dir.iterdir()) == ["guide (2).pdf", "guide.pdf"]
 
 
+def test_a_collection_says_how_far_an_upload_is_while_it_runs(studio, tmp_path):
+    """A page reloaded mid-upload lost its progress bar: the collection itself now says how far it is, for the
+    status line of any page of that visitor."""
+    seen = []
+    studio.index_files(studio.local, [_write(tmp_path / "u", "note.txt", "harbour lantern")],
+                       lambda fraction, what: seen.append(studio.local.adding))
+    assert seen and all(state is not None for state in seen)
+    assert seen[-1] == (1.0, "done")
+    assert studio.local.adding is None  # and nothing once it is over
+
+
 def test_remove_by_displayed_path_and_clear_delete_the_stored_files(studio, tmp_path):
     up = tmp_path / "u"
     studio.index_files(studio.local, [_write(up, "one.txt", "alpha beta"), _write(up, "two.txt", "gamma delta")])
