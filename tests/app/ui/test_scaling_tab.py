@@ -12,6 +12,7 @@ def test_the_summary_names_the_files_it_measured_and_counts_its_queries(tmp_path
     "13 files" and "15 files"; "with 1 queries"."""
     from app.server import create_app
     from app.ui.scaling_tab import measure_scaling
+    from app.ui.search_tab import EXAMPLE_QUERIES
 
     files = tmp_path / "files"
     files.mkdir()
@@ -26,6 +27,10 @@ def test_the_summary_names_the_files_it_measured_and_counts_its_queries(tmp_path
         out = measure_scaling(studio, ["an owl"], None, False, lambda f, w: None, repeats=1)
         assert f"Measured on **{n_items} searchable items** of 2 files (1 photo, 1 text file)" in out["summary"]
         assert "with 1 query (" in out["summary"], out["summary"]
+        assert "example queries" not in out["summary"]
+        # The tab's default queries describe the sample collection, not these files: said beside the figures.
+        out = measure_scaling(studio, list(EXAMPLE_QUERIES[:2]), None, False, lambda f, w: None, repeats=1)
+        assert "These are the sample collection's example queries, measured without it" in out["summary"]
     finally:
         demo.close()
         studio.close()
