@@ -334,16 +334,53 @@ def _chip(unit: Unit, weight: float, top: float) -> str:
 
 
 MIN_CHIP_SHARE = 0.02  # of the vector's most-read token
+NEAR_TIE = 0.1  # units read within 10 % of one another count as read alike
+
+
+def _is_stopword(unit: Unit) -> bool:
+    return unit.kind == "word" and short_label(unit).lower() in STOPWORDS
+
+
+def _read_alike_groups(att_row: np.ndarray, units: list[Unit]) -> list[list[int]]:
+    """The meaningful units in groups read about alike, the most-read group first; in a group, content words
+    before stopwords, each in reading order. MetaEmbed-Mini's vectors read their part of the text evenly, and
+    ranking by weight alone kept the earliest words of a tie ("a, dog, on, the" of "a dog on the beach")."""
+    groups: list[list[int]] = []
+    for k in np.argsort(-att_row, kind="stable"):
+        if not meaningful(units[k]):
+            continue
+        if groups and float(att_row[k]) >= (1 - NEAR_TIE) * float(att_row[groups[-1][0]]):
+            groups[-1].append(int(k))
+        else:
+            groups.append([int(k)])
+    return [sorted(g, key=lambda k: (_is_stopword(units[k]), k)) for g in groups]
+
+
+def _more_chip(units: list[Unit], left_out: list[int]) -> str:
+    names = ", ".join(short_label(units[k]) for k in sorted(left_out))
+    return (f'<span style="{CSS_CHIP}opacity:.8" title="also read as much: {html.escape(names)}">'
+            f"+{len(left_out)} more</span>")
 
 
 def top_units(att_row: np.ndarray, units: list[Unit], n: int = 4) -> str:
+    """Chips of the units a vector reads most, at most `n` (n + 1 rather than "+1 more"). Where the cut falls
+    among units read alike, content words are shown before stopwords, and a "+N more" chip counts (and its
+    tooltip names) the alike ones left out: four of seven words read evenly are not its top four."""
     if att_row is None or not units:
         return '<span style="opacity:.6">—</span>'
-    order = [k for k in np.argsort(-att_row) if meaningful(units[k])][:n]
-    top = float(att_row[order[0]]) if order else 0.0
+    groups = _read_alike_groups(att_row, units)
+    ranked = [k for g in groups for k in g]
+    top = float(att_row[ranked[0]]) if ranked else 0.0
     # Tokens it hardly read ("a 0.00", "and 0.00" after a vector that read one word) are no explanation.
-    order = order[:1] + [k for k in order[1:] if float(att_row[k]) >= MIN_CHIP_SHARE * top and att_row[k] > 0]
-    return "".join(_chip(units[k], float(att_row[k]), top) for k in order)
+    kept = ranked[:1] + [k for k in ranked[1:] if float(att_row[k]) >= MIN_CHIP_SHARE * top and att_row[k] > 0]
+    if not kept:  # nothing but punctuation
+        return ""
+    shown = kept if len(kept) <= n + 1 else kept[:n]
+    group_of = {k: i for i, g in enumerate(groups) for k in g}
+    left_out = [k for k in kept[len(shown):] if group_of[k] == group_of[shown[-1]]]
+    # Shown as read: most-read group first, each group in reading order ("boats, sunset, calm, lake").
+    chips = "".join(_chip(units[k], float(att_row[k]), top) for k in sorted(shown, key=lambda k: (group_of[k], k)))
+    return chips + (_more_chip(units, left_out) if left_out else "")
 
 
 def match_table_html(ex: Explanation, shown: int = 6) -> str:

@@ -587,16 +587,7 @@ def explain_panel(studio: Studio, coll_key: str, item_id: str, query: QueryState
         # The shares are of what the matching vectors read, not of the score (a teacher read them as the latter).
         title += ("Mostly because of (share of what the matching vectors read): "
                   + ", ".join(f"{ui_explain.kind_mark(k, lab)}{lab} {100 * s:.0f}%" for lab, k, s in top))
-    words = [u for u in ex.q_units if ui_explain.meaningful(u)]
-    if rq > 1 and len(words) == 1:
-        # A teacher's first query is often one word, and 16 identical rows looked like one vector copied 16 times.
-        title += (f"\n\nThe query is one word, so all {rq} query vectors read it and their rows below are alike; a "
-                  "longer query (\"a dog on a sofa\") gives each vector its own part.")
-    elif rq > 1 and _read_alike(ex.q_unit_attention, 0, 1):
-        # A teacher saw q1 and q2 agree on every query and took it for a fault: it is MetaEmbed-Mini's layout.
-        title += ("\n\nq1 and q2 both read the whole query (the query's first two levels have one vector each), so "
-                  "their rows are alike; from q3 on, each level reads smaller parts of it, and a part that repeats "
-                  "(a short query has fewer words than vectors) gives a row like another's.")
+    title += alike_rows_note(query, ex, rq)
     read = ui_explain.highlighted_text_html(ex)
     if read:
         read = "<p class='me-caption'>What the model read for this result, shaded by relevance:</p>" + read
@@ -619,6 +610,24 @@ def overlay_caption(kind: str) -> str | None:
                 "where the matching meta vectors attended more; a picture on the page is marked as a photo is "
                 "(◆ concepts, ☁ sky, ● colours, ☺ faces). Dimmed parts played no role.")
     return None
+
+
+def alike_rows_note(query: QueryState, ex: ui_explain.Explanation, rq: int) -> str:
+    """Why rows of the per-vector table are alike, for a text query ("" otherwise). It speaks of words, so not
+    of a picture's query: a dropped photo (no text) got "a short query has fewer words than vectors"."""
+    if rq <= 1 or query.text is None or query.image is not None:
+        return ""
+    words = [u for u in ex.q_units if ui_explain.meaningful(u)]
+    if len(words) == 1:
+        # A teacher's first query is often one word, and 16 identical rows looked like one vector copied 16 times.
+        return (f"\n\nThe query is one word, so all {rq} query vectors read it and their rows below are alike; a "
+                "longer query (\"a dog on a sofa\") gives each vector its own part.")
+    if _read_alike(ex.q_unit_attention, 0, 1):
+        # A teacher saw q1 and q2 agree on every query and took it for a fault: it is MetaEmbed-Mini's layout.
+        return ("\n\nq1 and q2 both read the whole query (the query's first two levels have one vector each), so "
+                "their rows are alike; from q3 on, each level reads smaller parts of it, and a part that repeats "
+                "(a short query has fewer words than vectors) gives a row like another's.")
+    return ""
 
 
 def _read_alike(att: np.ndarray | None, i: int, j: int) -> bool:

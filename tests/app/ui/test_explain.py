@@ -3,6 +3,7 @@ photo's visual tokens are painted."""
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -180,3 +181,28 @@ def test_the_summary_of_a_photo_leaves_out_the_formats_words_and_zero_shares():
     ex = Explanation(budget=(1, 1), sim=np.ones((1, 1)), argmax=np.zeros(1, dtype=int), contributions=np.ones(1),
                      score=1.0, c_units=page, c_relevance=np.array([0.6, 0.4], dtype=np.float32))
     assert [name for name, _, _ in summary_units(ex)] == ["colors", "theme"]
+
+
+def _words(text: str) -> list[Unit]:
+    return [Unit(label=w, kind="word", tokens=[i], span=(i, i + 1)) for i, w in enumerate(text.split())]
+
+
+def _chip_labels(html: str) -> list[str]:
+    return re.findall(r">(?:[^\s<]+ )?([^<>]+?) <small", html)
+
+
+def test_chips_of_a_vector_that_reads_every_word_alike_do_not_pick_the_first_four():
+    """UX review (s35): q1 of "a dog on the beach" reads its five words evenly, and its chips showed "a, dog, on,
+    the", leaving out "beach"; q1 of "boats at sunset on a calm lake" dropped "calm lake"."""
+    units = _words("a dog on the beach")
+    html = top_units(np.full(5, 0.2), units)
+    assert _chip_labels(html) == ["a", "dog", "on", "the", "beach"]  # five: as short as four and "+1 more"
+    units = _words("boats at sunset on a calm lake")
+    html = top_units(np.full(7, 1 / 7), units)
+    assert _chip_labels(html) == ["boats", "sunset", "calm", "lake"]  # content words first, in reading order
+    assert ">+3 more</span>" in html and 'title="also read as much: at, on, a"' in html
+    # A vector that reads some words more keeps its top four by weight, with nothing said to be left out.
+    units = _words("the red canoe on a lake at dusk")
+    html = top_units(np.array([0.02, 0.3, 0.28, 0.01, 0.01, 0.2, 0.1, 0.08]), units)
+    assert _chip_labels(html) == ["red", "canoe", "lake", "at"]  # by weight: the cut is no tie, nothing left out
+    assert "more</span>" not in html

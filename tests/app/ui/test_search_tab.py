@@ -336,3 +336,36 @@ def test_the_caption_gives_the_range_of_the_scores_it_shows():
     hits = [replace(_hit(1, "text", "nothing alike"), score=-0.12)]  # -0.03 at r_q = 4
     caption = results_caption(_query("an owl"), hits, (4, 8), 3.0, calibration=CAL, whole=-0.03)
     assert SCORE_SCALE in caption and "0-1" not in caption and "below" in SCORE_SCALE
+
+
+def test_the_note_on_rows_read_alike_is_for_text_queries_only(tmp_path):
+    """UX review (s35): after a photo dropped in the query box (no words), the explanation said "a short query
+    has fewer words than vectors". The bundled checkpoint's q1 and q2 read a query alike, whatever it is."""
+    import shutil
+
+    import pytest
+    from PIL import Image
+
+    from app.server import create_app
+    from app.ui.search_tab import explain_panel
+    from model.checkpoint import DEFAULT_CHECKPOINT
+    from model.config import CONFIG_NAME
+    from tests.helpers import EXAMPLES
+
+    if not (DEFAULT_CHECKPOINT / CONFIG_NAME).is_file():
+        pytest.skip("the bundled checkpoint is not there")
+    files = tmp_path / "files"
+    files.mkdir()
+    shutil.copy(EXAMPLES / "owl.jpg", files / "owl.jpg")
+    studio, demo = create_app(None, tmp_path / "data", sample_dir=None, wait_for_samples=True, log=lambda *a: None)
+    try:
+        studio.index_files(studio.local, [files / "owl.jpg"])
+        photo = Image.open(EXAMPLES / "tabby-cat.jpg").convert("RGB")
+        for text, image, noted in (("a dog on the beach", None, True), (None, photo, False)):
+            query = studio.encode_query(text, image)
+            [hit] = studio.search(query, None, 16, 64, k=1)
+            (title, *_), _ = explain_panel(studio, hit.collection, hit.id, query, 16, 64, None)
+            assert ("q1 and q2 both read the whole query" in title) == noted, title
+    finally:
+        demo.close()
+        studio.close()
