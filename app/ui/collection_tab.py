@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -42,6 +43,7 @@ def build(studio: Studio) -> SimpleNamespace:
             c.remove_btn = gr.Button("Remove selected", elem_id="me-remove")
             c.clear_btn = gr.Button("Clear my collection", variant="stop")
     c.clear_ok = gr.Checkbox(value=False, visible=False)  # the confirmation dialog's answer
+    c.tile_names = gr.State([])  # the file behind each tile: a zip member's caption is not its name
     return c
 
 
@@ -58,14 +60,15 @@ def index_upload(studio: Studio, files, request: gr.Request, progress=None) -> d
         if progress is not None:
             progress(fraction, desc=what)
 
+    read = {p: _identity(p) for p in paths}
     report = studio.index_files(coll, paths, report_progress)
-    _forget_uploads(paths)
+    _forget_uploads(read)
     return report
 
 
 def wire(studio: Studio, c: SimpleNamespace, started, status: gr.Markdown) -> None:
     """`started`: the page's first event (the collection is listed once the page knows its session)."""
-    view_outs = [c.grid, c.items_df, c.remove_sel, c.stats_md, status]
+    view_outs = [c.grid, c.tile_names, c.items_df, c.remove_sel, c.stats_md, status]
 
     def collection_view(request: gr.Request):
         session = session_of(request)
@@ -73,18 +76,19 @@ def wire(studio: Studio, c: SimpleNamespace, started, status: gr.Markdown) -> No
         every = _files(studio, coll)
         files = every[:MAX_TABLE_ROWS]  # newest first, capped so a large collection loads quickly
         grid = [(studio.thumbnail(Hit(0, f["first"].id, f["name"], f["first"].page, 0.0, f["first"], coll.key),
-                                  session), f["name"]) for f in files]
-        rows = [[f["name"], f["kind"], f["parts"]] for f in files]
-        choices = sorted({f["name"].partition("!/")[0] for f in files})
+                                  session), shown_name(f["name"], short=True)) for f in files]
+        rows = [[shown_name(f["name"]), f["kind"], f["parts"]] for f in files]
         # A new Gallery clears the picked tile: after a removal the ring stayed on the slot, now another file.
-        return (gr.Gallery(value=grid, selected_index=None), rows, gr.update(choices=choices, value=[]),
-                _stats_md(studio, coll, every), status_line(studio, session))
+        return (gr.Gallery(value=grid, selected_index=None), [f["name"] for f in files], rows,
+                gr.update(choices=removal_choices(files, every), value=[]), _stats_md(studio, coll, every),
+                status_line(studio, session))
 
-    def pick(evt: gr.SelectData, chosen):
-        name = str(evt.value["caption"]).partition("!/")[0] if isinstance(evt.value, dict) else None
-        if not name:
+    def pick(evt: gr.SelectData, chosen, names):
+        index = evt.index if isinstance(evt.index, int) else None
+        if index is None or not 0 <= index < len(names or []):
             return gr.skip()
-        return gr.update(value=sorted(set(chosen or []) | {name}))
+        # What is removed is a file on disk: a zip member's tile picks its whole archive (removal_choices).
+        return gr.update(value=sorted(set(chosen or []) | {names[index].partition("!/")[0]}))
 
     @gpu
     def do_index(files, request: gr.Request, progress=gr.Progress()):  # noqa: B008 - how Gradio injects progress
@@ -101,9 +105,8 @@ def wire(studio: Studio, c: SimpleNamespace, started, status: gr.Markdown) -> No
             removed = studio.remove(coll, chosen)
         except KeyError as e:
             raise gr.Error(str(e)) from e
-        names = [echoed(n, 80) for n in sorted(chosen)]  # "*draft*.pdf" is a name, not Markdown
-        which = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-        return (f"Removed {files_of(removed)}: {which}.",) + collection_view(request)
+        return (_removed_md(chosen, [coll.display_path(it.path) for it in removed], files_of(removed)),
+                ) + collection_view(request)
 
     def do_clear(confirmed, request: gr.Request):
         if not confirmed:  # the visitor pressed Cancel in the confirmation dialog
@@ -116,7 +119,7 @@ def wire(studio: Studio, c: SimpleNamespace, started, status: gr.Markdown) -> No
     # One progress display, on the report, not repeated over every output of the event.
     c.index_btn.click(do_index, [c.upload], [c.report_md, c.upload] + view_outs, show_progress_on=[c.report_md],
                       **PRIVATE)
-    c.grid.select(pick, [c.remove_sel], c.remove_sel, **PRIVATE)
+    c.grid.select(pick, [c.remove_sel, c.tile_names], c.remove_sel, **PRIVATE)
     c.remove_btn.click(do_remove, [c.remove_sel], [c.report_md] + view_outs, **PRIVATE)
     c.clear_btn.click(do_clear, c.clear_ok, [c.report_md] + view_outs,
                       js="(ok) => confirm('Remove every item from your collection?')", **PRIVATE)
@@ -138,6 +141,51 @@ def _intro(studio: Studio) -> str:
                 f"keeps them), and are deleted after {hours:g} idle hour{'s' if hours != 1 else ''}. " + limits)
     return (f"## Your collection\nFiles you add are copied to `{studio.local.files_dir}` and indexed once; "
             "every budget is then served from the same index.")
+
+
+def shown_name(name: str, short: bool = False) -> str:
+    """A file's displayed path as a person reads it: a zip member's "holiday.zip!/holiday/IMG_0042.jpg" reads
+    "holiday/IMG_0042.jpg (in holiday.zip)", or with `short` (a tile's caption, cut to a line) "IMG_0042.jpg (in
+    holiday.zip)": the raw form, cut, showed the three photos of an archive as one caption three times."""
+    archive, sep, member = name.partition("!/")
+    if not sep:
+        return name
+    return f"{member.rpartition('/')[2] if short else member} (in {archive})"
+
+
+def removal_choices(files: list[dict], every: list[dict]) -> list[tuple[str, str]]:
+    """(label, file name) of each file `files` show, for the remove list. Removal is per file on disk, so a zip
+    member stands for its whole archive, which says so with what it holds ("holiday.zip (archive: 3 photos)",
+    counted over `every` file, not only those shown): picking one photo of it took all three unannounced."""
+    held: dict[str, list] = {}
+    for f in every:
+        archive, sep, _ = f["name"].partition("!/")
+        if sep:
+            held.setdefault(archive, []).extend(f["items"])
+    names = sorted({f["name"].partition("!/")[0] for f in files})
+    return [(f"{n} (archive: {files_of(held[n])})" if n in held else n, n) for n in names]
+
+
+def _removed_md(chosen: list[str], removed_names: list[str], counted: str) -> str:
+    """The removal report: `counted` (files_of the removed items) and each chosen file, an archive with the
+    members that went with it (`removed_names`: the removed items' displayed paths)."""
+    members: dict[str, set[str]] = {}
+    for name in removed_names:
+        archive, sep, member = name.partition("!/")
+        if sep:
+            members.setdefault(archive, set()).add(member)
+    which = []
+    for n in sorted(chosen):
+        shown = echoed(n, 80)  # "*draft*.pdf" is a name, not Markdown
+        if members.get(n):
+            inside = [echoed(m.rpartition("/")[2], 60) for m in sorted(members[n])]
+            shown += f" (the whole archive: {_listed(inside)})"
+        which.append(shown)
+    return f"Removed {counted}: {_listed(which)}."
+
+
+def _listed(names: list[str], most: int = 5) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def _files(studio: Studio, coll) -> list[dict]:
@@ -199,14 +247,25 @@ def _paths(files) -> list[str]:
     return [str(getattr(f, "name", f)) for f in files]
 
 
-def _forget_uploads(paths: list[str]) -> None:
-    """Delete Gradio's temporary copies once the files live in the collection's own folder."""
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def _forget_uploads(read: dict[str, tuple[int, int] | None]) -> None:
+    """Delete Gradio's temporary copies once the files live in the collection's own folder: each one only if it
+    is still the file this upload read. Gradio stores an upload under a folder named by its content, so the same
+    file uploaded again while the first upload was indexing lands on the same path; deleting it then made the
+    second upload fail with "the upload did not arrive completely"."""
     from gradio.utils import get_upload_folder
 
     root = Path(get_upload_folder()).resolve()
-    for p in paths:
+    for p, identity in read.items():
         path = Path(p).resolve()
-        if root in path.parents and path.is_file():
+        if root in path.parents and path.is_file() and identity is not None and _identity(str(path)) == identity:
             path.unlink(missing_ok=True)
             try:
                 path.parent.rmdir()  # the per-upload hash folder, if now empty

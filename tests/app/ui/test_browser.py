@@ -117,9 +117,10 @@ def browser_page(server):
 
 
 @contextlib.contextmanager
-def fresh_page(browser_page, url: str, width: int = 1440, height: int = 900):
-    """A page of its own (a new browser context: no state shared with the module's page) opened at `url`."""
-    context = browser_page.browser.new_context(viewport={"width": width, "height": height})
+def fresh_page(browser_page, url: str, width: int = 1440, height: int = 900, color_scheme: str = "light"):
+    """A page of its own (a new browser context: no state shared with the module's page) opened at `url`;
+    `color_scheme` "dark" is a visitor whose OS or phone is set to dark mode."""
+    context = browser_page.browser.new_context(viewport={"width": width, "height": height}, color_scheme=color_scheme)
     try:
         page = context.new_page()
         page.set_default_timeout(TIMEOUT)
@@ -455,6 +456,37 @@ def test_hints_under_the_controls_are_readable(server, browser_page):
     assert ratio >= 4.5, ratio
 
 
+CONTRAST_JS = """(selector) => {
+    const lum = c => {
+        const [r, g, b] = c.match(/[\\d.]+/g).slice(0, 3).map(v => {
+            v /= 255;
+            return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+        });
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+    };
+    return [...document.querySelectorAll(selector)].map(e => {
+        const [a, b] = [lum(getComputedStyle(e).color), lum(getComputedStyle(e).backgroundColor)].sort((x, y) => y - x);
+        return (a + 0.05) / (b + 0.05);
+    });
+}"""  # each element's text against its own (opaque) background
+
+
+def test_dark_mode_keeps_highlighted_words_and_token_chips_readable(uploaded, browser_page):
+    """UX review (s35): in dark mode the snippets' highlighted words and How it works' token chips were white
+    text on their pale peach and grey backgrounds (1.3:1)."""
+    with fresh_page(browser_page, uploaded.url, color_scheme="dark") as page:
+        page.wait_for_selector("#me-query textarea")
+        assert page.evaluate("document.querySelector('.dark') !== null")  # Gradio follows the OS setting
+        page.fill("#me-query textarea", "the ferry to the harbour")
+        page.click("#me-search")
+        page.wait_for_selector("#me-snippets mark")
+        open_tab(page, "How it works")
+        page.wait_for_selector(".me-tokens .me-meta")
+        for selector in ("#me-snippets mark", ".me-tokens .me-tok", ".me-tokens .me-meta"):
+            ratios = page.evaluate(CONTRAST_JS, selector)
+            assert ratios and min(ratios) >= 4.5, (selector, ratios)  # WCAG AA for text this small
+
+
 def test_a_page_loaded_after_a_model_switch_describes_the_new_model(server, browser_page, test_checkpoint,
                                                                     other_checkpoint):
     """Issue 17.11: the Model tab and the quality chart of a page (re)loaded after another checkpoint was
@@ -762,3 +794,31 @@ def test_the_collection_shows_one_picture_per_file_and_removes_the_one_clicked(u
     open_tab(page, "Search")
     page.wait_for_function("document.querySelectorAll('#me-results .thumbnail-item').length === 6")
     assert not any(c.endswith(" · " + names[0]) for c in captions(page)), captions(page)
+
+
+def test_a_photo_from_a_zip_is_named_and_picks_its_whole_archive_saying_so(uploaded, browser_page, tmp_path):
+    """UX review (s35): the tiles of holiday.zip's photos read "holiday.zip!/holiday/IMG_…", cut alike; clicking
+    one picked "holiday.zip" and "Remove selected" took all three photos without a word about them."""
+    import zipfile
+
+    archive = tmp_path / "holiday.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for i, name in enumerate(("golden-retriever.jpg", "green-hills.jpg", "mountain-lake.jpg"), 1):
+            z.write(EXAMPLES / name, f"holiday/IMG_000{i}.jpg")
+    studio = uploaded.studio
+    assert len(studio.index_files(studio.local, [archive])["indexed"]) == 3
+    try:
+        with fresh_page(browser_page, uploaded.url) as page:
+            open_tab(page, "Collection")
+            tile = page.locator("#me-files .thumbnail-item", has_text="IMG_0002.jpg (in holiday.zip)")
+            tile.click()
+            page.wait_for_function("document.querySelector('#me-remove-sel').innerText"
+                                   ".includes('holiday.zip (archive: 3 photos)')")
+            page.click("#me-remove")
+            page.wait_for_function("document.querySelector('#me-report').innerText.includes('Removed')")
+            assert page.inner_text("#me-report") == ("Removed 3 photos: holiday.zip (the whole archive: IMG_0001.jpg, "
+                                                     "IMG_0002.jpg, IMG_0003.jpg).")
+            assert "holiday.zip" not in page.inner_text("#me-items")
+    finally:
+        if any("holiday.zip" in it.path for it in studio.items(studio.local)):
+            studio.remove(studio.local, ["holiday.zip"])

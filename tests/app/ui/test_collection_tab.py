@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 from app.humanize import files_of
@@ -68,3 +69,46 @@ def test_the_add_report_says_one_file_and_two_duplicates():
     lines = _report_md(report).splitlines()
     assert lines[1:4] == ["Skipped 2 duplicates already in the collection.",
                           "Replaced the older version of 1 edited file.", "**1 file could not be added:**"]
+
+
+def test_a_zip_members_tile_names_the_member_and_picks_the_whole_archive_by_name():
+    """UX review (s35): the three tiles of holiday.zip read "holiday.zip!/holiday/IMG_…", cut alike; clicking one
+    put "holiday.zip" in the remove list and removing it took all three photos, unannounced."""
+    from app.ui.collection_tab import _files, _removed_md, removal_choices, shown_name
+
+    items = [SimpleNamespace(id=f"z{i}", path=f"holiday.zip!/holiday/IMG_00{i}.jpg", page=None, passage=None,
+                             kind="image") for i in range(3)]
+    items.append(SimpleNamespace(id="o", path="owl.jpg", page=None, passage=None, kind="image"))
+    studio, coll = _collection(items)
+    files = _files(studio, coll)
+    assert sorted(shown_name(f["name"], short=True) for f in files) == [
+        "IMG_000.jpg (in holiday.zip)", "IMG_001.jpg (in holiday.zip)", "IMG_002.jpg (in holiday.zip)", "owl.jpg"]
+    assert shown_name("holiday.zip!/holiday/IMG_000.jpg") == "holiday/IMG_000.jpg (in holiday.zip)"
+    # One choice per file on disk, the archive saying it is one with all it holds (also beyond the shown rows).
+    one_member = [f for f in files if f["name"].endswith("IMG_001.jpg")]
+    assert removal_choices(one_member, files) == [("holiday.zip (archive: 3 photos)", "holiday.zip")]
+    assert removal_choices(files, files) == [("holiday.zip (archive: 3 photos)", "holiday.zip"), ("owl.jpg", "owl.jpg")]
+    report = _removed_md(["holiday.zip"], [it.path for it in items[:3]], "3 photos")
+    # Markdown: the names' underscores escaped, as every echoed name is.
+    assert report == r"Removed 3 photos: holiday.zip (the whole archive: IMG\_000.jpg, IMG\_001.jpg, IMG\_002.jpg)."
+    assert _removed_md(["owl.jpg"], ["owl.jpg"], "1 photo") == "Removed 1 photo: owl.jpg."
+
+
+def test_an_upload_leaves_a_newer_upload_of_the_same_file_in_place(tmp_path, monkeypatch):
+    """Gradio stores an upload under a folder named by its content: the same file uploaded again while the first
+    upload was indexing landed on the same path, the first one's clean-up deleted it, and the second upload
+    failed with "the upload did not arrive completely"."""
+    from app.ui.collection_tab import _forget_uploads, _identity
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    first = tmp_path / "gradio" / "abc123" / "guide.pdf"
+    first.parent.mkdir(parents=True)
+    first.write_bytes(b"%PDF- the same bytes")
+    read = {str(first): _identity(str(first))}
+    fresh = first.with_name("upload.tmp")  # the second upload, moved into place as Gradio does
+    fresh.write_bytes(b"%PDF- the same bytes")
+    os.replace(fresh, first)
+    _forget_uploads(read)
+    assert first.is_file()  # the second upload's file is still there for it
+    _forget_uploads({str(first): _identity(str(first))})
+    assert not first.exists() and not first.parent.exists()  # its own clean-up removes it
