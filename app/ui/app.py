@@ -17,7 +17,7 @@ import gradio as gr
 
 from app.service import Studio
 from app.ui import api, collection_tab, how_it_works, model_tab, scaling_tab, search_tab
-from app.ui.common import PRIVATE, on_first_open, session_of, status_line
+from app.ui.common import PRIVATE, busy, on_first_open, session_of, status_line
 
 CSS = (Path(__file__).parent / "style.css").read_text(encoding="utf-8")
 # Rules for Gradio's own page container, which the CSS above cannot name inside a media query: Gradio scopes
@@ -55,10 +55,11 @@ def build_demo(studio: Studio) -> gr.Blocks:
         search_tab.wire(studio, search, search_page)
         collection_tab.wire(studio, collection, started, status)
         scaling_tab.wire(studio, scaling)
-        how_it_works.wire(studio, how, how_page)
+        how_it_works.wire(studio, how, search.include_samples, how_page)
         model_tab.wire(studio, model, search, scaling, status, started)
         _wire_status(studio, started, status)
-        _wire_samples_default(studio, started, search.include_samples, scaling_page, scaling.samples)
+        _wire_samples_default(studio, started, search.include_samples, scaling_page, scaling.samples,
+                              collection.stats_md)
     return demo
 
 
@@ -78,28 +79,39 @@ def _wire_session(studio: Studio, demo: gr.Blocks):
 
 
 def _wire_samples_default(studio: Studio, started, search_box: gr.Checkbox, scaling_page: gr.Tab,
-                          scaling_box: gr.Checkbox) -> None:
+                          scaling_box: gr.Checkbox, collection_stats: gr.Markdown) -> None:
     """The sample collection joins searches (and the Scaling tab's measurements, which read the same
-    collections) until the visitor has files of their own (issue 17.8): both boxes start alike."""
+    collections) until the visitor has files of their own (issue 17.8): both boxes start alike. They tick
+    again when the visitor's own collection becomes empty (`collection_stats`, the Collection tab's statistics,
+    change with it): after "Clear my collection" a search found nothing while the samples were there."""
+
+    def own_files(request: gr.Request) -> bool:
+        coll = studio.user_collection(session_of(request), create=False)
+        return bool(coll is not None and studio.stats(coll)["items"])
 
     def samples_by_default(request: gr.Request):
-        coll = studio.user_collection(session_of(request), create=False)
-        return gr.update(value=not (coll is not None and studio.stats(coll)["items"]))
+        return gr.update(value=not own_files(request))
+
+    def samples_once_empty(request: gr.Request):
+        # Only ever on: while the visitor has files, the boxes stay as they left them (unticked on purpose, or not).
+        return (gr.skip(),) * 2 if own_files(request) else (gr.update(value=True),) * 2
 
     started.then(samples_by_default, None, search_box, **PRIVATE)
     # The Scaling tab is drawn when first opened (a value sent before is lost), so its box is set then.
     on_first_open(scaling_page, samples_by_default, [], [scaling_box])
+    collection_stats.change(samples_once_empty, None, [search_box, scaling_box], **PRIVATE)
 
 
 def _wire_status(studio: Studio, started, status: gr.Markdown) -> None:
     def show(request: gr.Request) -> str:
         return status_line(studio, session_of(request))
 
-    # While the samples are indexed on first start, the status line follows their progress.
+    # While the samples are indexed on first start, or the visitor's files are still being added (a page reloaded
+    # mid-upload has no progress bar of its own), the status line follows the progress.
     timer = gr.Timer(2.0, active=studio.indexing_progress is not None)
 
     def tick(request: gr.Request):
-        return show(request), gr.Timer(active=studio.indexing_progress is not None)
+        return show(request), gr.Timer(active=busy(studio, session_of(request)))
 
-    started.then(show, None, status, **PRIVATE)
+    started.then(tick, None, [status, timer], **PRIVATE)
     timer.tick(tick, None, [status, timer], show_progress="hidden", **PRIVATE)

@@ -57,24 +57,27 @@ def build(studio: Studio) -> SimpleNamespace:
     return t
 
 
-def wire(studio: Studio, t: SimpleNamespace, page: gr.Tab | None = None) -> None:
-    """`page`: the tab this view sits in; opening it the first time walks through the query in the box, so the
-    lesson is there to read instead of four empty charts."""
+def wire(studio: Studio, t: SimpleNamespace, with_samples: gr.Checkbox, page: gr.Tab | None = None) -> None:
+    """`with_samples`: the Search tab's "include the sample collection" box, which step 4's search follows (it
+    always included them, so its "top two results" were not the ones the Search tab showed). `page`: the tab this
+    view sits in; opening it the first time walks through the query in the box, so the lesson is there to read
+    instead of four empty charts."""
     outputs = [t.tokens, t.attention, t.vectors, t.prefix, t.matrix, t.budgets, t.matrix_md]
 
     @gpu
-    def walk(text: str, request: gr.Request):
+    def walk(text: str, include_samples: bool, request: gr.Request):
         text = (text or "").strip()
         if not text:
             return mistake("type a query to walk through", len(outputs))
-        return walkthrough(studio, text, session_of(request))
+        return walkthrough(studio, text, session_of(request), bool(include_samples))
 
     # A press (or Enter in the box: one listener) while an earlier press's walk-through runs runs next: under
     # Gradio's default trigger mode ('once') it was dropped, and the charts stayed on the old query. (The walk
     # that opening the tab starts is another listener: a press within its second or so runs beside it.)
-    gr.on([t.button.click, t.query.submit], walk, [t.query], outputs, trigger_mode="always_last", **PRIVATE)
+    gr.on([t.button.click, t.query.submit], walk, [t.query, with_samples], outputs, trigger_mode="always_last",
+          **PRIVATE)
     if page is not None:
-        on_first_open(page, walk, [t.query], outputs)
+        on_first_open(page, walk, [t.query, with_samples], outputs)
 
 
 def tokens_html(tokens: list[str], num_meta: int) -> str:
@@ -86,7 +89,7 @@ def tokens_html(tokens: list[str], num_meta: int) -> str:
             f"q{num_meta} (the names the charts below and the search's explanations use).</p>")
 
 
-def walkthrough(studio: Studio, text: str, session: str | None) -> tuple:
+def walkthrough(studio: Studio, text: str, session: str | None, include_samples: bool = True) -> tuple:
     engine = studio.engine
     presets = engine.presets
     query = studio.encode_query(text)
@@ -113,13 +116,13 @@ def walkthrough(studio: Studio, text: str, session: str | None) -> tuple:
 
     # Step 4: MaxSim with the best result at the largest budget.
     full = presets[-1]
-    hits = studio.search(query, session, *full, k=2, include_samples=True)
+    hits = studio.search(query, session, *full, k=2, include_samples=include_samples)
     if hits:
         _, item, c = studio.item(hits[0].collection, hits[0].id, session)
         sim = (query.vectors.float() @ c.float().T).numpy()
         label = f"“{hits[0].label}”"
         matrix = plots.prefix_matrix_figure(sim, presets)
-        budgets = _top_two_at_every_budget(studio, query, session, hits, presets)
+        budgets = _top_two_at_every_budget(studio, query, session, hits, presets, include_samples)
         per_item = engine.num_candidate_vectors * engine.dim * 2
         matrix_md = (f"The similarity of all {rq_full} query vectors with all {engine.num_candidate_vectors} vectors "
                      f"of the top result, {label}. A budget (r_q, r_c) is the top-left r_q × r_c block: MaxSim takes "
@@ -167,7 +170,8 @@ def worked_maxsim(sim: np.ndarray, budget: tuple[int, int]) -> str:
             f"shows is MaxSim / {r_q} = **{score_text(total / r_q)}**.")
 
 
-def _top_two_at_every_budget(studio: Studio, query, session: str | None, hits: list, presets) -> object:
+def _top_two_at_every_budget(studio: Studio, query, session: str | None, hits: list, presets,
+                             include_samples: bool) -> object:
     """Step 4's second chart: the largest budget's #1 and #2, scored and ranked at every budget. It differs
     from query to query (where a small budget already separates them, or ranks them the other way)."""
     top = hits[:2]
@@ -177,7 +181,7 @@ def _top_two_at_every_budget(studio: Studio, query, session: str | None, hits: l
     for r_q, r_c in presets:
         for scores, c in zip(comparable, vectors):
             scores.append(float(maxsim_explain(query.vectors, c, (r_q, r_c))["score"]) / r_q)
-        ranked = studio.search(query, session, r_q, r_c, k=RANK_DEPTH, include_samples=True)
+        ranked = studio.search(query, session, r_q, r_c, k=RANK_DEPTH, include_samples=include_samples)
         ranks.append(next((h.rank for h in ranked if (h.collection, h.id) == (top[0].collection, top[0].id)),
                           RANK_DEPTH + 1))
     second = comparable[1] if len(top) > 1 else [0.0] * len(presets)

@@ -357,3 +357,24 @@ def test_on_a_short_desktop_results_scrolled_to_rest_below_the_pinned_budget_row
             assert 0 <= caption <= 768 - 160, caption
     finally:
         page.set_viewport_size({"width": 1280, "height": 900})
+
+
+def test_clearing_ones_collection_ticks_the_samples_box_again(app):
+    """UX review (s35): the box, unticked because the visitor had a file, stayed unticked after "Clear my
+    collection", and "a cat" then found an empty collection beside six sample photos."""
+    from playwright.sync_api import expect
+
+    page = app.page
+    open_tab(page, "Search")
+    samples_box(page).uncheck()
+    open_tab(page, "Collection")
+    page.wait_for_function("document.querySelector('#me-stats').innerText.includes('1 photo')")
+    try:
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.get_by_role("button", name="Clear my collection").click()
+        page.wait_for_function("document.querySelector('#me-report').innerText.includes('Cleared')")
+        open_tab(page, "Search")
+        expect(samples_box(page)).to_be_checked(timeout=TIMEOUT)
+        assert len(search(page, "a cat")) == len(SAMPLES)  # the samples are searched, not an empty collection
+    finally:
+        app.studio.index_files(app.studio.local, [app.root / "tabby-cat.jpg"])  # the visitor's file, for tests after
