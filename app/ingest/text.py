@@ -63,12 +63,33 @@ def decode_text(data: bytes) -> tuple[str, str]:
     ):
         if data.startswith(bom):
             return data.decode(encoding, errors="replace"), encoding
+    unmarked = _utf16_without_bom(data)
+    if unmarked is not None:
+        try:
+            return data.decode(unmarked), unmarked
+        except UnicodeDecodeError:
+            pass
     for encoding in ("utf-8", "cp1252"):
         try:
             return data.decode(encoding), encoding
         except UnicodeDecodeError:
             pass
     return data.decode("latin-1"), "latin-1"  # maps every byte, so this cannot fail
+
+
+def _utf16_without_bom(data: bytes) -> str | None:
+    """'utf-16-le' or 'utf-16-be' for text saved as UTF-16 without a byte-order mark, else None. Text in a Latin
+    script then has a zero byte in nearly every other position, always the same one of the pair (it was refused as
+    binary data); binary files have zero bytes in both positions, UTF-8 and cp1252 text none."""
+    pairs = len(data) // 2
+    if pairs < 2 or len(data) % 2:
+        return None
+    even, odd = data[0::2].count(0), data[1::2].count(0)
+    if odd >= 0.6 * pairs and even <= 0.02 * pairs:
+        return "utf-16-le"
+    if even >= 0.6 * pairs and odd <= 0.02 * pairs:
+        return "utf-16-be"
+    return None
 
 
 # Boundary strengths, strongest first wins when a passage must be cut.

@@ -413,6 +413,9 @@ def test_text_file_is_split_into_passages_with_exact_spans(tmp_path):
     ("utf-8-sig", b"\xef\xbb\xbf" + "Café crème, naïve façade".encode()),
     ("utf-16", "Café crème, naïve façade".encode("utf-16")),
     ("cp1252", "Café crème, naïve façade – “quoted”".encode("cp1252")),
+    # Saved without a byte-order mark (it was refused as "binary data").
+    ("utf-16-le", "Café crème, naïve façade".encode("utf-16-le")),
+    ("utf-16-be", "Café crème, naïve façade".encode("utf-16-be")),
 ])
 def test_text_decoding_never_crashes_and_gets_common_encodings_right(tmp_path, encoding, data):
     path = tmp_path / "note.txt"
